@@ -19,6 +19,8 @@ pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 pub const DEFAULT_REFRESH_SECONDS: u64 = 300;
 pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
 pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 30;
+pub const DEFAULT_MIN_REFETCH_SECONDS: u64 = 5;
+pub const DEFAULT_MAX_STALE_SECONDS: u64 = 3_600;
 pub const MAX_ISSUERS: usize = 16;
 
 /// The validated plugin configuration.
@@ -63,6 +65,26 @@ pub struct RemoteJwks {
     pub path: String,
     pub refresh_seconds: u64,
     pub timeout_ms: u64,
+    /// Earliest refetch after a success when a token names an unknown `kid`.
+    pub min_refetch_seconds: u64,
+    /// How long the last good keys keep serving while refreshes fail; after
+    /// that the issuer's requests get 503 `keys_unavailable`.
+    pub max_stale_seconds: u64,
+}
+
+impl RemoteJwks {
+    pub fn schedule(&self) -> crate::refresh::Schedule {
+        crate::refresh::Schedule {
+            interval_ms: self.refresh_seconds.saturating_mul(1000),
+            min_refetch_ms: self.min_refetch_seconds.saturating_mul(1000),
+            max_stale_ms: self.max_stale_seconds.saturating_mul(1000),
+        }
+    }
+
+    /// Identifies where the keys come from (for shared-data key names).
+    pub fn source_id(&self) -> String {
+        format!("{}|{}|{}", self.cluster, self.authority, self.path)
+    }
 }
 
 /// Headers the filter sets on allowed requests (and strips from every request).
@@ -134,6 +156,8 @@ struct RawJwks {
     path: Option<String>,
     refresh_seconds: Option<u64>,
     timeout_ms: Option<u64>,
+    min_refetch_seconds: Option<u64>,
+    max_stale_seconds: Option<u64>,
     inline: Option<serde_json::Value>,
 }
 
@@ -367,6 +391,8 @@ fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource,
             || raw.path.is_some()
             || raw.refresh_seconds.is_some()
             || raw.timeout_ms.is_some()
+            || raw.min_refetch_seconds.is_some()
+            || raw.max_stale_seconds.is_some()
         {
             return Err(ConfigError::invalid(
                 at("jwks"),
@@ -426,12 +452,28 @@ fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource,
             "must be between 1 and 60000",
         ));
     }
+    let min_refetch_seconds = raw.min_refetch_seconds.unwrap_or(DEFAULT_MIN_REFETCH_SECONDS);
+    if !(1..=refresh_seconds.max(1)).contains(&min_refetch_seconds) {
+        return Err(ConfigError::invalid(
+            at("jwks.min_refetch_seconds"),
+            "must be between 1 and refresh_seconds",
+        ));
+    }
+    let max_stale_seconds = raw.max_stale_seconds.unwrap_or(DEFAULT_MAX_STALE_SECONDS.max(refresh_seconds));
+    if max_stale_seconds < refresh_seconds || max_stale_seconds > 7 * 86_400 {
+        return Err(ConfigError::invalid(
+            at("jwks.max_stale_seconds"),
+            "must be at least refresh_seconds and at most 604800 (7 days)",
+        ));
+    }
     Ok(JwksSource::Remote(RemoteJwks {
         cluster,
         authority,
         path,
         refresh_seconds,
         timeout_ms,
+        min_refetch_seconds,
+        max_stale_seconds,
     }))
 }
 
@@ -617,6 +659,14 @@ mod tests {
             (
                 "issuers[0].jwks.timeout_ms",
                 Box::new(|v| v["issuers"][0]["jwks"]["timeout_ms"] = json!(0)),
+            ),
+            (
+                "issuers[0].jwks.min_refetch_seconds",
+                Box::new(|v| v["issuers"][0]["jwks"]["min_refetch_seconds"] = json!(301)),
+            ),
+            (
+                "issuers[0].jwks.max_stale_seconds",
+                Box::new(|v| v["issuers"][0]["jwks"]["max_stale_seconds"] = json!(10)),
             ),
             (
                 "issuers[0].jwks.inline",

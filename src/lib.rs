@@ -11,8 +11,12 @@ pub mod alg;
 pub mod b64;
 pub mod config;
 pub mod jwks;
+pub mod keyshare;
+pub mod quota;
 pub mod reason;
 pub mod refresh;
+pub mod route;
+pub mod store;
 pub mod token;
 pub mod verify;
 

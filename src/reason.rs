@@ -93,14 +93,18 @@ impl fmt::Display for Reason {
 pub struct Rejection {
     pub reason: Reason,
     pub detail: String,
+    /// The issuer (index into `Config::issuers`) the token was matched to, once known.
+    pub issuer: Option<usize>,
 }
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection {
-            reason,
-            detail: detail.into(),
-        }
+        Rejection { reason, detail: detail.into(), issuer: None }
+    }
+
+    pub fn for_issuer(mut self, issuer: usize) -> Self {
+        self.issuer = Some(issuer);
+        self
     }
 }
 

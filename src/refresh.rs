@@ -1,82 +1,55 @@
-//! When to fetch an issuer's JWKS: a small state machine with pure transitions.
+//! When an issuer's JWKS should be fetched, as pure functions of time.
 //!
-//! The glue asks [`Refresh::due`] on every tick, calls [`Refresh::started`] when it
-//! dispatches, and reports the outcome. Failures back off exponentially with
-//! jitter (so many gateways do not hammer a recovering key server in lockstep);
-//! success schedules the next regular refresh.
+//! The schedule is shared by every worker of one Envoy: the time of the last
+//! successful fetch lives in shared data with the keys themselves
+//! ([`crate::keyshare`]), and failures back off through the fetch lease. These
+//! functions only answer "is a fetch wanted now?" and "how long to back off?".
 
 /// Shortest wait after a failed fetch.
 pub const MIN_BACKOFF_MS: u64 = 500;
-/// Longest wait after repeated failures (capped by the refresh interval too).
+/// Longest wait after repeated failures (also capped by the refresh interval).
 pub const MAX_BACKOFF_MS: u64 = 60_000;
 
-/// Refresh timing of one issuer's key set. All times are Unix milliseconds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refresh {
-    interval_ms: u64,
-    timeout_ms: u64,
-    next_at: u64,
-    in_flight_since: Option<u64>,
-    consecutive_failures: u32,
-    last_success_at: Option<u64>,
+/// The refresh timing of one issuer, from its configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// Regular refresh interval.
+    pub interval_ms: u64,
+    /// Earliest refetch after the last success when a token names an unknown `kid`.
+    pub min_refetch_ms: u64,
+    /// How long the last good keys keep serving when refreshes fail.
+    pub max_stale_ms: u64,
 }
 
-impl Refresh {
-    /// A refresh that is due immediately.
-    pub fn new(interval_ms: u64, timeout_ms: u64) -> Self {
-        Refresh {
-            interval_ms: interval_ms.max(1),
-            timeout_ms,
-            next_at: 0,
-            in_flight_since: None,
-            consecutive_failures: 0,
-            last_success_at: None,
+impl Schedule {
+    /// Whether a fetch is wanted at `now`, given the last successful fetch and
+    /// whether a token with an unknown `kid` asked for one.
+    pub fn fetch_wanted(&self, now: u64, last_success: Option<u64>, kid_miss: bool) -> bool {
+        match last_success {
+            None => true,
+            Some(at) => {
+                let age = now.saturating_sub(at);
+                age >= self.interval_ms || (kid_miss && age >= self.min_refetch_ms)
+            }
         }
     }
 
-    /// Whether a fetch should start now. A fetch that outlived its timeout (its
-    /// callback never came) no longer blocks the next one.
-    pub fn due(&self, now: u64) -> bool {
-        match self.in_flight_since {
-            Some(since) => now >= since.saturating_add(self.timeout_ms.saturating_mul(2)),
-            None => now >= self.next_at,
-        }
+    /// Whether keys fetched at `fetched_at` may still be used at `now`.
+    pub fn usable(&self, now: u64, fetched_at: u64) -> bool {
+        now.saturating_sub(fetched_at) <= self.max_stale_ms
     }
 
-    pub fn started(&mut self, now: u64) {
-        self.in_flight_since = Some(now);
-    }
-
-    pub fn succeeded(&mut self, now: u64) {
-        self.in_flight_since = None;
-        self.consecutive_failures = 0;
-        self.last_success_at = Some(now);
-        self.next_at = now.saturating_add(self.interval_ms);
-    }
-
-    /// Records a failure; `jitter` in `0..=1` spreads the retry over up to +50 %.
-    pub fn failed(&mut self, now: u64, jitter: f64) {
-        self.in_flight_since = None;
-        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
-        let exponent = self.consecutive_failures.saturating_sub(1).min(20);
+    /// The wait after the `failures`-th consecutive failure (1-based): exponential
+    /// from [`MIN_BACKOFF_MS`], capped, plus up to 50 % jitter (`jitter` in `0..=1`)
+    /// so gateways do not hammer a recovering key server in lockstep.
+    pub fn backoff_ms(&self, failures: u32, jitter: f64) -> u64 {
+        let exponent = failures.saturating_sub(1).min(20);
         let base = MIN_BACKOFF_MS
             .saturating_mul(1u64 << exponent)
             .min(MAX_BACKOFF_MS)
-            .min(self.interval_ms);
+            .min(self.interval_ms.max(MIN_BACKOFF_MS));
         let spread = (base as f64 * 0.5 * jitter.clamp(0.0, 1.0)) as u64;
-        self.next_at = now.saturating_add(base).saturating_add(spread);
-    }
-
-    pub fn next_at(&self) -> u64 {
-        self.next_at
-    }
-
-    pub fn consecutive_failures(&self) -> u32 {
-        self.consecutive_failures
-    }
-
-    pub fn last_success_at(&self) -> Option<u64> {
-        self.last_success_at
+        base.saturating_add(spread)
     }
 }
 
@@ -84,67 +57,41 @@ impl Refresh {
 mod tests {
     use super::*;
 
+    const S: Schedule = Schedule { interval_ms: 300_000, min_refetch_ms: 5_000, max_stale_ms: 3_600_000 };
+
     #[test]
-    fn due_at_start_then_after_interval() {
-        let mut r = Refresh::new(300_000, 2_000);
-        assert!(r.due(0));
-        r.started(10);
-        assert!(!r.due(11));
-        r.succeeded(20);
-        assert!(!r.due(300_019));
-        assert!(r.due(300_020));
-        assert_eq!(r.last_success_at(), Some(20));
+    fn wanted_at_start_then_after_the_interval() {
+        assert!(S.fetch_wanted(0, None, false));
+        assert!(!S.fetch_wanted(299_999, Some(0), false));
+        assert!(S.fetch_wanted(300_000, Some(0), false));
     }
 
     #[test]
-    fn failures_back_off_exponentially_to_a_cap() {
-        let mut r = Refresh::new(300_000, 2_000);
-        let mut waits = Vec::new();
-        for _ in 0..10 {
-            r.started(0);
-            r.failed(0, 0.0);
-            waits.push(r.next_at());
-        }
+    fn unknown_kid_refetch_is_throttled() {
+        assert!(!S.fetch_wanted(4_999, Some(0), true));
+        assert!(S.fetch_wanted(5_000, Some(0), true));
+    }
+
+    #[test]
+    fn clock_going_backwards_does_not_refetch() {
+        assert!(!S.fetch_wanted(10, Some(1_000), true));
+        assert!(S.usable(10, 1_000));
+    }
+
+    #[test]
+    fn keys_expire_after_max_stale() {
+        assert!(S.usable(3_600_000, 0));
+        assert!(!S.usable(3_600_001, 0));
+    }
+
+    #[test]
+    fn backoff_is_exponential_capped_and_jittered() {
+        let waits: Vec<_> = (1..=10).map(|f| S.backoff_ms(f, 0.0)).collect();
         assert_eq!(&waits[..4], &[500, 1_000, 2_000, 4_000]);
-        assert_eq!(*waits.last().unwrap(), MAX_BACKOFF_MS);
-        assert_eq!(r.consecutive_failures(), 10);
-    }
-
-    #[test]
-    fn backoff_never_exceeds_refresh_interval() {
-        let mut r = Refresh::new(1_000, 500);
-        for _ in 0..5 {
-            r.failed(0, 0.0);
-        }
-        assert_eq!(r.next_at(), 1_000);
-    }
-
-    #[test]
-    fn jitter_spreads_up_to_half() {
-        let mut a = Refresh::new(300_000, 2_000);
-        let mut b = a.clone();
-        a.failed(0, 0.0);
-        b.failed(0, 1.0);
-        assert_eq!(a.next_at(), 500);
-        assert_eq!(b.next_at(), 750);
-    }
-
-    #[test]
-    fn success_resets_failures() {
-        let mut r = Refresh::new(300_000, 2_000);
-        r.failed(0, 0.0);
-        r.failed(0, 0.0);
-        r.succeeded(5);
-        assert_eq!(r.consecutive_failures(), 0);
-        r.failed(5, 0.0);
-        assert_eq!(r.next_at(), 505);
-    }
-
-    #[test]
-    fn a_lost_callback_does_not_block_forever() {
-        let mut r = Refresh::new(300_000, 2_000);
-        r.started(0);
-        assert!(!r.due(3_999));
-        assert!(r.due(4_000));
+        assert_eq!(waits[9], MAX_BACKOFF_MS);
+        assert_eq!(S.backoff_ms(1, 1.0), 750);
+        assert_eq!(S.backoff_ms(u32::MAX, 0.0), MAX_BACKOFF_MS);
+        let fast = Schedule { interval_ms: 1_000, ..S };
+        assert_eq!(fast.backoff_ms(9, 0.0), 1_000);
     }
 }

@@ -11,7 +11,7 @@ use crate::alg::Alg;
 use crate::config::{Config, Issuer};
 use crate::jwks::KeySet;
 use crate::reason::{Reason, Rejection};
-use crate::token::{self, ParseError};
+use crate::token::{self, ParseError, UnverifiedToken};
 
 /// Largest NumericDate accepted: 9999-12-31T23:59:59Z. Beyond is not a date a
 /// real issuer writes, and would overflow date arithmetic downstream.
@@ -59,33 +59,7 @@ pub fn verify<K: KeyLookup + ?Sized>(
     let kid = token.header.kid.as_deref();
 
     let (index, issuer) = select_issuer(config, keys, &token.claims, kid)?;
-    if !issuer.algorithms.contains(&alg) {
-        return Err(Rejection::new(
-            Reason::DisallowedAlg,
-            format!("{alg} is not accepted for this issuer"),
-        ));
-    }
-    let key_set = keys
-        .key_set(index)
-        .ok_or_else(|| Rejection::new(Reason::KeysUnavailable, "issuer keys are not available"))?;
-    let jwk = key_set
-        .select(kid, alg)
-        .ok_or_else(|| Rejection::new(Reason::UnknownKid, "no issuer key matches the token kid"))?;
-    if !jwk.accepts(alg) {
-        return Err(Rejection::new(
-            Reason::DisallowedAlg,
-            format!("{alg} does not fit the {} key", jwk.key.kind()),
-        ));
-    }
-
-    let checked = check_claims(issuer, &token.claims, now)?;
-
-    if !alg.verify(&jwk.key, token.signing_input.as_bytes(), &token.signature) {
-        return Err(Rejection::new(
-            Reason::BadSignature,
-            "signature does not verify",
-        ));
-    }
+    let checked = verify_for_issuer(issuer, keys.key_set(index), &token, alg, now).map_err(|r| r.for_issuer(index))?;
     Ok(Verified {
         issuer: index,
         subject: checked.subject,
@@ -94,6 +68,35 @@ pub fn verify<K: KeyLookup + ?Sized>(
         expires_at: checked.expires_at,
         claims: token.claims,
     })
+}
+
+/// Everything after issuer selection: algorithm, key, claims, then signature.
+fn verify_for_issuer(
+    issuer: &Issuer,
+    key_set: Option<&KeySet>,
+    token: &UnverifiedToken<'_>,
+    alg: Alg,
+    now: i64,
+) -> Result<CheckedClaims, Rejection> {
+    if !issuer.algorithms.contains(&alg) {
+        return Err(Rejection::new(Reason::DisallowedAlg, format!("{alg} is not accepted for this issuer")));
+    }
+    let key_set =
+        key_set.ok_or_else(|| Rejection::new(Reason::KeysUnavailable, "issuer keys are not available"))?;
+    let jwk = key_set
+        .select(token.header.kid.as_deref(), alg)
+        .ok_or_else(|| Rejection::new(Reason::UnknownKid, "no issuer key matches the token kid"))?;
+    if !jwk.accepts(alg) {
+        return Err(Rejection::new(
+            Reason::DisallowedAlg,
+            format!("{alg} does not fit the {} key", jwk.key.kind()),
+        ));
+    }
+    let checked = check_claims(issuer, &token.claims, now)?;
+    if !alg.verify(&jwk.key, token.signing_input.as_bytes(), &token.signature) {
+        return Err(Rejection::new(Reason::BadSignature, "signature does not verify"));
+    }
+    Ok(checked)
 }
 
 fn parse_detail(err: &ParseError) -> String {

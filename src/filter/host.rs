@@ -97,3 +97,69 @@ pub fn http_call_response(
         .unwrap_or_default();
     (status, Ok(body))
 }
+
+/// Shared data over raw host calls. The SDK's wrappers panic on statuses they do
+/// not expect (and cannot even represent `Unimplemented`, which hosts without
+/// shared data return), so these declare the ABI's `u32` status themselves.
+pub struct SharedData;
+
+mod raw {
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_shared_data(
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+            return_cas: *mut u32,
+        ) -> u32;
+        pub fn proxy_set_shared_data(
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
+    }
+
+    pub const OK: u32 = 0;
+    pub const NOT_FOUND: u32 = 1;
+    pub const CAS_MISMATCH: u32 = 8;
+}
+
+impl crate::store::Store for SharedData {
+    fn get(&self, key: &str) -> Result<crate::store::Versioned, crate::store::StoreError> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let mut cas: u32 = 0;
+        // SAFETY: the pointers are valid for writes; on success the host hands us a
+        // buffer it allocated through this module's `proxy_on_memory_allocate`
+        // (a boxed slice of exactly `size` bytes), which we take ownership of.
+        let status = unsafe { raw::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+        match status {
+            raw::OK => {
+                let value = if data.is_null() {
+                    None
+                } else {
+                    // SAFETY: see above; length and capacity are both `size`.
+                    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+                };
+                Ok((value, (cas != 0).then_some(cas)))
+            }
+            raw::NOT_FOUND => Ok((None, None)),
+            _ => Err(crate::store::StoreError::Unavailable),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), crate::store::StoreError> {
+        // SAFETY: key and value are valid for reads of their lengths for the call.
+        let status = unsafe {
+            raw::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0))
+        };
+        match status {
+            raw::OK => Ok(()),
+            raw::CAS_MISMATCH => Err(crate::store::StoreError::CasMismatch),
+            _ => Err(crate::store::StoreError::Unavailable),
+        }
+    }
+}

@@ -7,6 +7,7 @@ use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, Status};
 
+use crate::keyshare::KeyView;
 use crate::reason::{LocalReply, Reason, Rejection};
 use crate::token::Extracted;
 use crate::verify::{self, Verified};
@@ -24,17 +25,25 @@ impl Http {
     }
 
     /// The decision for this request; `Err` carries the refusal.
-    fn authenticate(&self, now_secs: i64) -> Result<Verified, Rejection> {
+    fn authenticate(&self, now_ms: u64) -> Result<Verified, Rejection> {
         let config = &self.vm.config;
         let header = host::request_header(&config.token.header).map_err(internal)?;
         let raw = match config.token.extract(header.as_deref()) {
-            Extracted::Absent => {
-                return Err(Rejection::new(Reason::MissingToken, "no bearer token"))
-            }
+            Extracted::Absent => return Err(Rejection::new(Reason::MissingToken, "no bearer token")),
             Extracted::Token(raw) => raw,
         };
-        let keys = self.vm.keys.borrow();
-        verify::verify(config, keys.as_slice(), raw, now_secs)
+        let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        let outcome = {
+            let keys = self.vm.keys.borrow();
+            verify::verify(config, &KeyView { keys: &keys, now_ms }, raw, now_secs)
+        };
+        if let Err(Rejection { reason: Reason::UnknownKid, issuer: Some(issuer), .. }) = &outcome {
+            // Maybe the issuer rotated: ask for an early (throttled) refetch.
+            if let Some(local) = self.vm.keys.borrow_mut().get_mut(*issuer) {
+                local.kid_miss = true;
+            }
+        }
+        outcome
     }
 
     /// Client-supplied copies of the headers we set are never forwarded.
@@ -84,8 +93,7 @@ impl HttpContext for Http {
         if let Err(status) = self.strip_identity_headers() {
             return self.refuse(&internal(status));
         }
-        let now_secs = i64::try_from(host::now_ms() / 1000).unwrap_or(i64::MAX);
-        match self.authenticate(now_secs) {
+        match self.authenticate(host::now_ms()) {
             Ok(verified) => match self.forward_identity(&verified) {
                 Ok(()) => Action::Continue,
                 Err(status) => self.refuse(&internal(status)),

@@ -1,5 +1,6 @@
 //! The root context: owns the validated configuration and keeps each issuer's
-//! JWKS fresh, on a tick, with `dispatch_http_call`.
+//! JWKS fresh. One worker per Envoy fetches (it holds the shared lease); every
+//! worker picks the published keys up from shared data on its tick.
 
 use std::cell::RefCell;
 use std::collections::hash_map::RandomState;
@@ -12,30 +13,51 @@ use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use crate::config::{Config, JwksSource};
-use crate::jwks::{self, JwksError, KeySet, MAX_JWKS_BYTES};
-use crate::refresh::Refresh;
+use crate::config::{Config, JwksSource, RemoteJwks};
+use crate::jwks::{self, JwksError, MAX_JWKS_BYTES};
+use crate::keyshare::{self, Acquire, LocalKeys, Record, SharedKeys};
+use crate::store::{MemoryStore, Store, StoreError};
 
-use super::host;
+use super::host::{self, SharedData};
 use super::http::Http;
 
-/// How often the root context checks whether a JWKS refresh is due.
-const TICK: Duration = Duration::from_secs(1);
+/// How often each worker looks at the shared keys and whether a fetch is due.
+const TICK: Duration = Duration::from_millis(500);
+/// Extra time a fetch lease is held beyond the fetch timeout.
+const LEASE_MARGIN_MS: u64 = 1_000;
 
 /// What the root context shares with the HTTP contexts of its VM.
 pub struct Vm {
     pub config: Config,
-    /// Current keys per issuer (same index as `config.issuers`); `None` until loaded.
-    pub keys: RefCell<Vec<Option<KeySet>>>,
+    /// Current keys per issuer (same index as `config.issuers`).
+    pub keys: RefCell<Vec<LocalKeys>>,
 }
 
-#[derive(Default)]
+/// A fetch in flight, by callout token.
+struct Fetch {
+    issuer: usize,
+    failures: u32,
+}
+
 pub struct Root {
     vm: Option<Rc<Vm>>,
-    /// Per issuer: `Some` for issuers whose keys are fetched.
-    refresh: Vec<Option<Refresh>>,
-    /// Callout token → issuer index.
-    pending: HashMap<u32, usize>,
+    /// This VM's lease-holder id (random, non-zero).
+    me: u64,
+    store: Box<dyn Store>,
+    shared: Vec<Option<SharedKeys>>,
+    pending: HashMap<u32, Fetch>,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root {
+            vm: None,
+            me: random_u64() | 1,
+            store: Box::new(SharedData),
+            shared: Vec::new(),
+            pending: HashMap::new(),
+        }
+    }
 }
 
 impl Root {
@@ -44,152 +66,178 @@ impl Root {
             .issuers
             .iter()
             .map(|issuer| match &issuer.jwks {
-                JwksSource::Inline(set) => Some(set.clone()),
-                JwksSource::Remote(_) => None,
+                JwksSource::Inline(set) => LocalKeys::inline(set.clone()),
+                JwksSource::Remote(remote) => LocalKeys::remote(remote.schedule()),
             })
             .collect();
-        self.refresh = config
+        self.shared = config
             .issuers
             .iter()
             .map(|issuer| match &issuer.jwks {
-                JwksSource::Remote(remote) => Some(Refresh::new(
-                    remote.refresh_seconds.saturating_mul(1000),
-                    remote.timeout_ms,
-                )),
+                JwksSource::Remote(remote) => Some(SharedKeys::new(&issuer.name, &remote.source_id())),
                 JwksSource::Inline(_) => None,
             })
             .collect();
-        let needs_fetching = self.refresh.iter().any(Option::is_some);
+        if matches!(self.store.get("nhi-guard/probe"), Err(StoreError::Unavailable)) {
+            warn!("the host has no shared data: each worker fetches and keeps its own keys");
+            self.store = Box::new(MemoryStore::default());
+        }
+        let needs_fetching = self.shared.iter().any(Option::is_some);
         info!(
             "configured: {} issuer(s): {}",
             config.issuers.len(),
-            config
-                .issuers
-                .iter()
-                .map(|i| i.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            config.issuers.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
         );
-        self.vm = Some(Rc::new(Vm {
-            config,
-            keys: RefCell::new(keys),
-        }));
+        self.vm = Some(Rc::new(Vm { config, keys: RefCell::new(keys) }));
         self.pending.clear();
         if needs_fetching {
             if let Err(status) = host::set_tick_period(TICK) {
                 error!("the host has no timers ({status:?}); JWKS cannot be refreshed, refusing to start");
                 return false;
             }
-            self.fetch_due(host::now_ms());
+            self.tick(host::now_ms());
         }
         true
     }
 
-    fn fetch_due(&mut self, now: u64) {
+    fn tick(&mut self, now: u64) {
         let Some(vm) = self.vm.clone() else { return };
         for (index, issuer) in vm.config.issuers.iter().enumerate() {
-            let (Some(Some(refresh)), JwksSource::Remote(remote)) =
-                (self.refresh.get_mut(index), &issuer.jwks)
-            else {
+            let (JwksSource::Remote(remote), Some(Some(shared))) = (&issuer.jwks, self.shared.get(index)) else {
                 continue;
             };
-            if !refresh.due(now) {
+            let shared = shared.clone();
+            self.pick_up_published(&vm, index, &shared);
+            if self.pending.values().any(|f| f.issuer == index) {
                 continue;
             }
-            match host::http_get(
-                &remote.cluster,
-                &remote.authority,
-                &remote.path,
-                Duration::from_millis(remote.timeout_ms),
-            ) {
-                Ok(token) => {
-                    refresh.started(now);
-                    self.pending.insert(token, index);
-                }
-                Err(status) => {
-                    refresh.failed(now, jitter());
-                    warn!(
-                        "issuer {}: cannot fetch JWKS from cluster {:?} ({status:?}); retry in {} ms",
-                        issuer.name,
-                        remote.cluster,
-                        refresh.next_at().saturating_sub(now)
-                    );
-                }
+            let wanted = vm.keys.borrow().get(index).is_some_and(|local| {
+                local.schedule.is_some_and(|s| s.fetch_wanted(now, local.fetched_at_ms, local.kid_miss))
+            });
+            if wanted {
+                self.try_fetch(&vm, index, remote, &shared, now);
             }
         }
     }
 
-    fn jwks_fetched(&mut self, index: usize, outcome: Result<jwks::ParsedJwks, String>) {
-        let now = host::now_ms();
-        let (Some(vm), Some(Some(refresh))) = (self.vm.as_ref(), self.refresh.get_mut(index))
-        else {
-            return;
-        };
-        let Some(issuer) = vm.config.issuers.get(index) else {
-            return;
-        };
-        match outcome {
-            Ok(parsed) => {
-                for skipped in &parsed.skipped {
-                    warn!("issuer {}: JWKS {skipped}: skipped", issuer.name);
-                }
-                info!(
-                    "issuer {}: loaded {} key(s)",
-                    issuer.name,
-                    parsed.keys.len()
-                );
-                if let Some(slot) = vm.keys.borrow_mut().get_mut(index) {
-                    *slot = Some(parsed.keys);
-                }
-                refresh.succeeded(now);
+    /// Loads keys another worker (or this one) published, if they changed.
+    fn pick_up_published(&self, vm: &Vm, index: usize, shared: &SharedKeys) {
+        let (bytes, cas) = match self.store.get(&shared.record) {
+            Ok((Some(bytes), cas)) => (bytes, cas),
+            Ok((None, _)) => return,
+            Err(err) => {
+                warn!("cannot read shared keys: {err}");
+                return;
             }
-            Err(why) => {
-                refresh.failed(now, jitter());
-                let kept = vm.keys.borrow().get(index).is_some_and(Option::is_some);
+        };
+        let mut all = vm.keys.borrow_mut();
+        let Some(local) = all.get_mut(index) else { return };
+        if cas.is_some() && cas == local.seen_cas {
+            return;
+        }
+        let parsed = Record::decode(&bytes).and_then(|r| jwks::parse(&r.body).ok().map(|p| (r.fetched_at_ms, p)));
+        match parsed {
+            Some((fetched_at, parsed)) => {
+                local.set = Some(parsed.keys);
+                local.fetched_at_ms = Some(fetched_at);
+                local.kid_miss = false;
+            }
+            None => warn!("shared keys of issuer #{index} are unreadable; waiting for the next fetch"),
+        }
+        local.seen_cas = cas;
+    }
+
+    fn try_fetch(&mut self, vm: &Vm, index: usize, remote: &RemoteJwks, shared: &SharedKeys, now: u64) {
+        let hold = remote.timeout_ms.saturating_add(LEASE_MARGIN_MS);
+        let failures = match keyshare::try_acquire(self.store.as_ref(), &shared.lease, self.me, now, hold) {
+            Ok(Acquire::Acquired { failures }) => failures,
+            Ok(Acquire::Busy) => return,
+            Err(err) => {
+                warn!("cannot take the JWKS fetch lease: {err}");
+                return;
+            }
+        };
+        let name = vm.config.issuers.get(index).map(|i| i.name.as_str()).unwrap_or_default();
+        match host::http_get(&remote.cluster, &remote.authority, &remote.path, Duration::from_millis(remote.timeout_ms)) {
+            Ok(token) => {
+                self.pending.insert(token, Fetch { issuer: index, failures });
+                if let Some(local) = vm.keys.borrow_mut().get_mut(index) {
+                    local.kid_miss = false;
+                }
+            }
+            Err(status) => {
+                let backoff = remote.schedule().backoff_ms(failures.saturating_add(1), jitter());
                 warn!(
-                    "issuer {}: JWKS refresh failed: {why}; {}; retry in {} ms",
-                    issuer.name,
-                    if kept {
-                        "keeping the last good keys"
-                    } else {
-                        "no keys yet"
-                    },
-                    refresh.next_at().saturating_sub(now)
+                    "issuer {name}: cannot fetch JWKS from cluster {:?} ({status:?}); retry in {backoff} ms",
+                    remote.cluster
                 );
+                let _ = keyshare::fail(self.store.as_ref(), &shared.lease, self.me, now, failures.saturating_add(1), backoff);
             }
         }
     }
+
+    fn fetched(&mut self, fetch: Fetch, outcome: Result<(Vec<u8>, jwks::ParsedJwks), String>) {
+        let now = host::now_ms();
+        let Some(vm) = self.vm.clone() else { return };
+        let (Some(issuer), Some(Some(shared))) = (vm.config.issuers.get(fetch.issuer), self.shared.get(fetch.issuer))
+        else {
+            return;
+        };
+        let JwksSource::Remote(remote) = &issuer.jwks else { return };
+        match outcome {
+            Ok((body, parsed)) => {
+                for skipped in &parsed.skipped {
+                    warn!("issuer {}: JWKS {skipped}: skipped", issuer.name);
+                }
+                info!("issuer {}: loaded {} key(s)", issuer.name, parsed.keys.len());
+                let record = Record { fetched_at_ms: now, body };
+                if let Err(err) = keyshare::publish(self.store.as_ref(), shared, self.me, &record) {
+                    warn!("issuer {}: cannot share the keys with other workers: {err}", issuer.name);
+                }
+                let seen_cas = self.store.get(&shared.record).ok().and_then(|(_, cas)| cas);
+                if let Some(local) = vm.keys.borrow_mut().get_mut(fetch.issuer) {
+                    local.set = Some(parsed.keys);
+                    local.fetched_at_ms = Some(now);
+                    local.seen_cas = seen_cas;
+                    local.kid_miss = false;
+                }
+            }
+            Err(why) => {
+                let failures = fetch.failures.saturating_add(1);
+                let backoff = remote.schedule().backoff_ms(failures, jitter());
+                let kept = vm.keys.borrow().get(fetch.issuer).is_some_and(|k| k.usable(now).is_some());
+                warn!(
+                    "issuer {}: JWKS refresh failed ({failures} in a row): {why}; {}; retry in {backoff} ms",
+                    issuer.name,
+                    if kept { "keeping the last good keys" } else { "no usable keys" },
+                );
+                let _ = keyshare::fail(self.store.as_ref(), &shared.lease, self.me, now, failures, backoff);
+            }
+        }
+    }
+}
+
+fn random_u64() -> u64 {
+    let mut hasher = RandomState::new().build_hasher();
+    hasher.write_u64(host::now_ms());
+    hasher.finish()
 }
 
 /// A value in `0..=1` to spread retries; not security-relevant.
 fn jitter() -> f64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(host::now_ms());
-    (hasher.finish() % 1_000) as f64 / 999.0
+    (random_u64() % 1_000) as f64 / 999.0
 }
 
 impl Context for Root {
-    fn on_http_call_response(
-        &mut self,
-        token_id: u32,
-        _num_headers: usize,
-        body_size: usize,
-        _num_trailers: usize,
-    ) {
-        let Some(index) = self.pending.remove(&token_id) else {
-            return;
-        };
+    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(fetch) = self.pending.remove(&token_id) else { return };
         let outcome = match host::http_call_response(body_size, MAX_JWKS_BYTES) {
             (None, _) => Err("no response (connection refused, reset or timed out)".to_owned()),
-            (Some(200), Ok(body)) => jwks::parse(&body).map_err(|e| e.to_string()),
-            (Some(200), Err(bytes)) => Err(JwksError::TooLarge {
-                bytes,
-                limit: MAX_JWKS_BYTES,
-            }
-            .to_string()),
+            (Some(200), Ok(body)) => jwks::parse(&body).map(|parsed| (body, parsed)).map_err(|e| e.to_string()),
+            (Some(200), Err(bytes)) => Err(JwksError::TooLarge { bytes, limit: MAX_JWKS_BYTES }.to_string()),
             (Some(status), _) => Err(format!("key server answered HTTP {status}")),
         };
-        self.jwks_fetched(index, outcome);
+        self.fetched(fetch, outcome);
     }
 }
 
@@ -216,7 +264,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        self.fetch_due(host::now_ms());
+        self.tick(host::now_ms());
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

@@ -1,0 +1,1 @@
+//! Per-identity quotas (being written).

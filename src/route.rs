@@ -1,0 +1,1 @@
+//! Route classes and authorization policy (being written).
