@@ -59,10 +59,8 @@ impl Alg {
     pub fn fits(self, key: &PublicKey) -> bool {
         matches!(
             (self, key),
-            (
-                Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512,
-                PublicKey::Rsa(_)
-            ) | (Alg::Es256, PublicKey::P256(_))
+            (Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512, PublicKey::Rsa(_))
+                | (Alg::Es256, PublicKey::P256(_))
                 | (Alg::Es384, PublicKey::P384(_))
                 | (Alg::EdDsa, PublicKey::Ed25519(_))
         )
@@ -74,29 +72,15 @@ impl Alg {
     /// the wrong encoding or length, and of course a signature that does not verify.
     pub fn verify(self, key: &PublicKey, signing_input: &[u8], signature: &[u8]) -> bool {
         match (self, key) {
-            (Alg::Rs256, PublicKey::Rsa(k)) => {
-                verify_with(&Rsa::rs256(), k, signing_input, signature)
-            }
-            (Alg::Rs384, PublicKey::Rsa(k)) => {
-                verify_with(&Rsa::rs384(), k, signing_input, signature)
-            }
-            (Alg::Rs512, PublicKey::Rsa(k)) => {
-                verify_with(&Rsa::rs512(), k, signing_input, signature)
-            }
-            (Alg::Ps256, PublicKey::Rsa(k)) => {
-                verify_with(&Rsa::ps256(), k, signing_input, signature)
-            }
-            (Alg::Ps384, PublicKey::Rsa(k)) => {
-                verify_with(&Rsa::ps384(), k, signing_input, signature)
-            }
-            (Alg::Ps512, PublicKey::Rsa(k)) => {
-                verify_with(&Rsa::ps512(), k, signing_input, signature)
-            }
+            (Alg::Rs256, PublicKey::Rsa(k)) => verify_with(&Rsa::rs256(), k, signing_input, signature),
+            (Alg::Rs384, PublicKey::Rsa(k)) => verify_with(&Rsa::rs384(), k, signing_input, signature),
+            (Alg::Rs512, PublicKey::Rsa(k)) => verify_with(&Rsa::rs512(), k, signing_input, signature),
+            (Alg::Ps256, PublicKey::Rsa(k)) => verify_with(&Rsa::ps256(), k, signing_input, signature),
+            (Alg::Ps384, PublicKey::Rsa(k)) => verify_with(&Rsa::ps384(), k, signing_input, signature),
+            (Alg::Ps512, PublicKey::Rsa(k)) => verify_with(&Rsa::ps512(), k, signing_input, signature),
             (Alg::Es256, PublicKey::P256(k)) => verify_with(&Es256, k, signing_input, signature),
             (Alg::Es384, PublicKey::P384(k)) => verify_with(&Es384, k, signing_input, signature),
-            (Alg::EdDsa, PublicKey::Ed25519(k)) => {
-                verify_with(&Ed25519Strict, k, signing_input, signature)
-            }
+            (Alg::EdDsa, PublicKey::Ed25519(k)) => verify_with(&Ed25519Strict, k, signing_input, signature),
             _ => false,
         }
     }
@@ -123,10 +107,7 @@ impl FromStr for Alg {
 
     /// Exact, case-sensitive names only: `none`, `None` and `HS256` are refused here.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Alg::ALL
-            .into_iter()
-            .find(|alg| alg.name() == s)
-            .ok_or_else(|| UnsupportedAlg(s.to_owned()))
+        Alg::ALL.into_iter().find(|alg| alg.name() == s).ok_or_else(|| UnsupportedAlg(s.to_owned()))
     }
 }
 
@@ -150,12 +131,7 @@ impl PublicKey {
     }
 }
 
-fn verify_with<A: Algorithm>(
-    alg: &A,
-    key: &A::VerifyingKey,
-    message: &[u8],
-    signature: &[u8],
-) -> bool {
+fn verify_with<A: Algorithm>(alg: &A, key: &A::VerifyingKey, message: &[u8], signature: &[u8]) -> bool {
     if let Some(expected) = A::Signature::LENGTH {
         if signature.len() != expected.get() {
             return false;
@@ -179,9 +155,7 @@ impl AlgorithmSignature for Es384Signature {
     const LENGTH: Option<std::num::NonZeroUsize> = std::num::NonZeroUsize::new(96);
 
     fn try_from_slice(slice: &[u8]) -> anyhow::Result<Self> {
-        p384::ecdsa::Signature::from_slice(slice)
-            .map(Es384Signature)
-            .map_err(|err| anyhow::anyhow!(err))
+        p384::ecdsa::Signature::from_slice(slice).map(Es384Signature).map_err(|err| anyhow::anyhow!(err))
     }
 
     fn as_bytes(&self) -> Cow<'_, [u8]> {

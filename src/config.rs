@@ -105,10 +105,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid {
-            field: field.into(),
-            reason: reason.into(),
-        }
+        ConfigError::Invalid { field: field.into(), reason: reason.into() }
     }
 }
 
@@ -203,10 +200,7 @@ struct RawForward {
 
 impl Default for RawForward {
     fn default() -> Self {
-        RawForward {
-            identity_header: default_identity_header(),
-            issuer_header: default_issuer_header(),
-        }
+        RawForward { identity_header: default_identity_header(), issuer_header: default_issuer_header() }
     }
 }
 
@@ -220,34 +214,34 @@ fn default_issuer_header() -> String {
 /// The algorithms an issuer gets when its config does not list any.
 pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::EdDsa];
 
+impl Issuer {
+    /// The JWKS fetch timeout, for issuers whose keys are fetched.
+    pub fn fetch_timeout_ms(&self) -> Option<u64> {
+        match &self.jwks {
+            JwksSource::Remote(remote) => Some(remote.timeout_ms),
+            JwksSource::Inline(_) => None,
+        }
+    }
+}
+
 impl Config {
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         compile(raw)
     }
 
     pub fn issuer_by_iss(&self, iss: &str) -> Option<(usize, &Issuer)> {
-        self.issuers
-            .iter()
-            .enumerate()
-            .find(|(_, i)| i.issuer == iss)
+        self.issuers.iter().enumerate().find(|(_, i)| i.issuer == iss)
     }
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.issuers.is_empty() {
-        return Err(ConfigError::invalid(
-            "issuers",
-            "must list at least one issuer",
-        ));
+        return Err(ConfigError::invalid("issuers", "must list at least one issuer"));
     }
     if raw.issuers.len() > MAX_ISSUERS {
-        return Err(ConfigError::invalid(
-            "issuers",
-            format!("lists more than {MAX_ISSUERS} issuers"),
-        ));
+        return Err(ConfigError::invalid("issuers", format!("lists more than {MAX_ISSUERS} issuers")));
     }
     let mut names = HashSet::new();
     let mut isses = HashSet::new();
@@ -276,10 +270,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         max_bytes: raw.token.max_bytes,
     };
     if !(256..=64 * 1024).contains(&token.max_bytes) {
-        return Err(ConfigError::invalid(
-            "token.max_bytes",
-            "must be between 256 and 65536",
-        ));
+        return Err(ConfigError::invalid("token.max_bytes", "must be between 256 and 65536"));
     }
     let forward = Forward {
         identity_header: header_name("forward.identity_header", &raw.forward.identity_header)?,
@@ -300,53 +291,32 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     }
     let realm = raw.realm.unwrap_or_else(|| "nhi-guard".into());
-    if realm.is_empty()
-        || realm
-            .chars()
-            .any(|c| c == '"' || c == '\\' || c.is_control())
-    {
+    if realm.is_empty() || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
         return Err(ConfigError::invalid(
             "realm",
             "must be non-empty, without quotes, backslashes or control characters",
         ));
     }
-    Ok(Config {
-        issuers,
-        token,
-        forward,
-        realm,
-    })
+    Ok(Config { issuers, token, forward, realm })
 }
 
 fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer, ConfigError> {
     if raw.name.is_empty()
         || raw.name.len() > 64
-        || !raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
     {
-        return Err(ConfigError::invalid(
-            at("name"),
-            "must be 1-64 characters of a-z, 0-9, '-' or '_'",
-        ));
+        return Err(ConfigError::invalid(at("name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
     }
     if raw.issuer.is_empty() {
         return Err(ConfigError::invalid(at("issuer"), "must not be empty"));
     }
     if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
-        return Err(ConfigError::invalid(
-            at("audiences"),
-            "must list at least one non-empty audience",
-        ));
+        return Err(ConfigError::invalid(at("audiences"), "must list at least one non-empty audience"));
     }
     let algorithms = match raw.algorithms {
         None => DEFAULT_ALGORITHMS.to_vec(),
         Some(names) if names.is_empty() => {
-            return Err(ConfigError::invalid(
-                at("algorithms"),
-                "must list at least one algorithm",
-            ))
+            return Err(ConfigError::invalid(at("algorithms"), "must list at least one algorithm"))
         }
         Some(names) => {
             let mut algs = Vec::with_capacity(names.len());
@@ -368,10 +338,7 @@ fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer,
     };
     let clock_skew_seconds = raw.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
     if clock_skew_seconds > 300 {
-        return Err(ConfigError::invalid(
-            at("clock_skew_seconds"),
-            "must be at most 300",
-        ));
+        return Err(ConfigError::invalid(at("clock_skew_seconds"), "must be at most 300"));
     }
     let jwks = compile_jwks(raw.jwks, at)?;
     Ok(Issuer {
@@ -401,56 +368,35 @@ fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource,
         }
         let bytes = serde_json::to_vec(&inline)
             .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
-        let parsed = jwks::parse(&bytes)
-            .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
+        let parsed =
+            jwks::parse(&bytes).map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
         if let Some(skipped) = parsed.skipped.first() {
-            return Err(ConfigError::invalid(
-                at("jwks.inline"),
-                format!("has an unusable {skipped}"),
-            ));
+            return Err(ConfigError::invalid(at("jwks.inline"), format!("has an unusable {skipped}")));
         }
         return Ok(JwksSource::Inline(parsed.keys));
     }
-    let cluster = raw
-        .cluster
-        .ok_or_else(|| ConfigError::invalid(at("jwks"), "needs `cluster` (or `inline`)"))?;
+    let cluster =
+        raw.cluster.ok_or_else(|| ConfigError::invalid(at("jwks"), "needs `cluster` (or `inline`)"))?;
     if cluster.is_empty() {
-        return Err(ConfigError::invalid(
-            at("jwks.cluster"),
-            "must not be empty",
-        ));
+        return Err(ConfigError::invalid(at("jwks.cluster"), "must not be empty"));
     }
     let authority = raw
         .authority
         .ok_or_else(|| ConfigError::invalid(at("jwks.authority"), "is required with `cluster`"))?;
     if authority.is_empty() || authority.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err(ConfigError::invalid(
-            at("jwks.authority"),
-            "must be a host[:port]",
-        ));
+        return Err(ConfigError::invalid(at("jwks.authority"), "must be a host[:port]"));
     }
-    let path = raw
-        .path
-        .ok_or_else(|| ConfigError::invalid(at("jwks.path"), "is required with `cluster`"))?;
+    let path = raw.path.ok_or_else(|| ConfigError::invalid(at("jwks.path"), "is required with `cluster`"))?;
     if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ConfigError::invalid(
-            at("jwks.path"),
-            "must start with '/' and contain no spaces",
-        ));
+        return Err(ConfigError::invalid(at("jwks.path"), "must start with '/' and contain no spaces"));
     }
     let refresh_seconds = raw.refresh_seconds.unwrap_or(DEFAULT_REFRESH_SECONDS);
     if !(1..=86_400).contains(&refresh_seconds) {
-        return Err(ConfigError::invalid(
-            at("jwks.refresh_seconds"),
-            "must be between 1 and 86400",
-        ));
+        return Err(ConfigError::invalid(at("jwks.refresh_seconds"), "must be between 1 and 86400"));
     }
     let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if !(1..=60_000).contains(&timeout_ms) {
-        return Err(ConfigError::invalid(
-            at("jwks.timeout_ms"),
-            "must be between 1 and 60000",
-        ));
+        return Err(ConfigError::invalid(at("jwks.timeout_ms"), "must be between 1 and 60000"));
     }
     let min_refetch_seconds = raw.min_refetch_seconds.unwrap_or(DEFAULT_MIN_REFETCH_SECONDS);
     if !(1..=refresh_seconds.max(1)).contains(&min_refetch_seconds) {
@@ -480,23 +426,14 @@ fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource,
 /// A request header name the filter may read or write: lower-case RFC 7230 token,
 /// not a pseudo-header, not a hop-by-hop or framing header.
 fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    const RESERVED: [&str; 6] = [
-        "host",
-        "connection",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-    ];
+    const RESERVED: [&str; 6] =
+        ["host", "connection", "content-length", "transfer-encoding", "te", "upgrade"];
     let valid = !name.is_empty()
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_!#$%&'*+.^`|~".contains(c));
     if !valid {
-        return Err(ConfigError::invalid(
-            field,
-            format!("{name:?} is not a lower-case header name"),
-        ));
+        return Err(ConfigError::invalid(field, format!("{name:?} is not a lower-case header name")));
     }
     if RESERVED.contains(&name) {
         return Err(ConfigError::invalid(field, format!("{name:?} is reserved")));
@@ -563,9 +500,7 @@ mod tests {
     /// The plugin JSON embedded in `envoy/envoy.yaml` (the block scalar after `value: |`).
     fn shipped_plugin_json() -> String {
         let yaml = include_str!("../envoy/envoy.yaml");
-        let mut lines = yaml
-            .lines()
-            .skip_while(|l| !l.trim_end().ends_with("value: |"));
+        let mut lines = yaml.lines().skip_while(|l| !l.trim_end().ends_with("value: |"));
         let marker = lines.next().unwrap();
         let indent = marker.len() - marker.trim_start().len();
         lines
@@ -592,14 +527,8 @@ mod tests {
 
     #[test]
     fn not_json_is_a_syntax_error() {
-        assert!(matches!(
-            Config::from_json(b"{"),
-            Err(ConfigError::Syntax(_))
-        ));
-        assert!(matches!(
-            Config::from_json(b""),
-            Err(ConfigError::Syntax(_))
-        ));
+        assert!(matches!(Config::from_json(b"{"), Err(ConfigError::Syntax(_))));
+        assert!(matches!(Config::from_json(b""), Err(ConfigError::Syntax(_))));
     }
 
     #[test]
@@ -607,59 +536,32 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("issuers", Box::new(|v| v["issuers"] = json!([]))),
-            (
-                "issuers[0].name",
-                Box::new(|v| v["issuers"][0]["name"] = json!("Has Space")),
-            ),
-            (
-                "issuers[0].issuer",
-                Box::new(|v| v["issuers"][0]["issuer"] = json!("")),
-            ),
-            (
-                "issuers[0].audiences",
-                Box::new(|v| v["issuers"][0]["audiences"] = json!([])),
-            ),
-            (
-                "issuers[0].algorithms",
-                Box::new(|v| v["issuers"][0]["algorithms"] = json!([])),
-            ),
+            ("issuers[0].name", Box::new(|v| v["issuers"][0]["name"] = json!("Has Space"))),
+            ("issuers[0].issuer", Box::new(|v| v["issuers"][0]["issuer"] = json!(""))),
+            ("issuers[0].audiences", Box::new(|v| v["issuers"][0]["audiences"] = json!([]))),
+            ("issuers[0].algorithms", Box::new(|v| v["issuers"][0]["algorithms"] = json!([]))),
             (
                 "issuers[0].algorithms[1]",
                 Box::new(|v| v["issuers"][0]["algorithms"] = json!(["RS256", "HS256"])),
             ),
-            (
-                "issuers[0].algorithms[0]",
-                Box::new(|v| v["issuers"][0]["algorithms"] = json!(["none"])),
-            ),
+            ("issuers[0].algorithms[0]", Box::new(|v| v["issuers"][0]["algorithms"] = json!(["none"]))),
             (
                 "issuers[0].clock_skew_seconds",
                 Box::new(|v| v["issuers"][0]["clock_skew_seconds"] = json!(3600)),
             ),
-            (
-                "issuers[0].jwks",
-                Box::new(|v| v["issuers"][0]["jwks"] = json!({})),
-            ),
+            ("issuers[0].jwks", Box::new(|v| v["issuers"][0]["jwks"] = json!({}))),
             (
                 "issuers[0].jwks.authority",
                 Box::new(|v| {
-                    v["issuers"][0]["jwks"]
-                        .as_object_mut()
-                        .unwrap()
-                        .remove("authority");
+                    v["issuers"][0]["jwks"].as_object_mut().unwrap().remove("authority");
                 }),
             ),
-            (
-                "issuers[0].jwks.path",
-                Box::new(|v| v["issuers"][0]["jwks"]["path"] = json!("jwks.json")),
-            ),
+            ("issuers[0].jwks.path", Box::new(|v| v["issuers"][0]["jwks"]["path"] = json!("jwks.json"))),
             (
                 "issuers[0].jwks.refresh_seconds",
                 Box::new(|v| v["issuers"][0]["jwks"]["refresh_seconds"] = json!(0)),
             ),
-            (
-                "issuers[0].jwks.timeout_ms",
-                Box::new(|v| v["issuers"][0]["jwks"]["timeout_ms"] = json!(0)),
-            ),
+            ("issuers[0].jwks.timeout_ms", Box::new(|v| v["issuers"][0]["jwks"]["timeout_ms"] = json!(0))),
             (
                 "issuers[0].jwks.min_refetch_seconds",
                 Box::new(|v| v["issuers"][0]["jwks"]["min_refetch_seconds"] = json!(301)),
@@ -672,30 +574,15 @@ mod tests {
                 "issuers[0].jwks.inline",
                 Box::new(|v| v["issuers"][0]["jwks"] = json!({"inline": {"keys": []}})),
             ),
-            (
-                "token.header",
-                Box::new(|v| v["token"]["header"] = json!("Authorization")),
-            ),
-            (
-                "token.max_bytes",
-                Box::new(|v| v["token"]["max_bytes"] = json!(10)),
-            ),
-            (
-                "forward.identity_header",
-                Box::new(|v| v["forward"]["identity_header"] = json!(":path")),
-            ),
-            (
-                "forward.issuer_header",
-                Box::new(|v| v["forward"]["issuer_header"] = json!("x-nhi-identity")),
-            ),
+            ("token.header", Box::new(|v| v["token"]["header"] = json!("Authorization"))),
+            ("token.max_bytes", Box::new(|v| v["token"]["max_bytes"] = json!(10))),
+            ("forward.identity_header", Box::new(|v| v["forward"]["identity_header"] = json!(":path"))),
+            ("forward.issuer_header", Box::new(|v| v["forward"]["issuer_header"] = json!("x-nhi-identity"))),
             (
                 "forward.identity_header",
                 Box::new(|v| v["forward"]["identity_header"] = json!("authorization")),
             ),
-            (
-                "forward.identity_header",
-                Box::new(|v| v["forward"]["identity_header"] = json!("host")),
-            ),
+            ("forward.identity_header", Box::new(|v| v["forward"]["identity_header"] = json!("host"))),
             ("realm", Box::new(|v| v["realm"] = json!("a\"b"))),
         ];
         for (field, mutate) in cases {
@@ -727,6 +614,9 @@ mod tests {
         let mut v = base();
         v["issuers"][0]["audiences"] = json!([]);
         let err = compile_value(v).unwrap_err().to_string();
-        assert_eq!(err, "invalid plugin configuration: `issuers[0].audiences` must list at least one non-empty audience");
+        assert_eq!(
+            err,
+            "invalid plugin configuration: `issuers[0].audiences` must list at least one non-empty audience"
+        );
     }
 }

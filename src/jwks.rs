@@ -150,42 +150,27 @@ struct RawJwk {
 /// Parses a JWKS body, keeping at most [`MAX_KEYS`] usable keys.
 pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
     if body.len() > MAX_JWKS_BYTES {
-        return Err(JwksError::TooLarge {
-            bytes: body.len(),
-            limit: MAX_JWKS_BYTES,
-        });
+        return Err(JwksError::TooLarge { bytes: body.len(), limit: MAX_JWKS_BYTES });
     }
-    let raw: RawJwks =
-        serde_json::from_slice(body).map_err(|e| JwksError::NotJson(e.to_string()))?;
+    let raw: RawJwks = serde_json::from_slice(body).map_err(|e| JwksError::NotJson(e.to_string()))?;
     let mut keys: Vec<Jwk> = Vec::new();
     let mut skipped = Vec::new();
     for value in raw.keys {
         let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
-        let outcome = if keys.len() >= MAX_KEYS {
-            Err(format!("more than {MAX_KEYS} keys"))
-        } else {
-            parse_key(value)
-        };
+        let outcome =
+            if keys.len() >= MAX_KEYS { Err(format!("more than {MAX_KEYS} keys")) } else { parse_key(value) };
         match outcome {
             Ok(jwk) if jwk.kid.is_some() && keys.iter().any(|k| k.kid == jwk.kid) => {
-                skipped.push(SkippedKey {
-                    kid,
-                    reason: "duplicate kid".into(),
-                })
+                skipped.push(SkippedKey { kid, reason: "duplicate kid".into() })
             }
             Ok(jwk) => keys.push(jwk),
             Err(reason) => skipped.push(SkippedKey { kid, reason }),
         }
     }
     if keys.is_empty() {
-        return Err(JwksError::NoUsableKeys {
-            skipped: skipped.len(),
-        });
+        return Err(JwksError::NoUsableKeys { skipped: skipped.len() });
     }
-    Ok(ParsedJwks {
-        keys: KeySet { keys },
-        skipped,
-    })
+    Ok(ParsedJwks { keys: KeySet { keys }, skipped })
 }
 
 fn parse_key(value: serde_json::Value) -> Result<Jwk, String> {
@@ -227,9 +212,7 @@ fn parse_key(value: serde_json::Value) -> Result<Jwk, String> {
         }
         ("OKP", Some("Ed25519")) => {
             let x = decode_member("x", raw.x.as_deref())?;
-            let x: [u8; 32] = x
-                .try_into()
-                .map_err(|_| "Ed25519 x is not 32 bytes".to_owned())?;
+            let x: [u8; 32] = x.try_into().map_err(|_| "Ed25519 x is not 32 bytes".to_owned())?;
             let key = ed25519_dalek::VerifyingKey::from_bytes(&x)
                 .map_err(|_| "Ed25519 x is not a curve point".to_owned())?;
             if key.is_weak() {
@@ -249,11 +232,7 @@ fn parse_key(value: serde_json::Value) -> Result<Jwk, String> {
             return Err(format!("alg {alg} does not fit a {} key", key.kind()));
         }
     }
-    Ok(Jwk {
-        kid: raw.kid,
-        alg,
-        key,
-    })
+    Ok(Jwk { kid: raw.kid, alg, key })
 }
 
 fn decode_member(name: &str, value: Option<&str>) -> Result<Vec<u8>, String> {
@@ -271,14 +250,10 @@ fn rsa_key(raw: &RawJwk) -> Result<PublicKey, String> {
     let e = rsa::BigUint::from_bytes_be(&e);
     let bits = n.bits();
     if bits < MIN_RSA_BITS {
-        return Err(format!(
-            "RSA modulus of {bits} bits is under {MIN_RSA_BITS}"
-        ));
+        return Err(format!("RSA modulus of {bits} bits is under {MIN_RSA_BITS}"));
     }
     // RsaPublicKey::new also refuses e < 2, e > 2^33-1, even e and moduli over 4096 bits.
-    RsaPublicKey::new(n, e)
-        .map(PublicKey::Rsa)
-        .map_err(|err| format!("RSA key refused: {err}"))
+    RsaPublicKey::new(n, e).map(PublicKey::Rsa).map_err(|err| format!("RSA key refused: {err}"))
 }
 
 fn ec_point(raw: &RawJwk, coordinate_len: usize) -> Result<Vec<u8>, String> {
@@ -307,13 +282,7 @@ mod tests {
 
     fn test_key(kid: &str) -> Value {
         let all = testkit::jwks();
-        all["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kid"] == kid)
-            .unwrap()
-            .clone()
+        all["keys"].as_array().unwrap().iter().find(|k| k["kid"] == kid).unwrap().clone()
     }
 
     fn skipped_reason(key: Value) -> String {
@@ -341,12 +310,9 @@ mod tests {
         ops["key_ops"] = json!(["encrypt"]);
         assert!(skipped_reason(ops).contains("key_ops"));
 
-        assert!(skipped_reason(json!({"kty": "oct", "k": "c2VjcmV0"}))
-            .contains("unsupported key type oct"));
-        assert!(
-            skipped_reason(json!({"kty": "EC", "crv": "secp256k1", "x": "AA", "y": "AA"}))
-                .contains("secp256k1")
-        );
+        assert!(skipped_reason(json!({"kty": "oct", "k": "c2VjcmV0"})).contains("unsupported key type oct"));
+        assert!(skipped_reason(json!({"kty": "EC", "crv": "secp256k1", "x": "AA", "y": "AA"}))
+            .contains("secp256k1"));
 
         let mut wrong_alg = test_key("ec-1");
         wrong_alg["alg"] = json!("RS256");
@@ -377,9 +343,7 @@ mod tests {
     #[test]
     fn refuses_points_off_the_curve_and_weak_ed25519() {
         let mut off = test_key("ec-1");
-        let mut y =
-            base64::Engine::decode(&crate::b64::URL_SAFE_STRICT, off["y"].as_str().unwrap())
-                .unwrap();
+        let mut y = base64::Engine::decode(&crate::b64::URL_SAFE_STRICT, off["y"].as_str().unwrap()).unwrap();
         y[31] ^= 1;
         off["y"] = json!(b64(&y));
         assert!(skipped_reason(off).contains("not on the curve"));
@@ -422,25 +386,16 @@ mod tests {
         let big = vec![b' '; MAX_JWKS_BYTES + 1];
         assert_eq!(
             parse(&big).unwrap_err(),
-            JwksError::TooLarge {
-                bytes: MAX_JWKS_BYTES + 1,
-                limit: MAX_JWKS_BYTES
-            }
+            JwksError::TooLarge { bytes: MAX_JWKS_BYTES + 1, limit: MAX_JWKS_BYTES }
         );
     }
 
     #[test]
     fn whole_document_errors() {
         assert!(matches!(parse(b"<html>"), Err(JwksError::NotJson(_))));
-        assert!(matches!(
-            parse(b"{\"keys\": {}}"),
-            Err(JwksError::NotJson(_))
-        ));
+        assert!(matches!(parse(b"{\"keys\": {}}"), Err(JwksError::NotJson(_))));
         assert!(matches!(parse(b"{}"), Err(JwksError::NotJson(_))));
-        assert_eq!(
-            parse(b"{\"keys\": []}").unwrap_err(),
-            JwksError::NoUsableKeys { skipped: 0 }
-        );
+        assert_eq!(parse(b"{\"keys\": []}").unwrap_err(), JwksError::NoUsableKeys { skipped: 0 });
         assert_eq!(
             parse(b"{\"keys\": [{\"kty\": \"oct\"}]}").unwrap_err(),
             JwksError::NoUsableKeys { skipped: 1 }
@@ -460,15 +415,10 @@ mod tests {
     #[test]
     fn select_without_kid_needs_exactly_one_fitting_key() {
         let set = parse_value(&testkit::jwks()).unwrap().keys;
-        assert_eq!(
-            set.select(None, Alg::EdDsa).unwrap().kid.as_deref(),
-            Some("ed-1")
-        );
+        assert_eq!(set.select(None, Alg::EdDsa).unwrap().kid.as_deref(), Some("ed-1"));
         let mut second = test_key("ec-1");
         second["kid"] = json!("ec-2");
-        let two_ec = parse_value(&json!({"keys": [test_key("ec-1"), second]}))
-            .unwrap()
-            .keys;
+        let two_ec = parse_value(&json!({"keys": [test_key("ec-1"), second]})).unwrap().keys;
         assert!(two_ec.select(None, Alg::Es256).is_none());
         assert!(two_ec.select(Some("ec-2"), Alg::Es256).is_some());
     }

@@ -38,7 +38,9 @@ impl SharedKeys {
 
 /// FNV-1a, 64-bit: a stable (build-independent) digest for key names.
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// A JWKS body as published by the worker that fetched it.
@@ -119,7 +121,13 @@ pub enum Acquire {
 /// Tries to take the fetch lease for `hold_ms` (the fetch timeout plus margin).
 /// A lease whose time has passed is free to take: a worker that died mid-fetch
 /// cannot block the others for longer than its hold.
-pub fn try_acquire(store: &dyn Store, key: &str, me: u64, now: u64, hold_ms: u64) -> Result<Acquire, StoreError> {
+pub fn try_acquire(
+    store: &dyn Store,
+    key: &str,
+    me: u64,
+    now: u64,
+    hold_ms: u64,
+) -> Result<Acquire, StoreError> {
     let (bytes, cas) = get_or_create(store, key, &Lease::FREE.encode())?;
     // An undecodable lease (another version) is treated as free rather than wedging fetches.
     let current = Lease::decode(&bytes).unwrap_or(Lease::FREE);
@@ -142,7 +150,14 @@ pub fn publish(store: &dyn Store, keys: &SharedKeys, me: u64, record: &Record) -
 }
 
 /// Records a failed fetch: nobody fetches again before `now + backoff_ms`.
-pub fn fail(store: &dyn Store, key: &str, me: u64, now: u64, failures: u32, backoff_ms: u64) -> Result<(), StoreError> {
+pub fn fail(
+    store: &dyn Store,
+    key: &str,
+    me: u64,
+    now: u64,
+    failures: u32,
+    backoff_ms: u64,
+) -> Result<(), StoreError> {
     finish(store, key, me, Lease { holder: 0, until_ms: now.saturating_add(backoff_ms), failures })
 }
 
@@ -237,7 +252,10 @@ mod tests {
     fn only_one_worker_holds_the_lease() {
         let store = MemoryStore::default();
         let k = keys();
-        assert_eq!(try_acquire(&store, &k.lease, 1, 1_000, 3_000).unwrap(), Acquire::Acquired { failures: 0 });
+        assert_eq!(
+            try_acquire(&store, &k.lease, 1, 1_000, 3_000).unwrap(),
+            Acquire::Acquired { failures: 0 }
+        );
         assert_eq!(try_acquire(&store, &k.lease, 2, 1_001, 3_000).unwrap(), Acquire::Busy);
         assert_eq!(try_acquire(&store, &k.lease, 3, 2_000, 3_000).unwrap(), Acquire::Busy);
     }
@@ -247,7 +265,10 @@ mod tests {
         let store = MemoryStore::default();
         let k = keys();
         try_acquire(&store, &k.lease, 1, 0, 3_000).unwrap();
-        assert_eq!(try_acquire(&store, &k.lease, 2, 3_000, 3_000).unwrap(), Acquire::Acquired { failures: 0 });
+        assert_eq!(
+            try_acquire(&store, &k.lease, 2, 3_000, 3_000).unwrap(),
+            Acquire::Acquired { failures: 0 }
+        );
     }
 
     /// A store that lets another worker write between our read and our write.

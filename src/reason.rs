@@ -135,25 +135,15 @@ pub const KEYS_UNAVAILABLE_RETRY_AFTER: u32 = 1;
 
 impl LocalReply {
     /// The reply for `rejection`, with an RFC 6750 challenge on every 401.
-    pub fn for_rejection(
-        rejection: &Rejection,
-        realm: &str,
-        request_id: Option<&str>,
-    ) -> LocalReply {
+    pub fn for_rejection(rejection: &Rejection, realm: &str, request_id: Option<&str>) -> LocalReply {
         let reason = rejection.reason;
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         match reason {
             Reason::MissingToken => {
-                headers.push((
-                    "www-authenticate".into(),
-                    format!("Bearer realm=\"{}\"", quoted(realm)),
-                ));
+                headers.push(("www-authenticate".into(), format!("Bearer realm=\"{}\"", quoted(realm))));
             }
             Reason::KeysUnavailable => {
-                headers.push((
-                    "retry-after".into(),
-                    KEYS_UNAVAILABLE_RETRY_AFTER.to_string(),
-                ));
+                headers.push(("retry-after".into(), KEYS_UNAVAILABLE_RETRY_AFTER.to_string()));
             }
             Reason::InternalError => {}
             _ => headers.push((
@@ -165,11 +155,7 @@ impl LocalReply {
                 ),
             )),
         }
-        let body = Body {
-            error: reason.error(),
-            reason: reason.code(),
-            request_id,
-        };
+        let body = Body { error: reason.error(), reason: reason.code(), request_id };
         LocalReply {
             status: reason.status(),
             headers,
@@ -182,9 +168,7 @@ impl LocalReply {
 
 /// Makes `s` safe inside an RFC 7230 quoted-string: drops `"`, `\` and controls.
 fn quoted(s: &str) -> String {
-    s.chars()
-        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
-        .collect()
+    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
 }
 
 #[cfg(test)]
@@ -192,19 +176,13 @@ mod tests {
     use super::*;
 
     fn header<'a>(reply: &'a LocalReply, name: &str) -> Option<&'a str> {
-        reply
-            .headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        reply.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
     #[test]
     fn codes_are_unique_and_snake_case() {
         let mut codes: Vec<_> = Reason::ALL.iter().map(|r| r.code()).collect();
-        assert!(codes
-            .iter()
-            .all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')));
+        assert!(codes.iter().all(|c| c.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_')));
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), Reason::ALL.len());
@@ -218,10 +196,7 @@ mod tests {
             Some("r1"),
         );
         assert_eq!(reply.status, 401);
-        assert_eq!(
-            header(&reply, "www-authenticate"),
-            Some("Bearer realm=\"nhi-guard\"")
-        );
+        assert_eq!(header(&reply, "www-authenticate"), Some("Bearer realm=\"nhi-guard\""));
         let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
         assert_eq!(
             body,
@@ -231,25 +206,19 @@ mod tests {
 
     #[test]
     fn invalid_token_challenge_names_the_error() {
-        let reply = LocalReply::for_rejection(
-            &Rejection::new(Reason::Expired, "token \"expired\""),
-            "r",
-            None,
-        );
+        let reply =
+            LocalReply::for_rejection(&Rejection::new(Reason::Expired, "token \"expired\""), "r", None);
         assert_eq!(reply.status, 401);
         assert_eq!(
             header(&reply, "www-authenticate"),
-            Some(
-                "Bearer realm=\"r\", error=\"invalid_token\", error_description=\"token expired\""
-            )
+            Some("Bearer realm=\"r\", error=\"invalid_token\", error_description=\"token expired\"")
         );
         assert!(!reply.body.contains("request_id"));
     }
 
     #[test]
     fn keys_unavailable_is_503_with_retry_after() {
-        let reply =
-            LocalReply::for_rejection(&Rejection::new(Reason::KeysUnavailable, "x"), "r", None);
+        let reply = LocalReply::for_rejection(&Rejection::new(Reason::KeysUnavailable, "x"), "r", None);
         assert_eq!(reply.status, 503);
         assert_eq!(header(&reply, "retry-after"), Some("1"));
         assert_eq!(header(&reply, "www-authenticate"), None);

@@ -37,12 +37,9 @@ impl TokenSource {
         };
         let value = value.trim();
         match value.get(..self.prefix.len()) {
-            Some(scheme) if scheme.eq_ignore_ascii_case(&self.prefix) => Extracted::Token(
-                value
-                    .get(self.prefix.len()..)
-                    .unwrap_or_default()
-                    .trim_start(),
-            ),
+            Some(scheme) if scheme.eq_ignore_ascii_case(&self.prefix) => {
+                Extracted::Token(value.get(self.prefix.len()..).unwrap_or_default().trim_start())
+            }
             // The prefix may end in a space that `trim` removed: "Bearer" alone.
             _ if self.prefix.trim_end().eq_ignore_ascii_case(value) && !self.prefix.is_empty() => {
                 Extracted::Token("")
@@ -120,10 +117,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<UnverifiedToken<'_>, Parse
         return Err(ParseError::Empty);
     }
     if token.len() > max_bytes {
-        return Err(ParseError::TooLarge {
-            bytes: token.len(),
-            limit: max_bytes,
-        });
+        return Err(ParseError::TooLarge { bytes: token.len(), limit: max_bytes });
     }
     let segments = token.split('.').count();
     let (signing_input, signature) = match (segments, token.rsplit_once('.')) {
@@ -136,35 +130,20 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<UnverifiedToken<'_>, Parse
     if header.is_empty() || payload.is_empty() {
         return Err(ParseError::EmptySegment);
     }
-    let header = b64::URL_SAFE_STRICT
-        .decode(header)
-        .map_err(|_| ParseError::Base64("header"))?;
-    let payload = b64::URL_SAFE_STRICT
-        .decode(payload)
-        .map_err(|_| ParseError::Base64("payload"))?;
-    let signature = b64::URL_SAFE_STRICT
-        .decode(signature)
-        .map_err(|_| ParseError::Base64("signature"))?;
+    let header = b64::URL_SAFE_STRICT.decode(header).map_err(|_| ParseError::Base64("header"))?;
+    let payload = b64::URL_SAFE_STRICT.decode(payload).map_err(|_| ParseError::Base64("payload"))?;
+    let signature = b64::URL_SAFE_STRICT.decode(signature).map_err(|_| ParseError::Base64("signature"))?;
     let header: JoseHeader =
         serde_json::from_slice(&header).map_err(|e| ParseError::HeaderJson(e.to_string()))?;
     if header.crit.is_some() {
         return Err(ParseError::Critical);
     }
-    if header
-        .cty
-        .as_deref()
-        .is_some_and(|cty| cty.eq_ignore_ascii_case("JWT"))
-    {
+    if header.cty.as_deref().is_some_and(|cty| cty.eq_ignore_ascii_case("JWT")) {
         return Err(ParseError::Nested);
     }
     let claims: Map<String, Value> =
         serde_json::from_slice(&payload).map_err(|e| ParseError::PayloadJson(e.to_string()))?;
-    Ok(UnverifiedToken {
-        header,
-        claims,
-        signing_input,
-        signature,
-    })
+    Ok(UnverifiedToken { header, claims, signing_input, signature })
 }
 
 #[cfg(test)]
@@ -172,11 +151,7 @@ mod tests {
     use super::*;
 
     fn source() -> TokenSource {
-        TokenSource {
-            header: "authorization".into(),
-            prefix: "Bearer ".into(),
-            max_bytes: 8192,
-        }
+        TokenSource { header: "authorization".into(), prefix: "Bearer ".into(), max_bytes: 8192 }
     }
 
     fn b64(s: &str) -> String {
@@ -184,37 +159,20 @@ mod tests {
     }
 
     fn compact(header: &str, payload: &str, sig: &[u8]) -> String {
-        format!(
-            "{}.{}.{}",
-            b64(header),
-            b64(payload),
-            b64::URL_SAFE_STRICT.encode(sig)
-        )
+        format!("{}.{}.{}", b64(header), b64(payload), b64::URL_SAFE_STRICT.encode(sig))
     }
 
     #[test]
     fn extracts_bearer_token_case_insensitively() {
-        assert_eq!(
-            source().extract(Some("Bearer abc")),
-            Extracted::Token("abc")
-        );
-        assert_eq!(
-            source().extract(Some("bearer abc")),
-            Extracted::Token("abc")
-        );
-        assert_eq!(
-            source().extract(Some("  BEARER   abc ")),
-            Extracted::Token("abc")
-        );
+        assert_eq!(source().extract(Some("Bearer abc")), Extracted::Token("abc"));
+        assert_eq!(source().extract(Some("bearer abc")), Extracted::Token("abc"));
+        assert_eq!(source().extract(Some("  BEARER   abc ")), Extracted::Token("abc"));
     }
 
     #[test]
     fn other_schemes_and_absence_are_no_token() {
         assert_eq!(source().extract(None), Extracted::Absent);
-        assert_eq!(
-            source().extract(Some("Basic dXNlcjpwdw==")),
-            Extracted::Absent
-        );
+        assert_eq!(source().extract(Some("Basic dXNlcjpwdw==")), Extracted::Absent);
         assert_eq!(source().extract(Some("")), Extracted::Absent);
     }
 
@@ -226,20 +184,13 @@ mod tests {
 
     #[test]
     fn empty_prefix_takes_whole_value() {
-        let src = TokenSource {
-            prefix: String::new(),
-            ..source()
-        };
+        let src = TokenSource { prefix: String::new(), ..source() };
         assert_eq!(src.extract(Some("abc")), Extracted::Token("abc"));
     }
 
     #[test]
     fn parses_a_well_formed_token() {
-        let t = compact(
-            r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#,
-            r#"{"sub":"a"}"#,
-            b"sig",
-        );
+        let t = compact(r#"{"alg":"RS256","kid":"k1","typ":"JWT"}"#, r#"{"sub":"a"}"#, b"sig");
         let parsed = parse(&t, 8192).unwrap();
         assert_eq!(parsed.header.alg, "RS256");
         assert_eq!(parsed.header.kid.as_deref(), Some("k1"));
@@ -253,41 +204,26 @@ mod tests {
         let good = compact(r#"{"alg":"RS256"}"#, r#"{}"#, b"s");
         assert_eq!(parse("", 8192).unwrap_err(), ParseError::Empty);
         assert_eq!(parse("a.b", 8192).unwrap_err(), ParseError::Segments(2));
-        assert_eq!(
-            parse(&format!("{good}.x"), 8192).unwrap_err(),
-            ParseError::Segments(4)
-        );
+        assert_eq!(parse(&format!("{good}.x"), 8192).unwrap_err(), ParseError::Segments(4));
         assert_eq!(
             parse(&format!(".{}", &good[good.find('.').unwrap() + 1..]), 8192).unwrap_err(),
             ParseError::EmptySegment
         );
-        assert!(matches!(
-            parse(&good, 10).unwrap_err(),
-            ParseError::TooLarge { limit: 10, .. }
-        ));
+        assert!(matches!(parse(&good, 10).unwrap_err(), ParseError::TooLarge { limit: 10, .. }));
     }
 
     #[test]
     fn refuses_padding_and_non_url_safe_base64() {
         let header = b64::URL_SAFE_STRICT.encode(r#"{"alg":"RS256"}"#);
         let padded = format!("{header}=.{}.c2ln", b64("{}"));
-        assert_eq!(
-            parse(&padded, 8192).unwrap_err(),
-            ParseError::Base64("header")
-        );
+        assert_eq!(parse(&padded, 8192).unwrap_err(), ParseError::Base64("header"));
         let std_alphabet = format!("{header}.{}.a+b/", b64("{}"));
-        assert_eq!(
-            parse(&std_alphabet, 8192).unwrap_err(),
-            ParseError::Base64("signature")
-        );
+        assert_eq!(parse(&std_alphabet, 8192).unwrap_err(), ParseError::Base64("signature"));
     }
 
     #[test]
     fn refuses_non_object_json() {
-        assert!(matches!(
-            parse(&compact("[]", "{}", b"s"), 8192),
-            Err(ParseError::HeaderJson(_))
-        ));
+        assert!(matches!(parse(&compact("[]", "{}", b"s"), 8192), Err(ParseError::HeaderJson(_))));
         assert!(matches!(
             parse(&compact(r#"{"alg":"RS256"}"#, "[1]", b"s"), 8192),
             Err(ParseError::PayloadJson(_))
@@ -296,10 +232,7 @@ mod tests {
             parse(&compact(r#"{"alg":"RS256"}"#, "nope", b"s"), 8192),
             Err(ParseError::PayloadJson(_))
         ));
-        assert!(matches!(
-            parse(&compact(r#"{"alg":7}"#, "{}", b"s"), 8192),
-            Err(ParseError::HeaderJson(_))
-        ));
+        assert!(matches!(parse(&compact(r#"{"alg":7}"#, "{}", b"s"), 8192), Err(ParseError::HeaderJson(_))));
         assert!(matches!(
             parse(&compact(r#"{"alg":"RS256","kid":5}"#, "{}", b"s"), 8192),
             Err(ParseError::HeaderJson(_))

@@ -59,7 +59,8 @@ pub fn verify<K: KeyLookup + ?Sized>(
     let kid = token.header.kid.as_deref();
 
     let (index, issuer) = select_issuer(config, keys, &token.claims, kid)?;
-    let checked = verify_for_issuer(issuer, keys.key_set(index), &token, alg, now).map_err(|r| r.for_issuer(index))?;
+    let checked =
+        verify_for_issuer(issuer, keys.key_set(index), &token, alg, now).map_err(|r| r.for_issuer(index))?;
     Ok(Verified {
         issuer: index,
         subject: checked.subject,
@@ -119,12 +120,7 @@ fn select_issuer<'c, K: KeyLookup + ?Sized>(
     let iss = match claims.get("iss") {
         None => return Err(Rejection::new(Reason::MissingClaim, "token has no iss")),
         Some(Value::String(iss)) => iss,
-        Some(_) => {
-            return Err(Rejection::new(
-                Reason::MalformedToken,
-                "iss is not a string",
-            ))
-        }
+        Some(_) => return Err(Rejection::new(Reason::MalformedToken, "iss is not a string")),
     };
     if let Some(found) = config.issuer_by_iss(iss) {
         return Ok(found);
@@ -132,19 +128,12 @@ fn select_issuer<'c, K: KeyLookup + ?Sized>(
     // Not an issuer we know. If the token names a key one of our issuers published,
     // someone is presenting that issuer's key under another name: say so.
     let known_kid = kid.is_some_and(|kid| {
-        (0..config.issuers.len())
-            .any(|i| keys.key_set(i).is_some_and(|set| set.by_kid(kid).is_some()))
+        (0..config.issuers.len()).any(|i| keys.key_set(i).is_some_and(|set| set.by_kid(kid).is_some()))
     });
     if known_kid {
-        Err(Rejection::new(
-            Reason::WrongIssuer,
-            "iss does not match the issuer of the signing key",
-        ))
+        Err(Rejection::new(Reason::WrongIssuer, "iss does not match the issuer of the signing key"))
     } else {
-        Err(Rejection::new(
-            Reason::UnknownIssuer,
-            "iss is not a configured issuer",
-        ))
+        Err(Rejection::new(Reason::UnknownIssuer, "iss is not a configured issuer"))
     }
 }
 
@@ -153,11 +142,7 @@ struct CheckedClaims {
     expires_at: i64,
 }
 
-fn check_claims(
-    issuer: &Issuer,
-    claims: &Map<String, Value>,
-    now: i64,
-) -> Result<CheckedClaims, Rejection> {
+fn check_claims(issuer: &Issuer, claims: &Map<String, Value>, now: i64) -> Result<CheckedClaims, Rejection> {
     let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
 
     let exp = numeric_date(claims, "exp")?
@@ -167,18 +152,12 @@ fn check_claims(
     }
     if let Some(nbf) = numeric_date(claims, "nbf")? {
         if now.saturating_add(skew) < nbf {
-            return Err(Rejection::new(
-                Reason::NotYetValid,
-                "token not valid yet (nbf)",
-            ));
+            return Err(Rejection::new(Reason::NotYetValid, "token not valid yet (nbf)"));
         }
     }
     if let Some(iat) = numeric_date(claims, "iat")? {
         if now.saturating_add(skew) < iat {
-            return Err(Rejection::new(
-                Reason::NotYetValid,
-                "token issued in the future (iat)",
-            ));
+            return Err(Rejection::new(Reason::NotYetValid, "token issued in the future (iat)"));
         }
     }
 
@@ -186,19 +165,10 @@ fn check_claims(
         None => return Err(Rejection::new(Reason::MissingClaim, "token has no aud")),
         Some(aud) => {
             let audiences = audiences(aud).ok_or_else(|| {
-                Rejection::new(
-                    Reason::MalformedToken,
-                    "aud is not a string or an array of strings",
-                )
+                Rejection::new(Reason::MalformedToken, "aud is not a string or an array of strings")
             })?;
-            if !audiences
-                .iter()
-                .any(|a| issuer.audiences.iter().any(|want| want == a))
-            {
-                return Err(Rejection::new(
-                    Reason::WrongAudience,
-                    "token audience is not accepted",
-                ));
+            if !audiences.iter().any(|a| issuer.audiences.iter().any(|want| want == a)) {
+                return Err(Rejection::new(Reason::WrongAudience, "token audience is not accepted"));
             }
         }
     }
@@ -206,28 +176,15 @@ fn check_claims(
     let subject = match claims.get("sub") {
         None => return Err(Rejection::new(Reason::MissingClaim, "token has no sub")),
         Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
-        Some(_) => {
-            return Err(Rejection::new(
-                Reason::MalformedToken,
-                "sub is not a non-empty string",
-            ))
-        }
+        Some(_) => return Err(Rejection::new(Reason::MalformedToken, "sub is not a non-empty string")),
     };
-    Ok(CheckedClaims {
-        subject,
-        expires_at: exp,
-    })
+    Ok(CheckedClaims { subject, expires_at: exp })
 }
 
 /// Reads a NumericDate (RFC 7519 §2): a JSON number of seconds, fractions allowed
 /// and truncated. Strings, negative values and dates past year 9999 are malformed.
 fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Option<i64>, Rejection> {
-    let malformed = || {
-        Rejection::new(
-            Reason::MalformedToken,
-            format!("{name} is not a valid NumericDate"),
-        )
-    };
+    let malformed = || Rejection::new(Reason::MalformedToken, format!("{name} is not a valid NumericDate"));
     let Some(value) = claims.get(name) else {
         return Ok(None);
     };
@@ -236,9 +193,7 @@ fn numeric_date(claims: &Map<String, Value>, name: &'static str) -> Result<Optio
     };
     let seconds = match (n.as_i64(), n.as_f64()) {
         (Some(i), _) => i,
-        (None, Some(f)) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE as f64).contains(&f) => {
-            f.trunc() as i64
-        }
+        (None, Some(f)) if f.is_finite() && (0.0..=MAX_NUMERIC_DATE as f64).contains(&f) => f.trunc() as i64,
         _ => return Err(malformed()),
     };
     if !(0..=MAX_NUMERIC_DATE).contains(&seconds) {
@@ -282,17 +237,11 @@ mod tests {
     }
 
     fn all_algs() -> Config {
-        config(&[
-            "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
-        ])
+        config(&["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"])
     }
 
     fn keys() -> Vec<Option<KeySet>> {
-        vec![Some(
-            jwks::parse(testkit::jwks().to_string().as_bytes())
-                .unwrap()
-                .keys,
-        )]
+        vec![Some(jwks::parse(testkit::jwks().to_string().as_bytes()).unwrap().keys)]
     }
 
     fn claims() -> serde_json::Value {
@@ -301,17 +250,11 @@ mod tests {
     }
 
     fn token_with(alg: Alg, claims: serde_json::Value) -> String {
-        testkit::token(
-            alg,
-            &json!({"alg": alg.name(), "kid": kid_for(alg), "typ": "JWT"}),
-            &claims,
-        )
+        testkit::token(alg, &json!({"alg": alg.name(), "kid": kid_for(alg), "typ": "JWT"}), &claims)
     }
 
     fn reason(cfg: &Config, token: &str) -> Reason {
-        verify(cfg, keys().as_slice(), token, NOW)
-            .unwrap_err()
-            .reason
+        verify(cfg, keys().as_slice(), token, NOW).unwrap_err().reason
     }
 
     #[test]
@@ -336,11 +279,7 @@ mod tests {
             let (input, sig) = good.rsplit_once('.').unwrap();
             let mut sig = base64::Engine::decode(&crate::b64::URL_SAFE_STRICT, sig).unwrap();
             sig[5] ^= 1;
-            assert_eq!(
-                reason(&cfg, &format!("{input}.{}", b64(&sig))),
-                Reason::BadSignature,
-                "{alg}"
-            );
+            assert_eq!(reason(&cfg, &format!("{input}.{}", b64(&sig))), Reason::BadSignature, "{alg}");
 
             let mut other = claims();
             other["sub"] = json!("admin");
@@ -360,25 +299,15 @@ mod tests {
         for alg in Alg::ALL {
             let good = token_with(alg, claims());
             let input = good.rsplit_once('.').unwrap().0;
-            assert_eq!(
-                reason(&cfg, &format!("{input}.{}", b64([1u8; 17]))),
-                Reason::BadSignature,
-                "{alg}"
-            );
-            assert_eq!(
-                reason(&cfg, &format!("{input}.")),
-                Reason::BadSignature,
-                "{alg}"
-            );
+            assert_eq!(reason(&cfg, &format!("{input}.{}", b64([1u8; 17]))), Reason::BadSignature, "{alg}");
+            assert_eq!(reason(&cfg, &format!("{input}.")), Reason::BadSignature, "{alg}");
         }
     }
 
     #[test]
     fn alg_none_and_hmac_are_disallowed() {
         let cfg = all_algs();
-        for alg in [
-            "none", "None", "NONE", "HS256", "HS384", "HS512", "", "rs256",
-        ] {
+        for alg in ["none", "None", "NONE", "HS256", "HS384", "HS512", "", "rs256"] {
             let header = json!({"alg": alg, "kid": "rsa-1"});
             let t = format!("{}.{}.", b64(header.to_string()), b64(claims().to_string()));
             assert_eq!(reason(&cfg, &t), Reason::DisallowedAlg, "{alg}");
@@ -389,11 +318,7 @@ mod tests {
     fn hs256_keyed_with_the_public_key_is_disallowed() {
         use hmac::Mac;
         // The classic confusion attack: HMAC with the RSA public key (as the JWKS shows it) as secret.
-        let public_key_bytes = testkit::jwks()["keys"][0]["n"]
-            .as_str()
-            .unwrap()
-            .as_bytes()
-            .to_vec();
+        let public_key_bytes = testkit::jwks()["keys"][0]["n"].as_str().unwrap().as_bytes().to_vec();
         let header = json!({"alg": "HS256", "kid": "rsa-1"});
         let input = format!("{}.{}", b64(header.to_string()), b64(claims().to_string()));
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&public_key_bytes).unwrap();
@@ -405,41 +330,21 @@ mod tests {
     #[test]
     fn algorithm_outside_the_issuer_list_is_disallowed() {
         let cfg = config(&["RS256", "ES256"]);
-        assert_eq!(
-            reason(&cfg, &token_with(Alg::Rs384, claims())),
-            Reason::DisallowedAlg
-        );
-        assert_eq!(
-            reason(&cfg, &token_with(Alg::EdDsa, claims())),
-            Reason::DisallowedAlg
-        );
-        assert!(verify(
-            &cfg,
-            keys().as_slice(),
-            &token_with(Alg::Rs256, claims()),
-            NOW
-        )
-        .is_ok());
+        assert_eq!(reason(&cfg, &token_with(Alg::Rs384, claims())), Reason::DisallowedAlg);
+        assert_eq!(reason(&cfg, &token_with(Alg::EdDsa, claims())), Reason::DisallowedAlg);
+        assert!(verify(&cfg, keys().as_slice(), &token_with(Alg::Rs256, claims()), NOW).is_ok());
     }
 
     #[test]
     fn alg_that_does_not_fit_the_key_is_disallowed() {
         // ES256 header pointing at the RSA key: no verifier exists for that pair.
-        let t = testkit::token(
-            Alg::Es256,
-            &json!({"alg": "ES256", "kid": "rsa-1"}),
-            &claims(),
-        );
+        let t = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "rsa-1"}), &claims());
         assert_eq!(reason(&all_algs(), &t), Reason::DisallowedAlg);
     }
 
     #[test]
     fn unknown_kid() {
-        let t = testkit::token(
-            Alg::Rs256,
-            &json!({"alg": "RS256", "kid": "nope"}),
-            &claims(),
-        );
+        let t = testkit::token(Alg::Rs256, &json!({"alg": "RS256", "kid": "nope"}), &claims());
         assert_eq!(reason(&all_algs(), &t), Reason::UnknownKid);
     }
 
@@ -454,23 +359,14 @@ mod tests {
         let mut c = claims();
         c["iss"] = json!("https://evil.example");
         // Signed with a key our issuer published, but claiming another iss.
-        assert_eq!(
-            reason(&all_algs(), &token_with(Alg::Rs256, c.clone())),
-            Reason::WrongIssuer
-        );
+        assert_eq!(reason(&all_algs(), &token_with(Alg::Rs256, c.clone())), Reason::WrongIssuer);
         // Neither iss nor kid known.
         let t = testkit::token(Alg::Rs256, &json!({"alg": "RS256", "kid": "theirs"}), &c);
         assert_eq!(reason(&all_algs(), &t), Reason::UnknownIssuer);
         c.as_object_mut().unwrap().remove("iss");
-        assert_eq!(
-            reason(&all_algs(), &token_with(Alg::Rs256, c.clone())),
-            Reason::MissingClaim
-        );
+        assert_eq!(reason(&all_algs(), &token_with(Alg::Rs256, c.clone())), Reason::MissingClaim);
         c["iss"] = json!(["https://issuer.example"]);
-        assert_eq!(
-            reason(&all_algs(), &token_with(Alg::Rs256, c)),
-            Reason::MalformedToken
-        );
+        assert_eq!(reason(&all_algs(), &token_with(Alg::Rs256, c)), Reason::MalformedToken);
     }
 
     #[test]
@@ -491,24 +387,12 @@ mod tests {
         let cfg = all_algs();
         let mut c = claims();
         c["nbf"] = json!(NOW + 30);
-        assert!(verify(
-            &cfg,
-            keys().as_slice(),
-            &token_with(Alg::Es256, c.clone()),
-            NOW
-        )
-        .is_ok());
+        assert!(verify(&cfg, keys().as_slice(), &token_with(Alg::Es256, c.clone()), NOW).is_ok());
         c["nbf"] = json!(NOW + 31);
-        assert_eq!(
-            reason(&cfg, &token_with(Alg::Es256, c)),
-            Reason::NotYetValid
-        );
+        assert_eq!(reason(&cfg, &token_with(Alg::Es256, c)), Reason::NotYetValid);
         let mut c = claims();
         c["iat"] = json!(NOW + 120);
-        assert_eq!(
-            reason(&cfg, &token_with(Alg::Es256, c)),
-            Reason::NotYetValid
-        );
+        assert_eq!(reason(&cfg, &token_with(Alg::Es256, c)), Reason::NotYetValid);
     }
 
     #[test]
@@ -526,11 +410,7 @@ mod tests {
         ] {
             let mut c = claims();
             c[claim] = value.clone();
-            assert_eq!(
-                reason(&cfg, &token_with(Alg::Es256, c)),
-                Reason::MalformedToken,
-                "{claim}={value}"
-            );
+            assert_eq!(reason(&cfg, &token_with(Alg::Es256, c)), Reason::MalformedToken, "{claim}={value}");
         }
         let mut c = claims();
         c["exp"] = json!((NOW + 100) as f64 + 0.5);
@@ -542,11 +422,7 @@ mod tests {
         for claim in ["exp", "aud", "sub"] {
             let mut c = claims();
             c.as_object_mut().unwrap().remove(claim);
-            assert_eq!(
-                reason(&all_algs(), &token_with(Alg::Es256, c)),
-                Reason::MissingClaim,
-                "{claim}"
-            );
+            assert_eq!(reason(&all_algs(), &token_with(Alg::Es256, c)), Reason::MissingClaim, "{claim}");
         }
     }
 
@@ -559,28 +435,16 @@ mod tests {
             token_with(Alg::Es256, c)
         };
         assert!(verify(&cfg, keys().as_slice(), &with(json!(["x", "other"])), NOW).is_ok());
-        assert_eq!(
-            reason(&cfg, &with(json!("someone-else"))),
-            Reason::WrongAudience
-        );
+        assert_eq!(reason(&cfg, &with(json!("someone-else"))), Reason::WrongAudience);
         assert_eq!(reason(&cfg, &with(json!([]))), Reason::WrongAudience);
         assert_eq!(reason(&cfg, &with(json!(7))), Reason::MalformedToken);
-        assert_eq!(
-            reason(&cfg, &with(json!([["nhi-gateway"]]))),
-            Reason::MalformedToken
-        );
+        assert_eq!(reason(&cfg, &with(json!([["nhi-gateway"]]))), Reason::MalformedToken);
     }
 
     #[test]
     fn keys_not_loaded_is_unavailable_not_unauthenticated() {
         let none: Vec<Option<KeySet>> = vec![None];
-        let r = verify(
-            &all_algs(),
-            none.as_slice(),
-            &token_with(Alg::Rs256, claims()),
-            NOW,
-        )
-        .unwrap_err();
+        let r = verify(&all_algs(), none.as_slice(), &token_with(Alg::Rs256, claims()), NOW).unwrap_err();
         assert_eq!(r.reason, Reason::KeysUnavailable);
         assert_eq!(r.reason.status(), 503);
     }
@@ -598,12 +462,7 @@ mod tests {
         let cfg = all_algs();
         let secretish = "c2VjcmV0LXRva2VuLWJ5dGVz";
         let header = format!("{{\"alg\":\"RS256\",\"kid\":{secretish}}}");
-        let t = format!(
-            "{}.{}.{}",
-            b64(header),
-            b64(claims().to_string()),
-            secretish
-        );
+        let t = format!("{}.{}.{}", b64(header), b64(claims().to_string()), secretish);
         let r = verify(&cfg, keys().as_slice(), &t, NOW).unwrap_err();
         assert_eq!(r.reason, Reason::MalformedToken);
         assert!(!r.detail.contains(secretish), "{}", r.detail);

@@ -1,111 +1,59 @@
-//! The host, behind functions that return `Result` and never panic on a status
-//! the host may legitimately return.
+//! The host, behind functions that return `Result`/`Option` and never panic.
+//!
+//! The SDK's `hostcalls` panic on any status they do not expect, and their status
+//! enum cannot even represent `Unimplemented`, which hosts such as APISIX return
+//! for whole families of calls. So everything the filter uses on the request path
+//! is declared here against the proxy-wasm ABI, with `u32` statuses. Only
+//! `dispatch_http_call` stays on the SDK: its dispatcher must register the callout
+//! to route the response back to the right context.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, LogLevel, MapType, Status};
+use proxy_wasm::types::LogLevel;
 
 use crate::reason::LocalReply;
+use crate::store::{Store, StoreError, Versioned};
 
-/// Unix time in milliseconds: the proxy clock, or WASI's where the host has none.
-pub fn now_ms() -> u64 {
-    let now = hostcalls::get_current_time().unwrap_or_else(|_| SystemTime::now());
-    now.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-pub fn log_critical(message: &str) {
-    let _ = hostcalls::log(LogLevel::Critical, message);
-}
-
-pub fn request_header(name: &str) -> Result<Option<String>, Status> {
-    hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-}
-
-/// Replaces every value of `name` with `value` (one header line).
-pub fn set_request_header(name: &str, value: &str) -> Result<(), Status> {
-    hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
-}
-
-/// Removes every value of `name`.
-pub fn remove_request_header(name: &str) -> Result<(), Status> {
-    hostcalls::remove_map_value(MapType::HttpRequestHeaders, name)
-}
-
-pub fn send_local_reply(reply: &LocalReply) -> Result<(), Status> {
-    let headers: Vec<(&str, &str)> = reply
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    hostcalls::send_http_response(
-        u32::from(reply.status),
-        headers,
-        Some(reply.body.as_bytes()),
-    )
-}
-
-pub fn plugin_configuration() -> Result<Option<Vec<u8>>, Status> {
-    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
-}
-
-pub fn set_tick_period(period: Duration) -> Result<(), Status> {
-    hostcalls::set_tick_period(period)
-}
-
-/// Starts an HTTP GET on `cluster`; the answer arrives in `on_http_call_response`.
-pub fn http_get(
-    cluster: &str,
-    authority: &str,
-    path: &str,
-    timeout: Duration,
-) -> Result<u32, Status> {
-    hostcalls::dispatch_http_call(
-        cluster,
-        vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", authority),
-            (":scheme", "http"),
-            ("accept", "application/json"),
-            ("user-agent", "nhi-guard"),
-        ],
-        None,
-        vec![],
-        timeout,
-    )
-}
-
-/// Status code and (at most `max_body` bytes of) body of the current callout response.
-/// A body over the limit is reported as `Err(actual size)` without being copied.
-pub fn http_call_response(
-    body_size: usize,
-    max_body: usize,
-) -> (Option<u16>, Result<Vec<u8>, usize>) {
-    let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|s| s.parse::<u16>().ok());
-    if body_size > max_body {
-        return (status, Err(body_size));
-    }
-    let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-        .ok()
-        .flatten()
-        .unwrap_or_default();
-    (status, Ok(body))
-}
-
-/// Shared data over raw host calls. The SDK's wrappers panic on statuses they do
-/// not expect (and cannot even represent `Unimplemented`, which hosts without
-/// shared data return), so these declare the ABI's `u32` status themselves.
-pub struct SharedData;
-
-mod raw {
+mod abi {
     #[link(wasm_import_module = "env")]
     extern "C" {
+        pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+        pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+        pub fn proxy_set_effective_context(context_id: u32) -> u32;
+        pub fn proxy_continue_stream(stream_type: u32) -> u32;
+        pub fn proxy_get_buffer_bytes(
+            buffer_type: u32,
+            start: usize,
+            max_size: usize,
+            return_data: *mut *mut u8,
+            return_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_replace_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+        pub fn proxy_send_local_response(
+            status_code: u32,
+            status_code_details_data: *const u8,
+            status_code_details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
         pub fn proxy_get_shared_data(
             key_data: *const u8,
             key_size: usize,
@@ -120,46 +68,276 @@ mod raw {
             value_size: usize,
             cas: u32,
         ) -> u32;
+        pub fn proxy_get_property(
+            path_data: *const u8,
+            path_size: usize,
+            return_value_data: *mut *mut u8,
+            return_value_size: *mut usize,
+        ) -> u32;
     }
 
     pub const OK: u32 = 0;
     pub const NOT_FOUND: u32 = 1;
     pub const CAS_MISMATCH: u32 = 8;
+
+    pub const MAP_REQUEST_HEADERS: u32 = 0;
+    pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+    pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
+    pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+    pub const STREAM_HTTP_REQUEST: u32 = 0;
 }
 
-impl crate::store::Store for SharedData {
-    fn get(&self, key: &str) -> Result<crate::store::Versioned, crate::store::StoreError> {
+/// A host call failed with this ABI status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostError(pub u32);
+
+impl std::fmt::Display for HostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            1 => "NotFound",
+            2 => "BadArgument",
+            3 => "SerializationFailure",
+            4 => "ParseFailure",
+            7 => "Empty",
+            8 => "CasMismatch",
+            10 => "InternalFailure",
+            12 => "Unimplemented",
+            _ => "unknown status",
+        };
+        write!(f, "{name} ({})", self.0)
+    }
+}
+
+fn check(status: u32) -> Result<(), HostError> {
+    if status == abi::OK {
+        Ok(())
+    } else {
+        Err(HostError(status))
+    }
+}
+
+/// Takes ownership of a buffer the host allocated through this module's
+/// `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes).
+///
+/// # Safety
+/// `data` must be null or such a buffer, not owned by anything else.
+unsafe fn owned_buffer(data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if data.is_null() {
+        None
+    } else {
+        Some(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+/// Unix time in milliseconds: the proxy clock, or WASI's where the host has none.
+pub fn now_ms() -> u64 {
+    let mut nanos: u64 = 0;
+    // SAFETY: a valid out-pointer.
+    let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
+    if status == abi::OK {
+        return nanos / 1_000_000;
+    }
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn log_critical(message: &str) {
+    let _ = hostcalls::log(LogLevel::Critical, message);
+}
+
+pub fn set_tick_period(period: Duration) -> Result<(), HostError> {
+    let ms = u32::try_from(period.as_millis()).unwrap_or(u32::MAX);
+    // SAFETY: plain value argument.
+    check(unsafe { abi::proxy_set_tick_period_milliseconds(ms) })
+}
+
+/// Makes later host calls act on another context (e.g. a paused request).
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: plain value argument.
+    check(unsafe { abi::proxy_set_effective_context(context_id) })
+}
+
+/// Resumes the paused request of the effective context.
+pub fn resume_request() -> Result<(), HostError> {
+    // SAFETY: plain value argument.
+    check(unsafe { abi::proxy_continue_stream(abi::STREAM_HTTP_REQUEST) })
+}
+
+fn buffer(buffer_type: u32, max_size: usize) -> Result<Option<Vec<u8>>, HostError> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: valid out-pointers; the returned buffer is ours (see `owned_buffer`).
+    let status = unsafe { abi::proxy_get_buffer_bytes(buffer_type, 0, max_size, &mut data, &mut size) };
+    match status {
+        abi::OK => Ok(unsafe { owned_buffer(data, size) }),
+        abi::NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+pub fn plugin_configuration() -> Result<Option<Vec<u8>>, HostError> {
+    buffer(abi::BUFFER_PLUGIN_CONFIGURATION, usize::MAX)
+}
+
+fn map_value(map_type: u32, name: &str) -> Result<Option<String>, HostError> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: valid key and out-pointers; the returned buffer is ours.
+    let status =
+        unsafe { abi::proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size) };
+    match status {
+        abi::OK => Ok(unsafe { owned_buffer(data, size) }.and_then(|bytes| String::from_utf8(bytes).ok())),
+        abi::NOT_FOUND => Ok(None),
+        other => Err(HostError(other)),
+    }
+}
+
+pub fn request_header(name: &str) -> Result<Option<String>, HostError> {
+    map_value(abi::MAP_REQUEST_HEADERS, name)
+}
+
+/// Replaces every value of `name` with `value` (one header line).
+pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
+    // SAFETY: name and value are valid for reads of their lengths.
+    check(unsafe {
+        abi::proxy_replace_header_map_value(
+            abi::MAP_REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Removes every value of `name` (absent is fine).
+pub fn remove_request_header(name: &str) -> Result<(), HostError> {
+    // SAFETY: name is valid for reads of its length.
+    match unsafe { abi::proxy_remove_header_map_value(abi::MAP_REQUEST_HEADERS, name.as_ptr(), name.len()) } {
+        abi::OK | abi::NOT_FOUND => Ok(()),
+        other => Err(HostError(other)),
+    }
+}
+
+/// The ABI's header-map encoding: count, (name len, value len) pairs, then
+/// NUL-terminated names and values.
+fn serialize_headers(headers: &[(String, String)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (name, value) in headers {
+        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    }
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        out.extend_from_slice(value.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+pub fn send_local_reply(reply: &LocalReply) -> Result<(), HostError> {
+    let headers = serialize_headers(&reply.headers);
+    let details = "nhi_guard";
+    // SAFETY: every pointer is valid for reads of its length for the call.
+    check(unsafe {
+        abi::proxy_send_local_response(
+            u32::from(reply.status),
+            details.as_ptr(),
+            details.len(),
+            reply.body.as_ptr(),
+            reply.body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    })
+}
+
+/// Starts an HTTP GET on `cluster`; the answer arrives in `on_http_call_response`.
+pub fn http_get(cluster: &str, authority: &str, path: &str, timeout: Duration) -> Result<u32, String> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            (":scheme", "http"),
+            ("accept", "application/json"),
+            ("user-agent", "nhi-guard"),
+        ],
+        None,
+        vec![],
+        timeout,
+    )
+    .map_err(|status| format!("{status:?}"))
+}
+
+/// Status code and (at most `max_body` bytes of) body of the current callout response.
+/// A body over the limit is reported as `Err(actual size)` without being copied.
+pub fn http_call_response(body_size: usize, max_body: usize) -> (Option<u16>, Result<Vec<u8>, usize>) {
+    let status = map_value(abi::MAP_HTTP_CALL_RESPONSE_HEADERS, ":status")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<u16>().ok());
+    if body_size > max_body {
+        return (status, Err(body_size));
+    }
+    let body = buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size).ok().flatten().unwrap_or_default();
+    (status, Ok(body))
+}
+
+/// Shared data, as the [`Store`] the core expects.
+pub struct SharedData;
+
+impl Store for SharedData {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
         let mut cas: u32 = 0;
-        // SAFETY: the pointers are valid for writes; on success the host hands us a
-        // buffer it allocated through this module's `proxy_on_memory_allocate`
-        // (a boxed slice of exactly `size` bytes), which we take ownership of.
-        let status = unsafe { raw::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+        // SAFETY: valid key and out-pointers; the returned buffer is ours.
+        let status =
+            unsafe { abi::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
         match status {
-            raw::OK => {
-                let value = if data.is_null() {
-                    None
-                } else {
-                    // SAFETY: see above; length and capacity are both `size`.
-                    Some(unsafe { Vec::from_raw_parts(data, size, size) })
-                };
-                Ok((value, (cas != 0).then_some(cas)))
-            }
-            raw::NOT_FOUND => Ok((None, None)),
-            _ => Err(crate::store::StoreError::Unavailable),
+            abi::OK => Ok((unsafe { owned_buffer(data, size) }, (cas != 0).then_some(cas))),
+            abi::NOT_FOUND => Ok((None, None)),
+            _ => Err(StoreError::Unavailable),
         }
     }
 
-    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), crate::store::StoreError> {
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
         // SAFETY: key and value are valid for reads of their lengths for the call.
         let status = unsafe {
-            raw::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0))
+            abi::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas.unwrap_or(0))
         };
         match status {
-            raw::OK => Ok(()),
-            raw::CAS_MISMATCH => Err(crate::store::StoreError::CasMismatch),
-            _ => Err(crate::store::StoreError::Unavailable),
+            abi::OK => Ok(()),
+            abi::CAS_MISMATCH => Err(StoreError::CasMismatch),
+            _ => Err(StoreError::Unavailable),
         }
     }
+}
+
+/// A connection or stream property (e.g. `["source", "address"]`), or `None` if
+/// the host does not know it.
+pub fn property(path: &[&str]) -> Option<Vec<u8>> {
+    // The ABI encodes a path as its segments, each followed by a NUL byte.
+    let mut encoded = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
+    for segment in path {
+        encoded.extend_from_slice(segment.as_bytes());
+        encoded.push(0);
+    }
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: valid path and out-pointers; the returned buffer is ours.
+    let status = unsafe { abi::proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) };
+    if status != abi::OK {
+        return None;
+    }
+    unsafe { owned_buffer(data, size) }
+}
+
+/// A property as UTF-8 text.
+pub fn property_string(path: &[&str]) -> Option<String> {
+    property(path).and_then(|bytes| String::from_utf8(bytes).ok())
 }

@@ -1,104 +1,78 @@
-//! The HTTP context: one per request. Strips forged identity headers, verifies
-//! the bearer token, and either forwards the request with the identity or answers it.
+//! The HTTP context: one per request. Strips forged identity headers, reads the
+//! request, and runs the pipeline; a request waiting for keys is parked with the
+//! VM and finished by the root context.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
-use log::debug;
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, Status};
+use proxy_wasm::types::Action;
 
-use crate::keyshare::KeyView;
-use crate::reason::{LocalReply, Reason, Rejection};
 use crate::token::Extracted;
-use crate::verify::{self, Verified};
 
 use super::host;
+use super::pipeline::{self, Request, Step, Waiter};
 use super::root::Vm;
 
 pub struct Http {
     vm: Rc<Vm>,
+    request: Rc<RefCell<Request>>,
 }
 
 impl Http {
-    pub fn new(vm: Rc<Vm>) -> Self {
-        Http { vm }
+    pub fn new(vm: Rc<Vm>, context_id: u32) -> Self {
+        Http { vm, request: Rc::new(RefCell::new(Request { context_id, ..Request::default() })) }
     }
 
-    /// The decision for this request; `Err` carries the refusal.
-    fn authenticate(&self, now_ms: u64) -> Result<Verified, Rejection> {
-        let config = &self.vm.config;
-        let header = host::request_header(&config.token.header).map_err(internal)?;
-        let raw = match config.token.extract(header.as_deref()) {
-            Extracted::Absent => return Err(Rejection::new(Reason::MissingToken, "no bearer token")),
-            Extracted::Token(raw) => raw,
+    fn start(&mut self) -> Action {
+        let vm = Rc::clone(&self.vm);
+        let mut request = self.request.borrow_mut();
+        if let Err(err) = pipeline::strip_identity_headers(&vm) {
+            pipeline::refuse(&vm, &request, &pipeline::internal(err));
+            return Action::Pause;
+        }
+        request.request_id = host::request_header("x-request-id").ok().flatten();
+        let header = match host::request_header(&vm.config.token.header) {
+            Ok(header) => header,
+            Err(err) => {
+                pipeline::refuse(&vm, &request, &pipeline::internal(err));
+                return Action::Pause;
+            }
         };
-        let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        let outcome = {
-            let keys = self.vm.keys.borrow();
-            verify::verify(config, &KeyView { keys: &keys, now_ms }, raw, now_secs)
+        request.token = match vm.config.token.extract(header.as_deref()) {
+            Extracted::Absent => None,
+            Extracted::Token(raw) => Some(raw.to_owned()),
         };
-        if let Err(Rejection { reason: Reason::UnknownKid, issuer: Some(issuer), .. }) = &outcome {
-            // Maybe the issuer rotated: ask for an early (throttled) refetch.
-            if let Some(local) = self.vm.keys.borrow_mut().get_mut(*issuer) {
-                local.kid_miss = true;
+        match pipeline::run(&vm, &mut request, host::now_ms()) {
+            Step::Continue => Action::Continue,
+            Step::Replied => Action::Pause,
+            Step::Wait { issuer, deadline_ms } => {
+                vm.waiters.borrow_mut().push(Waiter {
+                    context_id: request.context_id,
+                    issuer,
+                    deadline_ms,
+                    request: Rc::clone(&self.request),
+                });
+                Action::Pause
             }
         }
-        outcome
-    }
-
-    /// Client-supplied copies of the headers we set are never forwarded.
-    fn strip_identity_headers(&self) -> Result<(), Status> {
-        let forward = &self.vm.config.forward;
-        host::remove_request_header(&forward.identity_header)?;
-        host::remove_request_header(&forward.issuer_header)
-    }
-
-    fn forward_identity(&self, verified: &Verified) -> Result<(), Status> {
-        let forward = &self.vm.config.forward;
-        let issuer = self
-            .vm
-            .config
-            .issuers
-            .get(verified.issuer)
-            .map(|i| i.name.as_str())
-            .unwrap_or_default();
-        host::set_request_header(&forward.identity_header, &verified.subject)?;
-        host::set_request_header(&forward.issuer_header, issuer)
-    }
-
-    fn refuse(&self, rejection: &Rejection) -> Action {
-        let request_id = host::request_header("x-request-id").ok().flatten();
-        debug!("denied {} ({})", rejection.reason, rejection.detail);
-        let reply =
-            LocalReply::for_rejection(rejection, &self.vm.config.realm, request_id.as_deref());
-        if let Err(status) = host::send_local_reply(&reply) {
-            // Nothing else to answer with; pausing still keeps the request from the upstream.
-            host::log_critical(&format!("cannot send local reply ({status:?})"));
-        }
-        Action::Pause
     }
 }
 
-fn internal(status: Status) -> Rejection {
-    Rejection::new(
-        Reason::InternalError,
-        format!("host call failed: {status:?}"),
-    )
+impl Drop for Http {
+    fn drop(&mut self) {
+        // A request that ends (e.g. the client went away) while parked is forgotten.
+        let id = self.request.try_borrow().map(|r| r.context_id).ok();
+        if let (Some(id), Ok(mut waiters)) = (id, self.vm.waiters.try_borrow_mut()) {
+            waiters.retain(|w| w.context_id != id);
+        }
+    }
 }
 
 impl Context for Http {}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Err(status) = self.strip_identity_headers() {
-            return self.refuse(&internal(status));
-        }
-        match self.authenticate(host::now_ms()) {
-            Ok(verified) => match self.forward_identity(&verified) {
-                Ok(()) => Action::Continue,
-                Err(status) => self.refuse(&internal(status)),
-            },
-            Err(rejection) => self.refuse(&rejection),
-        }
+        self.start()
     }
 }

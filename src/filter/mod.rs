@@ -6,6 +6,7 @@
 
 mod host;
 mod http;
+mod pipeline;
 mod root;
 
 use proxy_wasm::types::LogLevel;
@@ -15,5 +16,5 @@ proxy_wasm::main! {{
     std::panic::set_hook(Box::new(|info| {
         host::log_critical(&format!("nhi-guard panicked: {info}"));
     }));
-    proxy_wasm::set_root_context(|_| Box::new(root::Root::default()));
+    proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
 }}

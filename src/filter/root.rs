@@ -20,17 +20,23 @@ use crate::store::{MemoryStore, Store, StoreError};
 
 use super::host::{self, SharedData};
 use super::http::Http;
+use super::pipeline::{self, Step, Waiter};
 
 /// How often each worker looks at the shared keys and whether a fetch is due.
 const TICK: Duration = Duration::from_millis(500);
 /// Extra time a fetch lease is held beyond the fetch timeout.
 const LEASE_MARGIN_MS: u64 = 1_000;
 
+/// While requests wait for keys, tick this often to answer them promptly.
+const FAST_TICK: Duration = Duration::from_millis(50);
+
 /// What the root context shares with the HTTP contexts of its VM.
 pub struct Vm {
     pub config: Config,
     /// Current keys per issuer (same index as `config.issuers`).
     pub keys: RefCell<Vec<LocalKeys>>,
+    /// Requests paused until their issuer's keys load (bounded by `MAX_WAITERS`).
+    pub waiters: RefCell<Vec<Waiter>>,
 }
 
 /// A fetch in flight, by callout token.
@@ -40,7 +46,9 @@ struct Fetch {
 }
 
 pub struct Root {
+    context_id: u32,
     vm: Option<Rc<Vm>>,
+    fast_ticking: bool,
     /// This VM's lease-holder id (random, non-zero).
     me: u64,
     store: Box<dyn Store>,
@@ -48,19 +56,19 @@ pub struct Root {
     pending: HashMap<u32, Fetch>,
 }
 
-impl Default for Root {
-    fn default() -> Self {
+impl Root {
+    pub fn new(context_id: u32) -> Self {
         Root {
+            context_id,
             vm: None,
+            fast_ticking: false,
             me: random_u64() | 1,
             store: Box::new(SharedData),
             shared: Vec::new(),
             pending: HashMap::new(),
         }
     }
-}
 
-impl Root {
     fn configure(&mut self, config: Config) -> bool {
         let keys = config
             .issuers
@@ -88,14 +96,16 @@ impl Root {
             config.issuers.len(),
             config.issuers.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
         );
-        self.vm = Some(Rc::new(Vm { config, keys: RefCell::new(keys) }));
+        self.vm = Some(Rc::new(Vm { config, keys: RefCell::new(keys), waiters: RefCell::new(Vec::new()) }));
         self.pending.clear();
         if needs_fetching {
-            if let Err(status) = host::set_tick_period(TICK) {
-                error!("the host has no timers ({status:?}); JWKS cannot be refreshed, refusing to start");
+            // The first fetch waits for the first tick: Envoy may build and destroy a
+            // VM right after configuring it, and a fetch started here would die with
+            // it while still holding the shared lease.
+            if let Err(err) = host::set_tick_period(TICK) {
+                error!("the host has no timers ({err}); JWKS cannot be refreshed, refusing to start");
                 return false;
             }
-            self.tick(host::now_ms());
         }
         true
     }
@@ -103,11 +113,14 @@ impl Root {
     fn tick(&mut self, now: u64) {
         let Some(vm) = self.vm.clone() else { return };
         for (index, issuer) in vm.config.issuers.iter().enumerate() {
-            let (JwksSource::Remote(remote), Some(Some(shared))) = (&issuer.jwks, self.shared.get(index)) else {
+            let (JwksSource::Remote(remote), Some(Some(shared))) = (&issuer.jwks, self.shared.get(index))
+            else {
                 continue;
             };
             let shared = shared.clone();
-            self.pick_up_published(&vm, index, &shared);
+            if self.pick_up_published(&vm, index, &shared) {
+                self.wake(&vm, |w| w.issuer == index, now);
+            }
             if self.pending.values().any(|f| f.issuer == index) {
                 continue;
             }
@@ -118,33 +131,71 @@ impl Root {
                 self.try_fetch(&vm, index, remote, &shared, now);
             }
         }
+        self.wake(&vm, |w| now >= w.deadline_ms, now);
+        let fast = !vm.waiters.borrow().is_empty();
+        if fast != self.fast_ticking && host::set_tick_period(if fast { FAST_TICK } else { TICK }).is_ok() {
+            self.fast_ticking = fast;
+        }
+    }
+
+    /// Finishes the parked requests `which` selects: runs their pipeline again
+    /// (now with whatever keys there are) as their own effective context.
+    fn wake(&self, vm: &Vm, which: impl Fn(&Waiter) -> bool, now: u64) {
+        let ready: Vec<Waiter> = {
+            let mut waiters = vm.waiters.borrow_mut();
+            let (ready, parked) = waiters.drain(..).partition(|w| which(w));
+            *waiters = parked;
+            ready
+        };
+        if ready.is_empty() {
+            return;
+        }
+        for waiter in ready {
+            if host::set_effective_context(waiter.context_id).is_err() {
+                continue; // the request is gone
+            }
+            let Ok(mut request) = waiter.request.try_borrow_mut() else { continue };
+            request.waited = true;
+            if pipeline::run(vm, &mut request, now) == Step::Continue {
+                if let Err(err) = host::resume_request() {
+                    warn!("cannot resume a request that waited for keys: {err}");
+                }
+            }
+        }
+        let _ = host::set_effective_context(self.context_id);
     }
 
     /// Loads keys another worker (or this one) published, if they changed.
-    fn pick_up_published(&self, vm: &Vm, index: usize, shared: &SharedKeys) {
+    /// Returns whether new keys were loaded.
+    fn pick_up_published(&self, vm: &Vm, index: usize, shared: &SharedKeys) -> bool {
         let (bytes, cas) = match self.store.get(&shared.record) {
             Ok((Some(bytes), cas)) => (bytes, cas),
-            Ok((None, _)) => return,
+            Ok((None, _)) => return false,
             Err(err) => {
                 warn!("cannot read shared keys: {err}");
-                return;
+                return false;
             }
         };
         let mut all = vm.keys.borrow_mut();
-        let Some(local) = all.get_mut(index) else { return };
+        let Some(local) = all.get_mut(index) else { return false };
         if cas.is_some() && cas == local.seen_cas {
-            return;
+            return false;
         }
-        let parsed = Record::decode(&bytes).and_then(|r| jwks::parse(&r.body).ok().map(|p| (r.fetched_at_ms, p)));
+        let parsed =
+            Record::decode(&bytes).and_then(|r| jwks::parse(&r.body).ok().map(|p| (r.fetched_at_ms, p)));
+        local.seen_cas = cas;
         match parsed {
             Some((fetched_at, parsed)) => {
                 local.set = Some(parsed.keys);
                 local.fetched_at_ms = Some(fetched_at);
                 local.kid_miss = false;
+                true
             }
-            None => warn!("shared keys of issuer #{index} are unreadable; waiting for the next fetch"),
+            None => {
+                warn!("shared keys of issuer #{index} are unreadable; waiting for the next fetch");
+                false
+            }
         }
-        local.seen_cas = cas;
     }
 
     fn try_fetch(&mut self, vm: &Vm, index: usize, remote: &RemoteJwks, shared: &SharedKeys, now: u64) {
@@ -158,7 +209,12 @@ impl Root {
             }
         };
         let name = vm.config.issuers.get(index).map(|i| i.name.as_str()).unwrap_or_default();
-        match host::http_get(&remote.cluster, &remote.authority, &remote.path, Duration::from_millis(remote.timeout_ms)) {
+        match host::http_get(
+            &remote.cluster,
+            &remote.authority,
+            &remote.path,
+            Duration::from_millis(remote.timeout_ms),
+        ) {
             Ok(token) => {
                 self.pending.insert(token, Fetch { issuer: index, failures });
                 if let Some(local) = vm.keys.borrow_mut().get_mut(index) {
@@ -168,10 +224,17 @@ impl Root {
             Err(status) => {
                 let backoff = remote.schedule().backoff_ms(failures.saturating_add(1), jitter());
                 warn!(
-                    "issuer {name}: cannot fetch JWKS from cluster {:?} ({status:?}); retry in {backoff} ms",
+                    "issuer {name}: cannot fetch JWKS from cluster {:?} ({status}); retry in {backoff} ms",
                     remote.cluster
                 );
-                let _ = keyshare::fail(self.store.as_ref(), &shared.lease, self.me, now, failures.saturating_add(1), backoff);
+                let _ = keyshare::fail(
+                    self.store.as_ref(),
+                    &shared.lease,
+                    self.me,
+                    now,
+                    failures.saturating_add(1),
+                    backoff,
+                );
             }
         }
     }
@@ -179,7 +242,8 @@ impl Root {
     fn fetched(&mut self, fetch: Fetch, outcome: Result<(Vec<u8>, jwks::ParsedJwks), String>) {
         let now = host::now_ms();
         let Some(vm) = self.vm.clone() else { return };
-        let (Some(issuer), Some(Some(shared))) = (vm.config.issuers.get(fetch.issuer), self.shared.get(fetch.issuer))
+        let (Some(issuer), Some(Some(shared))) =
+            (vm.config.issuers.get(fetch.issuer), self.shared.get(fetch.issuer))
         else {
             return;
         };
@@ -214,6 +278,8 @@ impl Root {
                 let _ = keyshare::fail(self.store.as_ref(), &shared.lease, self.me, now, failures, backoff);
             }
         }
+        // Success or failure, the requests waiting on this issuer get their answer now.
+        self.wake(&vm, |w| w.issuer == fetch.issuer, now);
     }
 }
 
@@ -229,11 +295,19 @@ fn jitter() -> f64 {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
         let Some(fetch) = self.pending.remove(&token_id) else { return };
         let outcome = match host::http_call_response(body_size, MAX_JWKS_BYTES) {
             (None, _) => Err("no response (connection refused, reset or timed out)".to_owned()),
-            (Some(200), Ok(body)) => jwks::parse(&body).map(|parsed| (body, parsed)).map_err(|e| e.to_string()),
+            (Some(200), Ok(body)) => {
+                jwks::parse(&body).map(|parsed| (body, parsed)).map_err(|e| e.to_string())
+            }
             (Some(200), Err(bytes)) => Err(JwksError::TooLarge { bytes, limit: MAX_JWKS_BYTES }.to_string()),
             (Some(status), _) => Err(format!("key server answered HTTP {status}")),
         };
@@ -249,8 +323,8 @@ impl RootContext for Root {
                 error!("no plugin configuration; refusing to start");
                 return false;
             }
-            Err(status) => {
-                error!("cannot read the plugin configuration ({status:?}); refusing to start");
+            Err(err) => {
+                error!("cannot read the plugin configuration ({err}); refusing to start");
                 return false;
             }
         };
@@ -267,9 +341,9 @@ impl RootContext for Root {
         self.tick(host::now_ms());
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let vm = self.vm.clone()?;
-        Some(Box::new(Http::new(vm)))
+        Some(Box::new(Http::new(vm, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

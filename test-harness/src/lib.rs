@@ -1,0 +1,17 @@
+//! End-to-end harness for nhi-guard: run-time test keys and their JWKS, a token minter
+//! (honest and hostile), tiny std-only HTTP servers standing in for the JWKS endpoint
+//! and the protected upstream, and a real Envoy running the shipped config with the
+//! built filter.
+//!
+//! No async runtime: every server is a handful of threads on `std::net`.
+
+pub mod demo;
+pub mod envoy;
+pub mod envoy_config;
+pub mod http;
+pub mod jwks_server;
+pub mod keys;
+pub mod mint;
+pub mod process;
+pub mod stack;
+pub mod upstream;
