@@ -398,7 +398,8 @@ fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource,
     if !(1..=60_000).contains(&timeout_ms) {
         return Err(ConfigError::invalid(at("jwks.timeout_ms"), "must be between 1 and 60000"));
     }
-    let min_refetch_seconds = raw.min_refetch_seconds.unwrap_or(DEFAULT_MIN_REFETCH_SECONDS);
+    let min_refetch_seconds =
+        raw.min_refetch_seconds.unwrap_or(DEFAULT_MIN_REFETCH_SECONDS.min(refresh_seconds));
     if !(1..=refresh_seconds.max(1)).contains(&min_refetch_seconds) {
         return Err(ConfigError::invalid(
             at("jwks.min_refetch_seconds"),

@@ -1,0 +1,190 @@
+//! The key lifecycle in a real Envoy with two workers: one fetch per Envoy, requests
+//! that wait for keys instead of failing, rotation picked up on first sight, a
+//! random-kid flood that cannot make a fetch storm, and outages that serve the
+//! last good keys until `max_stale_seconds`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use test_harness::envoy::EnvoyOptions;
+use test_harness::envoy_config::EnvoyConfig;
+use test_harness::jwks_server::JwksBehaviour;
+use test_harness::keys::{self, KeyType, TestKey, TestKeys};
+use test_harness::mint::{Alg, Token};
+use test_harness::stack::Stack;
+
+/// The shipped plugin configuration with `issuers[0].jwks` fields overridden.
+fn plugin_with_jwks(overrides: &[(&str, Value)]) -> Value {
+    let mut plugin = EnvoyConfig::shipped().unwrap().plugin_configuration().unwrap();
+    let jwks = plugin.pointer_mut("/issuers/0/jwks").unwrap().as_object_mut().unwrap();
+    for (name, value) in overrides {
+        jwks.insert((*name).to_owned(), value.clone());
+    }
+    plugin
+}
+
+fn start(jwks: JwksBehaviour, plugin: Value) -> Stack {
+    Stack::start_with(jwks, EnvoyOptions::new().plugin_configuration(plugin)).unwrap()
+}
+
+fn token(stack: &Stack, key: &TestKey) -> String {
+    Token::new(Alg::default_for(key.key_type()))
+        .kid(key.kid())
+        .claim("iss", stack.issuer().unwrap())
+        .claim("aud", stack.audience().unwrap())
+        .sign(key)
+        .unwrap()
+}
+
+fn status(stack: &Stack, token: &str) -> u16 {
+    stack.get("/api/lifecycle", &[("authorization", &format!("Bearer {token}"))]).unwrap().status
+}
+
+fn reason(stack: &Stack, token: &str) -> String {
+    let response = stack.get("/api/lifecycle", &[("authorization", &format!("Bearer {token}"))]).unwrap();
+    response.body_json().ok().and_then(|b| b["reason"].as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+#[test]
+fn first_requests_wait_for_keys_and_one_fetch_serves_every_worker() {
+    let keys = TestKeys::shared().unwrap();
+    let ec = keys.by_type(KeyType::P256);
+    let mut slow = JwksBehaviour::serve(&keys::jwks([ec]));
+    slow.delay = Duration::from_millis(300);
+    let stack = start(slow, plugin_with_jwks(&[("refresh_seconds", 3.into())]));
+    let token = token(&stack, ec);
+
+    // No readiness wait for keys: the very first requests must wait, not fail.
+    let first: Vec<u16> = (0..4).map(|_| status(&stack, &token)).collect();
+    assert_eq!(first, [200; 4], "requests sent before the first JWKS arrived");
+
+    // Over ~7 s with refresh_seconds = 3 and three ticking VMs (main thread + 2
+    // workers), per-worker fetching would show 6+ hits; one lease-holder shows 3.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(7_200) {
+        assert_eq!(status(&stack, &token), 200);
+        thread::sleep(Duration::from_millis(100));
+    }
+    let hits = stack.jwks.hits();
+    println!("JWKS hits over ~7.5 s with refresh_seconds=3 and --concurrency 2: {hits}");
+    assert!((3..=4).contains(&hits), "expected one fetch per refresh for the whole Envoy, got {hits}");
+}
+
+#[test]
+fn rotated_key_is_accepted_on_first_sight_and_random_kids_cannot_storm() {
+    let keys = TestKeys::shared().unwrap();
+    let old = keys.by_type(KeyType::P256);
+    let new = TestKey::generate(KeyType::Ed25519, "rotated-ed").unwrap();
+    let mut stack = start(
+        JwksBehaviour::serve(&keys::jwks([old])),
+        plugin_with_jwks(&[("min_refetch_seconds", 2.into())]),
+    );
+    let old_token = token(&stack, old);
+    stack.wait_for_keys(&old_token).unwrap();
+    thread::sleep(Duration::from_millis(2_100)); // past min_refetch since the first fetch
+
+    // The IdP publishes a new key and starts signing with it.
+    stack.jwks.set_behaviour(JwksBehaviour::serve(&keys::jwks([old, &new])));
+    stack.jwks.reset_hits();
+    let new_token = token(&stack, &new);
+    assert_eq!(status(&stack, &new_token), 200, "a token signed with the rotated-in key");
+    assert_eq!(stack.jwks.hits(), 1, "one refetch for the unknown kid");
+    assert_eq!(status(&stack, &old_token), 200, "the old key still works while published");
+
+    // A flood of tokens naming random kids for ~4.5 s: at most one refetch per
+    // min_refetch_seconds (2 s), never one per token.
+    stack.jwks.reset_hits();
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_millis(4_500) {
+        let forged = token(&stack, &new.with_kid(format!("random-{sent}")));
+        assert_eq!(reason(&stack, &forged), "unknown_kid");
+        sent += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let hits = stack.jwks.hits();
+    let allowed = 1 + (elapsed / 2.0).floor() as u64;
+    println!("random-kid flood: {sent} tokens in {elapsed:.1} s caused {hits} JWKS fetches (throttle allows {allowed})");
+    assert!(sent > 100, "the flood was too small to mean anything: {sent}");
+    assert!(hits <= allowed, "{hits} fetches for a flood of unknown kids (throttle allows {allowed})");
+}
+
+#[test]
+fn outage_serves_last_good_keys_then_503_after_max_stale() {
+    let keys = TestKeys::shared().unwrap();
+    let ec = keys.by_type(KeyType::P256);
+    let plugin = plugin_with_jwks(&[
+        ("refresh_seconds", 1.into()),
+        ("max_stale_seconds", 4.into()),
+        ("min_refetch_seconds", 1.into()),
+    ]);
+    let mut stack = start(JwksBehaviour::serve(&keys::jwks([ec])), plugin);
+    let token = token(&stack, ec);
+    stack.wait_for_keys(&token).unwrap();
+    let outage = Instant::now();
+    stack.jwks.set_behaviour(JwksBehaviour::fail(500));
+
+    // Within max staleness the cached keys keep serving.
+    while outage.elapsed() < Duration::from_secs(2) {
+        assert_eq!(status(&stack, &token), 200, "cached keys during the outage");
+        thread::sleep(Duration::from_millis(200));
+    }
+    // Beyond it, the issuer is unavailable (503), not the caller unauthenticated.
+    thread::sleep(
+        Duration::from_millis(3_500).saturating_sub(outage.elapsed().saturating_sub(Duration::from_secs(2))),
+    );
+    let response = stack.get("/api/lifecycle", &[("authorization", &format!("Bearer {token}"))]).unwrap();
+    assert_eq!(response.status, 503, "after max_stale_seconds: {}", response.body_text());
+    assert_eq!(response.body_json().unwrap()["reason"], "keys_unavailable");
+    assert!(response.header("retry-after").is_some());
+
+    // Backoff during the outage: far fewer fetches than one per tick per worker.
+    let during_outage = stack.jwks.hits();
+    println!("JWKS hits during a ~5 s outage: {during_outage}");
+
+    // Recovery: keys come back without a restart.
+    stack.jwks.set_behaviour(JwksBehaviour::serve(&keys::jwks([ec])));
+    stack.wait_for_keys(&token).unwrap();
+    assert_eq!(status(&stack, &token), 200);
+}
+
+#[test]
+fn garbage_oversized_and_slow_jwks_keep_the_last_good_keys() {
+    let keys = TestKeys::shared().unwrap();
+    let ec = keys.by_type(KeyType::P256);
+    let plugin = plugin_with_jwks(&[("refresh_seconds", 1.into()), ("timeout_ms", 500.into())]);
+    let mut stack = start(JwksBehaviour::serve(&keys::jwks([ec])), plugin);
+    let token = token(&stack, ec);
+    stack.wait_for_keys(&token).unwrap();
+
+    let huge = format!("{{\"keys\":[],\"pad\":\"{}\"}}", "x".repeat(5 * 1024 * 1024));
+    let stalled = JwksBehaviour { delay: Duration::from_secs(3), ..JwksBehaviour::serve(&keys::jwks([ec])) };
+    for (what, behaviour) in [
+        (
+            "garbage",
+            JwksBehaviour { status: 200, body: "<html>not json</html>".into(), delay: Duration::ZERO },
+        ),
+        ("5 MB body", JwksBehaviour { status: 200, body: huge, delay: Duration::ZERO }),
+        (
+            "no usable key",
+            JwksBehaviour {
+                status: 200,
+                body: r#"{"keys":[{"kty":"oct","k":"c2VjcmV0"}]}"#.into(),
+                delay: Duration::ZERO,
+            },
+        ),
+        ("stall past the timeout", stalled),
+    ] {
+        stack.jwks.set_behaviour(behaviour);
+        stack.jwks.reset_hits();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(2_500) {
+            assert_eq!(status(&stack, &token), 200, "last good keys while the JWKS server sends {what}");
+            thread::sleep(Duration::from_millis(100));
+        }
+        assert!(stack.jwks.hits() >= 1, "the filter kept trying during {what}");
+    }
+}
