@@ -31,6 +31,10 @@ pub struct Config {
     pub forward: Forward,
     /// The `realm` of `WWW-Authenticate` challenges.
     pub realm: String,
+    /// Per-identity quotas, if configured.
+    pub quotas: Option<crate::quota::Quotas>,
+    /// Route classes, authorization rules, deny lists and mode.
+    pub routes: crate::route::Routes,
 }
 
 /// One trusted token issuer.
@@ -132,6 +136,20 @@ struct RawConfig {
     forward: RawForward,
     #[serde(default)]
     realm: Option<String>,
+    #[serde(default)]
+    quotas: Option<crate::quota::RawQuotas>,
+    // The route members (see `route::RawRoutes`): serde cannot combine `flatten`
+    // with `deny_unknown_fields`, so they are listed here.
+    #[serde(default)]
+    routes: Option<Vec<crate::route::RawRoute>>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    deny: Option<crate::route::RawDeny>,
+    #[serde(default)]
+    client_header: Option<String>,
+    #[serde(default)]
+    default_audience: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -297,7 +315,43 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be non-empty, without quotes, backslashes or control characters",
         ));
     }
-    Ok(Config { issuers, token, forward, realm })
+    let quotas = match raw.quotas {
+        None => None,
+        Some(raw) => Some(
+            crate::quota::compile(raw, "quotas")
+                .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?,
+        ),
+    };
+    let issuer_names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+    let raw_routes = crate::route::RawRoutes {
+        routes: raw.routes,
+        mode: raw.mode,
+        deny: raw.deny,
+        client_header: raw.client_header,
+        default_audience: raw.default_audience,
+    };
+    let routes = crate::route::compile(raw_routes, &issuer_names)
+        .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?;
+    for (field, name) in [
+        ("forward.identity_header", &forward.identity_header),
+        ("forward.issuer_header", &forward.issuer_header),
+        ("token.header", &token.header),
+    ] {
+        if routes.client_header == *name {
+            return Err(ConfigError::invalid("client_header", format!("must differ from {field}")));
+        }
+    }
+    if let Some(quotas) = &quotas {
+        for (field, route) in quotas.route_references() {
+            if !routes.routes().iter().any(|r| r.name == route) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("names route {route:?}, which is not defined"),
+                ));
+            }
+        }
+    }
+    Ok(Config { issuers, token, forward, realm, quotas, routes })
 }
 
 fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer, ConfigError> {

@@ -23,12 +23,14 @@ pub enum Reason {
     WrongAudience,
     MissingClaim,
     KeysUnavailable,
+    /// The verified identity used up its quota.
+    QuotaExceeded,
     /// The host failed a call the decision depends on: refuse rather than guess.
     InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnknownIssuer,
@@ -41,6 +43,7 @@ impl Reason {
         Reason::WrongAudience,
         Reason::MissingClaim,
         Reason::KeysUnavailable,
+        Reason::QuotaExceeded,
         Reason::InternalError,
     ];
 
@@ -58,6 +61,7 @@ impl Reason {
             Reason::WrongAudience => "wrong_audience",
             Reason::MissingClaim => "missing_claim",
             Reason::KeysUnavailable => "keys_unavailable",
+            Reason::QuotaExceeded => "quota_exceeded",
             Reason::InternalError => "internal_error",
         }
     }
@@ -66,6 +70,7 @@ impl Reason {
         match self {
             // The caller did nothing wrong: our key server is unreachable.
             Reason::KeysUnavailable => 503,
+            Reason::QuotaExceeded => 429,
             Reason::InternalError => 500,
             _ => 401,
         }
@@ -75,6 +80,7 @@ impl Reason {
     pub fn error(self) -> &'static str {
         match self.status() {
             401 => "unauthenticated",
+            429 => "rate_limited",
             503 => "unavailable",
             _ => "internal",
         }
@@ -145,7 +151,7 @@ impl LocalReply {
             Reason::KeysUnavailable => {
                 headers.push(("retry-after".into(), KEYS_UNAVAILABLE_RETRY_AFTER.to_string()));
             }
-            Reason::InternalError => {}
+            Reason::InternalError | Reason::QuotaExceeded => {}
             _ => headers.push((
                 "www-authenticate".into(),
                 format!(

@@ -6,7 +6,7 @@
 //! succeeds — so a key must be created deliberately (with a value whose creation
 //! race is harmless) and then only ever updated with CAS.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 
@@ -38,41 +38,66 @@ pub trait Store {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
-/// An in-memory store with the host's exact CAS semantics: for tests, and for
-/// hosts without shared data (where it makes state per VM instead of per Envoy).
+/// An in-memory [`Store`] with exactly the host's semantics, including the
+/// surprising ones (a write with a CAS token to a missing key succeeds).
+///
+/// It is the fake the tests run against, and the per-VM fallback for the glue
+/// when shared data is unavailable. Its keys are the same bounded set the table
+/// uses, so it is bounded like shared data. Single-threaded, like a wasm VM.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     entries: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+    last_cas: Cell<u32>,
 }
 
 impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of keys ever written.
     pub fn len(&self) -> usize {
-        self.entries.borrow().len()
+        self.entries.try_borrow().map_or(0, |e| e.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.borrow().is_empty()
+        self.len() == 0
+    }
+
+    /// Like the host: one counter for all keys, never zero (zero means "no CAS").
+    fn next_cas(&self) -> u32 {
+        let next = match self.last_cas.get().wrapping_add(1) {
+            0 => 1,
+            n => n,
+        };
+        self.last_cas.set(next);
+        next
     }
 }
 
 impl Store for MemoryStore {
-    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
-        Ok(match self.entries.borrow().get(key) {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        let entries = self.entries.try_borrow().map_err(|_| StoreError::Unavailable)?;
+        Ok(match entries.get(key) {
             Some((value, cas)) => (Some(value.clone()), Some(*cas)),
             None => (None, None),
         })
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
-        let mut entries = self.entries.borrow_mut();
-        let next = match (entries.get(key), cas) {
-            (Some((_, current)), Some(expected)) if *current != expected => {
-                return Err(StoreError::CasMismatch)
+        let next = self.next_cas();
+        let mut entries = self.entries.try_borrow_mut().map_err(|_| StoreError::Unavailable)?;
+        match entries.get_mut(key) {
+            Some(current) => {
+                if cas.is_some_and(|cas| cas != current.1) {
+                    return Err(StoreError::CasMismatch);
+                }
+                *current = (value.to_vec(), next);
             }
-            (Some((_, current)), _) => current.wrapping_add(1),
-            (None, _) => 1,
-        };
-        entries.insert(key.to_owned(), (value.to_vec(), next));
+            None => {
+                entries.insert(key.to_owned(), (value.to_vec(), next));
+            }
+        }
         Ok(())
     }
 }
@@ -117,5 +142,32 @@ mod tests {
         s.set("k", b"later", None).unwrap();
         let (v, _) = get_or_create(&s, "k", b"init").unwrap();
         assert_eq!(v, b"later");
+    }
+
+    #[test]
+    fn memory_store_matches_the_host_on_missing_keys() {
+        let store = MemoryStore::new();
+        assert_eq!(store.get("k"), Ok((None, None)));
+        // A token on a missing key does not stop the write (as on Envoy).
+        store.set("k", b"a", Some(77)).unwrap();
+        let (value, cas) = store.get("k").unwrap();
+        assert_eq!(value.as_deref(), Some(&b"a"[..]));
+        let cas = cas.unwrap();
+        assert_ne!(cas, 0);
+        store.set("k", b"b", Some(cas)).unwrap();
+        // The old token is stale now.
+        assert_eq!(store.set("k", b"c", Some(cas)), Err(StoreError::CasMismatch));
+        // Without a token the write always succeeds.
+        store.set("k", b"d", None).unwrap();
+        assert_eq!(store.get("k").unwrap().0.as_deref(), Some(&b"d"[..]));
+        assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn cas_tokens_skip_zero_when_the_counter_wraps() {
+        let store = MemoryStore::new();
+        store.last_cas.set(u32::MAX);
+        store.set("k", b"a", None).unwrap();
+        assert_eq!(store.get("k").unwrap().1, Some(1));
     }
 }

@@ -81,6 +81,7 @@ mod abi {
     pub const CAS_MISMATCH: u32 = 8;
 
     pub const MAP_REQUEST_HEADERS: u32 = 0;
+    pub const MAP_RESPONSE_HEADERS: u32 = 2;
     pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
     pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
     pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
@@ -201,6 +202,20 @@ pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
     check(unsafe {
         abi::proxy_replace_header_map_value(
             abi::MAP_REQUEST_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    })
+}
+
+/// Replaces every value of response header `name` with `value`.
+pub fn set_response_header(name: &str, value: &str) -> Result<(), HostError> {
+    // SAFETY: name and value are valid for reads of their lengths.
+    check(unsafe {
+        abi::proxy_replace_header_map_value(
+            abi::MAP_RESPONSE_HEADERS,
             name.as_ptr(),
             name.len(),
             value.as_ptr(),

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::route::{self, RequestInfo};
 use crate::token::Extracted;
 
 use super::host;
@@ -27,11 +28,19 @@ impl Http {
     fn start(&mut self) -> Action {
         let vm = Rc::clone(&self.vm);
         let mut request = self.request.borrow_mut();
-        if let Err(err) = pipeline::strip_identity_headers(&vm) {
+        if let Err(err) = pipeline::strip_managed_headers(&vm) {
             pipeline::refuse(&vm, &request, &pipeline::internal(err));
             return Action::Pause;
         }
         request.request_id = host::request_header("x-request-id").ok().flatten();
+        request.info = RequestInfo {
+            path: host::request_header(":path").ok().flatten().unwrap_or_default(),
+            host: host::request_header(":authority").ok().flatten(),
+            method: host::request_header(":method").ok().flatten().unwrap_or_default(),
+            route_name: host::property_string(&["xds", "route_name"]),
+            source: host::property_string(&["source", "address"])
+                .and_then(|a| route::parse_source_address(&a)),
+        };
         let header = match host::request_header(&vm.config.token.header) {
             Ok(header) => header,
             Err(err) => {
@@ -74,5 +83,16 @@ impl Context for Http {}
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.start()
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Ok(request) = self.request.try_borrow() {
+            for (name, value) in &request.response_headers {
+                if let Err(err) = host::set_response_header(name, value) {
+                    log::warn!("cannot set response header {name}: {err}");
+                }
+            }
+        }
+        Action::Continue
     }
 }

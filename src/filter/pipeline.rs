@@ -6,10 +6,16 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use log::debug;
+use std::time::Duration;
+
+use log::{debug, warn};
 
 use crate::keyshare::KeyView;
 use crate::reason::{LocalReply, Reason, Rejection};
+use crate::route::{
+    self, Credential, Decision, Denial, DenyReason, IdentityInfo, RequestInfo, Verdict,
+    SHADOW_DECISION_HEADER,
+};
 use crate::verify::{self, Verified};
 
 use super::host::{self, HostError};
@@ -29,6 +35,10 @@ pub struct Request {
     pub token: Option<String>,
     /// Whether this request already waited once for keys.
     pub waited: bool,
+    /// Headers for the response to an allowed request (quota state).
+    pub response_headers: Vec<(String, String)>,
+    /// Path, host, method, Envoy route name and source address.
+    pub info: RequestInfo,
 }
 
 /// What the HTTP context should do next.
@@ -52,33 +62,88 @@ pub struct Waiter {
     pub request: Rc<RefCell<Request>>,
 }
 
-/// Decides and acts on one request. Header stripping has already happened.
+/// Decides and acts on one request: verify → classify and authorize → quota →
+/// headers. Managed headers were already stripped.
 pub fn run(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     let config = &vm.config;
-    let Some(raw) = request.token.as_deref() else {
-        return refuse(vm, request, &Rejection::new(Reason::MissingToken, "no bearer token"));
-    };
-    let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-    let outcome = {
+    let verification = request.token.as_deref().map(|raw| {
+        let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         let keys = vm.keys.borrow();
         verify::verify(config, &KeyView { keys: &keys, now_ms }, raw, now_secs)
-    };
-    match outcome {
-        Ok(verified) => {
-            request.token = None;
-            match forward_identity(vm, &verified) {
-                Ok(()) => Step::Continue,
-                Err(err) => refuse(vm, request, &internal(err)),
-            }
-        }
-        Err(rejection) => {
-            if let Some(step) = wait_for_keys(vm, request, &rejection, now_ms) {
-                return step;
-            }
-            request.token = None;
-            refuse(vm, request, &rejection)
+    });
+    if let Some(Err(rejection)) = &verification {
+        if let Some(step) = wait_for_keys(vm, request, rejection, now_ms) {
+            return step;
         }
     }
+    let machine_issuer = request.token.as_deref().is_some_and(|raw| route::names_machine_issuer(config, raw));
+    request.token = None;
+
+    let issuer_name = match &verification {
+        Some(Ok(v)) => config.issuers.get(v.issuer).map(|i| i.name.as_str()).unwrap_or_default(),
+        _ => "",
+    };
+    let credential = match &verification {
+        None => Credential::Absent,
+        Some(Ok(v)) => Credential::Verified(IdentityInfo::new(v, issuer_name, &v.subject)),
+        Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
+    };
+    let mut verdict = route::decide(&config.routes, &request.info, &credential);
+    if let Some(reply) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+        return send(&reply);
+    }
+
+    let mut quota_headers = Vec::new();
+    if let (Some(Ok(verified)), Decision::Allow) = (&verification, &verdict.decision) {
+        match charge_quota(vm, request, verified, issuer_name, verdict.route, now_ms) {
+            Ok(headers) => request.response_headers = headers,
+            Err(Some(headers)) => {
+                verdict.decision = Decision::Deny(Denial {
+                    reason: DenyReason::Auth(Reason::QuotaExceeded),
+                    status: Reason::QuotaExceeded.status(),
+                    detail: "quota exceeded".into(),
+                });
+                quota_headers = headers;
+            }
+            Err(None) => {
+                let rejection = Rejection::new(Reason::InternalError, "quota unavailable");
+                return refuse(vm, request, &rejection);
+            }
+        }
+        if let Some(mut reply) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+            reply.headers.extend(quota_headers);
+            return send(&reply);
+        }
+    }
+
+    let verified = match &verification {
+        Some(Ok(v)) => Some(v),
+        _ => None,
+    };
+    match set_request_headers(vm, &verdict, verified, issuer_name) {
+        Ok(()) => Step::Continue,
+        Err(err) => refuse(vm, request, &internal(err)),
+    }
+}
+
+/// The headers the upstream (and Envoy's routing) sees: client class, shadow
+/// decision, and the verified identity.
+fn set_request_headers(
+    vm: &Vm,
+    verdict: &Verdict<'_>,
+    verified: Option<&Verified>,
+    issuer: &str,
+) -> Result<(), HostError> {
+    let config = &vm.config;
+    host::set_request_header(&config.routes.client_header, verdict.client_class.as_str())?;
+    if let Some(shadow) = verdict.shadow_header() {
+        host::set_request_header(SHADOW_DECISION_HEADER, &shadow)?;
+    }
+    if let Some(verified) = verified {
+        host::set_request_header(&config.forward.identity_header, &verified.subject)?;
+        host::set_request_header(&config.forward.issuer_header, issuer)?;
+    }
+    Ok(())
 }
 
 /// Whether the rejection may go away once keys load: keys not loaded yet, or a
@@ -109,18 +174,53 @@ fn wait_for_keys(vm: &Vm, request: &Request, rejection: &Rejection, now_ms: u64)
     Some(Step::Wait { issuer, deadline_ms: now_ms.saturating_add(timeout).saturating_add(WAIT_MARGIN_MS) })
 }
 
-/// Client-supplied copies of the headers we set are never forwarded.
-pub fn strip_identity_headers(vm: &Vm) -> Result<(), HostError> {
-    let forward = &vm.config.forward;
-    host::remove_request_header(&forward.identity_header)?;
-    host::remove_request_header(&forward.issuer_header)
+type Headers = Vec<(String, String)>;
+
+/// Charges the verified identity's quota. `Ok`: allowed, with the headers for the
+/// response (if configured). `Err(Some(headers))`: over quota, with the headers for
+/// the 429. `Err(None)`: the quota store failed — the caller refuses (fail closed).
+fn charge_quota(
+    vm: &Vm,
+    request: &Request,
+    verified: &Verified,
+    issuer: &str,
+    route: Option<&str>,
+    now_ms: u64,
+) -> Result<Headers, Option<Headers>> {
+    let Some(quotas) = &vm.config.quotas else { return Ok(Vec::new()) };
+    let policy = quotas.policy_for(&verified.subject, &verified.claims, route);
+    let outcome = match quotas.check(
+        vm.store.as_ref(),
+        policy,
+        issuer,
+        &verified.subject,
+        Duration::from_millis(now_ms),
+    ) {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            warn!("quota store unavailable ({err}); refusing {:?}", request.request_id);
+            return Err(None);
+        }
+    };
+    if let Some(anomaly) = outcome.anomaly {
+        warn!("quota of {issuer}/{}: {anomaly:?}", verified.subject);
+    }
+    match (outcome.allowed, quotas.response_headers) {
+        (true, true) => Ok(outcome.headers()),
+        (true, false) => Ok(Vec::new()),
+        (false, _) => Err(Some(outcome.headers())),
+    }
 }
 
-fn forward_identity(vm: &Vm, verified: &Verified) -> Result<(), HostError> {
+/// Client-supplied copies of the headers we set are never forwarded.
+pub fn strip_managed_headers(vm: &Vm) -> Result<(), HostError> {
     let forward = &vm.config.forward;
-    let issuer = vm.config.issuers.get(verified.issuer).map(|i| i.name.as_str()).unwrap_or_default();
-    host::set_request_header(&forward.identity_header, &verified.subject)?;
-    host::set_request_header(&forward.issuer_header, issuer)
+    host::remove_request_header(&forward.identity_header)?;
+    host::remove_request_header(&forward.issuer_header)?;
+    for name in vm.config.routes.managed_headers() {
+        host::remove_request_header(name)?;
+    }
+    Ok(())
 }
 
 pub fn internal(err: HostError) -> Rejection {
@@ -129,8 +229,11 @@ pub fn internal(err: HostError) -> Rejection {
 
 pub fn refuse(vm: &Vm, request: &Request, rejection: &Rejection) -> Step {
     debug!("denied {} ({})", rejection.reason, rejection.detail);
-    let reply = LocalReply::for_rejection(rejection, &vm.config.realm, request.request_id.as_deref());
-    if let Err(err) = host::send_local_reply(&reply) {
+    send(&LocalReply::for_rejection(rejection, &vm.config.realm, request.request_id.as_deref()))
+}
+
+fn send(reply: &LocalReply) -> Step {
+    if let Err(err) = host::send_local_reply(reply) {
         // Nothing else to answer with; the request stays paused, never forwarded.
         host::log_critical(&format!("cannot send local reply: {err}"));
     }

@@ -37,6 +37,8 @@ pub struct Vm {
     pub keys: RefCell<Vec<LocalKeys>>,
     /// Requests paused until their issuer's keys load (bounded by `MAX_WAITERS`).
     pub waiters: RefCell<Vec<Waiter>>,
+    /// Shared data, or a per-VM memory store on hosts without it.
+    pub store: Box<dyn Store>,
 }
 
 /// A fetch in flight, by callout token.
@@ -51,7 +53,6 @@ pub struct Root {
     fast_ticking: bool,
     /// This VM's lease-holder id (random, non-zero).
     me: u64,
-    store: Box<dyn Store>,
     shared: Vec<Option<SharedKeys>>,
     pending: HashMap<u32, Fetch>,
 }
@@ -63,7 +64,6 @@ impl Root {
             vm: None,
             fast_ticking: false,
             me: random_u64() | 1,
-            store: Box::new(SharedData),
             shared: Vec::new(),
             pending: HashMap::new(),
         }
@@ -86,9 +86,21 @@ impl Root {
                 JwksSource::Inline(_) => None,
             })
             .collect();
-        if matches!(self.store.get("nhi-guard/probe"), Err(StoreError::Unavailable)) {
-            warn!("the host has no shared data: each worker fetches and keeps its own keys");
-            self.store = Box::new(MemoryStore::default());
+        let store: Box<dyn Store> =
+            if matches!(SharedData.get("nhi-guard/probe"), Err(StoreError::Unavailable)) {
+                warn!(
+                    "the host has no shared data: each worker fetches its own keys and keeps its own quotas"
+                );
+                Box::new(MemoryStore::default())
+            } else {
+                Box::new(SharedData)
+            };
+        if let Some(quotas) = &config.quotas {
+            // Create every quota key now, so requests never race to create one.
+            if let Err(err) = quotas.prepare(store.as_ref()) {
+                error!("cannot prepare the quota table: {err}; refusing to start");
+                return false;
+            }
         }
         let needs_fetching = self.shared.iter().any(Option::is_some);
         info!(
@@ -96,7 +108,8 @@ impl Root {
             config.issuers.len(),
             config.issuers.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
         );
-        self.vm = Some(Rc::new(Vm { config, keys: RefCell::new(keys), waiters: RefCell::new(Vec::new()) }));
+        self.vm =
+            Some(Rc::new(Vm { config, keys: RefCell::new(keys), waiters: RefCell::new(Vec::new()), store }));
         self.pending.clear();
         if needs_fetching {
             // The first fetch waits for the first tick: Envoy may build and destroy a
@@ -168,7 +181,7 @@ impl Root {
     /// Loads keys another worker (or this one) published, if they changed.
     /// Returns whether new keys were loaded.
     fn pick_up_published(&self, vm: &Vm, index: usize, shared: &SharedKeys) -> bool {
-        let (bytes, cas) = match self.store.get(&shared.record) {
+        let (bytes, cas) = match vm.store.get(&shared.record) {
             Ok((Some(bytes), cas)) => (bytes, cas),
             Ok((None, _)) => return false,
             Err(err) => {
@@ -200,7 +213,7 @@ impl Root {
 
     fn try_fetch(&mut self, vm: &Vm, index: usize, remote: &RemoteJwks, shared: &SharedKeys, now: u64) {
         let hold = remote.timeout_ms.saturating_add(LEASE_MARGIN_MS);
-        let failures = match keyshare::try_acquire(self.store.as_ref(), &shared.lease, self.me, now, hold) {
+        let failures = match keyshare::try_acquire(vm.store.as_ref(), &shared.lease, self.me, now, hold) {
             Ok(Acquire::Acquired { failures }) => failures,
             Ok(Acquire::Busy) => return,
             Err(err) => {
@@ -228,7 +241,7 @@ impl Root {
                     remote.cluster
                 );
                 let _ = keyshare::fail(
-                    self.store.as_ref(),
+                    vm.store.as_ref(),
                     &shared.lease,
                     self.me,
                     now,
@@ -255,10 +268,10 @@ impl Root {
                 }
                 info!("issuer {}: loaded {} key(s)", issuer.name, parsed.keys.len());
                 let record = Record { fetched_at_ms: now, body };
-                if let Err(err) = keyshare::publish(self.store.as_ref(), shared, self.me, &record) {
+                if let Err(err) = keyshare::publish(vm.store.as_ref(), shared, self.me, &record) {
                     warn!("issuer {}: cannot share the keys with other workers: {err}", issuer.name);
                 }
-                let seen_cas = self.store.get(&shared.record).ok().and_then(|(_, cas)| cas);
+                let seen_cas = vm.store.get(&shared.record).ok().and_then(|(_, cas)| cas);
                 if let Some(local) = vm.keys.borrow_mut().get_mut(fetch.issuer) {
                     local.set = Some(parsed.keys);
                     local.fetched_at_ms = Some(now);
@@ -275,7 +288,7 @@ impl Root {
                     issuer.name,
                     if kept { "keeping the last good keys" } else { "no usable keys" },
                 );
-                let _ = keyshare::fail(self.store.as_ref(), &shared.lease, self.me, now, failures, backoff);
+                let _ = keyshare::fail(vm.store.as_ref(), &shared.lease, self.me, now, failures, backoff);
             }
         }
         // Success or failure, the requests waiting on this issuer get their answer now.

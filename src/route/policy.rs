@@ -1,0 +1,562 @@
+//! Who may use a route: allow rules, claim matchers and deny lists, evaluated
+//! against a verified identity.
+//!
+//! Within one allow rule every condition given must hold; across rules any one
+//! suffices. A rule with `source_cidrs` that matches in every other respect but
+//! sees the wrong source address is reported as `source_not_allowed` rather than
+//! `not_allowed`, so a partner whose egress address changed can tell.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use crate::verify::Verified;
+
+use super::cidr::{self, Cidr};
+use super::matcher::RequestInfo;
+use super::reply::RouteDenial;
+
+/// Greatest number of dots in a claim path: bounds the work of resolving it.
+pub const MAX_CLAIM_PATH_DOTS: usize = 8;
+
+/// The claim holding the Kubernetes namespace in projected service-account tokens.
+pub const KUBERNETES_NAMESPACE_CLAIM: &str = "kubernetes.io.namespace";
+
+const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
+
+/// A verified identity as route policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdentityInfo<'a> {
+    /// The forwarded identity: `NS/NAME` for Kubernetes service accounts, else `sub`.
+    pub identity: &'a str,
+    /// The configured issuer *name* (not the `iss` URL).
+    pub issuer: &'a str,
+    /// The verified `sub`.
+    pub subject: &'a str,
+    /// Every verified claim.
+    pub claims: &'a Map<String, Value>,
+}
+
+impl<'a> IdentityInfo<'a> {
+    pub fn new(verified: &'a Verified, issuer: &'a str, identity: &'a str) -> Self {
+        IdentityInfo { identity, issuer, subject: &verified.subject, claims: &verified.claims }
+    }
+
+    /// The Kubernetes namespace: from a `system:serviceaccount:NS:NAME` subject,
+    /// else from the `kubernetes.io.namespace` claim (a string), else none.
+    pub fn namespace(&self) -> Option<&'a str> {
+        let from_subject = self
+            .subject
+            .strip_prefix(SERVICE_ACCOUNT_PREFIX)
+            .and_then(|rest| rest.split_once(':'))
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'))
+            .map(|(ns, _)| ns);
+        from_subject.or_else(|| claim(self.claims, KUBERNETES_NAMESPACE_CLAIM)?.as_str())
+    }
+
+    /// The `jti` claim, when it is a string.
+    pub fn jti(&self) -> Option<&'a str> {
+        self.claims.get("jti").and_then(Value::as_str)
+    }
+}
+
+/// Resolves a claim path. The literal key wins (`{"kubernetes.io.namespace": …}`);
+/// otherwise the path is split at a dot into a key naming a nested object and the
+/// rest, trying shorter leading keys first, so `kubernetes.io.namespace` also finds
+/// `{"kubernetes.io": {"namespace": …}}` — keys may themselves contain dots.
+pub fn claim<'v>(claims: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
+    lookup(claims, path, MAX_CLAIM_PATH_DOTS)
+}
+
+fn lookup<'v>(object: &'v Map<String, Value>, path: &str, depth: usize) -> Option<&'v Value> {
+    if let Some(value) = object.get(path) {
+        return Some(value);
+    }
+    if depth == 0 {
+        return None;
+    }
+    path.match_indices('.').find_map(|(dot, _)| {
+        let head = path.get(..dot)?;
+        let rest = path.get(dot + 1..)?;
+        match object.get(head) {
+            Some(Value::Object(inner)) => lookup(inner, rest, depth - 1),
+            _ => None,
+        }
+    })
+}
+
+/// An exact string, or with a trailing `*` a prefix (`ci/*`; `*` alone: anything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Pattern {
+    Exact(String),
+    Prefix(String),
+}
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Pattern, &'static str> {
+        if s.is_empty() {
+            return Err("must not be empty");
+        }
+        match s.strip_suffix('*') {
+            Some(prefix) if prefix.contains('*') => Err("may contain '*' only as its last character"),
+            Some(prefix) => Ok(Pattern::Prefix(prefix.to_owned())),
+            None if s.contains('*') => Err("may contain '*' only as its last character"),
+            None => Ok(Pattern::Exact(s.to_owned())),
+        }
+    }
+
+    pub fn matches(&self, s: &str) -> bool {
+        match self {
+            Pattern::Exact(want) => s == want,
+            Pattern::Prefix(prefix) => s.starts_with(prefix.as_str()),
+        }
+    }
+}
+
+/// How a claim's value is tested.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum ClaimOp {
+    /// An array claim has this string element, or a string claim has it as one
+    /// of its space-separated words (OAuth `scope`, RFC 8693 §4.2).
+    Contains(String),
+    /// The claim (or, for an array claim, one of its elements) equals this JSON
+    /// string, number or boolean.
+    Equals(Value),
+    /// Like `Equals`, for any of the values.
+    OneOf(Vec<Value>),
+    /// The claim (or one element of an array claim) is a string with this prefix.
+    Prefix(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ClaimMatcher {
+    pub path: String,
+    pub op: ClaimOp,
+}
+
+impl ClaimMatcher {
+    /// A missing claim, or `null`, matches nothing.
+    pub fn matches(&self, claims: &Map<String, Value>) -> bool {
+        let Some(value) = claim(claims, &self.path) else {
+            return false;
+        };
+        let candidates = || -> Box<dyn Iterator<Item = &Value> + '_> {
+            match value {
+                Value::Array(items) => Box::new(items.iter()),
+                other => Box::new(std::iter::once(other)),
+            }
+        };
+        match &self.op {
+            ClaimOp::Contains(want) => match value {
+                Value::String(words) => words.split_ascii_whitespace().any(|w| w == want),
+                Value::Array(items) => items.iter().any(|i| i.as_str() == Some(want.as_str())),
+                _ => false,
+            },
+            ClaimOp::Equals(want) => candidates().any(|c| is_scalar(c) && c == want),
+            ClaimOp::OneOf(wants) => candidates().any(|c| is_scalar(c) && wants.contains(c)),
+            ClaimOp::Prefix(prefix) => {
+                candidates().any(|c| c.as_str().is_some_and(|s| s.starts_with(prefix.as_str())))
+            }
+        }
+    }
+}
+
+pub(crate) fn is_scalar(v: &Value) -> bool {
+    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
+}
+
+/// One entry of a route's `allow` list. At least one condition is set.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AllowRule {
+    pub identity: Option<Pattern>,
+    pub namespace: Option<String>,
+    pub issuer: Option<String>,
+    pub claims: Vec<ClaimMatcher>,
+    /// Empty: any method.
+    pub methods: Vec<String>,
+    /// Empty: any source.
+    pub source_cidrs: Vec<Cidr>,
+}
+
+/// How one allow rule fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RuleFit {
+    Fits,
+    /// Every condition but `source_cidrs` holds.
+    WrongSource,
+    No,
+}
+
+impl AllowRule {
+    fn fit(&self, who: &IdentityInfo<'_>, req: &RequestInfo) -> RuleFit {
+        let identity_ok = self.identity.as_ref().is_none_or(|p| p.matches(who.identity));
+        let namespace_ok = self.namespace.as_deref().is_none_or(|ns| who.namespace() == Some(ns));
+        let issuer_ok = self.issuer.as_deref().is_none_or(|i| who.issuer == i);
+        let claims_ok = self.claims.iter().all(|c| c.matches(who.claims));
+        let method_ok = self.methods.is_empty() || self.methods.contains(&req.method);
+        if !(identity_ok && namespace_ok && issuer_ok && claims_ok && method_ok) {
+            RuleFit::No
+        } else if self.source_cidrs.is_empty() || cidr::any_contains(&self.source_cidrs, req.source) {
+            RuleFit::Fits
+        } else {
+            RuleFit::WrongSource
+        }
+    }
+}
+
+/// Checks `who` against an allow list. `None` (no `allow` configured) admits
+/// every verified identity.
+pub(crate) fn check_allow(
+    rules: Option<&[AllowRule]>,
+    who: &IdentityInfo<'_>,
+    req: &RequestInfo,
+) -> Result<(), RouteDenial> {
+    let Some(rules) = rules else {
+        return Ok(());
+    };
+    let mut wrong_source = false;
+    for rule in rules {
+        match rule.fit(who, req) {
+            RuleFit::Fits => return Ok(()),
+            RuleFit::WrongSource => wrong_source = true,
+            RuleFit::No => {}
+        }
+    }
+    Err(if wrong_source { RouteDenial::SourceNotAllowed } else { RouteDenial::NotAllowed })
+}
+
+/// Revoked credentials: token IDs and subjects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DenyList {
+    pub jti: HashSet<String>,
+    /// Exact entries, kept apart so long revocation lists stay cheap.
+    pub subjects: HashSet<String>,
+    pub subject_prefixes: Vec<String>,
+}
+
+impl DenyList {
+    pub fn add_subject(&mut self, pattern: Pattern) {
+        match pattern {
+            Pattern::Exact(s) => {
+                self.subjects.insert(s);
+            }
+            Pattern::Prefix(p) => self.subject_prefixes.push(p),
+        }
+    }
+
+    /// `token_revoked` if the token's `jti` is listed; `subject_denied` if its
+    /// `sub` *or* its forwarded identity is (a deny list errs towards denying, and
+    /// operators know identities by the header they see upstream).
+    pub fn check(&self, who: &IdentityInfo<'_>) -> Result<(), RouteDenial> {
+        if who.jti().is_some_and(|jti| self.jti.contains(jti)) {
+            return Err(RouteDenial::TokenRevoked);
+        }
+        let denied = |s: &str| {
+            self.subjects.contains(s) || self.subject_prefixes.iter().any(|p| s.starts_with(p.as_str()))
+        };
+        if denied(who.subject) || denied(who.identity) {
+            return Err(RouteDenial::SubjectDenied);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::net::IpAddr;
+
+    fn claims(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => panic!("claims must be an object"),
+        }
+    }
+
+    fn who<'a>(
+        identity: &'a str,
+        issuer: &'a str,
+        sub: &'a str,
+        c: &'a Map<String, Value>,
+    ) -> IdentityInfo<'a> {
+        IdentityInfo { identity, issuer, subject: sub, claims: c }
+    }
+
+    fn req(method: &str, source: Option<&str>) -> RequestInfo {
+        RequestInfo {
+            path: "/".into(),
+            method: method.into(),
+            source: source.map(|s| s.parse::<IpAddr>().unwrap()),
+            ..RequestInfo::default()
+        }
+    }
+
+    fn rule() -> AllowRule {
+        AllowRule {
+            identity: None,
+            namespace: None,
+            issuer: None,
+            claims: vec![],
+            methods: vec![],
+            source_cidrs: vec![],
+        }
+    }
+
+    fn matcher(path: &str, op: ClaimOp) -> ClaimMatcher {
+        ClaimMatcher { path: path.into(), op }
+    }
+
+    fn allowed(rules: &[AllowRule], who: &IdentityInfo<'_>, req: &RequestInfo) -> Result<(), RouteDenial> {
+        check_allow(Some(rules), who, req)
+    }
+
+    #[test]
+    fn patterns() {
+        assert_eq!(Pattern::parse("ci/deployer"), Ok(Pattern::Exact("ci/deployer".into())));
+        assert_eq!(Pattern::parse("ci/*"), Ok(Pattern::Prefix("ci/".into())));
+        assert_eq!(Pattern::parse("*"), Ok(Pattern::Prefix(String::new())));
+        assert!(Pattern::parse("").is_err());
+        assert!(Pattern::parse("c*/x").is_err());
+        assert!(Pattern::parse("**").is_err());
+        assert!(Pattern::parse("ci/*").unwrap().matches("ci/deployer"));
+        assert!(!Pattern::parse("ci/*").unwrap().matches("cix/deployer"));
+        assert!(Pattern::parse("*").unwrap().matches(""));
+        assert!(!Pattern::parse("ci/deployer").unwrap().matches("ci/deployer2"));
+    }
+
+    #[test]
+    fn no_allow_list_admits_every_verified_identity() {
+        let c = claims(json!({}));
+        assert_eq!(check_allow(None, &who("x", "ci", "x", &c), &req("GET", None)), Ok(()));
+    }
+
+    #[test]
+    fn identity_exact_and_prefix() {
+        let c = claims(json!({}));
+        let exact = [AllowRule { identity: Some(Pattern::Exact("ci/deployer".into())), ..rule() }];
+        let r = req("POST", None);
+        assert_eq!(
+            allowed(&exact, &who("ci/deployer", "k8s", "system:serviceaccount:ci:deployer", &c), &r),
+            Ok(())
+        );
+        assert_eq!(
+            allowed(&exact, &who("ci/other", "k8s", "system:serviceaccount:ci:other", &c), &r),
+            Err(RouteDenial::NotAllowed)
+        );
+        // The rule reads the forwarded identity, not `sub`.
+        assert_eq!(allowed(&exact, &who("x", "k8s", "ci/deployer", &c), &r), Err(RouteDenial::NotAllowed));
+        let prefix = [AllowRule { identity: Some(Pattern::Prefix("ci/".into())), ..rule() }];
+        assert_eq!(allowed(&prefix, &who("ci/other", "k8s", "s", &c), &r), Ok(()));
+        assert_eq!(allowed(&prefix, &who("cid/other", "k8s", "s", &c), &r), Err(RouteDenial::NotAllowed));
+    }
+
+    #[test]
+    fn namespace_from_subject_or_claim() {
+        let none = claims(json!({}));
+        assert_eq!(
+            who("ci/deployer", "k8s", "system:serviceaccount:ci:deployer", &none).namespace(),
+            Some("ci")
+        );
+        // Malformed service-account subjects name no namespace.
+        for sub in [
+            "system:serviceaccount:ci",
+            "system:serviceaccount::x",
+            "system:serviceaccount:ci:",
+            "system:serviceaccount:a:b:c",
+            "ci:deployer",
+        ] {
+            assert_eq!(who("x", "k8s", sub, &none).namespace(), None, "{sub}");
+        }
+        let nested =
+            claims(json!({"kubernetes.io": {"namespace": "payments", "serviceaccount": {"name": "api"}}}));
+        assert_eq!(who("x", "k8s", "opaque-id", &nested).namespace(), Some("payments"));
+        let literal = claims(json!({"kubernetes.io.namespace": "payments"}));
+        assert_eq!(who("x", "k8s", "opaque-id", &literal).namespace(), Some("payments"));
+        let not_string = claims(json!({"kubernetes.io": {"namespace": ["payments"]}}));
+        assert_eq!(who("x", "k8s", "opaque-id", &not_string).namespace(), None);
+        // The subject wins over the claim.
+        assert_eq!(who("x", "k8s", "system:serviceaccount:ci:d", &nested).namespace(), Some("ci"));
+
+        let rules = [AllowRule { namespace: Some("payments".into()), ..rule() }];
+        let r = req("GET", None);
+        assert_eq!(
+            allowed(&rules, &who("payments/api", "k8s", "system:serviceaccount:payments:api", &none), &r),
+            Ok(())
+        );
+        assert_eq!(allowed(&rules, &who("x", "k8s", "opaque-id", &nested), &r), Ok(()));
+        assert_eq!(
+            allowed(&rules, &who("ci/d", "k8s", "system:serviceaccount:ci:d", &none), &r),
+            Err(RouteDenial::NotAllowed)
+        );
+    }
+
+    #[test]
+    fn issuer_by_configured_name() {
+        let c = claims(json!({}));
+        let rules = [AllowRule { issuer: Some("partner-idp".into()), ..rule() }];
+        let r = req("GET", None);
+        assert_eq!(allowed(&rules, &who("p", "partner-idp", "p", &c), &r), Ok(()));
+        assert_eq!(allowed(&rules, &who("p", "ci", "p", &c), &r), Err(RouteDenial::NotAllowed));
+    }
+
+    #[test]
+    fn nested_claim_paths() {
+        let c = claims(json!({
+            "kubernetes.io": {"namespace": "a", "serviceaccount": {"name": "svc"}},
+            "a.b": "literal",
+            "a": {"b": "nested"},
+            "x": {"y.z": {"w": 1}},
+            "deep": {"1": {"2": {"3": {"4": {"5": {"6": {"7": {"8": {"9": "too deep"}}}}}}}}}
+        }));
+        assert_eq!(claim(&c, "kubernetes.io.serviceaccount.name"), Some(&json!("svc")));
+        assert_eq!(claim(&c, "a.b"), Some(&json!("literal")), "the literal key wins");
+        assert_eq!(claim(&c, "x.y.z.w"), Some(&json!(1)));
+        assert_eq!(claim(&c, "kubernetes.io.missing"), None);
+        assert_eq!(claim(&c, "a.b.c"), None);
+        assert_eq!(claim(&c, "deep.1.2.3.4.5.6.7.8"), Some(&json!({"9": "too deep"})));
+        assert_eq!(claim(&c, "deep.1.2.3.4.5.6.7.8.9"), None, "more than 8 dots is never resolved");
+    }
+
+    #[test]
+    fn contains_on_scope_strings_and_arrays() {
+        let m = matcher("scope", ClaimOp::Contains("orders:write".into()));
+        assert!(m.matches(&claims(json!({"scope": "orders:read orders:write"}))));
+        assert!(m.matches(&claims(json!({"scope": "orders:write"}))));
+        assert!(m.matches(&claims(json!({"scope": ["orders:read", "orders:write"]}))));
+        assert!(!m.matches(&claims(json!({"scope": "orders:writer orders:read"}))));
+        assert!(!m.matches(&claims(json!({"scope": ["orders:read orders:write"]}))));
+        assert!(!m.matches(&claims(json!({"scope": {"orders:write": true}}))));
+        assert!(!m.matches(&claims(json!({"scope": null}))));
+        assert!(!m.matches(&claims(json!({}))));
+    }
+
+    #[test]
+    fn equals_one_of_and_prefix() {
+        let eq = matcher("azp", ClaimOp::Equals(json!("partner-x")));
+        assert!(eq.matches(&claims(json!({"azp": "partner-x"}))));
+        assert!(!eq.matches(&claims(json!({"azp": "partner-x2"}))));
+        // An array claim matches if one element does (`aud` is string-or-array).
+        assert!(eq.matches(&claims(json!({"azp": ["a", "partner-x"]}))));
+        assert!(!eq.matches(&claims(json!({"azp": [["partner-x"]]}))));
+        let num = matcher("tier", ClaimOp::Equals(json!(2)));
+        assert!(num.matches(&claims(json!({"tier": 2}))));
+        assert!(!num.matches(&claims(json!({"tier": "2"}))));
+        let bool_ = matcher("kubernetes.io.bound", ClaimOp::Equals(json!(true)));
+        assert!(bool_.matches(&claims(json!({"kubernetes.io": {"bound": true}}))));
+
+        let one_of = matcher("env", ClaimOp::OneOf(vec![json!("prod"), json!("staging")]));
+        assert!(one_of.matches(&claims(json!({"env": "staging"}))));
+        assert!(one_of.matches(&claims(json!({"env": ["dev", "prod"]}))));
+        assert!(!one_of.matches(&claims(json!({"env": "dev"}))));
+
+        let prefix = matcher("client_id", ClaimOp::Prefix("partner-".into()));
+        assert!(prefix.matches(&claims(json!({"client_id": "partner-acme"}))));
+        assert!(prefix.matches(&claims(json!({"client_id": ["x", "partner-acme"]}))));
+        assert!(!prefix.matches(&claims(json!({"client_id": "acme-partner-"}))));
+        assert!(!prefix.matches(&claims(json!({"client_id": 5}))));
+    }
+
+    #[test]
+    fn methods_restrict_an_entry() {
+        let c = claims(json!({}));
+        let rules = [AllowRule {
+            identity: Some(Pattern::Exact("ci/reader".into())),
+            methods: vec!["GET".into(), "HEAD".into()],
+            ..rule()
+        }];
+        let w = who("ci/reader", "k8s", "s", &c);
+        assert_eq!(allowed(&rules, &w, &req("GET", None)), Ok(()));
+        assert_eq!(allowed(&rules, &w, &req("POST", None)), Err(RouteDenial::NotAllowed));
+        assert_eq!(allowed(&rules, &w, &req("get", None)), Err(RouteDenial::NotAllowed));
+    }
+
+    #[test]
+    fn conditions_and_within_an_entry_or_across_entries() {
+        let scoped = claims(json!({"scope": "orders:write"}));
+        let unscoped = claims(json!({"scope": "orders:read"}));
+        let rules = [
+            AllowRule {
+                issuer: Some("partner-idp".into()),
+                claims: vec![matcher("scope", ClaimOp::Contains("orders:write".into()))],
+                ..rule()
+            },
+            AllowRule { identity: Some(Pattern::Exact("ci/deployer".into())), ..rule() },
+        ];
+        let r = req("POST", None);
+        assert_eq!(allowed(&rules, &who("p", "partner-idp", "p", &scoped), &r), Ok(()));
+        assert_eq!(
+            allowed(&rules, &who("p", "partner-idp", "p", &unscoped), &r),
+            Err(RouteDenial::NotAllowed)
+        );
+        assert_eq!(allowed(&rules, &who("p", "ci", "p", &scoped), &r), Err(RouteDenial::NotAllowed));
+        assert_eq!(allowed(&rules, &who("ci/deployer", "ci", "x", &unscoped), &r), Ok(()));
+        // Every claim matcher of an entry must hold.
+        let two = [AllowRule {
+            claims: vec![
+                matcher("scope", ClaimOp::Contains("orders:write".into())),
+                matcher("azp", ClaimOp::Equals(json!("acme"))),
+            ],
+            ..rule()
+        }];
+        let both = claims(json!({"scope": "orders:write", "azp": "acme"}));
+        assert_eq!(allowed(&two, &who("p", "i", "p", &both), &r), Ok(()));
+        assert_eq!(allowed(&two, &who("p", "i", "p", &scoped), &r), Err(RouteDenial::NotAllowed));
+    }
+
+    #[test]
+    fn source_cidrs_per_entry() {
+        let c = claims(json!({}));
+        let rules = [AllowRule {
+            identity: Some(Pattern::Exact("partner/acme".into())),
+            source_cidrs: vec![Cidr::parse("203.0.113.0/24").unwrap(), Cidr::parse("2001:db8::/32").unwrap()],
+            ..rule()
+        }];
+        let acme = who("partner/acme", "partner-idp", "acme", &c);
+        assert_eq!(allowed(&rules, &acme, &req("GET", Some("203.0.113.10"))), Ok(()));
+        assert_eq!(allowed(&rules, &acme, &req("GET", Some("2001:db8::10"))), Ok(()));
+        assert_eq!(allowed(&rules, &acme, &req("GET", Some("::ffff:203.0.113.10"))), Ok(()));
+        assert_eq!(
+            allowed(&rules, &acme, &req("GET", Some("198.51.100.1"))),
+            Err(RouteDenial::SourceNotAllowed)
+        );
+        assert_eq!(allowed(&rules, &acme, &req("GET", None)), Err(RouteDenial::SourceNotAllowed));
+        // Someone else from the right network: not a source problem.
+        assert_eq!(
+            allowed(&rules, &who("partner/other", "partner-idp", "o", &c), &req("GET", Some("198.51.100.1"))),
+            Err(RouteDenial::NotAllowed)
+        );
+        // Another entry that fits wins over the wrong source.
+        let mut more = rules.to_vec();
+        more.push(AllowRule { issuer: Some("partner-idp".into()), ..rule() });
+        assert_eq!(allowed(&more, &acme, &req("GET", Some("198.51.100.1"))), Ok(()));
+    }
+
+    #[test]
+    fn deny_list_by_jti_subject_and_identity() {
+        let mut deny = DenyList::default();
+        deny.jti.insert("t-123".into());
+        deny.add_subject(Pattern::parse("system:serviceaccount:ci:old").unwrap());
+        deny.add_subject(Pattern::parse("legacy/*").unwrap());
+        deny.add_subject(Pattern::parse("ci/leaked").unwrap());
+        let revoked = claims(json!({"jti": "t-123"}));
+        let other = claims(json!({"jti": "t-124"}));
+        let numeric = claims(json!({"jti": 123}));
+        assert_eq!(deny.check(&who("ci/d", "k8s", "s", &revoked)), Err(RouteDenial::TokenRevoked));
+        assert_eq!(deny.check(&who("ci/d", "k8s", "s", &other)), Ok(()));
+        assert_eq!(deny.check(&who("ci/d", "k8s", "s", &numeric)), Ok(()));
+        assert_eq!(
+            deny.check(&who("ci/old", "k8s", "system:serviceaccount:ci:old", &other)),
+            Err(RouteDenial::SubjectDenied)
+        );
+        assert_eq!(
+            deny.check(&who("ci/leaked", "k8s", "system:serviceaccount:ci:leaked", &other)),
+            Err(RouteDenial::SubjectDenied)
+        );
+        assert_eq!(deny.check(&who("legacy/x", "k8s", "s", &other)), Err(RouteDenial::SubjectDenied));
+        assert_eq!(deny.check(&who("x", "k8s", "legacy/y", &other)), Err(RouteDenial::SubjectDenied));
+        // Revocation is reported first: it is the stronger statement.
+        assert_eq!(deny.check(&who("legacy/x", "k8s", "s", &revoked)), Err(RouteDenial::TokenRevoked));
+        assert_eq!(DenyList::default().check(&who("x", "k8s", "s", &revoked)), Ok(()));
+    }
+}
