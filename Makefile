@@ -76,17 +76,32 @@ fmt:
 
 ## Demo ----------------------------------------------------------------------
 
+# The echo backends answer with every header; show which backend answered and what
+# nhi-guard told it (the x-nhi-* headers, plus whether a token was passed on).
+ECHO_SUMMARY := $(PYTHON) -c 'import json,sys; raw=sys.stdin.read(); body,_,status=raw.rpartition("\n-> "); b=json.loads(body); h=b["headers"]; print(json.dumps({"backend": b["backend"], "path": b["path"], **{k: v for k, v in sorted(h.items()) if k.startswith("x-nhi-")}, "authorization forwarded": "authorization" in h})); print("-> " + status)'
+
 demo: envoy wasm harness
 	@$(CARGO) run --quiet -p test-harness --bin nhi-demo -- up --state-dir $(DEMO_DIR)
 	@echo
+	@echo '## A machine with a valid token on a machine route: allowed, routed to the machine backend'
 	@echo '$$ curl -s -H "Authorization: Bearer $$(cat .demo/token)" http://127.0.0.1:10000/api/hello'
-	@curl -s -w '\n-> HTTP %{http_code}\n' -H "Authorization: Bearer $$(cat $(DEMO_DIR)/token)" http://127.0.0.1:10000/api/hello
+	@curl -s -w '\n-> HTTP %{http_code}\n' -H "Authorization: Bearer $$(cat $(DEMO_DIR)/token)" http://127.0.0.1:10000/api/hello | $(ECHO_SUMMARY)
 	@echo
-	@echo '$$ curl -s -i http://127.0.0.1:10000/api/hello            # no token'
+	@echo '## No token on a machine route: refused'
+	@echo '$$ curl -s -i http://127.0.0.1:10000/api/hello'
 	@curl -s -i http://127.0.0.1:10000/api/hello; echo
 	@echo
+	@echo '## An expired token: refused'
 	@echo '$$ curl -s -i -H "Authorization: Bearer $$(cat .demo/expired-token)" http://127.0.0.1:10000/api/hello'
 	@curl -s -i -H "Authorization: Bearer $$(cat $(DEMO_DIR)/expired-token)" http://127.0.0.1:10000/api/hello; echo
+	@echo
+	@echo '## A person (no token) on the human route, pretending to be a machine: routed to the web backend'
+	@echo '$$ curl -s -H "x-nhi-client: machine" -H "x-nhi-identity: root" http://127.0.0.1:10000/web/index.html'
+	@curl -s -w '\n-> HTTP %{http_code}\n' -H "x-nhi-client: machine" -H "x-nhi-identity: root" http://127.0.0.1:10000/web/index.html | $(ECHO_SUMMARY)
+	@echo
+	@echo '## A machine token on the human route: refused'
+	@echo '$$ curl -s -i -H "Authorization: Bearer $$(cat .demo/token)" http://127.0.0.1:10000/web/index.html'
+	@curl -s -i -H "Authorization: Bearer $$(cat $(DEMO_DIR)/token)" http://127.0.0.1:10000/web/index.html; echo
 	@echo
 	@echo "Envoy admin: http://127.0.0.1:9901   logs: $(DEMO_DIR)/*.log"
 	@echo "Stop the demo with: make demo-stop"

@@ -185,6 +185,8 @@ struct RawToken {
     prefix: String,
     #[serde(default = "default_max_token_bytes")]
     max_bytes: usize,
+    #[serde(default)]
+    forward: bool,
 }
 
 impl Default for RawToken {
@@ -193,6 +195,7 @@ impl Default for RawToken {
             header: default_token_header(),
             prefix: default_token_prefix(),
             max_bytes: default_max_token_bytes(),
+            forward: false,
         }
     }
 }
@@ -286,6 +289,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         header: header_name("token.header", &raw.token.header)?,
         prefix: raw.token.prefix,
         max_bytes: raw.token.max_bytes,
+        forward: raw.token.forward,
     };
     if !(256..=64 * 1024).contains(&token.max_bytes) {
         return Err(ConfigError::invalid("token.max_bytes", "must be between 256 and 65536"));

@@ -20,6 +20,9 @@ pub struct TokenSource {
     pub prefix: String,
     /// Tokens longer than this are refused before any parsing.
     pub max_bytes: usize,
+    /// Whether a verified token is passed upstream; by default it is removed, so
+    /// backends see the verified identity headers and never a replayable credential.
+    pub forward: bool,
 }
 
 /// What the credential header holds.
@@ -151,7 +154,12 @@ mod tests {
     use super::*;
 
     fn source() -> TokenSource {
-        TokenSource { header: "authorization".into(), prefix: "Bearer ".into(), max_bytes: 8192 }
+        TokenSource {
+            header: "authorization".into(),
+            prefix: "Bearer ".into(),
+            max_bytes: 8192,
+            forward: false,
+        }
     }
 
     fn b64(s: &str) -> String {

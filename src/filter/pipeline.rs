@@ -142,6 +142,9 @@ fn set_request_headers(
     if let Some(verified) = verified {
         host::set_request_header(&config.forward.identity_header, &verified.subject)?;
         host::set_request_header(&config.forward.issuer_header, issuer)?;
+        if !config.token.forward {
+            host::remove_request_header(&config.token.header)?;
+        }
     }
     Ok(())
 }

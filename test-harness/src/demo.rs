@@ -20,6 +20,8 @@ pub const JWKS_FILE: &str = "jwks.json";
 
 pub const JWKS_ADDR: SocketAddr = SocketAddr::new(LOOPBACK, 8081);
 pub const UPSTREAM_ADDR: SocketAddr = SocketAddr::new(LOOPBACK, 8082);
+/// The human backend (cluster `web`).
+pub const WEB_ADDR: SocketAddr = SocketAddr::new(LOOPBACK, 8083);
 pub const LISTENER_ADDR: SocketAddr = SocketAddr::new(LOOPBACK, 10000);
 pub const ADMIN_ADDR: SocketAddr = SocketAddr::new(LOOPBACK, 9901);
 const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);

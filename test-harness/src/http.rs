@@ -300,6 +300,22 @@ pub fn request_with_body(
     exchange(addr, method, path, headers, body).with_context(|| format!("HTTP {method} http://{addr}{path}"))
 }
 
+/// [`request`] from a chosen local address (e.g. `127.0.0.2`), so the server sees
+/// another source address: how the e2e suite exercises source CIDR rules.
+pub fn request_from(
+    local: std::net::IpAddr,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Response> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(local, 0).into()).with_context(|| format!("binding {local}"))?;
+    socket.connect_timeout(&addr.into(), CLIENT_TIMEOUT).context("connecting")?;
+    exchange_on(socket.into(), addr, method, path, headers, &[])
+        .with_context(|| format!("HTTP {method} http://{addr}{path} from {local}"))
+}
+
 fn exchange(
     addr: SocketAddr,
     method: &str,
@@ -308,6 +324,17 @@ fn exchange(
     body: &[u8],
 ) -> Result<Response> {
     let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT).context("connecting")?;
+    exchange_on(stream, addr, method, path, headers, body)
+}
+
+fn exchange_on(
+    stream: TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
 

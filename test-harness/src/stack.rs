@@ -15,8 +15,10 @@ use crate::http::Response;
 use crate::jwks_server::{JwksBehaviour, JwksServer};
 use crate::upstream::EchoUpstream;
 
-/// Name of the cluster that routes to the protected service in the shipped config.
+/// Name of the cluster machine traffic is routed to in the shipped config.
 pub const UPSTREAM_CLUSTER: &str = "upstream";
+/// Name of the cluster everything else (people) is routed to.
+pub const WEB_CLUSTER: &str = "web";
 
 /// How long [`Stack::wait_for_keys`] waits for the first successful JWKS fetch.
 pub const KEYS_TIMEOUT: Duration = Duration::from_secs(20);
@@ -26,6 +28,8 @@ pub struct Stack {
     pub envoy: Envoy,
     pub jwks: JwksServer,
     pub upstream: EchoUpstream,
+    /// The human backend (route `human`).
+    pub web: EchoUpstream,
     /// The plugin configuration Envoy runs with.
     pub plugin: Value,
 }
@@ -53,10 +57,14 @@ impl Stack {
             .context("plugin configuration has no issuers[0].jwks.cluster")?
             .to_owned();
         let jwks = JwksServer::start_with(jwks)?;
-        let upstream = EchoUpstream::start()?;
-        let options = options.cluster(UPSTREAM_CLUSTER, upstream.addr()).cluster(&jwks_cluster, jwks.addr());
+        let upstream = EchoUpstream::start_named("machine")?;
+        let web = EchoUpstream::start_named("web")?;
+        let options = options
+            .cluster(UPSTREAM_CLUSTER, upstream.addr())
+            .cluster(WEB_CLUSTER, web.addr())
+            .cluster(&jwks_cluster, jwks.addr());
         let envoy = Envoy::start(&options)?;
-        Ok(Self { envoy, jwks, upstream, plugin })
+        Ok(Self { envoy, jwks, upstream, web, plugin })
     }
 
     /// `issuers[0].name`: the value of the forwarded issuer header.

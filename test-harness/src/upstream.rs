@@ -2,7 +2,8 @@
 //! of what Envoy forwarded, and remembers each request, so tests can assert on the
 //! identity headers the filter added — and on requests that must never arrive.
 //!
-//! Echo body: `{"method":..,"path":..,"headers":{name: value},"header_list":[[name, value],..]}`.
+//! Echo body: `{"method":..,"path":..,"headers":{name: value},"header_list":[[name, value],..]}`,
+//! plus `"backend": name` for a named upstream.
 //! `headers` joins repeated names with `", "`; `header_list` keeps every occurrence.
 
 use std::collections::BTreeMap;
@@ -30,6 +31,17 @@ impl EchoUpstream {
     }
 
     pub fn bind(addr: SocketAddr) -> Result<Self> {
+        Self::bind_named(addr, None)
+    }
+
+    /// Like [`EchoUpstream::start`], with `"backend": name` in every echo, so a test (or
+    /// the demo) can see which backend Envoy routed to.
+    pub fn start_named(name: &str) -> Result<Self> {
+        Self::bind_named(SocketAddr::from(([127, 0, 0, 1], 0)), Some(name))
+    }
+
+    pub fn bind_named(addr: SocketAddr, name: Option<&str>) -> Result<Self> {
+        let name = name.map(str::to_owned);
         let received = Arc::new(Mutex::new(Vec::new()));
         let server = {
             let received = Arc::clone(&received);
@@ -40,7 +52,11 @@ impl EchoUpstream {
                 }
                 received.push(request.clone());
                 drop(received);
-                Response::json(200, &echo(request))
+                let mut body = echo(request);
+                if let (Some(name), Some(object)) = (&name, body.as_object_mut()) {
+                    object.insert("backend".to_owned(), Value::String(name.clone()));
+                }
+                Response::json(200, &body)
             })?
         };
         Ok(Self { received, server })

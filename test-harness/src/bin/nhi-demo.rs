@@ -11,14 +11,14 @@ use std::time::{Duration, Instant};
 use std::os::unix::process::CommandExt as _;
 
 use anyhow::{bail, Context, Result};
-use test_harness::demo::{self, ADMIN_ADDR, JWKS_ADDR, LISTENER_ADDR, UPSTREAM_ADDR};
+use test_harness::demo::{self, ADMIN_ADDR, JWKS_ADDR, LISTENER_ADDR, UPSTREAM_ADDR, WEB_ADDR};
 use test_harness::envoy::{Envoy, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http;
 use test_harness::jwks_server::{JwksBehaviour, JwksServer, JWKS_PATH};
 use test_harness::mint::{self, Alg, Token};
 use test_harness::process;
-use test_harness::stack::UPSTREAM_CLUSTER;
+use test_harness::stack::{UPSTREAM_CLUSTER, WEB_CLUSTER};
 use test_harness::upstream::EchoUpstream;
 
 const USAGE: &str = "\
@@ -103,9 +103,10 @@ fn gen_demo_keys(args: &[String]) -> Result<()> {
 fn serve(jwks_path: &Path) -> Result<()> {
     let jwks = demo::read_json(jwks_path)?;
     let _jwks = JwksServer::bind(JWKS_ADDR, JwksBehaviour::serve(&jwks))?;
-    let _upstream = EchoUpstream::bind(UPSTREAM_ADDR)?;
+    let _upstream = EchoUpstream::bind_named(UPSTREAM_ADDR, Some("machine"))?;
+    let _web = EchoUpstream::bind_named(WEB_ADDR, Some("web"))?;
     println!(
-        "serving {} on http://{JWKS_ADDR}{JWKS_PATH} and the echo upstream on http://{UPSTREAM_ADDR}",
+        "serving {} on http://{JWKS_ADDR}{JWKS_PATH}, the machine backend on http://{UPSTREAM_ADDR} and the web backend on http://{WEB_ADDR}",
         jwks_path.display()
     );
     loop {
@@ -191,13 +192,14 @@ fn spawn_servers(state_dir: &Path, jwks_path: &Path) -> Result<Child> {
     loop {
         if let Some(status) = child.try_wait()? {
             bail!(
-                "`nhi-demo serve` exited with {status} (ports {JWKS_ADDR} and {UPSTREAM_ADDR} must be free):\n{}",
+                "`nhi-demo serve` exited with {status} (ports {JWKS_ADDR}, {UPSTREAM_ADDR} and {WEB_ADDR} must be free):\n{}",
                 fs::read_to_string(&log_path).unwrap_or_default()
             );
         }
         let jwks_ok =
             http::request(JWKS_ADDR, "GET", JWKS_PATH, &[]).is_ok_and(|response| response.status == 200);
-        let upstream_ok = http::request(UPSTREAM_ADDR, "GET", "/", &[]).is_ok();
+        let upstream_ok = http::request(UPSTREAM_ADDR, "GET", "/", &[]).is_ok()
+            && http::request(WEB_ADDR, "GET", "/", &[]).is_ok();
         if jwks_ok && upstream_ok {
             return Ok(child);
         }
@@ -219,6 +221,7 @@ fn start_envoy(state_dir: &Path, servers: &mut Child) -> Result<Envoy> {
         .listener(LISTENER_ADDR)
         .admin(ADMIN_ADDR)
         .cluster(UPSTREAM_CLUSTER, UPSTREAM_ADDR)
+        .cluster(WEB_CLUSTER, WEB_ADDR)
         .cluster(jwks_cluster, JWKS_ADDR)
         .work_dir(state_dir.canonicalize()?);
     options.own_process_group = true;
@@ -236,17 +239,21 @@ nhi-guard demo is up:
   gateway   http://{LISTENER_ADDR}   Envoy + nhi-guard
   admin     http://{ADMIN_ADDR}
   JWKS      http://{JWKS_ADDR}{JWKS_PATH}
-  upstream  http://{UPSTREAM_ADDR}   echoes what it receives
+  machine   http://{UPSTREAM_ADDR}   backend for machine traffic (echoes what it receives)
+  web       http://{WEB_ADDR}   backend for people (echoes too)
   logs      {dir}/envoy.log, {dir}/{SERVERS_LOG}
 
 Try:
-  curl -i http://{LISTENER_ADDR}/hello
-      401, reason missing_token
-  curl -i -H \"authorization: Bearer $(cat {dir}/{TOKEN_FILE})\" http://{LISTENER_ADDR}/hello
-      200; the upstream echo shows x-nhi-identity and x-nhi-issuer
-  curl -i -H \"authorization: Bearer $(cat {dir}/{EXPIRED_TOKEN_FILE})\" http://{LISTENER_ADDR}/hello
+  curl -i http://{LISTENER_ADDR}/api/hello
+      401, reason missing_token (/api/ is a machine route)
+  curl -i -H \"authorization: Bearer $(cat {dir}/{TOKEN_FILE})\" http://{LISTENER_ADDR}/api/hello
+      200 from the machine backend; the echo shows x-nhi-identity, x-nhi-issuer, x-nhi-client
+  curl -i -H \"authorization: Bearer $(cat {dir}/{EXPIRED_TOKEN_FILE})\" http://{LISTENER_ADDR}/api/hello
       401, reason expired
-  curl -i -H \"authorization: Bearer $(cargo run -q -p test-harness --bin nhi-mint -- --sub me --ttl 60)\" http://{LISTENER_ADDR}/hello
+  curl -i http://{LISTENER_ADDR}/web/index.html
+      200 from the web backend (/web/ is a human route: no token needed)
+  curl -i -H \"authorization: Bearer $(cat {dir}/{TOKEN_FILE})\" http://{LISTENER_ADDR}/web/index.html
+      403, reason machine_on_human_route
 
 Stop it with: make demo-stop   (or: nhi-demo down --state-dir {dir})"
     );

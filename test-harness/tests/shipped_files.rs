@@ -1,0 +1,174 @@
+//! The shipped files agree with each other: docker-compose runs the very
+//! `envoy/envoy.yaml` the e2e suite runs, mounts files that exist, and names the
+//! services and ports that file's clusters and listeners use; and Envoy itself
+//! accepts the shipped config with the built filter (`--mode validate`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use serde_yaml::Value as Yaml;
+use test_harness::envoy::{envoy_binary, wasm_path};
+use test_harness::envoy_config::{repo_root, EnvoyConfig};
+
+fn yaml(path: &Path) -> Yaml {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn str_of(value: &Yaml) -> &str {
+    value.as_str().unwrap_or_else(|| panic!("not a string: {value:?}"))
+}
+
+/// (address, port) of every cluster endpoint in envoy.yaml, by cluster name.
+fn cluster_endpoints(envoy: &Yaml) -> Vec<(String, String, u64)> {
+    let mut out = Vec::new();
+    for cluster in envoy["static_resources"]["clusters"].as_sequence().unwrap() {
+        let name = str_of(&cluster["name"]).to_owned();
+        for group in cluster["load_assignment"]["endpoints"].as_sequence().unwrap() {
+            for lb in group["lb_endpoints"].as_sequence().unwrap() {
+                let socket = &lb["endpoint"]["address"]["socket_address"];
+                out.push((
+                    name.clone(),
+                    str_of(&socket["address"]).to_owned(),
+                    socket["port_value"].as_u64().unwrap(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn docker_compose_matches_envoy_yaml() {
+    let root = repo_root();
+    let envoy_dir = root.join("envoy");
+    let compose = yaml(&envoy_dir.join("docker-compose.yaml"));
+    let envoy = yaml(&envoy_dir.join("envoy.yaml"));
+    let services = compose["services"].as_mapping().unwrap();
+    let service_names: BTreeSet<&str> = services.keys().map(str_of).collect();
+
+    // Every cluster endpoint is a compose service listening on that port.
+    for (cluster, address, port) in cluster_endpoints(&envoy) {
+        assert!(
+            service_names.contains(address.as_str()),
+            "cluster {cluster} points at {address}, not a compose service"
+        );
+        let service = &compose["services"][address.as_str()];
+        let serves_port = match &service["environment"]["HTTP_PORT"] {
+            Yaml::String(p) => p == &port.to_string(),
+            _ => service["command"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|arg| arg.as_str() == Some(&port.to_string())),
+        };
+        assert!(serves_port, "service {address} does not listen on {port} (cluster {cluster})");
+    }
+
+    // Envoy's published ports are the listener's and the admin's.
+    let envoy_service = &compose["services"]["envoy"];
+    let published: BTreeSet<String> =
+        envoy_service["ports"].as_sequence().unwrap().iter().map(|p| str_of(p).to_owned()).collect();
+    let listener_port = envoy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+        .as_u64()
+        .unwrap();
+    let admin_port = envoy["admin"]["address"]["socket_address"]["port_value"].as_u64().unwrap();
+    for port in [listener_port, admin_port] {
+        assert!(
+            published.contains(&format!("{port}:{port}")),
+            "envoy port {port} is not published: {published:?}"
+        );
+    }
+
+    // Every mounted file exists, and the wasm lands where envoy.yaml loads it from.
+    let config = EnvoyConfig::shipped().unwrap();
+    let wasm_in_container = {
+        let text = config.to_yaml().unwrap();
+        let line = text.lines().find(|l| l.contains("filename:")).unwrap().to_owned();
+        line.split("filename:").nth(1).unwrap().trim().trim_matches(|c| c == '}' || c == ' ').to_owned()
+    };
+    let mut mounts_wasm = false;
+    let mut mounts_config = false;
+    for service in services.values() {
+        for volume in service["volumes"].as_sequence().into_iter().flatten() {
+            let spec = str_of(volume);
+            let mut parts = spec.split(':');
+            let (host, container) = (parts.next().unwrap(), parts.next().unwrap());
+            let host_path = envoy_dir.join(host);
+            if host.ends_with("nhi_guard.wasm") {
+                // Built by `make wasm`; the path must be where cargo puts it.
+                let normalized: std::path::PathBuf =
+                    host_path.components().fold(std::path::PathBuf::new(), |mut p, c| {
+                        match c {
+                            std::path::Component::ParentDir => {
+                                p.pop();
+                            }
+                            other => p.push(other),
+                        }
+                        p
+                    });
+                assert_eq!(normalized, root.join("target/wasm32-wasip1/release/nhi_guard.wasm"));
+                assert_eq!(container, wasm_in_container);
+                mounts_wasm = true;
+            } else {
+                assert!(host_path.exists(), "{spec}: {} does not exist", host_path.display());
+            }
+            if container == "/etc/envoy/envoy.yaml" {
+                assert_eq!(
+                    host_path.canonicalize().unwrap(),
+                    envoy_dir.join("envoy.yaml").canonicalize().unwrap()
+                );
+                mounts_config = true;
+            }
+        }
+    }
+    assert!(mounts_wasm && mounts_config, "compose must mount the wasm and envoy.yaml");
+    let image = str_of(&envoy_service["image"]);
+    assert!(image.ends_with(":v1.40.0"), "compose pins the Envoy the tests run: {image}");
+}
+
+#[test]
+fn envoy_validates_the_shipped_config_with_the_built_filter() {
+    let mut config = EnvoyConfig::shipped().unwrap();
+    config.set_wasm_filename(&wasm_path().unwrap()).unwrap();
+    let dir = std::env::temp_dir().join(format!("nhi-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config.to_yaml().unwrap()).unwrap();
+    let output = Command::new(envoy_binary().unwrap())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(output.status.success(), "envoy --mode validate failed:\n{log}");
+    assert!(log.contains("OK"), "{log}");
+}
+
+#[test]
+fn envoy_refuses_an_invalid_plugin_configuration_and_says_why() {
+    let mut config = EnvoyConfig::shipped().unwrap();
+    config.set_wasm_filename(&wasm_path().unwrap()).unwrap();
+    let mut plugin = config.plugin_configuration().unwrap();
+    plugin["issuers"][0]["audiences"] = serde_json::json!([]);
+    config.set_plugin_configuration(&plugin).unwrap();
+    let dir = std::env::temp_dir().join(format!("nhi-invalid-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("envoy.yaml");
+    std::fs::write(&path, config.to_yaml().unwrap()).unwrap();
+    let output = Command::new(envoy_binary().unwrap())
+        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success(), "Envoy accepted an invalid plugin configuration:\n{log}");
+    assert!(
+        log.contains("`issuers[0].audiences` must list at least one non-empty audience"),
+        "the log must name the field and the reason:\n{log}"
+    );
+}
