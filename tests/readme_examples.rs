@@ -41,7 +41,8 @@ fn every_json_block_in_the_readme_parses() {
     let readme = include_str!("../README.md");
     for block in json_blocks(readme) {
         // Fragments (a single member) are wrapped to parse as an object.
-        let as_object = if block.trim_start().starts_with('"') { format!("{{{block}}}") } else { block.clone() };
+        let as_object =
+            if block.trim_start().starts_with('"') { format!("{{{block}}}") } else { block.clone() };
         assert!(serde_json::from_str::<serde_json::Value>(&as_object).is_ok(), "not JSON:\n{block}");
     }
 }
