@@ -209,6 +209,7 @@ mod tests {
         config.set_listener_address("ingress", "127.0.0.1:0".parse().unwrap()).unwrap();
         config.set_admin_address("127.0.0.1:0".parse().unwrap()).unwrap();
         config.set_cluster_endpoint("upstream", "127.0.0.1:4001".parse().unwrap()).unwrap();
+        config.set_cluster_endpoint("web", "127.0.0.1:4003".parse().unwrap()).unwrap();
         config.set_cluster_endpoint("jwks_demo", "127.0.0.1:4002".parse().unwrap()).unwrap();
         config.set_wasm_filename(Path::new("/tmp/x/nhi_guard.wasm")).unwrap();
         config
@@ -224,7 +225,7 @@ mod tests {
         assert_eq!(issuer["audiences"][0], crate::mint::DEFAULT_AUDIENCE);
         assert_eq!(issuer["jwks"]["cluster"], "jwks_demo");
         assert_eq!(config.listener_names(), ["ingress"]);
-        assert_eq!(config.cluster_names(), ["upstream", "jwks_demo"]);
+        assert_eq!(config.cluster_names(), ["upstream", "web", "jwks_demo"]);
     }
 
     #[test]
@@ -242,8 +243,10 @@ mod tests {
         let admin = &doc["admin"]["address"]["socket_address"];
         assert_eq!(admin["address"].as_str(), Some("127.0.0.1"));
         assert_eq!(admin["port_value"].as_u64(), Some(0));
-        let jwks = &doc["static_resources"]["clusters"][1]["load_assignment"]["endpoints"][0]["lb_endpoints"]
-            [0]["endpoint"]["address"]["socket_address"];
+        let clusters = doc["static_resources"]["clusters"].as_sequence().unwrap();
+        let jwks_cluster = clusters.iter().find(|c| c["name"].as_str() == Some("jwks_demo")).unwrap();
+        let jwks = &jwks_cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
         assert_eq!(jwks["address"].as_str(), Some("127.0.0.1"));
         assert_eq!(jwks["port_value"].as_u64(), Some(4002));
         // Untouched parts survive the round trip.
