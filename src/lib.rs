@@ -21,6 +21,8 @@ pub mod token;
 pub mod verify;
 
 #[cfg(test)]
+mod attack_suite;
+#[cfg(test)]
 mod testkit;
 
 #[cfg(target_arch = "wasm32")]

@@ -114,6 +114,36 @@ pub struct UnverifiedToken<'a> {
     pub signature: Vec<u8>,
 }
 
+/// A JSON object (header or claims), refusing duplicate member names: RFC 7519 §4 lets a parser
+/// reject them, and accepting "last one wins" would let a token mean one `sub` to
+/// nhi-guard and another to a backend that parses it again.
+struct ClaimSet(Map<String, Value>);
+
+impl<'de> serde::Deserialize<'de> for ClaimSet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ClaimSet;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut access: A) -> Result<ClaimSet, A::Error> {
+                let mut map = Map::new();
+                while let Some((name, value)) = access.next_entry::<String, Value>()? {
+                    if map.contains_key(&name) {
+                        return Err(serde::de::Error::custom("duplicate claim name"));
+                    }
+                    map.insert(name, value);
+                }
+                Ok(ClaimSet(map))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
 /// Splits and decodes a compact JWS (RFC 7515 §7.1) without trusting any of it.
 pub fn parse(token: &str, max_bytes: usize) -> Result<UnverifiedToken<'_>, ParseError> {
     if token.is_empty() {
@@ -136,15 +166,24 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<UnverifiedToken<'_>, Parse
     let header = b64::URL_SAFE_STRICT.decode(header).map_err(|_| ParseError::Base64("header"))?;
     let payload = b64::URL_SAFE_STRICT.decode(payload).map_err(|_| ParseError::Base64("payload"))?;
     let signature = b64::URL_SAFE_STRICT.decode(signature).map_err(|_| ParseError::Base64("signature"))?;
-    let header: JoseHeader =
+    // Through the strict object first: a JSON array would otherwise deserialize into
+    // the struct positionally, and duplicate or null members must not slip through.
+    let ClaimSet(header) =
         serde_json::from_slice(&header).map_err(|e| ParseError::HeaderJson(e.to_string()))?;
+    if let Some(name) =
+        ["alg", "kid", "typ", "cty"].into_iter().find(|n| header.get(*n).is_some_and(|v| !v.is_string()))
+    {
+        return Err(ParseError::HeaderJson(format!("{name} is not a string")));
+    }
+    let header: JoseHeader =
+        serde_json::from_value(Value::Object(header)).map_err(|e| ParseError::HeaderJson(e.to_string()))?;
     if header.crit.is_some() {
         return Err(ParseError::Critical);
     }
     if header.cty.as_deref().is_some_and(|cty| cty.eq_ignore_ascii_case("JWT")) {
         return Err(ParseError::Nested);
     }
-    let claims: Map<String, Value> =
+    let ClaimSet(claims) =
         serde_json::from_slice(&payload).map_err(|e| ParseError::PayloadJson(e.to_string()))?;
     Ok(UnverifiedToken { header, claims, signing_input, signature })
 }
@@ -245,6 +284,14 @@ mod tests {
             parse(&compact(r#"{"alg":"RS256","kid":5}"#, "{}", b"s"), 8192),
             Err(ParseError::HeaderJson(_))
         ));
+    }
+
+    #[test]
+    fn refuses_duplicate_names() {
+        let dup_claim = compact(r#"{"alg":"RS256"}"#, r#"{"sub":"a","sub":"admin"}"#, b"s");
+        assert!(matches!(parse(&dup_claim, 8192), Err(ParseError::PayloadJson(_))));
+        let dup_header = compact(r#"{"alg":"RS256","alg":"none"}"#, "{}", b"s");
+        assert!(matches!(parse(&dup_header, 8192), Err(ParseError::HeaderJson(_))));
     }
 
     #[test]
