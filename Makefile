@@ -20,7 +20,7 @@ PYTHON ?= python3
 export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
-.PHONY: all tools wasm-target envoy build wasm harness test unit lint e2e demo demo-stop fmt clean
+.PHONY: all tools wasm-target envoy build wasm harness test unit lint e2e demo demo-stop fmt clean fuzz
 
 all: build
 
@@ -73,6 +73,24 @@ e2e: envoy wasm
 
 fmt:
 	$(CARGO) fmt --all
+
+## Fuzzing ---------------------------------------------------------------------
+
+# Each target runs FUZZ_SECONDS (default 60) with libFuzzer on nightly. New inputs go
+# to target/fuzz-corpus/; the committed seeds in test-harness/fuzz/corpus/ are read only.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := token_verify jwks_parse config_parse route_decide
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@set -e; cd test-harness/fuzz; for t in $(FUZZ_TARGETS); do \
+	  mkdir -p $(CURDIR)/target/fuzz-corpus/$$t; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
+	  cargo +nightly fuzz run --fuzz-dir . $$t $(CURDIR)/target/fuzz-corpus/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+[[:space:]]+DONE|stat::|==|INFO: seed|SUMMARY)" || true; \
+	  test ! -d artifacts/$$t || test -z "$$(ls -A artifacts/$$t 2>/dev/null)" || { echo "crash inputs in test-harness/fuzz/artifacts/$$t"; exit 1; }; \
+	done
 
 ## Demo ----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ pub mod refresh;
 pub mod route;
 pub mod store;
 pub mod token;
+pub mod token_cache;
 pub mod verify;
 
 #[cfg(test)]

@@ -1,0 +1,221 @@
+//! The verified-token cache, shared by every worker of one Envoy: a token is
+//! verified (signature and all) once per Envoy, not once per request or worker.
+//!
+//! Signature checks are the expensive part of a request inside a wasm VM (hundreds
+//! of microseconds for RS256/ES256), and machine clients reuse one token for many
+//! requests. An entry is keyed by the SHA-256 of the raw token, so the token itself
+//! is never stored, and lives in one of `max_entries` shared-data slots (the slot
+//! is chosen by the digest; a newer token simply replaces an older one in its slot):
+//! memory is bounded by `max_entries` × entry size, whatever the traffic.
+//!
+//! A hit is only a hint. [`Entry::usable`] re-checks, at every use, that the token
+//! has not expired (with the issuer's skew) and that its signing key is still in
+//! the issuer's current, usable key set — a key that leaves the JWKS takes its
+//! cached tokens with it. Only tokens that passed every check are inserted, so
+//! failures never create state here.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::store::Store;
+use crate::verify::KeyLookup;
+
+const VERSION: u8 = 1;
+/// Default number of slots (`token_cache.max_entries`).
+pub const DEFAULT_MAX_ENTRIES: u32 = 4_096;
+pub const MAX_MAX_ENTRIES: u32 = 1_000_000;
+
+/// SHA-256 of a raw token: the cache key. The token itself never enters shared data.
+pub type TokenDigest = [u8; 32];
+
+pub fn digest(token: &str) -> TokenDigest {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// A verified token as cached: what revalidation needs, plus the caller's payload
+/// (the serialized verification result).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub digest: TokenDigest,
+    pub issuer: u16,
+    pub kid: String,
+    pub expires_at: i64,
+    pub payload: Vec<u8>,
+}
+
+impl Entry {
+    pub fn encode(&self) -> Vec<u8> {
+        let kid = self.kid.as_bytes();
+        let mut out = Vec::with_capacity(1 + 32 + 8 + 2 + 2 + kid.len() + self.payload.len());
+        out.push(VERSION);
+        out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.expires_at.to_be_bytes());
+        out.extend_from_slice(&self.issuer.to_be_bytes());
+        out.extend_from_slice(&u16::try_from(kid.len()).unwrap_or(u16::MAX).to_be_bytes());
+        out.extend_from_slice(kid.get(..usize::from(u16::MAX)).unwrap_or(kid));
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        let (&version, rest) = bytes.split_first()?;
+        if version != VERSION {
+            return None;
+        }
+        let (digest, rest) = rest.split_first_chunk::<32>()?;
+        let (expires_at, rest) = rest.split_first_chunk::<8>()?;
+        let (issuer, rest) = rest.split_first_chunk::<2>()?;
+        let (kid_len, rest) = rest.split_first_chunk::<2>()?;
+        let (kid, payload) = rest.split_at_checked(usize::from(u16::from_be_bytes(*kid_len)))?;
+        Some(Entry {
+            digest: *digest,
+            issuer: u16::from_be_bytes(*issuer),
+            kid: String::from_utf8(kid.to_vec()).ok()?,
+            expires_at: i64::from_be_bytes(*expires_at),
+            payload: payload.to_vec(),
+        })
+    }
+
+    /// Whether the cached verification still holds at `now`: the token has not
+    /// expired (with the issuer's clock skew), and the key that signed it is still
+    /// published in the issuer's usable key set.
+    pub fn usable<K: KeyLookup + ?Sized>(&self, config: &Config, keys: &K, now: i64) -> bool {
+        let index = usize::from(self.issuer);
+        let Some(issuer) = config.issuers.get(index) else { return false };
+        let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
+        now < self.expires_at.saturating_add(skew)
+            && keys.key_set(index).is_some_and(|set| set.by_kid(&self.kid).is_some())
+    }
+}
+
+/// The cache: `max_entries` slots of shared data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenCache {
+    max_entries: u32,
+}
+
+/// Why the cache could not be used (the caller just verifies in full).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheUnavailable;
+
+impl fmt::Display for CacheUnavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("token cache unavailable")
+    }
+}
+
+impl TokenCache {
+    /// `None` when `max_entries` is 0 (the cache is off).
+    pub fn new(max_entries: u32) -> Option<TokenCache> {
+        (max_entries > 0).then_some(TokenCache { max_entries: max_entries.min(MAX_MAX_ENTRIES) })
+    }
+
+    pub fn max_entries(&self) -> u32 {
+        self.max_entries
+    }
+
+    fn slot_key(&self, digest: &TokenDigest) -> String {
+        let mut head = [0u8; 8];
+        head.copy_from_slice(digest.get(..8).unwrap_or(&[0; 8]));
+        let slot = u64::from_be_bytes(head) % u64::from(self.max_entries);
+        format!("nhi-guard/tc/{slot}")
+    }
+
+    /// The cached entry for `digest`, if its slot holds this very token.
+    pub fn get(&self, store: &dyn Store, digest: &TokenDigest) -> Result<Option<Entry>, CacheUnavailable> {
+        let (bytes, _) = store.get(&self.slot_key(digest)).map_err(|_| CacheUnavailable)?;
+        Ok(bytes.and_then(|b| Entry::decode(&b)).filter(|e| e.digest == *digest))
+    }
+
+    /// Caches a verified token (replacing whatever its slot held: it is a cache).
+    pub fn put(&self, store: &dyn Store, entry: &Entry) -> Result<(), CacheUnavailable> {
+        store.set(&self.slot_key(&entry.digest), &entry.encode(), None).map_err(|_| CacheUnavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::jwks::{self, KeySet};
+    use crate::store::MemoryStore;
+    use crate::testkit;
+
+    fn config() -> Config {
+        Config::from_json(
+            json!({"issuers": [{"name": "ci", "issuer": "https://i", "audiences": ["a"],
+                   "jwks": {"cluster": "c", "authority": "a", "path": "/j"}, "clock_skew_seconds": 30}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn keys() -> Vec<Option<KeySet>> {
+        vec![Some(jwks::parse(testkit::jwks().to_string().as_bytes()).unwrap().keys)]
+    }
+
+    fn entry(token: &str) -> Entry {
+        Entry { digest: digest(token), issuer: 0, kid: "ec-1".into(), expires_at: 1_000, payload: b"{\"x\":1}".to_vec() }
+    }
+
+    #[test]
+    fn entries_round_trip_and_reject_garbage() {
+        let e = entry("t");
+        assert_eq!(Entry::decode(&e.encode()), Some(e.clone()));
+        assert_eq!(Entry::decode(&[]), None);
+        assert_eq!(Entry::decode(&[2; 64]), None);
+        let mut truncated = e.encode();
+        truncated.truncate(40);
+        assert_eq!(Entry::decode(&truncated), None);
+    }
+
+    #[test]
+    fn hit_only_for_the_same_token() {
+        let store = MemoryStore::new();
+        let cache = TokenCache::new(16).unwrap();
+        cache.put(&store, &entry("token-a")).unwrap();
+        assert_eq!(cache.get(&store, &digest("token-a")).unwrap(), Some(entry("token-a")));
+        assert_eq!(cache.get(&store, &digest("token-b")).unwrap(), None);
+    }
+
+    #[test]
+    fn memory_is_bounded_by_max_entries() {
+        let store = MemoryStore::new();
+        let cache = TokenCache::new(8).unwrap();
+        for i in 0..1_000 {
+            cache.put(&store, &entry(&format!("token-{i}"))).unwrap();
+        }
+        assert!(store.len() <= 8, "{} keys", store.len());
+        assert!(TokenCache::new(0).is_none());
+    }
+
+    #[test]
+    fn the_token_itself_is_never_stored() {
+        let store = MemoryStore::new();
+        let cache = TokenCache::new(4).unwrap();
+        let token = "eyJhbGciOiJFUzI1NiJ9.secret-bearer-material.sig";
+        cache.put(&store, &entry(token)).unwrap();
+        let (bytes, _) = store.get(&cache.slot_key(&digest(token))).unwrap();
+        let bytes = bytes.unwrap();
+        assert!(!bytes.windows(10).any(|w| token.as_bytes().windows(10).any(|t| t == w)));
+    }
+
+    #[test]
+    fn usable_until_expiry_with_skew_and_while_the_key_is_published() {
+        let config = config();
+        let keys = keys();
+        let e = entry("t");
+        assert!(e.usable(&config, keys.as_slice(), 1_029));
+        assert!(!e.usable(&config, keys.as_slice(), 1_030), "expired past the skew");
+        let rotated = Entry { kid: "gone".into(), ..e.clone() };
+        assert!(!rotated.usable(&config, keys.as_slice(), 0), "signing key left the JWKS");
+        let none: Vec<Option<KeySet>> = vec![None];
+        assert!(!e.usable(&config, none.as_slice(), 0), "keys unavailable");
+        let other_issuer = Entry { issuer: 7, ..e };
+        assert!(!other_issuer.usable(&config, keys.as_slice(), 0));
+    }
+}
