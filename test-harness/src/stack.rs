@@ -59,10 +59,13 @@ impl Stack {
         let jwks = JwksServer::start_with(jwks)?;
         let upstream = EchoUpstream::start_named("machine")?;
         let web = EchoUpstream::start_named("web")?;
-        let options = options
-            .cluster(UPSTREAM_CLUSTER, upstream.addr())
-            .cluster(WEB_CLUSTER, web.addr())
-            .cluster(&jwks_cluster, jwks.addr());
+        // Clusters the caller pointed elsewhere (e.g. at a faulty server) stay so.
+        let mut options = options;
+        for (name, addr) in
+            [(UPSTREAM_CLUSTER, upstream.addr()), (WEB_CLUSTER, web.addr()), (&jwks_cluster, jwks.addr())]
+        {
+            options.clusters.entry(name.to_owned()).or_insert(addr);
+        }
         let envoy = Envoy::start(&options)?;
         Ok(Self { envoy, jwks, upstream, web, plugin })
     }
