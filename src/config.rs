@@ -35,6 +35,17 @@ pub struct Config {
     pub quotas: Option<crate::quota::Quotas>,
     /// Route classes, authorization rules, deny lists and mode.
     pub routes: crate::route::Routes,
+    /// Metrics on/off and the bound on per-identity series.
+    pub metrics: crate::metrics::MetricsConfig,
+    /// The per-request decision log.
+    pub decision_log: crate::decision_log::DecisionLogConfig,
+    /// Client-certificate identities (SPIFFE), if configured.
+    pub mtls: Option<crate::mtls::MtlsConfig>,
+    /// The shared verified-token cache; `None` when `token_cache.max_entries` is 0.
+    pub token_cache: Option<crate::token_cache::TokenCache>,
+    /// A digest of the configuration bytes: cached verifications made under another
+    /// configuration are not reused.
+    pub fingerprint: u64,
 }
 
 /// One trusted token issuer.
@@ -50,6 +61,14 @@ pub struct Issuer {
     /// At least one; never a symmetric or `none` algorithm.
     pub algorithms: Vec<Alg>,
     pub clock_skew_seconds: u64,
+    /// What the issuer's tokens must look like, what it admits, the identity forwarded.
+    pub profile: crate::profile::Profile,
+    /// The JOSE `typ` check: configured, else the profile's default; `None`: no check.
+    pub typ: Option<crate::typ::TypRule>,
+    /// Verified claims forwarded as request headers.
+    pub claims_to_headers: Vec<crate::claims::ClaimHeader>,
+    /// What this issuer's tokens demand of the client certificate (RFC 8705 binding).
+    pub certificate: crate::mtls::IssuerCertPolicy,
 }
 
 /// Where an issuer's keys come from.
@@ -74,6 +93,9 @@ pub struct RemoteJwks {
     /// How long the last good keys keep serving while refreshes fail; after
     /// that the issuer's requests get 503 `keys_unavailable`.
     pub max_stale_seconds: u64,
+    /// OpenID Connect discovery: `cluster`, `authority` and `path` then locate the
+    /// discovery document, and the JWKS location is read from it.
+    pub discovery: Option<crate::discovery::Discovery>,
 }
 
 impl RemoteJwks {
@@ -87,7 +109,8 @@ impl RemoteJwks {
 
     /// Identifies where the keys come from (for shared-data key names).
     pub fn source_id(&self) -> String {
-        format!("{}|{}|{}", self.cluster, self.authority, self.path)
+        let via = if self.discovery.is_some() { "discovery|" } else { "" };
+        format!("{via}{}|{}|{}", self.cluster, self.authority, self.path)
     }
 }
 
@@ -126,9 +149,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// The plugin configuration as written. Every `Raw*` type of the configuration derives
+/// `schemars::JsonSchema` under the `cli` feature: `make schema` generates the shipped
+/// JSON Schema from them (`crate::schema`).
 #[derive(Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-struct RawConfig {
+pub(crate) struct RawConfig {
     issuers: Vec<RawIssuer>,
     #[serde(default)]
     token: RawToken,
@@ -150,20 +177,48 @@ struct RawConfig {
     client_header: Option<String>,
     #[serde(default)]
     default_audience: Option<String>,
+    #[serde(default)]
+    metrics: Option<crate::metrics::RawMetrics>,
+    #[serde(default)]
+    decision_log: Option<crate::decision_log::RawDecisionLog>,
+    #[serde(default)]
+    mtls: Option<crate::mtls::RawMtls>,
+    #[serde(default)]
+    token_cache: Option<crate::token_cache::RawTokenCache>,
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
     name: String,
     issuer: String,
     audiences: Vec<String>,
-    jwks: RawJwks,
+    /// Required unless `discovery` locates the keys.
+    jwks: Option<RawJwks>,
     algorithms: Option<Vec<String>>,
     clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    discovery: Option<crate::discovery::RawDiscovery>,
+    #[serde(default)]
+    profile: Option<crate::profile::RawProfile>,
+    #[serde(default)]
+    typ: Option<crate::typ::RawTyp>,
+    #[serde(default)]
+    claims_to_headers: Option<crate::claims::RawClaimsToHeaders>,
+    /// Needs the `mtls` block: a trusted client certificate must come with every token.
+    #[serde(default)]
+    require_client_certificate: bool,
+    /// Needs the `mtls` block: tokens must be certificate-bound (`cnf.x5t#S256`).
+    #[serde(default)]
+    require_bound_tokens: bool,
+    /// Needs the `mtls` block: `sub` must equal the client certificate's identity.
+    #[serde(default)]
+    bind_subject_to_certificate: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawJwks {
     cluster: Option<String>,
@@ -177,6 +232,7 @@ struct RawJwks {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawToken {
     #[serde(default = "default_token_header")]
@@ -211,6 +267,7 @@ fn default_max_token_bytes() -> usize {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawForward {
     #[serde(default = "default_identity_header")]
@@ -236,12 +293,35 @@ fn default_issuer_header() -> String {
 pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::EdDsa];
 
 impl Issuer {
-    /// The JWKS fetch timeout, for issuers whose keys are fetched.
+    /// How long getting keys may take, for issuers whose keys are fetched: the
+    /// fetch timeout, twice with discovery (the document, then the JWKS).
     pub fn fetch_timeout_ms(&self) -> Option<u64> {
         match &self.jwks {
+            JwksSource::Remote(remote) if remote.discovery.is_some() => {
+                Some(remote.timeout_ms.saturating_mul(2))
+            }
             JwksSource::Remote(remote) => Some(remote.timeout_ms),
             JwksSource::Inline(_) => None,
         }
+    }
+
+    /// Which JWK `use` this issuer's keys may carry (its profile decides).
+    pub fn key_use(&self) -> crate::jwks::KeyUse {
+        self.profile.key_use()
+    }
+}
+
+impl Config {
+    /// Every header some issuer's `claims_to_headers` sets, once each: they are
+    /// removed from every request, whichever issuer (if any) it turns out to be for.
+    pub fn claim_headers(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for rule in self.issuers.iter().flat_map(|i| &i.claims_to_headers) {
+            if !names.contains(&rule.header.as_str()) {
+                names.push(&rule.header);
+            }
+        }
+        names
     }
 }
 
@@ -249,7 +329,9 @@ impl Config {
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
-        compile(raw)
+        let mut config = compile(raw)?;
+        config.fingerprint = crate::keyshare::fnv1a64(bytes);
+        Ok(config)
     }
 
     pub fn issuer_by_iss(&self, iss: &str) -> Option<(usize, &Issuer)> {
@@ -326,7 +408,10 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
                 .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?,
         ),
     };
-    let issuer_names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+    let mtls = raw.mtls.map(|m| crate::mtls::compile(m, "mtls")).transpose()?;
+    let mut issuer_names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+    // Certificate-only identities carry the mtls issuer name: allow rules may name it.
+    issuer_names.extend(mtls.as_ref().map(|m| m.issuer_name.as_str()));
     let raw_routes = crate::route::RawRoutes {
         routes: raw.routes,
         mode: raw.mode,
@@ -345,6 +430,16 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             return Err(ConfigError::invalid("client_header", format!("must differ from {field}")));
         }
     }
+    check_claim_headers(
+        &issuers,
+        &[
+            ("forward.identity_header", &forward.identity_header),
+            ("forward.issuer_header", &forward.issuer_header),
+            ("token.header", &token.header),
+            ("client_header", &routes.client_header),
+            ("the shadow decision header", crate::route::SHADOW_DECISION_HEADER),
+        ],
+    )?;
     if let Some(quotas) = &quotas {
         for (field, route) in quotas.route_references() {
             if !routes.routes().iter().any(|r| r.name == route) {
@@ -355,7 +450,24 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         }
     }
-    Ok(Config { issuers, token, forward, realm, quotas, routes })
+    let metrics = crate::metrics::compile(raw.metrics, "metrics")?;
+    let decision_log = crate::decision_log::compile(raw.decision_log, "decision_log")?;
+    let token_cache = crate::token_cache::compile(raw.token_cache, "token_cache")?;
+    let config = Config {
+        issuers,
+        token,
+        forward,
+        realm,
+        quotas,
+        routes,
+        metrics,
+        decision_log,
+        mtls,
+        token_cache,
+        fingerprint: 0,
+    };
+    crate::mtls::check(&config)?;
+    Ok(config)
 }
 
 fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer, ConfigError> {
@@ -398,7 +510,27 @@ fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer,
     if clock_skew_seconds > 300 {
         return Err(ConfigError::invalid(at("clock_skew_seconds"), "must be at most 300"));
     }
-    let jwks = compile_jwks(raw.jwks, at)?;
+    let profile = crate::profile::compile(raw.profile, &raw.issuer, &raw.audiences, at)?;
+    let typ = match raw.typ {
+        None => profile.default_typ(),
+        Some(raw_typ) => {
+            let listed = matches!(raw_typ, crate::typ::RawTyp::Many(_));
+            let rule = crate::typ::TypRule::configured(&raw_typ.into_vec()).map_err(|(i, why)| match i {
+                Some(i) if listed => ConfigError::invalid(format!("{}[{i}]", at("typ")), why),
+                _ => ConfigError::invalid(at("typ"), why),
+            })?;
+            Some(rule)
+        }
+    };
+    let claims_to_headers = compile_claims_to_headers(raw.claims_to_headers, at)?;
+    let jwks = match raw.discovery {
+        None => {
+            let jwks =
+                raw.jwks.ok_or_else(|| ConfigError::invalid(at("jwks"), "is required (or `discovery`)"))?;
+            compile_jwks(jwks, profile.key_use(), at)?
+        }
+        Some(discovery) => compile_discovered_jwks(discovery, raw.jwks, at)?,
+    };
     Ok(Issuer {
         name: raw.name,
         issuer: raw.issuer,
@@ -406,10 +538,125 @@ fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer,
         jwks,
         algorithms,
         clock_skew_seconds,
+        profile,
+        typ,
+        claims_to_headers,
+        certificate: crate::mtls::IssuerCertPolicy {
+            require_client_certificate: raw.require_client_certificate,
+            require_bound_tokens: raw.require_bound_tokens,
+            bind_subject_to_certificate: raw.bind_subject_to_certificate,
+        },
     })
 }
 
-fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource, ConfigError> {
+/// `discovery` instead of `jwks.cluster`/`authority`/`path`: `jwks` then holds only
+/// the refresh timing, and the remote source points at the discovery document.
+fn compile_discovered_jwks(
+    raw: crate::discovery::RawDiscovery,
+    timing: Option<RawJwks>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<JwksSource, ConfigError> {
+    let (endpoint, discovery) = crate::discovery::compile(raw, at)?;
+    let timing = timing.unwrap_or_default();
+    if timing.cluster.is_some()
+        || timing.authority.is_some()
+        || timing.path.is_some()
+        || timing.inline.is_some()
+    {
+        return Err(ConfigError::invalid(
+            at("jwks"),
+            "takes only refresh_seconds, timeout_ms, min_refetch_seconds and max_stale_seconds with \
+             `discovery`: the discovery document says where the keys are",
+        ));
+    }
+    let located = RawJwks {
+        cluster: Some(endpoint.cluster),
+        authority: Some(endpoint.authority),
+        path: Some(endpoint.path),
+        ..timing
+    };
+    match compile_jwks(located, crate::jwks::KeyUse::Sig, at)? {
+        JwksSource::Remote(remote) => {
+            Ok(JwksSource::Remote(RemoteJwks { discovery: Some(discovery), ..remote }))
+        }
+        inline @ JwksSource::Inline(_) => Ok(inline),
+    }
+}
+
+/// Request headers the filter owns besides the configured ones: a claim mapped to
+/// one of them would remove it from every request.
+const CLAIM_HEADER_RESERVED: [&str; 10] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+];
+
+fn compile_claims_to_headers(
+    raw: Option<crate::claims::RawClaimsToHeaders>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<crate::claims::ClaimHeader>, ConfigError> {
+    use crate::claims::{valid_claim_path, ClaimHeader, MAX_CLAIM_HEADERS};
+    let Some(map) = raw else { return Ok(Vec::new()) };
+    if map.len() > MAX_CLAIM_HEADERS {
+        return Err(ConfigError::invalid(
+            at("claims_to_headers"),
+            format!("maps more than {MAX_CLAIM_HEADERS} claims"),
+        ));
+    }
+    let mut rules: Vec<ClaimHeader> = Vec::with_capacity(map.len());
+    for (claim, header) in map {
+        let field = format!("{}.{claim}", at("claims_to_headers"));
+        if !valid_claim_path(&claim) {
+            return Err(ConfigError::invalid(
+                field,
+                "must be keyed by a claim name or dotted path (at most 128 characters, 8 dots)",
+            ));
+        }
+        let header = header_name(&field, &header)?;
+        if CLAIM_HEADER_RESERVED.contains(&header.as_str()) || header.starts_with("x-envoy-") {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{header:?} is a standard or proxy header: claim headers are removed from every request"
+                ),
+            ));
+        }
+        if rules.iter().any(|r| r.header == header) {
+            return Err(ConfigError::invalid(field, format!("{header:?} is already set from another claim")));
+        }
+        rules.push(ClaimHeader { claim, header });
+    }
+    Ok(rules)
+}
+
+/// Claim headers may not be a header the filter sets or reads itself (`taken`:
+/// field and name).
+fn check_claim_headers(issuers: &[Issuer], taken: &[(&str, &str)]) -> Result<(), ConfigError> {
+    for (i, issuer) in issuers.iter().enumerate() {
+        for rule in &issuer.claims_to_headers {
+            if let Some((field, _)) = taken.iter().find(|(_, name)| *name == rule.header) {
+                return Err(ConfigError::invalid(
+                    format!("issuers[{i}].claims_to_headers.{}", rule.claim),
+                    format!("must differ from {field}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compile_jwks(
+    raw: RawJwks,
+    key_use: crate::jwks::KeyUse,
+    at: &dyn Fn(&str) -> String,
+) -> Result<JwksSource, ConfigError> {
     if let Some(inline) = raw.inline {
         if raw.cluster.is_some()
             || raw.authority.is_some()
@@ -426,8 +673,8 @@ fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource,
         }
         let bytes = serde_json::to_vec(&inline)
             .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
-        let parsed =
-            jwks::parse(&bytes).map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
+        let parsed = jwks::parse_for(&bytes, key_use)
+            .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
         if let Some(skipped) = parsed.skipped.first() {
             return Err(ConfigError::invalid(at("jwks.inline"), format!("has an unusable {skipped}")));
         }
@@ -479,12 +726,13 @@ fn compile_jwks(raw: RawJwks, at: &dyn Fn(&str) -> String) -> Result<JwksSource,
         timeout_ms,
         min_refetch_seconds,
         max_stale_seconds,
+        discovery: None,
     }))
 }
 
 /// A request header name the filter may read or write: lower-case RFC 7230 token,
 /// not a pseudo-header, not a hop-by-hop or framing header.
-fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+pub(crate) fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     const RESERVED: [&str; 6] =
         ["host", "connection", "content-length", "transfer-encoding", "te", "upgrade"];
     let valid = !name.is_empty()

@@ -147,8 +147,39 @@ struct RawJwk {
     y: Option<String>,
 }
 
-/// Parses a JWKS body, keeping at most [`MAX_KEYS`] usable keys.
+/// Which JWK `use` values an issuer's keys may carry (RFC 7517 §4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyUse {
+    /// `use` absent or `sig`.
+    #[default]
+    Sig,
+    /// `use` absent or `jwt-svid`: a SPIFFE trust bundle, whose `x509-svid` keys
+    /// sign certificates, never JWT-SVIDs (SPIFFE Trust Domain and Bundle §4.2.2).
+    JwtSvid,
+}
+
+impl KeyUse {
+    /// The `use` value, besides none, that this policy accepts.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyUse::Sig => "sig",
+            KeyUse::JwtSvid => "jwt-svid",
+        }
+    }
+
+    pub fn allows(self, use_: Option<&str>) -> bool {
+        use_.is_none_or(|u| u == self.name())
+    }
+}
+
+/// Parses a JWKS body, keeping at most [`MAX_KEYS`] usable keys with `use`
+/// absent or `sig`.
 pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
+    parse_for(body, KeyUse::Sig)
+}
+
+/// Parses a JWKS body for an issuer whose keys follow `key_use`.
+pub fn parse_for(body: &[u8], key_use: KeyUse) -> Result<ParsedJwks, JwksError> {
     if body.len() > MAX_JWKS_BYTES {
         return Err(JwksError::TooLarge { bytes: body.len(), limit: MAX_JWKS_BYTES });
     }
@@ -157,8 +188,11 @@ pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
     let mut skipped = Vec::new();
     for value in raw.keys {
         let kid = value.get("kid").and_then(|k| k.as_str()).map(str::to_owned);
-        let outcome =
-            if keys.len() >= MAX_KEYS { Err(format!("more than {MAX_KEYS} keys")) } else { parse_key(value) };
+        let outcome = if keys.len() >= MAX_KEYS {
+            Err(format!("more than {MAX_KEYS} keys"))
+        } else {
+            parse_key(value, key_use)
+        };
         match outcome {
             Ok(jwk) if jwk.kid.is_some() && keys.iter().any(|k| k.kid == jwk.kid) => {
                 skipped.push(SkippedKey { kid, reason: "duplicate kid".into() })
@@ -173,17 +207,15 @@ pub fn parse(body: &[u8]) -> Result<ParsedJwks, JwksError> {
     Ok(ParsedJwks { keys: KeySet { keys }, skipped })
 }
 
-fn parse_key(value: serde_json::Value) -> Result<Jwk, String> {
+fn parse_key(value: serde_json::Value, key_use: KeyUse) -> Result<Jwk, String> {
     let raw: RawJwk = serde_json::from_value(value).map_err(|e| format!("not a JWK: {e}"))?;
     if let Some(kid) = &raw.kid {
         if kid.len() > MAX_KID_BYTES {
             return Err(format!("kid longer than {MAX_KID_BYTES} bytes"));
         }
     }
-    if let Some(use_) = &raw.use_ {
-        if use_ != "sig" {
-            return Err(format!("use {use_:?} is not \"sig\""));
-        }
+    if !key_use.allows(raw.use_.as_deref()) {
+        return Err(format!("use {:?} is not {:?}", raw.use_.as_deref().unwrap_or_default(), key_use.name()));
     }
     if let Some(ops) = &raw.key_ops {
         if !ops.iter().any(|op| op == "verify") {
@@ -326,6 +358,38 @@ mod tests {
         let mut long_kid = test_key("rsa-1");
         long_kid["kid"] = json!("k".repeat(MAX_KID_BYTES + 1));
         assert!(skipped_reason(long_kid).contains("kid longer"));
+    }
+
+    #[test]
+    fn spiffe_bundles_accept_only_jwt_svid_keys() {
+        let with_use = |u: Option<&str>| {
+            let mut k = test_key("ec-1");
+            match u {
+                Some(u) => k["use"] = json!(u),
+                None => {
+                    k.as_object_mut().unwrap().remove("use");
+                }
+            }
+            json!({"keys": [k], "spiffe_sequence": 7})
+        };
+        for (u, sig, svid) in [
+            (None, true, true),
+            (Some("sig"), true, false),
+            (Some("jwt-svid"), false, true),
+            (Some("x509-svid"), false, false),
+            (Some("enc"), false, false),
+        ] {
+            let doc = with_use(u).to_string();
+            assert_eq!(parse_for(doc.as_bytes(), KeyUse::Sig).is_ok(), sig, "{u:?} for sig");
+            assert_eq!(parse_for(doc.as_bytes(), KeyUse::JwtSvid).is_ok(), svid, "{u:?} for jwt-svid");
+        }
+        let mixed = json!({"keys": [
+            {"kty": "EC", "crv": "P-256", "kid": "x509", "use": "x509-svid", "x": "AA", "y": "AA", "x5c": ["AA"]},
+            with_use(Some("jwt-svid"))["keys"][0].clone(),
+        ]});
+        let parsed = parse_for(mixed.to_string().as_bytes(), KeyUse::JwtSvid).unwrap();
+        assert_eq!(parsed.keys.len(), 1);
+        assert_eq!(parsed.skipped[0].reason, "use \"x509-svid\" is not \"jwt-svid\"");
     }
 
     #[test]

@@ -9,9 +9,15 @@
 
 pub mod alg;
 pub mod b64;
+pub mod claims;
 pub mod config;
+pub mod decision_log;
+pub mod discovery;
 pub mod jwks;
 pub mod keyshare;
+pub mod metrics;
+pub mod mtls;
+pub mod profile;
 pub mod quota;
 pub mod reason;
 pub mod refresh;
@@ -19,7 +25,14 @@ pub mod route;
 pub mod store;
 pub mod token;
 pub mod token_cache;
+pub mod typ;
 pub mod verify;
+
+// The native `nhi-guard` command's core (config checker, JSON Schema); not in the .wasm.
+#[cfg(feature = "cli")]
+pub mod check;
+#[cfg(feature = "cli")]
+pub mod schema;
 
 #[cfg(test)]
 mod attack_suite;

@@ -23,6 +23,26 @@ pub enum Reason {
     WrongAudience,
     MissingClaim,
     KeysUnavailable,
+    /// The JOSE `typ` header is not one the issuer accepts (RFC 8725 §3.11).
+    WrongTokenType,
+    /// The token does not have the shape its issuer's profile requires (e.g. a
+    /// Kubernetes `sub` that is not `system:serviceaccount:NS:NAME`).
+    ProfileMismatch,
+    /// A profile allowlist or claim rule does not admit the (authentic) token.
+    ClaimNotAllowed,
+    /// `exp - iat` is over the profile's maximum token lifetime.
+    LifetimeTooLong,
+    /// No client certificate where a route or the token's issuer requires one.
+    ClientCertificateRequired,
+    /// A certificate-bound token (`cnf.x5t#S256`, RFC 8705) without its certificate.
+    CertificateMismatch,
+    /// An unbound token from an issuer with `require_bound_tokens`.
+    UnboundToken,
+    /// `bind_subject_to_certificate`: the token's `sub` is not the certificate identity.
+    SubjectMismatch,
+    /// A client certificate whose identity is not trusted (e.g. a SPIFFE ID outside
+    /// the trust domains): authentic, but not one of ours.
+    UntrustedCertificate,
     /// The verified identity used up its quota.
     QuotaExceeded,
     /// The host failed a call the decision depends on: refuse rather than guess.
@@ -30,7 +50,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 23] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnknownIssuer,
@@ -43,6 +63,15 @@ impl Reason {
         Reason::WrongAudience,
         Reason::MissingClaim,
         Reason::KeysUnavailable,
+        Reason::WrongTokenType,
+        Reason::ProfileMismatch,
+        Reason::ClaimNotAllowed,
+        Reason::LifetimeTooLong,
+        Reason::ClientCertificateRequired,
+        Reason::CertificateMismatch,
+        Reason::UnboundToken,
+        Reason::SubjectMismatch,
+        Reason::UntrustedCertificate,
         Reason::QuotaExceeded,
         Reason::InternalError,
     ];
@@ -61,6 +90,15 @@ impl Reason {
             Reason::WrongAudience => "wrong_audience",
             Reason::MissingClaim => "missing_claim",
             Reason::KeysUnavailable => "keys_unavailable",
+            Reason::WrongTokenType => "wrong_token_type",
+            Reason::ProfileMismatch => "profile_mismatch",
+            Reason::ClaimNotAllowed => "claim_not_allowed",
+            Reason::LifetimeTooLong => "lifetime_too_long",
+            Reason::ClientCertificateRequired => "client_certificate_required",
+            Reason::CertificateMismatch => "certificate_mismatch",
+            Reason::UnboundToken => "unbound_token",
+            Reason::SubjectMismatch => "subject_mismatch",
+            Reason::UntrustedCertificate => "untrusted_certificate",
             Reason::QuotaExceeded => "quota_exceeded",
             Reason::InternalError => "internal_error",
         }
@@ -72,6 +110,7 @@ impl Reason {
             Reason::KeysUnavailable => 503,
             Reason::QuotaExceeded => 429,
             Reason::InternalError => 500,
+            Reason::UntrustedCertificate => 403,
             _ => 401,
         }
     }
@@ -80,6 +119,7 @@ impl Reason {
     pub fn error(self) -> &'static str {
         match self.status() {
             401 => "unauthenticated",
+            403 => "forbidden",
             429 => "rate_limited",
             503 => "unavailable",
             _ => "internal",
@@ -145,13 +185,14 @@ impl LocalReply {
         let reason = rejection.reason;
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         match reason {
-            Reason::MissingToken => {
+            // A bare challenge: a token may be fine; something is missing.
+            Reason::MissingToken | Reason::ClientCertificateRequired => {
                 headers.push(("www-authenticate".into(), format!("Bearer realm=\"{}\"", quoted(realm))));
             }
             Reason::KeysUnavailable => {
                 headers.push(("retry-after".into(), KEYS_UNAVAILABLE_RETRY_AFTER.to_string()));
             }
-            Reason::InternalError | Reason::QuotaExceeded => {}
+            Reason::InternalError | Reason::QuotaExceeded | Reason::UntrustedCertificate => {}
             _ => headers.push((
                 "www-authenticate".into(),
                 format!(

@@ -56,12 +56,18 @@
 //!    route: the filter cannot tell what it is looking at.
 //! 3. `source_not_allowed` 403 — the route's `source_cidrs` does not contain the
 //!    connection's source (checked before credentials: it is a firewall rule).
-//! 4. The audience table above: `missing_token` and the verifier's reasons (401,
+//! 4. On machine and `any` routes (and unmatched requests): a presented client
+//!    certificate that is not trusted, `untrusted_certificate` 403; no trusted
+//!    certificate on a route with `require_client_certificate`,
+//!    `client_certificate_required` 401 (see [`crate::mtls`]). A certificate-only
+//!    identity ([`Credential::Certificate`]) then counts as a verified identity on
+//!    routes with `accept_certificate_identity`, as no credential elsewhere.
+//! 5. The audience table above: `missing_token` and the verifier's reasons (401,
 //!    or 503 `keys_unavailable`), `machine_on_human_route` 403.
-//! 5. Deny lists (global, then the route's): `token_revoked` 401 (the credential is
+//! 6. Deny lists (global, then the route's): `token_revoked` 401 (the credential is
 //!    no longer valid: `invalid_token`), then `subject_denied` 403 (the identity is
 //!    authentic but banned; matched against `sub` and the forwarded identity).
-//! 6. `allow`: `not_allowed` 403 with `WWW-Authenticate: Bearer …
+//! 7. `allow`: `not_allowed` 403 with `WWW-Authenticate: Bearer …
 //!    error="insufficient_scope"`, or `source_not_allowed` 403 when the only rules
 //!    that fit failed on `source_cidrs`.
 //!
@@ -198,12 +204,28 @@ pub struct Route {
     /// `None`: the global mode.
     mode: Option<Mode>,
     deny_status: Option<u16>,
+    /// Refuse requests without a trusted client certificate (see [`crate::mtls`]).
+    pub require_client_certificate: bool,
+    /// A trusted client certificate without a token is an identity on this route.
+    pub accept_certificate_identity: bool,
 }
 
 impl Route {
     /// This route's mode, given the global one.
     pub fn mode(&self, global: Mode) -> Mode {
         self.mode.unwrap_or(global)
+    }
+
+    /// The first client-certificate option set on this route, as its field name
+    /// (they need the `mtls` block).
+    pub fn certificate_flag(&self) -> Option<&'static str> {
+        if self.require_client_certificate {
+            Some("require_client_certificate")
+        } else if self.accept_certificate_identity {
+            Some("accept_certificate_identity")
+        } else {
+            None
+        }
     }
 }
 
@@ -218,6 +240,10 @@ pub fn classify<'r>(routes: &'r Routes, req: &RequestInfo) -> Result<Option<&'r 
 pub enum Credential<'a> {
     /// No bearer token (no header, or another scheme).
     Absent,
+    /// No bearer token, but a client certificate with a trusted identity (see
+    /// [`crate::mtls`]): an identity on routes with `accept_certificate_identity`,
+    /// no credential (like [`Credential::Absent`]) everywhere else.
+    Certificate(IdentityInfo<'a>),
     Verified(IdentityInfo<'a>),
     Rejected {
         rejection: &'a Rejection,
@@ -225,6 +251,18 @@ pub enum Credential<'a> {
         /// look at (a host failure).
         machine_issuer: bool,
     },
+}
+
+impl<'a> Credential<'a> {
+    /// The identity a forwarded machine request carries: a verified token's, or a
+    /// certificate-only one (which only counts where [`Verdict::client_class`] says
+    /// `machine`).
+    pub fn identity(&self) -> Option<&IdentityInfo<'a>> {
+        match self {
+            Credential::Verified(who) | Credential::Certificate(who) => Some(who),
+            Credential::Absent | Credential::Rejected { .. } => None,
+        }
+    }
 }
 
 /// Whether the token's (unverified) `iss` is one of the configured issuers: what
@@ -340,16 +378,46 @@ impl fmt::Display for Verdict<'_> {
 /// Classifies `req`, applies its route's audience and policy to `credential`,
 /// and applies the mode. See the module docs for the order and the reasons.
 pub fn decide<'r>(routes: &'r Routes, req: &RequestInfo, credential: &Credential<'_>) -> Verdict<'r> {
-    let client_class = match credential {
+    let (route, decision) = match classify(routes, req) {
+        Err(AmbiguousPath) => (None, Decision::Deny(Denial::route(RouteDenial::AmbiguousPath, None))),
+        Ok(route) => (route, evaluate(routes, route, req, &effective(route, credential))),
+    };
+    let client_class = match effective(route, credential) {
         Credential::Verified(_) => ClientClass::Machine,
         _ => ClientClass::Human,
     };
-    let (route, decision) = match classify(routes, req) {
-        Err(AmbiguousPath) => (None, Decision::Deny(Denial::route(RouteDenial::AmbiguousPath, None))),
-        Ok(route) => (route, evaluate(routes, route, req, credential)),
-    };
     let mode = route.map_or(routes.mode, |r| r.mode(routes.mode));
     Verdict { route: route.map(|r| r.name.as_str()), client_class, decision, shadow: mode == Mode::Shadow }
+}
+
+/// A certificate-only identity is an identity on routes that accept it, and no
+/// credential elsewhere (human routes ignore certificates altogether).
+fn effective<'a>(route: Option<&Route>, credential: &Credential<'a>) -> Credential<'a> {
+    match *credential {
+        Credential::Certificate(who)
+            if route.is_some_and(|r| r.accept_certificate_identity && r.audience != Audience::Human) =>
+        {
+            Credential::Verified(who)
+        }
+        Credential::Certificate(_) => Credential::Absent,
+        other => other,
+    }
+}
+
+/// On routes that take machines: a presented certificate must be trusted, and
+/// must be there if the route requires one.
+fn certificate_rejection(route: Option<&Route>, req: &RequestInfo) -> Option<Rejection> {
+    match req.client_certificate.as_ref().map(|c| &c.identity) {
+        Some(crate::mtls::CertIdentity::Untrusted(why)) => {
+            Some(Rejection::new(Reason::UntrustedCertificate, why.to_string()))
+        }
+        Some(crate::mtls::CertIdentity::Trusted(_)) => None,
+        Some(crate::mtls::CertIdentity::Unchecked) | None => {
+            route.filter(|r| r.require_client_certificate).map(|_| {
+                Rejection::new(Reason::ClientCertificateRequired, "this route requires a client certificate")
+            })
+        }
+    }
 }
 
 fn evaluate(
@@ -370,8 +438,14 @@ fn evaluate(
         }
     }
     let audience = route.map_or(routes.default_audience, |r| r.audience);
+    if audience != Audience::Human {
+        if let Some(rejection) = certificate_rejection(route, req) {
+            return Decision::Deny(Denial::auth(&rejection));
+        }
+    }
     match *credential {
-        Credential::Absent => match audience {
+        // `effective` turned certificate-only identities into one of the others.
+        Credential::Absent | Credential::Certificate(_) => match audience {
             Audience::Machine => {
                 Decision::Deny(Denial::auth(&Rejection::new(Reason::MissingToken, "no bearer token")))
             }
@@ -432,6 +506,7 @@ mod tests {
             method: method.into(),
             route_name: None,
             source: Some("203.0.113.9".parse().unwrap()),
+            client_certificate: None,
         }
     }
 

@@ -16,11 +16,13 @@
 
 use std::fmt;
 
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::reason::Rejection;
 use crate::store::Store;
-use crate::verify::KeyLookup;
+use crate::verify::{self, KeyLookup, Verified};
 
 const VERSION: u8 = 1;
 /// Default number of slots (`token_cache.max_entries`).
@@ -39,6 +41,8 @@ pub fn digest(token: &str) -> TokenDigest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     pub digest: TokenDigest,
+    /// [`Config::fingerprint`] of the configuration that verified the token.
+    pub config: u64,
     pub issuer: u16,
     pub kid: String,
     pub expires_at: i64,
@@ -51,6 +55,7 @@ impl Entry {
         let mut out = Vec::with_capacity(1 + 32 + 8 + 2 + 2 + kid.len() + self.payload.len());
         out.push(VERSION);
         out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.config.to_be_bytes());
         out.extend_from_slice(&self.expires_at.to_be_bytes());
         out.extend_from_slice(&self.issuer.to_be_bytes());
         out.extend_from_slice(&u16::try_from(kid.len()).unwrap_or(u16::MAX).to_be_bytes());
@@ -65,12 +70,14 @@ impl Entry {
             return None;
         }
         let (digest, rest) = rest.split_first_chunk::<32>()?;
+        let (config, rest) = rest.split_first_chunk::<8>()?;
         let (expires_at, rest) = rest.split_first_chunk::<8>()?;
         let (issuer, rest) = rest.split_first_chunk::<2>()?;
         let (kid_len, rest) = rest.split_first_chunk::<2>()?;
         let (kid, payload) = rest.split_at_checked(usize::from(u16::from_be_bytes(*kid_len)))?;
         Some(Entry {
             digest: *digest,
+            config: u64::from_be_bytes(*config),
             issuer: u16::from_be_bytes(*issuer),
             kid: String::from_utf8(kid.to_vec()).ok()?,
             expires_at: i64::from_be_bytes(*expires_at),
@@ -85,7 +92,8 @@ impl Entry {
         let index = usize::from(self.issuer);
         let Some(issuer) = config.issuers.get(index) else { return false };
         let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
-        now < self.expires_at.saturating_add(skew)
+        self.config == config.fingerprint
+            && now < self.expires_at.saturating_add(skew)
             && keys.key_set(index).is_some_and(|set| set.by_kid(&self.kid).is_some())
     }
 }
@@ -104,6 +112,69 @@ impl fmt::Display for CacheUnavailable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("token cache unavailable")
     }
+}
+
+/// `token_cache` in the plugin configuration.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawTokenCache {
+    /// Slots of shared data (0 turns the cache off). Default 4096.
+    #[serde(default)]
+    pub max_entries: Option<u32>,
+}
+
+/// Validates the `token_cache` block found at `at`.
+pub fn compile(raw: Option<RawTokenCache>, at: &str) -> Result<Option<TokenCache>, ConfigError> {
+    let max_entries = raw.and_then(|r| r.max_entries).unwrap_or(DEFAULT_MAX_ENTRIES);
+    if max_entries > MAX_MAX_ENTRIES {
+        return Err(ConfigError::Invalid {
+            field: format!("{at}.max_entries"),
+            reason: format!("must be at most {MAX_MAX_ENTRIES}"),
+        });
+    }
+    Ok(TokenCache::new(max_entries))
+}
+
+/// Verifies `raw` like [`verify::verify`], answering from the shared cache when this
+/// very token was verified before (under this configuration, with a key still
+/// published, and not expired), and caching a token that verifies.
+///
+/// Only successes are cached; a token without `kid` is not (its key could not be
+/// re-checked). A cache that cannot be read or written is simply not used.
+pub fn verify_cached<K: KeyLookup + ?Sized>(
+    config: &Config,
+    keys: &K,
+    store: &dyn Store,
+    raw: &str,
+    now: i64,
+) -> Result<Verified, Rejection> {
+    let Some(cache) = &config.token_cache else {
+        return verify::verify(config, keys, raw, now);
+    };
+    let digest = digest(raw);
+    if let Ok(Some(entry)) = cache.get(store, &digest) {
+        if entry.usable(config, keys, now) {
+            if let Ok(verified) = serde_json::from_slice::<Verified>(&entry.payload) {
+                return Ok(verified);
+            }
+        }
+    }
+    let verified = verify::verify(config, keys, raw, now)?;
+    if let (Some(kid), Ok(issuer), Ok(payload)) =
+        (&verified.kid, u16::try_from(verified.issuer), serde_json::to_vec(&verified))
+    {
+        let entry = Entry {
+            digest,
+            config: config.fingerprint,
+            issuer,
+            kid: kid.clone(),
+            expires_at: verified.expires_at,
+            payload,
+        };
+        let _ = cache.put(store, &entry);
+    }
+    Ok(verified)
 }
 
 impl TokenCache {
@@ -159,7 +230,14 @@ mod tests {
     }
 
     fn entry(token: &str) -> Entry {
-        Entry { digest: digest(token), issuer: 0, kid: "ec-1".into(), expires_at: 1_000, payload: b"{\"x\":1}".to_vec() }
+        Entry {
+            digest: digest(token),
+            config: config().fingerprint,
+            issuer: 0,
+            kid: "ec-1".into(),
+            expires_at: 1_000,
+            payload: b"{\"x\":1}".to_vec(),
+        }
     }
 
     #[test]
@@ -202,6 +280,52 @@ mod tests {
         let (bytes, _) = store.get(&cache.slot_key(&digest(token))).unwrap();
         let bytes = bytes.unwrap();
         assert!(!bytes.windows(10).any(|w| token.as_bytes().windows(10).any(|t| t == w)));
+    }
+
+    #[test]
+    fn a_cached_verification_is_reused_only_while_it_holds() {
+        use crate::alg::Alg;
+        let now = 1_800_000_000;
+        let config = Config::from_json(
+            json!({"issuers": [{"name": "ci", "issuer": "https://i", "audiences": ["a"],
+                   "jwks": {"cluster": "c", "authority": "a", "path": "/j"}, "algorithms": ["ES256"]}],
+                   "token_cache": {"max_entries": 64}})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let store = MemoryStore::new();
+        let claims = json!({"iss": "https://i", "sub": "robot", "aud": "a", "exp": now + 60});
+        let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
+        let first = verify_cached(&config, keys().as_slice(), &store, &token, now).unwrap();
+        assert_eq!(store.len(), 1, "a verified token is cached");
+        // The cached entry answers even for a key set that could no longer verify the
+        // signature, as long as the kid is still published: proof the cache was used.
+        let mut jwks_without_signature_power = testkit::jwks();
+        jwks_without_signature_power["keys"][1]["x"] = testkit::jwks()["keys"][3]["x"].clone();
+        jwks_without_signature_power["keys"][1] = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ec-1",
+            "x": testkit::jwks()["keys"][3]["x"].clone()});
+        let swapped =
+            vec![Some(jwks::parse(jwks_without_signature_power.to_string().as_bytes()).unwrap().keys)];
+        assert_eq!(verify_cached(&config, swapped.as_slice(), &store, &token, now).unwrap(), first);
+        // Expired: no longer answered from the cache, and the full check says why.
+        let late = verify_cached(&config, keys().as_slice(), &store, &token, now + 3_600).unwrap_err();
+        assert_eq!(late.reason, crate::reason::Reason::Expired);
+        // Another configuration does not reuse it.
+        let other = Config::from_json(
+            json!({"issuers": [{"name": "ci", "issuer": "https://i", "audiences": ["other"],
+                   "jwks": {"cluster": "c", "authority": "a", "path": "/j"}, "algorithms": ["ES256"]}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let refused = verify_cached(&other, keys().as_slice(), &store, &token, now).unwrap_err();
+        assert_eq!(refused.reason, crate::reason::Reason::WrongAudience);
+        // Failures are never cached.
+        let before = store.len();
+        let forged = format!("{}x", token.trim_end_matches(|c| c != '.'));
+        assert!(verify_cached(&config, keys().as_slice(), &store, &forged, now).is_err());
+        assert_eq!(store.len(), before);
     }
 
     #[test]

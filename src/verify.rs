@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 use crate::alg::Alg;
 use crate::config::{Config, Issuer};
 use crate::jwks::KeySet;
+use crate::profile::TokenFacts;
 use crate::reason::{Reason, Rejection};
 use crate::token::{self, ParseError, UnverifiedToken};
 
@@ -29,12 +30,16 @@ impl KeyLookup for [Option<KeySet>] {
     }
 }
 
-/// A token that passed every check.
-#[derive(Debug, Clone, PartialEq)]
+/// A token that passed every check. Serializable so the shared token cache can hand
+/// it to another worker (see `token_cache`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Verified {
     /// Index into `Config::issuers`.
     pub issuer: usize,
     pub subject: String,
+    /// The identity forwarded upstream and used for authorization and quotas: what
+    /// the issuer's profile makes of the token (`sub` for `generic`).
+    pub identity: String,
     pub kid: Option<String>,
     pub alg: Alg,
     pub expires_at: i64,
@@ -64,6 +69,7 @@ pub fn verify<K: KeyLookup + ?Sized>(
     Ok(Verified {
         issuer: index,
         subject: checked.subject,
+        identity: checked.identity,
         kid: token.header.kid.clone(),
         alg,
         expires_at: checked.expires_at,
@@ -71,7 +77,9 @@ pub fn verify<K: KeyLookup + ?Sized>(
     })
 }
 
-/// Everything after issuer selection: algorithm, key, claims, then signature.
+/// Everything after issuer selection: algorithm, `typ`, key, claims and the
+/// profile's shape, then the signature, then the profile's allowlists (only for an
+/// authentic token, so that forged tokens cannot probe them).
 fn verify_for_issuer(
     issuer: &Issuer,
     key_set: Option<&KeySet>,
@@ -81,6 +89,9 @@ fn verify_for_issuer(
 ) -> Result<CheckedClaims, Rejection> {
     if !issuer.algorithms.contains(&alg) {
         return Err(Rejection::new(Reason::DisallowedAlg, format!("{alg} is not accepted for this issuer")));
+    }
+    if let Some(typ) = &issuer.typ {
+        typ.check(token.header.typ.as_deref())?;
     }
     let key_set =
         key_set.ok_or_else(|| Rejection::new(Reason::KeysUnavailable, "issuer keys are not available"))?;
@@ -93,10 +104,19 @@ fn verify_for_issuer(
             format!("{alg} does not fit the {} key", jwk.key.kind()),
         ));
     }
-    let checked = check_claims(issuer, &token.claims, now)?;
+    let mut checked = check_claims(issuer, &token.claims, now)?;
+    let facts = TokenFacts {
+        subject: &checked.subject,
+        claims: &token.claims,
+        expires_at: checked.expires_at,
+        issued_at: checked.issued_at,
+    };
+    let identity = issuer.profile.identity(&facts)?;
     if !alg.verify(&jwk.key, token.signing_input.as_bytes(), &token.signature) {
         return Err(Rejection::new(Reason::BadSignature, "signature does not verify"));
     }
+    issuer.profile.admit(&facts)?;
+    checked.identity = identity;
     Ok(checked)
 }
 
@@ -139,7 +159,10 @@ fn select_issuer<'c, K: KeyLookup + ?Sized>(
 
 struct CheckedClaims {
     subject: String,
+    /// Filled in by the profile.
+    identity: String,
     expires_at: i64,
+    issued_at: Option<i64>,
 }
 
 fn check_claims(issuer: &Issuer, claims: &Map<String, Value>, now: i64) -> Result<CheckedClaims, Rejection> {
@@ -155,7 +178,8 @@ fn check_claims(issuer: &Issuer, claims: &Map<String, Value>, now: i64) -> Resul
             return Err(Rejection::new(Reason::NotYetValid, "token not valid yet (nbf)"));
         }
     }
-    if let Some(iat) = numeric_date(claims, "iat")? {
+    let issued_at = numeric_date(claims, "iat")?;
+    if let Some(iat) = issued_at {
         if now.saturating_add(skew) < iat {
             return Err(Rejection::new(Reason::NotYetValid, "token issued in the future (iat)"));
         }
@@ -178,7 +202,7 @@ fn check_claims(issuer: &Issuer, claims: &Map<String, Value>, now: i64) -> Resul
         Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
         Some(_) => return Err(Rejection::new(Reason::MalformedToken, "sub is not a non-empty string")),
     };
-    Ok(CheckedClaims { subject, expires_at: exp })
+    Ok(CheckedClaims { subject, identity: String::new(), expires_at: exp, issued_at })
 }
 
 /// Reads a NumericDate (RFC 7519 §2): a JSON number of seconds, fractions allowed
@@ -455,6 +479,113 @@ mod tests {
         assert_eq!(reason(&cfg, &"a".repeat(9000)), Reason::MalformedToken);
         assert_eq!(reason(&cfg, "not.a.jwt"), Reason::MalformedToken);
         assert_eq!(reason(&cfg, "only-one-segment"), Reason::MalformedToken);
+    }
+
+    /// Three issuers with different profiles, each selected by `iss`.
+    fn profiled() -> Config {
+        Config::from_json(
+            json!({"issuers": [
+                {"name": "ci", "issuer": ISS, "audiences": ["nhi-gateway"],
+                 "jwks": {"cluster": "c", "authority": "a", "path": "/jwks.json"},
+                 "typ": "at+jwt",
+                 "profile": {"type": "generic", "claims": [{"claim": "scope", "contains": "deploy"}]}},
+                {"name": "k8s", "issuer": "https://k8s.example", "audiences": ["nhi-gateway"],
+                 "jwks": {"cluster": "c", "authority": "a", "path": "/k8s"},
+                 "profile": {"type": "kubernetes", "namespaces": ["ci"]}},
+                {"name": "mesh", "issuer": "https://spire.example", "audiences": ["nhi-gateway"],
+                 "jwks": {"cluster": "c", "authority": "a", "path": "/spire"},
+                 "profile": {"type": "spiffe", "trust_domains": ["prod.example"]}}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap()
+    }
+
+    fn three_key_sets() -> Vec<Option<KeySet>> {
+        let svid = {
+            let mut doc = testkit::jwks();
+            for k in doc["keys"].as_array_mut().unwrap() {
+                k["use"] = json!("jwt-svid");
+            }
+            jwks::parse_for(doc.to_string().as_bytes(), crate::jwks::KeyUse::JwtSvid).unwrap().keys
+        };
+        vec![keys().remove(0), keys().remove(0), Some(svid)]
+    }
+
+    fn profiled_verify(header: serde_json::Value, claims: serde_json::Value) -> Result<Verified, Reason> {
+        let t = testkit::token(Alg::Es256, &header, &claims);
+        verify(&profiled(), three_key_sets().as_slice(), &t, NOW).map_err(|r| r.reason)
+    }
+
+    fn es256(typ: &str) -> serde_json::Value {
+        json!({"alg": "ES256", "kid": "ec-1", "typ": typ})
+    }
+
+    #[test]
+    fn each_issuer_applies_its_own_profile_and_identity() {
+        let mut generic = claims();
+        generic["scope"] = json!("read deploy");
+        let v = profiled_verify(es256("at+jwt"), generic).unwrap();
+        assert_eq!((v.issuer, v.identity.as_str()), (0, "system:serviceaccount:ci:deployer"));
+
+        let k8s = json!({"iss": "https://k8s.example", "sub": "system:serviceaccount:ci:deployer",
+                         "aud": "nhi-gateway", "iat": NOW - 10, "exp": NOW + 300,
+                         "kubernetes.io": {"namespace": "ci", "serviceaccount": {"name": "deployer"}}});
+        let v = profiled_verify(es256("JWT"), k8s).unwrap();
+        assert_eq!(
+            (v.issuer, v.identity.as_str(), v.subject.as_str()),
+            (1, "ci/deployer", "system:serviceaccount:ci:deployer")
+        );
+
+        let svid = json!({"iss": "https://spire.example", "sub": "spiffe://prod.example/api",
+                          "aud": "nhi-gateway", "exp": NOW + 300});
+        let v = profiled_verify(json!({"alg": "ES256", "kid": "ec-1"}), svid).unwrap();
+        assert_eq!((v.issuer, v.identity.as_str()), (2, "spiffe://prod.example/api"));
+    }
+
+    #[test]
+    fn typ_is_checked_before_the_key() {
+        let mut c = claims();
+        c["scope"] = json!("deploy");
+        assert_eq!(profiled_verify(es256("JWT"), c.clone()).unwrap_err(), Reason::WrongTokenType);
+        // Even with a kid no key has: the header decides first.
+        let header = json!({"alg": "ES256", "kid": "nope", "typ": "JWT"});
+        assert_eq!(profiled_verify(header, c.clone()).unwrap_err(), Reason::WrongTokenType);
+        assert!(profiled_verify(es256("application/at+jwt"), c).is_ok());
+    }
+
+    #[test]
+    fn shape_is_checked_before_the_signature_and_allowlists_after() {
+        let forge = |claims: serde_json::Value| {
+            let good = testkit::token(Alg::Es256, &es256("JWT"), &claims);
+            let (input, _) = good.rsplit_once('.').unwrap();
+            format!("{input}.{}", b64([7u8; 64]))
+        };
+        let k8s = |sub: &str, ns: &str| {
+            json!({"iss": "https://k8s.example", "sub": sub, "aud": "nhi-gateway", "exp": NOW + 300,
+                   "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": "deployer"}}})
+        };
+        let reason_of =
+            |t: &str| verify(&profiled(), three_key_sets().as_slice(), t, NOW).unwrap_err().reason;
+        // A malformed shape costs no signature check.
+        assert_eq!(reason_of(&forge(k8s("deployer", "ci"))), Reason::ProfileMismatch);
+        // A forged token for a namespace outside the allowlist learns nothing about the list.
+        let outside = k8s("system:serviceaccount:prod:deployer", "prod");
+        assert_eq!(reason_of(&forge(outside.clone())), Reason::BadSignature);
+        assert_eq!(profiled_verify(es256("JWT"), outside).unwrap_err(), Reason::ClaimNotAllowed);
+    }
+
+    #[test]
+    fn spiffe_issuers_use_only_jwt_svid_keys() {
+        // `rsa-1` is published with `use: sig`: a SPIFFE issuer skips it.
+        let sig_keys = testkit::jwks().to_string();
+        let parsed = jwks::parse_for(sig_keys.as_bytes(), crate::jwks::KeyUse::JwtSvid).unwrap();
+        assert!(parsed.keys.by_kid("rsa-1").is_none());
+        assert_eq!(parsed.skipped.len(), 1);
+        let svid = json!({"iss": "https://spire.example", "sub": "spiffe://prod.example/api",
+                          "aud": "nhi-gateway", "exp": NOW + 300});
+        assert_eq!(profiled_verify(es256("at+jwt"), svid).unwrap_err(), Reason::WrongTokenType);
     }
 
     #[test]

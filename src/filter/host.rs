@@ -74,6 +74,20 @@ mod abi {
             return_value_data: *mut *mut u8,
             return_value_size: *mut usize,
         ) -> u32;
+        pub fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_define_metric(
+            metric_type: u32,
+            name_data: *const u8,
+            name_size: usize,
+            return_metric_id: *mut u32,
+        ) -> u32;
+        pub fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+        pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     }
 
     pub const OK: u32 = 0;
@@ -128,6 +142,20 @@ unsafe fn owned_buffer(data: *mut u8, size: usize) -> Option<Vec<u8>> {
     } else {
         Some(Vec::from_raw_parts(data, size, size))
     }
+}
+
+/// Unix time in nanoseconds: the proxy clock, or WASI's where the host has none.
+pub fn now_ns() -> u64 {
+    let mut nanos: u64 = 0;
+    // SAFETY: a valid out-pointer.
+    let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
+    if status == abi::OK {
+        return nanos;
+    }
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 /// Unix time in milliseconds: the proxy clock, or WASI's where the host has none.
@@ -355,4 +383,32 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
 /// A property as UTF-8 text.
 pub fn property_string(path: &[&str]) -> Option<String> {
     property(path).and_then(|bytes| String::from_utf8(bytes).ok())
+}
+
+/// Sets a stream property of the effective request; in Envoy it becomes filter
+/// state `wasm.<name>`, which access logs print with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub fn set_property(name: &str, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: name and value are valid for reads of their lengths for the call.
+    check(unsafe { abi::proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
+}
+
+/// Defines (or finds) the metric `name` of `metric_type` (0 counter, 1 gauge,
+/// 2 histogram) in this VM; returns its id. Hosts without metrics fail this.
+pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostError> {
+    let mut id: u32 = 0;
+    // SAFETY: name is valid for reads of its length; `id` is a valid out-pointer.
+    check(unsafe { abi::proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+/// Adds `offset` to a counter or gauge.
+pub fn increment_metric(id: u32, offset: i64) -> Result<(), HostError> {
+    // SAFETY: plain value arguments.
+    check(unsafe { abi::proxy_increment_metric(id, offset) })
+}
+
+/// Sets a gauge, or records a histogram sample.
+pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
+    // SAFETY: plain value arguments.
+    check(unsafe { abi::proxy_record_metric(id, value) })
 }

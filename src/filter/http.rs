@@ -12,6 +12,7 @@ use crate::route::{self, RequestInfo};
 use crate::token::Extracted;
 
 use super::host;
+use super::observe;
 use super::pipeline::{self, Request, Step, Waiter};
 use super::root::Vm;
 
@@ -28,23 +29,30 @@ impl Http {
     fn start(&mut self) -> Action {
         let vm = Rc::clone(&self.vm);
         let mut request = self.request.borrow_mut();
+        request.observed.started_ns = Some(host::now_ns());
         if let Err(err) = pipeline::strip_managed_headers(&vm) {
             pipeline::refuse(&vm, &request, &pipeline::internal(err));
+            observe::decided(&vm, &mut request, true);
             return Action::Pause;
         }
         request.request_id = host::request_header("x-request-id").ok().flatten();
+        let source = host::property_string(&["source", "address"]);
         request.info = RequestInfo {
             path: host::request_header(":path").ok().flatten().unwrap_or_default(),
             host: host::request_header(":authority").ok().flatten(),
             method: host::request_header(":method").ok().flatten().unwrap_or_default(),
             route_name: host::property_string(&["xds", "route_name"]),
-            source: host::property_string(&["source", "address"])
-                .and_then(|a| route::parse_source_address(&a)),
+            source: source.as_deref().and_then(route::parse_source_address),
+            client_certificate: crate::mtls::client_certificate(vm.config.mtls.as_ref(), |name| {
+                host::property_string(&["connection", name])
+            }),
         };
+        request.observed.source = source;
         let header = match host::request_header(&vm.config.token.header) {
             Ok(header) => header,
             Err(err) => {
                 pipeline::refuse(&vm, &request, &pipeline::internal(err));
+                observe::decided(&vm, &mut request, true);
                 return Action::Pause;
             }
         };
@@ -94,5 +102,11 @@ impl HttpContext for Http {
             }
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        if let Ok(request) = self.request.try_borrow() {
+            observe::logged(&self.vm, &request);
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 mod host;
 mod http;
+mod observe;
 mod pipeline;
 mod root;
 

@@ -11,14 +11,17 @@ use std::time::Duration;
 use log::{debug, warn};
 
 use crate::keyshare::KeyView;
+use crate::mtls;
 use crate::reason::{LocalReply, Reason, Rejection};
 use crate::route::{
-    self, Credential, Decision, Denial, DenyReason, IdentityInfo, RequestInfo, Verdict,
+    self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo, RequestInfo, Verdict,
     SHADOW_DECISION_HEADER,
 };
-use crate::verify::{self, Verified};
+use crate::token_cache;
+use crate::verify::Verified;
 
 use super::host::{self, HostError};
+use super::observe;
 use super::root::Vm;
 
 /// Most requests one VM keeps paused while keys load; beyond, requests are answered at once.
@@ -39,6 +42,8 @@ pub struct Request {
     pub response_headers: Vec<(String, String)>,
     /// Path, host, method, Envoy route name and source address.
     pub info: RequestInfo,
+    /// What the metrics, the decision log and the access log are told (see `observe`).
+    pub observed: crate::decision_log::Record,
 }
 
 /// What the HTTP context should do next.
@@ -62,15 +67,35 @@ pub struct Waiter {
     pub request: Rc<RefCell<Request>>,
 }
 
+/// Decides and acts on one request (see [`decide_and_act`]), then counts and
+/// publishes the decision unless the request waits for keys.
+pub fn run(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
+    let step = decide_and_act(vm, request, now_ms);
+    if !matches!(step, Step::Wait { .. }) {
+        observe::decided(vm, request, step == Step::Replied);
+    }
+    step
+}
+
 /// Decides and acts on one request: verify → classify and authorize → quota →
 /// headers. Managed headers were already stripped.
-pub fn run(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
+fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     let config = &vm.config;
+    let verify_started_ns = host::now_ns();
     let verification = request.token.as_deref().map(|raw| {
         let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         let keys = vm.keys.borrow();
-        verify::verify(config, &KeyView { keys: &keys, now_ms }, raw, now_secs)
+        token_cache::verify_cached(config, &KeyView { keys: &keys, now_ms }, vm.store.as_ref(), raw, now_secs)
+            .and_then(|v| mtls::check_verified(config, v, request.info.client_certificate.as_ref()))
     });
+    let verify_ns = host::now_ns().saturating_sub(verify_started_ns);
+    let max_token_bytes = config.token.max_bytes;
+    request.observed.note_verification(
+        request.token.as_deref(),
+        max_token_bytes,
+        verification.as_ref(),
+        verify_ns,
+    );
     if let Some(Err(rejection)) = &verification {
         if let Some(step) = wait_for_keys(vm, request, rejection, now_ms) {
             return step;
@@ -83,19 +108,36 @@ pub fn run(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         Some(Ok(v)) => config.issuers.get(v.issuer).map(|i| i.name.as_str()).unwrap_or_default(),
         _ => "",
     };
+    // Owned here: the identities below borrow it while `request` is updated.
+    let certificate = request.info.client_certificate.clone();
+    if let Some(identity) = certificate.as_ref().and_then(|c| c.trusted_identity()) {
+        // For access logs: `%FILTER_STATE(wasm.nhi_cert_identity:PLAIN)%`.
+        let _ = host::set_property("nhi_cert_identity", identity.as_bytes());
+    }
+    let no_claims = serde_json::Map::new();
     let credential = match &verification {
-        None => Credential::Absent,
-        Some(Ok(v)) => Credential::Verified(IdentityInfo::new(v, issuer_name, &v.subject)),
+        None => match mtls::certificate_only(config, certificate.as_ref(), &no_claims) {
+            Some(who) => Credential::Certificate(who),
+            None => Credential::Absent,
+        },
+        Some(Ok(v)) => Credential::Verified(IdentityInfo::new(v, issuer_name, &v.identity)),
         Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
     };
     let mut verdict = route::decide(&config.routes, &request.info, &credential);
+    request.observed.note_verdict(&verdict);
+    // Verified tokens, or certificate-only identities where the route accepts them.
+    let who = credential.identity().filter(|_| verdict.client_class == ClientClass::Machine);
+    if let (None, Some(who)) = (&verification, who) {
+        // A certificate-only identity, for metrics and the decision log.
+        request.observed.identity = Some(who.identity.to_owned());
+    }
     if let Some(reply) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
         return send(&reply);
     }
 
     let mut quota_headers = Vec::new();
-    if let (Some(Ok(verified)), Decision::Allow) = (&verification, &verdict.decision) {
-        match charge_quota(vm, request, verified, issuer_name, verdict.route, now_ms) {
+    if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
+        match charge_quota(vm, request, who, verdict.route, now_ms) {
             Ok(headers) => request.response_headers = headers,
             Err(Some(headers)) => {
                 verdict.decision = Decision::Deny(Denial {
@@ -110,6 +152,7 @@ pub fn run(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
                 return refuse(vm, request, &rejection);
             }
         }
+        request.observed.note_verdict(&verdict);
         if let Some(mut reply) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
             reply.headers.extend(quota_headers);
             return send(&reply);
@@ -120,7 +163,7 @@ pub fn run(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         Some(Ok(v)) => Some(v),
         _ => None,
     };
-    match set_request_headers(vm, &verdict, verified, issuer_name) {
+    match set_request_headers(vm, &verdict, verified, who, certificate.as_ref()) {
         Ok(()) => Step::Continue,
         Err(err) => refuse(vm, request, &internal(err)),
     }
@@ -132,16 +175,27 @@ fn set_request_headers(
     vm: &Vm,
     verdict: &Verdict<'_>,
     verified: Option<&Verified>,
-    issuer: &str,
+    who: Option<&IdentityInfo<'_>>,
+    certificate: Option<&mtls::ClientCertificate>,
 ) -> Result<(), HostError> {
     let config = &vm.config;
     host::set_request_header(&config.routes.client_header, verdict.client_class.as_str())?;
     if let Some(shadow) = verdict.shadow_header() {
         host::set_request_header(SHADOW_DECISION_HEADER, &shadow)?;
     }
+    if let Some(who) = who {
+        host::set_request_header(&config.forward.identity_header, who.identity)?;
+        host::set_request_header(&config.forward.issuer_header, who.issuer)?;
+        if let Some((name, value)) = mtls::forwarded_identity(config, certificate) {
+            host::set_request_header(name, value)?;
+        }
+    }
     if let Some(verified) = verified {
-        host::set_request_header(&config.forward.identity_header, &verified.subject)?;
-        host::set_request_header(&config.forward.issuer_header, issuer)?;
+        if let Some(rules) = config.issuers.get(verified.issuer).map(|i| &i.claims_to_headers) {
+            for (name, value) in crate::claims::headers(rules, &verified.claims) {
+                host::set_request_header(name, &value)?;
+            }
+        }
         if !config.token.forward {
             host::remove_request_header(&config.token.header)?;
         }
@@ -184,21 +238,16 @@ type Headers = Vec<(String, String)>;
 /// the 429. `Err(None)`: the quota store failed — the caller refuses (fail closed).
 fn charge_quota(
     vm: &Vm,
-    request: &Request,
-    verified: &Verified,
-    issuer: &str,
+    request: &mut Request,
+    who: &IdentityInfo<'_>,
     route: Option<&str>,
     now_ms: u64,
 ) -> Result<Headers, Option<Headers>> {
     let Some(quotas) = &vm.config.quotas else { return Ok(Vec::new()) };
-    let policy = quotas.policy_for(&verified.subject, &verified.claims, route);
-    let outcome = match quotas.check(
-        vm.store.as_ref(),
-        policy,
-        issuer,
-        &verified.subject,
-        Duration::from_millis(now_ms),
-    ) {
+    let (issuer, identity) = (who.issuer, who.identity);
+    let policy = quotas.policy_for(identity, who.claims, route);
+    let now = Duration::from_millis(now_ms);
+    let outcome = match quotas.check(vm.store.as_ref(), policy, issuer, identity, now) {
         Ok(outcome) => outcome,
         Err(err) => {
             warn!("quota store unavailable ({err}); refusing {:?}", request.request_id);
@@ -206,8 +255,9 @@ fn charge_quota(
         }
     };
     if let Some(anomaly) = outcome.anomaly {
-        warn!("quota of {issuer}/{}: {anomaly:?}", verified.subject);
+        warn!("quota of {issuer}/{identity}: {anomaly:?}");
     }
+    request.observed.note_quota(&outcome);
     match (outcome.allowed, quotas.response_headers) {
         (true, true) => Ok(outcome.headers()),
         (true, false) => Ok(Vec::new()),
@@ -222,6 +272,12 @@ pub fn strip_managed_headers(vm: &Vm) -> Result<(), HostError> {
     host::remove_request_header(&forward.issuer_header)?;
     for name in vm.config.routes.managed_headers() {
         host::remove_request_header(name)?;
+    }
+    for name in vm.config.claim_headers() {
+        host::remove_request_header(name)?;
+    }
+    if let Some(mtls) = &vm.config.mtls {
+        host::remove_request_header(&mtls.identity_header)?;
     }
     Ok(())
 }

@@ -14,12 +14,14 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
 use crate::config::{Config, JwksSource, RemoteJwks};
+use crate::discovery::{self, DiscoveryEndpoint, JwksLocation, Located};
 use crate::jwks::{self, JwksError, MAX_JWKS_BYTES};
 use crate::keyshare::{self, Acquire, LocalKeys, Record, SharedKeys};
 use crate::store::{MemoryStore, Store, StoreError};
 
 use super::host::{self, SharedData};
 use super::http::Http;
+use super::observe;
 use super::pipeline::{self, Step, Waiter};
 
 /// How often each worker looks at the shared keys and whether a fetch is due.
@@ -39,12 +41,24 @@ pub struct Vm {
     pub waiters: RefCell<Vec<Waiter>>,
     /// Shared data, or a per-VM memory store on hosts without it.
     pub store: Box<dyn Store>,
+    /// Metric ids and the identity bound of this VM.
+    pub observer: observe::Observer,
 }
 
 /// A fetch in flight, by callout token.
 struct Fetch {
     issuer: usize,
     failures: u32,
+    stage: Stage,
+}
+
+/// What a fetch in flight asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The JWKS; `discovered`: at a location an OIDC discovery document gave.
+    Jwks { discovered: bool },
+    /// An OIDC discovery document; the JWKS fetch follows under the same lease.
+    Discovery,
 }
 
 pub struct Root {
@@ -108,8 +122,14 @@ impl Root {
             config.issuers.len(),
             config.issuers.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
         );
-        self.vm =
-            Some(Rc::new(Vm { config, keys: RefCell::new(keys), waiters: RefCell::new(Vec::new()), store }));
+        let observer = observe::Observer::new(&config, store.as_ref(), host::now_ms());
+        self.vm = Some(Rc::new(Vm {
+            config,
+            keys: RefCell::new(keys),
+            waiters: RefCell::new(Vec::new()),
+            store,
+            observer,
+        }));
         self.pending.clear();
         if needs_fetching {
             // The first fetch waits for the first tick: Envoy may build and destroy a
@@ -145,6 +165,7 @@ impl Root {
             }
         }
         self.wake(&vm, |w| now >= w.deadline_ms, now);
+        observe::jwks_gauges(&vm, now);
         let fast = !vm.waiters.borrow().is_empty();
         if fast != self.fast_ticking && host::set_tick_period(if fast { FAST_TICK } else { TICK }).is_ok() {
             self.fast_ticking = fast;
@@ -194,8 +215,9 @@ impl Root {
         if cas.is_some() && cas == local.seen_cas {
             return false;
         }
-        let parsed =
-            Record::decode(&bytes).and_then(|r| jwks::parse(&r.body).ok().map(|p| (r.fetched_at_ms, p)));
+        let key_use = vm.config.issuers.get(index).map(|i| i.key_use()).unwrap_or_default();
+        let parsed = Record::decode(&bytes)
+            .and_then(|r| jwks::parse_for(&r.body, key_use).ok().map(|p| (r.fetched_at_ms, p)));
         local.seen_cas = cas;
         match parsed {
             Some((fetched_at, parsed)) => {
@@ -212,7 +234,10 @@ impl Root {
     }
 
     fn try_fetch(&mut self, vm: &Vm, index: usize, remote: &RemoteJwks, shared: &SharedKeys, now: u64) {
-        let hold = remote.timeout_ms.saturating_add(LEASE_MARGIN_MS);
+        // With discovery the lease covers both requests.
+        let timeout_ms =
+            vm.config.issuers.get(index).and_then(|i| i.fetch_timeout_ms()).unwrap_or(remote.timeout_ms);
+        let hold = timeout_ms.saturating_add(LEASE_MARGIN_MS);
         let failures = match keyshare::try_acquire(vm.store.as_ref(), &shared.lease, self.me, now, hold) {
             Ok(Acquire::Acquired { failures }) => failures,
             Ok(Acquire::Busy) => return,
@@ -222,23 +247,25 @@ impl Root {
             }
         };
         let name = vm.config.issuers.get(index).map(|i| i.name.as_str()).unwrap_or_default();
+        let (target, stage) = fetch_target(vm, name, remote, now);
         match host::http_get(
-            &remote.cluster,
-            &remote.authority,
-            &remote.path,
+            &target.cluster,
+            &target.authority,
+            &target.path,
             Duration::from_millis(remote.timeout_ms),
         ) {
             Ok(token) => {
-                self.pending.insert(token, Fetch { issuer: index, failures });
+                self.pending.insert(token, Fetch { issuer: index, failures, stage });
                 if let Some(local) = vm.keys.borrow_mut().get_mut(index) {
                     local.kid_miss = false;
                 }
             }
             Err(status) => {
+                observe::jwks_fetched(vm, index, false);
                 let backoff = remote.schedule().backoff_ms(failures.saturating_add(1), jitter());
                 warn!(
                     "issuer {name}: cannot fetch JWKS from cluster {:?} ({status}); retry in {backoff} ms",
-                    remote.cluster
+                    target.cluster
                 );
                 let _ = keyshare::fail(
                     vm.store.as_ref(),
@@ -261,6 +288,7 @@ impl Root {
             return;
         };
         let JwksSource::Remote(remote) = &issuer.jwks else { return };
+        observe::jwks_fetched(&vm, fetch.issuer, outcome.is_ok());
         match outcome {
             Ok((body, parsed)) => {
                 for skipped in &parsed.skipped {
@@ -296,6 +324,96 @@ impl Root {
     }
 }
 
+/// Where the next fetch of `remote` goes: its JWKS, or — with discovery and no fresh
+/// location shared by whichever worker discovered last — its discovery document.
+fn fetch_target(vm: &Vm, issuer_name: &str, remote: &RemoteJwks, now: u64) -> (JwksLocation, Stage) {
+    let configured = JwksLocation {
+        cluster: remote.cluster.clone(),
+        authority: remote.authority.clone(),
+        path: remote.path.clone(),
+    };
+    if remote.discovery.is_none() {
+        return (configured, Stage::Jwks { discovered: false });
+    }
+    let interval_ms = remote.schedule().interval_ms;
+    match vm.store.get(&Located::key(issuer_name, &remote.source_id())) {
+        Ok((Some(bytes), _)) => match Located::decode(&bytes) {
+            Some(located) if located.fresh(now, interval_ms) => {
+                (located.location, Stage::Jwks { discovered: true })
+            }
+            _ => (configured, Stage::Discovery),
+        },
+        _ => (configured, Stage::Discovery),
+    }
+}
+
+impl Root {
+    /// A discovery document arrived: check it, share the JWKS location it gives,
+    /// and fetch the JWKS there under the same lease. A failure at any step is a
+    /// failed fetch (backoff, waiting requests answered).
+    fn discovered(&mut self, fetch: Fetch, body_size: usize) {
+        let Some(vm) = self.vm.clone() else { return };
+        let Some(issuer) = vm.config.issuers.get(fetch.issuer) else { return };
+        let JwksSource::Remote(remote) = &issuer.jwks else { return };
+        let Some(policy) = &remote.discovery else { return };
+        let endpoint = DiscoveryEndpoint {
+            cluster: remote.cluster.clone(),
+            authority: remote.authority.clone(),
+            path: remote.path.clone(),
+        };
+        let located = match host::http_call_response(body_size, discovery::MAX_DOCUMENT_BYTES) {
+            (None, _) => Err("no response (connection refused, reset or timed out)".to_owned()),
+            (Some(200), Ok(body)) => {
+                discovery::locate(&body, &issuer.issuer, &endpoint, policy).map_err(|e| e.to_string())
+            }
+            (Some(200), Err(bytes)) => Err(format!(
+                "discovery document is {bytes} bytes, over the {}-byte limit",
+                discovery::MAX_DOCUMENT_BYTES
+            )),
+            (Some(status), _) => Err(format!("discovery endpoint answered HTTP {status}")),
+        };
+        let location = match located {
+            Ok(location) => location,
+            Err(why) => {
+                self.fetched(fetch, Err(format!("OIDC discovery from {:?}: {why}", remote.path)));
+                return;
+            }
+        };
+        let record = Located { discovered_at_ms: host::now_ms(), location: location.clone() };
+        let key = Located::key(&issuer.name, &remote.source_id());
+        if let Err(err) = vm.store.set(&key, &record.encode(), None) {
+            warn!("issuer {}: cannot share the discovered JWKS location: {err}", issuer.name);
+        }
+        info!(
+            "issuer {}: discovery: JWKS at {}{} (cluster {:?})",
+            issuer.name, location.authority, location.path, location.cluster
+        );
+        match host::http_get(
+            &location.cluster,
+            &location.authority,
+            &location.path,
+            Duration::from_millis(remote.timeout_ms),
+        ) {
+            Ok(token) => {
+                self.pending.insert(token, Fetch { stage: Stage::Jwks { discovered: true }, ..fetch });
+            }
+            Err(status) => {
+                let why = format!("cannot fetch JWKS from cluster {:?} ({status})", location.cluster);
+                self.fetched(fetch, Err(why));
+            }
+        }
+    }
+
+    /// Drops the shared discovered location of `issuer`: the next fetch rediscovers.
+    fn forget_location(&self, issuer: usize) {
+        let Some(vm) = &self.vm else { return };
+        let Some(issuer) = vm.config.issuers.get(issuer) else { return };
+        if let JwksSource::Remote(remote) = &issuer.jwks {
+            let _ = vm.store.set(&Located::key(&issuer.name, &remote.source_id()), &[], None);
+        }
+    }
+}
+
 fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(host::now_ms());
@@ -316,14 +434,27 @@ impl Context for Root {
         _num_trailers: usize,
     ) {
         let Some(fetch) = self.pending.remove(&token_id) else { return };
+        if fetch.stage == Stage::Discovery {
+            self.discovered(fetch, body_size);
+            return;
+        }
+        let key_use = self
+            .vm
+            .as_ref()
+            .and_then(|vm| vm.config.issuers.get(fetch.issuer).map(|i| i.key_use()))
+            .unwrap_or_default();
         let outcome = match host::http_call_response(body_size, MAX_JWKS_BYTES) {
             (None, _) => Err("no response (connection refused, reset or timed out)".to_owned()),
             (Some(200), Ok(body)) => {
-                jwks::parse(&body).map(|parsed| (body, parsed)).map_err(|e| e.to_string())
+                jwks::parse_for(&body, key_use).map(|parsed| (body, parsed)).map_err(|e| e.to_string())
             }
             (Some(200), Err(bytes)) => Err(JwksError::TooLarge { bytes, limit: MAX_JWKS_BYTES }.to_string()),
             (Some(status), _) => Err(format!("key server answered HTTP {status}")),
         };
+        if outcome.is_err() && fetch.stage == (Stage::Jwks { discovered: true }) {
+            // The keys may have moved (a 404): look them up again on the next attempt.
+            self.forget_location(fetch.issuer);
+        }
         self.fetched(fetch, outcome);
     }
 }

@@ -22,6 +22,7 @@ pub const DEFAULT_POLICY: &str = "default";
 
 /// `quotas` as written in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawQuotas {
     /// Required: every verified identity gets a budget, none is unlimited by omission.
@@ -33,6 +34,7 @@ pub struct RawQuotas {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawLimit {
     pub requests: u64,
@@ -43,6 +45,7 @@ pub struct RawLimit {
 /// One rule. The limit fields are spelled out rather than flattened from
 /// [`RawLimit`]: serde cannot deny unknown fields through a flatten.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
     pub name: Option<String>,

@@ -25,6 +25,7 @@ const MAX_CLAIM_PATH_LEN: usize = 128;
 
 /// The route-related members of the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRoutes {
     #[serde(default)]
@@ -43,6 +44,7 @@ pub struct RawRoutes {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     pub name: String,
@@ -63,9 +65,16 @@ pub struct RawRoute {
     /// Replaces the status of this route's 403 refusals.
     #[serde(default)]
     pub deny_status: Option<u64>,
+    /// Refuses requests without a trusted client certificate (needs `mtls`).
+    #[serde(default)]
+    pub require_client_certificate: bool,
+    /// A trusted client certificate without a token is an identity here (needs `mtls`).
+    #[serde(default)]
+    pub accept_certificate_identity: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
     #[serde(default)]
@@ -81,6 +90,7 @@ pub struct RawMatch {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawAllow {
     #[serde(default)]
@@ -110,6 +120,7 @@ pub struct RawAllow {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawClaim {
     pub claim: String,
@@ -124,6 +135,7 @@ pub struct RawClaim {
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDeny {
     /// `sub` values or forwarded identities; a trailing `*` makes a prefix.
@@ -221,7 +233,12 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
         Some(a) => audience(&field("audience"), a)?,
     };
     if audience == Audience::Human {
-        for (present, name) in [(raw.allow.is_some(), "allow"), (raw.deny.is_some(), "deny")] {
+        for (present, name) in [
+            (raw.allow.is_some(), "allow"),
+            (raw.deny.is_some(), "deny"),
+            (raw.require_client_certificate, "require_client_certificate"),
+            (raw.accept_certificate_identity, "accept_certificate_identity"),
+        ] {
             if present {
                 return Err(RouteConfigError::new(
                     field(name),
@@ -267,7 +284,18 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
             }
         },
     };
-    Ok(Route { name: raw.name, audience, matcher, allow, deny, source_cidrs, mode, deny_status })
+    Ok(Route {
+        name: raw.name,
+        audience,
+        matcher,
+        allow,
+        deny,
+        source_cidrs,
+        mode,
+        deny_status,
+        require_client_certificate: raw.require_client_certificate,
+        accept_certificate_identity: raw.accept_certificate_identity,
+    })
 }
 
 fn route_match(at: &str, raw: RawMatch) -> Result<RouteMatch> {
@@ -448,7 +476,7 @@ fn allow_rule(at: &str, raw: RawAllow, issuer_names: &[&str]) -> Result<AllowRul
 }
 
 /// `at` is the object holding `claim` and its operator.
-fn claim_matcher(at: &str, raw: RawClaim) -> Result<ClaimMatcher> {
+pub(crate) fn claim_matcher(at: &str, raw: RawClaim) -> Result<ClaimMatcher> {
     let field = |f: &str| format!("{at}.{f}");
     let path = raw.claim;
     let path_ok = !path.is_empty()

@@ -26,6 +26,9 @@ pub struct RequestInfo {
     /// The connection's source IP (see [`super::cidr::parse_source_address`]);
     /// `None` when unknown, which fails every source allow-list.
     pub source: Option<IpAddr>,
+    /// The client certificate of the downstream connection, if one was presented
+    /// (see [`crate::mtls::client_certificate`]).
+    pub client_certificate: Option<crate::mtls::ClientCertificate>,
 }
 
 /// The raw and canonical forms of a request path select different routes.

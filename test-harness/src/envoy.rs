@@ -79,6 +79,10 @@ pub struct EnvoyOptions {
     pub clusters: BTreeMap<String, SocketAddr>,
     /// Replaces the plugin configuration JSON when set.
     pub plugin_configuration: Option<Value>,
+    /// The config loads the plugin through extension config discovery (ECDS, as Istio
+    /// does) instead of an inline filter: `render` then leaves the filters alone, and
+    /// the wasm path and plugin configuration are in the caller's ECDS file.
+    pub plugin_from_ecds: bool,
     /// Applied to every static listener.
     pub listener: SocketAddr,
     pub admin: SocketAddr,
@@ -102,6 +106,7 @@ impl Default for EnvoyOptions {
             config: None,
             clusters: BTreeMap::new(),
             plugin_configuration: None,
+            plugin_from_ecds: false,
             listener: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin: SocketAddr::from(([127, 0, 0, 1], 0)),
             concurrency: 2,
@@ -131,6 +136,12 @@ impl EnvoyOptions {
 
     pub fn config(mut self, config: EnvoyConfig) -> Self {
         self.config = Some(config);
+        self
+    }
+
+    /// See [`EnvoyOptions::plugin_from_ecds`].
+    pub fn plugin_from_ecds(mut self) -> Self {
+        self.plugin_from_ecds = true;
         self
     }
 
@@ -166,6 +177,12 @@ impl EnvoyOptions {
         config.set_admin_address(self.admin)?;
         for (cluster, addr) in &self.clusters {
             config.set_cluster_endpoint(cluster, *addr)?;
+        }
+        if self.plugin_from_ecds {
+            if self.plugin_configuration.is_some() {
+                bail!("a plugin configuration goes into the ECDS file when the plugin comes from ECDS");
+            }
+            return Ok(config);
         }
         config.set_wasm_filename(wasm)?;
         if let Some(plugin) = &self.plugin_configuration {

@@ -104,6 +104,25 @@ impl EnvoyConfig {
         Ok(())
     }
 
+    /// Adds a static cluster `name`, a copy of cluster `like` (its type, timeouts and
+    /// endpoints; point them elsewhere with [`EnvoyConfig::set_cluster_endpoint`]), for
+    /// tests that need more upstreams than the shipped file has (another issuer's key
+    /// server, a discovery endpoint). An existing `name` is an error.
+    pub fn add_cluster_like(&mut self, name: &str, like: &str) -> Result<()> {
+        if self.cluster_names().iter().any(|n| n == name) {
+            bail!("Envoy config already has a cluster named {name:?}");
+        }
+        let mut cluster = named_mut(&mut self.doc, &["static_resources", "clusters"], like)?.clone();
+        if let Yaml::Mapping(members) = &mut cluster {
+            members.insert("name".into(), Yaml::String(name.to_owned()));
+        }
+        if let Some(Yaml::Mapping(assignment)) = cluster.get_mut("load_assignment") {
+            assignment.insert("cluster_name".into(), Yaml::String(name.to_owned()));
+        }
+        sequence_mut(child_mut(&mut self.doc, &["static_resources", "clusters"])?)?.push(cluster);
+        Ok(())
+    }
+
     /// Points every endpoint of cluster `name` at `addr`.
     pub fn set_cluster_endpoint(&mut self, name: &str, addr: SocketAddr) -> Result<()> {
         let cluster = named_mut(&mut self.doc, &["static_resources", "clusters"], name)?;
@@ -251,6 +270,26 @@ mod tests {
         assert_eq!(jwks["port_value"].as_u64(), Some(4002));
         // Untouched parts survive the round trip.
         assert_eq!(doc["static_resources"]["clusters"][0]["type"].as_str(), Some("STRICT_DNS"));
+    }
+
+    #[test]
+    fn added_clusters_are_copies_under_a_new_name() {
+        let mut config = EnvoyConfig::shipped().unwrap();
+        config.add_cluster_like("idp", "jwks_demo").unwrap();
+        config.set_cluster_endpoint("idp", "127.0.0.1:4003".parse().unwrap()).unwrap();
+        assert_eq!(config.cluster_names().last().map(String::as_str), Some("idp"));
+        let reparsed = EnvoyConfig::parse(&config.to_yaml().unwrap()).unwrap();
+        let clusters = reparsed.as_yaml()["static_resources"]["clusters"].as_sequence().unwrap();
+        let idp = clusters.iter().find(|c| c["name"].as_str() == Some("idp")).unwrap();
+        assert_eq!(idp["load_assignment"]["cluster_name"].as_str(), Some("idp"));
+        let endpoint = &idp["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
+        assert_eq!(endpoint["port_value"].as_u64(), Some(4003));
+        // The template is untouched.
+        let demo = clusters.iter().find(|c| c["name"].as_str() == Some("jwks_demo")).unwrap();
+        assert_eq!(demo["load_assignment"]["cluster_name"].as_str(), Some("jwks_demo"));
+        assert!(config.add_cluster_like("idp", "jwks_demo").is_err());
+        assert!(config.add_cluster_like("other", "nope").is_err());
     }
 
     #[test]

@@ -337,8 +337,20 @@ fn exchange_on(
 ) -> Result<Response> {
     stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
     stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    exchange_over(stream, &addr.to_string(), method, path, headers, body)
+}
 
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {addr}\r\n");
+/// One request with `Connection: close` over an established stream (plain TCP, or
+/// TLS from `tls`), `authority` as `host`; reads the whole response.
+pub fn exchange_over<S: Read + Write>(
+    mut stream: S,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\n");
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -346,10 +358,9 @@ fn exchange_on(
         head.push_str(&format!("content-length: {}\r\n", body.len()));
     }
     head.push_str("connection: close\r\n\r\n");
-    let mut writer = stream.try_clone()?;
-    writer.write_all(head.as_bytes())?;
-    writer.write_all(body)?;
-    writer.flush()?;
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(body)?;
+    stream.flush()?;
 
     let mut reader = BufReader::new(stream);
     let (status_line, headers) =

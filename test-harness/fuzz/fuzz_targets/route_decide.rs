@@ -37,6 +37,7 @@ fuzz_target!(|data: &[u8]| {
         method: parts.next().unwrap_or_default().to_owned(),
         route_name: parts.next().map(str::to_owned),
         source: parts.next().and_then(route::parse_source_address),
+        client_certificate: None,
     };
     let verdict = route::decide(&config().routes, &info, &Credential::Absent);
     assert_eq!(verdict.client_class, ClientClass::Human);

@@ -1,0 +1,232 @@
+//! Observability glue: metrics through the host, filter state for Envoy's access
+//! log, and the decision-log line. What is counted under which name, and what a line
+//! says, is decided in the pure [`crate::metrics`] and [`crate::decision_log`].
+//!
+//! Every host call here is best effort: a host without metrics (or without
+//! `set_property`) disables that part for the VM after the first failure, with one
+//! log line, and requests are never affected.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use log::{info, warn};
+
+use crate::config::{Config, JwksSource};
+use crate::decision_log::{sample_key, LineContext, Record};
+use crate::metrics::{Family, IdentityBound, Outcome, Series, NO_ISSUER, NO_ROUTE, UNKNOWN_ISSUER};
+use crate::reason::Reason;
+use crate::store::Store;
+
+use super::host;
+use super::pipeline::Request;
+use super::root::Vm;
+
+/// Result label of a JWKS fetch.
+pub const FETCH_SUCCESS: &str = "success";
+pub const FETCH_FAILURE: &str = "failure";
+
+/// One VM's metric ids and identity bound.
+pub struct Observer {
+    /// Metrics are configured on and the host has them.
+    metrics: Cell<bool>,
+    /// Encoded series name → this VM's metric id.
+    ids: RefCell<HashMap<String, u32>>,
+    identities: RefCell<IdentityBound>,
+    /// The host accepts `set_property` (filter state).
+    filter_state: Cell<bool>,
+    /// Baseline of the JWKS age gauge until a fetch succeeds.
+    started_ms: u64,
+    /// Varies the sampling of requests without an `x-request-id`.
+    sequence: Cell<u64>,
+}
+
+impl Observer {
+    /// Prepares the shared identity list and defines the series that must exist
+    /// before anything happens (so that `rate()` sees their first increment).
+    pub fn new(config: &Config, store: &dyn Store, now_ms: u64) -> Observer {
+        let observer = Observer {
+            metrics: Cell::new(config.metrics.enabled),
+            ids: RefCell::new(HashMap::new()),
+            identities: RefCell::new(IdentityBound::new(config.metrics.max_identities)),
+            filter_state: Cell::new(true),
+            started_ms: now_ms,
+            sequence: Cell::new(now_ms),
+        };
+        if !observer.metrics.get() {
+            return observer;
+        }
+        if let Err(err) = IdentityBound::prepare(store) {
+            warn!("cannot prepare the shared identity list ({err}); identities may be labelled per worker");
+        }
+        for issuer in &config.issuers {
+            if let JwksSource::Remote(_) = issuer.jwks {
+                for result in [FETCH_SUCCESS, FETCH_FAILURE] {
+                    observer.id(Family::JwksFetches, &[&issuer.name, result]);
+                }
+            }
+        }
+        if let Some(quotas) = &config.quotas {
+            for policy in quotas.policies() {
+                observer.id(Family::QuotaOverflow, &[policy.name()]);
+            }
+        }
+        observer
+    }
+
+    /// The id of a series in this VM, defined on first use.
+    fn id(&self, family: Family, values: &[&str]) -> Option<u32> {
+        if !self.metrics.get() {
+            return None;
+        }
+        let series = Series::new(family, values);
+        if let Some(id) = self.ids.try_borrow().ok()?.get(&series.name) {
+            return Some(*id);
+        }
+        match host::define_metric(series.kind as u32, &series.name) {
+            Ok(id) => {
+                self.ids.try_borrow_mut().ok()?.insert(series.name, id);
+                Some(id)
+            }
+            Err(err) => {
+                self.metrics.set(false);
+                warn!("the host has no metrics ({err}); nhi-guard metrics are off in this worker");
+                None
+            }
+        }
+    }
+
+    fn increment(&self, family: Family, values: &[&str]) {
+        if let Some(id) = self.id(family, values) {
+            let _ = host::increment_metric(id, 1);
+        }
+    }
+
+    fn record(&self, family: Family, values: &[&str], value: u64) {
+        if let Some(id) = self.id(family, values) {
+            let _ = host::record_metric(id, value);
+        }
+    }
+
+    fn publish(&self, name: &str, value: &str) {
+        if !self.filter_state.get() {
+            return;
+        }
+        if let Err(err) = host::set_property(name, value.as_bytes()) {
+            self.filter_state.set(false);
+            info!("the host refuses set_property ({err}); no nhi-guard filter state for access logs");
+        }
+    }
+}
+
+/// The issuer label of a record: the matched issuer's name, `unknown` for a token
+/// no issuer claims, `none` without a token.
+fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
+    match (record.issuer.and_then(|i| config.issuers.get(i)), record.token) {
+        (Some(issuer), _) => &issuer.name,
+        (None, true) => UNKNOWN_ISSUER,
+        (None, false) => NO_ISSUER,
+    }
+}
+
+/// The request was forwarded (`replied == false`) or answered: counts it and
+/// publishes the decision as filter state. Does nothing the second time.
+pub fn decided(vm: &Vm, request: &mut Request, replied: bool) {
+    let Some(decided) = request.observed.finish(replied) else { return };
+    let config = &vm.config;
+    let observer = &vm.observer;
+    let record = &request.observed;
+    let issuer = issuer_label(config, record);
+    let route = record.route.as_deref().unwrap_or(NO_ROUTE);
+
+    observer.increment(Family::Requests, &[issuer, route, decided.outcome.as_str(), decided.reason]);
+    if let Some(shadow_reason) = decided.shadow_reason {
+        observer.increment(Family::ShadowDenials, &[issuer, route, shadow_reason]);
+    }
+    if let (Some(identity), true) = (&record.identity, observer.metrics.get()) {
+        let label = match observer.identities.try_borrow_mut() {
+            Ok(mut bound) => bound.label(vm.store.as_ref(), issuer, identity),
+            Err(_) => crate::metrics::IdentityLabel::Other,
+        };
+        let label = label.as_str();
+        observer.increment(Family::IdentityRequests, &[issuer, label]);
+        if decided.outcome == Outcome::Denied {
+            observer.increment(Family::IdentityDenials, &[issuer, label, decided.reason]);
+        }
+        if let Some(quota) = &record.quota {
+            if decided.reason == Reason::QuotaExceeded.code() {
+                observer.increment(Family::QuotaRejections, &[issuer, label, &quota.policy]);
+            }
+        }
+    }
+    if let Some(quota) = record.quota.as_ref().filter(|q| q.overflow) {
+        observer.increment(Family::QuotaOverflow, &[&quota.policy]);
+    }
+    if let Some(ns) = record.verify_ns {
+        observer.record(Family::VerificationDuration, &[issuer], ns / 1_000);
+    }
+
+    observer.publish("nhi_decision", decided.outcome.as_str());
+    observer.publish("nhi_reason", decided.reason);
+    if let Some(class) = record.client_class {
+        observer.publish("nhi_client", class.as_str());
+    }
+    if let Some(issuer) = record.issuer.and_then(|i| config.issuers.get(i)) {
+        observer.publish("nhi_issuer", &issuer.name);
+    }
+    if let Some(identity) = &record.identity {
+        observer.publish("nhi_identity", identity);
+    }
+    if let Some(route) = &record.route {
+        observer.publish("nhi_route", route);
+    }
+}
+
+/// The end of the stream: writes the decision line if this request gets one.
+pub fn logged(vm: &Vm, request: &Request) {
+    let record = &request.observed;
+    let sequence = vm.observer.sequence.get().wrapping_add(1);
+    vm.observer.sequence.set(sequence);
+    let key = sample_key(request.request_id.as_deref(), sequence);
+    if !record.should_log(&vm.config.decision_log, key) {
+        return;
+    }
+    let now_ns = host::now_ns();
+    let status = host::property(&["response", "code"])
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .and_then(|bytes| u16::try_from(i64::from_le_bytes(bytes)).ok())
+        .filter(|status| *status > 0);
+    let line = record.line(&LineContext {
+        now_ms: now_ns / 1_000_000,
+        now_ns,
+        request_id: request.request_id.as_deref(),
+        issuer: record.issuer.and_then(|i| vm.config.issuers.get(i)).map(|i| i.name.as_str()),
+        status,
+    });
+    info!("{line}");
+}
+
+/// A JWKS fetch of issuer `index` ended (or could not start).
+pub fn jwks_fetched(vm: &Vm, index: usize, success: bool) {
+    if let Some(issuer) = vm.config.issuers.get(index) {
+        let result = if success { FETCH_SUCCESS } else { FETCH_FAILURE };
+        vm.observer.increment(Family::JwksFetches, &[&issuer.name, result]);
+    }
+}
+
+/// On every tick: keys loaded and seconds since the last successful fetch, per
+/// fetched issuer. Every VM sets the same values (they read one shared record).
+pub fn jwks_gauges(vm: &Vm, now_ms: u64) {
+    if !vm.observer.metrics.get() {
+        return;
+    }
+    let Ok(keys) = vm.keys.try_borrow() else { return };
+    for (issuer, local) in vm.config.issuers.iter().zip(keys.iter()) {
+        if !matches!(issuer.jwks, JwksSource::Remote(_)) {
+            continue;
+        }
+        let loaded = local.set.as_ref().map_or(0, |set| set.len() as u64);
+        let since = local.fetched_at_ms.unwrap_or(vm.observer.started_ms);
+        vm.observer.record(Family::JwksKeys, &[&issuer.name], loaded);
+        vm.observer.record(Family::JwksAge, &[&issuer.name], now_ms.saturating_sub(since) / 1_000);
+    }
+}
