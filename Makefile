@@ -22,7 +22,7 @@ PYTHON ?= python3
 export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
-.PHONY: all tools wasm-target envoy build wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
+.PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
 	node-tools cli schema oci
 
 all: build
@@ -69,6 +69,14 @@ wasm: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard
 	@ls -l $(WASM) | awk '{print "nhi_guard.wasm:", $$5, "bytes"}'
 
+# The same filter with the `fault-injection` feature, for the VM-crash e2e test only.
+FAULT_WASM := $(CURDIR)/target/nhi_guard_fault_injection.wasm
+export NHI_FAULT_WASM := $(FAULT_WASM)
+fault-wasm: wasm-target
+	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard --lib --features fault-injection
+	cp $(WASM) $(FAULT_WASM)
+	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard --lib
+
 harness:
 	$(CARGO) build -p test-harness --bins
 
@@ -102,7 +110,7 @@ lint: wasm-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy -p nhi-guard --target $(WASM_TARGET) -- -D warnings
 
-e2e: envoy wasm cli node-tools
+e2e: envoy wasm fault-wasm cli node-tools
 	$(CARGO) test -p test-harness --tests -- --test-threads 2
 
 fmt:

@@ -46,6 +46,9 @@ pub struct Config {
     /// A digest of the configuration bytes: cached verifications made under another
     /// configuration are not reused.
     pub fingerprint: u64,
+    /// Test builds only: a request carrying this header crashes the VM.
+    #[cfg(feature = "fault-injection")]
+    pub panic_header: Option<String>,
 }
 
 /// One trusted token issuer.
@@ -185,6 +188,17 @@ pub(crate) struct RawConfig {
     mtls: Option<crate::mtls::RawMtls>,
     #[serde(default)]
     token_cache: Option<crate::token_cache::RawTokenCache>,
+    #[cfg(feature = "fault-injection")]
+    #[serde(default)]
+    fault_injection: Option<RawFaultInjection>,
+}
+
+/// `fault_injection` (test builds only).
+#[cfg(feature = "fault-injection")]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFaultInjection {
+    panic_header: String,
 }
 
 #[derive(Deserialize)]
@@ -465,6 +479,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         mtls,
         token_cache,
         fingerprint: 0,
+        #[cfg(feature = "fault-injection")]
+        panic_header: raw.fault_injection.map(|f| f.panic_header),
     };
     crate::mtls::check(&config)?;
     Ok(config)

@@ -81,6 +81,15 @@ pub fn run(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
 /// headers. Managed headers were already stripped.
 fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     let config = &vm.config;
+    #[cfg(feature = "fault-injection")]
+    if let Some(header) = &config.panic_header {
+        if host::request_header(header).ok().flatten().is_some() {
+            #[allow(clippy::panic)]
+            {
+                panic!("fault injection: simulated VM crash");
+            }
+        }
+    }
     let verify_started_ns = host::now_ns();
     let verification = request.token.as_deref().map(|raw| {
         let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);

@@ -1,0 +1,111 @@
+//! A crashing VM in a real Envoy: the filter built with the `fault-injection` feature
+//! panics on a request carrying a chosen header. Whatever `failure_policy` says,
+//! nothing is passed unverified: with `FAIL_CLOSED` the crashed worker refuses its
+//! requests; with `FAIL_RELOAD` (shipped) the VM is rebuilt and verifies again.
+//!
+//! Needs `target/nhi_guard_fault_injection.wasm` (`make fault-wasm`, or `NHI_FAULT_WASM`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::path::PathBuf;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use test_harness::envoy::EnvoyOptions;
+use test_harness::envoy_config::{repo_root, EnvoyConfig};
+use test_harness::jwks_server::JwksBehaviour;
+use test_harness::keys::{self, KeyType, TestKeys};
+use test_harness::mint::{self, Alg, Token};
+use test_harness::stack::Stack;
+
+const PANIC_HEADER: &str = "x-nhi-debug-panic";
+
+fn fault_wasm() -> PathBuf {
+    let path = std::env::var_os("NHI_FAULT_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/nhi_guard_fault_injection.wasm"));
+    assert!(path.is_file(), "{} is missing: run `make fault-wasm` (it is never skipped)", path.display());
+    path
+}
+
+fn start(failure_policy: &str) -> Stack {
+    let text = std::fs::read_to_string(repo_root().join("envoy/envoy.yaml")).unwrap();
+    assert!(text.contains("failure_policy: FAIL_RELOAD"));
+    let mut config =
+        EnvoyConfig::parse(&text.replace("failure_policy: FAIL_RELOAD", failure_policy)).unwrap();
+    let mut plugin = config.plugin_configuration().unwrap();
+    plugin["fault_injection"] = serde_json::json!({ "panic_header": PANIC_HEADER });
+    config.set_plugin_configuration(&plugin).unwrap();
+    config.set_wasm_filename(&fault_wasm()).unwrap();
+    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
+    // The harness puts the default wasm path in; point it at the fault-injection build.
+    std::env::set_var("NHI_WASM", fault_wasm());
+    Stack::start_with(JwksBehaviour::serve(&keys::jwks([key])), EnvoyOptions::new().config(config)).unwrap()
+}
+
+fn tokens(stack: &Stack) -> (String, String) {
+    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
+    let valid = Token::new(Alg::Es256)
+        .kid(key.kid())
+        .claim("iss", stack.issuer().unwrap())
+        .claim("aud", stack.audience().unwrap())
+        .sign(key)
+        .unwrap();
+    (valid.clone(), mint::tamper_signature(&valid).unwrap())
+}
+
+fn get(stack: &Stack, token: &str, crash: bool) -> u16 {
+    let authorization = format!("Bearer {token}");
+    let mut headers = vec![("authorization", authorization.as_str())];
+    if crash {
+        headers.push((PANIC_HEADER, "1"));
+    }
+    stack.get("/api/crash", &headers).unwrap().status
+}
+
+/// Nothing reached the upstream without a verified identity.
+fn nothing_unverified(stack: &Stack) {
+    for request in stack.upstream.received() {
+        assert!(request.header("x-nhi-identity").is_some(), "an unverified request reached the upstream");
+    }
+}
+
+#[test]
+fn a_crashed_vm_never_passes_requests() {
+    for policy in ["failure_policy: FAIL_CLOSED", "failure_policy: FAIL_RELOAD"] {
+        let mut stack = start(policy);
+        let (valid, forged) = tokens(&stack);
+        stack.wait_for_keys(&valid).unwrap();
+        assert_eq!(get(&stack, &valid, false), 200, "{policy}: before the crash");
+
+        // Crash the VMs (each request lands on one of the two workers).
+        for _ in 0..4 {
+            let status = get(&stack, &valid, true);
+            assert!(status >= 500, "{policy}: the crashing request itself is refused, got {status}");
+        }
+        assert!(
+            stack.envoy.log().contains("fault injection: simulated VM crash"),
+            "{policy}: the panic is logged"
+        );
+
+        // After the crash: forged tokens never pass, whatever state the VMs are in.
+        let started = Instant::now();
+        let mut valid_ok = 0;
+        while started.elapsed() < Duration::from_secs(3) {
+            let forged_status = get(&stack, &forged, false);
+            assert!(
+                forged_status == 401 || forged_status >= 500,
+                "{policy}: forged token got {forged_status}"
+            );
+            if get(&stack, &valid, false) == 200 {
+                valid_ok += 1;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        nothing_unverified(&stack);
+        println!("{policy}: valid requests answered 200 after the crash: {valid_ok}");
+        if policy.ends_with("FAIL_RELOAD") {
+            assert!(valid_ok > 0, "FAIL_RELOAD rebuilds the VM and verifies again");
+        }
+    }
+}
