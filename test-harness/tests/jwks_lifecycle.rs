@@ -188,3 +188,65 @@ fn garbage_oversized_and_slow_jwks_keep_the_last_good_keys() {
         assert!(stack.jwks.hits() >= 1, "the filter kept trying during {what}");
     }
 }
+
+#[test]
+fn rotation_mid_traffic_fails_no_request() {
+    let keys = TestKeys::shared().unwrap();
+    let old = keys.by_type(KeyType::P256);
+    let new = TestKey::generate(KeyType::P256, "rotated-ec").unwrap();
+    let mut stack = start(
+        JwksBehaviour::serve(&keys::jwks([old])),
+        plugin_with_jwks(&[("min_refetch_seconds", 1.into())]),
+    );
+    let old_token = token(&stack, old);
+    let new_token = token(&stack, &new);
+    stack.wait_for_keys(&old_token).unwrap();
+    thread::sleep(Duration::from_millis(1_100)); // past min_refetch since the first fetch
+
+    // Four clients keep calling; half-way, the IdP publishes the new key next to the
+    // old one and half of the clients switch to tokens signed with it; later the old
+    // key is retired and every client uses the new one.
+    let addr = stack.envoy.listener_addr();
+    let phase = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(0));
+    let clients: Vec<_> = (0..4)
+        .map(|client| {
+            let (phase, old_token, new_token) = (phase.clone(), old_token.clone(), new_token.clone());
+            thread::spawn(move || {
+                let mut statuses = Vec::new();
+                loop {
+                    let p = phase.load(std::sync::atomic::Ordering::SeqCst);
+                    if p == 3 {
+                        return statuses;
+                    }
+                    let token = if p == 2 || (p == 1 && client % 2 == 1) { &new_token } else { &old_token };
+                    let auth = format!("Bearer {token}");
+                    let r = test_harness::http::request(
+                        addr,
+                        "GET",
+                        "/api/rotation",
+                        &[("authorization", &auth)],
+                    )
+                    .unwrap();
+                    statuses.push(r.status);
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(700));
+    stack.jwks.set_behaviour(JwksBehaviour::serve(&keys::jwks([old, &new])));
+    phase.store(1, std::sync::atomic::Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1_500));
+    stack.jwks.set_behaviour(JwksBehaviour::serve(&keys::jwks([&new])));
+    phase.store(2, std::sync::atomic::Ordering::SeqCst);
+    thread::sleep(Duration::from_millis(1_500));
+    phase.store(3, std::sync::atomic::Ordering::SeqCst);
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let failed = statuses.iter().filter(|s| **s != 200).count();
+    println!(
+        "rotation mid-traffic: {} requests, {failed} failed, {} JWKS fetches",
+        statuses.len(),
+        stack.jwks.hits()
+    );
+    assert!(statuses.len() > 100, "too little traffic to mean anything");
+    assert_eq!(failed, 0, "requests failed during the rotation");
+}
