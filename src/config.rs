@@ -41,6 +41,8 @@ pub struct Config {
     pub decision_log: crate::decision_log::DecisionLogConfig,
     /// Client-certificate identities (SPIFFE), if configured.
     pub mtls: Option<crate::mtls::MtlsConfig>,
+    /// The per-source budget of failed signature checks; `None` when disabled.
+    pub flood_guard: Option<crate::flood_guard::FloodGuard>,
     /// The shared verified-token cache; `None` when `token_cache.max_entries` is 0.
     pub token_cache: Option<crate::token_cache::TokenCache>,
     /// A digest of the configuration bytes: cached verifications made under another
@@ -188,6 +190,8 @@ pub(crate) struct RawConfig {
     mtls: Option<crate::mtls::RawMtls>,
     #[serde(default)]
     token_cache: Option<crate::token_cache::RawTokenCache>,
+    #[serde(default)]
+    flood_guard: Option<crate::flood_guard::RawFloodGuard>,
     #[cfg(feature = "fault-injection")]
     #[serde(default)]
     fault_injection: Option<RawFaultInjection>,
@@ -467,6 +471,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let metrics = crate::metrics::compile(raw.metrics, "metrics")?;
     let decision_log = crate::decision_log::compile(raw.decision_log, "decision_log")?;
     let token_cache = crate::token_cache::compile(raw.token_cache, "token_cache")?;
+    let flood_guard = crate::flood_guard::compile(raw.flood_guard, "flood_guard")?;
     let config = Config {
         issuers,
         token,
@@ -478,6 +483,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         decision_log,
         mtls,
         token_cache,
+        flood_guard,
         fingerprint: 0,
         #[cfg(feature = "fault-injection")]
         panic_header: raw.fault_injection.map(|f| f.panic_header),

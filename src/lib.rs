@@ -13,6 +13,7 @@ pub mod claims;
 pub mod config;
 pub mod decision_log;
 pub mod discovery;
+pub mod flood_guard;
 pub mod jwks;
 pub mod keyshare;
 pub mod metrics;

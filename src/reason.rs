@@ -45,12 +45,14 @@ pub enum Reason {
     UntrustedCertificate,
     /// The verified identity used up its quota.
     QuotaExceeded,
+    /// The source address used up its budget of failed signature checks (flood guard).
+    TooManyFailures,
     /// The host failed a call the decision depends on: refuse rather than guess.
     InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnknownIssuer,
@@ -73,6 +75,7 @@ impl Reason {
         Reason::SubjectMismatch,
         Reason::UntrustedCertificate,
         Reason::QuotaExceeded,
+        Reason::TooManyFailures,
         Reason::InternalError,
     ];
 
@@ -100,6 +103,7 @@ impl Reason {
             Reason::SubjectMismatch => "subject_mismatch",
             Reason::UntrustedCertificate => "untrusted_certificate",
             Reason::QuotaExceeded => "quota_exceeded",
+            Reason::TooManyFailures => "too_many_failures",
             Reason::InternalError => "internal_error",
         }
     }
@@ -108,7 +112,7 @@ impl Reason {
         match self {
             // The caller did nothing wrong: our key server is unreachable.
             Reason::KeysUnavailable => 503,
-            Reason::QuotaExceeded => 429,
+            Reason::QuotaExceeded | Reason::TooManyFailures => 429,
             Reason::InternalError => 500,
             Reason::UntrustedCertificate => 403,
             _ => 401,
@@ -192,7 +196,10 @@ impl LocalReply {
             Reason::KeysUnavailable => {
                 headers.push(("retry-after".into(), KEYS_UNAVAILABLE_RETRY_AFTER.to_string()));
             }
-            Reason::InternalError | Reason::QuotaExceeded | Reason::UntrustedCertificate => {}
+            Reason::InternalError
+            | Reason::QuotaExceeded
+            | Reason::TooManyFailures
+            | Reason::UntrustedCertificate => {}
             _ => headers.push((
                 "www-authenticate".into(),
                 format!(

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError};
-use crate::reason::Rejection;
+use crate::reason::{Reason, Rejection};
 use crate::store::Store;
 use crate::verify::{self, KeyLookup, Verified};
 
@@ -142,15 +142,21 @@ pub fn compile(raw: Option<RawTokenCache>, at: &str) -> Result<Option<TokenCache
 ///
 /// Only successes are cached; a token without `kid` is not (its key could not be
 /// re-checked). A cache that cannot be read or written is simply not used.
+///
+/// With `crypto_allowed` false (the flood guard blocked the source), a token the
+/// cache cannot answer for is refused with `too_many_failures` instead of verified.
 pub fn verify_cached<K: KeyLookup + ?Sized>(
     config: &Config,
     keys: &K,
     store: &dyn Store,
     raw: &str,
     now: i64,
+    crypto_allowed: bool,
 ) -> Result<Verified, Rejection> {
+    let refused =
+        || Rejection::new(Reason::TooManyFailures, "too many failed signature checks from this source");
     let Some(cache) = &config.token_cache else {
-        return verify::verify(config, keys, raw, now);
+        return if crypto_allowed { verify::verify(config, keys, raw, now) } else { Err(refused()) };
     };
     let digest = digest(raw);
     if let Ok(Some(entry)) = cache.get(store, &digest) {
@@ -159,6 +165,9 @@ pub fn verify_cached<K: KeyLookup + ?Sized>(
                 return Ok(verified);
             }
         }
+    }
+    if !crypto_allowed {
+        return Err(refused());
     }
     let verified = verify::verify(config, keys, raw, now)?;
     if let (Some(kid), Ok(issuer), Ok(payload)) =
@@ -297,7 +306,7 @@ mod tests {
         let store = MemoryStore::new();
         let claims = json!({"iss": "https://i", "sub": "robot", "aud": "a", "exp": now + 60});
         let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
-        let first = verify_cached(&config, keys().as_slice(), &store, &token, now).unwrap();
+        let first = verify_cached(&config, keys().as_slice(), &store, &token, now, true).unwrap();
         assert_eq!(store.len(), 1, "a verified token is cached");
         // The cached entry answers even for a key set that could no longer verify the
         // signature, as long as the kid is still published: proof the cache was used.
@@ -307,9 +316,9 @@ mod tests {
             "x": testkit::jwks()["keys"][3]["x"].clone()});
         let swapped =
             vec![Some(jwks::parse(jwks_without_signature_power.to_string().as_bytes()).unwrap().keys)];
-        assert_eq!(verify_cached(&config, swapped.as_slice(), &store, &token, now).unwrap(), first);
+        assert_eq!(verify_cached(&config, swapped.as_slice(), &store, &token, now, true).unwrap(), first);
         // Expired: no longer answered from the cache, and the full check says why.
-        let late = verify_cached(&config, keys().as_slice(), &store, &token, now + 3_600).unwrap_err();
+        let late = verify_cached(&config, keys().as_slice(), &store, &token, now + 3_600, true).unwrap_err();
         assert_eq!(late.reason, crate::reason::Reason::Expired);
         // Another configuration does not reuse it.
         let other = Config::from_json(
@@ -319,12 +328,21 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let refused = verify_cached(&other, keys().as_slice(), &store, &token, now).unwrap_err();
+        let refused = verify_cached(&other, keys().as_slice(), &store, &token, now, true).unwrap_err();
         assert_eq!(refused.reason, crate::reason::Reason::WrongAudience);
+        // A blocked source still gets its cached verification, nothing else.
+        assert_eq!(verify_cached(&config, keys().as_slice(), &store, &token, now, false).unwrap(), first);
+        let fresh = testkit::token(
+            Alg::Es256,
+            &json!({"alg": "ES256", "kid": "ec-1"}),
+            &json!({"iss": "https://i", "sub": "other", "aud": "a", "exp": now + 60}),
+        );
+        let blocked = verify_cached(&config, keys().as_slice(), &store, &fresh, now, false).unwrap_err();
+        assert_eq!(blocked.reason, crate::reason::Reason::TooManyFailures);
         // Failures are never cached.
         let before = store.len();
         let forged = format!("{}x", token.trim_end_matches(|c| c != '.'));
-        assert!(verify_cached(&config, keys().as_slice(), &store, &forged, now).is_err());
+        assert!(verify_cached(&config, keys().as_slice(), &store, &forged, now, true).is_err());
         assert_eq!(store.len(), before);
     }
 

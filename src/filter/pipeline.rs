@@ -91,12 +91,29 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         }
     }
     let verify_started_ns = host::now_ns();
+    let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+    let now_secs_u = u64::try_from(now_secs).unwrap_or_default();
+    // The flood guard: a source over its budget of failed signature checks gets no
+    // more crypto until its window ends (cached verifications still pass).
+    let blocked_for = match (&config.flood_guard, request.info.source, &request.token) {
+        (Some(guard), Some(source), Some(_)) => guard.blocked_for(vm.store.as_ref(), source, now_secs_u),
+        _ => None,
+    };
     let verification = request.token.as_deref().map(|raw| {
-        let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         let keys = vm.keys.borrow();
-        token_cache::verify_cached(config, &KeyView { keys: &keys, now_ms }, vm.store.as_ref(), raw, now_secs)
+        let view = KeyView { keys: &keys, now_ms };
+        token_cache::verify_cached(config, &view, vm.store.as_ref(), raw, now_secs, blocked_for.is_none())
             .and_then(|v| mtls::check_verified(config, v, request.info.client_certificate.as_ref()))
     });
+    if let (Some(Err(rejection)), Some(guard), Some(source)) =
+        (&verification, &config.flood_guard, request.info.source)
+    {
+        if rejection.reason == Reason::BadSignature {
+            if let Err(err) = guard.record_failure(vm.store.as_ref(), source, now_secs_u) {
+                debug!("flood guard not updated: {err}");
+            }
+        }
+    }
     let verify_ns = host::now_ns().saturating_sub(verify_started_ns);
     let max_token_bytes = config.token.max_bytes;
     request.observed.note_verification(
@@ -140,7 +157,12 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         // A certificate-only identity, for metrics and the decision log.
         request.observed.identity = Some(who.identity.to_owned());
     }
-    if let Some(reply) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+    if let Some(mut reply) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+        if let (Some(seconds), Some(Err(r))) = (blocked_for, &verification) {
+            if r.reason == Reason::TooManyFailures {
+                reply.headers.push(("retry-after".to_owned(), seconds.to_string()));
+            }
+        }
         return send(&reply);
     }
 

@@ -150,3 +150,63 @@ fn an_upstream_resetting_connections_does_not_hurt_the_filter() {
     let r = stack.get("/web/after-resets", &[]).unwrap();
     assert_eq!(r.status, 200);
 }
+
+#[test]
+fn a_forged_token_flood_from_one_source_is_cut_off_and_others_keep_working() {
+    use std::net::{IpAddr, Ipv4Addr};
+    let keys = TestKeys::shared().unwrap();
+    let good = keys::jwks([keys.by_type(KeyType::P256)]);
+    let mut plugin = plugin(300, 3_600);
+    plugin["flood_guard"] = serde_json::json!({ "max_failures": 20, "window_seconds": 30 });
+    let mut stack =
+        Stack::start_with(JwksBehaviour::serve(&good), EnvoyOptions::new().plugin_configuration(plugin))
+            .unwrap();
+    let (valid, forged) = tokens(&stack);
+    stack.wait_for_keys(&valid).unwrap();
+    let addr = stack.envoy.listener_addr();
+    let from = |last: u8, token: &str| {
+        let auth = format!("Bearer {token}");
+        test_harness::http::request_from(
+            IpAddr::V4(Ipv4Addr::new(127, 0, 0, last)),
+            addr,
+            "GET",
+            "/api/flood",
+            &[("authorization", &auth)],
+        )
+        .unwrap()
+    };
+    // The attacker's source verified one real token before (it is in the cache).
+    assert_eq!(from(2, &valid).status, 200);
+
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        statuses.push(from(2, &forged).status);
+    }
+    let bad_signature = statuses.iter().filter(|s| **s == 401).count();
+    let cut_off = statuses.iter().filter(|s| **s == 429).count();
+    println!("forged flood from 127.0.0.2: {bad_signature} signature checks, then {cut_off} refused without crypto");
+    assert_eq!(bad_signature, 20, "exactly the budget of failed signature checks: {statuses:?}");
+    assert_eq!(cut_off, 40);
+
+    let refused = from(2, &forged);
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.body_json().unwrap()["reason"], "too_many_failures");
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=30).contains(&retry), "retry-after {retry}");
+
+    // The blocked source gets no crypto: a fresh (uncached) valid token is refused too,
+    // while its cached one still passes.
+    let key = keys.by_type(KeyType::P256);
+    let fresh = Token::new(Alg::Es256)
+        .kid(key.kid())
+        .claim("iss", stack.issuer().unwrap())
+        .claim("aud", stack.audience().unwrap())
+        .claim("sub", "fresh")
+        .sign(key)
+        .unwrap();
+    assert_eq!(from(2, &fresh).status, 429);
+    assert_eq!(from(2, &valid).status, 200, "cached verification, no crypto");
+    // Other sources are not affected.
+    assert_eq!(from(1, &fresh).status, 200);
+    assert_eq!(from(1, &forged).status, 401, "another source still gets its signature checks");
+}
