@@ -221,7 +221,7 @@ impl LocalReply {
 }
 
 /// Makes `s` safe inside an RFC 7230 quoted-string: drops `"`, `\` and controls.
-fn quoted(s: &str) -> String {
+pub(crate) fn quoted(s: &str) -> String {
     s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
 }
 

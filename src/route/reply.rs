@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::reason::{LocalReply, Reason, Rejection};
+use crate::reason::{quoted, LocalReply, Reason, Rejection};
 
 /// Why route policy refused a request. The `code()` strings are public API, like
 /// [`Reason`]'s, and do not overlap with them.
@@ -192,11 +192,6 @@ struct Body<'a> {
     route: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     request_id: Option<&'a str>,
-}
-
-/// Makes `s` safe inside an RFC 7230 quoted-string: drops `"`, `\` and controls.
-fn quoted(s: &str) -> String {
-    s.chars().filter(|c| *c != '"' && *c != '\\' && !c.is_control()).collect()
 }
 
 #[cfg(test)]

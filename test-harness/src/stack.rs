@@ -13,6 +13,8 @@ use crate::envoy::{Envoy, EnvoyOptions};
 use crate::envoy_config::EnvoyConfig;
 use crate::http::Response;
 use crate::jwks_server::{JwksBehaviour, JwksServer};
+use crate::keys::TestKey;
+use crate::mint::{Alg, Token};
 use crate::upstream::EchoUpstream;
 
 /// Name of the cluster machine traffic is routed to in the shipped config.
@@ -93,6 +95,20 @@ impl Stack {
             .pointer(&format!("/issuers/0/{name}"))
             .and_then(Value::as_str)
             .with_context(|| format!("plugin configuration has no issuers[0].{name}"))
+    }
+
+    /// A token the first issuer accepts: its `iss` and first audience, `sub`, any
+    /// `extra` claims, signed (with its `kid`) by `key`.
+    pub fn token(&self, key: &TestKey, sub: &str, extra: &[(&str, Value)]) -> Result<String> {
+        let mut token = Token::new(Alg::default_for(key.key_type()))
+            .kid(key.kid())
+            .claim("iss", self.issuer()?)
+            .claim("aud", self.audience()?)
+            .claim("sub", sub);
+        for (name, value) in extra {
+            token = token.claim(name, value.clone());
+        }
+        token.sign(key)
     }
 
     /// Waits until a request bearing `token` is no longer refused with 503, i.e. the

@@ -16,7 +16,7 @@ use test_harness::envoy_config::{repo_root, EnvoyConfig};
 use test_harness::http::Response;
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKeys};
-use test_harness::mint::{self, Alg, Token};
+use test_harness::mint;
 use test_harness::stack::Stack;
 
 const MAX_IDENTITIES: usize = 5;
@@ -60,16 +60,7 @@ fn plugin() -> Value {
 }
 
 fn token(stack: &Stack, sub: &str, extra: &[(&str, Value)]) -> String {
-    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
-    let mut t = Token::new(Alg::Es256)
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .claim("sub", sub);
-    for (name, value) in extra {
-        t = t.claim(name, value.clone());
-    }
-    t.sign(key).unwrap()
+    stack.token(TestKeys::shared().unwrap().by_type(KeyType::P256), sub, extra).unwrap()
 }
 
 fn send(stack: &Stack, path: &str, token: Option<&str>) -> Response {

@@ -32,16 +32,7 @@ fn plugin() -> Value {
 }
 
 fn token(stack: &Stack, sub: &str, extra: &[(&str, Value)]) -> String {
-    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
-    let mut t = Token::new(Alg::Es256)
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .claim("sub", sub);
-    for (name, value) in extra {
-        t = t.claim(name, value.clone());
-    }
-    t.sign(key).unwrap()
+    stack.token(TestKeys::shared().unwrap().by_type(KeyType::P256), sub, extra).unwrap()
 }
 
 fn get(addr: SocketAddr, token: &str) -> Response {

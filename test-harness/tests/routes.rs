@@ -12,7 +12,7 @@ use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::{self, Response};
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKeys};
-use test_harness::mint::{Alg, Token};
+
 use test_harness::stack::Stack;
 
 fn start(plugin: Option<Value>) -> Stack {
@@ -28,17 +28,8 @@ fn start(plugin: Option<Value>) -> Stack {
     stack
 }
 
-fn token(stack: &Stack, sub: &str, claims: &[(&str, Value)]) -> String {
-    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
-    let mut t = Token::new(Alg::Es256)
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .claim("sub", sub);
-    for (name, value) in claims {
-        t = t.claim(name, value.clone());
-    }
-    t.sign(key).unwrap()
+fn token(stack: &Stack, sub: &str, extra: &[(&str, Value)]) -> String {
+    stack.token(TestKeys::shared().unwrap().by_type(KeyType::P256), sub, extra).unwrap()
 }
 
 fn send(stack: &Stack, method: &str, path: &str, token: Option<&str>, extra: &[(&str, &str)]) -> Response {
