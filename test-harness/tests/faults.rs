@@ -205,6 +205,16 @@ fn a_forged_token_flood_from_one_source_is_cut_off_and_others_keep_working() {
         .sign(key)
         .unwrap();
     assert_eq!(from(2, &fresh).status, 429);
+    // Nor can the flooder dodge the guard by claiming another address.
+    let dodge = test_harness::http::request_from(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
+        addr,
+        "GET",
+        "/api/flood",
+        &[("authorization", &format!("Bearer {forged}")), ("x-forwarded-for", "198.51.100.9")],
+    )
+    .unwrap();
+    assert_eq!(dodge.status, 429, "x-forwarded-for from a client is not trusted");
     assert_eq!(from(2, &valid).status, 200, "cached verification, no crypto");
     // Other sources are not affected.
     assert_eq!(from(1, &fresh).status, 200);

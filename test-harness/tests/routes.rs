@@ -154,6 +154,15 @@ fn route_policies_in_real_envoy() {
     let blocked = from([127, 0, 0, 1]);
     assert_eq!(blocked.status, 403);
     assert_eq!(reason(&blocked), "source_not_allowed");
+    // A client cannot claim another source with x-forwarded-for (use_remote_address).
+    let spoofed = http::request(
+        stack.envoy.listener_addr(),
+        "GET",
+        "/partner/orders",
+        &[("authorization", &partner), ("x-forwarded-for", "127.0.0.2")],
+    )
+    .unwrap();
+    assert_eq!((spoofed.status, reason(&spoofed)), (403, "source_not_allowed".to_owned()));
 
     // Revoked token id: 401 everywhere; denied subject: 403.
     let revoked = token(&stack, "ci-deployer", &[("jti", json!("revoked-1"))]);
