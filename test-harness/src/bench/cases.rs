@@ -1,0 +1,373 @@
+//! The cases of a run, in the order they run, and running one: a fresh Envoy, the probes,
+//! a warmup, then the measured runs.
+
+use std::collections::HashSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use super::envoy::{self, BenchEnvoy, Memory};
+use super::stacks::{self, Stack, BENCH_PATH, FLOOD_SOURCE, VALID_SOURCE};
+use super::tokens::{Tokens, ALGS, FLOOD_ALG};
+use super::wrk::{self, Load, Outcome};
+use super::Settings;
+use crate::mint::Alg;
+
+/// What the load generator sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Traffic {
+    /// One RS256 token on every request (a cache hit for both stacks after the first).
+    Reused,
+    /// `BENCH_TOKENS` distinct tokens of one algorithm, round-robin: every request misses
+    /// the caches, i.e. every token is new.
+    Rotating(Alg),
+    /// The valid callers of [`Traffic::Flood`] alone: half the connections, one token,
+    /// from [`VALID_SOURCE`]. The flood's baseline.
+    ValidAlone,
+    /// [`Traffic::ValidAlone`] plus, at the same time, the other half of the connections
+    /// sending requests without a token (the cheapest refusal there is) from
+    /// [`FLOOD_SOURCE`]: what any flood of that size leaves the valid callers of one
+    /// saturated core, the ceiling for [`Traffic::Flood`].
+    TokenlessFlood,
+    /// [`Traffic::ValidAlone`] plus, at the same time, the other half of the connections
+    /// sending forged tokens (one signature bit flipped) from [`FLOOD_SOURCE`].
+    Flood,
+}
+
+/// One line of the results table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Case {
+    pub stack: Stack,
+    pub traffic: Traffic,
+}
+
+impl Case {
+    const fn new(stack: Stack, traffic: Traffic) -> Self {
+        Self { stack, traffic }
+    }
+
+    /// Every case of a run, in order; each ratio's reference runs just before it.
+    pub fn plan() -> Vec<Case> {
+        let mut plan = vec![
+            Case::new(Stack::Router, Traffic::Reused),
+            Case::new(Stack::NativeJwt, Traffic::Reused),
+            Case::new(Stack::NativeStack, Traffic::Reused),
+            Case::new(Stack::NhiGuard, Traffic::Reused),
+        ];
+        for alg in ALGS {
+            plan.push(Case::new(Stack::NativeJwt, Traffic::Rotating(alg)));
+            plan.push(Case::new(Stack::NhiGuardSmallCache, Traffic::Rotating(alg)));
+        }
+        plan.push(Case::new(Stack::NhiGuard, Traffic::ValidAlone));
+        plan.push(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood));
+        plan.push(Case::new(Stack::NhiGuard, Traffic::Flood));
+        plan
+    }
+
+    /// What the case's ratio is taken against, if anything.
+    pub fn reference(&self) -> Option<Case> {
+        match (self.stack, self.traffic) {
+            (Stack::NhiGuard, Traffic::Reused) => Some(Case::new(Stack::NativeStack, Traffic::Reused)),
+            (Stack::NhiGuardSmallCache, Traffic::Rotating(alg)) => {
+                Some(Case::new(Stack::NativeJwt, Traffic::Rotating(alg)))
+            }
+            (Stack::NhiGuard, Traffic::Flood | Traffic::TokenlessFlood) => {
+                Some(Case::new(Stack::NhiGuard, Traffic::ValidAlone))
+            }
+            _ => None,
+        }
+    }
+
+    /// The issue's target for the ratio to [`Case::reference`], if it sets one.
+    pub fn target(&self) -> Option<f64> {
+        match (self.stack, self.traffic) {
+            (Stack::NhiGuard, Traffic::Reused) => Some(1.0),
+            (Stack::NhiGuardSmallCache, Traffic::Rotating(Alg::Rs256 | Alg::Es256)) => Some(0.5),
+            (Stack::NhiGuard, Traffic::Flood) => Some(0.9),
+            _ => None,
+        }
+    }
+
+    pub fn traffic_label(&self, settings: &Settings) -> String {
+        let half = settings.connections / 2;
+        match self.traffic {
+            Traffic::Reused => "one RS256 token reused".into(),
+            Traffic::Rotating(alg) => format!("{} {alg} tokens in rotation (every token new)", settings.tokens),
+            Traffic::ValidAlone => format!("valid callers alone: one RS256 token, {half} connections"),
+            Traffic::TokenlessFlood => format!(
+                "valid callers ({half} conn.) during a flood without tokens ({} conn.) from another source",
+                settings.connections - half
+            ),
+            Traffic::Flood => format!(
+                "valid callers ({half} conn.) during a forged {FLOOD_ALG} flood ({} conn.) from another source",
+                settings.connections - half
+            ),
+        }
+    }
+
+    /// A directory name for the case's Envoy log and wrk outputs.
+    pub fn slug(&self, index: usize) -> String {
+        let traffic = match self.traffic {
+            Traffic::Reused => "reused".to_owned(),
+            Traffic::Rotating(alg) => format!("rotating-{}", alg.name().to_ascii_lowercase()),
+            Traffic::ValidAlone => "valid-alone".to_owned(),
+            Traffic::TokenlessFlood => "tokenless-flood".to_owned(),
+            Traffic::Flood => "flood".to_owned(),
+        };
+        format!("{:02}-{}-{traffic}", index + 1, self.stack.slug())
+    }
+}
+
+/// The measured runs of one case.
+#[derive(Clone, Debug)]
+pub struct CaseResult {
+    pub case: Case,
+    /// The measured stream of each run (for the flood: the valid callers).
+    pub runs: Vec<Outcome>,
+    /// The forged stream of each run of the flood case.
+    pub flood_runs: Vec<Outcome>,
+    /// Envoy's memory after the last run.
+    pub memory_after: Memory,
+    /// Flood case: the answer to one more forged token from the flood's source after
+    /// the last run (see [`stacks::answer_to_flood_source`]).
+    pub flood_answer: Option<String>,
+}
+
+impl CaseResult {
+    /// The run with the median req/s (the lower one of the middle two for an even count).
+    pub fn median(&self) -> Option<&Outcome> {
+        let mut sorted: Vec<&Outcome> = self.runs.iter().collect();
+        sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
+        sorted.get(sorted.len().saturating_sub(1) / 2).copied()
+    }
+}
+
+/// Envoy's memory with one and with two workers, for the per-worker cost.
+#[derive(Clone, Debug)]
+pub struct MemoryPoint {
+    pub stack: Stack,
+    pub workers: u32,
+    pub memory: Memory,
+}
+
+/// Everything a case needs that does not change between cases.
+pub struct Runner<'a> {
+    pub settings: &'a Settings,
+    pub envoy_binary: PathBuf,
+    pub wasm: PathBuf,
+    pub jwks: Value,
+    pub tokens: &'a Tokens,
+    pub script: PathBuf,
+    validated: HashSet<Stack>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(
+        settings: &'a Settings,
+        envoy_binary: PathBuf,
+        wasm: PathBuf,
+        jwks: Value,
+        tokens: &'a Tokens,
+        script: PathBuf,
+    ) -> Self {
+        Self { settings, envoy_binary, wasm, jwks, tokens, script, validated: HashSet::new() }
+    }
+
+    /// Renders `stack`'s config into the work dir and, the first time, has Envoy
+    /// validate it.
+    pub fn prepare(&mut self, stack: Stack) -> Result<PathBuf> {
+        let path = self.settings.work_dir.join(format!("{}.yaml", stack.slug()));
+        fs::write(&path, stack.render(&self.jwks, &self.wasm)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        if self.validated.insert(stack) {
+            envoy::validate(&self.envoy_binary, &path).with_context(|| format!("validating {stack}"))?;
+        }
+        Ok(path)
+    }
+
+    /// Starts `stack` with `workers` workers in `dir` and probes it.
+    fn start(&mut self, stack: Stack, dir: &Path, workers: u32) -> Result<BenchEnvoy> {
+        let config = self.prepare(stack)?;
+        let envoy = BenchEnvoy::start(&self.envoy_binary, &config, dir, self.settings.envoy_cpu, workers)?;
+        stacks::probe(stack, &envoy, self.tokens).with_context(|| {
+            format!("probing {stack} (config {}, log {})", config.display(), envoy.log_path().display())
+        })?;
+        Ok(envoy)
+    }
+
+    /// Runs one case: fresh Envoy, probes, warmup, `runs` measured runs.
+    pub fn run_case(&mut self, index: usize, case: Case) -> Result<CaseResult> {
+        let dir = self.settings.work_dir.join(case.slug(index));
+        let mut envoy = self.start(case.stack, &dir, 1)?;
+        let warmup = self.settings.warmup();
+        if !warmup.is_zero() {
+            self.measure(&envoy, case, warmup).context("warmup")?;
+        }
+        let mut result = CaseResult {
+            case,
+            runs: Vec::new(),
+            flood_runs: Vec::new(),
+            memory_after: Memory::default(),
+            flood_answer: None,
+        };
+        for run in 0..self.settings.runs {
+            let (measured, flood) = self.measure(&envoy, case, self.settings.run_length())?;
+            fs::write(dir.join(format!("wrk-run-{}.txt", run + 1)), &measured.raw)
+                .context("saving wrk's output")?;
+            if let Some(flood) = flood {
+                fs::write(dir.join(format!("wrk-run-{}-flood.txt", run + 1)), &flood.raw)
+                    .context("saving wrk's output")?;
+                result.flood_runs.push(flood);
+            }
+            result.runs.push(measured);
+        }
+        if case.traffic == Traffic::Flood {
+            result.flood_answer = Some(stacks::answer_to_flood_source(&envoy, self.tokens)?);
+        }
+        envoy.check_running()?;
+        result.memory_after = envoy.memory()?;
+        Ok(result)
+    }
+
+    /// One run of `case` against `envoy`: the measured stream and, for the flood, the
+    /// forged stream. Refusals of valid traffic or admissions of forged traffic are errors.
+    fn measure(
+        &self,
+        envoy: &BenchEnvoy,
+        case: Case,
+        duration: Duration,
+    ) -> Result<(Outcome, Option<Outcome>)> {
+        let settings = self.settings;
+        let load = |connections, tokens, source: Option<&str>| Load {
+            target: envoy.listener(),
+            path: BENCH_PATH.to_owned(),
+            connections,
+            duration,
+            tokens,
+            source: source.map(str::to_owned),
+            cpu: settings.wrk_cpu,
+        };
+        let reused = wrk::Tokens::One(self.tokens.reused.clone());
+        let half = settings.connections / 2;
+        let (measured, flood) = match case.traffic {
+            Traffic::Reused => (wrk::run(&load(settings.connections, reused, None))?, None),
+            Traffic::Rotating(alg) => {
+                let rotation = wrk::Tokens::Rotate {
+                    file: self.tokens.rotation(alg)?.file.clone(),
+                    script: self.script.clone(),
+                };
+                (wrk::run(&load(settings.connections, rotation, None))?, None)
+            }
+            Traffic::ValidAlone => (wrk::run(&load(half, reused, Some(VALID_SOURCE)))?, None),
+            Traffic::TokenlessFlood | Traffic::Flood => {
+                let flood_tokens = if case.traffic == Traffic::Flood {
+                    wrk::Tokens::Rotate { file: self.tokens.forged.file.clone(), script: self.script.clone() }
+                } else {
+                    wrk::Tokens::None
+                };
+                let valid = load(half, reused, Some(VALID_SOURCE));
+                let flood = load(settings.connections - half, flood_tokens, Some(FLOOD_SOURCE));
+                let (valid, flood) = wrk::run_pair(&valid, &flood)?;
+                (valid, Some(flood))
+            }
+        };
+        if measured.requests == 0 || measured.non_2xx > 0 {
+            bail!(
+                "misconfigured {}: {} of {} valid requests were refused; wrk said:\n{}",
+                case.stack,
+                measured.non_2xx,
+                measured.requests,
+                measured.raw
+            );
+        }
+        if let Some(flood) = &flood {
+            if flood.successes() > 0 {
+                bail!(
+                    "{}: {} requests of the flood were admitted; wrk said:\n{}",
+                    case.stack,
+                    flood.successes(),
+                    flood.raw
+                );
+            }
+        }
+        Ok((measured, flood))
+    }
+
+    /// Envoy's memory with the router only and with nhi-guard, each with one and two
+    /// workers, after a second of load with the rotating RS256 tokens (caches and quota
+    /// table populated).
+    pub fn measure_memory(&mut self) -> Result<Vec<MemoryPoint>> {
+        let mut points = Vec::new();
+        for stack in [Stack::Router, Stack::NhiGuard] {
+            for workers in [1, 2] {
+                let dir = self.settings.work_dir.join(format!("memory-{}-{workers}w", stack.slug()));
+                let envoy = self.start(stack, &dir, workers)?;
+                let tokens = wrk::Tokens::Rotate {
+                    file: self.tokens.rotation(Alg::Rs256)?.file.clone(),
+                    script: self.script.clone(),
+                };
+                wrk::run(&Load {
+                    target: envoy.listener(),
+                    path: BENCH_PATH.to_owned(),
+                    connections: self.settings.connections,
+                    duration: Duration::from_secs(1),
+                    tokens,
+                    source: None,
+                    cpu: self.settings.wrk_cpu,
+                })
+                .with_context(|| format!("loading {stack} for the memory measurement"))?;
+                points.push(MemoryPoint { stack, workers, memory: envoy.memory()? });
+            }
+        }
+        Ok(points)
+    }
+}
+
+/// A rough duration of the whole run, to print before starting.
+pub fn estimate(settings: &Settings, cases: usize) -> Duration {
+    const STARTUP_AND_PROBES: u64 = 3;
+    const MEMORY_MEASUREMENT: u64 = 4 * (STARTUP_AND_PROBES + 1);
+    let per_case = settings.warmup_seconds + u64::from(settings.runs) * settings.seconds + STARTUP_AND_PROBES;
+    Duration::from_secs(per_case * cases as u64 + MEMORY_MEASUREMENT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_runs_before_the_case_that_needs_it() {
+        let plan = Case::plan();
+        for (index, case) in plan.iter().enumerate() {
+            if let Some(reference) = case.reference() {
+                let at = plan.iter().position(|c| *c == reference).unwrap();
+                assert!(at < index, "{case:?} needs {reference:?} first");
+            }
+        }
+    }
+
+    #[test]
+    fn the_issue_targets_are_all_there() {
+        let targets: Vec<(Case, f64)> =
+            Case::plan().into_iter().filter_map(|case| case.target().map(|t| (case, t))).collect();
+        assert_eq!(targets.len(), 4, "{targets:?}");
+        assert!(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood).reference().is_some());
+        assert!(targets.iter().all(|(case, _)| case.reference().is_some()));
+    }
+
+    #[test]
+    fn the_median_is_the_middle_run() {
+        let outcome = |rate| Outcome { requests_per_sec: rate, ..Outcome::default() };
+        let result = CaseResult {
+            case: Case::new(Stack::Router, Traffic::Reused),
+            runs: vec![outcome(3.0), outcome(1.0), outcome(2.0)],
+            flood_runs: Vec::new(),
+            memory_after: Memory::default(),
+            flood_answer: None,
+        };
+        assert_eq!(result.median().unwrap().requests_per_sec, 2.0);
+    }
+}
