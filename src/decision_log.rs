@@ -115,6 +115,10 @@ pub struct Record {
     pub route: Option<String>,
     pub client_class: Option<ClientClass>,
     pub quota: Option<QuotaNote>,
+    /// The trusted client-certificate identity (SPIFFE ID), when mTLS presented one.
+    pub cert_identity: Option<String>,
+    /// The identity came from the certificate alone (no token).
+    pub certificate_only: bool,
     /// Set by [`Record::finish`].
     pub decided: Option<Decided>,
     verdict: Option<Decided>,
@@ -210,7 +214,8 @@ impl Record {
         if decided.outcome == Outcome::Denied || decided.shadow_reason.is_some() {
             return true;
         }
-        self.token && sampled(config.allowed_sample_rate, sample_key)
+        // Machine requests: a bearer token, or a certificate-only identity.
+        (self.token || self.certificate_only) && sampled(config.allowed_sample_rate, sample_key)
     }
 
     /// The decision line, one JSON object without a newline.
@@ -223,6 +228,7 @@ impl Record {
             source: self.source.as_deref(),
             issuer: at.issuer,
             identity: self.identity.as_deref(),
+            cert_identity: self.cert_identity.as_deref(),
             kid: self.kid.as_deref(),
             route: self.route.as_deref(),
             client_class: self.client_class.map(ClientClass::as_str),
@@ -272,6 +278,7 @@ struct Line<'a> {
     source: Option<&'a str>,
     issuer: Option<&'a str>,
     identity: Option<&'a str>,
+    cert_identity: Option<&'a str>,
     kid: Option<&'a str>,
     route: Option<&'a str>,
     client_class: Option<&'static str>,
@@ -433,7 +440,7 @@ mod tests {
             v,
             json!({
                 "event": "nhi_decision", "time": "2023-11-14T22:13:20.123Z", "request_id": "req-1",
-                "source": "10.0.0.1:5000", "issuer": "ci", "identity": "robot", "kid": "k1",
+                "source": "10.0.0.1:5000", "issuer": "ci", "identity": "robot", "kid": "k1", "cert_identity": null,
                 "route": "api", "client_class": "machine", "decision": "allowed", "reason": "allow",
                 "status": 200, "shadow_reason": null, "quota_policy": null, "quota_remaining": null,
                 "latency_ms": 2.5

@@ -123,6 +123,10 @@ impl Observer {
 fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
     match (record.issuer.and_then(|i| config.issuers.get(i)), record.token) {
         (Some(issuer), _) => &issuer.name,
+        // A certificate-only identity: the mTLS issuer name (`mtls` by default).
+        (None, false) if record.certificate_only => {
+            config.mtls.as_ref().map_or(NO_ISSUER, |m| m.issuer_name.as_str())
+        }
         (None, true) => UNKNOWN_ISSUER,
         (None, false) => NO_ISSUER,
     }
@@ -170,8 +174,9 @@ pub fn decided(vm: &Vm, request: &mut Request, replied: bool) {
     if let Some(class) = record.client_class {
         observer.publish("nhi_client", class.as_str());
     }
-    if let Some(issuer) = record.issuer.and_then(|i| config.issuers.get(i)) {
-        observer.publish("nhi_issuer", &issuer.name);
+    let issuer = issuer_label(config, record);
+    if issuer != NO_ISSUER && issuer != UNKNOWN_ISSUER {
+        observer.publish("nhi_issuer", issuer);
     }
     if let Some(identity) = &record.identity {
         observer.publish("nhi_identity", identity);
@@ -199,7 +204,7 @@ pub fn logged(vm: &Vm, request: &Request) {
         now_ms: now_ns / 1_000_000,
         now_ns,
         request_id: request.request_id.as_deref(),
-        issuer: record.issuer.and_then(|i| vm.config.issuers.get(i)).map(|i| i.name.as_str()),
+        issuer: Some(issuer_label(&vm.config, record)).filter(|i| *i != NO_ISSUER && *i != UNKNOWN_ISSUER),
         status,
     });
     info!("{line}");

@@ -139,6 +139,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     if let Some(identity) = certificate.as_ref().and_then(|c| c.trusted_identity()) {
         // For access logs: `%FILTER_STATE(wasm.nhi_cert_identity:PLAIN)%`.
         let _ = host::set_property("nhi_cert_identity", identity.as_bytes());
+        request.observed.cert_identity = Some(identity.to_owned());
     }
     let no_claims = serde_json::Map::new();
     let credential = match &verification {
@@ -156,6 +157,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     if let (None, Some(who)) = (&verification, who) {
         // A certificate-only identity, for metrics and the decision log.
         request.observed.identity = Some(who.identity.to_owned());
+        request.observed.certificate_only = true;
     }
     if let Some(mut reply) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
         if let (Some(seconds), Some(Err(r))) = (blocked_for, &verification) {

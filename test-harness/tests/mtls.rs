@@ -241,6 +241,15 @@ fn certificate_identities_and_subject_binding_in_real_envoy() {
     // Envoy flushes its access log every few seconds, and when it stops.
     m.stack.envoy.stop();
     assert!(logged(&m.stack.envoy.log()), "{}", m.stack.envoy.log());
+    // The decision log names the certificate identity too, with the mTLS issuer name
+    // for a certificate-only caller.
+    let decided = m.stack.envoy.log().lines().any(|l| {
+        l.contains(r#"{"event":"nhi_decision""#)
+            && l.contains(r#""issuer":"mtls""#)
+            && l.contains(r#""identity":"spiffe://nhi-guard.demo/ns/payments/sa/api""#)
+            && l.contains(r#""cert_identity":"spiffe://nhi-guard.demo/ns/payments/sa/api""#)
+    });
+    assert!(decided, "no decision log line for the certificate-only caller");
 }
 
 #[test]

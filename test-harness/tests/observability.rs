@@ -23,13 +23,14 @@ const MAX_IDENTITIES: usize = 5;
 /// Identities beyond the bound in the flood (each sends one request).
 const FLOOD: usize = 10;
 
-const DECISION_FIELDS: [&str; 16] = [
+const DECISION_FIELDS: [&str; 17] = [
     "event",
     "time",
     "request_id",
     "source",
     "issuer",
     "identity",
+    "cert_identity",
     "kid",
     "route",
     "client_class",
