@@ -127,7 +127,10 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
             return step;
         }
     }
-    let machine_issuer = request.token.as_deref().is_some_and(|raw| route::names_machine_issuer(config, raw));
+    // Only a failed token needs this second (unverified) look at its `iss`; a verified
+    // one is ours by definition, and parsing it again would cost every request.
+    let machine_issuer = matches!(verification, Some(Err(_)))
+        && request.token.as_deref().is_some_and(|raw| route::names_machine_issuer(config, raw));
     request.token = None;
 
     let issuer_name = match &verification {
