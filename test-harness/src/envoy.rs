@@ -70,6 +70,31 @@ pub fn wasm_path() -> Result<PathBuf> {
     Ok(path)
 }
 
+/// What `envoy --mode validate` makes of `config` (with the wasm path already set):
+/// `Ok(log)` when Envoy accepts it, `Err(log)` when it refuses it. The rendered file
+/// goes to a temp dir that is removed again.
+pub fn validate(config: &EnvoyConfig) -> Result<std::result::Result<String, String>> {
+    let dir = std::env::temp_dir().join(format!(
+        "nhi-validate-{}-{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("envoy.yaml");
+    let written = config.to_yaml().and_then(|yaml| std::fs::write(&path, yaml).context("writing the config"));
+    let output = written.and_then(|()| {
+        Command::new(envoy_binary()?)
+            .args(["--mode", "validate", "--disable-hot-restart", "-c"])
+            .arg(&path)
+            .output()
+            .context("running envoy --mode validate")
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = output?;
+    let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+    Ok(if output.status.success() && log.contains("OK") { Ok(log) } else { Err(log) })
+}
+
 /// How to start an [`Envoy`]. Defaults: the shipped config, listeners and admin on
 /// ephemeral 127.0.0.1 ports, `--concurrency 2`, log level `info`, a fresh temp dir.
 #[derive(Clone, Debug)]
@@ -468,23 +493,9 @@ impl Envoy {
 
     /// Stops Envoy: SIGTERM, then SIGKILL after a grace period. Idempotent.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
+        if let Some(mut child) = self.child.take() {
+            process::stop_child(&mut child, STOP_GRACE);
         }
-        // std can only SIGKILL; a SIGTERM first lets Envoy shut down cleanly.
-        let _ = process::signal(child.id(), "TERM");
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(POLL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     /// Leaves Envoy running after this value is gone (the demo); returns its PID.

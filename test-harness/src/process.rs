@@ -66,6 +66,24 @@ pub fn terminate(pid: u32, grace: Duration) -> Result<bool> {
     Ok(true)
 }
 
+/// Stops a child: SIGTERM (so it can shut down cleanly; std can only SIGKILL), then
+/// SIGKILL after `grace`, and reaps it.
+pub fn stop_child(child: &mut std::process::Child, grace: Duration) {
+    if matches!(child.try_wait(), Ok(Some(_))) {
+        return;
+    }
+    let _ = signal(child.id(), "TERM");
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        thread::sleep(POLL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 #[cfg(test)]
 mod tests {
     use std::process::Command;

@@ -24,7 +24,7 @@ use std::process::{Command, Output};
 
 use nhi_guard::check::{self, Source};
 use serde_json::{json, Value};
-use test_harness::envoy::{envoy_binary, wasm_path};
+use test_harness::envoy::wasm_path;
 use test_harness::envoy_config::{repo_root, EnvoyConfig, PLUGIN_FILTER_NAME};
 use test_harness::istio::{self, the_document, yaml_documents};
 use test_harness::oci;
@@ -116,17 +116,9 @@ fn node_validate(args: &[&str]) -> (bool, Vec<Value>) {
 }
 
 fn envoy_validate(config: &EnvoyConfig, name: &str) {
-    let dir = temp_dir(name);
-    let path = dir.join("envoy.yaml");
-    fs::write(&path, config.to_yaml().unwrap()).unwrap();
-    let output = Command::new(envoy_binary().unwrap())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let log = text(&output);
-    assert!(output.status.success() && log.contains("OK"), "envoy --mode validate refused {name}:\n{log}");
-    let _ = fs::remove_dir_all(&dir);
+    if let Err(log) = test_harness::envoy::validate(config).unwrap() {
+        panic!("envoy --mode validate refused {name}:\n{log}");
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -9,12 +9,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::path::PathBuf;
-use std::process::Command;
-
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use serde_yaml::Value as Yaml;
-use test_harness::envoy::{envoy_binary, wasm_path, EnvoyOptions};
+use test_harness::envoy::{wasm_path, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::{self, Response};
 use test_harness::jwks_server::JwksBehaviour;
@@ -320,34 +317,13 @@ fn shipped_variant_is_envoy_yaml_plus_the_ratelimit_filter() {
     );
 }
 
-/// A directory removed when the test ends.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn envoy_validates_the_global_ratelimit_variant_with_the_built_filter() {
-    let dir = TempDir(std::env::temp_dir().join(format!(
-        "nhi-ratelimit-validate-{}-{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )));
-    std::fs::create_dir_all(&dir.0).unwrap();
     let mut config = shipped_variant();
     config.set_wasm_filename(&wasm_path().unwrap()).unwrap();
-    let path = dir.0.join("envoy.yaml");
-    std::fs::write(&path, config.to_yaml().unwrap()).unwrap();
-    let output = Command::new(envoy_binary().unwrap())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success() && log.contains("OK"), "envoy --mode validate failed:\n{log}");
+    if let Err(log) = test_harness::envoy::validate(&config).unwrap() {
+        panic!("envoy --mode validate failed:\n{log}");
+    }
 }
 
 // --- envoy/ratelimit/config.yaml, read the way envoyproxy/ratelimit reads it ----------

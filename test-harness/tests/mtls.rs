@@ -6,12 +6,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
-use test_harness::envoy::{envoy_binary, wasm_path, EnvoyOptions};
+use test_harness::envoy::{wasm_path, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::Response;
 use test_harness::jwks_server::JwksBehaviour;
@@ -318,13 +317,7 @@ fn envoy_validates_the_mtls_variant_with_the_built_filter() {
     let dir = TempDir::new("mtls-validate");
     let mut config = rendered_variant(&ca, &dir.0);
     config.set_wasm_filename(&wasm_path().unwrap()).unwrap();
-    let path = dir.0.join("envoy.yaml");
-    std::fs::write(&path, config.to_yaml().unwrap()).unwrap();
-    let output = Command::new(envoy_binary().unwrap())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "envoy --mode validate failed:\n{log}");
+    if let Err(log) = test_harness::envoy::validate(&config).unwrap() {
+        panic!("envoy --mode validate failed:\n{log}");
+    }
 }

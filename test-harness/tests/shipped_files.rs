@@ -7,10 +7,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 
 use serde_yaml::Value as Yaml;
-use test_harness::envoy::{envoy_binary, wasm_path};
+use test_harness::envoy::{validate, wasm_path};
 use test_harness::envoy_config::{repo_root, EnvoyConfig};
 
 fn yaml(path: &Path) -> Yaml {
@@ -133,19 +132,9 @@ fn docker_compose_matches_envoy_yaml() {
 fn envoy_validates_the_shipped_config_with_the_built_filter() {
     let mut config = EnvoyConfig::shipped().unwrap();
     config.set_wasm_filename(&wasm_path().unwrap()).unwrap();
-    let dir = std::env::temp_dir().join(format!("nhi-validate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, config.to_yaml().unwrap()).unwrap();
-    let output = Command::new(envoy_binary().unwrap())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(output.status.success(), "envoy --mode validate failed:\n{log}");
-    assert!(log.contains("OK"), "{log}");
+    if let Err(log) = validate(&config).unwrap() {
+        panic!("envoy --mode validate failed:\n{log}");
+    }
 }
 
 #[test]
@@ -155,20 +144,11 @@ fn envoy_refuses_an_invalid_plugin_configuration_and_says_why() {
     let mut plugin = config.plugin_configuration().unwrap();
     plugin["issuers"][0]["audiences"] = serde_json::json!([]);
     config.set_plugin_configuration(&plugin).unwrap();
-    let dir = std::env::temp_dir().join(format!("nhi-invalid-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, config.to_yaml().unwrap()).unwrap();
-    let output = Command::new(envoy_binary().unwrap())
-        .args(["--mode", "validate", "--disable-hot-restart", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(!output.status.success(), "Envoy accepted an invalid plugin configuration:\n{log}");
-    assert!(
-        log.contains("`issuers[0].audiences` must list at least one non-empty audience"),
-        "the log must name the field and the reason:\n{log}"
-    );
+    match validate(&config).unwrap() {
+        Ok(log) => panic!("Envoy accepted an invalid plugin configuration:\n{log}"),
+        Err(log) => assert!(
+            log.contains("`issuers[0].audiences` must list at least one non-empty audience"),
+            "the log must name the field and the reason:\n{log}"
+        ),
+    }
 }

@@ -192,20 +192,9 @@ impl BenchEnvoy {
 
     /// SIGTERM, then SIGKILL after a grace period. Idempotent.
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
-        if matches!(child.try_wait(), Ok(Some(_))) {
-            return;
+        if let Some(mut child) = self.child.take() {
+            process::stop_child(&mut child, STOP_GRACE);
         }
-        let _ = process::signal(child.id(), "TERM");
-        let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            if matches!(child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            thread::sleep(POLL);
-        }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 
