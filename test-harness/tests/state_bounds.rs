@@ -64,6 +64,9 @@ fn distinct_identities_and_invalid_tokens_do_not_grow_state() {
     plugin["token_cache"] = json!({ "max_entries": 1024 });
     plugin["metrics"] = json!({ "max_identities": 100 });
     plugin["decision_log"] = json!({ "allowed_sample_rate": 0.0 });
+    // Every forged token must reach the signature check (the failure path is what is
+    // measured): the flood guard would refuse all but the first 100 without one.
+    plugin["flood_guard"] = json!({ "enabled": false });
     let mut stack = Stack::start_with(
         JwksBehaviour::serve(&keys::jwks([key])),
         EnvoyOptions::new().plugin_configuration(plugin).log_level("warning"),
