@@ -80,6 +80,8 @@ fn distinct_identities_and_invalid_tokens_do_not_grow_state() {
             .claim("iss", iss.as_str())
             .claim("aud", aud.as_str())
             .claim("sub", sub)
+            // A long stream outlives the default five minutes.
+            .claim("exp", mint::now() + 3_600)
             .sign(key)
             .unwrap()
     };
