@@ -152,3 +152,24 @@ fn envoy_refuses_an_invalid_plugin_configuration_and_says_why() {
         ),
     }
 }
+
+#[test]
+fn envoy_validates_the_benchmark_configs() {
+    use test_harness::bench::stacks::Stack as BenchStack;
+    let keys = test_harness::keys::TestKeys::shared().unwrap();
+    let jwks = keys.jwks();
+    let wasm = wasm_path().unwrap();
+    for stack in [
+        BenchStack::Router,
+        BenchStack::NativeJwt,
+        BenchStack::NativeStack,
+        BenchStack::NhiGuard,
+        BenchStack::NhiGuardSmallCache,
+    ] {
+        let rendered = stack.render(&jwks, &wasm).unwrap();
+        let config = EnvoyConfig::parse(&rendered).unwrap();
+        if let Err(log) = validate(&config).unwrap() {
+            panic!("envoy --mode validate refused the {stack} bench config:\n{log}");
+        }
+    }
+}
