@@ -17,12 +17,10 @@ use crate::reason::Rejection;
 use crate::route::RawClaim;
 
 use super::{invalid, mismatch, not_allowed, TokenFacts, MAX_ALLOWLIST};
-
-/// SPIFFE-ID §2.3: the maximum length of a SPIFFE ID (in bytes).
-pub const MAX_ID_BYTES: usize = 2048;
-/// SPIFFE-ID §2.1: the maximum length of a trust domain name.
-pub const MAX_TRUST_DOMAIN_BYTES: usize = 255;
-const SCHEME: &str = "spiffe://";
+// One SPIFFE ID parser for tokens and certificates alike.
+use crate::mtls::spiffe::{check_trust_domain, SpiffeId};
+#[cfg(test)]
+use crate::mtls::spiffe::{SpiffeError, MAX_SPIFFE_ID_LEN};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[cfg_attr(feature = "cli", derive(schemars::JsonSchema))]
@@ -39,50 +37,6 @@ pub struct Spiffe {
     trust_domains: Vec<String>,
 }
 
-/// A parsed SPIFFE ID.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpiffeId<'a> {
-    pub trust_domain: &'a str,
-    /// Empty, or `/`-separated segments starting with `/`.
-    pub path: &'a str,
-}
-
-/// Whether `name` is a trust domain name: lower-case letters, digits, `.`, `-`, `_`.
-pub fn valid_trust_domain(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_TRUST_DOMAIN_BYTES
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-}
-
-/// Parses a SPIFFE ID strictly (SPIFFE-ID §2): lower-case scheme and trust domain,
-/// no port, user info, query or fragment; path segments of letters, digits, `.`,
-/// `-`, `_`, none empty, `.` or `..`, no trailing `/`.
-pub fn parse_id(id: &str) -> Result<SpiffeId<'_>, &'static str> {
-    if id.len() > MAX_ID_BYTES {
-        return Err("SPIFFE ID is longer than 2048 bytes");
-    }
-    let rest = id.strip_prefix(SCHEME).ok_or("not a spiffe:// URI")?;
-    let (trust_domain, path) = match rest.find('/') {
-        Some(slash) => rest.split_at(slash),
-        None => (rest, ""),
-    };
-    if !valid_trust_domain(trust_domain) {
-        return Err("SPIFFE ID trust domain is invalid");
-    }
-    if !path.is_empty() {
-        let segments_ok = path.split('/').skip(1).all(|segment| {
-            !segment.is_empty()
-                && segment != "."
-                && segment != ".."
-                && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
-        });
-        if !segments_ok {
-            return Err("SPIFFE ID path is invalid");
-        }
-    }
-    Ok(SpiffeId { trust_domain, path })
-}
-
 pub fn compile(raw: RawSpiffe, at: &dyn Fn(&str) -> String) -> Result<Spiffe, ConfigError> {
     let field = at("profile.trust_domains");
     if raw.trust_domains.is_empty() || raw.trust_domains.len() > MAX_ALLOWLIST {
@@ -90,7 +44,7 @@ pub fn compile(raw: RawSpiffe, at: &dyn Fn(&str) -> String) -> Result<Spiffe, Co
     }
     let mut trust_domains: Vec<String> = Vec::with_capacity(raw.trust_domains.len());
     for (i, name) in raw.trust_domains.into_iter().enumerate() {
-        if !valid_trust_domain(&name) {
+        if check_trust_domain(&name).is_err() {
             return Err(invalid(
                 format!("{field}[{i}]"),
                 "must be a trust domain name such as \"prod.example.org\" (lower case, without spiffe://)",
@@ -106,16 +60,13 @@ pub fn compile(raw: RawSpiffe, at: &dyn Fn(&str) -> String) -> Result<Spiffe, Co
 impl Spiffe {
     /// The SPIFFE ID, once `sub` is a valid workload SPIFFE ID.
     pub fn identity(&self, facts: &TokenFacts<'_>) -> Result<String, Rejection> {
-        let id = parse_id(facts.subject).map_err(|why| mismatch(format!("sub: {why}")))?;
-        if id.path.is_empty() {
-            return Err(mismatch("sub is a trust domain, not a workload SPIFFE ID"));
-        }
-        Ok(facts.subject.to_owned())
+        let id = SpiffeId::parse(facts.subject).map_err(|why| mismatch(format!("sub {why}")))?;
+        Ok(id.as_str().to_owned())
     }
 
     pub fn admit(&self, facts: &TokenFacts<'_>) -> Result<(), Rejection> {
-        let id = parse_id(facts.subject).map_err(|why| mismatch(format!("sub: {why}")))?;
-        if self.trust_domains.iter().any(|td| td == id.trust_domain) {
+        let id = SpiffeId::parse(facts.subject).map_err(|why| mismatch(format!("sub {why}")))?;
+        if self.trust_domains.iter().any(|td| td == id.trust_domain()) {
             Ok(())
         } else {
             Err(not_allowed("SPIFFE trust domain is not allowed"))
@@ -166,11 +117,10 @@ mod tests {
 
     #[test]
     fn spiffe_id_syntax() {
-        assert_eq!(
-            parse_id("spiffe://td.example/a/b-c/d_e.f"),
-            Ok(SpiffeId { trust_domain: "td.example", path: "/a/b-c/d_e.f" })
-        );
-        assert_eq!(parse_id("spiffe://td"), Ok(SpiffeId { trust_domain: "td", path: "" }));
+        let id = SpiffeId::parse("spiffe://td.example/a/b-c/d_e.f").unwrap();
+        assert_eq!((id.trust_domain(), id.as_str()), ("td.example", "spiffe://td.example/a/b-c/d_e.f"));
+        // A trust domain alone names no workload.
+        assert_eq!(SpiffeId::parse("spiffe://td"), Err(SpiffeError::NoPath));
         for bad in [
             "",
             "spiffe://",
@@ -188,10 +138,10 @@ mod tests {
             "spiffe://td/x%20y",
             "https://td/x",
         ] {
-            assert!(parse_id(bad).is_err(), "{bad:?}");
+            assert!(SpiffeId::parse(bad).is_err(), "{bad:?}");
         }
-        let long = format!("spiffe://td/{}", "a".repeat(MAX_ID_BYTES));
-        assert!(parse_id(&long).is_err());
+        let long = format!("spiffe://td/{}", "a".repeat(MAX_SPIFFE_ID_LEN));
+        assert!(SpiffeId::parse(&long).is_err());
     }
 
     #[test]
