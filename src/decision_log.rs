@@ -348,19 +348,8 @@ mod tests {
 
     use super::*;
     use crate::alg::Alg;
-    use crate::config::Config;
     use crate::route::{Denial, DenyReason, RouteDenial};
-
-    fn config_with(extra: Value) -> Result<Config, ConfigError> {
-        let mut v = json!({"issuers": [{
-            "name": "ci", "issuer": "https://issuer.example", "audiences": ["a"],
-            "jwks": {"cluster": "c", "authority": "a", "path": "/jwks.json"}
-        }]});
-        for (k, val) in extra.as_object().unwrap() {
-            v[k] = val.clone();
-        }
-        Config::from_json(v.to_string().as_bytes())
-    }
+    use crate::testkit::config_with;
 
     #[test]
     fn decision_log_block_defaults_and_validation() {

@@ -414,19 +414,8 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::config::Config;
     use crate::store::MemoryStore;
-
-    fn config_with(extra: serde_json::Value) -> Result<Config, ConfigError> {
-        let mut v = json!({"issuers": [{
-            "name": "ci", "issuer": "https://issuer.example", "audiences": ["a"],
-            "jwks": {"cluster": "c", "authority": "a", "path": "/jwks.json"}
-        }]});
-        for (k, val) in extra.as_object().unwrap() {
-            v[k] = val.clone();
-        }
-        Config::from_json(v.to_string().as_bytes())
-    }
+    use crate::testkit::config_with;
 
     #[test]
     fn metrics_block_defaults_and_validation() {

@@ -102,3 +102,15 @@ pub fn public_key(alg: Alg) -> PublicKey {
         _ => PublicKey::Rsa(RsaPublicKey::from(&k.rsa)),
     }
 }
+
+/// A one-issuer configuration with `extra` top-level members: for tests of one block.
+pub fn config_with(extra: Value) -> Result<crate::config::Config, crate::config::ConfigError> {
+    let mut v = json!({"issuers": [{
+        "name": "ci", "issuer": "https://issuer.example", "audiences": ["a"],
+        "jwks": {"cluster": "c", "authority": "a", "path": "/jwks.json"}
+    }]});
+    for (k, val) in extra.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    crate::config::Config::from_json(v.to_string().as_bytes())
+}

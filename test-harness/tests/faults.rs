@@ -27,14 +27,10 @@ fn plugin(refresh_seconds: u64, max_stale_seconds: u64) -> Value {
     plugin
 }
 
+/// A valid token and the same token with a forged signature.
 fn tokens(stack: &Stack) -> (String, String) {
     let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
-    let valid = Token::new(Alg::Es256)
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .sign(key)
-        .unwrap();
+    let valid = stack.token(key, mint::DEFAULT_SUBJECT, &[]).unwrap();
     (valid.clone(), mint::tamper_signature(&valid).unwrap())
 }
 

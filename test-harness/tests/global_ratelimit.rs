@@ -16,7 +16,6 @@ use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::{self, Response};
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKeys};
-use test_harness::mint::{Alg, Token};
 use test_harness::rls::{self, RateLimitDouble, RESET_SECONDS};
 use test_harness::stack::Stack;
 
@@ -80,26 +79,11 @@ impl Fleet {
 }
 
 fn token(stack: &Stack, sub: &str) -> String {
-    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
-    Token::new(Alg::Es256)
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .claim("sub", sub)
-        .sign(key)
-        .unwrap()
+    stack.token(TestKeys::shared().unwrap().by_type(KeyType::P256), sub, &[]).unwrap()
 }
 
 fn expired_token(stack: &Stack, sub: &str) -> String {
-    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
-    Token::new(Alg::Es256)
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .claim("sub", sub)
-        .claim("exp", 1_000)
-        .sign(key)
-        .unwrap()
+    stack.token(TestKeys::shared().unwrap().by_type(KeyType::P256), sub, &[("exp", 1_000.into())]).unwrap()
 }
 
 fn backend(response: &Response) -> String {

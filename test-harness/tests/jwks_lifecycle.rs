@@ -13,7 +13,7 @@ use test_harness::envoy::EnvoyOptions;
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKey, TestKeys};
-use test_harness::mint::{Alg, Token};
+use test_harness::mint;
 use test_harness::stack::Stack;
 
 /// The shipped plugin configuration with `issuers[0].jwks` fields overridden.
@@ -31,12 +31,7 @@ fn start(jwks: JwksBehaviour, plugin: Value) -> Stack {
 }
 
 fn token(stack: &Stack, key: &TestKey) -> String {
-    Token::new(Alg::default_for(key.key_type()))
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .sign(key)
-        .unwrap()
+    stack.token(key, mint::DEFAULT_SUBJECT, &[]).unwrap()
 }
 
 fn status(stack: &Stack, token: &str) -> u16 {

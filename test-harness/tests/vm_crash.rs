@@ -15,7 +15,7 @@ use test_harness::envoy::EnvoyOptions;
 use test_harness::envoy_config::{repo_root, EnvoyConfig};
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKeys};
-use test_harness::mint::{self, Alg, Token};
+use test_harness::mint;
 use test_harness::stack::Stack;
 
 const PANIC_HEADER: &str = "x-nhi-debug-panic";
@@ -43,14 +43,10 @@ fn start(failure_policy: &str) -> Stack {
     Stack::start_with(JwksBehaviour::serve(&keys::jwks([key])), EnvoyOptions::new().config(config)).unwrap()
 }
 
+/// A valid token and the same token with a forged signature.
 fn tokens(stack: &Stack) -> (String, String) {
     let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
-    let valid = Token::new(Alg::Es256)
-        .kid(key.kid())
-        .claim("iss", stack.issuer().unwrap())
-        .claim("aud", stack.audience().unwrap())
-        .sign(key)
-        .unwrap();
+    let valid = stack.token(key, mint::DEFAULT_SUBJECT, &[]).unwrap();
     (valid.clone(), mint::tamper_signature(&valid).unwrap())
 }
 
