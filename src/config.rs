@@ -45,6 +45,8 @@ pub struct Config {
     pub flood_guard: Option<crate::flood_guard::FloodGuard>,
     /// The shared verified-token cache; `None` when `token_cache.max_entries` is 0.
     pub token_cache: Option<crate::token_cache::TokenCache>,
+    /// Which proxy-wasm host to expect (`auto`: probe it at start).
+    pub host: crate::capabilities::HostSetting,
     /// A digest of the configuration bytes: cached verifications made under another
     /// configuration are not reused.
     pub fingerprint: u64,
@@ -192,6 +194,8 @@ pub(crate) struct RawConfig {
     token_cache: Option<crate::token_cache::RawTokenCache>,
     #[serde(default)]
     flood_guard: Option<crate::flood_guard::RawFloodGuard>,
+    #[serde(default)]
+    host: crate::capabilities::HostSetting,
     #[cfg(feature = "fault-injection")]
     #[serde(default)]
     fault_injection: Option<RawFaultInjection>,
@@ -472,6 +476,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let decision_log = crate::decision_log::compile(raw.decision_log, "decision_log")?;
     let token_cache = crate::token_cache::compile(raw.token_cache, "token_cache")?;
     let flood_guard = crate::flood_guard::compile(raw.flood_guard, "flood_guard")?;
+    check_host(raw.host, &issuers, mtls.is_some())?;
     let config = Config {
         issuers,
         token,
@@ -484,12 +489,41 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         mtls,
         token_cache,
         flood_guard,
+        host: raw.host,
         fingerprint: 0,
         #[cfg(feature = "fault-injection")]
         panic_header: raw.fault_injection.map(|f| f.panic_header),
     };
     crate::mtls::check(&config)?;
     Ok(config)
+}
+
+/// What `host: apisix` cannot do: APISIX's proxy-wasm host exposes no client
+/// certificate to filters, and OIDC discovery needs the background fetcher (two
+/// dependent callouts) that only an Envoy-grade host runs.
+fn check_host(
+    host: crate::capabilities::HostSetting,
+    issuers: &[Issuer],
+    mtls: bool,
+) -> Result<(), ConfigError> {
+    if host != crate::capabilities::HostSetting::Apisix {
+        return Ok(());
+    }
+    if mtls {
+        return Err(ConfigError::invalid(
+            "mtls",
+            "is not available with `host: apisix` (its proxy-wasm host exposes no client certificate)",
+        ));
+    }
+    for (i, issuer) in issuers.iter().enumerate() {
+        if matches!(&issuer.jwks, JwksSource::Remote(r) if r.discovery.is_some()) {
+            return Err(ConfigError::invalid(
+                format!("issuers[{i}].jwks.discovery"),
+                "is not available with `host: apisix`: configure the JWKS location (`cluster` as host:port, `path`)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer, ConfigError> {
@@ -947,5 +981,30 @@ mod tests {
             err,
             "invalid plugin configuration: `issuers[0].audiences` must list at least one non-empty audience"
         );
+    }
+
+    #[test]
+    fn host_defaults_to_auto_and_apisix_refuses_what_it_cannot_do() {
+        use crate::capabilities::HostSetting;
+        assert_eq!(compile_value(base()).unwrap().host, HostSetting::Auto);
+        let mut v = base();
+        v["host"] = json!("apisix");
+        // On APISIX the JWKS "cluster" is the host:port the callout goes to.
+        v["issuers"][0]["jwks"]["cluster"] = json!("127.0.0.1:8081");
+        assert_eq!(compile_value(v.clone()).unwrap().host, HostSetting::Apisix);
+        let mut with_discovery = v.clone();
+        with_discovery["issuers"][0]["discovery"] = json!({"cluster": "idp:443", "authority": "idp.example"});
+        with_discovery["issuers"][0]["jwks"] = json!({"refresh_seconds": 600});
+        assert_eq!(invalid_field(with_discovery.clone()), "issuers[0].jwks.discovery");
+        // Discovery itself is valid: only `host: apisix` refuses it.
+        with_discovery["host"] = json!("auto");
+        assert!(compile_value(with_discovery).is_ok());
+        v["mtls"] = json!({ "trust_domains": ["example.org"] });
+        assert_eq!(invalid_field(v.clone()), "mtls");
+        v["host"] = json!("envoy");
+        assert!(compile_value(v).is_ok());
+        let mut bad = base();
+        bad["host"] = json!("nginx");
+        assert!(matches!(compile_value(bad), Err(ConfigError::Syntax(_))));
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod alg;
 pub mod b64;
+pub mod capabilities;
 pub mod claims;
 pub mod config;
 pub mod decision_log;

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
 
+use crate::capabilities::Probed;
 use crate::reason::LocalReply;
 use crate::store::{Store, StoreError, Versioned};
 
@@ -144,29 +145,42 @@ unsafe fn owned_buffer(data: *mut u8, size: usize) -> Option<Vec<u8>> {
     }
 }
 
-/// Unix time in nanoseconds: the proxy clock, or WASI's where the host has none.
-pub fn now_ns() -> u64 {
+/// The proxy clock, if the host has one. api7's APISIX host answers `Ok` without
+/// writing the time, so a zero is "no clock" too.
+fn proxy_clock_ns() -> Option<u64> {
     let mut nanos: u64 = 0;
     // SAFETY: a valid out-pointer.
     let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
-    if status == abi::OK {
-        return nanos;
-    }
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
+    (status == abi::OK && nanos != 0).then_some(nanos)
+}
+
+/// Unix time in nanoseconds: the proxy clock, or WASI's where the host has none.
+pub fn now_ns() -> u64 {
+    proxy_clock_ns().unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    })
 }
 
 /// Unix time in milliseconds: the proxy clock, or WASI's where the host has none.
 pub fn now_ms() -> u64 {
-    let mut nanos: u64 = 0;
-    // SAFETY: a valid out-pointer.
-    let status = unsafe { abi::proxy_get_current_time_nanoseconds(&mut nanos) };
-    if status == abi::OK {
-        return nanos / 1_000_000;
-    }
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    now_ns() / 1_000_000
+}
+
+/// What this host can do, judged by what each call does rather than by its status
+/// (see `capabilities`): a clock that tells the time, shared data that keeps a
+/// value written to it, a tick period the host accepts.
+pub fn probe(nonce: u64) -> Probed {
+    let clock = proxy_clock_ns().is_some();
+    let key = "nhi-guard/probe";
+    let value = nonce.to_be_bytes();
+    let shared_data = SharedData.set(key, &value, None).is_ok()
+        && matches!(SharedData.get(key), Ok((Some(read), _)) if read == value);
+    // Period 0 stops a tick: harmless here, the root sets its own period afterwards.
+    let timers = set_tick_period(Duration::ZERO).is_ok();
+    Probed { shared_data, timers, clock }
 }
 
 pub fn log_critical(message: &str) {
@@ -364,12 +378,9 @@ impl Store for SharedData {
 /// A connection or stream property (e.g. `["source", "address"]`), or `None` if
 /// the host does not know it.
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
-    // The ABI encodes a path as its segments, each followed by a NUL byte.
-    let mut encoded = Vec::with_capacity(path.iter().map(|p| p.len() + 1).sum());
-    for segment in path {
-        encoded.extend_from_slice(segment.as_bytes());
-        encoded.push(0);
-    }
+    // The ABI encodes a path as its segments separated by NUL bytes (no trailing
+    // one: APISIX looks a one-segment path up as an nginx variable, byte for byte).
+    let encoded = path.join("\0");
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: valid path and out-pointers; the returned buffer is ours.
@@ -378,6 +389,12 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
         return None;
     }
     unsafe { owned_buffer(data, size) }
+}
+
+/// The downstream address: Envoy's `source.address` (`ip:port`), or nginx's
+/// `remote_addr` variable (`ip`) on APISIX.
+pub fn source_address() -> Option<String> {
+    property_string(&["source", "address"]).or_else(|| property_string(&["remote_addr"]))
 }
 
 /// A property as UTF-8 text.

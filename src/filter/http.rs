@@ -8,27 +8,32 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
+use crate::capabilities::KeyFetch;
 use crate::route::{self, RequestInfo};
 use crate::token::Extracted;
 
 use super::host;
 use super::observe;
+use super::on_request::{self, Pending, Purpose};
 use super::pipeline::{self, Request, Step, Waiter};
 use super::root::Vm;
 
 pub struct Http {
     vm: Rc<Vm>,
     request: Rc<RefCell<Request>>,
+    /// The JWKS callout this request made (keys fetched on request).
+    fetch: Option<Pending>,
 }
 
 impl Http {
     pub fn new(vm: Rc<Vm>, context_id: u32) -> Self {
-        Http { vm, request: Rc::new(RefCell::new(Request { context_id, ..Request::default() })) }
+        Http { vm, request: Rc::new(RefCell::new(Request { context_id, ..Request::default() })), fetch: None }
     }
 
     fn start(&mut self) -> Action {
         let vm = Rc::clone(&self.vm);
-        let mut request = self.request.borrow_mut();
+        let shared_request = Rc::clone(&self.request);
+        let mut request = shared_request.borrow_mut();
         request.observed.started_ns = Some(host::now_ns());
         if let Err(err) = pipeline::strip_managed_headers(&vm) {
             pipeline::refuse(&vm, &request, &pipeline::internal(err));
@@ -36,7 +41,7 @@ impl Http {
             return Action::Pause;
         }
         request.request_id = host::request_header("x-request-id").ok().flatten();
-        let source = host::property_string(&["source", "address"]);
+        let source = host::source_address();
         request.info = RequestInfo {
             path: host::request_header(":path").ok().flatten().unwrap_or_default(),
             host: host::request_header(":authority").ok().flatten(),
@@ -60,7 +65,12 @@ impl Http {
             Extracted::Absent => None,
             Extracted::Token(raw) => Some(raw.to_owned()),
         };
-        match pipeline::run(&vm, &mut request, host::now_ms()) {
+        let now = host::now_ms();
+        let step = pipeline::run(&vm, &mut request, now);
+        if vm.plan.key_fetch == KeyFetch::OnRequest {
+            return self.fetching_on_request(&vm, &mut request, step, now);
+        }
+        match step {
             Step::Continue => Action::Continue,
             Step::Replied => Action::Pause,
             Step::Wait { issuer, deadline_ms } => {
@@ -74,10 +84,44 @@ impl Http {
             }
         }
     }
+
+    /// Where keys are fetched on request: a request waiting for keys fetches them
+    /// (or, with a fetch already in flight, is decided without them); an allowed
+    /// request whose keys are due refreshes them before it goes on.
+    fn fetching_on_request(&mut self, vm: &Vm, request: &mut Request, step: Step, now: u64) -> Action {
+        let context_id = request.context_id;
+        match step {
+            Step::Wait { issuer, .. } => {
+                if let Some(pending) = on_request::start(vm, issuer, context_id, Purpose::Decide, now) {
+                    self.fetch = Some(pending);
+                    return Action::Pause;
+                }
+                request.waited = true;
+                match pipeline::run(vm, request, now) {
+                    Step::Continue => Action::Continue,
+                    Step::Replied | Step::Wait { .. } => Action::Pause,
+                }
+            }
+            Step::Continue => {
+                let due = request.verified_issuer.filter(|&i| on_request::refresh_due(vm, i, now));
+                match due.and_then(|i| on_request::start(vm, i, context_id, Purpose::Refresh, now)) {
+                    Some(pending) => {
+                        self.fetch = Some(pending);
+                        Action::Pause
+                    }
+                    None => Action::Continue,
+                }
+            }
+            Step::Replied => Action::Pause,
+        }
+    }
 }
 
 impl Drop for Http {
     fn drop(&mut self) {
+        if let Some(pending) = self.fetch.take() {
+            on_request::abandon(&self.vm, &pending);
+        }
         // A request that ends (e.g. the client went away) while parked is forgotten.
         let id = self.request.try_borrow().map(|r| r.context_id).ok();
         if let (Some(id), Ok(mut waiters)) = (id, self.vm.waiters.try_borrow_mut()) {
@@ -86,7 +130,27 @@ impl Drop for Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let Some(pending) = self.fetch.take_if(|p| p.token == token_id) else { return };
+        let vm = Rc::clone(&self.vm);
+        let now = host::now_ms();
+        on_request::finish(&vm, &pending, body_size, now);
+        let go_on = match pending.purpose {
+            Purpose::Refresh => true,
+            Purpose::Decide => {
+                let Ok(mut request) = self.request.try_borrow_mut() else { return };
+                request.waited = true;
+                pipeline::run(&vm, &mut request, now) == Step::Continue
+            }
+        };
+        if go_on {
+            if let Err(err) = host::resume_request() {
+                log::warn!("cannot resume a request after fetching keys: {err}");
+            }
+        }
+    }
+}
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -7,6 +7,7 @@
 mod host;
 mod http;
 mod observe;
+mod on_request;
 mod pipeline;
 mod root;
 

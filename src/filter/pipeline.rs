@@ -38,6 +38,8 @@ pub struct Request {
     pub token: Option<String>,
     /// Whether this request already waited once for keys.
     pub waited: bool,
+    /// The issuer (index) whose keys verified the token, once decided.
+    pub verified_issuer: Option<usize>,
     /// Headers for the response to an allowed request (quota state).
     pub response_headers: Vec<(String, String)>,
     /// Path, host, method, Envoy route name and source address.
@@ -133,6 +135,10 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         && request.token.as_deref().is_some_and(|raw| route::names_machine_issuer(config, raw));
     request.token = None;
 
+    request.verified_issuer = match &verification {
+        Some(Ok(v)) => Some(v.issuer),
+        _ => None,
+    };
     let issuer_name = match &verification {
         Some(Ok(v)) => config.issuers.get(v.issuer).map(|i| i.name.as_str()).unwrap_or_default(),
         _ => "",

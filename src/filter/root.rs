@@ -13,15 +13,17 @@ use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
+use crate::capabilities::{KeyFetch, Plan, StateScope};
 use crate::config::{Config, JwksSource, RemoteJwks};
 use crate::discovery::{self, DiscoveryEndpoint, JwksLocation, Located};
 use crate::jwks::{self, JwksError, MAX_JWKS_BYTES};
 use crate::keyshare::{self, Acquire, LocalKeys, Record, SharedKeys};
-use crate::store::{MemoryStore, Store, StoreError};
+use crate::store::{MemoryStore, Store};
 
 use super::host::{self, SharedData};
 use super::http::Http;
 use super::observe;
+use super::on_request::OnRequestFetch;
 use super::pipeline::{self, Step, Waiter};
 
 /// How often each worker looks at the shared keys and whether a fetch is due.
@@ -43,6 +45,10 @@ pub struct Vm {
     pub store: Box<dyn Store>,
     /// Metric ids and the identity bound of this VM.
     pub observer: observe::Observer,
+    /// How this host is used (see `capabilities`).
+    pub plan: Plan,
+    /// Per issuer: the fetch requests make themselves when keys are fetched on request.
+    pub on_request: RefCell<Vec<OnRequestFetch>>,
 }
 
 /// A fetch in flight, by callout token.
@@ -100,15 +106,32 @@ impl Root {
                 JwksSource::Inline(_) => None,
             })
             .collect();
-        let store: Box<dyn Store> =
-            if matches!(SharedData.get("nhi-guard/probe"), Err(StoreError::Unavailable)) {
-                warn!(
-                    "the host has no shared data: each worker fetches its own keys and keeps its own quotas"
+        let plan = match Plan::choose(config.host, host::probe(self.me)) {
+            Ok(plan) => plan,
+            Err(err) => {
+                error!("{err}; refusing to start");
+                return false;
+            }
+        };
+        info!("{plan}");
+        if plan.key_fetch == KeyFetch::OnRequest {
+            if let Some(issuer) = config
+                .issuers
+                .iter()
+                .find(|i| matches!(&i.jwks, JwksSource::Remote(r) if r.discovery.is_some()))
+            {
+                error!(
+                    "issuer {}: OIDC discovery needs the background fetcher, which this host cannot run; \
+                     configure the JWKS location instead; refusing to start",
+                    issuer.name
                 );
-                Box::new(MemoryStore::default())
-            } else {
-                Box::new(SharedData)
-            };
+                return false;
+            }
+        }
+        let store: Box<dyn Store> = match plan.state {
+            StateScope::Shared => Box::new(SharedData),
+            StateScope::PerVm => Box::new(MemoryStore::default()),
+        };
         if let Some(quotas) = &config.quotas {
             // Create every quota key now, so requests never race to create one.
             if let Err(err) = quotas.prepare(store.as_ref()) {
@@ -116,7 +139,9 @@ impl Root {
                 return false;
             }
         }
-        let needs_fetching = self.shared.iter().any(Option::is_some);
+        let needs_fetching =
+            plan.key_fetch == KeyFetch::Background && self.shared.iter().any(Option::is_some);
+        let on_request = config.issuers.iter().map(|_| OnRequestFetch::default()).collect();
         info!(
             "configured: {} issuer(s): {}",
             config.issuers.len(),
@@ -129,6 +154,8 @@ impl Root {
             waiters: RefCell::new(Vec::new()),
             store,
             observer,
+            plan,
+            on_request: RefCell::new(on_request),
         }));
         self.pending.clear();
         if needs_fetching {
@@ -145,6 +172,12 @@ impl Root {
 
     fn tick(&mut self, now: u64) {
         let Some(vm) = self.vm.clone() else { return };
+        if vm.plan.key_fetch == KeyFetch::OnRequest {
+            // Requests fetch their own keys; never call out from here (on APISIX a
+            // callout outside a request crashes nginx).
+            observe::jwks_gauges(&vm, now);
+            return;
+        }
         for (index, issuer) in vm.config.issuers.iter().enumerate() {
             let (JwksSource::Remote(remote), Some(Some(shared))) = (&issuer.jwks, self.shared.get(index))
             else {
@@ -414,14 +447,29 @@ impl Root {
     }
 }
 
-fn random_u64() -> u64 {
+/// The JWKS in the response of the current callout: the body and its keys, or why not.
+pub(super) fn read_jwks(
+    body_size: usize,
+    key_use: jwks::KeyUse,
+) -> Result<(Vec<u8>, jwks::ParsedJwks), String> {
+    match host::http_call_response(body_size, MAX_JWKS_BYTES) {
+        (None, _) => Err("no response (connection refused, reset or timed out)".to_owned()),
+        (Some(200), Ok(body)) => {
+            jwks::parse_for(&body, key_use).map(|parsed| (body, parsed)).map_err(|e| e.to_string())
+        }
+        (Some(200), Err(bytes)) => Err(JwksError::TooLarge { bytes, limit: MAX_JWKS_BYTES }.to_string()),
+        (Some(status), _) => Err(format!("key server answered HTTP {status}")),
+    }
+}
+
+pub(super) fn random_u64() -> u64 {
     let mut hasher = RandomState::new().build_hasher();
     hasher.write_u64(host::now_ms());
     hasher.finish()
 }
 
 /// A value in `0..=1` to spread retries; not security-relevant.
-fn jitter() -> f64 {
+pub(super) fn jitter() -> f64 {
     (random_u64() % 1_000) as f64 / 999.0
 }
 
@@ -443,14 +491,7 @@ impl Context for Root {
             .as_ref()
             .and_then(|vm| vm.config.issuers.get(fetch.issuer).map(|i| i.key_use()))
             .unwrap_or_default();
-        let outcome = match host::http_call_response(body_size, MAX_JWKS_BYTES) {
-            (None, _) => Err("no response (connection refused, reset or timed out)".to_owned()),
-            (Some(200), Ok(body)) => {
-                jwks::parse_for(&body, key_use).map(|parsed| (body, parsed)).map_err(|e| e.to_string())
-            }
-            (Some(200), Err(bytes)) => Err(JwksError::TooLarge { bytes, limit: MAX_JWKS_BYTES }.to_string()),
-            (Some(status), _) => Err(format!("key server answered HTTP {status}")),
-        };
+        let outcome = read_jwks(body_size, key_use);
         if outcome.is_err() && fetch.stage == (Stage::Jwks { discovered: true }) {
             // The keys may have moved (a 404): look them up again on the next attempt.
             self.forget_location(fetch.issuer);
