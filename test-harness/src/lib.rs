@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod emulator;
 pub mod envoy;
 pub mod envoy_config;
 pub mod http;
