@@ -19,6 +19,7 @@ pub mod mint;
 pub mod oci;
 pub mod process;
 pub mod rls;
+pub mod scenarios;
 pub mod stack;
 pub mod tls;
 pub mod upstream;

@@ -692,6 +692,17 @@ impl Host {
     /// A host running the module at `wasm`.
     pub fn with_wasm(profile: Profile, wasm: &Path) -> Result<Self> {
         let (engine, module) = compiled(wasm)?;
+        Self::with_module(profile, engine, module, wasm)
+    }
+
+    /// A host running a binary module given as bytes (e.g. a test module built with `wat`).
+    pub fn with_bytes(profile: Profile, wasm: &[u8]) -> Result<Self> {
+        let engine = Engine::default();
+        let module = Module::new(&engine, wasm).map_err(|e| anyhow!("compiling the module: {e:#}"))?;
+        Self::with_module(profile, engine, module, Path::new("<bytes>"))
+    }
+
+    fn with_module(profile: Profile, engine: Engine, module: Module, wasm: &Path) -> Result<Self> {
         let api = match profile {
             Profile::Full => HostApi::envoy(),
             Profile::ApisixLike | Profile::ApisixNoop => HostApi::apisix(),

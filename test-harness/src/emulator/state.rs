@@ -291,7 +291,8 @@ impl VmState {
             host_calls: BTreeMap::new(),
             violations: Vec::new(),
             unemulated: Vec::new(),
-            rng: seed | 1,
+            // Spread small seeds over all bits (xorshift needs a non-zero state).
+            rng: seed.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
         }
     }
 

@@ -1,0 +1,343 @@
+//! nhi-guard's release wasm in the proxy-wasm host emulator: the scenario table under
+//! every profile (Envoy-like, APISIX-like, APISIX with do-nothing calls), what is
+//! specific to APISIX (keys fetched by requests, per-VM quotas, property names), and
+//! the emulator's own guarantees (traps captured, APISIX crash paths recorded, ticks
+//! only where the host has timers).
+//!
+//! Needs the release wasm (`make wasm`, or `NHI_WASM`). Runs in a few seconds.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::json;
+use test_harness::emulator::{CalloutReply, Flow, Host, Profile, Request, UpstreamResponse};
+use test_harness::keys::{KeyType, TestKeys};
+use test_harness::mint::{self, Alg, Token};
+use test_harness::scenarios::{Outcome, Table};
+
+/// `issuers[0].jwks.cluster` per profile: an Envoy cluster, or nginx's `host:port`.
+fn jwks_upstream(profile: Profile) -> &'static str {
+    if profile.is_apisix() {
+        "127.0.0.1:18080"
+    } else {
+        "jwks_demo"
+    }
+}
+
+/// Runs the whole table on a fresh host; returns `(label, outcome)` per step and
+/// fails listing every mismatch.
+fn run_table(profile: Profile) -> Vec<(String, Outcome)> {
+    let table = Table::new(jwks_upstream(profile)).unwrap();
+    let mut host = Host::new(profile).unwrap();
+    table.start(&mut host).unwrap();
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    for step in table.steps() {
+        let exchange =
+            table.run_step(&mut host, step).unwrap_or_else(|err| panic!("{profile} {}: {err:#}", step.label));
+        let outcome = Outcome::from_exchange(&exchange);
+        let mismatches = step.expected(profile.shares_state()).mismatches(&outcome);
+        if !mismatches.is_empty() {
+            failures.push(format!("{profile} {}: {}", step.label, mismatches.join("; ")));
+        }
+        outcomes.push((step.label.clone(), outcome));
+    }
+    for (index, worker) in host.workers().iter().enumerate() {
+        assert!(worker.trap().is_none(), "{profile} worker {index} trapped: {:?}", worker.trap());
+        assert!(worker.violations().is_empty(), "{profile} worker {index}: {:?}", worker.violations());
+        assert!(
+            worker.unemulated_calls().is_empty(),
+            "{profile} worker {index}: {:?}",
+            worker.unemulated_calls()
+        );
+    }
+    assert!(failures.is_empty(), "{} step(s) failed:\n{}", failures.len(), failures.join("\n"));
+    outcomes
+}
+
+#[test]
+fn scenario_table_under_the_envoy_profile() {
+    let outcomes = run_table(Profile::Full);
+    assert!(outcomes.len() >= 20, "{}", outcomes.len());
+}
+
+#[test]
+fn scenario_table_under_the_apisix_profile() {
+    run_table(Profile::ApisixLike);
+}
+
+#[test]
+fn scenario_table_under_the_apisix_noop_profile() {
+    run_table(Profile::ApisixNoop);
+}
+
+fn token(sub: &str) -> String {
+    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
+    let table = Table::new("x:1").unwrap();
+    let iss = table.plugin["issuers"][0]["issuer"].as_str().unwrap().to_owned();
+    let aud = table.plugin["issuers"][0]["audiences"][0].as_str().unwrap().to_owned();
+    Token::new(Alg::Es256).claim("iss", iss).claim("aud", aud).claim("sub", sub).sign(key).unwrap()
+}
+
+/// APISIX: keys are fetched by the request that needs them, from the HTTP context,
+/// at `host:port`; requests arriving while that fetch is in flight are refused with
+/// 503 (the host has no timer to wake them later); the fetching request then goes on.
+#[test]
+fn apisix_fetches_keys_from_the_request_and_refuses_others_meanwhile() {
+    for profile in [Profile::ApisixLike, Profile::ApisixNoop] {
+        let table = Table::new(jwks_upstream(profile)).unwrap();
+        let mut host = Host::new(profile).unwrap();
+        let w = host.start_worker_json(&table.plugin).unwrap();
+        let worker = host.worker(w).unwrap();
+        assert!(worker.callouts().is_empty(), "{profile}: a callout from the root context");
+
+        let first = worker.start_request(&Request::get("/api/first").bearer(&token("first"))).unwrap();
+        assert_eq!(worker.stream(first).unwrap().flow, Flow::Paused, "{profile}");
+        let callouts = worker.callouts();
+        assert_eq!(callouts.len(), 1, "{profile}: {callouts:?}");
+        assert_eq!(callouts[0].upstream, jwks_upstream(profile));
+        assert_eq!(callouts[0].context, first, "{profile}: the callout belongs to the request");
+        assert_eq!(callouts[0].header(":path"), Some("/jwks.json"));
+
+        let second = worker.send(&Request::get("/api/second").bearer(&token("second"))).unwrap();
+        assert_eq!(second.status, 503, "{profile}: {:?}", String::from_utf8_lossy(&second.body));
+        assert_eq!(second.reason().as_deref(), Some("keys_unavailable"), "{profile}");
+
+        let reply = table.answer(&callouts[0].upstream, callouts[0].header(":path"));
+        worker.answer_callout(callouts[0].token, Some(reply)).unwrap();
+        let first = worker.finish(first, &UpstreamResponse::ok()).unwrap();
+        assert_eq!(first.status, 200, "{profile}: {:?}", String::from_utf8_lossy(&first.body));
+        assert_eq!(first.upstream_header("x-nhi-identity"), Some("first"));
+
+        let third = worker.send(&Request::get("/api/third").bearer(&token("third"))).unwrap();
+        assert_eq!(third.status, 200, "{profile}");
+        assert!(worker.callouts().is_empty(), "{profile}: keys are cached in the VM");
+        assert!(worker.violations().is_empty(), "{profile}: {:?}", worker.violations());
+    }
+}
+
+/// A failed fetch answers the waiting request (503), and the next request may try
+/// again once the backoff passes.
+#[test]
+fn apisix_failed_fetch_refuses_the_waiting_request() {
+    let profile = Profile::ApisixLike;
+    let table = Table::new(jwks_upstream(profile)).unwrap();
+    let mut host = Host::new(profile).unwrap();
+    let w = host.start_worker_json(&table.plugin).unwrap();
+    let worker = host.worker(w).unwrap();
+    let id = worker.start_request(&Request::get("/api/x").bearer(&token("x"))).unwrap();
+    let callout = worker.callouts().pop().unwrap();
+    worker.answer_callout(callout.token, Some(CalloutReply::new(500, "down"))).unwrap();
+    let exchange = worker.finish(id, &UpstreamResponse::ok()).unwrap();
+    assert_eq!(exchange.status, 503);
+    assert_eq!(exchange.reason().as_deref(), Some("keys_unavailable"));
+    assert!(worker.violations().is_empty(), "{:?}", worker.violations());
+}
+
+/// Source addresses reach the filter under each host's property name: Envoy's
+/// `source.address` (`ip:port`), nginx's `remote_addr` (`ip`).
+#[test]
+fn source_cidrs_see_the_client_address_under_every_profile() {
+    for profile in Profile::ALL {
+        let mut table = Table::new(jwks_upstream(profile)).unwrap();
+        let routes = table.plugin["routes"].as_array_mut().unwrap();
+        routes.insert(
+            0,
+            json!({ "name": "internal", "match": { "prefix": "/internal/" }, "audience": "machine",
+                                 "source_cidrs": ["10.0.0.0/8"] }),
+        );
+        let mut host = Host::new(profile).unwrap();
+        table.start(&mut host).unwrap();
+        let inside =
+            Request::get("/internal/a").bearer(&table.warmup_token).source("10.1.2.3:5555".parse().unwrap());
+        let outside =
+            Request::get("/internal/b").bearer(&table.warmup_token).source("192.0.2.1:5555".parse().unwrap());
+        let refused = table.run_request(&mut host, 0, &outside).unwrap();
+        assert_eq!(
+            (refused.status, refused.reason().as_deref()),
+            (403, Some("source_not_allowed")),
+            "{profile}"
+        );
+        let allowed = table.run_request(&mut host, 0, &inside).unwrap();
+        assert_eq!(allowed.status, 200, "{profile}: {:?}", String::from_utf8_lossy(&allowed.body));
+    }
+}
+
+/// Envoy-like: the root context fetches on its tick (one fetcher per proxy), both
+/// workers use the keys through shared data, and metrics are kept.
+#[test]
+fn envoy_profile_fetches_on_tick_and_shares_keys_and_counts_metrics() {
+    let table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+    let mut host = Host::new(Profile::Full).unwrap();
+    let a = host.start_worker_json(&table.plugin).unwrap();
+    let b = host.start_worker_json(&table.plugin).unwrap();
+    assert!(host.worker(a).unwrap().tick_period() > Duration::ZERO);
+    assert!(host.worker(a).unwrap().callouts().is_empty(), "no fetch before the first tick");
+    host.advance(Duration::from_millis(600)).unwrap();
+    let pending: usize = host.workers().iter().map(|w| w.callouts().len()).sum();
+    assert_eq!(pending, 1, "one fetcher per proxy (the lease is in shared data)");
+    let fetcher = host.workers().iter().position(|w| !w.callouts().is_empty()).unwrap();
+    assert_eq!(host.worker(fetcher).unwrap().callouts()[0].context, 1, "fetched by the root context");
+    table.answer_all(&mut host).unwrap();
+    host.advance(Duration::from_millis(600)).unwrap();
+    assert!(!host.shared_data().is_empty());
+    for w in [a, b] {
+        let exchange =
+            host.worker(w).unwrap().send(&Request::get("/api/x").bearer(&table.warmup_token)).unwrap();
+        assert_eq!(exchange.status, 200, "worker {w}: {:?}", String::from_utf8_lossy(&exchange.body));
+    }
+    let counted: i64 =
+        host.metrics().iter().filter(|m| m.name.contains("nhi_requests_total")).map(|m| m.value).sum();
+    assert_eq!(counted, 2, "{:#?}", host.metrics());
+}
+
+/// Host calls one allowed request with a cached token costs in the Envoy profile,
+/// printed for the record (`--nocapture`).
+#[test]
+fn host_calls_of_a_cached_allowed_request() {
+    let table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+    let mut host = Host::new(Profile::Full).unwrap();
+    table.start(&mut host).unwrap();
+    let worker = host.worker(0).unwrap();
+    let request = Request::get("/api/cached").bearer(&table.warmup_token);
+    assert_eq!(worker.send(&request).unwrap().status, 200);
+    worker.reset_host_calls();
+    assert_eq!(worker.send(&request).unwrap().status, 200);
+    let calls = worker.host_calls().clone();
+    let total: u64 = calls.values().sum();
+    println!("host calls of one allowed request with a cached token (Envoy profile): {total}");
+    for (name, count) in &calls {
+        println!("  {name}: {count}");
+    }
+    assert!(!calls.contains_key("proxy_send_local_response"));
+    assert!(calls.get("proxy_replace_header_map_value").is_some_and(|&n| n >= 3), "{calls:?}");
+}
+
+// ----- the emulator itself, on tiny modules -----
+
+/// A minimal proxy-wasm module: `body` is spliced into its module text.
+fn module(imports: &str, on_configure: &str, on_request: &str) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+  {imports}
+  (memory (export "memory") 1)
+  (global $next (mut i32) (i32.const 4096))
+  (func (export "proxy_on_memory_allocate") (param $size i32) (result i32)
+    (local $at i32)
+    global.get $next
+    local.set $at
+    global.get $next
+    local.get $size
+    i32.add
+    global.set $next
+    local.get $at)
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32))
+  (func (export "proxy_on_vm_start") (param i32 i32) (result i32) i32.const 1)
+  (func (export "proxy_on_configure") (param i32 i32) (result i32) {on_configure} i32.const 1)
+  (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32) {on_request} i32.const 0)
+  (func (export "proxy_on_response_headers") (param i32 i32 i32) (result i32) i32.const 0)
+  (func (export "proxy_on_log") (param i32))
+  (func (export "proxy_on_done") (param i32) (result i32) i32.const 1)
+  (func (export "proxy_on_delete") (param i32))
+  (func (export "proxy_on_tick") (param i32))
+  (func (export "proxy_on_http_call_response") (param i32 i32 i32 i32 i32))
+  (data (i32.const 64) "\01\00\00\00\07\00\00\00\03\00\00\00:method\00GET\00")
+  (data (i32.const 128) "host:80")
+)"#
+    ))
+    .unwrap()
+}
+
+const HTTP_CALL: &str = r#"(import "env" "proxy_http_call"
+    (func $http_call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#;
+const CALL_OUT: &str =
+    "(drop (call $http_call (i32.const 128) (i32.const 7) (i32.const 64) (i32.const 30) (i32.const 0) (i32.const 0) \
+     (i32.const 0) (i32.const 0) (i32.const 1000) (i32.const 256)))";
+
+#[test]
+fn a_trap_is_captured_and_ends_only_that_vm() {
+    for profile in Profile::ALL {
+        let mut host = Host::with_bytes(profile, &module("", "", "unreachable")).unwrap();
+        let w = host.start_worker(b"{}").unwrap();
+        let err = host.worker(w).unwrap().send(&Request::get("/")).unwrap_err();
+        assert!(format!("{err:#}").contains("unreachable"), "{profile}: {err:#}");
+        assert!(host.worker(w).unwrap().trap().unwrap().contains("proxy_on_request_headers"));
+        assert!(host.worker(w).unwrap().send(&Request::get("/")).is_err(), "a crashed VM stays crashed");
+        let other = host.start_worker(b"{}").unwrap();
+        assert!(host.worker(other).unwrap().trap().is_none());
+    }
+}
+
+#[test]
+fn apisix_records_a_callout_from_the_root_context_as_fatal() {
+    let wasm = module(HTTP_CALL, CALL_OUT, "");
+    for profile in [Profile::ApisixLike, Profile::ApisixNoop] {
+        let mut host = Host::with_bytes(profile, &wasm).unwrap();
+        let w = host.start_worker(b"{}").unwrap();
+        let violations = host.worker(w).unwrap().violations().to_vec();
+        assert_eq!(violations.len(), 1, "{profile}: {violations:?}");
+        assert!(violations[0].contains("proxy_on_configure"), "{violations:?}");
+        assert!(host.worker(w).unwrap().callouts().is_empty());
+    }
+    // Envoy allows it (and requires :method, :path, :authority: this one lacks two).
+    let mut host = Host::with_bytes(Profile::Full, &wasm).unwrap();
+    let w = host.start_worker(b"{}").unwrap();
+    assert!(host.worker(w).unwrap().violations().is_empty());
+    assert_eq!(host.worker(w).unwrap().host_calls().get("proxy_http_call"), Some(&1));
+}
+
+#[test]
+fn apisix_callouts_from_a_request_go_to_host_port_and_answer_to_the_root_id() {
+    let wasm = module(HTTP_CALL, "", CALL_OUT);
+    let mut host = Host::with_bytes(Profile::ApisixLike, &wasm).unwrap();
+    let w = host.start_worker(b"{}").unwrap();
+    let worker = host.worker(w).unwrap();
+    let id = worker.start_request(&Request::get("/")).unwrap();
+    assert_eq!(worker.stream(id).unwrap().flow, Flow::Paused, "APISIX runs the callout before going on");
+    let callout = worker.callouts().pop().unwrap();
+    assert_eq!((callout.upstream.as_str(), callout.context, callout.token), ("host:80", id, 0));
+    worker.answer_callout(callout.token, None).unwrap();
+    assert_eq!(worker.stream(id).unwrap().flow, Flow::Continued, "and goes on after it");
+    assert!(worker.violations().is_empty());
+}
+
+#[test]
+fn ticks_are_delivered_only_by_hosts_with_timers() {
+    let set_tick =
+        r#"(import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))"#;
+    let wasm = module(set_tick, "(drop (call $tick (i32.const 100)))", "");
+    for profile in Profile::ALL {
+        let mut host = Host::with_bytes(profile, &wasm).unwrap();
+        let w = host.start_worker(b"{}").unwrap();
+        host.advance(Duration::from_millis(1050)).unwrap();
+        let period = host.worker(w).unwrap().tick_period();
+        assert_eq!(
+            period,
+            if profile == Profile::Full { Duration::from_millis(100) } else { Duration::ZERO }
+        );
+    }
+}
+
+#[test]
+fn a_host_refuses_a_module_importing_what_it_lacks() {
+    let lacks = r#"(import "env" "proxy_get_log_level" (func (param i32) (result i32)))"#;
+    let wasm = module(lacks, "", "");
+    assert!(Host::with_bytes(Profile::Full, &wasm).is_ok(), "Envoy has proxy_get_log_level");
+    let err = Host::with_bytes(Profile::ApisixLike, &wasm).err().unwrap();
+    assert!(format!("{err:#}").contains("proxy_get_log_level"), "{err:#}");
+}
+
+#[test]
+fn the_filter_refuses_a_bad_configuration_under_every_profile() {
+    for profile in Profile::ALL {
+        let mut host = Host::new(profile).unwrap();
+        let w = host.start_worker(br#"{"issuers": [], "bogus": 1}"#).unwrap();
+        let worker = host.worker(w).unwrap();
+        assert!(!worker.configured(), "{profile}");
+        assert!(worker.log_text().contains("refusing to start"), "{profile}: {}", worker.log_text());
+        assert!(worker.trap().is_none());
+    }
+    let _ = mint::now();
+}
