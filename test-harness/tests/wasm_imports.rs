@@ -1,0 +1,177 @@
+//! The release `.wasm`'s imports and exports against every supported host: an import
+//! one of them does not define makes that host refuse to load the filter (V8 in
+//! Envoy, wasmtime in APISIX both fail instantiation), so it fails here first.
+//! The checker itself is tested on tiny modules that break each rule.
+//!
+//! Needs the release wasm (`make wasm`, or `NHI_WASM`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use test_harness::emulator::imports::{
+    check, check_exports, check_imports, env_signature, HostApi, Interface, Kind, Problem,
+};
+use test_harness::envoy::wasm_path;
+
+fn release_interface() -> Interface {
+    let path = wasm_path().unwrap();
+    Interface::parse(&std::fs::read(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn the_release_wasm_loads_on_every_supported_host() {
+    let interface = release_interface();
+    println!("imports ({}):", interface.imports.len());
+    for import in &interface.imports {
+        let sig = match &import.kind {
+            Kind::Func(sig) => sig.to_string(),
+            other => format!("{other:?}"),
+        };
+        println!("  {}.{} {sig}", import.module, import.name);
+    }
+    println!("exports: {}", interface.exports.iter().map(|e| e.name.as_str()).collect::<Vec<_>>().join(", "));
+    let problems = check(&interface);
+    assert!(
+        problems.is_empty(),
+        "the release wasm would not load or run on a supported host:\n{}",
+        problems.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n")
+    );
+    // Only the two modules proxy-wasm hosts define, and every proxy call is an ABI one.
+    for import in &interface.imports {
+        assert!(["env", "wasi_snapshot_preview1"].contains(&import.module.as_str()), "{import:?}");
+        if import.module == "env" {
+            assert!(env_signature(&import.name).is_some(), "not a proxy-wasm ABI function: {import:?}");
+        }
+    }
+    // The calls the filter's degraded mode relies on are there, and nothing else is
+    // needed from WASI than Envoy's subset.
+    for name in ["proxy_get_shared_data", "proxy_http_call", "proxy_set_tick_period_milliseconds"] {
+        assert!(interface.import("env", name).is_some(), "{name}");
+    }
+}
+
+// ----- the checker on tiny modules -----
+
+/// A module with every export a filter needs, plus `imports`, minus `drop_export`,
+/// and `extra` spliced in.
+fn module(imports: &str, drop_export: &str, extra: &str) -> Interface {
+    let exports = [
+        ("proxy_abi_version_0_2_1", "(func (export \"proxy_abi_version_0_2_1\"))"),
+        ("_initialize", "(func (export \"_initialize\"))"),
+        (
+            "proxy_on_memory_allocate",
+            "(func (export \"proxy_on_memory_allocate\") (param i32) (result i32) i32.const 0)",
+        ),
+        ("proxy_on_context_create", "(func (export \"proxy_on_context_create\") (param i32 i32))"),
+        (
+            "proxy_on_vm_start",
+            "(func (export \"proxy_on_vm_start\") (param i32 i32) (result i32) i32.const 1)",
+        ),
+        (
+            "proxy_on_configure",
+            "(func (export \"proxy_on_configure\") (param i32 i32) (result i32) i32.const 1)",
+        ),
+        (
+            "proxy_on_request_headers",
+            "(func (export \"proxy_on_request_headers\") (param i32 i32 i32) (result i32) i32.const 0)",
+        ),
+        (
+            "proxy_on_response_headers",
+            "(func (export \"proxy_on_response_headers\") (param i32 i32 i32) (result i32) i32.const 0)",
+        ),
+        ("proxy_on_log", "(func (export \"proxy_on_log\") (param i32))"),
+        ("proxy_on_done", "(func (export \"proxy_on_done\") (param i32) (result i32) i32.const 1)"),
+        ("proxy_on_delete", "(func (export \"proxy_on_delete\") (param i32))"),
+        ("proxy_on_tick", "(func (export \"proxy_on_tick\") (param i32))"),
+        (
+            "proxy_on_http_call_response",
+            "(func (export \"proxy_on_http_call_response\") (param i32 i32 i32 i32 i32))",
+        ),
+        ("memory", "(memory (export \"memory\") 1)"),
+    ];
+    let body: String =
+        exports.iter().filter(|(name, _)| *name != drop_export).map(|(_, f)| format!("{f}\n")).collect();
+    let text = format!("(module\n{imports}\n{body}{extra})");
+    Interface::parse(&wat::parse_str(text).unwrap()).unwrap()
+}
+
+#[test]
+fn a_complete_module_with_common_imports_passes() {
+    let imports = r#"(import "env" "proxy_log" (func (param i32 i32 i32) (result i32)))
+        (import "env" "proxy_increment_metric" (func (param i32 i64) (result i32)))
+        (import "wasi_snapshot_preview1" "clock_time_get" (func (param i32 i64 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func (param i32)))"#;
+    assert_eq!(check(&module(imports, "", "")), Vec::<Problem>::new());
+}
+
+#[test]
+fn an_import_only_envoy_has_fails_for_apisix() {
+    let interface = module(r#"(import "env" "proxy_get_log_level" (func (param i32) (result i32)))"#, "", "");
+    assert!(check_imports(&interface, &HostApi::envoy()).is_empty());
+    let problems = check_imports(&interface, &HostApi::apisix());
+    assert!(
+        matches!(&problems[..], [Problem::MissingImport { name, .. }] if name == "proxy_get_log_level"),
+        "{problems:?}"
+    );
+    assert_eq!(check(&interface).len(), 1);
+}
+
+#[test]
+fn a_wasi_import_outside_envoys_subset_fails_for_envoy() {
+    let interface = module(
+        r#"(import "wasi_snapshot_preview1" "poll_oneoff" (func (param i32 i32 i32 i32) (result i32)))"#,
+        "",
+        "",
+    );
+    assert!(check_imports(&interface, &HostApi::apisix()).is_empty(), "APISIX links all of WASI");
+    let problems = check_imports(&interface, &HostApi::envoy());
+    assert!(
+        matches!(&problems[..], [Problem::MissingImport { name, .. }] if name == "poll_oneoff"),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn unknown_modules_and_names_fail_everywhere() {
+    let interface = module(
+        r#"(import "env" "proxy_teleport" (func (result i32)))
+           (import "wasi_snapshot_preview2" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+           (import "env" "table" (table 1 funcref))"#,
+        "",
+        "",
+    );
+    let problems = check(&interface);
+    let missing = problems.iter().filter(|p| matches!(p, Problem::MissingImport { .. })).count();
+    let non_function = problems.iter().filter(|p| matches!(p, Problem::NonFunctionImport { .. })).count();
+    assert_eq!((missing, non_function), (4, 2), "{problems:#?}");
+}
+
+#[test]
+fn wrong_signatures_are_reported() {
+    let interface = module(
+        r#"(import "env" "proxy_log" (func (param i32 i32) (result i32)))
+           (import "env" "proxy_record_metric" (func (param i32 i32) (result i32)))"#,
+        "",
+        "",
+    );
+    let problems = check(&interface);
+    let wrong: Vec<_> = problems.iter().filter(|p| matches!(p, Problem::WrongSignature { .. })).collect();
+    // Each wrong import counts once per host.
+    assert_eq!(wrong.len(), 4, "{problems:#?}");
+    assert!(wrong[0].to_string().contains("(i32, i32) -> (i32)"), "{}", wrong[0]);
+}
+
+#[test]
+fn missing_or_mistyped_exports_are_reported() {
+    let problems = check_exports(&module("", "proxy_on_tick", ""));
+    assert_eq!(problems, vec![Problem::MissingExport { name: "proxy_on_tick".into() }]);
+    let problems = check_exports(&module("", "proxy_abi_version_0_2_1", ""));
+    assert_eq!(problems, vec![Problem::MissingExport { name: "proxy_abi_version_0_2_1".into() }]);
+    let problems = check_exports(&module("", "memory", "(memory 1)"));
+    assert_eq!(problems, vec![Problem::MissingExport { name: "memory".into() }]);
+    let mistyped = module("", "proxy_on_done", "(func (export \"proxy_on_done\") (param i32))");
+    let problems = check_exports(&mistyped);
+    assert!(
+        matches!(&problems[..], [Problem::WrongSignature { what, .. }] if what == "export proxy_on_done"),
+        "{problems:?}"
+    );
+}
