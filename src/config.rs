@@ -47,6 +47,8 @@ pub struct Config {
     pub token_cache: Option<crate::token_cache::TokenCache>,
     /// Which proxy-wasm host to expect (`auto`: probe it at start).
     pub host: crate::capabilities::HostSetting,
+    /// Publish the decision as filter state (`wasm.nhi_*`) for access logs.
+    pub filter_state: bool,
     /// A digest of the configuration bytes: cached verifications made under another
     /// configuration are not reused.
     pub fingerprint: u64,
@@ -196,6 +198,9 @@ pub(crate) struct RawConfig {
     flood_guard: Option<crate::flood_guard::RawFloodGuard>,
     #[serde(default)]
     host: crate::capabilities::HostSetting,
+    /// Publish the decision as filter state for access logs (six host calls per request).
+    #[serde(default)]
+    filter_state: bool,
     #[cfg(feature = "fault-injection")]
     #[serde(default)]
     fault_injection: Option<RawFaultInjection>,
@@ -490,6 +495,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         token_cache,
         flood_guard,
         host: raw.host,
+        filter_state: raw.filter_state,
         fingerprint: 0,
         #[cfg(feature = "fault-injection")]
         panic_header: raw.fault_injection.map(|f| f.panic_header),

@@ -131,7 +131,7 @@ impl Record {
         &mut self,
         raw: Option<&str>,
         max_token_bytes: usize,
-        result: Option<&Result<Verified, Rejection>>,
+        result: Option<Result<&Verified, &Rejection>>,
         elapsed_ns: u64,
     ) {
         self.token = raw.is_some();
@@ -406,7 +406,7 @@ mod tests {
             source: Some("10.0.0.1:5000".into()),
             ..Record::default()
         };
-        r.note_verification(Some("x.y.z"), 8192, Some(&Ok(verified("robot"))), 42_000);
+        r.note_verification(Some("x.y.z"), 8192, Some(Ok(&verified("robot"))), 42_000);
         r.note_verdict(&verdict(Decision::Allow, false));
         let d = r.finish(false).unwrap();
         assert_eq!(
@@ -447,7 +447,7 @@ mod tests {
         );
         let mut r = Record::default();
         let rejection = Rejection::new(Reason::Expired, "expired").for_issuer(0);
-        r.note_verification(Some(&token), 8192, Some(&Err(rejection)), 1_000);
+        r.note_verification(Some(&token), 8192, Some(Err(&rejection)), 1_000);
         r.note_verdict(&Verdict {
             route: None,
             client_class: ClientClass::Human,
@@ -469,7 +469,7 @@ mod tests {
     #[test]
     fn shadow_refusals_are_allowed_with_a_shadow_reason() {
         let mut r = Record::default();
-        r.note_verification(Some("t"), 8192, Some(&Ok(verified("robot"))), 0);
+        r.note_verification(Some("t"), 8192, Some(Ok(&verified("robot"))), 0);
         r.note_verdict(&verdict(deny(RouteDenial::NotAllowed), true));
         let d = r.finish(false).unwrap();
         assert_eq!(d.outcome, Outcome::Allowed);

@@ -15,6 +15,7 @@ pub mod config;
 pub mod decision_log;
 pub mod discovery;
 pub mod flood_guard;
+pub mod header_map;
 pub mod jwks;
 pub mod keyshare;
 pub mod metrics;

@@ -273,13 +273,12 @@ pub fn check_binding(
 /// [`check_binding`] with the token's issuer's policy; the rejection names the issuer.
 pub fn check_verified(
     config: &Config,
-    verified: Verified,
+    verified: &Verified,
     cert: Option<&ClientCertificate>,
-) -> Result<Verified, Rejection> {
+) -> Result<(), Rejection> {
     let policy = config.issuers.get(verified.issuer).map(|i| i.certificate).unwrap_or_default();
     check_binding(&policy, &verified.subject, &verified.claims, cert)
-        .map_err(|rejection| rejection.for_issuer(verified.issuer))?;
-    Ok(verified)
+        .map_err(|rejection| rejection.for_issuer(verified.issuer))
 }
 
 /// The certificate-only identity of a request without a token: the trusted

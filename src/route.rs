@@ -188,6 +188,20 @@ impl Routes {
     pub fn managed_headers(&self) -> [&str; 2] {
         [self.client_header.as_str(), SHADOW_DECISION_HEADER]
     }
+
+    /// Whether any decision reads the source address (a route's or an allow
+    /// rule's `source_cidrs`): otherwise the filter need not ask the host for it.
+    pub fn read_source(&self) -> bool {
+        self.routes.iter().any(|route| {
+            !route.source_cidrs.is_empty()
+                || route.allow.iter().flatten().any(|rule| !rule.source_cidrs.is_empty())
+        })
+    }
+
+    /// Whether any route matches on Envoy's route name.
+    pub fn read_route_name(&self) -> bool {
+        self.routes.iter().any(|route| route.matcher.route_name.is_some())
+    }
 }
 
 /// One validated route.
@@ -755,6 +769,22 @@ mod tests {
             reason(&decide(&r, &partner, &Credential::Verified(wrong_issuer.info()))),
             Some("not_allowed")
         );
+    }
+
+    #[test]
+    fn what_the_routes_read_from_the_host() {
+        let none = routes(json!({"routes": [{"name": "a", "match": {"prefix": "/"}}]}));
+        assert!(!none.read_source() && !none.read_route_name());
+        let by_route = routes(
+            json!({"routes": [{"name": "a", "match": {"prefix": "/"}, "source_cidrs": ["10.0.0.0/8"]}]}),
+        );
+        assert!(by_route.read_source());
+        let by_rule = routes(
+            json!({"routes": [{"name": "a", "match": {"prefix": "/"}, "allow": [{"identity": "*", "source_cidrs": ["10.0.0.0/8"]}]}]}),
+        );
+        assert!(by_rule.read_source() && !by_rule.read_route_name());
+        let named = routes(json!({"routes": [{"name": "n", "match": {"route_name": "envoy-deploy"}}]}));
+        assert!(named.read_route_name() && !named.read_source());
     }
 
     #[test]

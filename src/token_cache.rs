@@ -15,6 +15,7 @@
 //! failures never create state here.
 
 use std::fmt;
+use std::rc::Rc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -89,13 +90,100 @@ impl Entry {
     /// expired (with the issuer's clock skew), and the key that signed it is still
     /// published in the issuer's usable key set.
     pub fn usable<K: KeyLookup + ?Sized>(&self, config: &Config, keys: &K, now: i64) -> bool {
-        let index = usize::from(self.issuer);
-        let Some(issuer) = config.issuers.get(index) else { return false };
-        let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
         self.config == config.fingerprint
-            && now < self.expires_at.saturating_add(skew)
-            && keys.key_set(index).is_some_and(|set| set.by_kid(&self.kid).is_some())
+            && still_holds(config, keys, usize::from(self.issuer), &self.kid, self.expires_at, now)
     }
+}
+
+/// Whether a verification made under `config` still holds at `now`: not expired
+/// (with the issuer's skew), and its signing key still in the usable key set.
+fn still_holds<K: KeyLookup + ?Sized>(
+    config: &Config,
+    keys: &K,
+    index: usize,
+    kid: &str,
+    expires_at: i64,
+    now: i64,
+) -> bool {
+    let Some(issuer) = config.issuers.get(index) else { return false };
+    let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
+    now < expires_at.saturating_add(skew) && keys.key_set(index).is_some_and(|set| set.by_kid(kid).is_some())
+}
+
+/// Most tokens one VM keeps in its [`LocalCache`].
+pub const LOCAL_CAPACITY: usize = 256;
+
+/// One VM's front of the shared cache: the tokens it used last, with their
+/// verification already parsed. A hit costs no shared-data read, no SHA-256 and no
+/// JSON parse — the whole price of a reused token, which is most traffic. Keyed by
+/// the token itself (this is VM memory, never shared), revalidated at every use
+/// exactly like a shared entry, and emptied when full (bounded, and a busy VM
+/// refills it from the shared cache at the cost of one read per token).
+#[derive(Debug, Default)]
+pub struct LocalCache {
+    entries: std::collections::HashMap<String, Rc<Verified>>,
+    /// [`Config::fingerprint`] the entries were verified under.
+    config: u64,
+}
+
+impl LocalCache {
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The verification of `raw` if this VM holds one that still holds at `now`.
+    pub fn get<K: KeyLookup + ?Sized>(
+        &self,
+        config: &Config,
+        keys: &K,
+        raw: &str,
+        now: i64,
+    ) -> Option<Rc<Verified>> {
+        if self.config != config.fingerprint {
+            return None;
+        }
+        let verified = self.entries.get(raw)?;
+        let kid = verified.kid.as_deref()?;
+        still_holds(config, keys, verified.issuer, kid, verified.expires_at, now).then(|| Rc::clone(verified))
+    }
+
+    fn insert(&mut self, config: &Config, raw: &str, verified: &Rc<Verified>) {
+        if verified.kid.is_none() {
+            return; // its key could not be re-checked
+        }
+        if self.config != config.fingerprint || self.entries.len() >= LOCAL_CAPACITY {
+            self.entries.clear();
+            self.config = config.fingerprint;
+        }
+        self.entries.insert(raw.to_owned(), Rc::clone(verified));
+    }
+}
+
+/// [`verify_cached`] behind this VM's [`LocalCache`]: the local cache first, then the
+/// shared one, then the full verification; what verifies goes into both caches.
+pub fn verify_layered<K: KeyLookup + ?Sized>(
+    config: &Config,
+    keys: &K,
+    store: &dyn Store,
+    local: &mut LocalCache,
+    raw: &str,
+    now: i64,
+    crypto_allowed: impl FnOnce() -> bool,
+) -> Result<Rc<Verified>, Rejection> {
+    if config.token_cache.is_some() {
+        if let Some(verified) = local.get(config, keys, raw, now) {
+            return Ok(verified);
+        }
+    }
+    let verified = Rc::new(verify_cached(config, keys, store, raw, now, crypto_allowed)?);
+    if config.token_cache.is_some() {
+        local.insert(config, raw, &verified);
+    }
+    Ok(verified)
 }
 
 /// The cache: `max_entries` slots of shared data.
@@ -143,20 +231,21 @@ pub fn compile(raw: Option<RawTokenCache>, at: &str) -> Result<Option<TokenCache
 /// Only successes are cached; a token without `kid` is not (its key could not be
 /// re-checked). A cache that cannot be read or written is simply not used.
 ///
-/// With `crypto_allowed` false (the flood guard blocked the source), a token the
-/// cache cannot answer for is refused with `too_many_failures` instead of verified.
+/// When `crypto_allowed` says no (the flood guard blocked the source; asked only
+/// when the cache cannot answer), the token is refused with `too_many_failures`
+/// instead of verified.
 pub fn verify_cached<K: KeyLookup + ?Sized>(
     config: &Config,
     keys: &K,
     store: &dyn Store,
     raw: &str,
     now: i64,
-    crypto_allowed: bool,
+    crypto_allowed: impl FnOnce() -> bool,
 ) -> Result<Verified, Rejection> {
     let refused =
         || Rejection::new(Reason::TooManyFailures, "too many failed signature checks from this source");
     let Some(cache) = &config.token_cache else {
-        return if crypto_allowed { verify::verify(config, keys, raw, now) } else { Err(refused()) };
+        return if crypto_allowed() { verify::verify(config, keys, raw, now) } else { Err(refused()) };
     };
     let digest = digest(raw);
     if let Ok(Some(entry)) = cache.get(store, &digest) {
@@ -166,7 +255,7 @@ pub fn verify_cached<K: KeyLookup + ?Sized>(
             }
         }
     }
-    if !crypto_allowed {
+    if !crypto_allowed() {
         return Err(refused());
     }
     let verified = verify::verify(config, keys, raw, now)?;
@@ -306,7 +395,7 @@ mod tests {
         let store = MemoryStore::new();
         let claims = json!({"iss": "https://i", "sub": "robot", "aud": "a", "exp": now + 60});
         let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
-        let first = verify_cached(&config, keys().as_slice(), &store, &token, now, true).unwrap();
+        let first = verify_cached(&config, keys().as_slice(), &store, &token, now, || true).unwrap();
         assert_eq!(store.len(), 1, "a verified token is cached");
         // The cached entry answers even for a key set that could no longer verify the
         // signature, as long as the kid is still published: proof the cache was used.
@@ -316,9 +405,10 @@ mod tests {
             "x": testkit::jwks()["keys"][3]["x"].clone()});
         let swapped =
             vec![Some(jwks::parse(jwks_without_signature_power.to_string().as_bytes()).unwrap().keys)];
-        assert_eq!(verify_cached(&config, swapped.as_slice(), &store, &token, now, true).unwrap(), first);
+        assert_eq!(verify_cached(&config, swapped.as_slice(), &store, &token, now, || true).unwrap(), first);
         // Expired: no longer answered from the cache, and the full check says why.
-        let late = verify_cached(&config, keys().as_slice(), &store, &token, now + 3_600, true).unwrap_err();
+        let late =
+            verify_cached(&config, keys().as_slice(), &store, &token, now + 3_600, || true).unwrap_err();
         assert_eq!(late.reason, crate::reason::Reason::Expired);
         // Another configuration does not reuse it.
         let other = Config::from_json(
@@ -328,21 +418,21 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let refused = verify_cached(&other, keys().as_slice(), &store, &token, now, true).unwrap_err();
+        let refused = verify_cached(&other, keys().as_slice(), &store, &token, now, || true).unwrap_err();
         assert_eq!(refused.reason, crate::reason::Reason::WrongAudience);
         // A blocked source still gets its cached verification, nothing else.
-        assert_eq!(verify_cached(&config, keys().as_slice(), &store, &token, now, false).unwrap(), first);
+        assert_eq!(verify_cached(&config, keys().as_slice(), &store, &token, now, || false).unwrap(), first);
         let fresh = testkit::token(
             Alg::Es256,
             &json!({"alg": "ES256", "kid": "ec-1"}),
             &json!({"iss": "https://i", "sub": "other", "aud": "a", "exp": now + 60}),
         );
-        let blocked = verify_cached(&config, keys().as_slice(), &store, &fresh, now, false).unwrap_err();
+        let blocked = verify_cached(&config, keys().as_slice(), &store, &fresh, now, || false).unwrap_err();
         assert_eq!(blocked.reason, crate::reason::Reason::TooManyFailures);
         // Failures are never cached.
         let before = store.len();
         let forged = format!("{}x", token.trim_end_matches(|c| c != '.'));
-        assert!(verify_cached(&config, keys().as_slice(), &store, &forged, now, true).is_err());
+        assert!(verify_cached(&config, keys().as_slice(), &store, &forged, now, || true).is_err());
         assert_eq!(store.len(), before);
     }
 
@@ -359,5 +449,59 @@ mod tests {
         assert!(!e.usable(&config, none.as_slice(), 0), "keys unavailable");
         let other_issuer = Entry { issuer: 7, ..e };
         assert!(!other_issuer.usable(&config, keys.as_slice(), 0));
+    }
+
+    #[test]
+    fn the_local_cache_answers_without_shared_data_and_revalidates_like_it() {
+        use crate::alg::Alg;
+        let now = 1_800_000_000;
+        let config = config();
+        let claims = json!({"iss": "https://i", "sub": "robot", "aud": "a", "exp": now + 60});
+        let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
+        let mut local = LocalCache::default();
+        let store = MemoryStore::new();
+        let first =
+            verify_layered(&config, keys().as_slice(), &store, &mut local, &token, now, || true).unwrap();
+        assert_eq!((local.len(), store.len()), (1, 1), "in both caches");
+        // A second use needs neither shared data nor crypto (both are gone).
+        let empty = MemoryStore::new();
+        let again = verify_layered(&config, keys().as_slice(), &empty, &mut local, &token, now, || {
+            panic!("crypto asked")
+        })
+        .unwrap();
+        assert!(Rc::ptr_eq(&first, &again), "the same parsed verification");
+        // Expired, or its key left the JWKS, or another configuration: not answered.
+        let late =
+            verify_layered(&config, keys().as_slice(), &empty, &mut local, &token, now + 3_600, || true);
+        assert_eq!(late.unwrap_err().reason, Reason::Expired);
+        let none: Vec<Option<KeySet>> = vec![None];
+        let unavailable = verify_layered(&config, none.as_slice(), &empty, &mut local, &token, now, || true);
+        assert_eq!(unavailable.unwrap_err().reason, Reason::KeysUnavailable);
+        let mut other = config.clone();
+        other.fingerprint ^= 1;
+        assert!(verify_layered(&other, keys().as_slice(), &empty, &mut local, &token, now, || false).is_err());
+    }
+
+    #[test]
+    fn the_local_cache_is_bounded() {
+        let config = config();
+        let mut local = LocalCache::default();
+        let verified = Rc::new(Verified {
+            issuer: 0,
+            subject: "s".into(),
+            identity: "s".into(),
+            kid: Some("ec-1".into()),
+            alg: crate::alg::Alg::Es256,
+            expires_at: i64::MAX,
+            claims: serde_json::Map::new(),
+        });
+        for i in 0..3 * LOCAL_CAPACITY {
+            local.insert(&config, &format!("token-{i}"), &verified);
+            assert!(local.len() <= LOCAL_CAPACITY);
+        }
+        // A verification without `kid` is never kept (its key could not be re-checked).
+        let mut fresh = LocalCache::default();
+        fresh.insert(&config, "t", &Rc::new(Verified { kid: None, ..(*verified).clone() }));
+        assert!(fresh.is_empty());
     }
 }

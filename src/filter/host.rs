@@ -13,6 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
 
 use crate::capabilities::Probed;
+use crate::header_map;
 use crate::reason::LocalReply;
 use crate::store::{Store, StoreError, Versioned};
 
@@ -36,6 +37,11 @@ mod abi {
             key_size: usize,
             return_value_data: *mut *mut u8,
             return_value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
         ) -> u32;
         pub fn proxy_replace_header_map_value(
             map_type: u32,
@@ -234,6 +240,25 @@ fn map_value(map_type: u32, name: &str) -> Result<Option<String>, HostError> {
     }
 }
 
+/// Every request header (pseudo-headers included) in one host call. Names come
+/// lower-case from HTTP/2 and from Envoy's header map; values that are not UTF-8
+/// are left out.
+pub fn request_headers() -> Result<Vec<(String, String)>, HostError> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: valid out-pointers; the returned buffer is ours.
+    let status = unsafe { abi::proxy_get_header_map_pairs(abi::MAP_REQUEST_HEADERS, &mut data, &mut size) };
+    match status {
+        abi::OK => {
+            Ok(unsafe { owned_buffer(data, size) }.map(|b| header_map::decode(&b)).unwrap_or_default())
+        }
+        abi::NOT_FOUND => Ok(Vec::new()),
+        other => Err(HostError(other)),
+    }
+}
+
+// Only the fault-injection build reads a single header; requests read them all at once.
+#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
 pub fn request_header(name: &str) -> Result<Option<String>, HostError> {
     map_value(abi::MAP_REQUEST_HEADERS, name)
 }
@@ -275,26 +300,8 @@ pub fn remove_request_header(name: &str) -> Result<(), HostError> {
     }
 }
 
-/// The ABI's header-map encoding: count, (name len, value len) pairs, then
-/// NUL-terminated names and values.
-fn serialize_headers(headers: &[(String, String)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
-    for (name, value) in headers {
-        out.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(value.len() as u32).to_le_bytes());
-    }
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        out.extend_from_slice(value.as_bytes());
-        out.push(0);
-    }
-    out
-}
-
 pub fn send_local_reply(reply: &LocalReply) -> Result<(), HostError> {
-    let headers = serialize_headers(&reply.headers);
+    let headers = header_map::encode(&reply.headers);
     let details = "nhi_guard";
     // SAFETY: every pointer is valid for reads of its length for the call.
     check(unsafe {

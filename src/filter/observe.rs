@@ -48,7 +48,7 @@ impl Observer {
             metrics: Cell::new(config.metrics.enabled),
             ids: RefCell::new(HashMap::new()),
             identities: RefCell::new(IdentityBound::new(config.metrics.max_identities)),
-            filter_state: Cell::new(true),
+            filter_state: Cell::new(config.filter_state),
             started_ms: now_ms,
             sequence: Cell::new(now_ms),
         };

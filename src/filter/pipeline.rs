@@ -92,20 +92,63 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
             }
         }
     }
-    let verify_started_ns = host::now_ns();
     let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
     let now_secs_u = u64::try_from(now_secs).unwrap_or_default();
-    // The flood guard: a source over its budget of failed signature checks gets no
-    // more crypto until its window ends (cached verifications still pass).
-    let blocked_for = match (&config.flood_guard, request.info.source, &request.token) {
-        (Some(guard), Some(source), Some(_)) => guard.blocked_for(vm.store.as_ref(), source, now_secs_u),
-        _ => None,
-    };
-    let verification = request.token.as_deref().map(|raw| {
+    // A token this VM used recently costs a hash lookup: no clock, no shared data.
+    let local_hit = request.token.as_deref().and_then(|raw| {
         let keys = vm.keys.borrow();
         let view = KeyView { keys: &keys, now_ms };
-        token_cache::verify_cached(config, &view, vm.store.as_ref(), raw, now_secs, blocked_for.is_none())
-            .and_then(|v| mtls::check_verified(config, v, request.info.client_certificate.as_ref()))
+        vm.local_tokens.borrow().get(config, &view, raw, now_secs)
+    });
+    let verify_started_ns = if local_hit.is_none() { host::now_ns() } else { 0 };
+    // The flood guard: a source over its budget of failed signature checks gets no
+    // more crypto until its window ends (cached verifications still pass). Asked
+    // only when a token needs crypto, which is also when the source is read.
+    let mut blocked_for = None;
+    let verification = match local_hit {
+        Some(verified) => Some(Ok(verified)),
+        None => request.token.as_deref().map(|raw| {
+            let keys = vm.keys.borrow();
+            let view = KeyView { keys: &keys, now_ms };
+            let (source, source_text) = (&mut request.info.source, &mut request.observed.source);
+            let crypto_allowed = || {
+                if let Some(guard) = &config.flood_guard {
+                    if source_text.is_none() {
+                        *source_text = host::source_address();
+                        *source = source_text.as_deref().and_then(route::parse_source_address);
+                    }
+                    if let Some(source) = *source {
+                        blocked_for = guard.blocked_for(vm.store.as_ref(), source, now_secs_u);
+                    }
+                }
+                blocked_for.is_none()
+            };
+            let mut local = vm.local_tokens.borrow_mut();
+            token_cache::verify_layered(
+                config,
+                &view,
+                vm.store.as_ref(),
+                &mut local,
+                raw,
+                now_secs,
+                crypto_allowed,
+            )
+        }),
+    };
+    // A token bound to a certificate (`cnf`) on a listener without an `mtls` block:
+    // only now is the certificate worth a host call.
+    if let Some(Ok(verified)) = &verification {
+        if config.mtls.is_none()
+            && request.info.client_certificate.is_none()
+            && verified.claims.contains_key("cnf")
+        {
+            request.info.client_certificate = mtls::client_certificate(None, connection_property);
+        }
+    }
+    let verification = verification.map(|result| {
+        result.and_then(|v| {
+            mtls::check_verified(config, &v, request.info.client_certificate.as_ref()).map(|()| v)
+        })
     });
     if let (Some(Err(rejection)), Some(guard), Some(source)) =
         (&verification, &config.flood_guard, request.info.source)
@@ -116,14 +159,18 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
             }
         }
     }
-    let verify_ns = host::now_ns().saturating_sub(verify_started_ns);
     let max_token_bytes = config.token.max_bytes;
+    let verify_ns = if verify_started_ns == 0 { 0 } else { host::now_ns().saturating_sub(verify_started_ns) };
     request.observed.note_verification(
         request.token.as_deref(),
         max_token_bytes,
-        verification.as_ref(),
+        verification.as_ref().map(|r| r.as_ref().map(|v| &**v)),
         verify_ns,
     );
+    if verify_started_ns == 0 {
+        // Answered from this VM's cache: no verification time to record.
+        request.observed.verify_ns = None;
+    }
     if let Some(Err(rejection)) = &verification {
         if let Some(step) = wait_for_keys(vm, request, rejection, now_ms) {
             return step;
@@ -202,7 +249,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     }
 
     let verified = match &verification {
-        Some(Ok(v)) => Some(v),
+        Some(Ok(v)) => Some(&**v),
         _ => None,
     };
     match set_request_headers(vm, &verdict, verified, who, certificate.as_ref()) {
@@ -307,21 +354,26 @@ fn charge_quota(
     }
 }
 
-/// Client-supplied copies of the headers we set are never forwarded.
-pub fn strip_managed_headers(vm: &Vm) -> Result<(), HostError> {
-    let forward = &vm.config.forward;
-    host::remove_request_header(&forward.identity_header)?;
-    host::remove_request_header(&forward.issuer_header)?;
-    for name in vm.config.routes.managed_headers() {
-        host::remove_request_header(name)?;
-    }
-    for name in vm.config.claim_headers() {
-        host::remove_request_header(name)?;
-    }
-    if let Some(mtls) = &vm.config.mtls {
-        host::remove_request_header(&mtls.identity_header)?;
+/// Client-supplied copies of the headers we set are never forwarded. `present`
+/// is the request's headers: only those there are removed (one host call each).
+pub fn strip_managed_headers(vm: &Vm, present: &[(String, String)]) -> Result<(), HostError> {
+    let config = &vm.config;
+    let managed = [config.forward.identity_header.as_str(), config.forward.issuer_header.as_str()]
+        .into_iter()
+        .chain(config.routes.managed_headers())
+        .chain(config.claim_headers())
+        .chain(config.mtls.as_ref().map(|m| m.identity_header.as_str()));
+    for name in managed {
+        if crate::header_map::first(present, name).is_some() {
+            host::remove_request_header(name)?;
+        }
     }
     Ok(())
+}
+
+/// A connection property (`connection.<name>`), for the client certificate.
+pub fn connection_property(name: &str) -> Option<String> {
+    host::property_string(&["connection", name])
 }
 
 pub fn internal(err: HostError) -> Rejection {

@@ -19,6 +19,7 @@ use crate::discovery::{self, DiscoveryEndpoint, JwksLocation, Located};
 use crate::jwks::{self, JwksError, MAX_JWKS_BYTES};
 use crate::keyshare::{self, Acquire, LocalKeys, Record, SharedKeys};
 use crate::store::{MemoryStore, Store};
+use crate::token_cache::LocalCache;
 
 use super::host::{self, SharedData};
 use super::http::Http;
@@ -49,6 +50,8 @@ pub struct Vm {
     pub plan: Plan,
     /// Per issuer: the fetch requests make themselves when keys are fetched on request.
     pub on_request: RefCell<Vec<OnRequestFetch>>,
+    /// This VM's front of the verified-token cache.
+    pub local_tokens: RefCell<LocalCache>,
 }
 
 /// A fetch in flight, by callout token.
@@ -156,6 +159,7 @@ impl Root {
             observer,
             plan,
             on_request: RefCell::new(on_request),
+            local_tokens: RefCell::new(LocalCache::default()),
         }));
         self.pending.clear();
         if needs_fetching {

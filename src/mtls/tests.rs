@@ -463,7 +463,7 @@ fn check_verified_uses_the_token_issuer_policy() {
         claims: Map::new(),
     };
     let t = trusted(WORKLOAD);
-    assert!(check_verified(&cfg, verified(WORKLOAD), Some(&t)).is_ok());
-    let err = check_verified(&cfg, verified("ci-bot"), Some(&t)).unwrap_err();
+    assert!(check_verified(&cfg, &verified(WORKLOAD), Some(&t)).is_ok());
+    let err = check_verified(&cfg, &verified("ci-bot"), Some(&t)).unwrap_err();
     assert_eq!((err.reason, err.issuer), (Reason::SubjectMismatch, Some(0)));
 }

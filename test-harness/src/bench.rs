@@ -56,6 +56,9 @@ pub struct Settings {
     pub envoy_cpu: u32,
     /// The core wrk is pinned to (`BENCH_WRK_CPU`).
     pub wrk_cpu: u32,
+    /// Only the cases whose name contains one of these comma-separated words
+    /// (`BENCH_ONLY`, e.g. `reused`): for quick comparisons, never a full report.
+    pub only: Option<String>,
     /// Where the report goes.
     pub out: PathBuf,
     /// Rendered configs, token files, Envoy logs and raw wrk output; kept afterwards.
@@ -74,6 +77,7 @@ impl Settings {
             tokens: env_number("BENCH_TOKENS", DEFAULT_TOKENS)?,
             envoy_cpu: env_number("BENCH_ENVOY_CPU", 0)?,
             wrk_cpu: env_number("BENCH_WRK_CPU", 1)?,
+            only: std::env::var("BENCH_ONLY").ok().filter(|s| !s.is_empty()),
             out: root.join("BENCHMARKS.md"),
             work_dir: root.join("target").join("bench"),
         };
@@ -99,7 +103,7 @@ impl Settings {
 
     /// Whether these are the settings of a real measurement (not a shortened smoke run).
     pub fn is_full_measurement(&self) -> bool {
-        self.seconds >= DEFAULT_SECONDS && self.runs >= DEFAULT_RUNS
+        self.seconds >= DEFAULT_SECONDS && self.runs >= DEFAULT_RUNS && self.only.is_none()
     }
 
     /// The `BENCH_*` assignments that differ from the defaults, as a shell prefix.
@@ -113,11 +117,15 @@ impl Settings {
             ("BENCH_ENVOY_CPU", self.envoy_cpu.to_string(), "0".to_owned()),
             ("BENCH_WRK_CPU", self.wrk_cpu.to_string(), "1".to_owned()),
         ];
-        pairs
+        let mut prefix: String = pairs
             .iter()
             .filter(|(_, value, default)| value != default)
             .map(|(name, value, _)| format!("{name}={value} "))
-            .collect()
+            .collect();
+        if let Some(only) = &self.only {
+            prefix.push_str(&format!("BENCH_ONLY={only} "));
+        }
+        prefix
     }
 
     pub fn run_length(&self) -> Duration {
@@ -147,7 +155,13 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
     let keys = BenchKeys::generate()?;
     let tokens = Tokens::mint(&keys, settings.tokens, &settings.work_dir)?;
     let script = wrk::write_rotation_script(&settings.work_dir)?;
-    let plan = Case::plan();
+    let mut plan = Case::plan();
+    if let Some(only) = &settings.only {
+        plan.retain(|case| only.split(',').any(|word| case.slug(0).contains(word.trim())));
+        if plan.is_empty() {
+            bail!("BENCH_ONLY={only} matches no case");
+        }
+    }
     eprintln!(
         "nhi-bench: {} cases, {} × {} s each, about {} min in all; work dir {}",
         plan.len(),
@@ -251,6 +265,7 @@ mod tests {
             tokens: DEFAULT_TOKENS,
             envoy_cpu: 0,
             wrk_cpu: 1,
+            only: None,
             out: PathBuf::from("BENCHMARKS.md"),
             work_dir: PathBuf::from("target/bench"),
         }

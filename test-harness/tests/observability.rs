@@ -275,7 +275,10 @@ fn metrics_decision_log_access_log_and_dashboard_in_real_envoy() {
         .envoy
         .wait_until("the verification histogram to be flushed", Duration::from_secs(15), |envoy| {
             scrape = Scrape(parse_prometheus(&envoy.admin_text("/stats/prometheus")?));
-            Ok(scrape.value("nhi_verification_duration_us_count", &[("nhi_issuer", "demo")]) >= 20.0)
+            // One sample per verification this VM could not answer from its own cache:
+            // at least one per distinct token (the FLOOD cards, warmup, alice).
+            Ok(scrape.value("nhi_verification_duration_us_count", &[("nhi_issuer", "demo")])
+                >= (FLOOD + 2) as f64)
         })
         .unwrap();
 
