@@ -10,9 +10,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
-use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPublicKey};
+use jwt_compact::alg::Ed25519;
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use p384::ecdsa::signature::Verifier as _;
+
+use crate::es256::{Es256, Es256Key};
+use crate::rsa_verify::{RsaPublicKey, RsaVerify};
 
 /// A JWS algorithm nhi-guard can verify (RFC 7518 names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,12 +75,12 @@ impl Alg {
     /// the wrong encoding or length, and of course a signature that does not verify.
     pub fn verify(self, key: &PublicKey, signing_input: &[u8], signature: &[u8]) -> bool {
         match (self, key) {
-            (Alg::Rs256, PublicKey::Rsa(k)) => verify_with(&Rsa::rs256(), k, signing_input, signature),
-            (Alg::Rs384, PublicKey::Rsa(k)) => verify_with(&Rsa::rs384(), k, signing_input, signature),
-            (Alg::Rs512, PublicKey::Rsa(k)) => verify_with(&Rsa::rs512(), k, signing_input, signature),
-            (Alg::Ps256, PublicKey::Rsa(k)) => verify_with(&Rsa::ps256(), k, signing_input, signature),
-            (Alg::Ps384, PublicKey::Rsa(k)) => verify_with(&Rsa::ps384(), k, signing_input, signature),
-            (Alg::Ps512, PublicKey::Rsa(k)) => verify_with(&Rsa::ps512(), k, signing_input, signature),
+            (Alg::Rs256, PublicKey::Rsa(k)) => verify_with(&RsaVerify::RS256, k, signing_input, signature),
+            (Alg::Rs384, PublicKey::Rsa(k)) => verify_with(&RsaVerify::RS384, k, signing_input, signature),
+            (Alg::Rs512, PublicKey::Rsa(k)) => verify_with(&RsaVerify::RS512, k, signing_input, signature),
+            (Alg::Ps256, PublicKey::Rsa(k)) => verify_with(&RsaVerify::PS256, k, signing_input, signature),
+            (Alg::Ps384, PublicKey::Rsa(k)) => verify_with(&RsaVerify::PS384, k, signing_input, signature),
+            (Alg::Ps512, PublicKey::Rsa(k)) => verify_with(&RsaVerify::PS512, k, signing_input, signature),
             (Alg::Es256, PublicKey::P256(k)) => verify_with(&Es256, k, signing_input, signature),
             (Alg::Es384, PublicKey::P384(k)) => verify_with(&Es384, k, signing_input, signature),
             (Alg::EdDsa, PublicKey::Ed25519(k)) => verify_with(&Ed25519Strict, k, signing_input, signature),
@@ -124,11 +127,12 @@ impl FromStr for Alg {
     }
 }
 
-/// A verified-import public key, ready to check signatures.
+/// A verified-import public key, ready to check signatures. RSA and P-256 keys carry
+/// what their verifiers precompute per key (see `rsa_verify`, `es256`).
 #[derive(Debug, Clone)]
 pub enum PublicKey {
     Rsa(RsaPublicKey),
-    P256(p256::ecdsa::VerifyingKey),
+    P256(Es256Key),
     P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
 }

@@ -9,11 +9,12 @@
 use std::fmt;
 
 use base64::Engine as _;
-use jwt_compact::alg::RsaPublicKey;
 use serde::Deserialize;
 
 use crate::alg::{Alg, PublicKey};
 use crate::b64;
+use crate::es256::Es256Key;
+use crate::rsa_verify::{self, RsaPublicKey};
 
 /// Largest JWKS body accepted, in bytes. Real IdPs publish a few KiB.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
@@ -231,8 +232,8 @@ fn parse_key(value: serde_json::Value, key_use: KeyUse) -> Result<Jwk, String> {
         ("EC", Some("P-256")) => {
             let point = ec_point(&raw, 32)?;
             PublicKey::P256(
-                p256::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                    .map_err(|_| "P-256 point is not on the curve".to_owned())?,
+                Es256Key::from_sec1_bytes(&point)
+                    .ok_or_else(|| "P-256 point is not on the curve".to_owned())?,
             )
         }
         ("EC", Some("P-384")) => {
@@ -278,14 +279,13 @@ fn decode_member(name: &str, value: Option<&str>) -> Result<Vec<u8>, String> {
 fn rsa_key(raw: &RawJwk) -> Result<PublicKey, String> {
     let n = decode_member("n", raw.n.as_deref())?;
     let e = decode_member("e", raw.e.as_deref())?;
-    let n = rsa::BigUint::from_bytes_be(&n);
-    let e = rsa::BigUint::from_bytes_be(&e);
-    let bits = n.bits();
+    let bits = rsa_verify::bit_length(&n);
     if bits < MIN_RSA_BITS {
         return Err(format!("RSA modulus of {bits} bits is under {MIN_RSA_BITS}"));
     }
-    // RsaPublicKey::new also refuses e < 2, e > 2^33-1, even e and moduli over 4096 bits.
-    RsaPublicKey::new(n, e).map(PublicKey::Rsa).map_err(|err| format!("RSA key refused: {err}"))
+    // Also refuses even moduli, moduli over 4096 bits, and exponents that are even,
+    // below 3 or over 2^33-1; the key's Montgomery constants are computed here, once.
+    RsaPublicKey::new(&n, &e).map(PublicKey::Rsa).map_err(|err| format!("RSA key refused: {err}"))
 }
 
 fn ec_point(raw: &RawJwk, coordinate_len: usize) -> Result<Vec<u8>, String> {

@@ -96,10 +96,15 @@ pub fn token(alg: Alg, header: &Value, claims: &Value) -> String {
 pub fn public_key(alg: Alg) -> PublicKey {
     let k = keys();
     match alg {
-        Alg::Es256 => PublicKey::P256(*k.p256.verifying_key()),
+        Alg::Es256 => {
+            PublicKey::P256(crate::es256::Es256Key::from_affine(k.p256.verifying_key().as_affine()).unwrap())
+        }
         Alg::Es384 => PublicKey::P384(*k.p384.verifying_key()),
         Alg::EdDsa => PublicKey::Ed25519(k.ed25519.verifying_key()),
-        _ => PublicKey::Rsa(RsaPublicKey::from(&k.rsa)),
+        _ => {
+            let (n, e) = rsa_parts(&RsaPublicKey::from(&k.rsa));
+            PublicKey::Rsa(crate::rsa_verify::RsaPublicKey::new(&n, &e).unwrap())
+        }
     }
 }
 
