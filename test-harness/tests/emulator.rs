@@ -192,6 +192,88 @@ fn envoy_profile_fetches_on_tick_and_shares_keys_and_counts_metrics() {
     assert_eq!(counted, 2, "{:#?}", host.metrics());
 }
 
+/// Envoy-like: a request that arrives before the keys waits (paused); the root
+/// context fetches on its tick and, once the keys are in, resumes it as its
+/// effective context (`proxy_set_effective_context` + `proxy_continue_stream`).
+/// The filter's decision is published as properties (Envoy filter state).
+#[test]
+fn envoy_profile_resumes_a_request_that_waited_for_keys() {
+    let table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+    let mut host = Host::new(Profile::Full).unwrap();
+    let w = host.start_worker_json(&table.plugin).unwrap();
+    let id =
+        host.worker(w).unwrap().start_request(&Request::get("/api/early").bearer(&token("early"))).unwrap();
+    assert_eq!(host.worker(w).unwrap().stream(id).unwrap().flow, Flow::Paused);
+    assert!(host.worker(w).unwrap().callouts().is_empty(), "the request does not call out itself");
+    host.advance(Duration::from_millis(600)).unwrap();
+    let callout = host.worker(w).unwrap().callouts().pop().expect("the tick starts the fetch");
+    assert_eq!(callout.context, 1);
+    let reply = table.answer(&callout.upstream, callout.header(":path"));
+    let worker = host.worker(w).unwrap();
+    worker.answer_callout(callout.token, Some(reply)).unwrap();
+    assert_eq!(worker.stream(id).unwrap().flow, Flow::Continued, "resumed by the root context");
+    assert!(worker.host_calls().get("proxy_set_effective_context").is_some_and(|&n| n >= 1));
+    let exchange = worker.finish(id, &UpstreamResponse::ok()).unwrap();
+    assert_eq!(exchange.upstream_header("x-nhi-identity"), Some("early"));
+    let published =
+        |name: &str| exchange.set_properties.get(name).map(|v| String::from_utf8_lossy(v).into_owned());
+    assert_eq!(published("nhi_decision").as_deref(), Some("allowed"), "{:?}", exchange.set_properties);
+    assert_eq!(published("nhi_identity").as_deref(), Some("early"));
+}
+
+/// APISIX: keys due for refresh are refreshed by the next allowed request, which
+/// waits for the callout and then goes on; no tick is ever involved.
+#[test]
+fn apisix_refreshes_keys_from_a_request_once_they_are_due() {
+    for profile in [Profile::ApisixLike, Profile::ApisixNoop] {
+        let table = Table::new(jwks_upstream(profile)).unwrap();
+        let refresh = table.plugin["issuers"][0]["jwks"]["refresh_seconds"].as_u64().unwrap();
+        let mut host = Host::new(profile).unwrap();
+        table.start(&mut host).unwrap();
+        let first =
+            table.run_request(&mut host, 0, &Request::get("/api/a").bearer(&table.warmup_token)).unwrap();
+        assert_eq!(first.status, 200, "{profile}");
+        host.advance(Duration::from_secs(refresh + 1)).unwrap();
+        let worker = host.worker(0).unwrap();
+        let id = worker.start_request(&Request::get("/api/b").bearer(&table.warmup_token)).unwrap();
+        assert_eq!(
+            worker.stream(id).unwrap().flow,
+            Flow::Paused,
+            "{profile}: the refresh callout runs first"
+        );
+        let callout = worker.callouts().pop().unwrap();
+        worker.answer_callout(callout.token, Some(CalloutReply::new(503, "busy"))).unwrap();
+        let exchange = worker.finish(id, &UpstreamResponse::ok()).unwrap();
+        assert_eq!(exchange.status, 200, "{profile}: a failed refresh keeps the last good keys");
+        assert!(worker.violations().is_empty(), "{profile}: {:?}", worker.violations());
+    }
+}
+
+/// `host` in the configuration: `envoy` refuses to start on a host that lacks
+/// shared data, timers or the clock; `apisix` runs degraded even on Envoy (keys
+/// fetched by requests, never from the root context).
+#[test]
+fn the_host_setting_is_honoured_under_every_profile() {
+    for profile in Profile::ALL {
+        let mut table = Table::new(jwks_upstream(profile)).unwrap();
+        table.plugin["host"] = json!("envoy");
+        let mut host = Host::new(profile).unwrap();
+        let w = host.start_worker_json(&table.plugin).unwrap();
+        let worker = host.worker(w).unwrap();
+        assert_eq!(worker.configured(), profile == Profile::Full, "{profile}: {}", worker.log_text());
+    }
+    let mut table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+    table.plugin["host"] = json!("apisix");
+    let mut host = Host::new(Profile::Full).unwrap();
+    let w = host.start_worker_json(&table.plugin).unwrap();
+    host.advance(Duration::from_secs(2)).unwrap();
+    assert!(host.worker(w).unwrap().callouts().is_empty(), "no background fetch with host: apisix");
+    let worker = host.worker(w).unwrap();
+    let id = worker.start_request(&Request::get("/api/x").bearer(&table.warmup_token)).unwrap();
+    let callout = worker.callouts().pop().expect("the request fetches the keys");
+    assert_eq!(callout.context, id);
+}
+
 /// Host calls one allowed request with a cached token costs in the Envoy profile,
 /// printed for the record (`--nocapture`).
 #[test]
