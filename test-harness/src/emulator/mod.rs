@@ -413,7 +413,8 @@ impl Worker {
         let request_id = format!("req-{:04}", self.next_request_id);
         self.next_request_id += 1;
         let stream = build_stream(self.profile(), id, request, &request_id);
-        let header_count = i32::try_from(stream.request_headers.len()).unwrap_or(i32::MAX);
+        // APISIX passes 0 for the header count (ngx_http_wasm_on_http).
+        let header_count = if self.profile().is_apisix() { 0 } else { to_i32(stream.request_headers.len()) };
         self.store.data_mut().streams.insert(id, stream);
         let create = self.callbacks.context_create.clone();
         let (cid, root) = (id as i32, ROOT_CONTEXT_ID as i32);
@@ -539,7 +540,7 @@ impl Worker {
             Flow::Replied(reply) => (reply.status, reply.headers.clone(), reply.body.clone(), None),
         };
         headers.insert(0, (":status".into(), status.to_string()));
-        let count = to_i32(headers.len());
+        let count = if self.profile().is_apisix() { 0 } else { to_i32(headers.len()) };
         if let Some(stream) = self.store.data_mut().streams.get_mut(&id) {
             stream.response_headers = Some(headers);
         }
