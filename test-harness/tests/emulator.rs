@@ -296,6 +296,40 @@ fn host_calls_of_a_cached_allowed_request() {
     assert!(calls.get("proxy_replace_header_map_value").is_some_and(|&n| n >= 3), "{calls:?}");
 }
 
+/// The filter built with `fault-injection` panics on demand: under every profile
+/// the panic is logged at critical level and the trap ends that VM only.
+/// Needs `target/nhi_guard_fault_injection.wasm` (`make fault-wasm`, or `NHI_FAULT_WASM`).
+#[test]
+fn a_filter_panic_is_logged_and_captured_under_every_profile() {
+    let path = std::env::var_os("NHI_FAULT_WASM").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        test_harness::envoy_config::repo_root().join("target/nhi_guard_fault_injection.wasm")
+    });
+    assert!(path.is_file(), "{} is missing: run `make fault-wasm` (it is never skipped)", path.display());
+    let key = TestKeys::shared().unwrap().by_type(KeyType::Ed25519);
+    let plugin = json!({
+        "issuers": [{ "name": "inline", "issuer": "https://inline.test", "audiences": ["gw"],
+                      "jwks": { "inline": test_harness::keys::jwks([key]) }, "algorithms": ["EdDSA"] }],
+        "fault_injection": { "panic_header": "x-crash" }
+    });
+    for profile in Profile::ALL {
+        let mut host = Host::with_wasm(profile, &path).unwrap();
+        let w = host.start_worker_json(&plugin).unwrap();
+        let worker = host.worker(w).unwrap();
+        assert!(worker.configured(), "{profile}: {}", worker.log_text());
+        assert_eq!(worker.send(&Request::get("/api/fine")).unwrap().status, 401, "{profile}");
+        let err = worker.send(&Request::get("/api/crash").header("x-crash", "1")).unwrap_err();
+        assert!(worker.trap().is_some(), "{profile}: {err:#}");
+        let critical =
+            worker.logs().iter().find(|line| line.level == Some(5)).map(|line| line.message.clone());
+        assert!(
+            critical.as_deref().is_some_and(|m| m.contains("panicked") && m.contains("simulated VM crash")),
+            "{profile}: {critical:?}"
+        );
+        let fresh = host.start_worker_json(&plugin).unwrap();
+        assert_eq!(host.worker(fresh).unwrap().send(&Request::get("/api/fine")).unwrap().status, 401);
+    }
+}
+
 // ----- the emulator itself, on tiny modules -----
 
 /// A minimal proxy-wasm module: `body` is spliced into its module text.
@@ -350,6 +384,12 @@ fn a_trap_is_captured_and_ends_only_that_vm() {
         let other = host.start_worker(b"{}").unwrap();
         assert!(host.worker(other).unwrap().trap().is_none());
     }
+    // A trap while configuring: the worker exists, crashed and unconfigured.
+    let mut host = Host::with_bytes(Profile::Full, &module("", "unreachable", "")).unwrap();
+    let w = host.start_worker(b"{}").unwrap();
+    let worker = host.worker(w).unwrap();
+    assert!(!worker.configured());
+    assert!(worker.trap().unwrap().contains("proxy_on_configure"), "{:?}", worker.trap());
 }
 
 #[test]

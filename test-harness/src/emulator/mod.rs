@@ -275,31 +275,41 @@ impl Worker {
             trap: None,
             next_request_id: 1,
         };
+        // A trap while starting leaves the worker crashed and unconfigured: the test
+        // reads `trap()` and the log.
+        if let Err(err) = worker.boot(&instance, host.profile, plugin_configuration.len()) {
+            if worker.trap.is_none() {
+                return Err(err);
+            }
+        }
+        Ok(worker)
+    }
+
+    /// `_initialize`, the root context, `proxy_on_vm_start` (not on APISIX, which goes
+    /// straight from context creation to configuration) and `proxy_on_configure`.
+    fn boot(&mut self, instance: &Instance, profile: Profile, configuration_size: usize) -> Result<()> {
         for start in ["_initialize", "_start"] {
-            if let Ok(function) = instance.get_typed_func::<(), ()>(&mut worker.store, start) {
-                worker
-                    .guest(Scope::Root("_initialize"), ROOT_CONTEXT_ID, |store| function.call(store, ()))?;
+            if let Ok(function) = instance.get_typed_func::<(), ()>(&mut self.store, start) {
+                self.guest(Scope::Root("_initialize"), ROOT_CONTEXT_ID, |store| function.call(store, ()))?;
                 break;
             }
         }
-        let create = worker.callbacks.context_create.clone();
+        let create = self.callbacks.context_create.clone();
         let root = ROOT_CONTEXT_ID as i32;
-        worker
-            .guest(Scope::Root("proxy_on_context_create"), ROOT_CONTEXT_ID, |s| create.call(s, (root, 0)))?;
-        // APISIX goes straight from context creation to configuration.
-        if let (false, Some(vm_start)) = (host.profile.is_apisix(), worker.callbacks.vm_start.clone()) {
-            let started = worker
+        self.guest(Scope::Root("proxy_on_context_create"), ROOT_CONTEXT_ID, |s| create.call(s, (root, 0)))?;
+        if let (false, Some(vm_start)) = (profile.is_apisix(), self.callbacks.vm_start.clone()) {
+            let started = self
                 .guest(Scope::Root("proxy_on_vm_start"), ROOT_CONTEXT_ID, |s| vm_start.call(s, (root, 0)))?;
             if started == 0 {
-                return Ok(worker);
+                return Ok(());
             }
         }
-        let configure = worker.callbacks.configure.clone();
-        let size = i32::try_from(plugin_configuration.len()).unwrap_or(i32::MAX);
-        let configured = worker
+        let configure = self.callbacks.configure.clone();
+        let size = to_i32(configuration_size);
+        let configured = self
             .guest(Scope::Root("proxy_on_configure"), ROOT_CONTEXT_ID, |s| configure.call(s, (root, size)))?;
-        worker.configured = configured != 0;
-        Ok(worker)
+        self.configured = configured != 0;
+        Ok(())
     }
 
     /// Runs a guest callback in `scope` with `effective` as the effective context; a
@@ -396,8 +406,9 @@ impl Worker {
         &self.state().root_set_properties
     }
 
-    /// Sets a worker-wide property (Envoy: a path; e.g. `["node", "id"]`).
-    pub fn set_property(&mut self, path: &[&str], value: impl Into<Vec<u8>>) {
+    /// Sets a worker-wide property (Envoy: a path, e.g. `["node", "id"]`), seen by
+    /// every request that does not set its own.
+    pub fn set_worker_property(&mut self, path: &[&str], value: impl Into<Vec<u8>>) {
         self.store.data_mut().properties.insert(path.iter().map(|s| (*s).to_owned()).collect(), value.into());
     }
 
