@@ -15,6 +15,7 @@ pub mod config;
 pub mod decision_log;
 pub mod discovery;
 pub mod es256;
+pub mod fast_hash;
 pub mod flood_guard;
 pub mod header_map;
 pub mod jwks;

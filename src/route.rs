@@ -189,13 +189,18 @@ impl Routes {
         [self.client_header.as_str(), SHADOW_DECISION_HEADER]
     }
 
-    /// Whether any decision reads the source address (a route's or an allow
-    /// rule's `source_cidrs`): otherwise the filter need not ask the host for it.
-    pub fn read_source(&self) -> bool {
-        self.routes.iter().any(|route| {
-            !route.source_cidrs.is_empty()
-                || route.allow.iter().flatten().any(|rule| !rule.source_cidrs.is_empty())
-        })
+    /// Whether deciding `req` reads its source address: the route it matches (by
+    /// path, host, method and route name — never by source) has `source_cidrs`, or
+    /// an allow rule that does. Otherwise the filter need not ask the host for it.
+    pub fn needs_source(&self, req: &RequestInfo) -> bool {
+        match classify(self, req) {
+            Ok(Some(route)) => {
+                !route.source_cidrs.is_empty()
+                    || route.allow.iter().flatten().any(|rule| !rule.source_cidrs.is_empty())
+            }
+            // No route: `default_audience`, no source rules. Ambiguous: refused anyway.
+            Ok(None) | Err(AmbiguousPath) => false,
+        }
     }
 
     /// Whether any route matches on Envoy's route name.
@@ -773,18 +778,20 @@ mod tests {
 
     #[test]
     fn what_the_routes_read_from_the_host() {
+        let req =
+            |path: &str| RequestInfo { path: path.into(), method: "GET".into(), ..RequestInfo::default() };
         let none = routes(json!({"routes": [{"name": "a", "match": {"prefix": "/"}}]}));
-        assert!(!none.read_source() && !none.read_route_name());
-        let by_route = routes(
-            json!({"routes": [{"name": "a", "match": {"prefix": "/"}, "source_cidrs": ["10.0.0.0/8"]}]}),
-        );
-        assert!(by_route.read_source());
-        let by_rule = routes(
-            json!({"routes": [{"name": "a", "match": {"prefix": "/"}, "allow": [{"identity": "*", "source_cidrs": ["10.0.0.0/8"]}]}]}),
-        );
-        assert!(by_rule.read_source() && !by_rule.read_route_name());
+        assert!(!none.needs_source(&req("/x")) && !none.read_route_name());
+        let by_route = routes(json!({"routes": [
+            {"name": "open", "match": {"prefix": "/open/"}},
+            {"name": "fenced", "match": {"prefix": "/"}, "source_cidrs": ["10.0.0.0/8"]}]}));
+        assert!(by_route.needs_source(&req("/x")));
+        assert!(!by_route.needs_source(&req("/open/x")), "only the matched route counts");
+        let by_rule = routes(json!({"routes": [
+            {"name": "a", "match": {"prefix": "/"}, "allow": [{"identity": "*", "source_cidrs": ["10.0.0.0/8"]}]}]}));
+        assert!(by_rule.needs_source(&req("/x")) && !by_rule.read_route_name());
         let named = routes(json!({"routes": [{"name": "n", "match": {"route_name": "envoy-deploy"}}]}));
-        assert!(named.read_route_name() && !named.read_source());
+        assert!(named.read_route_name() && !named.needs_source(&req("/x")));
     }
 
     #[test]

@@ -121,7 +121,7 @@ pub const LOCAL_CAPACITY: usize = 256;
 /// refills it from the shared cache at the cost of one read per token).
 #[derive(Debug, Default)]
 pub struct LocalCache {
-    entries: std::collections::HashMap<String, Rc<Verified>>,
+    entries: std::collections::HashMap<String, Rc<Verified>, crate::fast_hash::Seeded>,
     /// [`Config::fingerprint`] the entries were verified under.
     config: u64,
 }

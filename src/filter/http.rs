@@ -56,9 +56,6 @@ impl Http {
         let config = &vm.config;
         let header = |name: &str| header_map::first(&headers, name).map(str::to_owned);
         request.request_id = header("x-request-id");
-        // The source address is read now only if a route decides on it; the flood
-        // guard and the decision log read it when they need it.
-        let source = if config.routes.read_source() { host::source_address() } else { None };
         request.info = RequestInfo {
             path: header(":path").unwrap_or_default(),
             // APISIX gives no `:authority`, only `host`.
@@ -69,7 +66,7 @@ impl Http {
             } else {
                 None
             },
-            source: source.as_deref().and_then(route::parse_source_address),
+            source: None,
             // Without an `mtls` block the certificate matters only to a token bound
             // to one (`cnf`): the pipeline reads it then.
             client_certificate: match &config.mtls {
@@ -77,7 +74,13 @@ impl Http {
                 None => None,
             },
         };
-        request.observed.source = source;
+        // The source address is read only if the matched route decides on it; the
+        // flood guard and the decision log read it when they need it.
+        if config.routes.needs_source(&request.info) {
+            let source = host::source_address();
+            request.info.source = source.as_deref().and_then(route::parse_source_address);
+            request.observed.source = source;
+        }
         request.token = match config.token.extract(header_map::first(&headers, &config.token.header)) {
             Extracted::Absent => None,
             Extracted::Token(raw) => Some(raw.to_owned()),
@@ -185,8 +188,8 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        if let Ok(request) = self.request.try_borrow() {
-            observe::logged(&self.vm, &request);
+        if let Ok(mut request) = self.request.try_borrow_mut() {
+            observe::logged(&self.vm, &mut request);
         }
     }
 }

@@ -8,11 +8,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use log::{info, warn};
 
 use crate::config::{Config, JwksSource};
 use crate::decision_log::{sample_key, LineContext, Record};
+use crate::fast_hash::Seeded;
 use crate::metrics::{Family, IdentityBound, Outcome, Series, NO_ISSUER, NO_ROUTE, UNKNOWN_ISSUER};
 use crate::reason::Reason;
 use crate::store::Store;
@@ -29,8 +31,8 @@ pub const FETCH_FAILURE: &str = "failure";
 pub struct Observer {
     /// Metrics are configured on and the host has them.
     metrics: Cell<bool>,
-    /// Encoded series name → this VM's metric id.
-    ids: RefCell<HashMap<String, u32>>,
+    /// This VM's metric ids, by family and label values (see [`SeriesIds`]).
+    ids: RefCell<SeriesIds>,
     identities: RefCell<IdentityBound>,
     /// The host accepts `set_property` (filter state).
     filter_state: Cell<bool>,
@@ -46,7 +48,7 @@ impl Observer {
     pub fn new(config: &Config, store: &dyn Store, now_ms: u64) -> Observer {
         let observer = Observer {
             metrics: Cell::new(config.metrics.enabled),
-            ids: RefCell::new(HashMap::new()),
+            ids: RefCell::new(SeriesIds::default()),
             identities: RefCell::new(IdentityBound::new(config.metrics.max_identities)),
             filter_state: Cell::new(config.filter_state),
             started_ms: now_ms,
@@ -78,13 +80,13 @@ impl Observer {
         if !self.metrics.get() {
             return None;
         }
-        let series = Series::new(family, values);
-        if let Some(id) = self.ids.try_borrow().ok()?.get(&series.name) {
-            return Some(*id);
+        if let Some(id) = self.ids.try_borrow().ok()?.get(family, values) {
+            return Some(id);
         }
+        let series = Series::new(family, values);
         match host::define_metric(series.kind as u32, &series.name) {
             Ok(id) => {
-                self.ids.try_borrow_mut().ok()?.insert(series.name, id);
+                self.ids.try_borrow_mut().ok()?.insert(family, values, id);
                 Some(id)
             }
             Err(err) => {
@@ -115,6 +117,36 @@ impl Observer {
             self.filter_state.set(false);
             info!("the host refuses set_property ({err}); no nhi-guard filter state for access logs");
         }
+    }
+}
+
+/// Metric ids by family and raw label values. Found without building the series
+/// name (an allocation per label and a formatted string, twice per request): the
+/// name is only built the first time, to define the series.
+#[derive(Default)]
+struct SeriesIds {
+    by_hash: HashMap<u64, Vec<Defined>, Seeded>,
+}
+
+/// A defined series: its family, raw label values and id.
+type Defined = (Family, Box<[String]>, u32);
+
+impl SeriesIds {
+    fn key(&self, family: Family, values: &[&str]) -> u64 {
+        self.by_hash.hasher().hash_one((family as u8, values))
+    }
+
+    fn get(&self, family: Family, values: &[&str]) -> Option<u32> {
+        let same = |(f, v, _): &&Defined| {
+            *f == family && v.len() == values.len() && v.iter().zip(values).all(|(a, b)| a == b)
+        };
+        self.by_hash.get(&self.key(family, values))?.iter().find(same).map(|(_, _, id)| *id)
+    }
+
+    fn insert(&mut self, family: Family, values: &[&str], id: u32) {
+        let key = self.key(family, values);
+        let owned = values.iter().map(|v| (*v).to_owned()).collect();
+        self.by_hash.entry(key).or_default().push((family, owned, id));
     }
 }
 
@@ -187,14 +219,18 @@ pub fn decided(vm: &Vm, request: &mut Request, replied: bool) {
 }
 
 /// The end of the stream: writes the decision line if this request gets one.
-pub fn logged(vm: &Vm, request: &Request) {
-    let record = &request.observed;
+pub fn logged(vm: &Vm, request: &mut Request) {
     let sequence = vm.observer.sequence.get().wrapping_add(1);
     vm.observer.sequence.set(sequence);
     let key = sample_key(request.request_id.as_deref(), sequence);
-    if !record.should_log(&vm.config.decision_log, key) {
+    if !request.observed.should_log(&vm.config.decision_log, key) {
         return;
     }
+    if request.observed.source.is_none() {
+        // Not read for the decision: read now, for the line.
+        request.observed.source = host::source_address();
+    }
+    let record = &request.observed;
     let now_ns = host::now_ns();
     let status = host::property(&["response", "code"])
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
