@@ -274,6 +274,27 @@ fn the_host_setting_is_honoured_under_every_profile() {
     assert_eq!(callout.context, id);
 }
 
+/// Envoy-like: a JWKS cluster Envoy does not know makes every fetch fail at once;
+/// the filter keeps refusing with 503 and retries with backoff, never trapping.
+#[test]
+fn envoy_profile_with_an_unknown_jwks_cluster() {
+    let table = Table::new("no_such_cluster").unwrap();
+    let mut host = Host::new(Profile::Full).unwrap();
+    host.set_clusters(["jwks_demo", "upstream", "web"]);
+    let w = host.start_worker_json(&table.plugin).unwrap();
+    host.advance(Duration::from_secs(3)).unwrap();
+    let worker = host.worker(w).unwrap();
+    assert!(worker.callouts().is_empty());
+    assert!(worker.host_calls().get("proxy_http_call").is_some_and(|&n| n >= 1), "{:?}", worker.host_calls());
+    assert!(worker.log_text().contains("no_such_cluster"), "{}", worker.log_text());
+    // A request for that issuer waits for keys, then gets 503.
+    let id = worker.start_request(&Request::get("/api/x").bearer(&table.warmup_token)).unwrap();
+    host.advance(Duration::from_secs(5)).unwrap();
+    let exchange = host.worker(w).unwrap().finish(id, &UpstreamResponse::ok()).unwrap();
+    assert_eq!((exchange.status, exchange.reason().as_deref()), (503, Some("keys_unavailable")));
+    assert!(host.worker(w).unwrap().trap().is_none());
+}
+
 /// Host calls one allowed request with a cached token costs in the Envoy profile,
 /// printed for the record (`--nocapture`).
 #[test]

@@ -450,6 +450,11 @@ fn http_call(
         }
         id
     } else {
+        let known =
+            state.shared.clusters.borrow().as_ref().is_none_or(|clusters| clusters.contains(&upstream));
+        if !known {
+            return Err(Status::BadArgument.into()); // no such cluster
+        }
         for required in [":method", ":path", ":authority"] {
             if !headers.iter().any(|(n, _)| n == required) {
                 return Err(Status::BadArgument.into());

@@ -853,6 +853,12 @@ impl Host {
         bail!("more than {MAX_EVENTS_PER_ADVANCE} ticks and timeouts in one advance")
     }
 
+    /// Names the clusters callouts may go to (Envoy-like profile); any other name is
+    /// refused with `BadArgument`, as Envoy refuses an unknown cluster.
+    pub fn set_clusters<'a>(&mut self, names: impl IntoIterator<Item = &'a str>) {
+        *self.shared.clusters.borrow_mut() = Some(names.into_iter().map(str::to_owned).collect());
+    }
+
     /// Shared data of this proxy (empty on hosts without it).
     pub fn shared_data(&self) -> Ref<'_, SharedData> {
         self.shared.data.borrow()

@@ -130,6 +130,9 @@ pub struct Shared {
     pub clock_ns: Cell<u64>,
     pub data: RefCell<SharedData>,
     pub metrics: RefCell<Metrics>,
+    /// Envoy's clusters, when the test names them: a callout to another name is
+    /// `BadArgument`, as in Envoy. `None`: every name is a cluster.
+    pub clusters: RefCell<Option<std::collections::BTreeSet<String>>>,
 }
 
 /// A log line a worker wrote (`proxy_log`, or a line on WASI stdout/stderr).
