@@ -471,3 +471,15 @@ fn http_call(
         .insert(token, Callout { token, context, upstream, headers, body, timeout_ms, deadline_ns });
     write_u32(c, token_ptr, token)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::decode_path;
+
+    #[test]
+    fn property_paths_are_nul_separated_with_or_without_a_trailing_nul() {
+        assert_eq!(decode_path(b"source\0address"), ["source", "address"]);
+        assert_eq!(decode_path(b"source\0address\0"), ["source", "address"]);
+        assert_eq!(decode_path(b"remote_addr"), ["remote_addr"]);
+    }
+}
