@@ -1,0 +1,180 @@
+//! Cross-checks against the p256 crate (it signs and multiplies the plain way; we
+//! verify with tables) and hostile signatures.
+
+use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::Field as _;
+use rand::{RngCore, SeedableRng};
+
+use super::*;
+
+/// n − 1, the largest scalar.
+fn n_minus_one() -> Scalar {
+    -Scalar::ONE
+}
+
+/// The group order n, big-endian.
+const N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xbc,
+    0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+fn key_of(signing: &p256::ecdsa::SigningKey) -> Es256Key {
+    Es256Key::from_affine(signing.verifying_key().as_affine()).unwrap()
+}
+
+fn sign(signing: &p256::ecdsa::SigningKey, msg: &[u8]) -> [u8; 64] {
+    let sig: p256::ecdsa::Signature = signing.sign(msg);
+    sig.to_bytes().into()
+}
+
+fn scalar_from_u64s(limbs: [u64; 4]) -> Scalar {
+    let mut bytes = [0u8; 32];
+    for (chunk, limb) in bytes.chunks_exact_mut(8).zip(limbs.iter().rev()) {
+        chunk.copy_from_slice(&limb.to_be_bytes());
+    }
+    <Scalar as Reduce<U256>>::reduce_bytes(&bytes.into())
+}
+
+#[test]
+fn lincomb_matches_plain_scalar_multiplication() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(256);
+    let q_secret = Scalar::random(&mut rng);
+    let q = (ProjectivePoint::GENERATOR * q_secret).to_affine();
+    let key = Es256Key::from_affine(&q).unwrap();
+    let mut scalars = vec![
+        Scalar::ZERO,
+        Scalar::ONE,
+        n_minus_one(),
+        Scalar::from(u64::from(u32::MAX)),
+        scalar_from_u64s([u64::MAX; 4]),
+        scalar_from_u64s([0, 0, 0, 1 << 63]),
+        scalar_from_u64s([0x8000_0000_8000_0000; 4]),
+        scalar_from_u64s([0xaaaa_aaaa_aaaa_aaaa; 4]),
+        scalar_from_u64s([0x5555_5555_5555_5555; 4]),
+        scalar_from_u64s([0xffff_ffff_0000_0001; 4]),
+    ];
+    scalars.extend((0..20).map(|_| Scalar::random(&mut rng)));
+    for u1 in &scalars {
+        for u2 in scalars.iter().step_by(3) {
+            let want = ProjectivePoint::GENERATOR * u1 + ProjectivePoint::from(q) * u2;
+            assert_eq!(lincomb(u1, u2, &key).unwrap(), want);
+        }
+    }
+    // u1·G + u2·Q at infinity: Q = G·q, u1 = −u2·q.
+    let u2 = Scalar::random(&mut rng);
+    let u1 = -(u2 * q_secret);
+    assert!(bool::from(lincomb(&u1, &u2, &key).unwrap().is_identity()));
+}
+
+#[test]
+fn wnaf_digits_rebuild_the_piece() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for window in [W_BASE, W_KEY, 2] {
+        let mut pieces = vec![0, 1, u64::from(u32::MAX), 1 << 31, 0xaaaa_aaaa, 0x5555_5555];
+        pieces.extend((0..1000).map(|_| u64::from(rng.next_u32())));
+        for piece in pieces {
+            let digits = wnaf(piece, window);
+            let value: i128 = digits.iter().rev().fold(0, |acc, &d| acc * 2 + i128::from(d));
+            assert_eq!(value, i128::from(piece));
+            for (i, &d) in digits.iter().enumerate() {
+                if d != 0 {
+                    assert!(d % 2 != 0 && i32::from(d).abs() < 1 << (window - 1));
+                    assert!(digits[i + 1..].iter().take(window as usize - 1).all(|&z| z == 0));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn agrees_with_p256_on_random_keys_and_messages() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    for _ in 0..20 {
+        let signing = p256::ecdsa::SigningKey::random(&mut rng);
+        let key = key_of(&signing);
+        let reference = signing.verifying_key();
+        for len in [0, 1, 32, 100] {
+            let mut msg = vec![0u8; len];
+            rng.fill_bytes(&mut msg);
+            let sig = sign(&signing, &msg);
+            assert!(Es256.verify(&key, &msg, &sig));
+            // A flipped bit: both refuse (or, for a signature still in range, agree).
+            let mut bad = sig;
+            let bit = rng.next_u32() as usize % 512;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            let theirs = p256::ecdsa::Signature::from_slice(&bad)
+                .is_ok_and(|s| p256::ecdsa::signature::Verifier::verify(reference, &msg, &s).is_ok());
+            assert_eq!(Es256.verify(&key, &msg, &bad), theirs);
+            assert!(!theirs);
+            msg.push(1);
+            assert!(!Es256.verify(&key, &msg, &sig));
+        }
+        // Another key does not verify it.
+        let other = key_of(&p256::ecdsa::SigningKey::random(&mut rng));
+        assert!(!Es256.verify(&other, b"m", &sign(&signing, b"m")));
+    }
+}
+
+#[test]
+fn r_and_s_must_be_in_range() {
+    let signing = p256::ecdsa::SigningKey::from_slice(&[7; 32]).unwrap();
+    let key = key_of(&signing);
+    let sig = sign(&signing, b"msg");
+    assert!(Es256.verify(&key, b"msg", &sig));
+    let (r, s) = (&sig[..32], &sig[32..]);
+    let with = |r: &[u8], s: &[u8]| {
+        let mut out = [0u8; 64];
+        out[..32].copy_from_slice(r);
+        out[32..].copy_from_slice(s);
+        out
+    };
+    // s and n − s are both valid ECDSA signatures (no low-s rule in JWS).
+    let neg_s = (-nonzero_scalar(s).unwrap()).to_repr();
+    assert!(Es256.verify(&key, b"msg", &with(r, &neg_s)));
+    // r + n and s + n would be "the same" scalars mod n when they fit in 32 bytes.
+    let plus_n = |x: &[u8]| {
+        let mut out = [0u8; 32];
+        let mut carry = 0u16;
+        for i in (0..32).rev() {
+            let v = u16::from(x[i]) + u16::from(N[i]) + carry;
+            out[i] = v as u8;
+            carry = v >> 8;
+        }
+        (carry == 0).then_some(out)
+    };
+    if let Some(r_plus_n) = plus_n(r) {
+        assert!(!Es256.verify(&key, b"msg", &with(&r_plus_n, s)));
+    }
+    if let Some(s_plus_n) = plus_n(s) {
+        assert!(!Es256.verify(&key, b"msg", &with(r, &s_plus_n)));
+    }
+    for bad in [[0u8; 32], N, [0xff; 32]] {
+        assert!(!Es256.verify(&key, b"msg", &with(&bad, s)));
+        assert!(!Es256.verify(&key, b"msg", &with(r, &bad)));
+    }
+    assert!(!Es256.verify(&key, b"msg", &[0; 64]));
+}
+
+#[test]
+fn key_import() {
+    let signing = p256::ecdsa::SigningKey::from_slice(&[9; 32]).unwrap();
+    let encoded = signing.verifying_key().to_encoded_point(false);
+    let key = Es256Key::from_sec1_bytes(encoded.as_bytes()).unwrap();
+    assert_eq!(key.as_affine(), signing.verifying_key().as_affine());
+    let mut off_curve = encoded.as_bytes().to_vec();
+    off_curve[64] ^= 1;
+    assert!(Es256Key::from_sec1_bytes(&off_curve).is_none());
+    assert!(Es256Key::from_sec1_bytes(&[0]).is_none(), "the identity");
+    assert!(Es256Key::from_affine(&AffinePoint::IDENTITY).is_none());
+    assert!(Es256Key::from_sec1_bytes(&[]).is_none());
+}
+
+#[test]
+fn algorithm_trait() {
+    let signing = p256::ecdsa::SigningKey::from_slice(&[3; 32]).unwrap();
+    let sig = Es256Signature::try_from_slice(&sign(&signing, b"m")).unwrap();
+    assert!(Es256.verify_signature(&sig, &key_of(&signing), b"m"));
+    assert!(Es256Signature::try_from_slice(&[0; 63]).is_err());
+    assert!(Es256Signature::try_from_slice(&[0; 65]).is_err());
+    assert_eq!(Es256.name(), "ES256");
+}
