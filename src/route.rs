@@ -203,6 +203,14 @@ impl Routes {
         }
     }
 
+    /// Whether the route `req` matches refuses its source address outright (route
+    /// `source_cidrs`, checked before any credential): then nothing about the token —
+    /// not even whether keys are loaded — can change the answer.
+    pub fn source_refused(&self, req: &RequestInfo) -> bool {
+        matches!(classify(self, req), Ok(Some(route))
+            if !route.source_cidrs.is_empty() && !cidr::any_contains(&route.source_cidrs, req.source))
+    }
+
     /// Whether any route matches on Envoy's route name.
     pub fn read_route_name(&self) -> bool {
         self.routes.iter().any(|route| route.matcher.route_name.is_some())
@@ -792,6 +800,11 @@ mod tests {
         assert!(by_rule.needs_source(&req("/x")) && !by_rule.read_route_name());
         let named = routes(json!({"routes": [{"name": "n", "match": {"route_name": "envoy-deploy"}}]}));
         assert!(named.read_route_name() && !named.needs_source(&req("/x")));
+        let from = |ip: &str| RequestInfo { source: Some(ip.parse().unwrap()), ..req("/x") };
+        assert!(by_route.source_refused(&from("192.0.2.1")) && by_route.source_refused(&req("/x")));
+        assert!(!by_route.source_refused(&from("10.1.2.3")));
+        assert!(!by_route.source_refused(&RequestInfo { path: "/open/x".into(), ..from("192.0.2.1") }));
+        assert!(!by_rule.source_refused(&from("192.0.2.1")), "allow rules are judged with the credential");
     }
 
     #[test]

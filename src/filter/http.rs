@@ -24,11 +24,19 @@ pub struct Http {
     request: Rc<RefCell<Request>>,
     /// The JWKS callout this request made (keys fetched on request).
     fetch: Option<Pending>,
+    /// The decision line was considered (in `on_log`, or `on_done` on hosts such as
+    /// APISIX that never call `on_log`).
+    logged: bool,
 }
 
 impl Http {
     pub fn new(vm: Rc<Vm>, context_id: u32) -> Self {
-        Http { vm, request: Rc::new(RefCell::new(Request { context_id, ..Request::default() })), fetch: None }
+        Http {
+            vm,
+            request: Rc::new(RefCell::new(Request { context_id, ..Request::default() })),
+            fetch: None,
+            logged: false,
+        }
     }
 
     fn start(&mut self) -> Action {
@@ -149,7 +157,25 @@ impl Drop for Http {
     }
 }
 
+impl Http {
+    fn log_decision(&mut self) {
+        if std::mem::replace(&mut self.logged, true) {
+            return;
+        }
+        if let Ok(mut request) = self.request.try_borrow_mut() {
+            observe::logged(&self.vm, &mut request);
+        }
+    }
+}
+
 impl Context for Http {
+    /// The end of the stream. Envoy calls `on_log` before this; APISIX never does,
+    /// so the decision line is written here if it was not yet.
+    fn on_done(&mut self) -> bool {
+        self.log_decision();
+        true
+    }
+
     fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
         let Some(pending) = self.fetch.take_if(|p| p.token == token_id) else { return };
         let vm = Rc::clone(&self.vm);
@@ -188,8 +214,6 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
-        if let Ok(mut request) = self.request.try_borrow_mut() {
-            observe::logged(&self.vm, &mut request);
-        }
+        self.log_decision();
     }
 }

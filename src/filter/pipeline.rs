@@ -297,7 +297,11 @@ fn set_request_headers(
 /// rotated). Each request waits at most once.
 fn wait_for_keys(vm: &Vm, request: &Request, rejection: &Rejection, now_ms: u64) -> Option<Step> {
     let issuer = rejection.issuer?;
-    if request.waited || vm.waiters.borrow().len() >= MAX_WAITERS {
+    if request.waited
+        || vm.waiters.borrow().len() >= MAX_WAITERS
+        || vm.config.routes.source_refused(&request.info)
+    {
+        // A source the route refuses gets its 403 now: no wait, no fetch for it.
         return None;
     }
     let mut keys = vm.keys.borrow_mut();

@@ -164,6 +164,40 @@ fn source_cidrs_see_the_client_address_under_every_profile() {
     }
 }
 
+/// A source the route refuses is answered before anything about the token, even
+/// with no keys loaded yet: no wait, no JWKS callout on its behalf. And the refusal
+/// gets its decision line under every profile (APISIX never calls `on_log`).
+#[test]
+fn a_refused_source_is_answered_at_once_and_logged_under_every_profile() {
+    for profile in Profile::ALL {
+        let mut table = Table::new(jwks_upstream(profile)).unwrap();
+        let routes = table.plugin["routes"].as_array_mut().unwrap();
+        routes.insert(
+            0,
+            json!({ "name": "internal", "match": { "prefix": "/internal/" }, "audience": "machine",
+                    "source_cidrs": ["10.0.0.0/8"] }),
+        );
+        let mut host = Host::new(profile).unwrap();
+        let index = host.start_worker_json(&table.plugin).unwrap();
+        let worker = host.worker(index).unwrap();
+        assert!(worker.configured(), "{profile}: {}", worker.log_text());
+        let decision_lines =
+            |w: &test_harness::emulator::Worker| w.log_text().matches("\"event\":\"nhi_decision\"").count();
+        let before = decision_lines(worker);
+        let outside =
+            Request::get("/internal/b").bearer(&table.warmup_token).source("192.0.2.1:5555".parse().unwrap());
+        let refused = worker.send(&outside).unwrap();
+        assert_eq!(
+            (refused.status, refused.reason().as_deref()),
+            (403, Some("source_not_allowed")),
+            "{profile}"
+        );
+        assert!(worker.callouts().is_empty(), "{profile}: a callout for a refused source");
+        assert_eq!(decision_lines(worker), before + 1, "{profile}: {}", worker.log_text());
+        assert!(worker.violations().is_empty() && worker.trap().is_none(), "{profile}");
+    }
+}
+
 /// Envoy-like: the root context fetches on its tick (one fetcher per proxy), both
 /// workers use the keys through shared data, and metrics are kept.
 #[test]
@@ -315,6 +349,39 @@ fn host_calls_of_a_cached_allowed_request() {
     }
     assert!(!calls.contains_key("proxy_send_local_response"));
     assert!(calls.get("proxy_replace_header_map_value").is_some_and(|&n| n >= 3), "{calls:?}");
+}
+
+/// The host calls of the reused-token path with what `make bench` runs: no filter
+/// state, no decision log (as README "Fast paths" counts them). Each call into Envoy
+/// costs about as much as the filter's own work on a cached token, so this is a budget.
+#[test]
+fn a_cached_allowed_request_makes_ten_host_calls_without_filter_state_or_decision_log() {
+    let mut table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+    table.plugin["filter_state"] = serde_json::json!(false);
+    table.plugin["decision_log"] = serde_json::json!({ "enabled": false });
+    // RateLimit headers on allowed responses would add two.
+    if let Some(quotas) = table.plugin.get_mut("quotas") {
+        quotas["response_headers"] = serde_json::json!(false);
+    }
+    // claims_to_headers would add one header per claim: none here.
+    for issuer in table.plugin["issuers"].as_array_mut().unwrap() {
+        issuer.as_object_mut().unwrap().remove("claims_to_headers");
+    }
+    let mut host = Host::new(Profile::Full).unwrap();
+    table.start(&mut host).unwrap();
+    let worker = host.worker(0).unwrap();
+    let request = Request::get("/api/cached").bearer(&table.warmup_token);
+    assert_eq!(worker.send(&request).unwrap().status, 200);
+    worker.reset_host_calls();
+    assert_eq!(worker.send(&request).unwrap().status, 200);
+    let calls = worker.host_calls().clone();
+    let total: u64 = calls.values().sum();
+    println!("host calls of a cached allowed request, bench configuration: {total} {calls:?}");
+    for absent in ["proxy_set_property", "proxy_get_property", "proxy_log", "proxy_get_header_map_value"] {
+        assert!(!calls.contains_key(absent), "{absent} on the reused-token path: {calls:?}");
+    }
+    assert_eq!(calls.get("proxy_get_current_time_nanoseconds"), Some(&1), "{calls:?}");
+    assert!(total <= 10, "{total} host calls: {calls:?}");
 }
 
 /// The filter built with `fault-injection` panics on demand: under every profile
