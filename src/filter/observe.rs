@@ -232,9 +232,11 @@ pub fn logged(vm: &Vm, request: &mut Request) {
     }
     let record = &request.observed;
     let now_ns = host::now_ns();
+    // Envoy: `response.code`, an 8-byte integer; nginx (APISIX): `$status`, text.
     let status = host::property(&["response", "code"])
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
         .and_then(|bytes| u16::try_from(i64::from_le_bytes(bytes)).ok())
+        .or_else(|| host::property_string(&["status"]).and_then(|text| text.trim().parse().ok()))
         .filter(|status| *status > 0);
     let line = record.line(&LineContext {
         now_ms: now_ns / 1_000_000,

@@ -134,6 +134,9 @@ pub struct CaseResult {
     /// Flood case: the answer to one more forged token from the flood's source after
     /// the last run (see [`stacks::answer_to_flood_source`]).
     pub flood_answer: Option<String>,
+    /// nhi-guard with every token new: mean µs per verification inside Envoy, from
+    /// its own `nhi_verification_duration_us` histogram.
+    pub verify_mean_us: Option<f64>,
 }
 
 impl CaseResult {
@@ -212,6 +215,7 @@ impl<'a> Runner<'a> {
             flood_runs: Vec::new(),
             memory_after: Memory::default(),
             flood_answer: None,
+            verify_mean_us: None,
         };
         for run in 0..self.settings.runs {
             let (measured, flood) = self.measure(&envoy, case, self.settings.run_length())?;
@@ -226,6 +230,9 @@ impl<'a> Runner<'a> {
         }
         if case.traffic == Traffic::Flood {
             result.flood_answer = Some(stacks::answer_to_flood_source(&envoy, self.tokens)?);
+        }
+        if matches!(case.traffic, Traffic::Rotating(_)) && case.stack != Stack::NativeJwt {
+            result.verify_mean_us = envoy.verification_mean_us()?;
         }
         envoy.check_running()?;
         result.memory_after = envoy.memory()?;
@@ -367,6 +374,7 @@ mod tests {
             flood_runs: Vec::new(),
             memory_after: Memory::default(),
             flood_answer: None,
+            verify_mean_us: None,
         };
         assert_eq!(result.median().unwrap().requests_per_sec, 2.0);
     }

@@ -160,6 +160,14 @@ impl BenchEnvoy {
         http::request(self.admin, "GET", path, &[])
     }
 
+    /// The mean of nhi-guard's `nhi_verification_duration_us` histogram (every
+    /// label summed), as flushed to the admin stats so far: µs per verification the
+    /// worker could not answer from its own cache. `None` without samples.
+    pub fn verification_mean_us(&self) -> Result<Option<f64>> {
+        let text = String::from_utf8_lossy(&self.admin_get("/stats/prometheus")?.body).into_owned();
+        Ok(verification_mean(&text))
+    }
+
     /// Resident set size and allocator statistics, now.
     pub fn memory(&self) -> Result<Memory> {
         let pid = self.child.as_ref().map(Child::id).context("Envoy is not running")?;
@@ -201,5 +209,40 @@ impl BenchEnvoy {
 impl Drop for BenchEnvoy {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The mean of every `…verification_duration_us` histogram in a Prometheus scrape.
+fn verification_mean(scrape: &str) -> Option<f64> {
+    let total = |suffix: &str| -> f64 {
+        let wanted = format!("verification_duration_us_{suffix}");
+        scrape
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(series, _)| series.split('{').next().is_some_and(|name| name.ends_with(&wanted)))
+            .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+            .sum()
+    };
+    let count = total("count");
+    (count > 0.0).then(|| total("sum") / count)
+}
+
+#[cfg(test)]
+mod verification_tests {
+    use super::verification_mean;
+
+    #[test]
+    fn the_mean_sums_every_label_set() {
+        let scrape = "# TYPE x histogram\n\
+            nhi_issuer_bench_nhi_verification_duration_us_sum{} 3000.5\n\
+            nhi_issuer_bench_nhi_verification_duration_us_count{} 30\n\
+            nhi_verification_duration_us_sum{nhi_issuer=\"b\"} 999.5\n\
+            nhi_verification_duration_us_count{nhi_issuer=\"b\"} 10\n\
+            nhi_verification_duration_us_bucket{le=\"25\"} 7\n\
+            other_count{} 5\n";
+        assert_eq!(verification_mean(scrape), Some(100.0));
+        assert_eq!(verification_mean("nhi_verification_duration_us_count{} 0\n"), None);
+        assert_eq!(verification_mean(""), None);
     }
 }

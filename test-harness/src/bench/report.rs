@@ -117,6 +117,23 @@ fn results_table(out: &mut String, run: &Run) {
             latency(median.p99_us),
         );
     }
+    let verify: Vec<String> = run
+        .results
+        .iter()
+        .filter_map(|r| match (r.case.traffic, r.verify_mean_us) {
+            (Traffic::Rotating(alg), Some(us)) => Some(format!("{alg} {us:.0} µs")),
+            _ => None,
+        })
+        .collect();
+    if !verify.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nInside Envoy, with every token new, one verification (token parsing, the signature check, \
+             the shared cache's digest, lookup and insert, the flood guard) took on average: {} \
+             (nhi-guard's `nhi_verification_duration_us` histogram over the flushed runs).",
+            verify.join(", ")
+        );
+    }
     if let Some(flood) = run.results.iter().find(|r| r.case.traffic == Traffic::Flood) {
         let forged: Vec<String> = flood.flood_runs.iter().map(|o| rate(o.requests_per_sec)).collect();
         let _ = write!(
