@@ -126,16 +126,17 @@ pub struct Record {
 
 impl Record {
     /// After verification: `raw` is the token (only read for its `kid` when it
-    /// failed), `result` what the verifier said.
+    /// failed), `result` what the verifier said, `elapsed_ns` how long it took (`None`
+    /// when the worker's own cache answered: no verification was done).
     pub fn note_verification(
         &mut self,
         raw: Option<&str>,
         max_token_bytes: usize,
         result: Option<Result<&Verified, &Rejection>>,
-        elapsed_ns: u64,
+        elapsed_ns: Option<u64>,
     ) {
         self.token = raw.is_some();
-        self.verify_ns = result.map(|_| elapsed_ns);
+        self.verify_ns = result.and(elapsed_ns);
         self.identity = None;
         match result {
             None => {
@@ -406,7 +407,7 @@ mod tests {
             source: Some("10.0.0.1:5000".into()),
             ..Record::default()
         };
-        r.note_verification(Some("x.y.z"), 8192, Some(Ok(&verified("robot"))), 42_000);
+        r.note_verification(Some("x.y.z"), 8192, Some(Ok(&verified("robot"))), Some(42_000));
         r.note_verdict(&verdict(Decision::Allow, false));
         let d = r.finish(false).unwrap();
         assert_eq!(
@@ -447,7 +448,7 @@ mod tests {
         );
         let mut r = Record::default();
         let rejection = Rejection::new(Reason::Expired, "expired").for_issuer(0);
-        r.note_verification(Some(&token), 8192, Some(Err(&rejection)), 1_000);
+        r.note_verification(Some(&token), 8192, Some(Err(&rejection)), Some(1_000));
         r.note_verdict(&Verdict {
             route: None,
             client_class: ClientClass::Human,
@@ -469,7 +470,7 @@ mod tests {
     #[test]
     fn shadow_refusals_are_allowed_with_a_shadow_reason() {
         let mut r = Record::default();
-        r.note_verification(Some("t"), 8192, Some(Ok(&verified("robot"))), 0);
+        r.note_verification(Some("t"), 8192, Some(Ok(&verified("robot"))), Some(0));
         r.note_verdict(&verdict(deny(RouteDenial::NotAllowed), true));
         let d = r.finish(false).unwrap();
         assert_eq!(d.outcome, Outcome::Allowed);

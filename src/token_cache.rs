@@ -163,9 +163,9 @@ impl LocalCache {
     }
 }
 
-/// [`verify_cached`] behind this VM's [`LocalCache`]: the local cache first, then the
-/// shared one, then the full verification; what verifies goes into both caches.
-pub fn verify_layered<K: KeyLookup + ?Sized>(
+/// The path after a [`LocalCache::get`] miss: [`verify_cached`] (the shared cache,
+/// else the full verification), and what verifies is remembered in `local` too.
+pub fn verify_and_remember<K: KeyLookup + ?Sized>(
     config: &Config,
     keys: &K,
     store: &dyn Store,
@@ -174,11 +174,6 @@ pub fn verify_layered<K: KeyLookup + ?Sized>(
     now: i64,
     crypto_allowed: impl FnOnce() -> bool,
 ) -> Result<Rc<Verified>, Rejection> {
-    if config.token_cache.is_some() {
-        if let Some(verified) = local.get(config, keys, raw, now) {
-            return Ok(verified);
-        }
-    }
     let verified = Rc::new(verify_cached(config, keys, store, raw, now, crypto_allowed)?);
     if config.token_cache.is_some() {
         local.insert(config, raw, &verified);
@@ -460,26 +455,29 @@ mod tests {
         let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
         let mut local = LocalCache::default();
         let store = MemoryStore::new();
-        let first =
-            verify_layered(&config, keys().as_slice(), &store, &mut local, &token, now, || true).unwrap();
+        let first = verify_and_remember(&config, keys().as_slice(), &store, &mut local, &token, now, || true)
+            .unwrap();
         assert_eq!((local.len(), store.len()), (1, 1), "in both caches");
-        // A second use needs neither shared data nor crypto (both are gone).
-        let empty = MemoryStore::new();
-        let again = verify_layered(&config, keys().as_slice(), &empty, &mut local, &token, now, || {
-            panic!("crypto asked")
-        })
-        .unwrap();
+        // A second use needs neither shared data nor crypto: the local cache answers.
+        let again = local.get(&config, keys().as_slice(), &token, now).unwrap();
         assert!(Rc::ptr_eq(&first, &again), "the same parsed verification");
-        // Expired, or its key left the JWKS, or another configuration: not answered.
+        // Expired, or its key left the JWKS, or another configuration: not answered
+        // locally, and the full check says why.
+        let empty = MemoryStore::new();
+        assert!(local.get(&config, keys().as_slice(), &token, now + 3_600).is_none());
         let late =
-            verify_layered(&config, keys().as_slice(), &empty, &mut local, &token, now + 3_600, || true);
+            verify_and_remember(&config, keys().as_slice(), &empty, &mut local, &token, now + 3_600, || true);
         assert_eq!(late.unwrap_err().reason, Reason::Expired);
         let none: Vec<Option<KeySet>> = vec![None];
-        let unavailable = verify_layered(&config, none.as_slice(), &empty, &mut local, &token, now, || true);
+        assert!(local.get(&config, none.as_slice(), &token, now).is_none());
+        let unavailable =
+            verify_and_remember(&config, none.as_slice(), &empty, &mut local, &token, now, || true);
         assert_eq!(unavailable.unwrap_err().reason, Reason::KeysUnavailable);
         let mut other = config.clone();
         other.fingerprint ^= 1;
-        assert!(verify_layered(&other, keys().as_slice(), &empty, &mut local, &token, now, || false).is_err());
+        assert!(local.get(&other, keys().as_slice(), &token, now).is_none());
+        assert!(verify_and_remember(&other, keys().as_slice(), &empty, &mut local, &token, now, || false)
+            .is_err());
     }
 
     #[test]

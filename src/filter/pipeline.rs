@@ -100,7 +100,8 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         let view = KeyView { keys: &keys, now_ms };
         vm.local_tokens.borrow().get(config, &view, raw, now_secs)
     });
-    let verify_started_ns = if local_hit.is_none() { host::now_ns() } else { 0 };
+    // Timed only when a verification runs: not without a token, not on a local hit.
+    let verify_started_ns = (request.token.is_some() && local_hit.is_none()).then(host::now_ns);
     // The flood guard: a source over its budget of failed signature checks gets no
     // more crypto until its window ends (cached verifications still pass). Asked
     // only when a token needs crypto, which is also when the source is read.
@@ -124,7 +125,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
                 blocked_for.is_none()
             };
             let mut local = vm.local_tokens.borrow_mut();
-            token_cache::verify_layered(
+            token_cache::verify_and_remember(
                 config,
                 &view,
                 vm.store.as_ref(),
@@ -160,17 +161,13 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         }
     }
     let max_token_bytes = config.token.max_bytes;
-    let verify_ns = if verify_started_ns == 0 { 0 } else { host::now_ns().saturating_sub(verify_started_ns) };
+    let verify_ns = verify_started_ns.map(|started| host::now_ns().saturating_sub(started));
     request.observed.note_verification(
         request.token.as_deref(),
         max_token_bytes,
         verification.as_ref().map(|r| r.as_ref().map(|v| &**v)),
         verify_ns,
     );
-    if verify_started_ns == 0 {
-        // Answered from this VM's cache: no verification time to record.
-        request.observed.verify_ns = None;
-    }
     if let Some(Err(rejection)) = &verification {
         if let Some(step) = wait_for_keys(vm, request, rejection, now_ms) {
             return step;
