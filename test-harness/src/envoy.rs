@@ -329,30 +329,7 @@ impl Envoy {
     }
 
     fn await_ready(&mut self, admin_path: &Path, primary: Option<&str>, deadline: Instant) -> Result<()> {
-        self.admin = loop {
-            self.ensure_running()?;
-            if let Ok(text) = fs::read_to_string(admin_path) {
-                if let Ok(addr) = text.trim().parse() {
-                    break addr;
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("timed out waiting for {}", admin_path.display());
-            }
-            thread::sleep(POLL);
-        };
-        loop {
-            self.ensure_running()?;
-            let ready = self.admin_get("/ready");
-            if matches!(&ready, Ok(response) if response.status == 200 && response.body_text().trim() == "LIVE")
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("timed out waiting for /ready to say LIVE (last answer: {ready:?})");
-            }
-            thread::sleep(POLL);
-        }
+        self.admin = await_admin_ready(admin_path, deadline, || self.ensure_running())?;
         self.listeners = self.read_listeners()?;
         let primary = primary.context("the Envoy config has no static listener")?;
         self.listener = *self
@@ -516,5 +493,36 @@ impl Drop for Envoy {
             );
         }
         self.stop();
+    }
+}
+
+/// Waits for a starting Envoy until `deadline`: its admin address written to
+/// `admin_path`, then its admin `/ready` answering `LIVE`. `ensure_running` fails
+/// fast when the process has died. Returns the admin address.
+pub(crate) fn await_admin_ready(
+    admin_path: &Path,
+    deadline: Instant,
+    mut ensure_running: impl FnMut() -> Result<()>,
+) -> Result<SocketAddr> {
+    let admin = loop {
+        ensure_running()?;
+        if let Some(addr) = fs::read_to_string(admin_path).ok().and_then(|text| text.trim().parse().ok()) {
+            break addr;
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {}", admin_path.display());
+        }
+        thread::sleep(POLL);
+    };
+    loop {
+        ensure_running()?;
+        let ready = http::request(admin, "GET", "/ready", &[]);
+        if matches!(&ready, Ok(response) if response.status == 200 && response.body_text().trim() == "LIVE") {
+            return Ok(admin);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for /ready to say LIVE (last answer: {ready:?})");
+        }
+        thread::sleep(POLL);
     }
 }

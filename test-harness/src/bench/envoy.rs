@@ -2,13 +2,13 @@
 //! ephemeral ports its config asks for, logging at `warning` (no per-request log I/O).
 //!
 //! The e2e harness's [`crate::envoy::Envoy`] renders the shipped config and cannot pin;
-//! this runs a bench config as rendered, and shares the binary and wasm lookup with it.
+//! this runs a bench config as rendered, and shares the binary and wasm lookup and the
+//! readiness wait ([`crate::envoy::await_admin_ready`]) with it.
 
 use std::fs::{self, File};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +17,6 @@ use serde_json::Value;
 use crate::http::{self, Response};
 use crate::process;
 
-const POLL: Duration = Duration::from_millis(50);
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const LOG_TAIL_LINES: usize = 40;
@@ -100,28 +99,7 @@ impl BenchEnvoy {
 
     fn await_ready(&mut self, admin_path: &Path) -> Result<()> {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
-        self.admin = loop {
-            self.ensure_running()?;
-            if let Some(addr) = fs::read_to_string(admin_path).ok().and_then(|text| text.trim().parse().ok())
-            {
-                break addr;
-            }
-            if Instant::now() > deadline {
-                bail!("timed out waiting for {}", admin_path.display());
-            }
-            thread::sleep(POLL);
-        };
-        loop {
-            self.ensure_running()?;
-            let ready = self.admin_get("/ready");
-            if matches!(&ready, Ok(r) if r.status == 200 && r.body_text().trim() == "LIVE") {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("timed out waiting for /ready to say LIVE (last answer: {ready:?})");
-            }
-            thread::sleep(POLL);
-        }
+        self.admin = crate::envoy::await_admin_ready(admin_path, deadline, || self.ensure_running())?;
         self.listener = self.first_listener()?;
         Ok(())
     }
