@@ -5,7 +5,7 @@
 //! by `Content-Length` or chunked encoding, and always answers with `Content-Length`.
 //! The client sends `Connection: close` and reads the answer to the end.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -287,6 +287,37 @@ fn reason(status: u16) -> &'static str {
 /// `headers` are sent as given, after `host`.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
     request_with_body(addr, method, path, headers, &[])
+}
+
+/// Sends `total` GETs of `path` carrying `Authorization: Bearer <token>` from
+/// `clients` parallel clients (`total / clients` each); counts the statuses.
+pub fn bearer_status_counts(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    clients: usize,
+    total: usize,
+) -> Result<BTreeMap<u16, usize>> {
+    let per_client = total / clients.max(1);
+    let authorization = format!("Bearer {token}");
+    let handles: Vec<JoinHandle<Result<Vec<u16>>>> = (0..clients)
+        .map(|_| {
+            let (path, authorization) = (path.to_owned(), authorization.clone());
+            thread::spawn(move || {
+                (0..per_client)
+                    .map(|_| Ok(request(addr, "GET", &path, &[("authorization", &authorization)])?.status))
+                    .collect()
+            })
+        })
+        .collect();
+    let mut counts = BTreeMap::new();
+    for handle in handles {
+        let statuses = handle.join().map_err(|_| anyhow::anyhow!("a client thread panicked"))??;
+        for status in statuses {
+            *counts.entry(status).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
 }
 
 /// [`request`] with a body (sent with `Content-Length` when not empty).

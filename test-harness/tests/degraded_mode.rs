@@ -33,34 +33,9 @@ fn plugin(host: &str) -> Value {
     plugin
 }
 
+/// `n` requests with `token` from 4 parallel clients; counts statuses.
 fn statuses(stack: &Stack, token: &str, n: usize) -> BTreeMap<u16, usize> {
-    let addr = stack.envoy.listener_addr();
-    let handles: Vec<_> = (0..4)
-        .map(|_| {
-            let token = token.to_owned();
-            thread::spawn(move || {
-                (0..n / 4)
-                    .map(|_| {
-                        http::request(
-                            addr,
-                            "GET",
-                            "/api/degraded",
-                            &[("authorization", &format!("Bearer {token}"))],
-                        )
-                        .unwrap()
-                        .status
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let mut counts = BTreeMap::new();
-    for handle in handles {
-        for status in handle.join().unwrap() {
-            *counts.entry(status).or_insert(0) += 1;
-        }
-    }
-    counts
+    http::bearer_status_counts(stack.envoy.listener_addr(), "/api/degraded", token, 4, n).unwrap()
 }
 
 #[test]

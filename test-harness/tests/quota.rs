@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::thread;
 
 use serde_json::{json, Value};
 use test_harness::envoy::EnvoyOptions;
@@ -41,20 +40,7 @@ fn get(addr: SocketAddr, token: &str) -> Response {
 
 /// Sends `total` requests with `token` from `threads` parallel clients; counts statuses.
 fn hammer(addr: SocketAddr, token: &str, threads: usize, total: usize) -> BTreeMap<u16, usize> {
-    let per_thread = total / threads;
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let token = token.to_owned();
-            thread::spawn(move || (0..per_thread).map(|_| get(addr, &token).status).collect::<Vec<_>>())
-        })
-        .collect();
-    let mut counts = BTreeMap::new();
-    for handle in handles {
-        for status in handle.join().unwrap() {
-            *counts.entry(status).or_insert(0) += 1;
-        }
-    }
-    counts
+    http::bearer_status_counts(addr, "/api/quota", token, threads, total).unwrap()
 }
 
 #[test]
