@@ -135,18 +135,24 @@ fn apisix_failed_fetch_refuses_the_waiting_request() {
     assert!(worker.violations().is_empty(), "{:?}", worker.violations());
 }
 
+/// The scenario table with a first route `/internal/` open to 10.0.0.0/8 only.
+fn table_with_internal_route(profile: Profile) -> Table {
+    let mut table = Table::new(jwks_upstream(profile)).unwrap();
+    let routes = table.plugin["routes"].as_array_mut().unwrap();
+    routes.insert(
+        0,
+        json!({ "name": "internal", "match": { "prefix": "/internal/" }, "audience": "machine",
+                "source_cidrs": ["10.0.0.0/8"] }),
+    );
+    table
+}
+
 /// Source addresses reach the filter under each host's property name: Envoy's
 /// `source.address` (`ip:port`), nginx's `remote_addr` (`ip`).
 #[test]
 fn source_cidrs_see_the_client_address_under_every_profile() {
     for profile in Profile::ALL {
-        let mut table = Table::new(jwks_upstream(profile)).unwrap();
-        let routes = table.plugin["routes"].as_array_mut().unwrap();
-        routes.insert(
-            0,
-            json!({ "name": "internal", "match": { "prefix": "/internal/" }, "audience": "machine",
-                                 "source_cidrs": ["10.0.0.0/8"] }),
-        );
+        let table = table_with_internal_route(profile);
         let mut host = Host::new(profile).unwrap();
         table.start(&mut host).unwrap();
         let inside =
@@ -170,13 +176,7 @@ fn source_cidrs_see_the_client_address_under_every_profile() {
 #[test]
 fn a_refused_source_is_answered_at_once_and_logged_under_every_profile() {
     for profile in Profile::ALL {
-        let mut table = Table::new(jwks_upstream(profile)).unwrap();
-        let routes = table.plugin["routes"].as_array_mut().unwrap();
-        routes.insert(
-            0,
-            json!({ "name": "internal", "match": { "prefix": "/internal/" }, "audience": "machine",
-                    "source_cidrs": ["10.0.0.0/8"] }),
-        );
+        let table = table_with_internal_route(profile);
         let mut host = Host::new(profile).unwrap();
         let index = host.start_worker_json(&table.plugin).unwrap();
         let worker = host.worker(index).unwrap();
@@ -329,11 +329,9 @@ fn envoy_profile_with_an_unknown_jwks_cluster() {
     assert!(host.worker(w).unwrap().trap().is_none());
 }
 
-/// Host calls one allowed request with a cached token costs in the Envoy profile,
-/// printed for the record (`--nocapture`).
-#[test]
-fn host_calls_of_a_cached_allowed_request() {
-    let table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+/// The host calls of one allowed request whose token the worker already verified
+/// (Envoy profile): the second of two identical requests.
+fn cached_request_host_calls(table: &Table) -> std::collections::BTreeMap<String, u64> {
     let mut host = Host::new(Profile::Full).unwrap();
     table.start(&mut host).unwrap();
     let worker = host.worker(0).unwrap();
@@ -341,7 +339,14 @@ fn host_calls_of_a_cached_allowed_request() {
     assert_eq!(worker.send(&request).unwrap().status, 200);
     worker.reset_host_calls();
     assert_eq!(worker.send(&request).unwrap().status, 200);
-    let calls = worker.host_calls().clone();
+    worker.host_calls().clone()
+}
+
+/// Host calls one allowed request with a cached token costs in the Envoy profile,
+/// printed for the record (`--nocapture`).
+#[test]
+fn host_calls_of_a_cached_allowed_request() {
+    let calls = cached_request_host_calls(&Table::new(jwks_upstream(Profile::Full)).unwrap());
     let total: u64 = calls.values().sum();
     println!("host calls of one allowed request with a cached token (Envoy profile): {total}");
     for (name, count) in &calls {
@@ -367,14 +372,7 @@ fn a_cached_allowed_request_makes_ten_host_calls_without_filter_state_or_decisio
     for issuer in table.plugin["issuers"].as_array_mut().unwrap() {
         issuer.as_object_mut().unwrap().remove("claims_to_headers");
     }
-    let mut host = Host::new(Profile::Full).unwrap();
-    table.start(&mut host).unwrap();
-    let worker = host.worker(0).unwrap();
-    let request = Request::get("/api/cached").bearer(&table.warmup_token);
-    assert_eq!(worker.send(&request).unwrap().status, 200);
-    worker.reset_host_calls();
-    assert_eq!(worker.send(&request).unwrap().status, 200);
-    let calls = worker.host_calls().clone();
+    let calls = cached_request_host_calls(&table);
     let total: u64 = calls.values().sum();
     println!("host calls of a cached allowed request, bench configuration: {total} {calls:?}");
     for absent in ["proxy_set_property", "proxy_get_property", "proxy_log", "proxy_get_header_map_value"] {
