@@ -196,6 +196,14 @@ impl LocalKeys {
         LocalKeys { schedule: Some(schedule), ..LocalKeys::default() }
     }
 
+    /// Keys fetched (by whichever worker) at `fetched_at_ms` replace the current
+    /// ones; a pending early refetch for an unknown `kid` is answered by them.
+    pub fn load(&mut self, set: KeySet, fetched_at_ms: u64) {
+        self.set = Some(set);
+        self.fetched_at_ms = Some(fetched_at_ms);
+        self.kid_miss = false;
+    }
+
     /// The keys if they may be used at `now`: loaded, and not older than `max_stale`.
     pub fn usable(&self, now_ms: u64) -> Option<&KeySet> {
         match (&self.schedule, self.fetched_at_ms) {
@@ -329,8 +337,9 @@ mod tests {
         let schedule = Schedule { interval_ms: 1_000, min_refetch_ms: 1_000, max_stale_ms: 5_000 };
         let mut local = LocalKeys::remote(schedule);
         assert!(local.usable(0).is_none());
-        local.set = Some(KeySet::default());
-        local.fetched_at_ms = Some(100);
+        local.kid_miss = true;
+        local.load(KeySet::default(), 100);
+        assert!(!local.kid_miss, "loaded keys answer a pending early refetch");
         assert!(local.usable(5_100).is_some());
         assert!(local.usable(5_101).is_none());
         assert!(LocalKeys::inline(KeySet::default()).usable(u64::MAX).is_some());

@@ -105,9 +105,7 @@ pub fn finish(vm: &Vm, pending: &Pending, body_size: usize, now_ms: u64) {
             info!("issuer {}: loaded {} key(s) (fetched on request)", issuer.name, parsed.keys.len());
             observe::jwks_fetched(vm, pending.issuer, true);
             if let Some(local) = vm.keys.borrow_mut().get_mut(pending.issuer) {
-                local.set = Some(parsed.keys);
-                local.fetched_at_ms = Some(now_ms);
-                local.kid_miss = false;
+                local.load(parsed.keys, now_ms);
             }
             if let Some(state) = vm.on_request.borrow_mut().get_mut(pending.issuer) {
                 state.failures = 0;

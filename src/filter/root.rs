@@ -258,9 +258,7 @@ impl Root {
         local.seen_cas = cas;
         match parsed {
             Some((fetched_at, parsed)) => {
-                local.set = Some(parsed.keys);
-                local.fetched_at_ms = Some(fetched_at);
-                local.kid_miss = false;
+                local.load(parsed.keys, fetched_at);
                 true
             }
             None => {
@@ -338,10 +336,8 @@ impl Root {
                 }
                 let seen_cas = vm.store.get(&shared.record).ok().and_then(|(_, cas)| cas);
                 if let Some(local) = vm.keys.borrow_mut().get_mut(fetch.issuer) {
-                    local.set = Some(parsed.keys);
-                    local.fetched_at_ms = Some(now);
+                    local.load(parsed.keys, now);
                     local.seen_cas = seen_cas;
-                    local.kid_miss = false;
                 }
             }
             Err(why) => {
