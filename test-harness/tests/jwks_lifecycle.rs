@@ -140,9 +140,23 @@ fn outage_serves_last_good_keys_then_503_after_max_stale() {
     let during_outage = stack.jwks.hits();
     println!("JWKS hits during a ~5 s outage: {during_outage}");
 
-    // Recovery: keys come back without a restart.
+    // Recovery: keys come back without a restart. One worker fetches and publishes;
+    // the other picks the published keys up on its next tick (500 ms), so wait until
+    // a run of requests (spread over both workers) all pass.
     stack.jwks.set_behaviour(JwksBehaviour::serve(&keys::jwks([ec])));
     stack.wait_for_keys(&token).unwrap();
+    let auth = format!("Bearer {token}");
+    stack
+        .envoy
+        .wait_until("every worker to serve the recovered keys", Duration::from_secs(5), |envoy| {
+            let all_pass = (0..10).all(|_| {
+                envoy
+                    .request("GET", "/api/lifecycle", &[("authorization", &auth)])
+                    .is_ok_and(|r| r.status == 200)
+            });
+            Ok(all_pass)
+        })
+        .unwrap();
     assert_eq!(status(&stack, &token), 200);
 }
 
