@@ -32,7 +32,18 @@ pub struct Jwk {
     /// When the JWK names an algorithm, only that algorithm may use the key.
     pub alg: Option<Alg>,
     pub key: PublicKey,
+    /// What this key *is*, whatever its `kid`: see [`KeyFingerprint`].
+    pub fingerprint: KeyFingerprint,
 }
+
+/// SHA-256 over a JWK's key type, curve, public members and `alg`, as published.
+///
+/// A cached verification is bound to the fingerprint of the key that checked the
+/// signature, not to its `kid`: an issuer that publishes a different key under the
+/// same `kid` (a botched rotation, or a compromised key replaced in place) must take
+/// every token the old key verified with it. Two encodings of one key (padding, a
+/// leading zero) give two fingerprints; that only costs a cache miss.
+pub type KeyFingerprint = [u8; 32];
 
 impl Jwk {
     /// Whether a token signed with `alg` may be checked against this key.
@@ -265,7 +276,22 @@ fn parse_key(value: serde_json::Value, key_use: KeyUse) -> Result<Jwk, String> {
             return Err(format!("alg {alg} does not fit a {} key", key.kind()));
         }
     }
-    Ok(Jwk { kid: raw.kid, alg, key })
+    let fingerprint = fingerprint(&raw);
+    Ok(Jwk { kid: raw.kid, alg, key, fingerprint })
+}
+
+fn fingerprint(raw: &RawJwk) -> KeyFingerprint {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    let members = [Some(raw.kty.as_str()), raw.crv.as_deref(), raw.n.as_deref(), raw.e.as_deref()];
+    let members = members.into_iter().chain([raw.x.as_deref(), raw.y.as_deref(), raw.alg.as_deref()]);
+    for member in members {
+        // Length-prefixed, so that no two member lists hash alike; padding dropped.
+        let member = member.unwrap_or_default().trim_end_matches('=');
+        hash.update((member.len() as u64).to_be_bytes());
+        hash.update(member.as_bytes());
+    }
+    hash.finalize().into()
 }
 
 fn decode_member(name: &str, value: Option<&str>) -> Result<Vec<u8>, String> {

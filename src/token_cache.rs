@@ -9,9 +9,10 @@
 //! memory is bounded by `max_entries` × entry size, whatever the traffic.
 //!
 //! A hit is only a hint. [`Entry::usable`] re-checks, at every use, that the token
-//! has not expired (with the issuer's skew) and that its signing key is still in
-//! the issuer's current, usable key set — a key that leaves the JWKS takes its
-//! cached tokens with it. Only tokens that passed every check are inserted, so
+//! has not expired (with the issuer's skew) and that the very key that checked its
+//! signature — by fingerprint, not by `kid` — is still in the issuer's current,
+//! usable key set: a key that leaves the JWKS, or is replaced by another key under
+//! the same `kid`, takes its cached tokens with it. Only tokens that passed every check are inserted, so
 //! failures never create state here.
 
 use std::fmt;
@@ -21,11 +22,12 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::config::{Config, ConfigError};
+use crate::jwks::KeyFingerprint;
 use crate::reason::{Reason, Rejection};
 use crate::store::Store;
 use crate::verify::{self, KeyLookup, Verified};
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 /// Default number of slots (`token_cache.max_entries`).
 pub const DEFAULT_MAX_ENTRIES: u32 = 4_096;
 pub const MAX_MAX_ENTRIES: u32 = 1_000_000;
@@ -46,6 +48,8 @@ pub struct Entry {
     pub config: u64,
     pub issuer: u16,
     pub kid: String,
+    /// The key that checked the signature.
+    pub key: KeyFingerprint,
     pub expires_at: i64,
     pub payload: Vec<u8>,
 }
@@ -53,9 +57,10 @@ pub struct Entry {
 impl Entry {
     pub fn encode(&self) -> Vec<u8> {
         let kid = self.kid.as_bytes();
-        let mut out = Vec::with_capacity(1 + 32 + 8 + 2 + 2 + kid.len() + self.payload.len());
+        let mut out = Vec::with_capacity(1 + 32 + 32 + 8 + 8 + 2 + 2 + kid.len() + self.payload.len());
         out.push(VERSION);
         out.extend_from_slice(&self.digest);
+        out.extend_from_slice(&self.key);
         out.extend_from_slice(&self.config.to_be_bytes());
         out.extend_from_slice(&self.expires_at.to_be_bytes());
         out.extend_from_slice(&self.issuer.to_be_bytes());
@@ -71,6 +76,7 @@ impl Entry {
             return None;
         }
         let (digest, rest) = rest.split_first_chunk::<32>()?;
+        let (key, rest) = rest.split_first_chunk::<32>()?;
         let (config, rest) = rest.split_first_chunk::<8>()?;
         let (expires_at, rest) = rest.split_first_chunk::<8>()?;
         let (issuer, rest) = rest.split_first_chunk::<2>()?;
@@ -81,6 +87,7 @@ impl Entry {
             config: u64::from_be_bytes(*config),
             issuer: u16::from_be_bytes(*issuer),
             kid: String::from_utf8(kid.to_vec()).ok()?,
+            key: *key,
             expires_at: i64::from_be_bytes(*expires_at),
             payload: payload.to_vec(),
         })
@@ -88,26 +95,39 @@ impl Entry {
 
     /// Whether the cached verification still holds at `now`: the token has not
     /// expired (with the issuer's clock skew), and the key that signed it is still
-    /// published in the issuer's usable key set.
+    /// published, under its `kid`, in the issuer's usable key set.
     pub fn usable<K: KeyLookup + ?Sized>(&self, config: &Config, keys: &K, now: i64) -> bool {
-        self.config == config.fingerprint
-            && still_holds(config, keys, usize::from(self.issuer), &self.kid, self.expires_at, now)
+        let signed_by = SignedBy { issuer: usize::from(self.issuer), kid: &self.kid, key: &self.key };
+        self.config == config.fingerprint && signed_by.still_holds(config, keys, self.expires_at, now)
     }
 }
 
-/// Whether a verification made under `config` still holds at `now`: not expired
-/// (with the issuer's skew), and its signing key still in the usable key set.
-fn still_holds<K: KeyLookup + ?Sized>(
-    config: &Config,
-    keys: &K,
-    index: usize,
-    kid: &str,
-    expires_at: i64,
-    now: i64,
-) -> bool {
-    let Some(issuer) = config.issuers.get(index) else { return false };
-    let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
-    now < expires_at.saturating_add(skew) && keys.key_set(index).is_some_and(|set| set.by_kid(kid).is_some())
+/// The key a cached verification was made with.
+struct SignedBy<'a> {
+    issuer: usize,
+    kid: &'a str,
+    key: &'a KeyFingerprint,
+}
+
+impl SignedBy<'_> {
+    /// Whether a verification made under `config` still holds at `now`: not expired
+    /// (with the issuer's skew), and the issuer still publishes, under the same
+    /// `kid`, the same key material.
+    fn still_holds<K: KeyLookup + ?Sized>(
+        &self,
+        config: &Config,
+        keys: &K,
+        expires_at: i64,
+        now: i64,
+    ) -> bool {
+        let Some(issuer) = config.issuers.get(self.issuer) else { return false };
+        let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
+        now < expires_at.saturating_add(skew)
+            && keys
+                .key_set(self.issuer)
+                .and_then(|set| set.by_kid(self.kid))
+                .is_some_and(|published| published.fingerprint == *self.key)
+    }
 }
 
 /// Most tokens one VM keeps in its [`LocalCache`].
@@ -147,8 +167,9 @@ impl LocalCache {
             return None;
         }
         let verified = self.entries.get(raw)?;
-        let kid = verified.kid.as_deref()?;
-        still_holds(config, keys, verified.issuer, kid, verified.expires_at, now).then(|| Rc::clone(verified))
+        let signed_by =
+            SignedBy { issuer: verified.issuer, kid: verified.kid.as_deref()?, key: &verified.key };
+        signed_by.still_holds(config, keys, verified.expires_at, now).then(|| Rc::clone(verified))
     }
 
     fn insert(&mut self, config: &Config, raw: &str, verified: &Rc<Verified>) {
@@ -262,6 +283,7 @@ pub fn verify_cached<K: KeyLookup + ?Sized>(
             config: config.fingerprint,
             issuer,
             kid: kid.clone(),
+            key: verified.key,
             expires_at: verified.expires_at,
             payload,
         };
@@ -328,9 +350,18 @@ mod tests {
             config: config().fingerprint,
             issuer: 0,
             kid: "ec-1".into(),
+            key: keys()[0].as_ref().unwrap().by_kid("ec-1").unwrap().fingerprint,
             expires_at: 1_000,
             payload: b"{\"x\":1}".to_vec(),
         }
+    }
+
+    /// The test JWKS with another key published under `ec-1`.
+    fn keys_with_ec1_replaced() -> Vec<Option<KeySet>> {
+        let mut replaced = testkit::jwks();
+        replaced["keys"][1] = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ec-1",
+            "x": testkit::jwks()["keys"][3]["x"].clone()});
+        vec![Some(jwks::parse(replaced.to_string().as_bytes()).unwrap().keys)]
     }
 
     #[test]
@@ -392,15 +423,15 @@ mod tests {
         let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
         let first = verify_cached(&config, keys().as_slice(), &store, &token, now, || true).unwrap();
         assert_eq!(store.len(), 1, "a verified token is cached");
-        // The cached entry answers even for a key set that could no longer verify the
-        // signature, as long as the kid is still published: proof the cache was used.
-        let mut jwks_without_signature_power = testkit::jwks();
-        jwks_without_signature_power["keys"][1]["x"] = testkit::jwks()["keys"][3]["x"].clone();
-        jwks_without_signature_power["keys"][1] = json!({"kty": "OKP", "crv": "Ed25519", "kid": "ec-1",
-            "x": testkit::jwks()["keys"][3]["x"].clone()});
-        let swapped =
-            vec![Some(jwks::parse(jwks_without_signature_power.to_string().as_bytes()).unwrap().keys)];
-        assert_eq!(verify_cached(&config, swapped.as_slice(), &store, &token, now, || true).unwrap(), first);
+        // Another key published under the same kid: the cached verification was made
+        // with a key the issuer no longer publishes, so it is not reused, and the full
+        // check refuses the token.
+        let replaced = keys_with_ec1_replaced();
+        let refused = verify_cached(&config, replaced.as_slice(), &store, &token, now, || true).unwrap_err();
+        assert_eq!(refused.reason, crate::reason::Reason::DisallowedAlg, "ES256 against the new Ed25519 key");
+        // The entry is still there, and still answers for the key that made it
+        // without any crypto (the flood guard forbids it): proof the cache was used.
+        assert_eq!(verify_cached(&config, keys().as_slice(), &store, &token, now, || false).unwrap(), first);
         // Expired: no longer answered from the cache, and the full check says why.
         let late =
             verify_cached(&config, keys().as_slice(), &store, &token, now + 3_600, || true).unwrap_err();
@@ -440,6 +471,9 @@ mod tests {
         assert!(!e.usable(&config, keys.as_slice(), 1_030), "expired past the skew");
         let rotated = Entry { kid: "gone".into(), ..e.clone() };
         assert!(!rotated.usable(&config, keys.as_slice(), 0), "signing key left the JWKS");
+        assert!(!e.usable(&config, keys_with_ec1_replaced().as_slice(), 0), "another key under the same kid");
+        let other_material = Entry { key: [7; 32], ..e.clone() };
+        assert!(!other_material.usable(&config, keys.as_slice(), 0), "not the key that verified it");
         let none: Vec<Option<KeySet>> = vec![None];
         assert!(!e.usable(&config, none.as_slice(), 0), "keys unavailable");
         let other_issuer = Entry { issuer: 7, ..e };
@@ -473,6 +507,10 @@ mod tests {
         let unavailable =
             verify_and_remember(&config, none.as_slice(), &empty, &mut local, &token, now, || true);
         assert_eq!(unavailable.unwrap_err().reason, Reason::KeysUnavailable);
+        assert!(
+            local.get(&config, keys_with_ec1_replaced().as_slice(), &token, now).is_none(),
+            "another key under the same kid"
+        );
         let mut other = config.clone();
         other.fingerprint ^= 1;
         assert!(local.get(&other, keys().as_slice(), &token, now).is_none());
@@ -489,6 +527,7 @@ mod tests {
             subject: "s".into(),
             identity: "s".into(),
             kid: Some("ec-1".into()),
+            key: [0; 32],
             alg: crate::alg::Alg::Es256,
             expires_at: i64::MAX,
             claims: serde_json::Map::new(),

@@ -41,6 +41,9 @@ pub struct Verified {
     /// the issuer's profile makes of the token (`sub` for `generic`).
     pub identity: String,
     pub kid: Option<String>,
+    /// The key that checked the signature: a cached verification holds only while
+    /// the issuer still publishes this very key (see [`crate::jwks::KeyFingerprint`]).
+    pub key: crate::jwks::KeyFingerprint,
     pub alg: Alg,
     pub expires_at: i64,
     pub claims: Map<String, Value>,
@@ -71,6 +74,7 @@ pub fn verify<K: KeyLookup + ?Sized>(
         subject: checked.subject,
         identity: checked.identity,
         kid: token.header.kid.clone(),
+        key: checked.key,
         alg,
         expires_at: checked.expires_at,
         claims: token.claims,
@@ -117,6 +121,7 @@ fn verify_for_issuer(
     }
     issuer.profile.admit(&facts)?;
     checked.identity = identity;
+    checked.key = jwk.fingerprint;
     Ok(checked)
 }
 
@@ -161,6 +166,8 @@ struct CheckedClaims {
     subject: String,
     /// Filled in by the profile.
     identity: String,
+    /// Filled in once the signature verified.
+    key: crate::jwks::KeyFingerprint,
     expires_at: i64,
     issued_at: Option<i64>,
 }
@@ -202,7 +209,7 @@ fn check_claims(issuer: &Issuer, claims: &Map<String, Value>, now: i64) -> Resul
         Some(Value::String(sub)) if !sub.is_empty() => sub.clone(),
         Some(_) => return Err(Rejection::new(Reason::MalformedToken, "sub is not a non-empty string")),
     };
-    Ok(CheckedClaims { subject, identity: String::new(), expires_at: exp, issued_at })
+    Ok(CheckedClaims { subject, identity: String::new(), key: [0; 32], expires_at: exp, issued_at })
 }
 
 /// Reads a NumericDate (RFC 7519 §2): a JSON number of seconds, fractions allowed

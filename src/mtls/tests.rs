@@ -458,6 +458,7 @@ fn check_verified_uses_the_token_issuer_policy() {
         subject: sub.into(),
         identity: sub.into(),
         kid: None,
+        key: [0; 32],
         alg: crate::alg::Alg::Es256,
         expires_at: 0,
         claims: Map::new(),
