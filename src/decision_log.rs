@@ -135,7 +135,8 @@ impl Record {
         result: Option<Result<&Verified, &Rejection>>,
         elapsed_ns: Option<u64>,
     ) {
-        self.token = raw.is_some();
+        // A credential that is no readable bearer token may still have been judged.
+        self.token = result.is_some();
         self.verify_ns = result.and(elapsed_ns);
         self.identity = None;
         match result {
@@ -385,6 +386,7 @@ mod tests {
             subject: sub.into(),
             identity: sub.into(),
             kid: Some("k1".into()),
+            key: [0; 32],
             alg: Alg::Es256,
             expires_at: 0,
             claims: serde_json::Map::new(),

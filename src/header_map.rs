@@ -1,6 +1,121 @@
-//! The proxy-wasm ABI's encoding of a header map: the pair count, then each pair's
-//! name and value lengths, then the names and values, each followed by a NUL byte
-//! (all integers `u32`, little-endian).
+//! Header maps as the host holds them — bytes, not strings — and the proxy-wasm
+//! ABI's encoding of one: the pair count, then each pair's name and value lengths,
+//! then the names and values, each followed by a NUL byte (all integers `u32`,
+//! little-endian).
+//!
+//! A client may send any bytes in a header value (HTTP allows `obs-text`, and
+//! Envoy passes it on). Nothing here decodes a value as UTF-8 on the way in: a
+//! value that is not UTF-8 is still a header that is *there*, and every decision
+//! about presence (above all: which client copies of our headers to remove) is
+//! taken on names alone. Values are decoded lazily, where they are needed, and a
+//! value that cannot be decoded is never read as "absent".
+
+use std::borrow::Cow;
+
+/// A request's headers, in the host's order, names and values as bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeaderMap {
+    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl HeaderMap {
+    pub fn from_pairs<N: Into<Vec<u8>>, V: Into<Vec<u8>>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
+        HeaderMap { pairs: pairs.into_iter().map(|(n, v)| (n.into(), v.into())).collect() }
+    }
+
+    /// Decodes a map the host sent. A malformed map yields the pairs read before
+    /// the fault.
+    pub fn decode(bytes: &[u8]) -> HeaderMap {
+        let read_u32 = |at: usize| -> Option<usize> {
+            let chunk = bytes.get(at..at.checked_add(4)?)?;
+            let array: [u8; 4] = chunk.try_into().ok()?;
+            usize::try_from(u32::from_le_bytes(array)).ok()
+        };
+        let Some(count) = read_u32(0) else { return HeaderMap::default() };
+        // Each pair takes at least 10 bytes: never trust the count for the allocation.
+        let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
+        let mut data = count.saturating_mul(8).saturating_add(4);
+        for i in 0..count {
+            let at = i.saturating_mul(8).saturating_add(4);
+            let (Some(name_len), Some(value_len)) = (read_u32(at), read_u32(at.saturating_add(4))) else {
+                break;
+            };
+            let name_end = data.saturating_add(name_len);
+            let value_start = name_end.saturating_add(1);
+            let value_end = value_start.saturating_add(value_len);
+            let (Some(name), Some(value)) = (bytes.get(data..name_end), bytes.get(value_start..value_end))
+            else {
+                break;
+            };
+            pairs.push((name.to_vec(), value.to_vec()));
+            data = value_end.saturating_add(1);
+        }
+        HeaderMap { pairs }
+    }
+
+    /// The first value of header `name` (compared ASCII case-insensitively), whatever
+    /// its bytes.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.pairs.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.as_slice())
+    }
+
+    /// Whether header `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    /// The first value of `name` as text, if it is UTF-8. For values whose absence
+    /// helps no attacker (a request id for the log); see [`text_or_escaped`] otherwise.
+    pub fn utf8(&self, name: &str) -> Option<&str> {
+        self.get(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every header name, as the request spells it.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.pairs.iter().map(|(n, _)| n.as_slice())
+    }
+
+    /// The names present in this map that are one of `managed` — compared
+    /// case-insensitively, and with `_` read as `-` (CGI/WSGI backends read
+    /// `x_nhi_identity` as `x-nhi-identity`) — each once, as the request spells it.
+    /// Values play no part: a client copy is removed whatever its bytes.
+    pub fn managed_names<'a>(&'a self, managed: &[&str]) -> Vec<&'a [u8]> {
+        let mut found: Vec<&[u8]> = Vec::new();
+        for name in self.names() {
+            let is_managed = managed.iter().any(|m| same_header_name(name, m.as_bytes()));
+            if is_managed && !found.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+                found.push(name);
+            }
+        }
+        found
+    }
+}
+
+/// Whether two header names are the same once case and `_`/`-` are disregarded.
+pub fn same_header_name(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| fold(*x) == fold(*y))
+}
+
+/// A value as text for matching (path, host): itself when it is UTF-8; otherwise
+/// every byte outside printable ASCII percent-encoded, so that the ASCII part still
+/// matches exactly what Envoy routed on and nothing turns into "no value".
+pub fn text_or_escaped(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => {
+            let mut out = String::with_capacity(value.len() * 3);
+            for &b in value {
+                if (0x21..0x7f).contains(&b) {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+            Cow::Owned(out)
+        }
+    }
+}
 
 /// Encodes `headers` (for local replies and callouts).
 pub fn encode(headers: &[(String, String)]) -> Vec<u8> {
@@ -19,40 +134,6 @@ pub fn encode(headers: &[(String, String)]) -> Vec<u8> {
     out
 }
 
-/// Decodes a map the host sent. A malformed map yields the pairs read before the
-/// fault; a pair that is not UTF-8 is left out.
-pub fn decode(bytes: &[u8]) -> Vec<(String, String)> {
-    let read_u32 = |at: usize| -> Option<usize> {
-        let chunk = bytes.get(at..at.checked_add(4)?)?;
-        let array: [u8; 4] = chunk.try_into().ok()?;
-        usize::try_from(u32::from_le_bytes(array)).ok()
-    };
-    let Some(count) = read_u32(0) else { return Vec::new() };
-    // Each pair takes at least 10 bytes: never trust the count for the allocation.
-    let mut pairs = Vec::with_capacity(count.min(bytes.len() / 10));
-    let mut data = count.saturating_mul(8).saturating_add(4);
-    for i in 0..count {
-        let at = i.saturating_mul(8).saturating_add(4);
-        let (Some(name_len), Some(value_len)) = (read_u32(at), read_u32(at.saturating_add(4))) else { break };
-        let name_end = data.saturating_add(name_len);
-        let value_start = name_end.saturating_add(1);
-        let value_end = value_start.saturating_add(value_len);
-        let (Some(name), Some(value)) = (bytes.get(data..name_end), bytes.get(value_start..value_end)) else {
-            break;
-        };
-        if let (Ok(name), Ok(value)) = (std::str::from_utf8(name), std::str::from_utf8(value)) {
-            pairs.push((name.to_owned(), value.to_owned()));
-        }
-        data = value_end.saturating_add(1);
-    }
-    pairs
-}
-
-/// The first value of header `name` (lower-case) among `pairs`.
-pub fn first<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,12 +142,20 @@ mod tests {
         list.iter().map(|(n, v)| ((*n).to_owned(), (*v).to_owned())).collect()
     }
 
+    fn map(list: &[(&str, &str)]) -> HeaderMap {
+        HeaderMap::from_pairs(list.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
     #[test]
     fn round_trips() {
         let headers =
             pairs(&[(":path", "/api/x"), ("authorization", "Bearer a.b.c"), ("empty", ""), ("x", "1")]);
-        assert_eq!(decode(&encode(&headers)), headers);
-        assert!(decode(&encode(&[])).is_empty());
+        let decoded = HeaderMap::decode(&encode(&headers));
+        assert_eq!(
+            decoded,
+            map(&[(":path", "/api/x"), ("authorization", "Bearer a.b.c"), ("empty", ""), ("x", "1")])
+        );
+        assert_eq!(HeaderMap::decode(&encode(&[])), HeaderMap::default());
         assert_eq!(
             encode(&pairs(&[("a", "bc")])),
             [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'b', b'c', 0]
@@ -77,26 +166,61 @@ mod tests {
     fn malformed_maps_yield_what_was_readable() {
         let good = encode(&pairs(&[("a", "1"), ("b", "2")]));
         // Truncated inside the second value: only the first pair.
-        assert_eq!(decode(&good[..good.len() - 2]), pairs(&[("a", "1")]));
-        assert!(decode(&[]).is_empty());
-        assert!(decode(&[1, 0]).is_empty());
+        assert_eq!(HeaderMap::decode(&good[..good.len() - 2]), map(&[("a", "1")]));
+        assert_eq!(HeaderMap::decode(&[]), HeaderMap::default());
+        assert_eq!(HeaderMap::decode(&[1, 0]), HeaderMap::default());
         // A huge count with no data: nothing, and no huge allocation.
-        assert!(decode(&u32::MAX.to_le_bytes()).is_empty());
+        assert_eq!(HeaderMap::decode(&u32::MAX.to_le_bytes()), HeaderMap::default());
         // A length pointing past the end.
         let mut lying = good.clone();
         lying[4] = 200;
-        assert!(decode(&lying).is_empty());
-        // Not UTF-8: that pair is skipped.
-        let mut latin = encode(&pairs(&[("a", "é"), ("b", "2")]));
-        let at = latin.iter().position(|&b| b == 0xc3).unwrap();
-        latin[at] = 0xff;
-        assert_eq!(decode(&latin), pairs(&[("b", "2")]));
+        assert_eq!(HeaderMap::decode(&lying), HeaderMap::default());
     }
 
     #[test]
-    fn first_is_case_insensitive_and_takes_the_first() {
-        let headers = pairs(&[("Authorization", "one"), ("authorization", "two")]);
-        assert_eq!(first(&headers, "authorization"), Some("one"));
-        assert_eq!(first(&headers, "x"), None);
+    fn values_that_are_not_utf8_are_kept() {
+        let mut latin = encode(&pairs(&[("x-nhi-identity", "admin-bot!"), ("b", "2")]));
+        let at = latin.iter().position(|&b| b == b'!').unwrap();
+        latin[at] = 0xa0;
+        let decoded = HeaderMap::decode(&latin);
+        assert_eq!(decoded.get("x-nhi-identity"), Some(&b"admin-bot\xa0"[..]));
+        assert_eq!(decoded.utf8("x-nhi-identity"), None, "not text, but present");
+        assert!(decoded.contains("x-nhi-identity"));
+        assert_eq!(decoded.managed_names(&["x-nhi-identity"]), [&b"x-nhi-identity"[..]]);
+        assert_eq!(decoded.get("b"), Some(&b"2"[..]));
+    }
+
+    #[test]
+    fn get_is_case_insensitive_and_takes_the_first() {
+        let headers = map(&[("Authorization", "one"), ("authorization", "two")]);
+        assert_eq!(headers.get("authorization"), Some(&b"one"[..]));
+        assert_eq!(headers.get("x"), None);
+    }
+
+    #[test]
+    fn managed_names_match_case_and_underscore_variants_once_each() {
+        let headers = map(&[
+            ("X-NHI-Identity", "a"),
+            ("x_nhi_identity", "b"),
+            ("x-nhi_identity", "c"),
+            ("x-nhi-identity", "d"),
+            ("x-nhi-identityx", "e"),
+            ("x-nhi-issuer", "f"),
+            ("other", "g"),
+        ]);
+        let found = headers.managed_names(&["x-nhi-identity", "x-nhi-issuer"]);
+        assert_eq!(
+            found,
+            [&b"X-NHI-Identity"[..], &b"x_nhi_identity"[..], &b"x-nhi_identity"[..], &b"x-nhi-issuer"[..]]
+        );
+        assert!(!same_header_name(b"x-nhi-identity", b"x-nhi-identit"));
+    }
+
+    #[test]
+    fn text_or_escaped_keeps_utf8_and_escapes_the_rest() {
+        assert_eq!(text_or_escaped(b"/api/x"), "/api/x");
+        assert_eq!(text_or_escaped("/caf\u{e9}".as_bytes()), "/caf\u{e9}");
+        assert_eq!(text_or_escaped(b"/api/deploy/\xff x"), "/api/deploy/%FF%20x");
+        assert!(matches!(text_or_escaped(b"/ok"), Cow::Borrowed(_)));
     }
 }

@@ -8,6 +8,7 @@
 //!   core, and acts on its verdict.
 
 pub mod alg;
+pub mod attribution;
 pub mod b64;
 pub mod capabilities;
 pub mod claims;

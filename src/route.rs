@@ -29,11 +29,16 @@
 //! | `human`   | passes, untouched   | 403 `machine_on_human_route`   | names a configured issuer: 403 `machine_on_human_route`; otherwise passes |
 //! | `any`     | passes              | deny lists, then `allow`       | names a configured issuer: the verifier's 401/503; otherwise passes |
 //!
-//! "Names a configured issuer" ([`names_machine_issuer`]) is read from the token's
-//! unverified `iss`: a bearer token from some other identity provider (a person's
-//! access token, say) is not a machine credential, and human/any routes leave it
-//! to whatever authenticates people. A machine token that fails verification is
-//! still a machine credential and never wanders into a human path. Deny lists
+//! "Names a configured issuer" ([`names_machine_issuer`]) is a *lenient* reading of
+//! the credential header that failed verification (or held no readable bearer
+//! token: another scheme, bytes that are not UTF-8): any JWT-shaped word in it that
+//! a forgiving decoder reads as naming a configured `iss`, or a `kid` one of the
+//! issuers publishes (see [`crate::attribution`]). A bearer token from some other
+//! identity provider (a person's access token, say) is not a machine credential,
+//! and human/any routes leave it to whatever authenticates people. A machine token
+//! that fails verification — even one only a lenient backend would still read,
+//! such as `Bearer <token>==` — is still a machine credential and never wanders
+//! into a human path. Deny lists
 //! apply to verified tokens on every route, before the audience: revoked is
 //! revoked everywhere.
 //!
@@ -97,7 +102,7 @@ use std::fmt;
 
 use crate::config::Config as PluginConfig;
 use crate::reason::{LocalReply, Reason, Rejection};
-use crate::token;
+use crate::verify::KeyLookup;
 
 pub use cidr::{parse_source_address, Cidr, CidrError};
 pub use config::{
@@ -292,18 +297,19 @@ impl<'a> Credential<'a> {
     }
 }
 
-/// Whether the token's (unverified) `iss` is one of the configured issuers: what
-/// makes a token that failed verification a *machine* credential. It grants
-/// nothing on a machine route (every failed token is refused there); on human and
-/// `any` routes it separates a broken machine credential (refused) from someone
-/// else's token (left to whatever authenticates people).
-pub fn names_machine_issuer(config: &PluginConfig, raw_token: &str) -> bool {
-    token::parse(raw_token, config.token.max_bytes)
-        .ok()
-        .and_then(|t| {
-            t.claims.get("iss").and_then(|iss| iss.as_str()).map(|iss| config.issuer_by_iss(iss).is_some())
-        })
-        .unwrap_or(false)
+/// Whether a credential header that did not verify (or held no readable bearer
+/// token) belongs to one of the configured issuers, read leniently (see
+/// [`crate::attribution`]): a configured `iss`, or a `kid` one of the issuers
+/// publishes. What makes it a *machine* credential: it grants nothing on a machine
+/// route (every failed token is refused there); on human and `any` routes it
+/// separates a broken machine credential (refused) from someone else's credential
+/// (left to whatever authenticates people).
+pub fn names_machine_issuer<K: KeyLookup + ?Sized>(config: &PluginConfig, keys: &K, value: &[u8]) -> bool {
+    let issuers: Vec<&str> = config.issuers.iter().map(|i| i.issuer.as_str()).collect();
+    let kid_known = |kid: &str| {
+        (0..config.issuers.len()).any(|i| keys.key_set(i).is_some_and(|s| s.by_kid(kid).is_some()))
+    };
+    crate::attribution::Ours { issuers: &issuers, kid_known }.claim(value)
 }
 
 /// Global and route deny lists, then the route's `allow` rules, for a verified
@@ -956,7 +962,7 @@ mod tests {
     }
 
     #[test]
-    fn machine_issuer_is_read_from_the_unverified_iss() {
+    fn machine_issuer_is_a_lenient_reading_of_iss_or_kid() {
         use crate::testkit::b64;
         let config = crate::config::Config::from_json(
             json!({"issuers": [{
@@ -967,15 +973,31 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let token = |claims: Value| {
-            format!("{}.{}.{}", b64(json!({"alg": "RS256"}).to_string()), b64(claims.to_string()), b64("sig"))
+        let keys =
+            vec![Some(crate::jwks::parse(crate::testkit::jwks().to_string().as_bytes()).unwrap().keys)];
+        let keys = keys.as_slice();
+        let token = |header: Value, claims: Value| {
+            format!("{}.{}.{}", b64(header.to_string()), b64(claims.to_string()), b64("sig"))
         };
-        assert!(names_machine_issuer(&config, &token(json!({"iss": "https://issuer.example"}))));
-        assert!(!names_machine_issuer(&config, &token(json!({"iss": "https://people.example"}))));
-        assert!(!names_machine_issuer(&config, &token(json!({"iss": ["https://issuer.example"]}))));
-        assert!(!names_machine_issuer(&config, &token(json!({}))));
-        assert!(!names_machine_issuer(&config, "not-a-jwt"));
-        assert!(!names_machine_issuer(&config, ""));
+        let ours = |claims: Value| {
+            names_machine_issuer(&config, keys, token(json!({"alg": "RS256"}), claims).as_bytes())
+        };
+        assert!(ours(json!({"iss": "https://issuer.example"})));
+        assert!(!ours(json!({"iss": "https://people.example"})));
+        // A lenient backend may take the first element: it is ours.
+        assert!(ours(json!({"iss": ["https://issuer.example"]})));
+        assert!(!ours(json!({})));
+        assert!(!names_machine_issuer(&config, keys, b"not-a-jwt"));
+        assert!(!names_machine_issuer(&config, keys, b""));
+        // Padding and junk that the strict parser refuses do not hide the issuer.
+        let padded =
+            format!("{}==", token(json!({"alg": "RS256"}), json!({"iss": "https://issuer.example"})));
+        assert!(names_machine_issuer(&config, keys, padded.as_bytes()));
+        // A kid our issuer publishes, whatever the iss.
+        let by_kid = token(json!({"alg": "RS256", "kid": "rsa-1"}), json!({"iss": "https://people.example"}));
+        assert!(names_machine_issuer(&config, keys, by_kid.as_bytes()));
+        let no_keys: Vec<Option<crate::jwks::KeySet>> = vec![None];
+        assert!(!names_machine_issuer(&config, no_keys.as_slice(), by_kid.as_bytes()));
     }
 
     #[test]

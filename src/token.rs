@@ -28,15 +28,25 @@ pub struct TokenSource {
 /// What the credential header holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Extracted<'a> {
-    /// No header, or a header for another scheme (e.g. `Basic`): no bearer token.
+    /// No credential header.
     Absent,
     Token(&'a str),
+    /// The header is there but holds no bearer token nhi-guard can read: another
+    /// scheme (e.g. `Basic`), or — `undecodable` — the bearer scheme followed by bytes
+    /// that are not UTF-8. Never "no credential": see `crate::attribution`.
+    Unreadable {
+        value: &'a [u8],
+        undecodable: bool,
+    },
 }
 
 impl TokenSource {
-    pub fn extract<'a>(&self, header_value: Option<&'a str>) -> Extracted<'a> {
-        let Some(value) = header_value else {
+    pub fn extract<'a>(&self, header_value: Option<&'a [u8]>) -> Extracted<'a> {
+        let Some(raw) = header_value else {
             return Extracted::Absent;
+        };
+        let Ok(value) = std::str::from_utf8(raw) else {
+            return Extracted::Unreadable { value: raw, undecodable: self.has_scheme(raw) };
         };
         let value = value.trim();
         match value.get(..self.prefix.len()) {
@@ -47,8 +57,16 @@ impl TokenSource {
             _ if self.prefix.trim_end().eq_ignore_ascii_case(value) && !self.prefix.is_empty() => {
                 Extracted::Token("")
             }
-            _ => Extracted::Absent,
+            _ => Extracted::Unreadable { value: raw, undecodable: false },
         }
+    }
+
+    /// Whether `raw` starts with the scheme prefix (bytes, after leading whitespace).
+    fn has_scheme(&self, raw: &[u8]) -> bool {
+        let start = raw.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(raw.len());
+        raw.get(start..)
+            .and_then(|rest| rest.get(..self.prefix.len()))
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case(self.prefix.as_bytes()))
     }
 }
 
@@ -209,30 +227,47 @@ mod tests {
         format!("{}.{}.{}", b64(header), b64(payload), b64::URL_SAFE_STRICT.encode(sig))
     }
 
-    #[test]
-    fn extracts_bearer_token_case_insensitively() {
-        assert_eq!(source().extract(Some("Bearer abc")), Extracted::Token("abc"));
-        assert_eq!(source().extract(Some("bearer abc")), Extracted::Token("abc"));
-        assert_eq!(source().extract(Some("  BEARER   abc ")), Extracted::Token("abc"));
+    fn extract(src: &TokenSource, value: &str) -> Extracted<'static> {
+        src.extract(Some(Box::leak(value.as_bytes().to_vec().into_boxed_slice())))
     }
 
     #[test]
-    fn other_schemes_and_absence_are_no_token() {
+    fn extracts_bearer_token_case_insensitively() {
+        assert_eq!(extract(&source(), "Bearer abc"), Extracted::Token("abc"));
+        assert_eq!(extract(&source(), "bearer abc"), Extracted::Token("abc"));
+        assert_eq!(extract(&source(), "  BEARER   abc "), Extracted::Token("abc"));
+    }
+
+    #[test]
+    fn other_schemes_are_unreadable_and_absence_is_absent() {
         assert_eq!(source().extract(None), Extracted::Absent);
-        assert_eq!(source().extract(Some("Basic dXNlcjpwdw==")), Extracted::Absent);
-        assert_eq!(source().extract(Some("")), Extracted::Absent);
+        let basic = b"Basic dXNlcjpwdw==";
+        assert_eq!(source().extract(Some(basic)), Extracted::Unreadable { value: basic, undecodable: false });
+        assert_eq!(source().extract(Some(b"")), Extracted::Unreadable { value: b"", undecodable: false });
+    }
+
+    #[test]
+    fn a_bearer_value_that_is_not_utf8_is_undecodable_never_absent() {
+        let raw = b"Bearer eyJh.eyJi.c2ln\xa0";
+        assert_eq!(source().extract(Some(raw)), Extracted::Unreadable { value: raw, undecodable: true });
+        let raw = b"  bearer \xff";
+        assert_eq!(source().extract(Some(raw)), Extracted::Unreadable { value: raw, undecodable: true });
+        let other = b"Basic \xff";
+        assert_eq!(source().extract(Some(other)), Extracted::Unreadable { value: other, undecodable: false });
+        let bare = TokenSource { prefix: String::new(), ..source() };
+        assert_eq!(bare.extract(Some(b"\xff")), Extracted::Unreadable { value: b"\xff", undecodable: true });
     }
 
     #[test]
     fn bare_scheme_is_an_empty_token() {
-        assert_eq!(source().extract(Some("Bearer")), Extracted::Token(""));
-        assert_eq!(source().extract(Some("Bearer   ")), Extracted::Token(""));
+        assert_eq!(extract(&source(), "Bearer"), Extracted::Token(""));
+        assert_eq!(extract(&source(), "Bearer   "), Extracted::Token(""));
     }
 
     #[test]
     fn empty_prefix_takes_whole_value() {
         let src = TokenSource { prefix: String::new(), ..source() };
-        assert_eq!(src.extract(Some("abc")), Extracted::Token("abc"));
+        assert_eq!(extract(&src, "abc"), Extracted::Token("abc"));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
 
 use crate::capabilities::Probed;
-use crate::header_map;
+use crate::header_map::{self, HeaderMap};
 use crate::reason::LocalReply;
 use crate::store::{Store, StoreError, Versioned};
 
@@ -240,19 +240,16 @@ fn map_value(map_type: u32, name: &str) -> Result<Option<String>, HostError> {
     }
 }
 
-/// Every request header (pseudo-headers included) in one host call. Names come
-/// lower-case from HTTP/2 and from Envoy's header map; values that are not UTF-8
-/// are left out.
-pub fn request_headers() -> Result<Vec<(String, String)>, HostError> {
+/// Every request header (pseudo-headers included) in one host call, as bytes: a
+/// value that is not UTF-8 is still there (see `header_map`).
+pub fn request_headers() -> Result<HeaderMap, HostError> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: valid out-pointers; the returned buffer is ours.
     let status = unsafe { abi::proxy_get_header_map_pairs(abi::MAP_REQUEST_HEADERS, &mut data, &mut size) };
     match status {
-        abi::OK => {
-            Ok(unsafe { owned_buffer(data, size) }.map(|b| header_map::decode(&b)).unwrap_or_default())
-        }
-        abi::NOT_FOUND => Ok(Vec::new()),
+        abi::OK => Ok(unsafe { owned_buffer(data, size) }.map(|b| HeaderMap::decode(&b)).unwrap_or_default()),
+        abi::NOT_FOUND => Ok(HeaderMap::default()),
         other => Err(HostError(other)),
     }
 }
@@ -292,7 +289,8 @@ pub fn set_response_header(name: &str, value: &str) -> Result<(), HostError> {
 }
 
 /// Removes every value of `name` (absent is fine).
-pub fn remove_request_header(name: &str) -> Result<(), HostError> {
+pub fn remove_request_header(name: impl AsRef<[u8]>) -> Result<(), HostError> {
+    let name = name.as_ref();
     // SAFETY: name is valid for reads of its length.
     match unsafe { abi::proxy_remove_header_map_value(abi::MAP_REQUEST_HEADERS, name.as_ptr(), name.len()) } {
         abi::OK | abi::NOT_FOUND => Ok(()),

@@ -16,7 +16,7 @@ use crate::token::Extracted;
 use super::host;
 use super::observe;
 use super::on_request::{self, Pending, Purpose};
-use super::pipeline::{self, Request, Step, Waiter};
+use super::pipeline::{self, Presented, Request, Step, Waiter};
 use super::root::Vm;
 
 pub struct Http {
@@ -62,13 +62,16 @@ impl Http {
             return Action::Pause;
         }
         let config = &vm.config;
-        let header = |name: &str| header_map::first(&headers, name).map(str::to_owned);
-        request.request_id = header("x-request-id");
+        // Path and host as Envoy routed on them: bytes that are not UTF-8 are escaped,
+        // never dropped (an empty path would match another route than Envoy's).
+        let text = |name: &str| headers.get(name).map(|v| header_map::text_or_escaped(v).into_owned());
+        // Only for the log: a request id that is not text is as good as none.
+        request.request_id = headers.utf8("x-request-id").map(str::to_owned);
         request.info = RequestInfo {
-            path: header(":path").unwrap_or_default(),
+            path: text(":path").unwrap_or_default(),
             // APISIX gives no `:authority`, only `host`.
-            host: header(":authority").or_else(|| header("host")),
-            method: header(":method").unwrap_or_default(),
+            host: text(":authority").or_else(|| text("host")),
+            method: text(":method").unwrap_or_default(),
             route_name: if config.routes.read_route_name() {
                 host::property_string(&["xds", "route_name"])
             } else {
@@ -89,9 +92,12 @@ impl Http {
             request.info.source = source.as_deref().and_then(route::parse_source_address);
             request.observed.source = source;
         }
-        request.token = match config.token.extract(header_map::first(&headers, &config.token.header)) {
-            Extracted::Absent => None,
-            Extracted::Token(raw) => Some(raw.to_owned()),
+        request.credential = match config.token.extract(headers.get(&config.token.header)) {
+            Extracted::Absent => Presented::Nothing,
+            Extracted::Token(raw) => Presented::Bearer(raw.to_owned()),
+            Extracted::Unreadable { value, undecodable } => {
+                Presented::Unreadable { value: value.to_vec(), undecodable }
+            }
         };
         let step = pipeline::run(&vm, &mut request, now);
         if vm.plan.key_fetch == KeyFetch::OnRequest {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use log::{debug, warn};
 
+use crate::header_map::HeaderMap;
 use crate::keyshare::KeyView;
 use crate::mtls;
 use crate::reason::{LocalReply, Reason, Rejection};
@@ -34,8 +35,8 @@ const WAIT_MARGIN_MS: u64 = 500;
 pub struct Request {
     pub context_id: u32,
     pub request_id: Option<String>,
-    /// The bearer token, kept only until the decision (never logged).
-    pub token: Option<String>,
+    /// The credential header, kept only until the decision (never logged).
+    pub credential: Presented,
     /// Whether this request already waited once for keys.
     pub waited: bool,
     /// The issuer (index) whose keys verified the token, once decided.
@@ -46,6 +47,36 @@ pub struct Request {
     pub info: RequestInfo,
     /// What the metrics, the decision log and the access log are told (see `observe`).
     pub observed: crate::decision_log::Record,
+}
+
+/// The credential header as the request presented it.
+#[derive(Debug, Default)]
+pub enum Presented {
+    #[default]
+    Nothing,
+    /// A bearer token.
+    Bearer(String),
+    /// A credential header holding no bearer token nhi-guard can read: another
+    /// scheme, or (`undecodable`) the bearer scheme with bytes that are not UTF-8.
+    /// Read only to decide whose credential it is (`route::names_machine_issuer`).
+    Unreadable { value: Vec<u8>, undecodable: bool },
+}
+
+impl Presented {
+    fn bearer(&self) -> Option<&str> {
+        match self {
+            Presented::Bearer(raw) => Some(raw),
+            Presented::Nothing | Presented::Unreadable { .. } => None,
+        }
+    }
+
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Presented::Bearer(raw) => Some(raw.as_bytes()),
+            Presented::Unreadable { value, .. } => Some(value),
+            Presented::Nothing => None,
+        }
+    }
 }
 
 /// What the HTTP context should do next.
@@ -95,20 +126,20 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
     let now_secs_u = u64::try_from(now_secs).unwrap_or_default();
     // A token this VM used recently costs a hash lookup: no clock, no shared data.
-    let local_hit = request.token.as_deref().and_then(|raw| {
+    let local_hit = request.credential.bearer().and_then(|raw| {
         let keys = vm.keys.borrow();
         let view = KeyView { keys: &keys, now_ms };
         vm.local_tokens.borrow().get(config, &view, raw, now_secs)
     });
     // Timed only when a verification runs: not without a token, not on a local hit.
-    let verify_started_ns = (request.token.is_some() && local_hit.is_none()).then(host::now_ns);
+    let verify_started_ns = (request.credential.bearer().is_some() && local_hit.is_none()).then(host::now_ns);
     // The flood guard: a source over its budget of failed signature checks gets no
     // more crypto until its window ends (cached verifications still pass). Asked
     // only when a token needs crypto, which is also when the source is read.
     let mut blocked_for = None;
     let verification = match local_hit {
         Some(verified) => Some(Ok(verified)),
-        None => request.token.as_deref().map(|raw| {
+        None => request.credential.bearer().map(|raw| {
             let keys = vm.keys.borrow();
             let view = KeyView { keys: &keys, now_ms };
             let (source, source_text) = (&mut request.info.source, &mut request.observed.source);
@@ -160,11 +191,31 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
             }
         }
     }
-    let max_token_bytes = config.token.max_bytes;
+    // A credential header with no readable bearer token: refused as malformed when
+    // it carries the bearer scheme (bytes that are not UTF-8) or when a lenient
+    // reading says it is one of ours presented another way; someone else's otherwise.
+    let mut attributed = None;
+    let verification = match (verification, &request.credential) {
+        (None, Presented::Unreadable { value, undecodable }) => {
+            let ours = names_machine_issuer(vm, value, now_ms);
+            attributed = Some(ours);
+            (ours || *undecodable).then(|| {
+                Err(Rejection::new(
+                    Reason::MalformedToken,
+                    if *undecodable {
+                        "bearer token is not valid UTF-8"
+                    } else {
+                        "a token of a configured issuer, not presented as a bearer token"
+                    },
+                ))
+            })
+        }
+        (verification, _) => verification,
+    };
     let verify_ns = verify_started_ns.map(|started| host::now_ns().saturating_sub(started));
     request.observed.note_verification(
-        request.token.as_deref(),
-        max_token_bytes,
+        request.credential.bearer(),
+        config.token.max_bytes,
         verification.as_ref().map(|r| r.as_ref().map(|v| &**v)),
         verify_ns,
     );
@@ -173,11 +224,13 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
             return step;
         }
     }
-    // Only a failed token needs this second (unverified) look at its `iss`; a verified
-    // one is ours by definition, and parsing it again would cost every request.
+    // Only a failed credential needs this second (lenient) look: a verified one is
+    // ours by definition, and reading it again would cost every request.
     let machine_issuer = matches!(verification, Some(Err(_)))
-        && request.token.as_deref().is_some_and(|raw| route::names_machine_issuer(config, raw));
-    request.token = None;
+        && attributed.unwrap_or_else(|| {
+            request.credential.bytes().is_some_and(|value| names_machine_issuer(vm, value, now_ms))
+        });
+    request.credential = Presented::Nothing;
 
     request.verified_issuer = match &verification {
         Some(Ok(v)) => Some(v.issuer),
@@ -355,19 +408,27 @@ fn charge_quota(
     }
 }
 
-/// Client-supplied copies of the headers we set are never forwarded. `present`
-/// is the request's headers: only those there are removed (one host call each).
-pub fn strip_managed_headers(vm: &Vm, present: &[(String, String)]) -> Result<(), HostError> {
+/// Whether a credential that did not verify belongs to one of our issuers (a
+/// lenient reading: see `route::names_machine_issuer`).
+fn names_machine_issuer(vm: &Vm, value: &[u8], now_ms: u64) -> bool {
+    let keys = vm.keys.borrow();
+    route::names_machine_issuer(&vm.config, &KeyView { keys: &keys, now_ms }, value)
+}
+
+/// Client-supplied copies of the headers we set are never forwarded, whatever the
+/// bytes of their values, under any spelling a backend may read as ours
+/// (`x_nhi_identity`). `present` is the request's headers: only the names there are
+/// removed (one host call each).
+pub fn strip_managed_headers(vm: &Vm, present: &HeaderMap) -> Result<(), HostError> {
     let config = &vm.config;
-    let managed = [config.forward.identity_header.as_str(), config.forward.issuer_header.as_str()]
+    let managed: Vec<&str> = [config.forward.identity_header.as_str(), config.forward.issuer_header.as_str()]
         .into_iter()
         .chain(config.routes.managed_headers())
         .chain(config.claim_headers())
-        .chain(config.mtls.as_ref().map(|m| m.identity_header.as_str()));
-    for name in managed {
-        if crate::header_map::first(present, name).is_some() {
-            host::remove_request_header(name)?;
-        }
+        .chain(config.mtls.as_ref().map(|m| m.identity_header.as_str()))
+        .collect();
+    for name in present.managed_names(&managed) {
+        host::remove_request_header(name)?;
     }
     Ok(())
 }
