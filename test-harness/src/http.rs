@@ -320,6 +320,20 @@ pub fn bearer_status_counts(
     Ok(counts)
 }
 
+/// [`request`] with header values as raw bytes (see [`exchange_over_raw`]).
+pub fn request_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Result<Response> {
+    let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT).context("connecting")?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.set_write_timeout(Some(CLIENT_TIMEOUT))?;
+    exchange_over_raw(stream, &addr.to_string(), method, path, headers, &[])
+        .with_context(|| format!("HTTP {method} http://{addr}{path}"))
+}
+
 /// [`request`] with a body (sent with `Content-Length` when not empty).
 pub fn request_with_body(
     addr: SocketAddr,
@@ -374,22 +388,39 @@ fn exchange_on(
 /// One request with `Connection: close` over an established stream (plain TCP, or
 /// TLS from `tls`), `authority` as `host`; reads the whole response.
 pub fn exchange_over<S: Read + Write>(
-    mut stream: S,
+    stream: S,
     authority: &str,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
     body: &[u8],
 ) -> Result<Response> {
-    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\n");
+    let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+    exchange_over_raw(stream, authority, method, path, &headers, body)
+}
+
+/// [`exchange_over`] with header values as raw bytes, sent exactly as given (e.g.
+/// values that are not UTF-8, as an attacker may send them).
+pub fn exchange_over_raw<S: Read + Write>(
+    mut stream: S,
+    authority: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Result<Response> {
+    let mut head = format!("{method} {path} HTTP/1.1\r\nhost: {authority}\r\n").into_bytes();
     for (name, value) in headers {
-        head.push_str(&format!("{name}: {value}\r\n"));
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value);
+        head.extend_from_slice(b"\r\n");
     }
     if !body.is_empty() {
-        head.push_str(&format!("content-length: {}\r\n", body.len()));
+        head.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
     }
-    head.push_str("connection: close\r\n\r\n");
-    stream.write_all(head.as_bytes())?;
+    head.extend_from_slice(b"connection: close\r\n\r\n");
+    stream.write_all(&head)?;
     stream.write_all(body)?;
     stream.flush()?;
 
@@ -442,7 +473,9 @@ fn read_line(reader: &mut impl BufRead) -> Result<Option<String>> {
     while matches!(line.last(), Some(b'\n' | b'\r')) {
         line.pop();
     }
-    Ok(Some(String::from_utf8(line).context("header line is not UTF-8")?))
+    // Lossy: a header value that is not UTF-8 (an attacker's, forwarded by a proxy)
+    // must reach the handler as a header that is there, not fail the request.
+    Ok(Some(String::from_utf8_lossy(&line).into_owned()))
 }
 
 /// Reads a body framed by `transfer-encoding: chunked` or `content-length`. Without

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod emulator;
 pub mod envoy;
 pub mod envoy_config;
+pub mod h2c;
 pub mod http;
 pub mod istio;
 pub mod jwks_server;

@@ -251,6 +251,18 @@ impl TlsClient {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Response> {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(n, v)| (*n, v.as_bytes())).collect();
+        self.request_raw(addr, method, path, &headers)
+    }
+
+    /// [`TlsClient::request`] with header values as raw bytes.
+    pub fn request_raw(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &[u8])],
+    ) -> Result<Response> {
         let tcp = TcpStream::connect_timeout(&addr, TIMEOUT).context("connecting")?;
         tcp.set_read_timeout(Some(TIMEOUT))?;
         tcp.set_write_timeout(Some(TIMEOUT))?;
@@ -263,7 +275,7 @@ impl TlsClient {
             stream.conn.complete_io(&mut stream.sock).context("TLS handshake")?;
         }
         stream.flush()?;
-        http::exchange_over(stream, &addr.to_string(), method, path, headers, &[])
+        http::exchange_over_raw(stream, &addr.to_string(), method, path, headers, &[])
             .with_context(|| format!("HTTPS {method} https://{addr}{path}"))
     }
 }

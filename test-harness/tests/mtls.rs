@@ -213,6 +213,19 @@ fn certificate_identities_and_subject_binding_in_real_envoy() {
     assert_eq!(echoed(&r, "x-nhi-client").as_deref(), Some("human"));
     assert_eq!(echoed(&r, "x-nhi-cert-identity"), None);
     assert_eq!(echoed(&r, "x-nhi-identity"), None);
+    // A token-only request with a forged certificate identity that is not UTF-8:
+    // removed all the same (issue 23, defect 1).
+    let plain = token(s, s.issuer().unwrap(), "token-only", None);
+    let authorization = format!("Bearer {plain}");
+    let forged = [PAYMENTS.as_bytes(), b"\xa0"].concat();
+    let client = TlsClient::new(&m.ca, None).unwrap();
+    let headers: [(&str, &[u8]); 2] =
+        [("authorization", authorization.as_bytes()), ("x-nhi-cert-identity", &forged)];
+    let r =
+        client.request_raw(s.envoy.listener_addr(), "GET", "/api/forged-cert-identity", &headers).unwrap();
+    assert_eq!((r.status, backend(&r)), (200, "machine".to_owned()), "{}", r.body_text());
+    assert_eq!(echoed(&r, "x-nhi-identity").as_deref(), Some("token-only"));
+    assert_eq!(echoed(&r, "x-nhi-cert-identity"), None, "{}", r.body_text());
 
     // An issuer with require_bound_tokens and bind_subject_to_certificate: the token's
     // `sub` must be the SPIFFE ID of the certificate it is bound to.
