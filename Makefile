@@ -2,6 +2,10 @@
 #
 #   make demo    build everything, start Envoy + demo JWKS server + upstream, show requests
 #   make test    unit tests, lints (native and wasm32), and the e2e suite against real Envoy
+#
+# Crates: core/ (nhi-guard-core, every decision, no proxy-wasm), . (nhi-guard, the
+# proxy-wasm shell: the .wasm), cli/ (nhi-guard-cli: the `nhi-guard` command),
+# test-harness/ (emulator, e2e, bench, demo).
 #   make oci     a reproducible OCI image of the wasm (target/oci/nhi-guard) for Istio/Envoy Gateway
 #   make schema  regenerates envoy/schema/nhi-guard.schema.json from the config types
 #   make bench   nhi-guard against Envoy's native filters, side by side -> BENCHMARKS.md (not in `test`)
@@ -84,10 +88,10 @@ harness:
 
 # The native `nhi-guard` command: `nhi-guard check FILE...`, `nhi-guard schema`.
 cli:
-	$(CARGO) build -p nhi-guard --features cli --bin nhi-guard
+	$(CARGO) build -p nhi-guard-cli --bin nhi-guard
 
 schema:
-	$(CARGO) run --quiet -p nhi-guard --features cli --bin nhi-guard -- schema > envoy/schema/nhi-guard.schema.json.tmp
+	$(CARGO) run --quiet -p nhi-guard-cli --bin nhi-guard -- schema > envoy/schema/nhi-guard.schema.json.tmp
 	mv envoy/schema/nhi-guard.schema.json.tmp envoy/schema/nhi-guard.schema.json
 
 # The Wasm "compat" OCI image layout Istio and Envoy Gateway pull, built without Docker:
@@ -104,13 +108,16 @@ oci: wasm
 test: unit lint e2e
 
 unit:
-	$(CARGO) test -p nhi-guard --features cli
+	$(CARGO) test -p nhi-guard-core -p nhi-guard-cli
 	$(CARGO) test -p test-harness --lib --bins
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p nhi-guard --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p nhi-guard -p nhi-guard-core --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p nhi-guard --features fault-injection --target $(WASM_TARGET) -- -D warnings
+	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
+	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
 e2e: envoy wasm fault-wasm cli node-tools
 	$(CARGO) test -p test-harness --tests -- --test-threads 2
@@ -140,7 +147,7 @@ bench: envoy wasm
 # node:wasi; V8 is the engine Envoy embeds). Prints a table; about a minute plus the
 # build. VERIFY_BENCH_SECONDS (1) is the time per case. Not part of `make test`.
 VERIFY_BENCH_SECONDS ?= 1
-VERIFY_BENCH := --profile verify-bench -p nhi-guard --features verify-bench --bin nhi-verify-bench
+VERIFY_BENCH := --profile verify-bench -p nhi-guard-core --features verify-bench --bin nhi-verify-bench
 VERIFY_BENCH_OUT := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 
 bench-verify: wasm-target

@@ -12,10 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;
 
-use crate::capabilities::Probed;
-use crate::header_map::{self, HeaderMap};
-use crate::reason::LocalReply;
-use crate::store::{Store, StoreError, Versioned};
+use nhi_guard_core::host::capabilities::Probed;
+use nhi_guard_core::host::header_map::{self, HeaderMap};
+use nhi_guard_core::host::store::{Store, StoreError, Versioned};
+use nhi_guard_core::reason::LocalReply;
 
 mod abi {
     #[link(wasm_import_module = "env")]

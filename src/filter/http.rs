@@ -8,10 +8,10 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::capabilities::KeyFetch;
-use crate::header_map;
-use crate::route::{self, RequestInfo};
-use crate::token::Extracted;
+use nhi_guard_core::host::capabilities::KeyFetch;
+use nhi_guard_core::host::header_map;
+use nhi_guard_core::policy::{self, RequestInfo};
+use nhi_guard_core::token::source::Extracted;
 
 use super::host;
 use super::observe;
@@ -81,7 +81,9 @@ impl Http {
             // Without an `mtls` block the certificate matters only to a token bound
             // to one (`cnf`): the pipeline reads it then.
             client_certificate: match &config.mtls {
-                Some(mtls) => crate::mtls::client_certificate(Some(mtls), pipeline::connection_property),
+                Some(mtls) => {
+                    nhi_guard_core::mtls::client_certificate(Some(mtls), pipeline::connection_property)
+                }
                 None => None,
             },
         };
@@ -89,7 +91,7 @@ impl Http {
         // flood guard and the decision log read it when they need it.
         if config.routes.needs_source(&request.info) {
             let source = host::source_address();
-            request.info.source = source.as_deref().and_then(route::parse_source_address);
+            request.info.source = source.as_deref().and_then(policy::parse_source_address);
             request.observed.source = source;
         }
         request.credential = match config.token.extract(headers.get(&config.token.header)) {

@@ -1,6 +1,6 @@
 //! Observability glue: metrics through the host, filter state for Envoy's access
 //! log, and the decision-log line. What is counted under which name, and what a line
-//! says, is decided in the pure [`crate::metrics`] and [`crate::decision_log`].
+//! says, is decided in the pure [`nhi_guard_core::observe::metrics`] and [`nhi_guard_core::observe::decision_log`].
 //!
 //! Every host call here is best effort: a host without metrics (or without
 //! `set_property`) disables that part for the VM after the first failure, with one
@@ -12,12 +12,14 @@ use std::hash::BuildHasher;
 
 use log::{info, warn};
 
-use crate::config::{Config, JwksSource};
-use crate::decision_log::{sample_key, LineContext, Record};
-use crate::fast_hash::Seeded;
-use crate::metrics::{Family, IdentityBound, Outcome, Series, NO_ISSUER, NO_ROUTE, UNKNOWN_ISSUER};
-use crate::reason::Reason;
-use crate::store::Store;
+use nhi_guard_core::config::{Config, JwksSource};
+use nhi_guard_core::hash::seeded::Seeded;
+use nhi_guard_core::host::store::Store;
+use nhi_guard_core::observe::decision_log::{sample_key, LineContext, Record};
+use nhi_guard_core::observe::metrics::{
+    Family, IdentityBound, Outcome, Series, NO_ISSUER, NO_ROUTE, UNKNOWN_ISSUER,
+};
+use nhi_guard_core::reason::Reason;
 
 use super::host;
 use super::pipeline::Request;
@@ -181,7 +183,7 @@ pub fn decided(vm: &Vm, request: &mut Request, replied: bool) {
     if let (Some(identity), true) = (&record.identity, observer.metrics.get()) {
         let label = match observer.identities.try_borrow_mut() {
             Ok(mut bound) => bound.label(vm.store.as_ref(), issuer, identity),
-            Err(_) => crate::metrics::IdentityLabel::Other,
+            Err(_) => nhi_guard_core::observe::metrics::IdentityLabel::Other,
         };
         let label = label.as_str();
         observer.increment(Family::IdentityRequests, &[issuer, label]);

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use log::{info, warn};
 
-use crate::config::JwksSource;
+use nhi_guard_core::config::JwksSource;
 
 use super::host;
 use super::observe;

@@ -10,16 +10,16 @@ use std::time::Duration;
 
 use log::{debug, warn};
 
-use crate::header_map::HeaderMap;
-use crate::keyshare::KeyView;
-use crate::mtls;
-use crate::reason::{LocalReply, Reason, Rejection};
-use crate::route::{
+use nhi_guard_core::host::header_map::HeaderMap;
+use nhi_guard_core::keys::keyshare::KeyView;
+use nhi_guard_core::mtls;
+use nhi_guard_core::policy::{
     self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo, RequestInfo, Verdict,
     SHADOW_DECISION_HEADER,
 };
-use crate::token_cache;
-use crate::verify::Verified;
+use nhi_guard_core::reason::{LocalReply, Reason, Rejection};
+use nhi_guard_core::verify::cache;
+use nhi_guard_core::verify::Verified;
 
 use super::host::{self, HostError};
 use super::observe;
@@ -46,7 +46,7 @@ pub struct Request {
     /// Path, host, method, Envoy route name and source address.
     pub info: RequestInfo,
     /// What the metrics, the decision log and the access log are told (see `observe`).
-    pub observed: crate::decision_log::Record,
+    pub observed: nhi_guard_core::observe::decision_log::Record,
 }
 
 /// The credential header as the request presented it.
@@ -58,7 +58,7 @@ pub enum Presented {
     Bearer(String),
     /// A credential header holding no bearer token nhi-guard can read: another
     /// scheme, or (`undecodable`) the bearer scheme with bytes that are not UTF-8.
-    /// Read only to decide whose credential it is (`route::names_machine_issuer`).
+    /// Read only to decide whose credential it is (`policy::names_machine_issuer`).
     Unreadable { value: Vec<u8>, undecodable: bool },
 }
 
@@ -147,7 +147,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
                 if let Some(guard) = &config.flood_guard {
                     if source_text.is_none() {
                         *source_text = host::source_address();
-                        *source = source_text.as_deref().and_then(route::parse_source_address);
+                        *source = source_text.as_deref().and_then(policy::parse_source_address);
                     }
                     if let Some(source) = *source {
                         blocked_for = guard.blocked_for(vm.store.as_ref(), source, now_secs_u);
@@ -156,7 +156,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
                 blocked_for.is_none()
             };
             let mut local = vm.local_tokens.borrow_mut();
-            token_cache::verify_and_remember(
+            cache::verify_and_remember(
                 config,
                 &view,
                 vm.store.as_ref(),
@@ -256,7 +256,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
         Some(Ok(v)) => Credential::Verified(IdentityInfo::new(v, issuer_name, &v.identity)),
         Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
     };
-    let mut verdict = route::decide(&config.routes, &request.info, &credential);
+    let mut verdict = policy::decide(&config.routes, &request.info, &credential);
     request.observed.note_verdict(&verdict);
     // Verified tokens, or certificate-only identities where the route accepts them.
     let who = credential.identity().filter(|_| verdict.client_class == ClientClass::Machine);
@@ -331,7 +331,7 @@ fn set_request_headers(
     }
     if let Some(verified) = verified {
         if let Some(rules) = config.issuers.get(verified.issuer).map(|i| &i.claims_to_headers) {
-            for (name, value) in crate::claims::headers(rules, &verified.claims) {
+            for (name, value) in nhi_guard_core::claims::headers::headers(rules, &verified.claims) {
                 host::set_request_header(name, &value)?;
             }
         }
@@ -409,10 +409,10 @@ fn charge_quota(
 }
 
 /// Whether a credential that did not verify belongs to one of our issuers (a
-/// lenient reading: see `route::names_machine_issuer`).
+/// lenient reading: see `policy::names_machine_issuer`).
 fn names_machine_issuer(vm: &Vm, value: &[u8], now_ms: u64) -> bool {
     let keys = vm.keys.borrow();
-    route::names_machine_issuer(&vm.config, &KeyView { keys: &keys, now_ms }, value)
+    policy::names_machine_issuer(&vm.config, &KeyView { keys: &keys, now_ms }, value)
 }
 
 /// Client-supplied copies of the headers we set are never forwarded, whatever the

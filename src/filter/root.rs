@@ -13,13 +13,13 @@ use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 
-use crate::capabilities::{KeyFetch, Plan, StateScope};
-use crate::config::{Config, JwksSource, RemoteJwks};
-use crate::discovery::{self, DiscoveryEndpoint, JwksLocation, Located};
-use crate::jwks::{self, JwksError, MAX_JWKS_BYTES};
-use crate::keyshare::{self, Acquire, LocalKeys, Record, SharedKeys};
-use crate::store::{MemoryStore, Store};
-use crate::token_cache::LocalCache;
+use nhi_guard_core::config::{Config, JwksSource, RemoteJwks};
+use nhi_guard_core::host::capabilities::{KeyFetch, Plan, StateScope};
+use nhi_guard_core::host::store::{MemoryStore, Store};
+use nhi_guard_core::keys::discovery::{self, DiscoveryEndpoint, JwksLocation, Located};
+use nhi_guard_core::keys::jwks::{self, JwksError, MAX_JWKS_BYTES};
+use nhi_guard_core::keys::keyshare::{self, Acquire, LocalKeys, Record, SharedKeys};
+use nhi_guard_core::verify::cache::LocalCache;
 
 use super::host::{self, SharedData};
 use super::http::Http;

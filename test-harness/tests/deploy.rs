@@ -22,7 +22,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use nhi_guard::check::{self, Source};
+use nhi_guard_cli::check::{self, Source};
 use serde_json::{json, Value};
 use test_harness::envoy::wasm_path;
 use test_harness::envoy_config::{repo_root, EnvoyConfig, PLUGIN_FILTER_NAME};
@@ -182,7 +182,7 @@ fn the_shipped_schema_is_current_and_every_shipped_configuration_matches_it() {
     let schema_path = envoy_dir().join("schema/nhi-guard.schema.json");
     assert_eq!(
         fs::read_to_string(&schema_path).unwrap(),
-        nhi_guard::schema::plugin_config_schema_text(),
+        nhi_guard_cli::schema::plugin_config_schema_text(),
         "envoy/schema/nhi-guard.schema.json is stale: run `make schema`"
     );
 

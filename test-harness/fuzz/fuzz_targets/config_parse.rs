@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nhi_guard::config::{Config, ConfigError};
+use nhi_guard_core::config::{Config, ConfigError};
 
 fuzz_target!(|data: &[u8]| {
     match Config::from_json(data) {

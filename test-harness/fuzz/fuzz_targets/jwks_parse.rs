@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use nhi_guard::jwks;
+use nhi_guard_core::keys::jwks;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(parsed) = jwks::parse(data) {

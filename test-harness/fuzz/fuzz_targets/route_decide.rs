@@ -6,8 +6,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nhi_guard::config::Config;
-use nhi_guard::route::{self, ClientClass, Credential, RequestInfo};
+use nhi_guard_core::config::Config;
+use nhi_guard_core::policy::{self, ClientClass, Credential, RequestInfo};
 
 fn config() -> &'static Config {
     static CONFIG: OnceLock<Config> = OnceLock::new();

@@ -6,9 +6,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use nhi_guard::config::Config;
-use nhi_guard::jwks::{self, KeySet};
-use nhi_guard::verify::verify;
+use nhi_guard_core::config::Config;
+use nhi_guard_core::keys::jwks::{self, KeySet};
+use nhi_guard_core::verify::verify;
 
 /// The seed tokens in the corpus were minted for this instant.
 const NOW: i64 = 1_795_000_000;

@@ -1,0 +1,1017 @@
+//! The plugin configuration: raw JSON shapes, then validation into the runtime form.
+//!
+//! Parse, then compile: serde reads the JSON (unknown fields are errors, so a typo
+//! cannot silently disable a check), and [`Config::from_json`] checks meaning and
+//! produces types in which the checked invariants hold. Every error names the
+//! field, as a JSON path, and the reason.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use serde::Deserialize;
+
+use crate::crypto::alg::Alg;
+use crate::keys::jwks::{self, KeySet};
+use crate::token::source::TokenSource;
+
+/// Default largest accepted token (RFC 8725 recommends bounding input).
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+pub const DEFAULT_REFRESH_SECONDS: u64 = 300;
+pub const DEFAULT_TIMEOUT_MS: u64 = 2_000;
+pub const DEFAULT_CLOCK_SKEW_SECONDS: u64 = 30;
+pub const DEFAULT_MIN_REFETCH_SECONDS: u64 = 5;
+pub const DEFAULT_MAX_STALE_SECONDS: u64 = 3_600;
+pub const MAX_ISSUERS: usize = 16;
+
+/// The validated plugin configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub issuers: Vec<Issuer>,
+    pub token: TokenSource,
+    pub forward: Forward,
+    /// The `realm` of `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// Per-identity quotas, if configured.
+    pub quotas: Option<crate::quota::Quotas>,
+    /// Route classes, authorization rules, deny lists and mode.
+    pub routes: crate::policy::Routes,
+    /// Metrics on/off and the bound on per-identity series.
+    pub metrics: crate::observe::metrics::MetricsConfig,
+    /// The per-request decision log.
+    pub decision_log: crate::observe::decision_log::DecisionLogConfig,
+    /// Client-certificate identities (SPIFFE), if configured.
+    pub mtls: Option<crate::mtls::MtlsConfig>,
+    /// The per-source budget of failed signature checks; `None` when disabled.
+    pub flood_guard: Option<crate::verify::flood_guard::FloodGuard>,
+    /// The shared verified-token cache; `None` when `token_cache.max_entries` is 0.
+    pub token_cache: Option<crate::verify::cache::TokenCache>,
+    /// Which proxy-wasm host to expect (`auto`: probe it at start).
+    pub host: crate::host::capabilities::HostSetting,
+    /// Publish the decision as filter state (`wasm.nhi_*`) for access logs.
+    pub filter_state: bool,
+    /// A digest of the configuration bytes: cached verifications made under another
+    /// configuration are not reused.
+    pub fingerprint: u64,
+    /// Test builds only: a request carrying this header crashes the VM.
+    #[cfg(feature = "fault-injection")]
+    pub panic_header: Option<String>,
+}
+
+/// One trusted token issuer.
+#[derive(Debug, Clone)]
+pub struct Issuer {
+    /// Short local name: forwarded upstream, used in logs and metrics.
+    pub name: String,
+    /// The exact `iss` value tokens must carry.
+    pub issuer: String,
+    /// At least one; a token's `aud` must contain one of them.
+    pub audiences: Vec<String>,
+    pub jwks: JwksSource,
+    /// At least one; never a symmetric or `none` algorithm.
+    pub algorithms: Vec<Alg>,
+    pub clock_skew_seconds: u64,
+    /// What the issuer's tokens must look like, what it admits, the identity forwarded.
+    pub profile: crate::profile::Profile,
+    /// The JOSE `typ` check: configured, else the profile's default; `None`: no check.
+    pub typ: Option<crate::token::typ::TypRule>,
+    /// Verified claims forwarded as request headers.
+    pub claims_to_headers: Vec<crate::claims::headers::ClaimHeader>,
+    /// What this issuer's tokens demand of the client certificate (RFC 8705 binding).
+    pub certificate: crate::mtls::IssuerCertPolicy,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone)]
+pub enum JwksSource {
+    Remote(RemoteJwks),
+    /// A JWKS embedded in the configuration (no fetching, no refresh).
+    Inline(KeySet),
+}
+
+/// A JWKS fetched with `dispatch_http_call` from an Envoy cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteJwks {
+    pub cluster: String,
+    /// The `:authority` (Host) of the fetch.
+    pub authority: String,
+    pub path: String,
+    pub refresh_seconds: u64,
+    pub timeout_ms: u64,
+    /// Earliest refetch after a success when a token names an unknown `kid`.
+    pub min_refetch_seconds: u64,
+    /// How long the last good keys keep serving while refreshes fail; after
+    /// that the issuer's requests get 503 `keys_unavailable`.
+    pub max_stale_seconds: u64,
+    /// OpenID Connect discovery: `cluster`, `authority` and `path` then locate the
+    /// discovery document, and the JWKS location is read from it.
+    pub discovery: Option<crate::keys::discovery::Discovery>,
+}
+
+impl RemoteJwks {
+    pub fn schedule(&self) -> crate::keys::refresh::Schedule {
+        crate::keys::refresh::Schedule {
+            interval_ms: self.refresh_seconds.saturating_mul(1000),
+            min_refetch_ms: self.min_refetch_seconds.saturating_mul(1000),
+            max_stale_ms: self.max_stale_seconds.saturating_mul(1000),
+        }
+    }
+
+    /// Identifies where the keys come from (for shared-data key names).
+    pub fn source_id(&self) -> String {
+        let via = if self.discovery.is_some() { "discovery|" } else { "" };
+        format!("{via}{}|{}|{}", self.cluster, self.authority, self.path)
+    }
+}
+
+/// Headers the filter sets on allowed requests (and strips from every request).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub identity_header: String,
+    pub issuer_header: String,
+}
+
+/// A configuration the filter refuses to run with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    /// Not JSON, or not the expected shape (serde's message names the field).
+    Syntax(String),
+    /// Well-formed but meaningless or unsafe.
+    Invalid { field: String, reason: String },
+}
+
+impl ConfigError {
+    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid { field: field.into(), reason: reason.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Syntax(msg) => write!(f, "invalid plugin configuration: {msg}"),
+            ConfigError::Invalid { field, reason } => {
+                write!(f, "invalid plugin configuration: `{field}` {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The plugin configuration as written. Every `Raw*` type of the configuration derives
+/// `schemars::JsonSchema` under the `cli` feature: `make schema` generates the shipped
+/// JSON Schema from them (`crate::schema`).
+#[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    issuers: Vec<RawIssuer>,
+    #[serde(default)]
+    token: RawToken,
+    #[serde(default)]
+    forward: RawForward,
+    #[serde(default)]
+    realm: Option<String>,
+    #[serde(default)]
+    quotas: Option<crate::quota::RawQuotas>,
+    // The route members (see `route::RawRoutes`): serde cannot combine `flatten`
+    // with `deny_unknown_fields`, so they are listed here.
+    #[serde(default)]
+    routes: Option<Vec<crate::policy::RawRoute>>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    deny: Option<crate::policy::RawDeny>,
+    #[serde(default)]
+    client_header: Option<String>,
+    #[serde(default)]
+    default_audience: Option<String>,
+    #[serde(default)]
+    metrics: Option<crate::observe::metrics::RawMetrics>,
+    #[serde(default)]
+    decision_log: Option<crate::observe::decision_log::RawDecisionLog>,
+    #[serde(default)]
+    mtls: Option<crate::mtls::RawMtls>,
+    #[serde(default)]
+    token_cache: Option<crate::verify::cache::RawTokenCache>,
+    #[serde(default)]
+    flood_guard: Option<crate::verify::flood_guard::RawFloodGuard>,
+    #[serde(default)]
+    host: crate::host::capabilities::HostSetting,
+    /// Publish the decision as filter state for access logs (six host calls per request).
+    #[serde(default)]
+    filter_state: bool,
+    #[cfg(feature = "fault-injection")]
+    #[serde(default)]
+    fault_injection: Option<RawFaultInjection>,
+}
+
+/// `fault_injection` (test builds only).
+#[cfg(feature = "fault-injection")]
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFaultInjection {
+    panic_header: String,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    name: String,
+    issuer: String,
+    audiences: Vec<String>,
+    /// Required unless `discovery` locates the keys.
+    jwks: Option<RawJwks>,
+    algorithms: Option<Vec<String>>,
+    clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    discovery: Option<crate::keys::discovery::RawDiscovery>,
+    #[serde(default)]
+    profile: Option<crate::profile::RawProfile>,
+    #[serde(default)]
+    typ: Option<crate::token::typ::RawTyp>,
+    #[serde(default)]
+    claims_to_headers: Option<crate::claims::headers::RawClaimsToHeaders>,
+    /// Needs the `mtls` block: a trusted client certificate must come with every token.
+    #[serde(default)]
+    require_client_certificate: bool,
+    /// Needs the `mtls` block: tokens must be certificate-bound (`cnf.x5t#S256`).
+    #[serde(default)]
+    require_bound_tokens: bool,
+    /// Needs the `mtls` block: `sub` must equal the client certificate's identity.
+    #[serde(default)]
+    bind_subject_to_certificate: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawJwks {
+    cluster: Option<String>,
+    authority: Option<String>,
+    path: Option<String>,
+    refresh_seconds: Option<u64>,
+    timeout_ms: Option<u64>,
+    min_refetch_seconds: Option<u64>,
+    max_stale_seconds: Option<u64>,
+    inline: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    #[serde(default = "default_token_header")]
+    header: String,
+    #[serde(default = "default_token_prefix")]
+    prefix: String,
+    #[serde(default = "default_max_token_bytes")]
+    max_bytes: usize,
+    #[serde(default)]
+    forward: bool,
+}
+
+impl Default for RawToken {
+    fn default() -> Self {
+        RawToken {
+            header: default_token_header(),
+            prefix: default_token_prefix(),
+            max_bytes: default_max_token_bytes(),
+            forward: false,
+        }
+    }
+}
+
+fn default_token_header() -> String {
+    "authorization".into()
+}
+fn default_token_prefix() -> String {
+    "Bearer ".into()
+}
+fn default_max_token_bytes() -> usize {
+    DEFAULT_MAX_TOKEN_BYTES
+}
+
+#[derive(Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    #[serde(default = "default_identity_header")]
+    identity_header: String,
+    #[serde(default = "default_issuer_header")]
+    issuer_header: String,
+}
+
+impl Default for RawForward {
+    fn default() -> Self {
+        RawForward { identity_header: default_identity_header(), issuer_header: default_issuer_header() }
+    }
+}
+
+fn default_identity_header() -> String {
+    "x-nhi-identity".into()
+}
+fn default_issuer_header() -> String {
+    "x-nhi-issuer".into()
+}
+
+/// The algorithms an issuer gets when its config does not list any.
+pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::EdDsa];
+
+impl Issuer {
+    /// How long getting keys may take, for issuers whose keys are fetched: the
+    /// fetch timeout, twice with discovery (the document, then the JWKS).
+    pub fn fetch_timeout_ms(&self) -> Option<u64> {
+        match &self.jwks {
+            JwksSource::Remote(remote) if remote.discovery.is_some() => {
+                Some(remote.timeout_ms.saturating_mul(2))
+            }
+            JwksSource::Remote(remote) => Some(remote.timeout_ms),
+            JwksSource::Inline(_) => None,
+        }
+    }
+
+    /// Which JWK `use` this issuer's keys may carry (its profile decides).
+    pub fn key_use(&self) -> crate::keys::jwks::KeyUse {
+        self.profile.key_use()
+    }
+}
+
+impl Config {
+    /// Every header some issuer's `claims_to_headers` sets, once each: they are
+    /// removed from every request, whichever issuer (if any) it turns out to be for.
+    pub fn claim_headers(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for rule in self.issuers.iter().flat_map(|i| &i.claims_to_headers) {
+            if !names.contains(&rule.header.as_str()) {
+                names.push(&rule.header);
+            }
+        }
+        names
+    }
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let mut config = compile(raw)?;
+        config.fingerprint = crate::keys::keyshare::fnv1a64(bytes);
+        Ok(config)
+    }
+
+    pub fn issuer_by_iss(&self, iss: &str) -> Option<(usize, &Issuer)> {
+        self.issuers.iter().enumerate().find(|(_, i)| i.issuer == iss)
+    }
+}
+
+fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
+    if raw.issuers.is_empty() {
+        return Err(ConfigError::invalid("issuers", "must list at least one issuer"));
+    }
+    if raw.issuers.len() > MAX_ISSUERS {
+        return Err(ConfigError::invalid("issuers", format!("lists more than {MAX_ISSUERS} issuers")));
+    }
+    let mut names = HashSet::new();
+    let mut isses = HashSet::new();
+    let mut issuers = Vec::with_capacity(raw.issuers.len());
+    for (i, raw_issuer) in raw.issuers.into_iter().enumerate() {
+        let at = |field: &str| format!("issuers[{i}].{field}");
+        let issuer = compile_issuer(raw_issuer, &at)?;
+        if !names.insert(issuer.name.clone()) {
+            return Err(ConfigError::invalid(
+                at("name"),
+                format!("{:?} is used by another issuer", issuer.name),
+            ));
+        }
+        if !isses.insert(issuer.issuer.clone()) {
+            return Err(ConfigError::invalid(
+                at("issuer"),
+                format!("{:?} is configured twice", issuer.issuer),
+            ));
+        }
+        issuers.push(issuer);
+    }
+
+    let token = TokenSource {
+        header: header_name("token.header", &raw.token.header)?,
+        prefix: raw.token.prefix,
+        max_bytes: raw.token.max_bytes,
+        forward: raw.token.forward,
+    };
+    if !(256..=64 * 1024).contains(&token.max_bytes) {
+        return Err(ConfigError::invalid("token.max_bytes", "must be between 256 and 65536"));
+    }
+    let forward = Forward {
+        identity_header: header_name("forward.identity_header", &raw.forward.identity_header)?,
+        issuer_header: header_name("forward.issuer_header", &raw.forward.issuer_header)?,
+    };
+    if forward.identity_header == forward.issuer_header {
+        return Err(ConfigError::invalid(
+            "forward.issuer_header",
+            "must differ from forward.identity_header",
+        ));
+    }
+    for (field, name) in [
+        ("forward.identity_header", &forward.identity_header),
+        ("forward.issuer_header", &forward.issuer_header),
+    ] {
+        if *name == token.header {
+            return Err(ConfigError::invalid(field, "must differ from token.header"));
+        }
+    }
+    let realm = raw.realm.unwrap_or_else(|| "nhi-guard".into());
+    if realm.is_empty() || realm.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        return Err(ConfigError::invalid(
+            "realm",
+            "must be non-empty, without quotes, backslashes or control characters",
+        ));
+    }
+    let quotas = match raw.quotas {
+        None => None,
+        Some(raw) => Some(
+            crate::quota::compile(raw, "quotas")
+                .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?,
+        ),
+    };
+    let mtls = raw.mtls.map(|m| crate::mtls::compile(m, "mtls")).transpose()?;
+    let mut issuer_names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
+    // Certificate-only identities carry the mtls issuer name: allow rules may name it.
+    issuer_names.extend(mtls.as_ref().map(|m| m.issuer_name.as_str()));
+    let raw_routes = crate::policy::RawRoutes {
+        routes: raw.routes,
+        mode: raw.mode,
+        deny: raw.deny,
+        client_header: raw.client_header,
+        default_audience: raw.default_audience,
+    };
+    let routes = crate::policy::compile(raw_routes, &issuer_names)
+        .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?;
+    for (field, name) in [
+        ("forward.identity_header", &forward.identity_header),
+        ("forward.issuer_header", &forward.issuer_header),
+        ("token.header", &token.header),
+    ] {
+        if routes.client_header == *name {
+            return Err(ConfigError::invalid("client_header", format!("must differ from {field}")));
+        }
+    }
+    check_claim_headers(
+        &issuers,
+        &[
+            ("forward.identity_header", &forward.identity_header),
+            ("forward.issuer_header", &forward.issuer_header),
+            ("token.header", &token.header),
+            ("client_header", &routes.client_header),
+            ("the shadow decision header", crate::policy::SHADOW_DECISION_HEADER),
+        ],
+    )?;
+    if let Some(quotas) = &quotas {
+        for (field, route) in quotas.route_references() {
+            if !routes.routes().iter().any(|r| r.name == route) {
+                return Err(ConfigError::invalid(
+                    field,
+                    format!("names route {route:?}, which is not defined"),
+                ));
+            }
+        }
+    }
+    let metrics = crate::observe::metrics::compile(raw.metrics, "metrics")?;
+    let decision_log = crate::observe::decision_log::compile(raw.decision_log, "decision_log")?;
+    let token_cache = crate::verify::cache::compile(raw.token_cache, "token_cache")?;
+    let flood_guard = crate::verify::flood_guard::compile(raw.flood_guard, "flood_guard")?;
+    check_host(raw.host, &issuers, mtls.is_some())?;
+    let config = Config {
+        issuers,
+        token,
+        forward,
+        realm,
+        quotas,
+        routes,
+        metrics,
+        decision_log,
+        mtls,
+        token_cache,
+        flood_guard,
+        host: raw.host,
+        filter_state: raw.filter_state,
+        fingerprint: 0,
+        #[cfg(feature = "fault-injection")]
+        panic_header: raw.fault_injection.map(|f| f.panic_header),
+    };
+    crate::mtls::check(&config)?;
+    Ok(config)
+}
+
+/// What `host: apisix` cannot do: APISIX's proxy-wasm host exposes no client
+/// certificate to filters, and OIDC discovery needs the background fetcher (two
+/// dependent callouts) that only an Envoy-grade host runs.
+fn check_host(
+    host: crate::host::capabilities::HostSetting,
+    issuers: &[Issuer],
+    mtls: bool,
+) -> Result<(), ConfigError> {
+    if host != crate::host::capabilities::HostSetting::Apisix {
+        return Ok(());
+    }
+    if mtls {
+        return Err(ConfigError::invalid(
+            "mtls",
+            "is not available with `host: apisix` (its proxy-wasm host exposes no client certificate)",
+        ));
+    }
+    for (i, issuer) in issuers.iter().enumerate() {
+        if matches!(&issuer.jwks, JwksSource::Remote(r) if r.discovery.is_some()) {
+            return Err(ConfigError::invalid(
+                format!("issuers[{i}].jwks.discovery"),
+                "is not available with `host: apisix`: configure the JWKS location (`cluster` as host:port, `path`)",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer, ConfigError> {
+    if raw.name.is_empty()
+        || raw.name.len() > 64
+        || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+    {
+        return Err(ConfigError::invalid(at("name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
+    }
+    if raw.issuer.is_empty() {
+        return Err(ConfigError::invalid(at("issuer"), "must not be empty"));
+    }
+    if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+        return Err(ConfigError::invalid(at("audiences"), "must list at least one non-empty audience"));
+    }
+    let algorithms = match raw.algorithms {
+        None => DEFAULT_ALGORITHMS.to_vec(),
+        Some(names) if names.is_empty() => {
+            return Err(ConfigError::invalid(at("algorithms"), "must list at least one algorithm"))
+        }
+        Some(names) => {
+            let mut algs = Vec::with_capacity(names.len());
+            for (j, name) in names.iter().enumerate() {
+                let alg = name.parse::<Alg>().map_err(|_| {
+                    let why = if name.starts_with("HS") {
+                        "is symmetric (HMAC): a gateway cannot hold issuers' shared secrets; use an asymmetric algorithm".to_owned()
+                    } else {
+                        format!("{name:?} is not one of {}", Alg::ALL.map(Alg::name).join(", "))
+                    };
+                    ConfigError::invalid(format!("{}[{j}]", at("algorithms")), why)
+                })?;
+                if !algs.contains(&alg) {
+                    algs.push(alg);
+                }
+            }
+            algs
+        }
+    };
+    let clock_skew_seconds = raw.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW_SECONDS);
+    if clock_skew_seconds > 300 {
+        return Err(ConfigError::invalid(at("clock_skew_seconds"), "must be at most 300"));
+    }
+    let profile = crate::profile::compile(raw.profile, &raw.issuer, &raw.audiences, at)?;
+    let typ = match raw.typ {
+        None => profile.default_typ(),
+        Some(raw_typ) => {
+            let listed = matches!(raw_typ, crate::token::typ::RawTyp::Many(_));
+            let rule =
+                crate::token::typ::TypRule::configured(&raw_typ.into_vec()).map_err(|(i, why)| match i {
+                    Some(i) if listed => ConfigError::invalid(format!("{}[{i}]", at("typ")), why),
+                    _ => ConfigError::invalid(at("typ"), why),
+                })?;
+            Some(rule)
+        }
+    };
+    let claims_to_headers = compile_claims_to_headers(raw.claims_to_headers, at)?;
+    let jwks = match raw.discovery {
+        None => {
+            let jwks =
+                raw.jwks.ok_or_else(|| ConfigError::invalid(at("jwks"), "is required (or `discovery`)"))?;
+            compile_jwks(jwks, profile.key_use(), at)?
+        }
+        Some(discovery) => compile_discovered_jwks(discovery, raw.jwks, at)?,
+    };
+    Ok(Issuer {
+        name: raw.name,
+        issuer: raw.issuer,
+        audiences: raw.audiences,
+        jwks,
+        algorithms,
+        clock_skew_seconds,
+        profile,
+        typ,
+        claims_to_headers,
+        certificate: crate::mtls::IssuerCertPolicy {
+            require_client_certificate: raw.require_client_certificate,
+            require_bound_tokens: raw.require_bound_tokens,
+            bind_subject_to_certificate: raw.bind_subject_to_certificate,
+        },
+    })
+}
+
+/// `discovery` instead of `jwks.cluster`/`authority`/`path`: `jwks` then holds only
+/// the refresh timing, and the remote source points at the discovery document.
+fn compile_discovered_jwks(
+    raw: crate::keys::discovery::RawDiscovery,
+    timing: Option<RawJwks>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<JwksSource, ConfigError> {
+    let (endpoint, discovery) = crate::keys::discovery::compile(raw, at)?;
+    let timing = timing.unwrap_or_default();
+    if timing.cluster.is_some()
+        || timing.authority.is_some()
+        || timing.path.is_some()
+        || timing.inline.is_some()
+    {
+        return Err(ConfigError::invalid(
+            at("jwks"),
+            "takes only refresh_seconds, timeout_ms, min_refetch_seconds and max_stale_seconds with \
+             `discovery`: the discovery document says where the keys are",
+        ));
+    }
+    let located = RawJwks {
+        cluster: Some(endpoint.cluster),
+        authority: Some(endpoint.authority),
+        path: Some(endpoint.path),
+        ..timing
+    };
+    match compile_jwks(located, crate::keys::jwks::KeyUse::Sig, at)? {
+        JwksSource::Remote(remote) => {
+            Ok(JwksSource::Remote(RemoteJwks { discovery: Some(discovery), ..remote }))
+        }
+        inline @ JwksSource::Inline(_) => Ok(inline),
+    }
+}
+
+/// Request headers the filter owns besides the configured ones: a claim mapped to
+/// one of them would remove it from every request.
+const CLAIM_HEADER_RESERVED: [&str; 10] = [
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-proto",
+    "x-real-ip",
+    "x-request-id",
+];
+
+fn compile_claims_to_headers(
+    raw: Option<crate::claims::headers::RawClaimsToHeaders>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<crate::claims::headers::ClaimHeader>, ConfigError> {
+    use crate::claims::headers::{valid_claim_path, ClaimHeader, MAX_CLAIM_HEADERS};
+    let Some(map) = raw else { return Ok(Vec::new()) };
+    if map.len() > MAX_CLAIM_HEADERS {
+        return Err(ConfigError::invalid(
+            at("claims_to_headers"),
+            format!("maps more than {MAX_CLAIM_HEADERS} claims"),
+        ));
+    }
+    let mut rules: Vec<ClaimHeader> = Vec::with_capacity(map.len());
+    for (claim, header) in map {
+        let field = format!("{}.{claim}", at("claims_to_headers"));
+        if !valid_claim_path(&claim) {
+            return Err(ConfigError::invalid(
+                field,
+                "must be keyed by a claim name or dotted path (at most 128 characters, 8 dots)",
+            ));
+        }
+        let header = header_name(&field, &header)?;
+        if CLAIM_HEADER_RESERVED.contains(&header.as_str()) || header.starts_with("x-envoy-") {
+            return Err(ConfigError::invalid(
+                field,
+                format!(
+                    "{header:?} is a standard or proxy header: claim headers are removed from every request"
+                ),
+            ));
+        }
+        if rules.iter().any(|r| r.header == header) {
+            return Err(ConfigError::invalid(field, format!("{header:?} is already set from another claim")));
+        }
+        rules.push(ClaimHeader { claim, header });
+    }
+    Ok(rules)
+}
+
+/// Claim headers may not be a header the filter sets or reads itself (`taken`:
+/// field and name).
+fn check_claim_headers(issuers: &[Issuer], taken: &[(&str, &str)]) -> Result<(), ConfigError> {
+    for (i, issuer) in issuers.iter().enumerate() {
+        for rule in &issuer.claims_to_headers {
+            if let Some((field, _)) = taken.iter().find(|(_, name)| *name == rule.header) {
+                return Err(ConfigError::invalid(
+                    format!("issuers[{i}].claims_to_headers.{}", rule.claim),
+                    format!("must differ from {field}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compile_jwks(
+    raw: RawJwks,
+    key_use: crate::keys::jwks::KeyUse,
+    at: &dyn Fn(&str) -> String,
+) -> Result<JwksSource, ConfigError> {
+    if let Some(inline) = raw.inline {
+        if raw.cluster.is_some()
+            || raw.authority.is_some()
+            || raw.path.is_some()
+            || raw.refresh_seconds.is_some()
+            || raw.timeout_ms.is_some()
+            || raw.min_refetch_seconds.is_some()
+            || raw.max_stale_seconds.is_some()
+        {
+            return Err(ConfigError::invalid(
+                at("jwks"),
+                "takes either `inline` or `cluster` (with authority, path…), not both",
+            ));
+        }
+        let bytes = serde_json::to_vec(&inline)
+            .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
+        let parsed = jwks::parse_for(&bytes, key_use)
+            .map_err(|e| ConfigError::invalid(at("jwks.inline"), e.to_string()))?;
+        if let Some(skipped) = parsed.skipped.first() {
+            return Err(ConfigError::invalid(at("jwks.inline"), format!("has an unusable {skipped}")));
+        }
+        return Ok(JwksSource::Inline(parsed.keys));
+    }
+    let cluster =
+        raw.cluster.ok_or_else(|| ConfigError::invalid(at("jwks"), "needs `cluster` (or `inline`)"))?;
+    if cluster.is_empty() {
+        return Err(ConfigError::invalid(at("jwks.cluster"), "must not be empty"));
+    }
+    let authority = raw
+        .authority
+        .ok_or_else(|| ConfigError::invalid(at("jwks.authority"), "is required with `cluster`"))?;
+    if authority.is_empty() || authority.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(ConfigError::invalid(at("jwks.authority"), "must be a host[:port]"));
+    }
+    let path = raw.path.ok_or_else(|| ConfigError::invalid(at("jwks.path"), "is required with `cluster`"))?;
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::invalid(at("jwks.path"), "must start with '/' and contain no spaces"));
+    }
+    let refresh_seconds = raw.refresh_seconds.unwrap_or(DEFAULT_REFRESH_SECONDS);
+    if !(1..=86_400).contains(&refresh_seconds) {
+        return Err(ConfigError::invalid(at("jwks.refresh_seconds"), "must be between 1 and 86400"));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if !(1..=60_000).contains(&timeout_ms) {
+        return Err(ConfigError::invalid(at("jwks.timeout_ms"), "must be between 1 and 60000"));
+    }
+    let min_refetch_seconds =
+        raw.min_refetch_seconds.unwrap_or(DEFAULT_MIN_REFETCH_SECONDS.min(refresh_seconds));
+    if !(1..=refresh_seconds.max(1)).contains(&min_refetch_seconds) {
+        return Err(ConfigError::invalid(
+            at("jwks.min_refetch_seconds"),
+            "must be between 1 and refresh_seconds",
+        ));
+    }
+    let max_stale_seconds = raw.max_stale_seconds.unwrap_or(DEFAULT_MAX_STALE_SECONDS.max(refresh_seconds));
+    if max_stale_seconds < refresh_seconds || max_stale_seconds > 7 * 86_400 {
+        return Err(ConfigError::invalid(
+            at("jwks.max_stale_seconds"),
+            "must be at least refresh_seconds and at most 604800 (7 days)",
+        ));
+    }
+    Ok(JwksSource::Remote(RemoteJwks {
+        cluster,
+        authority,
+        path,
+        refresh_seconds,
+        timeout_ms,
+        min_refetch_seconds,
+        max_stale_seconds,
+        discovery: None,
+    }))
+}
+
+/// A request header name the filter may read or write: lower-case RFC 7230 token,
+/// not a pseudo-header, not a hop-by-hop or framing header.
+pub(crate) fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    const RESERVED: [&str; 6] =
+        ["host", "connection", "content-length", "transfer-encoding", "te", "upgrade"];
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_!#$%&'*+.^`|~".contains(c));
+    if !valid {
+        return Err(ConfigError::invalid(field, format!("{name:?} is not a lower-case header name")));
+    }
+    if RESERVED.contains(&name) {
+        return Err(ConfigError::invalid(field, format!("{name:?} is reserved")));
+    }
+    Ok(name.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> serde_json::Value {
+        json!({
+            "issuers": [{
+                "name": "ci",
+                "issuer": "https://issuer.example",
+                "audiences": ["nhi-gateway"],
+                "jwks": { "cluster": "jwks_ci", "authority": "issuer.example", "path": "/jwks.json",
+                          "refresh_seconds": 300, "timeout_ms": 2000 },
+                "algorithms": ["RS256", "ES256", "EdDSA"],
+                "clock_skew_seconds": 30
+            }],
+            "token": { "header": "authorization", "prefix": "Bearer " },
+            "forward": { "identity_header": "x-nhi-identity", "issuer_header": "x-nhi-issuer" }
+        })
+    }
+
+    fn compile_value(v: serde_json::Value) -> Result<Config, ConfigError> {
+        Config::from_json(&serde_json::to_vec(&v).unwrap())
+    }
+
+    fn invalid_field(v: serde_json::Value) -> String {
+        match compile_value(v) {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn documented_example_compiles() {
+        let cfg = compile_value(base()).unwrap();
+        let issuer = &cfg.issuers[0];
+        assert_eq!(issuer.algorithms, vec![Alg::Rs256, Alg::Es256, Alg::EdDsa]);
+        assert_eq!(cfg.token.max_bytes, DEFAULT_MAX_TOKEN_BYTES);
+        assert_eq!(cfg.realm, "nhi-guard");
+        match &issuer.jwks {
+            JwksSource::Remote(r) => assert_eq!(r.cluster, "jwks_ci"),
+            JwksSource::Inline(_) => panic!("expected remote"),
+        }
+    }
+
+    #[test]
+    fn defaults_fill_token_and_forward() {
+        let mut v = base();
+        v.as_object_mut().unwrap().remove("token");
+        v.as_object_mut().unwrap().remove("forward");
+        let cfg = compile_value(v).unwrap();
+        assert_eq!(cfg.token.header, "authorization");
+        assert_eq!(cfg.token.prefix, "Bearer ");
+        assert_eq!(cfg.forward.identity_header, "x-nhi-identity");
+    }
+
+    /// The plugin JSON embedded in `envoy/envoy.yaml` (the block scalar after `value: |`).
+    fn shipped_plugin_json() -> String {
+        let yaml = include_str!("../../envoy/envoy.yaml");
+        let mut lines = yaml.lines().skip_while(|l| !l.trim_end().ends_with("value: |"));
+        let marker = lines.next().unwrap();
+        let indent = marker.len() - marker.trim_start().len();
+        lines
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn shipped_envoy_config_compiles() {
+        let cfg = Config::from_json(shipped_plugin_json().as_bytes()).unwrap();
+        assert_eq!(cfg.issuers[0].name, "demo");
+    }
+
+    #[test]
+    fn unknown_fields_are_syntax_errors_naming_the_field() {
+        let mut v = base();
+        v["issuers"][0]["audience"] = json!("typo");
+        match compile_value(v) {
+            Err(ConfigError::Syntax(msg)) => assert!(msg.contains("audience"), "{msg}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_json_is_a_syntax_error() {
+        assert!(matches!(Config::from_json(b"{"), Err(ConfigError::Syntax(_))));
+        assert!(matches!(Config::from_json(b""), Err(ConfigError::Syntax(_))));
+    }
+
+    #[test]
+    fn each_invalid_field_is_named() {
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("issuers", Box::new(|v| v["issuers"] = json!([]))),
+            ("issuers[0].name", Box::new(|v| v["issuers"][0]["name"] = json!("Has Space"))),
+            ("issuers[0].issuer", Box::new(|v| v["issuers"][0]["issuer"] = json!(""))),
+            ("issuers[0].audiences", Box::new(|v| v["issuers"][0]["audiences"] = json!([]))),
+            ("issuers[0].algorithms", Box::new(|v| v["issuers"][0]["algorithms"] = json!([]))),
+            (
+                "issuers[0].algorithms[1]",
+                Box::new(|v| v["issuers"][0]["algorithms"] = json!(["RS256", "HS256"])),
+            ),
+            ("issuers[0].algorithms[0]", Box::new(|v| v["issuers"][0]["algorithms"] = json!(["none"]))),
+            (
+                "issuers[0].clock_skew_seconds",
+                Box::new(|v| v["issuers"][0]["clock_skew_seconds"] = json!(3600)),
+            ),
+            ("issuers[0].jwks", Box::new(|v| v["issuers"][0]["jwks"] = json!({}))),
+            (
+                "issuers[0].jwks.authority",
+                Box::new(|v| {
+                    v["issuers"][0]["jwks"].as_object_mut().unwrap().remove("authority");
+                }),
+            ),
+            ("issuers[0].jwks.path", Box::new(|v| v["issuers"][0]["jwks"]["path"] = json!("jwks.json"))),
+            (
+                "issuers[0].jwks.refresh_seconds",
+                Box::new(|v| v["issuers"][0]["jwks"]["refresh_seconds"] = json!(0)),
+            ),
+            ("issuers[0].jwks.timeout_ms", Box::new(|v| v["issuers"][0]["jwks"]["timeout_ms"] = json!(0))),
+            (
+                "issuers[0].jwks.min_refetch_seconds",
+                Box::new(|v| v["issuers"][0]["jwks"]["min_refetch_seconds"] = json!(301)),
+            ),
+            (
+                "issuers[0].jwks.max_stale_seconds",
+                Box::new(|v| v["issuers"][0]["jwks"]["max_stale_seconds"] = json!(10)),
+            ),
+            (
+                "issuers[0].jwks.inline",
+                Box::new(|v| v["issuers"][0]["jwks"] = json!({"inline": {"keys": []}})),
+            ),
+            ("token.header", Box::new(|v| v["token"]["header"] = json!("Authorization"))),
+            ("token.max_bytes", Box::new(|v| v["token"]["max_bytes"] = json!(10))),
+            ("forward.identity_header", Box::new(|v| v["forward"]["identity_header"] = json!(":path"))),
+            ("forward.issuer_header", Box::new(|v| v["forward"]["issuer_header"] = json!("x-nhi-identity"))),
+            (
+                "forward.identity_header",
+                Box::new(|v| v["forward"]["identity_header"] = json!("authorization")),
+            ),
+            ("forward.identity_header", Box::new(|v| v["forward"]["identity_header"] = json!("host"))),
+            ("realm", Box::new(|v| v["realm"] = json!("a\"b"))),
+        ];
+        for (field, mutate) in cases {
+            let mut v = base();
+            mutate(&mut v);
+            assert_eq!(invalid_field(v), field);
+        }
+    }
+
+    #[test]
+    fn duplicate_issuers_are_refused() {
+        let mut v = base();
+        let second = v["issuers"][0].clone();
+        v["issuers"].as_array_mut().unwrap().push(second.clone());
+        assert_eq!(invalid_field(v.clone()), "issuers[1].name");
+        v["issuers"][1]["name"] = json!("other");
+        assert_eq!(invalid_field(v), "issuers[1].issuer");
+    }
+
+    #[test]
+    fn inline_and_cluster_are_exclusive() {
+        let mut v = base();
+        v["issuers"][0]["jwks"]["inline"] = json!({"keys": []});
+        assert_eq!(invalid_field(v), "issuers[0].jwks");
+    }
+
+    #[test]
+    fn error_display_names_field_and_reason() {
+        let mut v = base();
+        v["issuers"][0]["audiences"] = json!([]);
+        let err = compile_value(v).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "invalid plugin configuration: `issuers[0].audiences` must list at least one non-empty audience"
+        );
+    }
+
+    #[test]
+    fn host_defaults_to_auto_and_apisix_refuses_what_it_cannot_do() {
+        use crate::host::capabilities::HostSetting;
+        assert_eq!(compile_value(base()).unwrap().host, HostSetting::Auto);
+        let mut v = base();
+        v["host"] = json!("apisix");
+        // On APISIX the JWKS "cluster" is the host:port the callout goes to.
+        v["issuers"][0]["jwks"]["cluster"] = json!("127.0.0.1:8081");
+        assert_eq!(compile_value(v.clone()).unwrap().host, HostSetting::Apisix);
+        let mut with_discovery = v.clone();
+        with_discovery["issuers"][0]["discovery"] = json!({"cluster": "idp:443", "authority": "idp.example"});
+        with_discovery["issuers"][0]["jwks"] = json!({"refresh_seconds": 600});
+        assert_eq!(invalid_field(with_discovery.clone()), "issuers[0].jwks.discovery");
+        // Discovery itself is valid: only `host: apisix` refuses it.
+        with_discovery["host"] = json!("auto");
+        assert!(compile_value(with_discovery).is_ok());
+        v["mtls"] = json!({ "trust_domains": ["example.org"] });
+        assert_eq!(invalid_field(v.clone()), "mtls");
+        v["host"] = json!("envoy");
+        assert!(compile_value(v).is_ok());
+        let mut bad = base();
+        bad["host"] = json!("nginx");
+        assert!(matches!(compile_value(bad), Err(ConfigError::Syntax(_))));
+    }
+}
