@@ -980,6 +980,27 @@ mod tests {
     }
 
     #[test]
+    fn inline_roca_weak_key_is_refused_at_load_naming_the_field_and_kid() {
+        // A key pasted into the configuration is refused outright, not skipped: nobody
+        // watches a warning for a key that never changes.
+        let keys = crate::testkit::jwks();
+        let ordinary = keys["keys"][0].clone();
+        let roca = json!({"kty": "RSA", "kid": "tpm-1", "n": crate::testkit::WYCHEPROOF_ROCA_N, "e": "AQAB"});
+        let mut v = base();
+        v["issuers"][0]["jwks"] = json!({"inline": {"keys": [ordinary.clone(), roca.clone()]}});
+        let err = compile_value(v.clone()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("invalid plugin configuration: `issuers[0].jwks.inline` has an unusable key \"tpm-1\": ROCA-weak RSA modulus (CVE-2017-15361)"),
+            "{err}"
+        );
+        // Alone, it leaves no usable key: refused all the same.
+        v["issuers"][0]["jwks"] = json!({"inline": {"keys": [roca]}});
+        assert_eq!(invalid_field(v.clone()), "issuers[0].jwks.inline");
+        v["issuers"][0]["jwks"] = json!({"inline": {"keys": [ordinary]}});
+        assert!(compile_value(v).is_ok());
+    }
+
+    #[test]
     fn error_display_names_field_and_reason() {
         let mut v = base();
         v["issuers"][0]["audiences"] = json!([]);

@@ -5,4 +5,5 @@
 
 pub mod alg;
 pub mod es256;
+pub mod roca;
 pub mod rsa_verify;

@@ -56,6 +56,11 @@ fn rsa_parts(key: &RsaPublicKey) -> (Vec<u8>, Vec<u8>) {
     (key.n().to_bytes_be(), key.e().to_bytes_be())
 }
 
+/// The modulus (`n`, base64url) of Wycheproof's ROCA-weak RSA key, `jws_rsa_roca_key` in
+/// `json_web_crypto_test.json` and `json_web_key_test.json`: 2049 bits, with primes of
+/// the structure Infineon's RSALib gave its own (CVE-2017-15361, see `roca`).
+pub const WYCHEPROOF_ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+
 /// The kid of the test key that fits `alg`.
 pub fn kid_for(alg: Alg) -> &'static str {
     match alg {

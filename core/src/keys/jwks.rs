@@ -5,6 +5,8 @@
 //! its last good set), while a single odd key inside an otherwise good document —
 //! an unsupported curve, an encryption key, RSA under 2048 bits — is skipped and
 //! reported, so one bad entry at the IdP does not take every issuer key down.
+//! RSA keys whose modulus has the ROCA structure (CVE-2017-15361, see [`roca`]) are
+//! such entries: anyone can compute their private key.
 
 use std::fmt;
 
@@ -15,6 +17,7 @@ use crate::b64;
 use crate::crypto::alg::{Alg, PublicKey};
 use crate::crypto::es256::Es256Key;
 use crate::crypto::rsa_verify::{self, RsaPublicKey};
+use crate::crypto::roca;
 
 /// Largest JWKS body accepted, in bytes. Real IdPs publish a few KiB.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
@@ -309,6 +312,9 @@ fn rsa_key(raw: &RawJwk) -> Result<PublicKey, String> {
     if bits < MIN_RSA_BITS {
         return Err(format!("RSA modulus of {bits} bits is under {MIN_RSA_BITS}"));
     }
+    if roca::is_roca_weak(&n) {
+        return Err("ROCA-weak RSA modulus (CVE-2017-15361): its factors can be computed".into());
+    }
     // Also refuses even moduli, moduli over 4096 bits, and exponents that are even,
     // below 3 or over 2^33-1; the key's Montgomery constants are computed here, once.
     RsaPublicKey::new(&n, &e).map(PublicKey::Rsa).map_err(|err| format!("RSA key refused: {err}"))
@@ -428,6 +434,18 @@ mod tests {
         let mut e1 = test_key("rsa-1");
         e1["e"] = json!("AQ");
         assert!(skipped_reason(e1).contains("RSA key refused"));
+    }
+
+    #[test]
+    fn refuses_roca_weak_rsa_and_names_its_kid() {
+        let roca = json!({"kty": "RSA", "kid": "infineon-1", "use": "sig", "alg": "RS256",
+                          "n": testkit::WYCHEPROOF_ROCA_N, "e": "AQAB"});
+        let parsed = parse_value(&json!({"keys": [roca, test_key("rsa-1")]})).unwrap();
+        assert_eq!(parsed.keys.len(), 1);
+        assert!(parsed.keys.by_kid("rsa-1").is_some(), "an ordinary RSA key beside it stays");
+        assert!(parsed.keys.by_kid("infineon-1").is_none());
+        let logged = parsed.skipped[0].to_string();
+        assert!(logged.starts_with("key \"infineon-1\": ROCA-weak RSA modulus (CVE-2017-15361)"), "{logged}");
     }
 
     #[test]
