@@ -993,9 +993,11 @@ mod tests {
             err.starts_with("invalid plugin configuration: `issuers[0].jwks.inline` has an unusable key \"tpm-1\": ROCA-weak RSA modulus (CVE-2017-15361)"),
             "{err}"
         );
-        // Alone, it leaves no usable key: refused all the same.
+        // Alone, it leaves no usable key: refused all the same, and still named.
         v["issuers"][0]["jwks"] = json!({"inline": {"keys": [roca]}});
         assert_eq!(invalid_field(v.clone()), "issuers[0].jwks.inline");
+        let err = compile_value(v.clone()).unwrap_err().to_string();
+        assert!(err.contains("(1 skipped: key \"tpm-1\": ROCA-weak RSA modulus"), "{err}");
         v["issuers"][0]["jwks"] = json!({"inline": {"keys": [ordinary]}});
         assert!(compile_value(v).is_ok());
     }

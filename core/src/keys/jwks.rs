@@ -98,10 +98,20 @@ impl KeySet {
 /// Why a JWKS document as a whole was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum JwksError {
-    TooLarge { bytes: usize, limit: usize },
+    TooLarge {
+        bytes: usize,
+        limit: usize,
+    },
     NotJson(String),
-    NoUsableKeys { skipped: usize },
+    /// Every key was skipped; the reasons go into the message (an IdP whose only key
+    /// is refused must learn which and why, not just "no usable key").
+    NoUsableKeys {
+        skipped: Vec<SkippedKey>,
+    },
 }
+
+/// Skipped keys named in a [`JwksError::NoUsableKeys`] message; the rest are counted.
+const NAMED_SKIPPED: usize = 3;
 
 impl fmt::Display for JwksError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -111,7 +121,14 @@ impl fmt::Display for JwksError {
             }
             JwksError::NotJson(err) => write!(f, "JWKS is not a JSON key set: {err}"),
             JwksError::NoUsableKeys { skipped } => {
-                write!(f, "JWKS has no usable signing key ({skipped} skipped)")
+                write!(f, "JWKS has no usable signing key ({} skipped", skipped.len())?;
+                for (i, key) in skipped.iter().take(NAMED_SKIPPED).enumerate() {
+                    write!(f, "{} {key}", if i == 0 { ":" } else { ";" })?;
+                }
+                match skipped.len().saturating_sub(NAMED_SKIPPED) {
+                    0 => f.write_str(")"),
+                    more => write!(f, "; {more} more)"),
+                }
             }
         }
     }
@@ -217,7 +234,7 @@ pub fn parse_for(body: &[u8], key_use: KeyUse) -> Result<ParsedJwks, JwksError> 
         }
     }
     if keys.is_empty() {
-        return Err(JwksError::NoUsableKeys { skipped: skipped.len() });
+        return Err(JwksError::NoUsableKeys { skipped });
     }
     Ok(ParsedJwks { keys: KeySet { keys }, skipped })
 }
@@ -503,10 +520,19 @@ mod tests {
         assert!(matches!(parse(b"<html>"), Err(JwksError::NotJson(_))));
         assert!(matches!(parse(b"{\"keys\": {}}"), Err(JwksError::NotJson(_))));
         assert!(matches!(parse(b"{}"), Err(JwksError::NotJson(_))));
-        assert_eq!(parse(b"{\"keys\": []}").unwrap_err(), JwksError::NoUsableKeys { skipped: 0 });
         assert_eq!(
-            parse(b"{\"keys\": [{\"kty\": \"oct\"}]}").unwrap_err(),
-            JwksError::NoUsableKeys { skipped: 1 }
+            parse(b"{\"keys\": []}").unwrap_err().to_string(),
+            "JWKS has no usable signing key (0 skipped)"
+        );
+        assert_eq!(
+            parse(b"{\"keys\": [{\"kty\": \"oct\", \"kid\": \"hmac\"}]}").unwrap_err().to_string(),
+            "JWKS has no usable signing key (1 skipped: key \"hmac\": unsupported key type oct)"
+        );
+        let five: Vec<Value> = (0..5).map(|i| json!({"kty": "oct", "kid": format!("k{i}")})).collect();
+        assert_eq!(
+            parse_value(&json!({ "keys": five })).unwrap_err().to_string(),
+            "JWKS has no usable signing key (5 skipped: key \"k0\": unsupported key type oct; \
+             key \"k1\": unsupported key type oct; key \"k2\": unsupported key type oct; 2 more)"
         );
     }
 
