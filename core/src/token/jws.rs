@@ -63,6 +63,18 @@ pub struct JoseHeader {
     pub crit: Option<Value>,
 }
 
+/// A compact JWS at the signature layer: split, header decoded and checked, payload
+/// still bytes. [`parse`] goes on to read the payload as a claim set; JWS test vectors
+/// whose payloads are not claim sets (Wycheproof's) stop here.
+#[derive(Debug, Clone)]
+pub struct Jws<'a> {
+    pub header: JoseHeader,
+    pub payload: Vec<u8>,
+    /// `BASE64URL(header) "." BASE64URL(payload)`: the bytes the signature covers.
+    pub signing_input: &'a str,
+    pub signature: Vec<u8>,
+}
+
 /// A compact JWS split and decoded, not yet verified.
 #[derive(Debug, Clone)]
 pub struct UnverifiedToken<'a> {
@@ -103,8 +115,19 @@ impl<'de> serde::Deserialize<'de> for ClaimSet {
     }
 }
 
-/// Splits and decodes a compact JWS (RFC 7515 §7.1) without trusting any of it.
+/// Splits and decodes a compact JWS (RFC 7515 §7.1) carrying a JWT claim set, without
+/// trusting any of it.
 pub fn parse(token: &str, max_bytes: usize) -> Result<UnverifiedToken<'_>, ParseError> {
+    let Jws { header, payload, signing_input, signature } = parse_jws(token, max_bytes)?;
+    let ClaimSet(claims) =
+        serde_json::from_slice(&payload).map_err(|e| ParseError::PayloadJson(e.to_string()))?;
+    Ok(UnverifiedToken { header, claims, signing_input, signature })
+}
+
+/// Splits and decodes a compact JWS (RFC 7515 §7.1) down to the signature layer: every
+/// check of [`parse`] but the payload's JSON. An empty header or payload is refused
+/// here already: a JWT's payload is never empty.
+pub fn parse_jws(token: &str, max_bytes: usize) -> Result<Jws<'_>, ParseError> {
     if token.is_empty() {
         return Err(ParseError::Empty);
     }
@@ -142,9 +165,7 @@ pub fn parse(token: &str, max_bytes: usize) -> Result<UnverifiedToken<'_>, Parse
     if header.cty.as_deref().is_some_and(|cty| cty.eq_ignore_ascii_case("JWT")) {
         return Err(ParseError::Nested);
     }
-    let ClaimSet(claims) =
-        serde_json::from_slice(&payload).map_err(|e| ParseError::PayloadJson(e.to_string()))?;
-    Ok(UnverifiedToken { header, claims, signing_input, signature })
+    Ok(Jws { header, payload, signing_input, signature })
 }
 
 #[cfg(test)]
@@ -168,6 +189,17 @@ mod tests {
         assert_eq!(parsed.claims["sub"], "a");
         assert_eq!(parsed.signature, b"sig");
         assert_eq!(parsed.signing_input, t.rsplit_once('.').unwrap().0);
+    }
+
+    #[test]
+    fn the_signature_layer_takes_any_payload_but_an_empty_one() {
+        let t = compact(r#"{"alg":"ES256"}"#, "foo", b"sig");
+        let jws = parse_jws(&t, 8192).unwrap();
+        assert_eq!(jws.payload, b"foo");
+        assert_eq!(jws.signing_input, t.rsplit_once('.').unwrap().0);
+        assert!(matches!(parse(&t, 8192).unwrap_err(), ParseError::PayloadJson(_)));
+        let empty = format!("{}..{}", b64(r#"{"alg":"ES256"}"#), b64("sig"));
+        assert_eq!(parse_jws(&empty, 8192).unwrap_err(), ParseError::EmptySegment);
     }
 
     #[test]
