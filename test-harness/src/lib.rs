@@ -20,6 +20,7 @@ pub mod mint;
 pub mod oci;
 pub mod process;
 pub mod rls;
+pub mod roca;
 pub mod scenarios;
 pub mod stack;
 pub mod tls;
