@@ -18,14 +18,17 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use test_harness::http::Response;
 use test_harness::jwks_server::JwksBehaviour;
-use test_harness::keys::TestKeys;
+use test_harness::keys::{self, TestKey, TestKeys};
 use test_harness::mint::{self, Alg, ConfusionSecret, Token};
+use test_harness::roca;
 use test_harness::stack::Stack;
 
 const REALM: &str = r#"Bearer realm="nhi-guard""#;
 const INVALID_TOKEN_PREFIX: &str = r#"Bearer realm="nhi-guard", error="invalid_token", error_description=""#;
 const FORWARDED_IDENTITY: &str = "x-nhi-identity";
 const FORWARDED_ISSUER: &str = "x-nhi-issuer";
+/// The `kid` of the ROCA-weak key the JWKS publishes beside the ordinary ones.
+const ROCA_KID: &str = "rsa-infineon-1";
 
 /// What the filter should do with a request.
 enum Expect {
@@ -67,7 +70,7 @@ impl Case {
     }
 }
 
-fn cases(stack: &Stack, keys: &TestKeys) -> Vec<Case> {
+fn cases(stack: &Stack, keys: &TestKeys, roca_key: &TestKey) -> Vec<Case> {
     let issuer = stack.issuer().unwrap();
     let audience = stack.audience().unwrap();
     let now = mint::now();
@@ -155,6 +158,16 @@ fn cases(stack: &Stack, keys: &TestKeys) -> Vec<Case> {
     cases.push(Case::rejected(
         "unknown-kid",
         Some(Token::new(Alg::Es256).claims(claims("unknown-kid")).kid("ec-404").sign(&keys.p256).unwrap()),
+        "unknown_kid",
+    ));
+
+    // A correct RS256 signature by a key the JWKS does publish, but whose modulus has
+    // the ROCA structure (CVE-2017-15361): anyone can compute its private key, so it is
+    // never imported and its kid stays unknown. The ordinary RSA key published beside it
+    // still verifies (`valid-rs256`).
+    cases.push(Case::rejected(
+        "roca-weak-key",
+        Some(Token::new(Alg::Rs256).claims(claims("system:serviceaccount:ci:tpm")).sign(roca_key).unwrap()),
         "unknown_kid",
     ));
 
@@ -322,11 +335,13 @@ fn looks_like_envoy_request_id(id: &str) -> bool {
 #[test]
 fn verdicts_for_every_kind_of_token() {
     let keys = TestKeys::shared().unwrap();
-    let mut stack = Stack::start(JwksBehaviour::serve(&keys.jwks())).unwrap();
+    let roca_key = roca::weak_key(ROCA_KID).unwrap();
+    let mut stack =
+        Stack::start(JwksBehaviour::serve(&keys::jwks(keys.all().into_iter().chain([&roca_key])))).unwrap();
     let probe = Token::new(Alg::Es256).sign(&keys.p256).unwrap();
     stack.wait_for_keys(&probe).unwrap();
 
-    let cases = cases(&stack, keys);
+    let cases = cases(&stack, keys, &roca_key);
     let mut failures = Vec::new();
     for case in &cases {
         match check(&stack, case) {
@@ -336,6 +351,12 @@ fn verdicts_for_every_kind_of_token() {
                 failures.push(format!("{}: {problem}", case.name));
             }
         }
+    }
+    // The operator learns which key was refused and why.
+    let refused = format!("JWKS key \"{ROCA_KID}\": ROCA-weak RSA modulus (CVE-2017-15361)");
+    if !stack.envoy.log().lines().any(|line| line.contains(&refused) && line.ends_with(": skipped")) {
+        println!("FAIL  log: no line naming the refused key ({refused:?})");
+        failures.push(format!("log: no warning {refused:?}"));
     }
     assert!(
         failures.is_empty(),
