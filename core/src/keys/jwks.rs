@@ -16,8 +16,8 @@ use serde::Deserialize;
 use crate::b64;
 use crate::crypto::alg::{Alg, PublicKey};
 use crate::crypto::es256::Es256Key;
-use crate::crypto::rsa_verify::{self, RsaPublicKey};
 use crate::crypto::roca;
+use crate::crypto::rsa_verify::{self, RsaPublicKey};
 
 /// Largest JWKS body accepted, in bytes. Real IdPs publish a few KiB.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
