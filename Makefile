@@ -114,6 +114,7 @@ unit:
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) test -q -p nhi-guard-core --test layers
 	$(CARGO) clippy -p nhi-guard -p nhi-guard-core --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p nhi-guard --features fault-injection --target $(WASM_TARGET) -- -D warnings
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \

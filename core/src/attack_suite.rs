@@ -259,7 +259,7 @@ fn every_attack_gets_its_reason_code() {
     let keys = keys();
     let mut failures = Vec::new();
     for (name, token, expected) in cases() {
-        match verify(&config, keys.as_slice(), &token, NOW) {
+        match verify(config.trust(), keys.as_slice(), &token, NOW) {
             Ok(v) => failures.push(format!("{name}: ACCEPTED as {}", v.subject)),
             Err(r) if r.reason != expected => {
                 failures.push(format!("{name}: got {} ({}), expected {expected}", r.reason, r.detail))
@@ -274,5 +274,5 @@ fn every_attack_gets_its_reason_code() {
 fn the_baseline_token_is_accepted() {
     // So that every refusal above is about the attack, not the fixture.
     let token = rs256(json!({}), claims());
-    assert_eq!(verify(&config(), keys().as_slice(), &token, NOW).unwrap().subject, "robot");
+    assert_eq!(verify(config().trust(), keys().as_slice(), &token, NOW).unwrap().subject, "robot");
 }

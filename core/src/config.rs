@@ -6,13 +6,16 @@
 //! field, as a JSON path, and the reason.
 
 use std::collections::HashSet;
-use std::fmt;
 
 use serde::Deserialize;
 
 use crate::crypto::alg::Alg;
-use crate::keys::jwks::{self, KeySet};
+pub use crate::error::{header_name, ConfigError};
+use crate::keys::jwks;
+pub use crate::keys::source::{JwksSource, RemoteJwks};
 use crate::token::source::TokenSource;
+pub use crate::verify::issuer::{Issuer, DEFAULT_ALGORITHMS};
+use crate::verify::Trust;
 
 /// Default largest accepted token (RFC 8725 recommends bounding input).
 pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -57,106 +60,12 @@ pub struct Config {
     pub panic_header: Option<String>,
 }
 
-/// One trusted token issuer.
-#[derive(Debug, Clone)]
-pub struct Issuer {
-    /// Short local name: forwarded upstream, used in logs and metrics.
-    pub name: String,
-    /// The exact `iss` value tokens must carry.
-    pub issuer: String,
-    /// At least one; a token's `aud` must contain one of them.
-    pub audiences: Vec<String>,
-    pub jwks: JwksSource,
-    /// At least one; never a symmetric or `none` algorithm.
-    pub algorithms: Vec<Alg>,
-    pub clock_skew_seconds: u64,
-    /// What the issuer's tokens must look like, what it admits, the identity forwarded.
-    pub profile: crate::profile::Profile,
-    /// The JOSE `typ` check: configured, else the profile's default; `None`: no check.
-    pub typ: Option<crate::token::typ::TypRule>,
-    /// Verified claims forwarded as request headers.
-    pub claims_to_headers: Vec<crate::claims::headers::ClaimHeader>,
-    /// What this issuer's tokens demand of the client certificate (RFC 8705 binding).
-    pub certificate: crate::mtls::IssuerCertPolicy,
-}
-
-/// Where an issuer's keys come from.
-#[derive(Debug, Clone)]
-pub enum JwksSource {
-    Remote(RemoteJwks),
-    /// A JWKS embedded in the configuration (no fetching, no refresh).
-    Inline(KeySet),
-}
-
-/// A JWKS fetched with `dispatch_http_call` from an Envoy cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteJwks {
-    pub cluster: String,
-    /// The `:authority` (Host) of the fetch.
-    pub authority: String,
-    pub path: String,
-    pub refresh_seconds: u64,
-    pub timeout_ms: u64,
-    /// Earliest refetch after a success when a token names an unknown `kid`.
-    pub min_refetch_seconds: u64,
-    /// How long the last good keys keep serving while refreshes fail; after
-    /// that the issuer's requests get 503 `keys_unavailable`.
-    pub max_stale_seconds: u64,
-    /// OpenID Connect discovery: `cluster`, `authority` and `path` then locate the
-    /// discovery document, and the JWKS location is read from it.
-    pub discovery: Option<crate::keys::discovery::Discovery>,
-}
-
-impl RemoteJwks {
-    pub fn schedule(&self) -> crate::keys::refresh::Schedule {
-        crate::keys::refresh::Schedule {
-            interval_ms: self.refresh_seconds.saturating_mul(1000),
-            min_refetch_ms: self.min_refetch_seconds.saturating_mul(1000),
-            max_stale_ms: self.max_stale_seconds.saturating_mul(1000),
-        }
-    }
-
-    /// Identifies where the keys come from (for shared-data key names).
-    pub fn source_id(&self) -> String {
-        let via = if self.discovery.is_some() { "discovery|" } else { "" };
-        format!("{via}{}|{}|{}", self.cluster, self.authority, self.path)
-    }
-}
-
 /// Headers the filter sets on allowed requests (and strips from every request).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
     pub identity_header: String,
     pub issuer_header: String,
 }
-
-/// A configuration the filter refuses to run with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConfigError {
-    /// Not JSON, or not the expected shape (serde's message names the field).
-    Syntax(String),
-    /// Well-formed but meaningless or unsafe.
-    Invalid { field: String, reason: String },
-}
-
-impl ConfigError {
-    fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        ConfigError::Invalid { field: field.into(), reason: reason.into() }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ConfigError::Syntax(msg) => write!(f, "invalid plugin configuration: {msg}"),
-            ConfigError::Invalid { field, reason } => {
-                write!(f, "invalid plugin configuration: `{field}` {reason}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// The plugin configuration as written. Every `Raw*` type of the configuration derives
 /// `schemars::JsonSchema` under the `cli` feature: `make schema` generates the shipped
@@ -316,28 +225,6 @@ fn default_issuer_header() -> String {
     "x-nhi-issuer".into()
 }
 
-/// The algorithms an issuer gets when its config does not list any.
-pub const DEFAULT_ALGORITHMS: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::EdDsa];
-
-impl Issuer {
-    /// How long getting keys may take, for issuers whose keys are fetched: the
-    /// fetch timeout, twice with discovery (the document, then the JWKS).
-    pub fn fetch_timeout_ms(&self) -> Option<u64> {
-        match &self.jwks {
-            JwksSource::Remote(remote) if remote.discovery.is_some() => {
-                Some(remote.timeout_ms.saturating_mul(2))
-            }
-            JwksSource::Remote(remote) => Some(remote.timeout_ms),
-            JwksSource::Inline(_) => None,
-        }
-    }
-
-    /// Which JWK `use` this issuer's keys may carry (its profile decides).
-    pub fn key_use(&self) -> crate::keys::jwks::KeyUse {
-        self.profile.key_use()
-    }
-}
-
 impl Config {
     /// Every header some issuer's `claims_to_headers` sets, once each: they are
     /// removed from every request, whichever issuer (if any) it turns out to be for.
@@ -357,12 +244,22 @@ impl Config {
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
         let mut config = compile(raw)?;
-        config.fingerprint = crate::keys::keyshare::fnv1a64(bytes);
+        config.fingerprint = crate::hash::fnv1a64(bytes);
         Ok(config)
     }
 
     pub fn issuer_by_iss(&self, iss: &str) -> Option<(usize, &Issuer)> {
-        self.issuers.iter().enumerate().find(|(_, i)| i.issuer == iss)
+        self.trust().issuer_by_iss(iss)
+    }
+
+    /// What tokens are verified against (see [`Trust`]).
+    pub fn trust(&self) -> Trust<'_> {
+        Trust {
+            issuers: &self.issuers,
+            max_token_bytes: self.token.max_bytes,
+            cache: self.token_cache.as_ref(),
+            fingerprint: self.fingerprint,
+        }
     }
 }
 
@@ -430,10 +327,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let quotas = match raw.quotas {
         None => None,
-        Some(raw) => Some(
-            crate::quota::compile(raw, "quotas")
-                .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?,
-        ),
+        Some(raw) => Some(crate::quota::compile(raw, "quotas")?),
     };
     let mtls = raw.mtls.map(|m| crate::mtls::compile(m, "mtls")).transpose()?;
     let mut issuer_names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
@@ -446,8 +340,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         client_header: raw.client_header,
         default_audience: raw.default_audience,
     };
-    let routes = crate::policy::compile(raw_routes, &issuer_names)
-        .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })?;
+    let routes = crate::policy::compile(raw_routes, &issuer_names)?;
     for (field, name) in [
         ("forward.identity_header", &forward.identity_header),
         ("forward.issuer_header", &forward.issuer_header),
@@ -464,7 +357,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ("forward.issuer_header", &forward.issuer_header),
             ("token.header", &token.header),
             ("client_header", &routes.client_header),
-            ("the shadow decision header", crate::policy::SHADOW_DECISION_HEADER),
+            ("the shadow decision header", crate::error::SHADOW_DECISION_HEADER),
         ],
     )?;
     if let Some(quotas) = &quotas {
@@ -500,7 +393,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         #[cfg(feature = "fault-injection")]
         panic_header: raw.fault_injection.map(|f| f.panic_header),
     };
-    crate::mtls::check(&config)?;
+    check_mtls(&config)?;
     Ok(config)
 }
 
@@ -604,7 +497,7 @@ fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer,
         profile,
         typ,
         claims_to_headers,
-        certificate: crate::mtls::IssuerCertPolicy {
+        certificate: crate::mtls::CertificatePolicy {
             require_client_certificate: raw.require_client_certificate,
             require_bound_tokens: raw.require_bound_tokens,
             bind_subject_to_certificate: raw.bind_subject_to_certificate,
@@ -665,7 +558,8 @@ fn compile_claims_to_headers(
     raw: Option<crate::claims::headers::RawClaimsToHeaders>,
     at: &dyn Fn(&str) -> String,
 ) -> Result<Vec<crate::claims::headers::ClaimHeader>, ConfigError> {
-    use crate::claims::headers::{valid_claim_path, ClaimHeader, MAX_CLAIM_HEADERS};
+    use crate::claims::headers::{ClaimHeader, MAX_CLAIM_HEADERS};
+    use crate::claims::path::valid_claim_path;
     let Some(map) = raw else { return Ok(Vec::new()) };
     if map.len() > MAX_CLAIM_HEADERS {
         return Err(ConfigError::invalid(
@@ -793,22 +687,56 @@ fn compile_jwks(
     }))
 }
 
-/// A request header name the filter may read or write: lower-case RFC 7230 token,
-/// not a pseudo-header, not a hop-by-hop or framing header.
-pub(crate) fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
-    const RESERVED: [&str; 6] =
-        ["host", "connection", "content-length", "transfer-encoding", "te", "upgrade"];
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_!#$%&'*+.^`|~".contains(c));
-    if !valid {
-        return Err(ConfigError::invalid(field, format!("{name:?} is not a lower-case header name")));
+/// Relates the `mtls` block to the rest of the configuration: certificate flags
+/// need it, its issuer name and header must not clash with others.
+fn check_mtls(config: &Config) -> Result<(), ConfigError> {
+    let Some(mtls) = &config.mtls else {
+        for (i, issuer) in config.issuers.iter().enumerate() {
+            if let Some(flag) = issuer.certificate.first_set() {
+                return Err(ConfigError::invalid(
+                    format!("issuers[{i}].{flag}"),
+                    "needs the top-level `mtls` block",
+                ));
+            }
+        }
+        for (i, route) in config.routes.routes().iter().enumerate() {
+            if let Some(flag) = route.certificate_flag() {
+                return Err(ConfigError::invalid(
+                    format!("routes[{i}].{flag}"),
+                    "needs the top-level `mtls` block",
+                ));
+            }
+        }
+        return Ok(());
+    };
+    if config.issuers.iter().any(|i| i.name == mtls.issuer_name) {
+        return Err(ConfigError::invalid(
+            "mtls.issuer_name",
+            format!(
+                "{:?} is the name of a token issuer; certificate-only identities need their own",
+                mtls.issuer_name
+            ),
+        ));
     }
-    if RESERVED.contains(&name) {
-        return Err(ConfigError::invalid(field, format!("{name:?} is reserved")));
+    let taken = [
+        ("token.header", config.token.header.as_str()),
+        ("forward.identity_header", config.forward.identity_header.as_str()),
+        ("forward.issuer_header", config.forward.issuer_header.as_str()),
+        ("client_header", config.routes.client_header.as_str()),
+        ("x-nhi-shadow-decision", crate::error::SHADOW_DECISION_HEADER),
+    ];
+    for (field, name) in taken {
+        if mtls.identity_header == name {
+            return Err(ConfigError::invalid("mtls.identity_header", format!("must differ from {field}")));
+        }
     }
-    Ok(name.to_owned())
+    if config.claim_headers().contains(&mtls.identity_header.as_str()) {
+        return Err(ConfigError::invalid(
+            "mtls.identity_header",
+            "must differ from every claims_to_headers header",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

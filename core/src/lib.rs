@@ -1,25 +1,50 @@
 //! nhi-guard's core: everything the filter decides, with no proxy in sight.
 //!
 //! This crate never depends on `proxy-wasm` (Cargo enforces it: the filter crate,
-//! `nhi-guard`, is the only one that does). A proxy shell reads its host, calls in
-//! here, and applies the verdict; tests run all of it natively.
+//! `nhi-guard`, is the only one that does, and `make lint` checks the dependency
+//! tree). A proxy shell reads its host, calls in here, and applies the verdict;
+//! tests run all of it natively.
+//!
+//! The modules below are listed in **layer order**: each may use only the modules
+//! listed before it (`tests/layers.rs` enforces it), so there are no import cycles.
+//!
+//! | module | what it is |
+//! |---|---|
+//! | [`error`] | the one configuration error, and the header-name rule |
+//! | [`b64`] | the base64url engines (strict for tokens, lenient for JWKS members) |
+//! | [`hash`] | stable hashes for shared-data names and buckets; a seeded fast hasher |
+//! | [`reason`] | reason codes, rejections and the local replies they become |
+//! | [`host`] | what a proxy offers: header maps as bytes, the shared store, capabilities |
+//! | [`crypto`] | JWS algorithms and the signature verifiers |
+//! | [`token`] | where the token is, the compact JWS, `typ`, whose credential it is |
+//! | [`claims`] | claim paths, matchers and claim headers |
+//! | [`spiffe_id`] | SPIFFE ID syntax |
+//! | [`keys`] | JWKS import, refresh schedule, discovery, keys shared across workers |
+//! | [`profile`] | token profiles: generic, Kubernetes, SPIFFE, GitHub Actions |
+//! | [`verify`] | issuers and verification; the verified-token cache; the flood guard |
+//! | [`mtls`] | client-certificate identities and RFC 8705 binding |
+//! | [`policy`] | route classes, audiences, allow and deny rules, the verdict |
+//! | [`quota`] | per-identity quotas (GCRA) in a bounded shared table |
+//! | [`observe`] | metric names and bounds, the decision record and log line |
+//! | [`config`] | the plugin configuration: parse, then compile into all of the above |
 
+pub mod error;
 pub mod b64;
-pub mod claims;
-pub mod config;
-pub mod crypto;
 pub mod hash;
-pub mod host;
-pub mod keys;
-pub mod mtls;
-pub mod observe;
-pub mod policy;
-pub mod profile;
-pub mod quota;
 pub mod reason;
-pub mod spiffe_id;
+pub mod host;
+pub mod crypto;
 pub mod token;
+pub mod claims;
+pub mod spiffe_id;
+pub mod keys;
+pub mod profile;
 pub mod verify;
+pub mod mtls;
+pub mod policy;
+pub mod quota;
+pub mod observe;
+pub mod config;
 
 #[cfg(test)]
 mod attack_suite;

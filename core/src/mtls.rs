@@ -58,15 +58,15 @@ use std::fmt;
 use base64::Engine as _;
 use serde_json::{Map, Value};
 
-use crate::config::Config;
-use crate::policy::IdentityInfo;
 use crate::reason::{Reason, Rejection};
+use crate::verify::identity::IdentityInfo;
+pub use crate::verify::issuer::CertificatePolicy;
+use crate::verify::issuer::Issuer;
 use crate::verify::Verified;
 
 pub use crate::spiffe_id::{SpiffeError, SpiffeId};
 pub use config::{
-    check, compile, IdentitySource, IssuerCertPolicy, MtlsConfig, RawMtls, DEFAULT_IDENTITY_HEADER,
-    DEFAULT_ISSUER_NAME,
+    compile, IdentitySource, MtlsConfig, RawMtls, DEFAULT_IDENTITY_HEADER, DEFAULT_ISSUER_NAME,
 };
 
 /// Envoy connection attributes (under `connection.`) the filter reads.
@@ -223,7 +223,7 @@ fn bound_thumbprint(claims: &Map<String, Value>) -> Result<Option<&str>, Rejecti
 
 /// The binding checks for a verified token (see the module docs for the order).
 pub fn check_binding(
-    policy: &IssuerCertPolicy,
+    policy: &CertificatePolicy,
     subject: &str,
     claims: &Map<String, Value>,
     cert: Option<&ClientCertificate>,
@@ -271,11 +271,11 @@ pub fn check_binding(
 
 /// [`check_binding`] with the token's issuer's policy; the rejection names the issuer.
 pub fn check_verified(
-    config: &Config,
+    issuers: &[Issuer],
     verified: &Verified,
     cert: Option<&ClientCertificate>,
 ) -> Result<(), Rejection> {
-    let policy = config.issuers.get(verified.issuer).map(|i| i.certificate).unwrap_or_default();
+    let policy = issuers.get(verified.issuer).map(|i| i.certificate).unwrap_or_default();
     check_binding(&policy, &verified.subject, &verified.claims, cert)
         .map_err(|rejection| rejection.for_issuer(verified.issuer))
 }
@@ -284,11 +284,11 @@ pub fn check_verified(
 /// certificate identity as identity and subject, `mtls.issuer_name` as issuer,
 /// `no_claims` as claims. `None` without an `mtls` block or a trusted certificate.
 pub fn certificate_only<'a>(
-    config: &'a Config,
+    mtls: Option<&'a MtlsConfig>,
     cert: Option<&'a ClientCertificate>,
     no_claims: &'a Map<String, Value>,
 ) -> Option<IdentityInfo<'a>> {
-    let mtls = config.mtls.as_ref()?;
+    let mtls = mtls?;
     let identity = cert?.trusted_identity()?;
     Some(IdentityInfo { identity, issuer: &mtls.issuer_name, subject: identity, claims: no_claims })
 }
@@ -296,10 +296,10 @@ pub fn certificate_only<'a>(
 /// The header and value to forward for a request forwarded as a machine: the
 /// trusted certificate identity in `mtls.identity_header`.
 pub fn forwarded_identity<'a>(
-    config: &'a Config,
+    mtls: Option<&'a MtlsConfig>,
     cert: Option<&'a ClientCertificate>,
 ) -> Option<(&'a str, &'a str)> {
-    let mtls = config.mtls.as_ref()?;
+    let mtls = mtls?;
     Some((&mtls.identity_header, cert?.trusted_identity()?))
 }
 

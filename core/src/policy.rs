@@ -100,14 +100,13 @@ pub mod rules;
 
 use std::fmt;
 
-use crate::config::Config as PluginConfig;
+use crate::keys::KeyLookup;
 use crate::reason::{LocalReply, Reason, Rejection};
-use crate::verify::KeyLookup;
+use crate::verify::issuer::Issuer;
 
 pub use cidr::{parse_source_address, Cidr, CidrError};
 pub use config::{
-    compile, RawAllow, RawClaim, RawDeny, RawMatch, RawRoute, RawRoutes, RouteConfigError,
-    DEFAULT_CLIENT_HEADER, SHADOW_DECISION_HEADER,
+    compile, RawAllow, RawDeny, RawMatch, RawRoute, RawRoutes, DEFAULT_CLIENT_HEADER, SHADOW_DECISION_HEADER,
 };
 pub use matcher::{AmbiguousPath, RequestInfo};
 pub use reply::{Denial, DenyReason, RouteDenial};
@@ -304,11 +303,10 @@ impl<'a> Credential<'a> {
 /// route (every failed token is refused there); on human and `any` routes it
 /// separates a broken machine credential (refused) from someone else's credential
 /// (left to whatever authenticates people).
-pub fn names_machine_issuer<K: KeyLookup + ?Sized>(config: &PluginConfig, keys: &K, value: &[u8]) -> bool {
-    let issuers: Vec<&str> = config.issuers.iter().map(|i| i.issuer.as_str()).collect();
-    let kid_known = |kid: &str| {
-        (0..config.issuers.len()).any(|i| keys.key_set(i).is_some_and(|s| s.by_kid(kid).is_some()))
-    };
+pub fn names_machine_issuer<K: KeyLookup + ?Sized>(issuers: &[Issuer], keys: &K, value: &[u8]) -> bool {
+    let kid_known =
+        |kid: &str| (0..issuers.len()).any(|i| keys.key_set(i).is_some_and(|s| s.by_kid(kid).is_some()));
+    let issuers: Vec<&str> = issuers.iter().map(|i| i.issuer.as_str()).collect();
     crate::token::attribution::Ours { issuers: &issuers, kid_known }.claim(value)
 }
 
@@ -980,24 +978,24 @@ mod tests {
             format!("{}.{}.{}", b64(header.to_string()), b64(claims.to_string()), b64("sig"))
         };
         let ours = |claims: Value| {
-            names_machine_issuer(&config, keys, token(json!({"alg": "RS256"}), claims).as_bytes())
+            names_machine_issuer(&config.issuers, keys, token(json!({"alg": "RS256"}), claims).as_bytes())
         };
         assert!(ours(json!({"iss": "https://issuer.example"})));
         assert!(!ours(json!({"iss": "https://people.example"})));
         // A lenient backend may take the first element: it is ours.
         assert!(ours(json!({"iss": ["https://issuer.example"]})));
         assert!(!ours(json!({})));
-        assert!(!names_machine_issuer(&config, keys, b"not-a-jwt"));
-        assert!(!names_machine_issuer(&config, keys, b""));
+        assert!(!names_machine_issuer(&config.issuers, keys, b"not-a-jwt"));
+        assert!(!names_machine_issuer(&config.issuers, keys, b""));
         // Padding and junk that the strict parser refuses do not hide the issuer.
         let padded =
             format!("{}==", token(json!({"alg": "RS256"}), json!({"iss": "https://issuer.example"})));
-        assert!(names_machine_issuer(&config, keys, padded.as_bytes()));
+        assert!(names_machine_issuer(&config.issuers, keys, padded.as_bytes()));
         // A kid our issuer publishes, whatever the iss.
         let by_kid = token(json!({"alg": "RS256", "kid": "rsa-1"}), json!({"iss": "https://people.example"}));
-        assert!(names_machine_issuer(&config, keys, by_kid.as_bytes()));
+        assert!(names_machine_issuer(&config.issuers, keys, by_kid.as_bytes()));
         let no_keys: Vec<Option<crate::keys::jwks::KeySet>> = vec![None];
-        assert!(!names_machine_issuer(&config, no_keys.as_slice(), by_kid.as_bytes()));
+        assert!(!names_machine_issuer(&config.issuers, no_keys.as_slice(), by_kid.as_bytes()));
     }
 
     #[test]

@@ -21,10 +21,11 @@ pub mod spiffe;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::config::ConfigError;
+use crate::claims::matcher::RawClaim;
+use crate::claims::matcher::{ClaimMatcher, Pattern};
+use crate::claims::path::claim;
+use crate::error::ConfigError;
 use crate::keys::jwks::KeyUse;
-use crate::policy::rules::{claim, ClaimMatcher, Pattern};
-use crate::policy::RawClaim;
 use crate::reason::{Reason, Rejection};
 use crate::token::typ::TypRule;
 
@@ -184,7 +185,7 @@ pub fn compile(
         }
     };
     if let Some(path) = &identity_claim {
-        if !crate::claims::headers::valid_claim_path(path) {
+        if !crate::claims::path::valid_claim_path(path) {
             return Err(invalid(
                 p("identity_claim"),
                 "must be a claim name or dotted path (at most 128 characters, 8 dots)",
@@ -202,10 +203,7 @@ pub fn compile(
         Some(list) => list
             .into_iter()
             .enumerate()
-            .map(|(i, raw)| {
-                crate::policy::config::claim_matcher(&p(&format!("claims[{i}]")), raw)
-                    .map_err(|e| ConfigError::Invalid { field: e.field, reason: e.reason })
-            })
+            .map(|(i, raw)| crate::claims::matcher::claim_matcher(&p(&format!("claims[{i}]")), raw))
             .collect::<Result<Vec<_>, _>>()?,
     };
     Ok(Profile { kind, claims, identity_claim })

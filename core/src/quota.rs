@@ -100,8 +100,8 @@ use serde_json::{Map, Value};
 
 pub use crate::host::store::{MemoryStore, Store, StoreError};
 pub use config::{
-    compile, from_value, QuotaConfigError, RawLimit, RawQuotas, RawRule, DEFAULT_MAX_TRACKED_IDENTITIES,
-    DEFAULT_POLICY, MAX_PER_SECONDS, MAX_REQUESTS, MAX_RULES, MAX_TRACKED_IDENTITIES,
+    compile, from_value, RawLimit, RawQuotas, RawRule, DEFAULT_MAX_TRACKED_IDENTITIES, DEFAULT_POLICY,
+    MAX_PER_SECONDS, MAX_REQUESTS, MAX_RULES, MAX_TRACKED_IDENTITIES,
 };
 
 use gcra::{Decision, Rate, NANOS_PER_SECOND};

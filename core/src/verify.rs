@@ -7,31 +7,23 @@
 
 pub mod cache;
 pub mod flood_guard;
+pub mod identity;
+pub mod issuer;
 
 use serde_json::{Map, Value};
 
-use crate::config::{Config, Issuer};
 use crate::crypto::alg::Alg;
 use crate::keys::jwks::KeySet;
+pub use crate::keys::KeyLookup;
 use crate::profile::TokenFacts;
 use crate::reason::{Reason, Rejection};
 use crate::token::jws::{self, ParseError, UnverifiedToken};
+use crate::verify::cache::TokenCache;
+use issuer::Issuer;
 
 /// Largest NumericDate accepted: 9999-12-31T23:59:59Z. Beyond is not a date a
 /// real issuer writes, and would overflow date arithmetic downstream.
 pub const MAX_NUMERIC_DATE: i64 = 253_402_300_799;
-
-/// Where the verifier gets each issuer's current keys.
-pub trait KeyLookup {
-    /// The issuer's keys, or `None` while none have been loaded (or they expired).
-    fn key_set(&self, issuer: usize) -> Option<&KeySet>;
-}
-
-impl KeyLookup for [Option<KeySet>] {
-    fn key_set(&self, issuer: usize) -> Option<&KeySet> {
-        self.get(issuer).and_then(Option::as_ref)
-    }
-}
 
 /// A token that passed every check. Serializable so the shared token cache can hand
 /// it to another worker (see `token_cache`).
@@ -52,14 +44,35 @@ pub struct Verified {
     pub claims: Map<String, Value>,
 }
 
+/// What a token is verified against: the trusted issuers and the token size limit,
+/// and — for the verified-token cache — the cache and the fingerprint of the
+/// configuration they came from. A view of the configuration, made by
+/// `Config::trust`.
+#[derive(Debug, Clone, Copy)]
+pub struct Trust<'a> {
+    pub issuers: &'a [Issuer],
+    pub max_token_bytes: usize,
+    pub cache: Option<&'a TokenCache>,
+    /// A digest of the configuration bytes: cached verifications made under another
+    /// configuration are not reused.
+    pub fingerprint: u64,
+}
+
+impl<'a> Trust<'a> {
+    /// The issuer whose `iss` is exactly `iss`.
+    pub fn issuer_by_iss(&self, iss: &str) -> Option<(usize, &'a Issuer)> {
+        self.issuers.iter().enumerate().find(|(_, i)| i.issuer == iss)
+    }
+}
+
 /// Verifies `raw` (the token without its scheme prefix) at time `now` (Unix seconds).
 pub fn verify<K: KeyLookup + ?Sized>(
-    config: &Config,
+    trust: Trust<'_>,
     keys: &K,
     raw: &str,
     now: i64,
 ) -> Result<Verified, Rejection> {
-    let token = jws::parse(raw, config.token.max_bytes)
+    let token = jws::parse(raw, trust.max_token_bytes)
         .map_err(|e| Rejection::new(Reason::MalformedToken, parse_detail(&e)))?;
 
     let alg: Alg = token
@@ -69,7 +82,7 @@ pub fn verify<K: KeyLookup + ?Sized>(
         .map_err(|_| Rejection::new(Reason::DisallowedAlg, "algorithm not accepted"))?;
     let kid = token.header.kid.as_deref();
 
-    let (index, issuer) = select_issuer(config, keys, &token.claims, kid)?;
+    let (index, issuer) = select_issuer(trust, keys, &token.claims, kid)?;
     let checked =
         verify_for_issuer(issuer, keys.key_set(index), &token, alg, now).map_err(|r| r.for_issuer(index))?;
     Ok(Verified {
@@ -140,7 +153,7 @@ fn parse_detail(err: &ParseError) -> String {
 /// Picks the issuer by the (still unverified) `iss`. The peek only selects a key
 /// set; `iss` is re-checked against that issuer by construction.
 fn select_issuer<'c, K: KeyLookup + ?Sized>(
-    config: &'c Config,
+    trust: Trust<'c>,
     keys: &K,
     claims: &Map<String, Value>,
     kid: Option<&str>,
@@ -150,13 +163,13 @@ fn select_issuer<'c, K: KeyLookup + ?Sized>(
         Some(Value::String(iss)) => iss,
         Some(_) => return Err(Rejection::new(Reason::MalformedToken, "iss is not a string")),
     };
-    if let Some(found) = config.issuer_by_iss(iss) {
+    if let Some(found) = trust.issuer_by_iss(iss) {
         return Ok(found);
     }
     // Not an issuer we know. If the token names a key one of our issuers published,
     // someone is presenting that issuer's key under another name: say so.
     let known_kid = kid.is_some_and(|kid| {
-        (0..config.issuers.len()).any(|i| keys.key_set(i).is_some_and(|set| set.by_kid(kid).is_some()))
+        (0..trust.issuers.len()).any(|i| keys.key_set(i).is_some_and(|set| set.by_kid(kid).is_some()))
     });
     if known_kid {
         Err(Rejection::new(Reason::WrongIssuer, "iss does not match the issuer of the signing key"))
@@ -288,14 +301,14 @@ mod tests {
     }
 
     fn reason(cfg: &Config, token: &str) -> Reason {
-        verify(cfg, keys().as_slice(), token, NOW).unwrap_err().reason
+        verify(cfg.trust(), keys().as_slice(), token, NOW).unwrap_err().reason
     }
 
     #[test]
     fn every_algorithm_verifies() {
         let cfg = all_algs();
         for alg in Alg::ALL {
-            let v = verify(&cfg, keys().as_slice(), &token_with(alg, claims()), NOW)
+            let v = verify(cfg.trust(), keys().as_slice(), &token_with(alg, claims()), NOW)
                 .unwrap_or_else(|e| panic!("{alg}: {e}"));
             assert_eq!(v.subject, "system:serviceaccount:ci:deployer");
             assert_eq!(v.alg, alg);
@@ -366,7 +379,7 @@ mod tests {
         let cfg = config(&["RS256", "ES256"]);
         assert_eq!(reason(&cfg, &token_with(Alg::Rs384, claims())), Reason::DisallowedAlg);
         assert_eq!(reason(&cfg, &token_with(Alg::EdDsa, claims())), Reason::DisallowedAlg);
-        assert!(verify(&cfg, keys().as_slice(), &token_with(Alg::Rs256, claims()), NOW).is_ok());
+        assert!(verify(cfg.trust(), keys().as_slice(), &token_with(Alg::Rs256, claims()), NOW).is_ok());
     }
 
     #[test]
@@ -385,7 +398,7 @@ mod tests {
     #[test]
     fn missing_kid_uses_the_only_fitting_key() {
         let t = testkit::token(Alg::Es256, &json!({"alg": "ES256"}), &claims());
-        assert!(verify(&all_algs(), keys().as_slice(), &t, NOW).is_ok());
+        assert!(verify(all_algs().trust(), keys().as_slice(), &t, NOW).is_ok());
     }
 
     #[test]
@@ -411,7 +424,7 @@ mod tests {
             c["exp"] = json!(exp);
             token_with(Alg::Es256, c)
         };
-        assert!(verify(&cfg, keys().as_slice(), &at(NOW - 29), NOW).is_ok());
+        assert!(verify(cfg.trust(), keys().as_slice(), &at(NOW - 29), NOW).is_ok());
         assert_eq!(reason(&cfg, &at(NOW - 30)), Reason::Expired);
         assert_eq!(reason(&cfg, &at(NOW - 10_000)), Reason::Expired);
     }
@@ -421,7 +434,7 @@ mod tests {
         let cfg = all_algs();
         let mut c = claims();
         c["nbf"] = json!(NOW + 30);
-        assert!(verify(&cfg, keys().as_slice(), &token_with(Alg::Es256, c.clone()), NOW).is_ok());
+        assert!(verify(cfg.trust(), keys().as_slice(), &token_with(Alg::Es256, c.clone()), NOW).is_ok());
         c["nbf"] = json!(NOW + 31);
         assert_eq!(reason(&cfg, &token_with(Alg::Es256, c)), Reason::NotYetValid);
         let mut c = claims();
@@ -448,7 +461,7 @@ mod tests {
         }
         let mut c = claims();
         c["exp"] = json!((NOW + 100) as f64 + 0.5);
-        assert!(verify(&cfg, keys().as_slice(), &token_with(Alg::Es256, c), NOW).is_ok());
+        assert!(verify(cfg.trust(), keys().as_slice(), &token_with(Alg::Es256, c), NOW).is_ok());
     }
 
     #[test]
@@ -468,7 +481,7 @@ mod tests {
             c["aud"] = aud;
             token_with(Alg::Es256, c)
         };
-        assert!(verify(&cfg, keys().as_slice(), &with(json!(["x", "other"])), NOW).is_ok());
+        assert!(verify(cfg.trust(), keys().as_slice(), &with(json!(["x", "other"])), NOW).is_ok());
         assert_eq!(reason(&cfg, &with(json!("someone-else"))), Reason::WrongAudience);
         assert_eq!(reason(&cfg, &with(json!([]))), Reason::WrongAudience);
         assert_eq!(reason(&cfg, &with(json!(7))), Reason::MalformedToken);
@@ -478,7 +491,8 @@ mod tests {
     #[test]
     fn keys_not_loaded_is_unavailable_not_unauthenticated() {
         let none: Vec<Option<KeySet>> = vec![None];
-        let r = verify(&all_algs(), none.as_slice(), &token_with(Alg::Rs256, claims()), NOW).unwrap_err();
+        let r =
+            verify(all_algs().trust(), none.as_slice(), &token_with(Alg::Rs256, claims()), NOW).unwrap_err();
         assert_eq!(r.reason, Reason::KeysUnavailable);
         assert_eq!(r.reason.status(), 503);
     }
@@ -525,7 +539,7 @@ mod tests {
 
     fn profiled_verify(header: serde_json::Value, claims: serde_json::Value) -> Result<Verified, Reason> {
         let t = testkit::token(Alg::Es256, &header, &claims);
-        verify(&profiled(), three_key_sets().as_slice(), &t, NOW).map_err(|r| r.reason)
+        verify(profiled().trust(), three_key_sets().as_slice(), &t, NOW).map_err(|r| r.reason)
     }
 
     fn es256(typ: &str) -> serde_json::Value {
@@ -577,7 +591,7 @@ mod tests {
                    "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": "deployer"}}})
         };
         let reason_of =
-            |t: &str| verify(&profiled(), three_key_sets().as_slice(), t, NOW).unwrap_err().reason;
+            |t: &str| verify(profiled().trust(), three_key_sets().as_slice(), t, NOW).unwrap_err().reason;
         // A malformed shape costs no signature check.
         assert_eq!(reason_of(&forge(k8s("deployer", "ci"))), Reason::ProfileMismatch);
         // A forged token for a namespace outside the allowlist learns nothing about the list.
@@ -604,7 +618,7 @@ mod tests {
         let secretish = "c2VjcmV0LXRva2VuLWJ5dGVz";
         let header = format!("{{\"alg\":\"RS256\",\"kid\":{secretish}}}");
         let t = format!("{}.{}.{}", b64(header), b64(claims().to_string()), secretish);
-        let r = verify(&cfg, keys().as_slice(), &t, NOW).unwrap_err();
+        let r = verify(cfg.trust(), keys().as_slice(), &t, NOW).unwrap_err();
         assert_eq!(r.reason, Reason::MalformedToken);
         assert!(!r.detail.contains(secretish), "{}", r.detail);
     }

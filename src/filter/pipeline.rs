@@ -129,7 +129,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     let local_hit = request.credential.bearer().and_then(|raw| {
         let keys = vm.keys.borrow();
         let view = KeyView { keys: &keys, now_ms };
-        vm.local_tokens.borrow().get(config, &view, raw, now_secs)
+        vm.local_tokens.borrow().get(config.trust(), &view, raw, now_secs)
     });
     // Timed only when a verification runs: not without a token, not on a local hit.
     let verify_started_ns = (request.credential.bearer().is_some() && local_hit.is_none()).then(host::now_ns);
@@ -157,7 +157,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
             };
             let mut local = vm.local_tokens.borrow_mut();
             cache::verify_and_remember(
-                config,
+                config.trust(),
                 &view,
                 vm.store.as_ref(),
                 &mut local,
@@ -179,7 +179,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     }
     let verification = verification.map(|result| {
         result.and_then(|v| {
-            mtls::check_verified(config, &v, request.info.client_certificate.as_ref()).map(|()| v)
+            mtls::check_verified(&config.issuers, &v, request.info.client_certificate.as_ref()).map(|()| v)
         })
     });
     if let (Some(Err(rejection)), Some(guard), Some(source)) =
@@ -249,7 +249,7 @@ fn decide_and_act(vm: &Vm, request: &mut Request, now_ms: u64) -> Step {
     }
     let no_claims = serde_json::Map::new();
     let credential = match &verification {
-        None => match mtls::certificate_only(config, certificate.as_ref(), &no_claims) {
+        None => match mtls::certificate_only(config.mtls.as_ref(), certificate.as_ref(), &no_claims) {
             Some(who) => Credential::Certificate(who),
             None => Credential::Absent,
         },
@@ -325,7 +325,7 @@ fn set_request_headers(
     if let Some(who) = who {
         host::set_request_header(&config.forward.identity_header, who.identity)?;
         host::set_request_header(&config.forward.issuer_header, who.issuer)?;
-        if let Some((name, value)) = mtls::forwarded_identity(config, certificate) {
+        if let Some((name, value)) = mtls::forwarded_identity(config.mtls.as_ref(), certificate) {
             host::set_request_header(name, value)?;
         }
     }
@@ -412,7 +412,7 @@ fn charge_quota(
 /// lenient reading: see `policy::names_machine_issuer`).
 fn names_machine_issuer(vm: &Vm, value: &[u8], now_ms: u64) -> bool {
     let keys = vm.keys.borrow();
-    policy::names_machine_issuer(&vm.config, &KeyView { keys: &keys, now_ms }, value)
+    policy::names_machine_issuer(&vm.config.issuers, &KeyView { keys: &keys, now_ms }, value)
 }
 
 /// Client-supplied copies of the headers we set are never forwarded, whatever the

@@ -14,33 +14,22 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::policy::rules::{claim, MAX_CLAIM_PATH_DOTS};
+use super::path::claim;
 
 /// Most headers one issuer may map claims to.
 pub const MAX_CLAIM_HEADERS: usize = 16;
 /// Longest header value forwarded (after joining an array).
 pub const MAX_VALUE_BYTES: usize = 1024;
-/// Longest claim path (name or dotted path) in the configuration.
-pub const MAX_CLAIM_PATH_LEN: usize = 128;
-
 /// `"claims_to_headers": {"<claim or dotted path>": "<header name>"}`.
 pub type RawClaimsToHeaders = BTreeMap<String, String>;
 
 /// One claim forwarded as one header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimHeader {
-    /// A claim name or dotted path (see [`crate::policy::rules::claim`]).
+    /// A claim name or dotted path (see [`super::path::claim`]).
     pub claim: String,
     /// Lower-case header name.
     pub header: String,
-}
-
-/// Whether `path` may name a claim: non-empty dotted parts, bounded length and depth.
-pub fn valid_claim_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= MAX_CLAIM_PATH_LEN
-        && path.split('.').all(|part| !part.is_empty())
-        && path.matches('.').count() <= MAX_CLAIM_PATH_DOTS
 }
 
 /// The header value for a claim value, or `None` when it is not forwarded.
@@ -80,6 +69,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::claims::path::{valid_claim_path, MAX_CLAIM_PATH_LEN};
 
     fn claims(v: Value) -> Map<String, Value> {
         match v {

@@ -22,7 +22,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 
 /// The well-known path of the discovery document.
 pub const DEFAULT_PATH: &str = "/.well-known/openid-configuration";
@@ -302,10 +302,7 @@ impl Located {
     /// The shared-data key of an issuer's discovered location (`source` as in
     /// [`crate::keys::keyshare::SharedKeys::new`]).
     pub fn key(issuer_name: &str, source: &str) -> String {
-        format!(
-            "nhi-guard/jwks-location/{issuer_name}/{:016x}",
-            crate::keys::keyshare::fnv1a64(source.as_bytes())
-        )
+        format!("nhi-guard/jwks-location/{issuer_name}/{:016x}", crate::hash::fnv1a64(source.as_bytes()))
     }
 
     /// Version, time, then cluster, authority and path separated by NUL (none of

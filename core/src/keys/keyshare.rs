@@ -9,10 +9,11 @@
 //!   failed fetch leaves the lease "cooling down" until the backoff has passed, so
 //!   retries are spaced across the whole Envoy, not per worker.
 
+use super::KeyLookup;
+use crate::hash::fnv1a64;
 use crate::host::store::{get_or_create, Store, StoreError};
 use crate::keys::jwks::KeySet;
 use crate::keys::refresh::Schedule;
-use crate::verify::KeyLookup;
 
 const RECORD_VERSION: u8 = 1;
 const LEASE_VERSION: u8 = 1;
@@ -34,13 +35,6 @@ impl SharedKeys {
             lease: format!("nhi-guard/jwks-lease/{issuer_name}/{digest:016x}"),
         }
     }
-}
-
-/// FNV-1a, 64-bit: a stable (build-independent) digest for key names.
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// A JWKS body as published by the worker that fetched it.
@@ -241,8 +235,6 @@ mod tests {
         assert_eq!(a, SharedKeys::new("ci", "c|a|/p"));
         assert_ne!(a.record, SharedKeys::new("ci", "c|a|/q").record);
         assert_ne!(a.record, a.lease);
-        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
     }
 
     #[test]

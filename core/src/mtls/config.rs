@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use crate::config::{header_name, Config, ConfigError};
+use crate::error::{header_name, ConfigError};
 
 use crate::spiffe_id::{self as spiffe, SpiffeError};
 
@@ -57,35 +57,6 @@ pub struct MtlsConfig {
     pub identity: IdentitySource,
     pub identity_header: String,
     pub issuer_name: String,
-}
-
-/// What an issuer's tokens demand of the client certificate; all off by default.
-/// Any of them needs the `mtls` block.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IssuerCertPolicy {
-    /// A trusted client certificate must come with every token of this issuer.
-    pub require_client_certificate: bool,
-    /// Every token must be certificate-bound (`cnf.x5t#S256`, RFC 8705).
-    pub require_bound_tokens: bool,
-    /// The token's `sub` must equal the certificate identity.
-    pub bind_subject_to_certificate: bool,
-}
-
-impl IssuerCertPolicy {
-    pub fn any(&self) -> bool {
-        self.require_client_certificate || self.require_bound_tokens || self.bind_subject_to_certificate
-    }
-
-    /// The first flag that is set, as its field name.
-    fn first_set(&self) -> Option<&'static str> {
-        [
-            (self.require_client_certificate, "require_client_certificate"),
-            (self.require_bound_tokens, "require_bound_tokens"),
-            (self.bind_subject_to_certificate, "bind_subject_to_certificate"),
-        ]
-        .into_iter()
-        .find_map(|(set, name)| set.then_some(name))
-    }
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -158,49 +129,6 @@ fn trust_domains(at: &str, list: Vec<String>) -> Result<Vec<String>, ConfigError
         }
     }
     Ok(list)
-}
-
-/// Relates the `mtls` block to the rest of the configuration: certificate flags
-/// need it, its issuer name and header must not clash with others.
-pub fn check(config: &Config) -> Result<(), ConfigError> {
-    let Some(mtls) = &config.mtls else {
-        for (i, issuer) in config.issuers.iter().enumerate() {
-            if let Some(flag) = issuer.certificate.first_set() {
-                return Err(invalid(format!("issuers[{i}].{flag}"), "needs the top-level `mtls` block"));
-            }
-        }
-        for (i, route) in config.routes.routes().iter().enumerate() {
-            if let Some(flag) = route.certificate_flag() {
-                return Err(invalid(format!("routes[{i}].{flag}"), "needs the top-level `mtls` block"));
-            }
-        }
-        return Ok(());
-    };
-    if config.issuers.iter().any(|i| i.name == mtls.issuer_name) {
-        return Err(invalid(
-            "mtls.issuer_name",
-            format!(
-                "{:?} is the name of a token issuer; certificate-only identities need their own",
-                mtls.issuer_name
-            ),
-        ));
-    }
-    let taken = [
-        ("token.header", config.token.header.as_str()),
-        ("forward.identity_header", config.forward.identity_header.as_str()),
-        ("forward.issuer_header", config.forward.issuer_header.as_str()),
-        ("client_header", config.routes.client_header.as_str()),
-        ("x-nhi-shadow-decision", crate::policy::SHADOW_DECISION_HEADER),
-    ];
-    for (field, name) in taken {
-        if mtls.identity_header == name {
-            return Err(invalid("mtls.identity_header", format!("must differ from {field}")));
-        }
-    }
-    if config.claim_headers().contains(&mtls.identity_header.as_str()) {
-        return Err(invalid("mtls.identity_header", "must differ from every claims_to_headers header"));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@ use std::collections::HashMap;
 use serde_json::{json, Value};
 
 use super::*;
-use crate::config::ConfigError;
+use crate::config::Config;
+use crate::error::ConfigError;
 use crate::policy::{self, Credential, Decision, RequestInfo};
 
 /// SHA-256("abc"), the FIPS 180-2 test vector.
@@ -143,7 +144,7 @@ fn untrusted_details_echo_nothing_from_the_certificate() {
 
 #[test]
 fn bound_tokens_need_their_certificate() {
-    let open = IssuerCertPolicy::default();
+    let open = CertificatePolicy::default();
     let bound = claims(json!({"sub": "x", "cnf": {"x5t#S256": ABC_X5T}}));
     let c = trusted(WORKLOAD);
     assert_eq!(code(check_binding(&open, "x", &bound, Some(&c))), None);
@@ -176,12 +177,12 @@ fn issuer_policies() {
     let bound = claims(json!({"cnf": {"x5t#S256": ABC_X5T}}));
     let foreign = cert(CertIdentity::Untrusted(Untrusted::ForeignTrustDomain), ABC_HEX);
 
-    let require_bound = IssuerCertPolicy { require_bound_tokens: true, ..Default::default() };
+    let require_bound = CertificatePolicy { require_bound_tokens: true, ..Default::default() };
     assert_eq!(code(check_binding(&require_bound, "x", &unbound, Some(&c))), Some("unbound_token"));
     assert_eq!(code(check_binding(&require_bound, "x", &unbound, None)), Some("unbound_token"));
     assert_eq!(code(check_binding(&require_bound, "x", &bound, Some(&c))), None);
 
-    let require_cert = IssuerCertPolicy { require_client_certificate: true, ..Default::default() };
+    let require_cert = CertificatePolicy { require_client_certificate: true, ..Default::default() };
     assert_eq!(code(check_binding(&require_cert, "x", &unbound, None)), Some("client_certificate_required"));
     assert_eq!(code(check_binding(&require_cert, "x", &unbound, Some(&c))), None);
     assert_eq!(
@@ -189,7 +190,7 @@ fn issuer_policies() {
         Some("untrusted_certificate")
     );
 
-    let bind = IssuerCertPolicy { bind_subject_to_certificate: true, ..Default::default() };
+    let bind = CertificatePolicy { bind_subject_to_certificate: true, ..Default::default() };
     assert_eq!(code(check_binding(&bind, WORKLOAD, &unbound, Some(&c))), None);
     assert_eq!(
         code(check_binding(&bind, "spiffe://prod.example/other", &unbound, Some(&c))),
@@ -204,12 +205,12 @@ fn issuer_policies() {
     );
 
     // All at once: the binding is checked first.
-    let all = IssuerCertPolicy {
+    let all = CertificatePolicy {
         require_client_certificate: true,
         require_bound_tokens: true,
         bind_subject_to_certificate: true,
     };
-    assert!(all.any() && !IssuerCertPolicy::default().any());
+    assert!(all.any() && !CertificatePolicy::default().any());
     assert_eq!(code(check_binding(&all, WORKLOAD, &bound, None)), Some("certificate_mismatch"));
     assert_eq!(code(check_binding(&all, WORKLOAD, &unbound, None)), Some("unbound_token"));
     assert_eq!(code(check_binding(&all, "other", &bound, Some(&c))), Some("subject_mismatch"));
@@ -362,7 +363,7 @@ fn outcome(
     let no_claims = Map::new();
     let credential = match token {
         Some(who) => Credential::Verified(*who),
-        None => match certificate_only(cfg, req.client_certificate.as_ref(), &no_claims) {
+        None => match certificate_only(cfg.mtls.as_ref(), req.client_certificate.as_ref(), &no_claims) {
             Some(who) => Credential::Certificate(who),
             None => Credential::Absent,
         },
@@ -440,12 +441,15 @@ fn tokens_on_certificate_routes() {
     // No mtls block: certificates are never identities, and nothing is refused for them.
     let plain = config(plugin(json!({}))).unwrap();
     let unchecked = Some(cert(CertIdentity::Unchecked, ABC_HEX));
-    assert_eq!(certificate_only(&plain, unchecked.as_ref(), &no_claims).map(|w| w.identity), None);
+    assert_eq!(
+        certificate_only(plain.mtls.as_ref(), unchecked.as_ref(), &no_claims).map(|w| w.identity),
+        None
+    );
     assert_eq!(outcome(&plain, &request("/x", unchecked.clone()), Some(&token)), (None, true));
-    assert_eq!(forwarded_identity(&plain, unchecked.as_ref()), None);
+    assert_eq!(forwarded_identity(plain.mtls.as_ref(), unchecked.as_ref()), None);
     let t = trusted(WORKLOAD);
-    assert_eq!(forwarded_identity(&cfg, Some(&t)), Some((DEFAULT_IDENTITY_HEADER, WORKLOAD)));
-    assert_eq!(forwarded_identity(&cfg, None), None);
+    assert_eq!(forwarded_identity(cfg.mtls.as_ref(), Some(&t)), Some((DEFAULT_IDENTITY_HEADER, WORKLOAD)));
+    assert_eq!(forwarded_identity(cfg.mtls.as_ref(), None), None);
 }
 
 #[test]
@@ -464,7 +468,7 @@ fn check_verified_uses_the_token_issuer_policy() {
         claims: Map::new(),
     };
     let t = trusted(WORKLOAD);
-    assert!(check_verified(&cfg, &verified(WORKLOAD), Some(&t)).is_ok());
-    let err = check_verified(&cfg, &verified("ci-bot"), Some(&t)).unwrap_err();
+    assert!(check_verified(&cfg.issuers, &verified(WORKLOAD), Some(&t)).is_ok());
+    let err = check_verified(&cfg.issuers, &verified("ci-bot"), Some(&t)).unwrap_err();
     assert_eq!((err.reason, err.issuer), (Reason::SubjectMismatch, Some(0)));
 }

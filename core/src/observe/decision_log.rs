@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::observe::metrics::Outcome;
 use crate::policy::{ClientClass, Decision, Verdict};
 use crate::quota::{QuotaOutcome, Tracking};
@@ -302,7 +302,7 @@ fn cut_kid(kid: &str) -> String {
 pub fn sample_key(request_id: Option<&str>, fallback: u64) -> u64 {
     match request_id {
         Some(id) => crate::observe::metrics::fingerprint("x-request-id", id),
-        None => crate::observe::metrics::mix(fallback),
+        None => crate::hash::mix64(fallback),
     }
 }
 

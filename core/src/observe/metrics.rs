@@ -41,7 +41,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
 use crate::host::store::{Store, StoreError};
 
 pub const DEFAULT_MAX_IDENTITIES: u64 = 100;
@@ -292,19 +292,7 @@ pub fn envoy_stats_tags() -> Vec<(&'static str, String)> {
 /// 64-bit FNV-1a of the (issuer, identity label) pair, finished with a
 /// SplitMix64 round so every bit depends on every input byte.
 pub fn fingerprint(issuer: &str, identity_label: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in issuer.bytes().chain(std::iter::once(0xFF)).chain(identity_label.bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    mix(hash)
-}
-
-/// SplitMix64's finalizer.
-pub fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    crate::hash::mix64(crate::hash::fnv1a64_fields(&[issuer.as_bytes(), identity_label.as_bytes()]))
 }
 
 /// The identity label a verified identity is counted under.

@@ -6,22 +6,24 @@
 //! error names its field as a JSON path (`routes[2].match.prefix`).
 
 use std::collections::HashSet;
-use std::fmt;
 
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::error::ConfigError;
+
+use crate::claims::matcher::{claim_matcher, Pattern, RawClaim};
+
 use super::cidr::Cidr;
 use super::matcher::{canonical_path, HostMatch, PathMatch, RouteMatch};
-use super::rules::{self as policy, AllowRule, ClaimMatcher, ClaimOp, DenyList, Pattern};
+use super::rules::{AllowRule, DenyList};
 use super::{Audience, Mode, Route, Routes};
 
 pub const DEFAULT_CLIENT_HEADER: &str = "x-nhi-client";
 /// Set upstream in shadow mode; always stripped from client requests.
-pub const SHADOW_DECISION_HEADER: &str = "x-nhi-shadow-decision";
+pub use crate::error::SHADOW_DECISION_HEADER;
 pub const MAX_ROUTES: usize = 256;
 const MAX_NAME_LEN: usize = 64;
-const MAX_CLAIM_PATH_LEN: usize = 128;
 
 /// The route-related members of the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -122,21 +124,6 @@ pub struct RawAllow {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
-pub struct RawClaim {
-    pub claim: String,
-    #[serde(default)]
-    pub contains: Option<String>,
-    #[serde(default)]
-    pub equals: Option<Value>,
-    #[serde(default)]
-    pub one_of: Option<Vec<Value>>,
-    #[serde(default)]
-    pub prefix: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(deny_unknown_fields)]
 pub struct RawDeny {
     /// `sub` values or forwarded identities; a trailing `*` makes a prefix.
     #[serde(default)]
@@ -146,29 +133,7 @@ pub struct RawDeny {
     pub jti: Vec<String>,
 }
 
-/// A route configuration the filter refuses to run with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteConfigError {
-    /// JSON path from the top of the plugin configuration.
-    pub field: String,
-    pub reason: String,
-}
-
-impl RouteConfigError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        RouteConfigError { field: field.into(), reason: reason.into() }
-    }
-}
-
-impl fmt::Display for RouteConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for RouteConfigError {}
-
-type Result<T> = std::result::Result<T, RouteConfigError>;
+type Result<T> = std::result::Result<T, ConfigError>;
 
 /// Validates the route configuration. `issuer_names` are the configured issuers'
 /// names, which `allow[].issuer` must refer to.
@@ -191,7 +156,7 @@ pub fn compile(raw: RawRoutes, issuer_names: &[&str]) -> Result<Routes> {
     };
     let raw_routes = raw.routes.unwrap_or_default();
     if raw_routes.len() > MAX_ROUTES {
-        return Err(RouteConfigError::new("routes", format!("lists more than {MAX_ROUTES} routes")));
+        return Err(ConfigError::invalid("routes", format!("lists more than {MAX_ROUTES} routes")));
     }
     let mut names = HashSet::new();
     let mut catch_all: Option<(usize, String)> = None;
@@ -199,14 +164,14 @@ pub fn compile(raw: RawRoutes, issuer_names: &[&str]) -> Result<Routes> {
     for (i, raw_route) in raw_routes.into_iter().enumerate() {
         let at = format!("routes[{i}]");
         if let Some((j, name)) = &catch_all {
-            return Err(RouteConfigError::new(
+            return Err(ConfigError::invalid(
                 at,
                 format!("is unreachable: routes[{j}] ({name:?}) matches every request"),
             ));
         }
         let route = compile_route(&at, raw_route, issuer_names)?;
         if !names.insert(route.name.clone()) {
-            return Err(RouteConfigError::new(
+            return Err(ConfigError::invalid(
                 format!("{at}.name"),
                 format!("{:?} is used by another route", route.name),
             ));
@@ -225,7 +190,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
         && raw.name.len() <= MAX_NAME_LEN
         && raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if !name_ok {
-        return Err(RouteConfigError::new(field("name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
+        return Err(ConfigError::invalid(field("name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
     }
     let matcher = route_match(&field("match"), raw.matcher)?;
     let audience = match raw.audience.as_deref() {
@@ -240,7 +205,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
             (raw.accept_certificate_identity, "accept_certificate_identity"),
         ] {
             if present {
-                return Err(RouteConfigError::new(
+                return Err(ConfigError::invalid(
                     field(name),
                     "applies to machine identities, which a human route refuses; use audience \"machine\" or \"any\"",
                 ));
@@ -250,7 +215,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
     let allow = match raw.allow {
         None => None,
         Some(rules) if rules.is_empty() => {
-            return Err(RouteConfigError::new(
+            return Err(ConfigError::invalid(
                 field("allow"),
                 "must list at least one rule; omit it to admit every verified identity",
             ))
@@ -277,7 +242,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
         Some(s) => match u16::try_from(s) {
             Ok(s) if (400..=499).contains(&s) && s != 401 && s != 407 => Some(s),
             _ => {
-                return Err(RouteConfigError::new(
+                return Err(ConfigError::invalid(
                     field("deny_status"),
                     "must be a 4xx status other than 401 and 407 (challenges are not overridable)",
                 ))
@@ -301,7 +266,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
 fn route_match(at: &str, raw: RawMatch) -> Result<RouteMatch> {
     let field = |f: &str| format!("{at}.{f}");
     let path = match (raw.prefix, raw.exact) {
-        (Some(_), Some(_)) => return Err(RouteConfigError::new(at, "takes `prefix` or `exact`, not both")),
+        (Some(_), Some(_)) => return Err(ConfigError::invalid(at, "takes `prefix` or `exact`, not both")),
         (Some(p), None) => PathMatch::Prefix(path(&field("prefix"), p)?),
         (None, Some(e)) => PathMatch::Exact(path(&field("exact"), e)?),
         (None, None) => PathMatch::Any,
@@ -316,7 +281,7 @@ fn route_match(at: &str, raw: RawMatch) -> Result<RouteMatch> {
     };
     let route_name = match raw.route_name {
         Some(n) if n.is_empty() => {
-            return Err(RouteConfigError::new(field("route_name"), "must not be empty"))
+            return Err(ConfigError::invalid(field("route_name"), "must not be empty"))
         }
         other => other,
     };
@@ -327,20 +292,20 @@ fn route_match(at: &str, raw: RawMatch) -> Result<RouteMatch> {
 /// never matched) and no spaces or controls.
 fn path(field: &str, p: String) -> Result<String> {
     if !p.starts_with('/') {
-        return Err(RouteConfigError::new(field, "must start with '/'"));
+        return Err(ConfigError::invalid(field, "must start with '/'"));
     }
     if p.contains(['?', '#']) {
-        return Err(RouteConfigError::new(
+        return Err(ConfigError::invalid(
             field,
             "must not contain '?' or '#': the query string is never matched",
         ));
     }
     if p.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(RouteConfigError::new(field, "must not contain spaces or control characters"));
+        return Err(ConfigError::invalid(field, "must not contain spaces or control characters"));
     }
     if canonical_path(&p) != p.as_str() {
         // Every request it matched would read differently once normalized.
-        return Err(RouteConfigError::new(
+        return Err(ConfigError::invalid(
             field,
             "must be in normal form: no '//', '.' or '..' segments, '\\', ';' or escaped unreserved characters",
         ));
@@ -366,7 +331,7 @@ fn host(field: &str, h: &str) -> Result<HostMatch> {
             .and_then(|r| r.strip_suffix(']'))
             .is_some_and(|inner| inner.parse::<std::net::Ipv6Addr>().is_ok());
     if !(is_name || is_ipv6_literal) {
-        return Err(RouteConfigError::new(
+        return Err(ConfigError::invalid(
             field,
             "must be a host name without port, optionally starting with \"*.\"",
         ));
@@ -376,14 +341,14 @@ fn host(field: &str, h: &str) -> Result<HostMatch> {
 
 fn methods(field: &str, list: Vec<String>) -> Result<Vec<String>> {
     if list.is_empty() {
-        return Err(RouteConfigError::new(
+        return Err(ConfigError::invalid(
             field,
             "must list at least one method; omit it to match every method",
         ));
     }
     for (i, m) in list.iter().enumerate() {
         if m.is_empty() || !m.chars().all(|c| c.is_ascii_uppercase() || c == '-' || c == '_') {
-            return Err(RouteConfigError::new(
+            return Err(ConfigError::invalid(
                 format!("{field}[{i}]"),
                 format!("{m:?} is not an upper-case method name like \"GET\""),
             ));
@@ -394,7 +359,7 @@ fn methods(field: &str, list: Vec<String>) -> Result<Vec<String>> {
 
 fn cidrs(field: &str, list: Vec<String>) -> Result<Vec<Cidr>> {
     if list.is_empty() {
-        return Err(RouteConfigError::new(
+        return Err(ConfigError::invalid(
             field,
             "must list at least one CIDR block; omit it to allow every source",
         ));
@@ -402,7 +367,7 @@ fn cidrs(field: &str, list: Vec<String>) -> Result<Vec<Cidr>> {
     list.iter()
         .enumerate()
         .map(|(i, s)| {
-            Cidr::parse(s).map_err(|e| RouteConfigError::new(format!("{field}[{i}]"), format!("{s:?} {e}")))
+            Cidr::parse(s).map_err(|e| ConfigError::invalid(format!("{field}[{i}]"), format!("{s:?} {e}")))
         })
         .collect()
 }
@@ -412,14 +377,14 @@ fn allow_rule(at: &str, raw: RawAllow, issuer_names: &[&str]) -> Result<AllowRul
     let identity = raw
         .identity
         .as_deref()
-        .map(|s| Pattern::parse(s).map_err(|e| RouteConfigError::new(field("identity"), e)))
+        .map(|s| Pattern::parse(s).map_err(|e| ConfigError::invalid(field("identity"), e)))
         .transpose()?;
     if raw.namespace.as_deref() == Some("") {
-        return Err(RouteConfigError::new(field("namespace"), "must not be empty"));
+        return Err(ConfigError::invalid(field("namespace"), "must not be empty"));
     }
     if let Some(issuer) = raw.issuer.as_deref() {
         if !issuer_names.contains(&issuer) {
-            return Err(RouteConfigError::new(
+            return Err(ConfigError::invalid(
                 field("issuer"),
                 format!("{issuer:?} is not the name of a configured issuer"),
             ));
@@ -439,7 +404,7 @@ fn allow_rule(at: &str, raw: RawAllow, issuer_names: &[&str]) -> Result<AllowRul
         || inline.prefix.is_some();
     if raw.claim.is_some() || has_operator {
         if raw.claim.is_none() {
-            return Err(RouteConfigError::new(
+            return Err(ConfigError::invalid(
                 field("claim"),
                 "is required with `contains`, `equals`, `one_of` or `prefix`",
             ));
@@ -448,7 +413,7 @@ fn allow_rule(at: &str, raw: RawAllow, issuer_names: &[&str]) -> Result<AllowRul
     }
     if let Some(list) = raw.claims {
         if list.is_empty() {
-            return Err(RouteConfigError::new(field("claims"), "must list at least one claim matcher"));
+            return Err(ConfigError::invalid(field("claims"), "must list at least one claim matcher"));
         }
         for (j, c) in list.into_iter().enumerate() {
             claims.push(claim_matcher(&field(&format!("claims[{j}]")), c)?);
@@ -467,7 +432,7 @@ fn allow_rule(at: &str, raw: RawAllow, issuer_names: &[&str]) -> Result<AllowRul
     if rule.identity.is_none() && rule.namespace.is_none() && rule.issuer.is_none() && rule.claims.is_empty()
     {
         // Methods or sources alone would admit every identity of every issuer.
-        return Err(RouteConfigError::new(
+        return Err(ConfigError::invalid(
             at,
             "must name an `identity`, `namespace`, `issuer` or claim; use {\"identity\": \"*\"} to admit everyone",
         ));
@@ -475,77 +440,19 @@ fn allow_rule(at: &str, raw: RawAllow, issuer_names: &[&str]) -> Result<AllowRul
     Ok(rule)
 }
 
-/// `at` is the object holding `claim` and its operator.
-pub(crate) fn claim_matcher(at: &str, raw: RawClaim) -> Result<ClaimMatcher> {
-    let field = |f: &str| format!("{at}.{f}");
-    let path = raw.claim;
-    let path_ok = !path.is_empty()
-        && path.len() <= MAX_CLAIM_PATH_LEN
-        && path.split('.').all(|s| !s.is_empty())
-        && path.matches('.').count() <= policy::MAX_CLAIM_PATH_DOTS;
-    if !path_ok {
-        return Err(RouteConfigError::new(
-            field("claim"),
-            format!(
-                "must be a claim name or dotted path of at most {MAX_CLAIM_PATH_LEN} characters and {} dots, without empty parts",
-                policy::MAX_CLAIM_PATH_DOTS
-            ),
-        ));
-    }
-    let mut ops = Vec::new();
-    if let Some(s) = raw.contains {
-        if s.is_empty() {
-            return Err(RouteConfigError::new(field("contains"), "must not be empty"));
-        }
-        ops.push(ClaimOp::Contains(s));
-    }
-    if let Some(v) = raw.equals {
-        if !policy::is_scalar(&v) {
-            return Err(RouteConfigError::new(field("equals"), "must be a string, number or boolean"));
-        }
-        ops.push(ClaimOp::Equals(v));
-    }
-    if let Some(list) = raw.one_of {
-        if list.is_empty() {
-            return Err(RouteConfigError::new(field("one_of"), "must list at least one value"));
-        }
-        if let Some(i) = list.iter().position(|v| !policy::is_scalar(v)) {
-            return Err(RouteConfigError::new(
-                format!("{}[{i}]", field("one_of")),
-                "must be a string, number or boolean",
-            ));
-        }
-        ops.push(ClaimOp::OneOf(list));
-    }
-    if let Some(p) = raw.prefix {
-        if p.is_empty() {
-            return Err(RouteConfigError::new(field("prefix"), "must not be empty"));
-        }
-        ops.push(ClaimOp::Prefix(p));
-    }
-    let mut ops = ops.into_iter();
-    match (ops.next(), ops.next()) {
-        (Some(op), None) => Ok(ClaimMatcher { path, op }),
-        _ => Err(RouteConfigError::new(
-            at,
-            "needs exactly one of `contains`, `equals`, `one_of` or `prefix` with `claim`",
-        )),
-    }
-}
-
 fn deny_list(at: &str, raw: RawDeny) -> Result<DenyList> {
     let mut deny = DenyList::default();
     for (i, s) in raw.subjects.iter().enumerate() {
         let pattern =
-            Pattern::parse(s).map_err(|e| RouteConfigError::new(format!("{at}.subjects[{i}]"), e))?;
+            Pattern::parse(s).map_err(|e| ConfigError::invalid(format!("{at}.subjects[{i}]"), e))?;
         if pattern == Pattern::Prefix(String::new()) {
-            return Err(RouteConfigError::new(format!("{at}.subjects[{i}]"), "would deny every subject"));
+            return Err(ConfigError::invalid(format!("{at}.subjects[{i}]"), "would deny every subject"));
         }
         deny.add_subject(pattern);
     }
     for (i, jti) in raw.jti.into_iter().enumerate() {
         if jti.is_empty() {
-            return Err(RouteConfigError::new(format!("{at}.jti[{i}]"), "must not be empty"));
+            return Err(ConfigError::invalid(format!("{at}.jti[{i}]"), "must not be empty"));
         }
         deny.jti.insert(jti);
     }
@@ -556,9 +463,7 @@ fn mode(field: &str, m: &str) -> Result<Mode> {
     match m {
         "enforce" => Ok(Mode::Enforce),
         "shadow" => Ok(Mode::Shadow),
-        other => {
-            Err(RouteConfigError::new(field, format!("{other:?} is not one of \"enforce\", \"shadow\"")))
-        }
+        other => Err(ConfigError::invalid(field, format!("{other:?} is not one of \"enforce\", \"shadow\""))),
     }
 }
 
@@ -567,34 +472,18 @@ fn audience(field: &str, a: &str) -> Result<Audience> {
         "machine" => Ok(Audience::Machine),
         "human" => Ok(Audience::Human),
         "any" => Ok(Audience::Any),
-        other => Err(RouteConfigError::new(
+        other => Err(ConfigError::invalid(
             field,
             format!("{other:?} is not one of \"machine\", \"human\", \"any\""),
         )),
     }
 }
 
-/// The same rule as the plugin's other header names (lower-case RFC 7230 token,
-/// not hop-by-hop or framing), and not the shadow decision header.
+/// The plugin's header-name rule, and not the shadow decision header.
 fn header_name(field: &str, name: String) -> Result<String> {
-    const RESERVED: [&str; 7] = [
-        "host",
-        "connection",
-        "content-length",
-        "transfer-encoding",
-        "te",
-        "upgrade",
-        SHADOW_DECISION_HEADER,
-    ];
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_!#$%&'*+.^`|~".contains(c));
-    if !valid {
-        return Err(RouteConfigError::new(field, format!("{name:?} is not a lower-case header name")));
-    }
-    if RESERVED.contains(&name.as_str()) {
-        return Err(RouteConfigError::new(field, format!("{name:?} is reserved")));
+    let name = crate::error::header_name(field, &name)?;
+    if name == SHADOW_DECISION_HEADER {
+        return Err(ConfigError::invalid(field, format!("{name:?} is reserved")));
     }
     Ok(name)
 }
@@ -602,6 +491,7 @@ fn header_name(field: &str, name: String) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claims::matcher::ClaimOp;
     use serde_json::json;
 
     const ISSUERS: [&str; 3] = ["ci", "partner-idp", "k8s"];
@@ -630,7 +520,7 @@ mod tests {
     fn error_field(edit: impl FnOnce(&mut Value)) -> Option<String> {
         let mut v = example();
         edit(&mut v);
-        compile_value(v).err().map(|e| e.field)
+        compile_value(v).err().map(|e| e.field().to_owned())
     }
 
     #[test]
@@ -944,9 +834,9 @@ mod tests {
             {"name": "late", "match": {"prefix": "/x"}}
         ]}))
         .unwrap_err();
-        assert_eq!(err.field, "routes[1]");
-        assert!(err.reason.contains("\"all\""), "{}", err.reason);
-        assert_eq!(err.to_string(), "`routes[1]` is unreachable: routes[0] (\"all\") matches every request");
+        assert_eq!(err.field(), "routes[1]");
+        assert!(err.reason().contains("\"all\""), "{}", err.reason());
+        assert_eq!(err.to_string(), "invalid plugin configuration: `routes[1]` is unreachable: routes[0] (\"all\") matches every request");
     }
 
     #[test]

@@ -8,162 +8,12 @@
 
 use std::collections::HashSet;
 
-use serde_json::{Map, Value};
-
-use crate::verify::Verified;
+use crate::claims::matcher::{ClaimMatcher, Pattern};
+pub use crate::verify::identity::IdentityInfo;
 
 use super::cidr::{self, Cidr};
 use super::matcher::RequestInfo;
 use super::reply::RouteDenial;
-
-/// Greatest number of dots in a claim path: bounds the work of resolving it.
-pub const MAX_CLAIM_PATH_DOTS: usize = 8;
-
-/// The claim holding the Kubernetes namespace in projected service-account tokens.
-pub const KUBERNETES_NAMESPACE_CLAIM: &str = "kubernetes.io.namespace";
-
-const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
-
-/// A verified identity as route policy sees it.
-#[derive(Debug, Clone, Copy)]
-pub struct IdentityInfo<'a> {
-    /// The forwarded identity: `NS/NAME` for Kubernetes service accounts, else `sub`.
-    pub identity: &'a str,
-    /// The configured issuer *name* (not the `iss` URL).
-    pub issuer: &'a str,
-    /// The verified `sub`.
-    pub subject: &'a str,
-    /// Every verified claim.
-    pub claims: &'a Map<String, Value>,
-}
-
-impl<'a> IdentityInfo<'a> {
-    pub fn new(verified: &'a Verified, issuer: &'a str, identity: &'a str) -> Self {
-        IdentityInfo { identity, issuer, subject: &verified.subject, claims: &verified.claims }
-    }
-
-    /// The Kubernetes namespace: from a `system:serviceaccount:NS:NAME` subject,
-    /// else from the `kubernetes.io.namespace` claim (a string), else none.
-    pub fn namespace(&self) -> Option<&'a str> {
-        let from_subject = self
-            .subject
-            .strip_prefix(SERVICE_ACCOUNT_PREFIX)
-            .and_then(|rest| rest.split_once(':'))
-            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains(':'))
-            .map(|(ns, _)| ns);
-        from_subject.or_else(|| claim(self.claims, KUBERNETES_NAMESPACE_CLAIM)?.as_str())
-    }
-
-    /// The `jti` claim, when it is a string.
-    pub fn jti(&self) -> Option<&'a str> {
-        self.claims.get("jti").and_then(Value::as_str)
-    }
-}
-
-/// Resolves a claim path. The literal key wins (`{"kubernetes.io.namespace": …}`);
-/// otherwise the path is split at a dot into a key naming a nested object and the
-/// rest, trying shorter leading keys first, so `kubernetes.io.namespace` also finds
-/// `{"kubernetes.io": {"namespace": …}}` — keys may themselves contain dots.
-pub fn claim<'v>(claims: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
-    lookup(claims, path, MAX_CLAIM_PATH_DOTS)
-}
-
-fn lookup<'v>(object: &'v Map<String, Value>, path: &str, depth: usize) -> Option<&'v Value> {
-    if let Some(value) = object.get(path) {
-        return Some(value);
-    }
-    if depth == 0 {
-        return None;
-    }
-    path.match_indices('.').find_map(|(dot, _)| {
-        let head = path.get(..dot)?;
-        let rest = path.get(dot + 1..)?;
-        match object.get(head) {
-            Some(Value::Object(inner)) => lookup(inner, rest, depth - 1),
-            _ => None,
-        }
-    })
-}
-
-/// An exact string, or with a trailing `*` a prefix (`ci/*`; `*` alone: anything).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Pattern {
-    Exact(String),
-    Prefix(String),
-}
-
-impl Pattern {
-    pub fn parse(s: &str) -> Result<Pattern, &'static str> {
-        if s.is_empty() {
-            return Err("must not be empty");
-        }
-        match s.strip_suffix('*') {
-            Some(prefix) if prefix.contains('*') => Err("may contain '*' only as its last character"),
-            Some(prefix) => Ok(Pattern::Prefix(prefix.to_owned())),
-            None if s.contains('*') => Err("may contain '*' only as its last character"),
-            None => Ok(Pattern::Exact(s.to_owned())),
-        }
-    }
-
-    pub fn matches(&self, s: &str) -> bool {
-        match self {
-            Pattern::Exact(want) => s == want,
-            Pattern::Prefix(prefix) => s.starts_with(prefix.as_str()),
-        }
-    }
-}
-
-/// How a claim's value is tested.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum ClaimOp {
-    /// An array claim has this string element, or a string claim has it as one
-    /// of its space-separated words (OAuth `scope`, RFC 8693 §4.2).
-    Contains(String),
-    /// The claim (or, for an array claim, one of its elements) equals this JSON
-    /// string, number or boolean.
-    Equals(Value),
-    /// Like `Equals`, for any of the values.
-    OneOf(Vec<Value>),
-    /// The claim (or one element of an array claim) is a string with this prefix.
-    Prefix(String),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ClaimMatcher {
-    pub path: String,
-    pub op: ClaimOp,
-}
-
-impl ClaimMatcher {
-    /// A missing claim, or `null`, matches nothing.
-    pub fn matches(&self, claims: &Map<String, Value>) -> bool {
-        let Some(value) = claim(claims, &self.path) else {
-            return false;
-        };
-        let candidates = || -> Box<dyn Iterator<Item = &Value> + '_> {
-            match value {
-                Value::Array(items) => Box::new(items.iter()),
-                other => Box::new(std::iter::once(other)),
-            }
-        };
-        match &self.op {
-            ClaimOp::Contains(want) => match value {
-                Value::String(words) => words.split_ascii_whitespace().any(|w| w == want),
-                Value::Array(items) => items.iter().any(|i| i.as_str() == Some(want.as_str())),
-                _ => false,
-            },
-            ClaimOp::Equals(want) => candidates().any(|c| is_scalar(c) && c == want),
-            ClaimOp::OneOf(wants) => candidates().any(|c| is_scalar(c) && wants.contains(c)),
-            ClaimOp::Prefix(prefix) => {
-                candidates().any(|c| c.as_str().is_some_and(|s| s.starts_with(prefix.as_str())))
-            }
-        }
-    }
-}
-
-pub(crate) fn is_scalar(v: &Value) -> bool {
-    matches!(v, Value::String(_) | Value::Number(_) | Value::Bool(_))
-}
 
 /// One entry of a route's `allow` list. At least one condition is set.
 #[derive(Debug, Clone, PartialEq)]
@@ -264,7 +114,9 @@ impl DenyList {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::claims::matcher::ClaimOp;
     use serde_json::json;
+    use serde_json::{Map, Value};
     use std::net::IpAddr;
 
     fn claims(v: Value) -> Map<String, Value> {
@@ -309,20 +161,6 @@ mod tests {
 
     fn allowed(rules: &[AllowRule], who: &IdentityInfo<'_>, req: &RequestInfo) -> Result<(), RouteDenial> {
         check_allow(Some(rules), who, req)
-    }
-
-    #[test]
-    fn patterns() {
-        assert_eq!(Pattern::parse("ci/deployer"), Ok(Pattern::Exact("ci/deployer".into())));
-        assert_eq!(Pattern::parse("ci/*"), Ok(Pattern::Prefix("ci/".into())));
-        assert_eq!(Pattern::parse("*"), Ok(Pattern::Prefix(String::new())));
-        assert!(Pattern::parse("").is_err());
-        assert!(Pattern::parse("c*/x").is_err());
-        assert!(Pattern::parse("**").is_err());
-        assert!(Pattern::parse("ci/*").unwrap().matches("ci/deployer"));
-        assert!(!Pattern::parse("ci/*").unwrap().matches("cix/deployer"));
-        assert!(Pattern::parse("*").unwrap().matches(""));
-        assert!(!Pattern::parse("ci/deployer").unwrap().matches("ci/deployer2"));
     }
 
     #[test]
@@ -398,63 +236,6 @@ mod tests {
         let r = req("GET", None);
         assert_eq!(allowed(&rules, &who("p", "partner-idp", "p", &c), &r), Ok(()));
         assert_eq!(allowed(&rules, &who("p", "ci", "p", &c), &r), Err(RouteDenial::NotAllowed));
-    }
-
-    #[test]
-    fn nested_claim_paths() {
-        let c = claims(json!({
-            "kubernetes.io": {"namespace": "a", "serviceaccount": {"name": "svc"}},
-            "a.b": "literal",
-            "a": {"b": "nested"},
-            "x": {"y.z": {"w": 1}},
-            "deep": {"1": {"2": {"3": {"4": {"5": {"6": {"7": {"8": {"9": "too deep"}}}}}}}}}
-        }));
-        assert_eq!(claim(&c, "kubernetes.io.serviceaccount.name"), Some(&json!("svc")));
-        assert_eq!(claim(&c, "a.b"), Some(&json!("literal")), "the literal key wins");
-        assert_eq!(claim(&c, "x.y.z.w"), Some(&json!(1)));
-        assert_eq!(claim(&c, "kubernetes.io.missing"), None);
-        assert_eq!(claim(&c, "a.b.c"), None);
-        assert_eq!(claim(&c, "deep.1.2.3.4.5.6.7.8"), Some(&json!({"9": "too deep"})));
-        assert_eq!(claim(&c, "deep.1.2.3.4.5.6.7.8.9"), None, "more than 8 dots is never resolved");
-    }
-
-    #[test]
-    fn contains_on_scope_strings_and_arrays() {
-        let m = matcher("scope", ClaimOp::Contains("orders:write".into()));
-        assert!(m.matches(&claims(json!({"scope": "orders:read orders:write"}))));
-        assert!(m.matches(&claims(json!({"scope": "orders:write"}))));
-        assert!(m.matches(&claims(json!({"scope": ["orders:read", "orders:write"]}))));
-        assert!(!m.matches(&claims(json!({"scope": "orders:writer orders:read"}))));
-        assert!(!m.matches(&claims(json!({"scope": ["orders:read orders:write"]}))));
-        assert!(!m.matches(&claims(json!({"scope": {"orders:write": true}}))));
-        assert!(!m.matches(&claims(json!({"scope": null}))));
-        assert!(!m.matches(&claims(json!({}))));
-    }
-
-    #[test]
-    fn equals_one_of_and_prefix() {
-        let eq = matcher("azp", ClaimOp::Equals(json!("partner-x")));
-        assert!(eq.matches(&claims(json!({"azp": "partner-x"}))));
-        assert!(!eq.matches(&claims(json!({"azp": "partner-x2"}))));
-        // An array claim matches if one element does (`aud` is string-or-array).
-        assert!(eq.matches(&claims(json!({"azp": ["a", "partner-x"]}))));
-        assert!(!eq.matches(&claims(json!({"azp": [["partner-x"]]}))));
-        let num = matcher("tier", ClaimOp::Equals(json!(2)));
-        assert!(num.matches(&claims(json!({"tier": 2}))));
-        assert!(!num.matches(&claims(json!({"tier": "2"}))));
-        let bool_ = matcher("kubernetes.io.bound", ClaimOp::Equals(json!(true)));
-        assert!(bool_.matches(&claims(json!({"kubernetes.io": {"bound": true}}))));
-
-        let one_of = matcher("env", ClaimOp::OneOf(vec![json!("prod"), json!("staging")]));
-        assert!(one_of.matches(&claims(json!({"env": "staging"}))));
-        assert!(one_of.matches(&claims(json!({"env": ["dev", "prod"]}))));
-        assert!(!one_of.matches(&claims(json!({"env": "dev"}))));
-
-        let prefix = matcher("client_id", ClaimOp::Prefix("partner-".into()));
-        assert!(prefix.matches(&claims(json!({"client_id": "partner-acme"}))));
-        assert!(prefix.matches(&claims(json!({"client_id": ["x", "partner-acme"]}))));
-        assert!(!prefix.matches(&claims(json!({"client_id": "acme-partner-"}))));
-        assert!(!prefix.matches(&claims(json!({"client_id": 5}))));
     }
 
     #[test]

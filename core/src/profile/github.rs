@@ -21,9 +21,10 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::ConfigError;
-use crate::policy::rules::{claim, Pattern};
-use crate::policy::RawClaim;
+use crate::claims::matcher::Pattern;
+use crate::claims::matcher::RawClaim;
+use crate::claims::path::claim;
+use crate::error::ConfigError;
 use crate::reason::{Reason, Rejection};
 
 use super::{any_matches, invalid, mismatch, not_allowed, patterns, string_claim, TokenFacts, MAX_ALLOWLIST};

@@ -20,9 +20,9 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
-use crate::policy::rules::Pattern;
-use crate::policy::RawClaim;
+use crate::claims::matcher::Pattern;
+use crate::claims::matcher::RawClaim;
+use crate::error::ConfigError;
 use crate::reason::{Reason, Rejection};
 
 use super::{any_matches, invalid, mismatch, not_allowed, patterns, TokenFacts};

@@ -12,8 +12,8 @@
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
-use crate::policy::RawClaim;
+use crate::claims::matcher::RawClaim;
+use crate::error::ConfigError;
 use crate::reason::Rejection;
 
 use super::{invalid, mismatch, not_allowed, TokenFacts, MAX_ALLOWLIST};

@@ -2,9 +2,10 @@
 //! into [`Quotas`].
 
 use std::collections::HashSet;
-use std::fmt;
 
 use serde::Deserialize;
+
+use crate::error::ConfigError;
 
 use super::gcra::Rate;
 use super::table::Geometry;
@@ -58,37 +59,15 @@ pub struct RawRule {
     pub burst: Option<u64>,
 }
 
-/// A `quotas` block the filter refuses to run with. `field` is a JSON path from
-/// the root of the plugin configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QuotaConfigError {
-    pub field: String,
-    pub reason: String,
-}
-
-impl QuotaConfigError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        QuotaConfigError { field: field.into(), reason: reason.into() }
-    }
-}
-
-impl fmt::Display for QuotaConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "`{}` {}", self.field, self.reason)
-    }
-}
-
-impl std::error::Error for QuotaConfigError {}
-
 /// Parses and validates a `quotas` value found at `at` (e.g. `"quotas"`).
-pub fn from_value(value: serde_json::Value, at: &str) -> Result<Quotas, QuotaConfigError> {
+pub fn from_value(value: serde_json::Value, at: &str) -> Result<Quotas, ConfigError> {
     let raw: RawQuotas =
-        serde_json::from_value(value).map_err(|e| QuotaConfigError::new(at, e.to_string()))?;
+        serde_json::from_value(value).map_err(|e| ConfigError::invalid(at, e.to_string()))?;
     compile(raw, at)
 }
 
 /// Validates a parsed `quotas` block found at `at`; error fields start with `at`.
-pub fn compile(raw: RawQuotas, at: &str) -> Result<Quotas, QuotaConfigError> {
+pub fn compile(raw: RawQuotas, at: &str) -> Result<Quotas, ConfigError> {
     let field = |rest: &str| format!("{at}.{rest}");
 
     let default = compile_policy(
@@ -100,7 +79,7 @@ pub fn compile(raw: RawQuotas, at: &str) -> Result<Quotas, QuotaConfigError> {
     )?;
 
     if raw.rules.len() > MAX_RULES {
-        return Err(QuotaConfigError::new(field("rules"), format!("lists more than {MAX_RULES} rules")));
+        return Err(ConfigError::invalid(field("rules"), format!("lists more than {MAX_RULES} rules")));
     }
     let mut names = HashSet::from([DEFAULT_POLICY.to_owned()]);
     let mut rules = Vec::with_capacity(raw.rules.len());
@@ -108,7 +87,7 @@ pub fn compile(raw: RawQuotas, at: &str) -> Result<Quotas, QuotaConfigError> {
         let rule_at = field(&format!("rules[{i}]"));
         let rule = compile_rule(raw_rule, i, &rule_at)?;
         if !names.insert(rule.policy.name.clone()) {
-            return Err(QuotaConfigError::new(
+            return Err(ConfigError::invalid(
                 format!("{rule_at}.name"),
                 format!("{:?} names another policy", rule.policy.name),
             ));
@@ -119,7 +98,7 @@ pub fn compile(raw: RawQuotas, at: &str) -> Result<Quotas, QuotaConfigError> {
     let max = raw.max_tracked_identities.unwrap_or(u64::from(DEFAULT_MAX_TRACKED_IDENTITIES));
     let max_tracked_identities =
         u32::try_from(max).ok().filter(|m| (1..=MAX_TRACKED_IDENTITIES).contains(m)).ok_or_else(|| {
-            QuotaConfigError::new(
+            ConfigError::invalid(
                 field("max_tracked_identities"),
                 format!("must be between 1 and {MAX_TRACKED_IDENTITIES}"),
             )
@@ -135,12 +114,12 @@ pub fn compile(raw: RawQuotas, at: &str) -> Result<Quotas, QuotaConfigError> {
     })
 }
 
-fn compile_rule(raw: RawRule, index: usize, at: &str) -> Result<Rule, QuotaConfigError> {
+fn compile_rule(raw: RawRule, index: usize, at: &str) -> Result<Rule, ConfigError> {
     let field = |rest: &str| format!("{at}.{rest}");
     let name = match raw.name {
         Some(name) => {
             if name == DEFAULT_POLICY {
-                return Err(QuotaConfigError::new(
+                return Err(ConfigError::invalid(
                     field("name"),
                     "\"default\" is the name of the default policy",
                 ));
@@ -151,40 +130,39 @@ fn compile_rule(raw: RawRule, index: usize, at: &str) -> Result<Rule, QuotaConfi
     };
     let selector = match (raw.identities, raw.claim, raw.equals) {
         (Some(_), Some(_), _) | (Some(_), _, Some(_)) => {
-            return Err(QuotaConfigError::new(
+            return Err(ConfigError::invalid(
                 at,
                 "takes either `identities` or `claim` with `equals`, not both",
             ))
         }
         (None, None, None) => {
-            return Err(QuotaConfigError::new(at, "needs `identities` or `claim` with `equals`"))
+            return Err(ConfigError::invalid(at, "needs `identities` or `claim` with `equals`"))
         }
         (None, Some(_), None) => {
-            return Err(QuotaConfigError::new(field("equals"), "is required with `claim`"))
+            return Err(ConfigError::invalid(field("equals"), "is required with `claim`"))
         }
         (None, None, Some(_)) => {
-            return Err(QuotaConfigError::new(field("claim"), "is required with `equals`"))
+            return Err(ConfigError::invalid(field("claim"), "is required with `equals`"))
         }
         (None, Some(claim), Some(equals)) => {
             if claim.is_empty() {
-                return Err(QuotaConfigError::new(field("claim"), "must not be empty"));
+                return Err(ConfigError::invalid(field("claim"), "must not be empty"));
             }
             if equals.is_empty() {
-                return Err(QuotaConfigError::new(field("equals"), "must not be empty"));
+                return Err(ConfigError::invalid(field("equals"), "must not be empty"));
             }
             Selector::Claim { claim, equals }
         }
         (Some(identities), None, None) => {
             if identities.is_empty() {
-                return Err(QuotaConfigError::new(field("identities"), "must list at least one identity"));
+                return Err(ConfigError::invalid(field("identities"), "must list at least one identity"));
             }
             let mut patterns = Vec::with_capacity(identities.len());
             for (j, identity) in identities.into_iter().enumerate() {
-                patterns.push(
-                    identity_pattern(identity).map_err(|reason| {
-                        QuotaConfigError::new(field(&format!("identities[{j}]")), reason)
-                    })?,
-                );
+                patterns
+                    .push(identity_pattern(identity).map_err(|reason| {
+                        ConfigError::invalid(field(&format!("identities[{j}]")), reason)
+                    })?);
             }
             Selector::Identities(patterns)
         }
@@ -192,14 +170,14 @@ fn compile_rule(raw: RawRule, index: usize, at: &str) -> Result<Rule, QuotaConfi
     let routes = match raw.routes {
         None => None,
         Some(routes) if routes.is_empty() => {
-            return Err(QuotaConfigError::new(
+            return Err(ConfigError::invalid(
                 field("routes"),
                 "must list at least one route (omit it to apply on every route)",
             ))
         }
         Some(routes) => {
             if let Some(j) = routes.iter().position(String::is_empty) {
-                return Err(QuotaConfigError::new(field(&format!("routes[{j}]")), "must not be empty"));
+                return Err(ConfigError::invalid(field(&format!("routes[{j}]")), "must not be empty"));
             }
             Some(routes)
         }
@@ -226,21 +204,18 @@ fn compile_policy(
     per_seconds: u64,
     burst: Option<u64>,
     field: &dyn Fn(&str) -> String,
-) -> Result<Policy, QuotaConfigError> {
+) -> Result<Policy, ConfigError> {
     if !valid_policy_name(&name) {
-        return Err(QuotaConfigError::new(
+        return Err(ConfigError::invalid(
             field("name"),
             "must be 1-64 characters of a-z, 0-9, '-', '_' or '.'",
         ));
     }
     if !(1..=MAX_REQUESTS).contains(&requests) {
-        return Err(QuotaConfigError::new(
-            field("requests"),
-            format!("must be between 1 and {MAX_REQUESTS}"),
-        ));
+        return Err(ConfigError::invalid(field("requests"), format!("must be between 1 and {MAX_REQUESTS}")));
     }
     if !(1..=MAX_PER_SECONDS).contains(&per_seconds) {
-        return Err(QuotaConfigError::new(
+        return Err(ConfigError::invalid(
             field("per_seconds"),
             format!("must be between 1 and {MAX_PER_SECONDS}"),
         ));
@@ -248,7 +223,7 @@ fn compile_policy(
     // Default: the whole quota may be spent at once, a plain "N per window".
     let burst = burst.unwrap_or(requests);
     if !(1..=requests).contains(&burst) {
-        return Err(QuotaConfigError::new(
+        return Err(ConfigError::invalid(
             field("burst"),
             format!(
                 "must be between 1 and `requests` ({requests}); for a larger burst at the same \
@@ -284,7 +259,7 @@ mod tests {
         })
     }
 
-    fn invalid(value: Value) -> QuotaConfigError {
+    fn invalid(value: Value) -> ConfigError {
         from_value(value, "quotas").unwrap_err()
     }
 
@@ -315,10 +290,10 @@ mod tests {
         let mut v = issue_example();
         v["rules"][0]["limit"] = json!(3);
         let err = invalid(v);
-        assert_eq!(err.field, "quotas");
-        assert!(err.reason.contains("unknown field `limit`"), "{err}");
+        assert_eq!(err.field(), "quotas");
+        assert!(err.reason().contains("unknown field `limit`"), "{err}");
         let err = invalid(json!({ "rules": [] }));
-        assert!(err.reason.contains("missing field `default`"), "{err}");
+        assert!(err.reason().contains("missing field `default`"), "{err}");
     }
 
     #[test]
@@ -339,7 +314,7 @@ mod tests {
         for (pointer, value, field) in cases {
             let mut v = issue_example();
             *v.pointer_mut(pointer).unwrap() = value;
-            assert_eq!(invalid(v).field, field, "{pointer}");
+            assert_eq!(invalid(v).field(), field, "{pointer}");
         }
     }
 
@@ -365,7 +340,7 @@ mod tests {
             rule["requests"] = json!(1);
             rule["per_seconds"] = json!(1);
             let v = json!({ "default": { "requests": 1, "per_seconds": 1 }, "rules": [rule] });
-            assert_eq!(invalid(v).field, field, "{selector}");
+            assert_eq!(invalid(v).field(), field, "{selector}");
         }
     }
 
@@ -374,17 +349,17 @@ mod tests {
         let rule = |name: &str| json!({ "name": name, "identities": ["a"], "requests": 1, "per_seconds": 1 });
         for bad in ["", "Gold", "has space", "quo\"te", &"x".repeat(65)] {
             let v = json!({ "default": { "requests": 1, "per_seconds": 1 }, "rules": [rule(bad)] });
-            assert_eq!(invalid(v).field, "quotas.rules[0].name", "{bad:?}");
+            assert_eq!(invalid(v).field(), "quotas.rules[0].name", "{bad:?}");
         }
         let v = json!({ "default": { "requests": 1, "per_seconds": 1 }, "rules": [rule("default")] });
-        assert_eq!(invalid(v).field, "quotas.rules[0].name");
+        assert_eq!(invalid(v).field(), "quotas.rules[0].name");
         let v = json!({ "default": { "requests": 1, "per_seconds": 1 },
                         "rules": [rule("gold"), rule("gold")] });
-        assert_eq!(invalid(v).field, "quotas.rules[1].name");
+        assert_eq!(invalid(v).field(), "quotas.rules[1].name");
         // An explicit name may not take the generated name of another rule either.
         let v = json!({ "default": { "requests": 1, "per_seconds": 1 },
                         "rules": [rule("rule-1"), { "identities": ["b"], "requests": 1, "per_seconds": 1 }] });
-        assert_eq!(invalid(v).field, "quotas.rules[1].name");
+        assert_eq!(invalid(v).field(), "quotas.rules[1].name");
         let v = json!({ "default": { "requests": 1, "per_seconds": 1 }, "rules": [rule("gold.tier-2_a")] });
         assert!(from_value(v, "quotas").is_ok());
     }
@@ -395,20 +370,23 @@ mod tests {
             .map(|_| json!({ "identities": ["a"], "requests": 1, "per_seconds": 1 }))
             .collect();
         let v = json!({ "default": { "requests": 1, "per_seconds": 1 }, "rules": rules });
-        assert_eq!(invalid(v).field, "quotas.rules");
+        assert_eq!(invalid(v).field(), "quotas.rules");
     }
 
     #[test]
     fn error_display_names_field_and_reason() {
         let mut v = issue_example();
         v["default"]["requests"] = json!(0);
-        assert_eq!(invalid(v).to_string(), "`quotas.default.requests` must be between 1 and 1000000000");
+        assert_eq!(
+            invalid(v).to_string(),
+            "invalid plugin configuration: `quotas.default.requests` must be between 1 and 1000000000"
+        );
     }
 
     #[test]
     fn the_prefix_is_the_callers() {
         let mut v = issue_example();
         v["default"]["requests"] = json!(0);
-        assert_eq!(from_value(v, "limits.quotas").unwrap_err().field, "limits.quotas.default.requests");
+        assert_eq!(from_value(v, "limits.quotas").unwrap_err().field(), "limits.quotas.default.requests");
     }
 }

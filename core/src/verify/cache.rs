@@ -21,11 +21,12 @@ use std::rc::Rc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, ConfigError};
+use crate::error::ConfigError;
 use crate::host::store::Store;
 use crate::keys::jwks::KeyFingerprint;
+use crate::keys::KeyLookup;
 use crate::reason::{Reason, Rejection};
-use crate::verify::{self, KeyLookup, Verified};
+use crate::verify::{self, Trust, Verified};
 
 const VERSION: u8 = 2;
 /// Default number of slots (`token_cache.max_entries`).
@@ -96,9 +97,9 @@ impl Entry {
     /// Whether the cached verification still holds at `now`: the token has not
     /// expired (with the issuer's clock skew), and the key that signed it is still
     /// published, under its `kid`, in the issuer's usable key set.
-    pub fn usable<K: KeyLookup + ?Sized>(&self, config: &Config, keys: &K, now: i64) -> bool {
+    pub fn usable<K: KeyLookup + ?Sized>(&self, trust: Trust<'_>, keys: &K, now: i64) -> bool {
         let signed_by = SignedBy { issuer: usize::from(self.issuer), kid: &self.kid, key: &self.key };
-        self.config == config.fingerprint && signed_by.still_holds(config, keys, self.expires_at, now)
+        self.config == trust.fingerprint && signed_by.still_holds(trust, keys, self.expires_at, now)
     }
 }
 
@@ -115,12 +116,12 @@ impl SignedBy<'_> {
     /// `kid`, the same key material.
     fn still_holds<K: KeyLookup + ?Sized>(
         &self,
-        config: &Config,
+        trust: Trust<'_>,
         keys: &K,
         expires_at: i64,
         now: i64,
     ) -> bool {
-        let Some(issuer) = config.issuers.get(self.issuer) else { return false };
+        let Some(issuer) = trust.issuers.get(self.issuer) else { return false };
         let skew = i64::try_from(issuer.clock_skew_seconds).unwrap_or(i64::MAX);
         now < expires_at.saturating_add(skew)
             && keys
@@ -158,27 +159,27 @@ impl LocalCache {
     /// The verification of `raw` if this VM holds one that still holds at `now`.
     pub fn get<K: KeyLookup + ?Sized>(
         &self,
-        config: &Config,
+        trust: Trust<'_>,
         keys: &K,
         raw: &str,
         now: i64,
     ) -> Option<Rc<Verified>> {
-        if self.config != config.fingerprint {
+        if self.config != trust.fingerprint {
             return None;
         }
         let verified = self.entries.get(raw)?;
         let signed_by =
             SignedBy { issuer: verified.issuer, kid: verified.kid.as_deref()?, key: &verified.key };
-        signed_by.still_holds(config, keys, verified.expires_at, now).then(|| Rc::clone(verified))
+        signed_by.still_holds(trust, keys, verified.expires_at, now).then(|| Rc::clone(verified))
     }
 
-    fn insert(&mut self, config: &Config, raw: &str, verified: &Rc<Verified>) {
+    fn insert(&mut self, trust: Trust<'_>, raw: &str, verified: &Rc<Verified>) {
         if verified.kid.is_none() {
             return; // its key could not be re-checked
         }
-        if self.config != config.fingerprint || self.entries.len() >= LOCAL_CAPACITY {
+        if self.config != trust.fingerprint || self.entries.len() >= LOCAL_CAPACITY {
             self.entries.clear();
-            self.config = config.fingerprint;
+            self.config = trust.fingerprint;
         }
         self.entries.insert(raw.to_owned(), Rc::clone(verified));
     }
@@ -187,7 +188,7 @@ impl LocalCache {
 /// The path after a [`LocalCache::get`] miss: [`verify_cached`] (the shared cache,
 /// else the full verification), and what verifies is remembered in `local` too.
 pub fn verify_and_remember<K: KeyLookup + ?Sized>(
-    config: &Config,
+    trust: Trust<'_>,
     keys: &K,
     store: &dyn Store,
     local: &mut LocalCache,
@@ -195,9 +196,9 @@ pub fn verify_and_remember<K: KeyLookup + ?Sized>(
     now: i64,
     crypto_allowed: impl FnOnce() -> bool,
 ) -> Result<Rc<Verified>, Rejection> {
-    let verified = Rc::new(verify_cached(config, keys, store, raw, now, crypto_allowed)?);
-    if config.token_cache.is_some() {
-        local.insert(config, raw, &verified);
+    let verified = Rc::new(verify_cached(trust, keys, store, raw, now, crypto_allowed)?);
+    if trust.cache.is_some() {
+        local.insert(trust, raw, &verified);
     }
     Ok(verified)
 }
@@ -251,7 +252,7 @@ pub fn compile(raw: Option<RawTokenCache>, at: &str) -> Result<Option<TokenCache
 /// when the cache cannot answer), the token is refused with `too_many_failures`
 /// instead of verified.
 pub fn verify_cached<K: KeyLookup + ?Sized>(
-    config: &Config,
+    trust: Trust<'_>,
     keys: &K,
     store: &dyn Store,
     raw: &str,
@@ -260,12 +261,12 @@ pub fn verify_cached<K: KeyLookup + ?Sized>(
 ) -> Result<Verified, Rejection> {
     let refused =
         || Rejection::new(Reason::TooManyFailures, "too many failed signature checks from this source");
-    let Some(cache) = &config.token_cache else {
-        return if crypto_allowed() { verify::verify(config, keys, raw, now) } else { Err(refused()) };
+    let Some(cache) = &trust.cache else {
+        return if crypto_allowed() { verify::verify(trust, keys, raw, now) } else { Err(refused()) };
     };
     let digest = digest(raw);
     if let Ok(Some(entry)) = cache.get(store, &digest) {
-        if entry.usable(config, keys, now) {
+        if entry.usable(trust, keys, now) {
             if let Ok(verified) = serde_json::from_slice::<Verified>(&entry.payload) {
                 return Ok(verified);
             }
@@ -274,13 +275,13 @@ pub fn verify_cached<K: KeyLookup + ?Sized>(
     if !crypto_allowed() {
         return Err(refused());
     }
-    let verified = verify::verify(config, keys, raw, now)?;
+    let verified = verify::verify(trust, keys, raw, now)?;
     if let (Some(kid), Ok(issuer), Ok(payload)) =
         (&verified.kid, u16::try_from(verified.issuer), serde_json::to_vec(&verified))
     {
         let entry = Entry {
             digest,
-            config: config.fingerprint,
+            config: trust.fingerprint,
             issuer,
             kid: kid.clone(),
             key: verified.key,
@@ -326,6 +327,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::config::Config;
     use crate::host::store::MemoryStore;
     use crate::keys::jwks::{self, KeySet};
     use crate::testkit;
@@ -421,20 +423,24 @@ mod tests {
         let store = MemoryStore::new();
         let claims = json!({"iss": "https://i", "sub": "robot", "aud": "a", "exp": now + 60});
         let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
-        let first = verify_cached(&config, keys().as_slice(), &store, &token, now, || true).unwrap();
+        let first = verify_cached(config.trust(), keys().as_slice(), &store, &token, now, || true).unwrap();
         assert_eq!(store.len(), 1, "a verified token is cached");
         // Another key published under the same kid: the cached verification was made
         // with a key the issuer no longer publishes, so it is not reused, and the full
         // check refuses the token.
         let replaced = keys_with_ec1_replaced();
-        let refused = verify_cached(&config, replaced.as_slice(), &store, &token, now, || true).unwrap_err();
+        let refused =
+            verify_cached(config.trust(), replaced.as_slice(), &store, &token, now, || true).unwrap_err();
         assert_eq!(refused.reason, crate::reason::Reason::DisallowedAlg, "ES256 against the new Ed25519 key");
         // The entry is still there, and still answers for the key that made it
         // without any crypto (the flood guard forbids it): proof the cache was used.
-        assert_eq!(verify_cached(&config, keys().as_slice(), &store, &token, now, || false).unwrap(), first);
+        assert_eq!(
+            verify_cached(config.trust(), keys().as_slice(), &store, &token, now, || false).unwrap(),
+            first
+        );
         // Expired: no longer answered from the cache, and the full check says why.
-        let late =
-            verify_cached(&config, keys().as_slice(), &store, &token, now + 3_600, || true).unwrap_err();
+        let late = verify_cached(config.trust(), keys().as_slice(), &store, &token, now + 3_600, || true)
+            .unwrap_err();
         assert_eq!(late.reason, crate::reason::Reason::Expired);
         // Another configuration does not reuse it.
         let other = Config::from_json(
@@ -444,21 +450,26 @@ mod tests {
             .as_bytes(),
         )
         .unwrap();
-        let refused = verify_cached(&other, keys().as_slice(), &store, &token, now, || true).unwrap_err();
+        let refused =
+            verify_cached(other.trust(), keys().as_slice(), &store, &token, now, || true).unwrap_err();
         assert_eq!(refused.reason, crate::reason::Reason::WrongAudience);
         // A blocked source still gets its cached verification, nothing else.
-        assert_eq!(verify_cached(&config, keys().as_slice(), &store, &token, now, || false).unwrap(), first);
+        assert_eq!(
+            verify_cached(config.trust(), keys().as_slice(), &store, &token, now, || false).unwrap(),
+            first
+        );
         let fresh = testkit::token(
             Alg::Es256,
             &json!({"alg": "ES256", "kid": "ec-1"}),
             &json!({"iss": "https://i", "sub": "other", "aud": "a", "exp": now + 60}),
         );
-        let blocked = verify_cached(&config, keys().as_slice(), &store, &fresh, now, || false).unwrap_err();
+        let blocked =
+            verify_cached(config.trust(), keys().as_slice(), &store, &fresh, now, || false).unwrap_err();
         assert_eq!(blocked.reason, crate::reason::Reason::TooManyFailures);
         // Failures are never cached.
         let before = store.len();
         let forged = format!("{}x", token.trim_end_matches(|c| c != '.'));
-        assert!(verify_cached(&config, keys().as_slice(), &store, &forged, now, || true).is_err());
+        assert!(verify_cached(config.trust(), keys().as_slice(), &store, &forged, now, || true).is_err());
         assert_eq!(store.len(), before);
     }
 
@@ -467,17 +478,20 @@ mod tests {
         let config = config();
         let keys = keys();
         let e = entry("t");
-        assert!(e.usable(&config, keys.as_slice(), 1_029));
-        assert!(!e.usable(&config, keys.as_slice(), 1_030), "expired past the skew");
+        assert!(e.usable(config.trust(), keys.as_slice(), 1_029));
+        assert!(!e.usable(config.trust(), keys.as_slice(), 1_030), "expired past the skew");
         let rotated = Entry { kid: "gone".into(), ..e.clone() };
-        assert!(!rotated.usable(&config, keys.as_slice(), 0), "signing key left the JWKS");
-        assert!(!e.usable(&config, keys_with_ec1_replaced().as_slice(), 0), "another key under the same kid");
+        assert!(!rotated.usable(config.trust(), keys.as_slice(), 0), "signing key left the JWKS");
+        assert!(
+            !e.usable(config.trust(), keys_with_ec1_replaced().as_slice(), 0),
+            "another key under the same kid"
+        );
         let other_material = Entry { key: [7; 32], ..e.clone() };
-        assert!(!other_material.usable(&config, keys.as_slice(), 0), "not the key that verified it");
+        assert!(!other_material.usable(config.trust(), keys.as_slice(), 0), "not the key that verified it");
         let none: Vec<Option<KeySet>> = vec![None];
-        assert!(!e.usable(&config, none.as_slice(), 0), "keys unavailable");
+        assert!(!e.usable(config.trust(), none.as_slice(), 0), "keys unavailable");
         let other_issuer = Entry { issuer: 7, ..e };
-        assert!(!other_issuer.usable(&config, keys.as_slice(), 0));
+        assert!(!other_issuer.usable(config.trust(), keys.as_slice(), 0));
     }
 
     #[test]
@@ -489,33 +503,49 @@ mod tests {
         let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
         let mut local = LocalCache::default();
         let store = MemoryStore::new();
-        let first = verify_and_remember(&config, keys().as_slice(), &store, &mut local, &token, now, || true)
-            .unwrap();
+        let first =
+            verify_and_remember(config.trust(), keys().as_slice(), &store, &mut local, &token, now, || true)
+                .unwrap();
         assert_eq!((local.len(), store.len()), (1, 1), "in both caches");
         // A second use needs neither shared data nor crypto: the local cache answers.
-        let again = local.get(&config, keys().as_slice(), &token, now).unwrap();
+        let again = local.get(config.trust(), keys().as_slice(), &token, now).unwrap();
         assert!(Rc::ptr_eq(&first, &again), "the same parsed verification");
         // Expired, or its key left the JWKS, or another configuration: not answered
         // locally, and the full check says why.
         let empty = MemoryStore::new();
-        assert!(local.get(&config, keys().as_slice(), &token, now + 3_600).is_none());
-        let late =
-            verify_and_remember(&config, keys().as_slice(), &empty, &mut local, &token, now + 3_600, || true);
+        assert!(local.get(config.trust(), keys().as_slice(), &token, now + 3_600).is_none());
+        let late = verify_and_remember(
+            config.trust(),
+            keys().as_slice(),
+            &empty,
+            &mut local,
+            &token,
+            now + 3_600,
+            || true,
+        );
         assert_eq!(late.unwrap_err().reason, Reason::Expired);
         let none: Vec<Option<KeySet>> = vec![None];
-        assert!(local.get(&config, none.as_slice(), &token, now).is_none());
+        assert!(local.get(config.trust(), none.as_slice(), &token, now).is_none());
         let unavailable =
-            verify_and_remember(&config, none.as_slice(), &empty, &mut local, &token, now, || true);
+            verify_and_remember(config.trust(), none.as_slice(), &empty, &mut local, &token, now, || true);
         assert_eq!(unavailable.unwrap_err().reason, Reason::KeysUnavailable);
         assert!(
-            local.get(&config, keys_with_ec1_replaced().as_slice(), &token, now).is_none(),
+            local.get(config.trust(), keys_with_ec1_replaced().as_slice(), &token, now).is_none(),
             "another key under the same kid"
         );
         let mut other = config.clone();
         other.fingerprint ^= 1;
-        assert!(local.get(&other, keys().as_slice(), &token, now).is_none());
-        assert!(verify_and_remember(&other, keys().as_slice(), &empty, &mut local, &token, now, || false)
-            .is_err());
+        assert!(local.get(other.trust(), keys().as_slice(), &token, now).is_none());
+        assert!(verify_and_remember(
+            other.trust(),
+            keys().as_slice(),
+            &empty,
+            &mut local,
+            &token,
+            now,
+            || false
+        )
+        .is_err());
     }
 
     #[test]
@@ -533,12 +563,12 @@ mod tests {
             claims: serde_json::Map::new(),
         });
         for i in 0..3 * LOCAL_CAPACITY {
-            local.insert(&config, &format!("token-{i}"), &verified);
+            local.insert(config.trust(), &format!("token-{i}"), &verified);
             assert!(local.len() <= LOCAL_CAPACITY);
         }
         // A verification without `kid` is never kept (its key could not be re-checked).
         let mut fresh = LocalCache::default();
-        fresh.insert(&config, "t", &Rc::new(Verified { kid: None, ..(*verified).clone() }));
+        fresh.insert(config.trust(), "t", &Rc::new(Verified { kid: None, ..(*verified).clone() }));
         assert!(fresh.is_empty());
     }
 }

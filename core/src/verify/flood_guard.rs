@@ -20,9 +20,9 @@ use std::net::IpAddr;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use crate::error::ConfigError;
+use crate::hash::fnv1a64;
 use crate::host::store::{Store, StoreError};
-use crate::keys::keyshare::fnv1a64;
 
 const VERSION: u8 = 1;
 const SLOT_LEN: usize = 1 + 8 + 8 + 4;
