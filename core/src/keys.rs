@@ -3,6 +3,7 @@
 //! ([`discovery`]), and how the workers of one proxy share them ([`keyshare`]).
 
 pub mod discovery;
+pub mod fetch;
 pub mod jwks;
 pub mod keyshare;
 pub mod refresh;

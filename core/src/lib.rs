@@ -27,6 +27,7 @@
 //! | [`quota`] | per-identity quotas (GCRA) in a bounded shared table |
 //! | [`observe`] | metric names and bounds, the decision record and log line |
 //! | [`config`] | the plugin configuration: parse, then compile into all of the above |
+//! | [`pipeline`] | one request, stage by stage, against any [`host::Host`] |
 
 pub mod error;
 pub mod b64;
@@ -45,6 +46,7 @@ pub mod policy;
 pub mod quota;
 pub mod observe;
 pub mod config;
+pub mod pipeline;
 
 #[cfg(test)]
 mod attack_suite;

@@ -136,7 +136,7 @@ impl ClientCertificate {
 /// Identities are read only with an `mtls` block.
 pub fn client_certificate(
     mtls: Option<&MtlsConfig>,
-    attribute: impl Fn(&str) -> Option<String>,
+    mut attribute: impl FnMut(&str) -> Option<String>,
 ) -> Option<ClientCertificate> {
     let digest = attribute(DIGEST_ATTRIBUTE).filter(|d| !d.is_empty())?;
     let identity = match mtls {

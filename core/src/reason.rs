@@ -145,15 +145,34 @@ pub struct Rejection {
     pub detail: String,
     /// The issuer (index into `Config::issuers`) the token was matched to, once known.
     pub issuer: Option<usize>,
+    /// What the verifier read of a token that parsed but failed a later check, so
+    /// that nothing downstream parses it again.
+    pub token: Option<SeenToken>,
+}
+
+/// What a strictly parsed (but refused) token said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeenToken {
+    /// Its `kid`, for the decision log.
+    pub kid: Option<String>,
+    /// Whether it names one of our issuers (its `iss`, or a `kid` one of them
+    /// publishes); `None` when its `iss` is not a string, which only a lenient
+    /// reading can judge.
+    pub ours: Option<bool>,
 }
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection { reason, detail: detail.into(), issuer: None }
+        Rejection { reason, detail: detail.into(), issuer: None, token: None }
     }
 
     pub fn for_issuer(mut self, issuer: usize) -> Self {
         self.issuer = Some(issuer);
+        self
+    }
+
+    pub fn seen(mut self, token: SeenToken) -> Self {
+        self.token = Some(token);
         self
     }
 }

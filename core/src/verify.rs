@@ -16,7 +16,7 @@ use crate::crypto::alg::Alg;
 use crate::keys::jwks::KeySet;
 pub use crate::keys::KeyLookup;
 use crate::profile::TokenFacts;
-use crate::reason::{Reason, Rejection};
+use crate::reason::{Reason, Rejection, SeenToken};
 use crate::token::jws::{self, ParseError, UnverifiedToken};
 use crate::verify::cache::TokenCache;
 use issuer::Issuer;
@@ -74,17 +74,10 @@ pub fn verify<K: KeyLookup + ?Sized>(
 ) -> Result<Verified, Rejection> {
     let token = jws::parse(raw, trust.max_token_bytes)
         .map_err(|e| Rejection::new(Reason::MalformedToken, parse_detail(&e)))?;
-
-    let alg: Alg = token
-        .header
-        .alg
-        .parse()
-        .map_err(|_| Rejection::new(Reason::DisallowedAlg, "algorithm not accepted"))?;
-    let kid = token.header.kid.as_deref();
-
-    let (index, issuer) = select_issuer(trust, keys, &token.claims, kid)?;
-    let checked =
-        verify_for_issuer(issuer, keys.key_set(index), &token, alg, now).map_err(|r| r.for_issuer(index))?;
+    // A token that parsed says what it is even when it fails: the refusal carries it,
+    // so the decision log and the human-route check never parse it again.
+    let verified = verify_parsed(trust, keys, &token, now).map_err(|r| r.seen(seen(trust, keys, &token)))?;
+    let (index, checked, alg) = verified;
     Ok(Verified {
         issuer: index,
         subject: checked.subject,
@@ -95,6 +88,38 @@ pub fn verify<K: KeyLookup + ?Sized>(
         expires_at: checked.expires_at,
         claims: token.claims,
     })
+}
+
+fn verify_parsed<K: KeyLookup + ?Sized>(
+    trust: Trust<'_>,
+    keys: &K,
+    token: &UnverifiedToken<'_>,
+    now: i64,
+) -> Result<(usize, CheckedClaims, Alg), Rejection> {
+    let alg: Alg = token
+        .header
+        .alg
+        .parse()
+        .map_err(|_| Rejection::new(Reason::DisallowedAlg, "algorithm not accepted"))?;
+    let kid = token.header.kid.as_deref();
+    let (index, issuer) = select_issuer(trust, keys, &token.claims, kid)?;
+    let checked =
+        verify_for_issuer(issuer, keys.key_set(index), token, alg, now).map_err(|r| r.for_issuer(index))?;
+    Ok((index, checked, alg))
+}
+
+/// What a parsed token said about itself (see [`SeenToken`]).
+fn seen<K: KeyLookup + ?Sized>(trust: Trust<'_>, keys: &K, token: &UnverifiedToken<'_>) -> SeenToken {
+    let kid = token.header.kid.as_deref();
+    let kid_ours = kid.is_some_and(|kid| {
+        (0..trust.issuers.len()).any(|i| keys.key_set(i).is_some_and(|s| s.by_kid(kid).is_some()))
+    });
+    let ours = match token.claims.get("iss") {
+        Some(Value::String(iss)) => Some(kid_ours || trust.issuer_by_iss(iss).is_some()),
+        None => Some(kid_ours),
+        Some(_) => None,
+    };
+    SeenToken { kid: token.header.kid.clone(), ours }
 }
 
 /// Everything after issuer selection: algorithm, `typ`, key, claims and the

@@ -15,6 +15,9 @@ use proxy_wasm::types::LogLevel;
 use nhi_guard_core::host::capabilities::Probed;
 use nhi_guard_core::host::header_map::{self, HeaderMap};
 use nhi_guard_core::host::store::{Store, StoreError, Versioned};
+pub use nhi_guard_core::host::HostError;
+use nhi_guard_core::host::{Host, MetricKind};
+use nhi_guard_core::keys::fetch::Response;
 use nhi_guard_core::reason::LocalReply;
 
 mod abi {
@@ -107,27 +110,6 @@ mod abi {
     pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
     pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
     pub const STREAM_HTTP_REQUEST: u32 = 0;
-}
-
-/// A host call failed with this ABI status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostError(pub u32);
-
-impl std::fmt::Display for HostError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let name = match self.0 {
-            1 => "NotFound",
-            2 => "BadArgument",
-            3 => "SerializationFailure",
-            4 => "ParseFailure",
-            7 => "Empty",
-            8 => "CasMismatch",
-            10 => "InternalFailure",
-            12 => "Unimplemented",
-            _ => "unknown status",
-        };
-        write!(f, "{name} ({})", self.0)
-    }
 }
 
 fn check(status: u32) -> Result<(), HostError> {
@@ -254,12 +236,6 @@ pub fn request_headers() -> Result<HeaderMap, HostError> {
     }
 }
 
-// Only the fault-injection build reads a single header; requests read them all at once.
-#[cfg_attr(not(feature = "fault-injection"), allow(dead_code))]
-pub fn request_header(name: &str) -> Result<Option<String>, HostError> {
-    map_value(abi::MAP_REQUEST_HEADERS, name)
-}
-
 /// Replaces every value of `name` with `value` (one header line).
 pub fn set_request_header(name: &str, value: &str) -> Result<(), HostError> {
     // SAFETY: name and value are valid for reads of their lengths.
@@ -337,16 +313,16 @@ pub fn http_get(cluster: &str, authority: &str, path: &str, timeout: Duration) -
 
 /// Status code and (at most `max_body` bytes of) body of the current callout response.
 /// A body over the limit is reported as `Err(actual size)` without being copied.
-pub fn http_call_response(body_size: usize, max_body: usize) -> (Option<u16>, Result<Vec<u8>, usize>) {
+pub fn http_call_response(body_size: usize, max_body: usize) -> Response {
     let status = map_value(abi::MAP_HTTP_CALL_RESPONSE_HEADERS, ":status")
         .ok()
         .flatten()
         .and_then(|s| s.parse::<u16>().ok());
     if body_size > max_body {
-        return (status, Err(body_size));
+        return Response { status, body: Err(body_size) };
     }
     let body = buffer(abi::BUFFER_HTTP_CALL_RESPONSE_BODY, body_size).ok().flatten().unwrap_or_default();
-    (status, Ok(body))
+    Response { status, body: Ok(body) }
 }
 
 /// Shared data, as the [`Store`] the core expects.
@@ -396,17 +372,6 @@ pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     unsafe { owned_buffer(data, size) }
 }
 
-/// The downstream address: Envoy's `source.address` (`ip:port`), or nginx's
-/// `remote_addr` variable (`ip`) on APISIX.
-pub fn source_address() -> Option<String> {
-    property_string(&["source", "address"]).or_else(|| property_string(&["remote_addr"]))
-}
-
-/// A property as UTF-8 text.
-pub fn property_string(path: &[&str]) -> Option<String> {
-    property(path).and_then(|bytes| String::from_utf8(bytes).ok())
-}
-
 /// Sets a stream property of the effective request; in Envoy it becomes filter
 /// state `wasm.<name>`, which access logs print with `%FILTER_STATE(wasm.<name>:PLAIN)%`.
 pub fn set_property(name: &str, value: &[u8]) -> Result<(), HostError> {
@@ -416,10 +381,10 @@ pub fn set_property(name: &str, value: &[u8]) -> Result<(), HostError> {
 
 /// Defines (or finds) the metric `name` of `metric_type` (0 counter, 1 gauge,
 /// 2 histogram) in this VM; returns its id. Hosts without metrics fail this.
-pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, HostError> {
+pub fn define_metric(metric_type: MetricKind, name: &str) -> Result<u32, HostError> {
     let mut id: u32 = 0;
     // SAFETY: name is valid for reads of its length; `id` is a valid out-pointer.
-    check(unsafe { abi::proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) })?;
+    check(unsafe { abi::proxy_define_metric(metric_type as u32, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
 }
 
@@ -433,4 +398,54 @@ pub fn increment_metric(id: u32, offset: i64) -> Result<(), HostError> {
 pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
     // SAFETY: plain value arguments.
     check(unsafe { abi::proxy_record_metric(id, value) })
+}
+
+/// The proxy-wasm host as the core's [`Host`]: every call acts on the effective
+/// context (the request being decided).
+pub struct ProxyHost;
+
+impl Host for ProxyHost {
+    fn now_ns(&mut self) -> u64 {
+        now_ns()
+    }
+
+    fn request_headers(&mut self) -> Result<HeaderMap, HostError> {
+        request_headers()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        set_request_header(name, value)
+    }
+
+    fn remove_request_header(&mut self, name: &[u8]) -> Result<(), HostError> {
+        remove_request_header(name)
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        set_response_header(name, value)
+    }
+
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        property(path)
+    }
+
+    fn set_property(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        set_property(name, value)
+    }
+
+    fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), HostError> {
+        send_local_reply(reply)
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        define_metric(kind, name)
+    }
+
+    fn increment_metric(&mut self, id: u32, offset: i64) -> Result<(), HostError> {
+        increment_metric(id, offset)
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {
+        record_metric(id, value)
+    }
 }

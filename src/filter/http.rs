@@ -1,6 +1,7 @@
-//! The HTTP context: one per request. Strips forged identity headers, reads the
-//! request, and runs the pipeline; a request waiting for keys is parked with the
-//! VM and finished by the root context.
+//! The HTTP context: one per request. It runs the core's pipeline against the
+//! proxy-wasm host; a request waiting for keys is parked with the VM and finished
+//! by the root context (or, where keys are fetched on request, by this context's
+//! own callout).
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -9,15 +10,27 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use nhi_guard_core::host::capabilities::KeyFetch;
-use nhi_guard_core::host::header_map;
-use nhi_guard_core::policy::{self, RequestInfo};
-use nhi_guard_core::token::source::Extracted;
+use nhi_guard_core::keys::fetch::{self, Next};
+use nhi_guard_core::pipeline::{self, record, Request, Step, Vm, Waiter};
 
-use super::host;
-use super::observe;
-use super::on_request::{self, Pending, Purpose};
-use super::pipeline::{self, Presented, Request, Step, Waiter};
-use super::root::Vm;
+use super::host::{self, ProxyHost};
+use super::root;
+
+/// What the request does once its key callout is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// It had no usable keys: decide it now.
+    Decide,
+    /// It was allowed with keys due for refresh: let it go on.
+    Refresh,
+}
+
+/// A key callout this request made (keys fetched on request).
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    token: u32,
+    purpose: Purpose,
+}
 
 pub struct Http {
     vm: Rc<Vm>,
@@ -31,78 +44,16 @@ pub struct Http {
 
 impl Http {
     pub fn new(vm: Rc<Vm>, context_id: u32) -> Self {
-        Http {
-            vm,
-            request: Rc::new(RefCell::new(Request { context_id, ..Request::default() })),
-            fetch: None,
-            logged: false,
-        }
+        Http { vm, request: Rc::new(RefCell::new(Request::new(context_id))), fetch: None, logged: false }
     }
 
     fn start(&mut self) -> Action {
         let vm = Rc::clone(&self.vm);
         let shared_request = Rc::clone(&self.request);
-        let mut request = shared_request.borrow_mut();
-        // One clock read and one header read per request: host calls are most of
-        // what a cached token costs (see "Fast paths" in the README).
-        let now_ns = host::now_ns();
-        let now = now_ns / 1_000_000;
-        request.observed.started_ns = Some(now_ns);
-        let headers = match host::request_headers() {
-            Ok(headers) => headers,
-            Err(err) => {
-                pipeline::refuse(&vm, &request, &pipeline::internal(err));
-                observe::decided(&vm, &mut request, true);
-                return Action::Pause;
-            }
-        };
-        if let Err(err) = pipeline::strip_managed_headers(&vm, &headers) {
-            pipeline::refuse(&vm, &request, &pipeline::internal(err));
-            observe::decided(&vm, &mut request, true);
-            return Action::Pause;
-        }
-        let config = &vm.config;
-        // Path and host as Envoy routed on them: bytes that are not UTF-8 are escaped,
-        // never dropped (an empty path would match another route than Envoy's).
-        let text = |name: &str| headers.get(name).map(|v| header_map::text_or_escaped(v).into_owned());
-        // Only for the log: a request id that is not text is as good as none.
-        request.request_id = headers.utf8("x-request-id").map(str::to_owned);
-        request.info = RequestInfo {
-            path: text(":path").unwrap_or_default(),
-            // APISIX gives no `:authority`, only `host`.
-            host: text(":authority").or_else(|| text("host")),
-            method: text(":method").unwrap_or_default(),
-            route_name: if config.routes.read_route_name() {
-                host::property_string(&["xds", "route_name"])
-            } else {
-                None
-            },
-            source: None,
-            // Without an `mtls` block the certificate matters only to a token bound
-            // to one (`cnf`): the pipeline reads it then.
-            client_certificate: match &config.mtls {
-                Some(mtls) => {
-                    nhi_guard_core::mtls::client_certificate(Some(mtls), pipeline::connection_property)
-                }
-                None => None,
-            },
-        };
-        // The source address is read only if the matched route decides on it; the
-        // flood guard and the decision log read it when they need it.
-        if config.routes.needs_source(&request.info) {
-            let source = host::source_address();
-            request.info.source = source.as_deref().and_then(policy::parse_source_address);
-            request.observed.source = source;
-        }
-        request.credential = match config.token.extract(headers.get(&config.token.header)) {
-            Extracted::Absent => Presented::Nothing,
-            Extracted::Token(raw) => Presented::Bearer(raw.to_owned()),
-            Extracted::Unreadable { value, undecodable } => {
-                Presented::Unreadable { value: value.to_vec(), undecodable }
-            }
-        };
-        let step = pipeline::run(&vm, &mut request, now);
+        let Ok(mut request) = shared_request.try_borrow_mut() else { return Action::Pause };
+        let step = pipeline::start(&vm, &mut ProxyHost, &mut request);
         if vm.plan.key_fetch == KeyFetch::OnRequest {
+            let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
             return self.fetching_on_request(&vm, &mut request, step, now);
         }
         match step {
@@ -124,22 +75,23 @@ impl Http {
     /// (or, with a fetch already in flight, is decided without them); an allowed
     /// request whose keys are due refreshes them before it goes on.
     fn fetching_on_request(&mut self, vm: &Vm, request: &mut Request, step: Step, now: u64) -> Action {
-        let context_id = request.context_id;
         match step {
             Step::Wait { issuer, .. } => {
-                if let Some(pending) = on_request::start(vm, issuer, context_id, Purpose::Decide, now) {
+                if let Some(pending) = fetch_keys(vm, issuer, Purpose::Decide, now) {
                     self.fetch = Some(pending);
                     return Action::Pause;
                 }
                 request.waited = true;
-                match pipeline::run(vm, request, now) {
+                match pipeline::run(vm, &mut ProxyHost, request, now) {
                     Step::Continue => Action::Continue,
                     Step::Replied | Step::Wait { .. } => Action::Pause,
                 }
             }
             Step::Continue => {
-                let due = request.verified_issuer.filter(|&i| on_request::refresh_due(vm, i, now));
-                match due.and_then(|i| on_request::start(vm, i, context_id, Purpose::Refresh, now)) {
+                let due = request
+                    .verified_issuer
+                    .filter(|&i| vm.keys.try_borrow().is_ok_and(|keys| fetch::refresh_due(&keys, i, now)));
+                match due.and_then(|i| fetch_keys(vm, i, Purpose::Refresh, now)) {
                     Some(pending) => {
                         self.fetch = Some(pending);
                         Action::Pause
@@ -150,28 +102,52 @@ impl Http {
             Step::Replied => Action::Pause,
         }
     }
-}
 
-impl Drop for Http {
-    fn drop(&mut self) {
-        if let Some(pending) = self.fetch.take() {
-            on_request::abandon(&self.vm, &pending);
-        }
-        // A request that ends (e.g. the client went away) while parked is forgotten.
-        let id = self.request.try_borrow().map(|r| r.context_id).ok();
-        if let (Some(id), Ok(mut waiters)) = (id, self.vm.waiters.try_borrow_mut()) {
-            waiters.retain(|w| w.context_id != id);
-        }
-    }
-}
-
-impl Http {
     fn log_decision(&mut self) {
         if std::mem::replace(&mut self.logged, true) {
             return;
         }
         if let Ok(mut request) = self.request.try_borrow_mut() {
-            observe::logged(&self.vm, &mut request);
+            pipeline::finish(&self.vm, &mut ProxyHost, &mut request);
+        }
+    }
+}
+
+/// Starts fetching `issuer`'s keys from the current request, unless the fetch
+/// machine says a fetch is in flight or backing off.
+fn fetch_keys(vm: &Vm, issuer: usize, purpose: Purpose, now: u64) -> Option<Pending> {
+    let callout = vm.fetcher.try_borrow_mut().ok()?.on_request(&vm.config.issuers, issuer, now)?;
+    let result = root::dispatch(&callout);
+    let token = result.as_ref().ok().copied();
+    let done = {
+        let keys = vm.keys.try_borrow().ok()?;
+        vm.fetcher.try_borrow_mut().ok()?.dispatched(
+            &vm.config.issuers,
+            callout.ticket,
+            result,
+            &keys,
+            vm.store.as_ref(),
+            now,
+            root::jitter(),
+        )
+    };
+    if let Some(done) = done {
+        record::jwks_fetched(vm, &mut ProxyHost, done.issuer, done.success);
+    }
+    token.map(|token| Pending { token, purpose })
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        if let Some(pending) = self.fetch.take() {
+            if let Ok(mut fetcher) = self.vm.fetcher.try_borrow_mut() {
+                fetcher.abandoned(pending.token);
+            }
+        }
+        // A request that ends (e.g. the client went away) while parked is forgotten.
+        let id = self.request.try_borrow().map(|r| r.context_id).ok();
+        if let (Some(id), Ok(mut waiters)) = (id, self.vm.waiters.try_borrow_mut()) {
+            waiters.retain(|w| w.context_id != id);
         }
     }
 }
@@ -188,13 +164,15 @@ impl Context for Http {
         let Some(pending) = self.fetch.take_if(|p| p.token == token_id) else { return };
         let vm = Rc::clone(&self.vm);
         let now = host::now_ms();
-        on_request::finish(&vm, &pending, body_size, now);
+        if let Some(Next::Done(done)) = root::answered(&vm, token_id, body_size, now) {
+            record::jwks_fetched(&vm, &mut ProxyHost, done.issuer, done.success);
+        }
         let go_on = match pending.purpose {
             Purpose::Refresh => true,
             Purpose::Decide => {
                 let Ok(mut request) = self.request.try_borrow_mut() else { return };
                 request.waited = true;
-                pipeline::run(&vm, &mut request, now) == Step::Continue
+                pipeline::run(&vm, &mut ProxyHost, &mut request, now) == Step::Continue
             }
         };
         if go_on {
@@ -212,11 +190,7 @@ impl HttpContext for Http {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Ok(request) = self.request.try_borrow() {
-            for (name, value) in &request.response_headers {
-                if let Err(err) = host::set_response_header(name, value) {
-                    log::warn!("cannot set response header {name}: {err}");
-                }
-            }
+            pipeline::respond(&mut ProxyHost, &request);
         }
         Action::Continue
     }

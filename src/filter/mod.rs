@@ -1,14 +1,10 @@
-//! proxy-wasm glue: reads the host, calls the core, acts on its verdict.
-//!
-//! Every host call goes through [`host`], which turns host statuses into
-//! `Result`s the contexts handle; nothing here may panic (a panic kills the VM
-//! and, with it, every request on that worker).
+//! proxy-wasm glue: the contexts the host calls, and [`host`], the proxy-wasm ABI
+//! behind the core's `Host` trait. The request pipeline itself is the core's
+//! (`nhi_guard_core::pipeline`); nothing here decides anything, and nothing here may
+//! panic (a panic kills the VM and, with it, every request on that worker).
 
 mod host;
 mod http;
-mod observe;
-mod on_request;
-mod pipeline;
 mod root;
 
 use proxy_wasm::types::LogLevel;

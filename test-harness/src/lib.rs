@@ -17,6 +17,7 @@ pub mod istio;
 pub mod jwks_server;
 pub mod keys;
 pub mod mint;
+pub mod native;
 pub mod oci;
 pub mod process;
 pub mod rls;

@@ -38,6 +38,17 @@ pub trait Store {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError>;
 }
 
+/// A store shared by owners (e.g. a test that keeps a handle on a VM's store).
+impl<T: Store + ?Sized> Store for std::rc::Rc<T> {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        (**self).get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        (**self).set(key, value, cas)
+    }
+}
+
 /// An in-memory [`Store`] with exactly the host's semantics, including the
 /// surprising ones (a write with a CAS token to a missing key succeeds).
 ///

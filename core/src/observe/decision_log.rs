@@ -26,7 +26,6 @@ use crate::observe::metrics::Outcome;
 use crate::policy::{ClientClass, Decision, Verdict};
 use crate::quota::{QuotaOutcome, Tracking};
 use crate::reason::{Reason, Rejection};
-use crate::token::jws;
 use crate::verify::Verified;
 
 /// `event` of every decision line: what to filter Envoy's log on.
@@ -125,13 +124,11 @@ pub struct Record {
 }
 
 impl Record {
-    /// After verification: `raw` is the token (only read for its `kid` when it
-    /// failed), `result` what the verifier said, `elapsed_ns` how long it took (`None`
-    /// when the worker's own cache answered: no verification was done).
+    /// After verification: `result` what the verifier said (a refused token's `kid`
+    /// comes with the refusal), `elapsed_ns` how long it took (`None` when the
+    /// worker's own cache answered: no verification was done).
     pub fn note_verification(
         &mut self,
-        raw: Option<&str>,
-        max_token_bytes: usize,
         result: Option<Result<&Verified, &Rejection>>,
         elapsed_ns: Option<u64>,
     ) {
@@ -151,9 +148,7 @@ impl Record {
             }
             Some(Err(rejection)) => {
                 self.issuer = rejection.issuer;
-                self.kid = raw
-                    .and_then(|raw| jws::parse(raw, max_token_bytes).ok())
-                    .and_then(|t| t.header.kid.as_deref().map(cut_kid));
+                self.kid = rejection.token.as_ref().and_then(|t| t.kid.as_deref()).map(cut_kid);
             }
         }
     }
@@ -409,7 +404,7 @@ mod tests {
             source: Some("10.0.0.1:5000".into()),
             ..Record::default()
         };
-        r.note_verification(Some("x.y.z"), 8192, Some(Ok(&verified("robot"))), Some(42_000));
+        r.note_verification(Some(Ok(&verified("robot"))), Some(42_000));
         r.note_verdict(&verdict(Decision::Allow, false));
         let d = r.finish(false).unwrap();
         assert_eq!(
@@ -443,14 +438,11 @@ mod tests {
 
     #[test]
     fn a_rejected_token_has_no_identity_but_its_kid() {
-        let token = format!(
-            "{}.{}.c2ln",
-            crate::testkit::b64(json!({"alg": "ES256", "kid": "k".repeat(300)}).to_string()),
-            crate::testkit::b64(json!({"sub": "claimed"}).to_string())
-        );
         let mut r = Record::default();
-        let rejection = Rejection::new(Reason::Expired, "expired").for_issuer(0);
-        r.note_verification(Some(&token), 8192, Some(Err(&rejection)), Some(1_000));
+        // What the verifier saw of the refused token comes with the refusal.
+        let seen = crate::reason::SeenToken { kid: Some("k".repeat(300)), ours: Some(true) };
+        let rejection = Rejection::new(Reason::Expired, "expired").for_issuer(0).seen(seen);
+        r.note_verification(Some(Err(&rejection)), Some(1_000));
         r.note_verdict(&Verdict {
             route: None,
             client_class: ClientClass::Human,
@@ -472,7 +464,7 @@ mod tests {
     #[test]
     fn shadow_refusals_are_allowed_with_a_shadow_reason() {
         let mut r = Record::default();
-        r.note_verification(Some("t"), 8192, Some(Ok(&verified("robot"))), Some(0));
+        r.note_verification(Some(Ok(&verified("robot"))), Some(0));
         r.note_verdict(&verdict(deny(RouteDenial::NotAllowed), true));
         let d = r.finish(false).unwrap();
         assert_eq!(d.outcome, Outcome::Allowed);

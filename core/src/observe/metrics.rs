@@ -103,13 +103,8 @@ pub fn compile(raw: Option<RawMetrics>, at: &str) -> Result<MetricsConfig, Confi
     Ok(MetricsConfig { enabled: raw.enabled.unwrap_or(true), max_identities })
 }
 
-/// A proxy-wasm metric type (the ABI's numbering).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Counter = 0,
-    Gauge = 1,
-    Histogram = 2,
-}
+/// What kind of metric a family is (the host's own kinds).
+pub use crate::host::MetricKind as Kind;
 
 /// One label key; the `nhi_` prefix keeps them apart from Envoy's own tags.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

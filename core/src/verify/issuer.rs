@@ -81,3 +81,25 @@ impl CertificatePolicy {
         .find_map(|(set, name)| set.then_some(name))
     }
 }
+
+impl crate::keys::fetch::FetchedIssuer for Issuer {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn iss(&self) -> &str {
+        &self.issuer
+    }
+
+    fn jwks(&self) -> &JwksSource {
+        &self.jwks
+    }
+
+    fn key_use(&self) -> KeyUse {
+        Issuer::key_use(self)
+    }
+
+    fn fetch_timeout_ms(&self) -> Option<u64> {
+        Issuer::fetch_timeout_ms(self)
+    }
+}

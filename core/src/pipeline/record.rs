@@ -1,6 +1,6 @@
-//! Observability glue: metrics through the host, filter state for Envoy's access
-//! log, and the decision-log line. What is counted under which name, and what a line
-//! says, is decided in the pure [`nhi_guard_core::observe::metrics`] and [`nhi_guard_core::observe::decision_log`].
+//! Stage 6, record: metrics through the host, filter state for Envoy's access log,
+//! and the decision-log line. What is counted under which name, and what a line
+//! says, is decided in [`crate::observe`].
 //!
 //! Every host call here is best effort: a host without metrics (or without
 //! `set_property`) disables that part for the VM after the first failure, with one
@@ -12,18 +12,17 @@ use std::hash::BuildHasher;
 
 use log::{info, warn};
 
-use nhi_guard_core::config::{Config, JwksSource};
-use nhi_guard_core::hash::seeded::Seeded;
-use nhi_guard_core::host::store::Store;
-use nhi_guard_core::observe::decision_log::{sample_key, LineContext, Record};
-use nhi_guard_core::observe::metrics::{
-    Family, IdentityBound, Outcome, Series, NO_ISSUER, NO_ROUTE, UNKNOWN_ISSUER,
+use crate::config::{Config, JwksSource};
+use crate::hash::seeded::Seeded;
+use crate::host::store::Store;
+use crate::host::{self, Host};
+use crate::observe::decision_log::{sample_key, LineContext, Record};
+use crate::observe::metrics::{
+    Family, IdentityBound, IdentityLabel, Outcome, Series, NO_ISSUER, NO_ROUTE, UNKNOWN_ISSUER,
 };
-use nhi_guard_core::reason::Reason;
+use crate::reason::Reason;
 
-use super::host;
-use super::pipeline::Request;
-use super::root::Vm;
+use super::{Request, Vm};
 
 /// Result label of a JWKS fetch.
 pub const FETCH_SUCCESS: &str = "success";
@@ -45,8 +44,9 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// Prepares the shared identity list and defines the series that must exist
-    /// before anything happens (so that `rate()` sees their first increment).
+    /// Prepares the shared identity list. The series that must exist before anything
+    /// happens (so that `rate()` sees their first increment) are defined by
+    /// [`Observer::define_initial`], once a host is at hand.
     pub fn new(config: &Config, store: &dyn Store, now_ms: u64) -> Observer {
         let observer = Observer {
             metrics: Cell::new(config.metrics.enabled),
@@ -56,29 +56,34 @@ impl Observer {
             started_ms: now_ms,
             sequence: Cell::new(now_ms),
         };
-        if !observer.metrics.get() {
-            return observer;
-        }
-        if let Err(err) = IdentityBound::prepare(store) {
-            warn!("cannot prepare the shared identity list ({err}); identities may be labelled per worker");
-        }
-        for issuer in &config.issuers {
-            if let JwksSource::Remote(_) = issuer.jwks {
-                for result in [FETCH_SUCCESS, FETCH_FAILURE] {
-                    observer.id(Family::JwksFetches, &[&issuer.name, result]);
-                }
-            }
-        }
-        if let Some(quotas) = &config.quotas {
-            for policy in quotas.policies() {
-                observer.id(Family::QuotaOverflow, &[policy.name()]);
+        if observer.metrics.get() {
+            if let Err(err) = IdentityBound::prepare(store) {
+                warn!(
+                    "cannot prepare the shared identity list ({err}); identities may be labelled per worker"
+                );
             }
         }
         observer
     }
 
+    /// Defines the JWKS fetch and quota overflow series at zero.
+    pub fn define_initial(&self, config: &Config, host: &mut dyn Host) {
+        for issuer in &config.issuers {
+            if let JwksSource::Remote(_) = issuer.jwks {
+                for result in [FETCH_SUCCESS, FETCH_FAILURE] {
+                    self.id(host, Family::JwksFetches, &[&issuer.name, result]);
+                }
+            }
+        }
+        if let Some(quotas) = &config.quotas {
+            for policy in quotas.policies() {
+                self.id(host, Family::QuotaOverflow, &[policy.name()]);
+            }
+        }
+    }
+
     /// The id of a series in this VM, defined on first use.
-    fn id(&self, family: Family, values: &[&str]) -> Option<u32> {
+    fn id(&self, host: &mut dyn Host, family: Family, values: &[&str]) -> Option<u32> {
         if !self.metrics.get() {
             return None;
         }
@@ -86,7 +91,7 @@ impl Observer {
             return Some(id);
         }
         let series = Series::new(family, values);
-        match host::define_metric(series.kind as u32, &series.name) {
+        match host.define_metric(series.kind, &series.name) {
             Ok(id) => {
                 self.ids.try_borrow_mut().ok()?.insert(family, values, id);
                 Some(id)
@@ -99,23 +104,23 @@ impl Observer {
         }
     }
 
-    fn increment(&self, family: Family, values: &[&str]) {
-        if let Some(id) = self.id(family, values) {
-            let _ = host::increment_metric(id, 1);
+    fn increment(&self, host: &mut dyn Host, family: Family, values: &[&str]) {
+        if let Some(id) = self.id(host, family, values) {
+            let _ = host.increment_metric(id, 1);
         }
     }
 
-    fn record(&self, family: Family, values: &[&str], value: u64) {
-        if let Some(id) = self.id(family, values) {
-            let _ = host::record_metric(id, value);
+    fn record(&self, host: &mut dyn Host, family: Family, values: &[&str], value: u64) {
+        if let Some(id) = self.id(host, family, values) {
+            let _ = host.record_metric(id, value);
         }
     }
 
-    fn publish(&self, name: &str, value: &str) {
+    fn publish(&self, host: &mut dyn Host, name: &str, value: &str) {
         if !self.filter_state.get() {
             return;
         }
-        if let Err(err) = host::set_property(name, value.as_bytes()) {
+        if let Err(err) = host.set_property(name, value.as_bytes()) {
             self.filter_state.set(false);
             info!("the host refuses set_property ({err}); no nhi-guard filter state for access logs");
         }
@@ -168,7 +173,7 @@ fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
 
 /// The request was forwarded (`replied == false`) or answered: counts it and
 /// publishes the decision as filter state. Does nothing the second time.
-pub fn decided(vm: &Vm, request: &mut Request, replied: bool) {
+pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: bool) {
     let Some(decided) = request.observed.finish(replied) else { return };
     let config = &vm.config;
     let observer = &vm.observer;
@@ -176,52 +181,51 @@ pub fn decided(vm: &Vm, request: &mut Request, replied: bool) {
     let issuer = issuer_label(config, record);
     let route = record.route.as_deref().unwrap_or(NO_ROUTE);
 
-    observer.increment(Family::Requests, &[issuer, route, decided.outcome.as_str(), decided.reason]);
+    observer.increment(host, Family::Requests, &[issuer, route, decided.outcome.as_str(), decided.reason]);
     if let Some(shadow_reason) = decided.shadow_reason {
-        observer.increment(Family::ShadowDenials, &[issuer, route, shadow_reason]);
+        observer.increment(host, Family::ShadowDenials, &[issuer, route, shadow_reason]);
     }
     if let (Some(identity), true) = (&record.identity, observer.metrics.get()) {
         let label = match observer.identities.try_borrow_mut() {
             Ok(mut bound) => bound.label(vm.store.as_ref(), issuer, identity),
-            Err(_) => nhi_guard_core::observe::metrics::IdentityLabel::Other,
+            Err(_) => IdentityLabel::Other,
         };
         let label = label.as_str();
-        observer.increment(Family::IdentityRequests, &[issuer, label]);
+        observer.increment(host, Family::IdentityRequests, &[issuer, label]);
         if decided.outcome == Outcome::Denied {
-            observer.increment(Family::IdentityDenials, &[issuer, label, decided.reason]);
+            observer.increment(host, Family::IdentityDenials, &[issuer, label, decided.reason]);
         }
         if let Some(quota) = &record.quota {
             if decided.reason == Reason::QuotaExceeded.code() {
-                observer.increment(Family::QuotaRejections, &[issuer, label, &quota.policy]);
+                observer.increment(host, Family::QuotaRejections, &[issuer, label, &quota.policy]);
             }
         }
     }
     if let Some(quota) = record.quota.as_ref().filter(|q| q.overflow) {
-        observer.increment(Family::QuotaOverflow, &[&quota.policy]);
+        observer.increment(host, Family::QuotaOverflow, &[&quota.policy]);
     }
     if let Some(ns) = record.verify_ns {
-        observer.record(Family::VerificationDuration, &[issuer], ns / 1_000);
+        observer.record(host, Family::VerificationDuration, &[issuer], ns / 1_000);
     }
 
-    observer.publish("nhi_decision", decided.outcome.as_str());
-    observer.publish("nhi_reason", decided.reason);
+    observer.publish(host, "nhi_decision", decided.outcome.as_str());
+    observer.publish(host, "nhi_reason", decided.reason);
     if let Some(class) = record.client_class {
-        observer.publish("nhi_client", class.as_str());
+        observer.publish(host, "nhi_client", class.as_str());
     }
-    let issuer = issuer_label(config, record);
     if issuer != NO_ISSUER && issuer != UNKNOWN_ISSUER {
-        observer.publish("nhi_issuer", issuer);
+        observer.publish(host, "nhi_issuer", issuer);
     }
     if let Some(identity) = &record.identity {
-        observer.publish("nhi_identity", identity);
+        observer.publish(host, "nhi_identity", identity);
     }
     if let Some(route) = &record.route {
-        observer.publish("nhi_route", route);
+        observer.publish(host, "nhi_route", route);
     }
 }
 
 /// The end of the stream: writes the decision line if this request gets one.
-pub fn logged(vm: &Vm, request: &mut Request) {
+pub fn logged(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
     let sequence = vm.observer.sequence.get().wrapping_add(1);
     vm.observer.sequence.set(sequence);
     let key = sample_key(request.request_id.as_deref(), sequence);
@@ -230,15 +234,16 @@ pub fn logged(vm: &Vm, request: &mut Request) {
     }
     if request.observed.source.is_none() {
         // Not read for the decision: read now, for the line.
-        request.observed.source = host::source_address();
+        request.observed.source = host::source_address(host);
     }
     let record = &request.observed;
-    let now_ns = host::now_ns();
+    let now_ns = host.now_ns();
     // Envoy: `response.code`, an 8-byte integer; nginx (APISIX): `$status`, text.
-    let status = host::property(&["response", "code"])
+    let status = host
+        .property(&["response", "code"])
         .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
         .and_then(|bytes| u16::try_from(i64::from_le_bytes(bytes)).ok())
-        .or_else(|| host::property_string(&["status"]).and_then(|text| text.trim().parse().ok()))
+        .or_else(|| host::property_text(host, &["status"]).and_then(|text| text.trim().parse().ok()))
         .filter(|status| *status > 0);
     let line = record.line(&LineContext {
         now_ms: now_ns / 1_000_000,
@@ -251,16 +256,16 @@ pub fn logged(vm: &Vm, request: &mut Request) {
 }
 
 /// A JWKS fetch of issuer `index` ended (or could not start).
-pub fn jwks_fetched(vm: &Vm, index: usize, success: bool) {
+pub fn jwks_fetched(vm: &Vm, host: &mut dyn Host, index: usize, success: bool) {
     if let Some(issuer) = vm.config.issuers.get(index) {
         let result = if success { FETCH_SUCCESS } else { FETCH_FAILURE };
-        vm.observer.increment(Family::JwksFetches, &[&issuer.name, result]);
+        vm.observer.increment(host, Family::JwksFetches, &[&issuer.name, result]);
     }
 }
 
 /// On every tick: keys loaded and seconds since the last successful fetch, per
 /// fetched issuer. Every VM sets the same values (they read one shared record).
-pub fn jwks_gauges(vm: &Vm, now_ms: u64) {
+pub fn jwks_gauges(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
     if !vm.observer.metrics.get() {
         return;
     }
@@ -271,7 +276,7 @@ pub fn jwks_gauges(vm: &Vm, now_ms: u64) {
         }
         let loaded = local.set.as_ref().map_or(0, |set| set.len() as u64);
         let since = local.fetched_at_ms.unwrap_or(vm.observer.started_ms);
-        vm.observer.record(Family::JwksKeys, &[&issuer.name], loaded);
-        vm.observer.record(Family::JwksAge, &[&issuer.name], now_ms.saturating_sub(since) / 1_000);
+        vm.observer.record(host, Family::JwksKeys, &[&issuer.name], loaded);
+        vm.observer.record(host, Family::JwksAge, &[&issuer.name], now_ms.saturating_sub(since) / 1_000);
     }
 }

@@ -1,0 +1,249 @@
+//! The request pipeline: what happens to one request, stage by stage, against any
+//! [`Host`].
+//!
+//! ```text
+//! extract ─► verify ─► (await keys) ─► authorize ─► quota ─► forward ─► record
+//!   │          │                          │           │          │
+//!   │          │                          └───────────┴──► reply ┘
+//!   └──────────┴─ a failed host call the decision depends on: 500 internal_error
+//! ```
+//!
+//! - [`extract`]: one clock read and one header-map read; client copies of every
+//!   managed header removed; path, host, method, route name, certificate and the
+//!   credential header taken out of the request.
+//! - [`verify`]: the worker's token cache, else the shared cache, else full
+//!   verification (behind the flood guard); the token's binding to the client
+//!   certificate; how long it took.
+//! - await keys: a token refused only because its issuer's keys are not loaded yet
+//!   (or name an unknown `kid` while a refetch is allowed) parks the request
+//!   ([`Step::Wait`]); the shell wakes it when keys arrive, and it is decided again.
+//! - [`authorize`]: whose credential it is, the route class, deny and allow rules,
+//!   the verdict ([`crate::policy`]); a refusal becomes a [`reply`].
+//! - [`quota`]: the verified identity's budget is charged.
+//! - [`forward`]: the identity headers the upstream and Envoy's router see.
+//! - [`record`]: metrics, filter state and the decision log line.
+//!
+//! The pipeline never panics and never forwards a request whose decision depends on
+//! a host call that failed: such a request is refused with `500 internal_error`. A
+//! host call that only observes (a metric, filter state) fails harmlessly.
+
+pub mod authorize;
+pub mod extract;
+pub mod forward;
+pub mod quota;
+pub mod record;
+pub mod reply;
+pub mod verify;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::host::capabilities::{KeyFetch, Plan};
+use crate::host::store::Store;
+use crate::host::Host;
+use crate::keys::fetch::{Fetcher, Mode};
+use crate::keys::keyshare::LocalKeys;
+use crate::keys::source::JwksSource;
+use crate::observe::decision_log;
+use crate::policy::RequestInfo;
+use crate::verify::cache::LocalCache;
+
+/// Most requests one VM keeps paused while keys load; beyond, requests are answered at once.
+pub const MAX_WAITERS: usize = 1_024;
+
+/// Everything one VM (one worker) keeps between requests: the configuration, the
+/// keys it verifies with, its caches, metric ids, and the requests waiting for keys.
+pub struct Vm {
+    pub config: Config,
+    /// Current keys per issuer (same index as `config.issuers`).
+    pub keys: RefCell<Vec<LocalKeys>>,
+    /// Requests paused until their issuer's keys load (bounded by [`MAX_WAITERS`]).
+    pub waiters: RefCell<Vec<Waiter>>,
+    /// Shared data, or a per-VM memory store on hosts without it.
+    pub store: Box<dyn Store>,
+    /// Metric ids, the identity bound, filter state.
+    pub observer: record::Observer,
+    /// How this host is used (see [`crate::host::capabilities`]).
+    pub plan: Plan,
+    /// This VM's front of the verified-token cache.
+    pub local_tokens: RefCell<LocalCache>,
+    /// The key-fetch state machine of this VM (see [`crate::keys::fetch`]).
+    pub fetcher: RefCell<Fetcher>,
+}
+
+impl Vm {
+    /// A VM for `config` with `store` as its state, ready for requests: every quota
+    /// key created (so that requests never race to create one) and the series that
+    /// must exist from the start defined. `now_ms` starts the key-age clock.
+    /// `me` is this VM's id as the holder of shared fetch leases (non-zero, random).
+    pub fn start(
+        config: Config,
+        plan: Plan,
+        store: Box<dyn Store>,
+        host: &mut dyn Host,
+        now_ms: u64,
+        me: u64,
+    ) -> Result<Vm, StartError> {
+        if plan.key_fetch == KeyFetch::OnRequest {
+            let discovering = config
+                .issuers
+                .iter()
+                .find(|i| matches!(&i.jwks, JwksSource::Remote(r) if r.discovery.is_some()));
+            if let Some(issuer) = discovering {
+                return Err(StartError::DiscoveryNeedsBackground { issuer: issuer.name.clone() });
+            }
+        }
+        if let Some(quotas) = &config.quotas {
+            quotas.prepare(store.as_ref()).map_err(StartError::Quota)?;
+        }
+        let vm = Vm::new(config, plan, store, now_ms, me);
+        vm.observer.define_initial(&vm.config, host);
+        Ok(vm)
+    }
+
+    fn new(config: Config, plan: Plan, store: Box<dyn Store>, now_ms: u64, me: u64) -> Vm {
+        let keys = config
+            .issuers
+            .iter()
+            .map(|issuer| match &issuer.jwks {
+                JwksSource::Inline(set) => LocalKeys::inline(set.clone()),
+                JwksSource::Remote(remote) => LocalKeys::remote(remote.schedule()),
+            })
+            .collect();
+        let observer = record::Observer::new(&config, store.as_ref(), now_ms);
+        let mode = match plan.key_fetch {
+            KeyFetch::Background => Mode::Shared { me },
+            KeyFetch::OnRequest => Mode::PerVm,
+        };
+        let fetcher = RefCell::new(Fetcher::new(&config.issuers, mode));
+        Vm {
+            config,
+            keys: RefCell::new(keys),
+            waiters: RefCell::new(Vec::new()),
+            store,
+            observer,
+            plan,
+            local_tokens: RefCell::new(LocalCache::default()),
+            fetcher,
+        }
+    }
+}
+
+/// Why a VM cannot start on this host with this configuration.
+#[derive(Debug)]
+pub enum StartError {
+    /// OIDC discovery needs the background fetcher, which this host cannot run.
+    DiscoveryNeedsBackground { issuer: String },
+    /// The quota table could not be created.
+    Quota(crate::quota::QuotaError),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::DiscoveryNeedsBackground { issuer } => write!(
+                f,
+                "issuer {issuer}: OIDC discovery needs the background fetcher, which this host cannot run; \
+                 configure the JWKS location instead"
+            ),
+            StartError::Quota(err) => write!(f, "cannot prepare the quota table: {err}"),
+        }
+    }
+}
+
+/// What one request carries between its phases.
+#[derive(Debug, Default)]
+pub struct Request {
+    /// The host's id of the request (its HTTP context).
+    pub context_id: u32,
+    pub request_id: Option<String>,
+    /// The credential header, kept only until the decision (never logged).
+    pub credential: extract::Presented,
+    /// Whether this request already waited once for keys.
+    pub waited: bool,
+    /// The issuer (index) whose keys verified the token, once decided.
+    pub verified_issuer: Option<usize>,
+    /// Headers for the response to an allowed request (quota state).
+    pub response_headers: Vec<(String, String)>,
+    /// Path, host, method, Envoy route name and source address.
+    pub info: RequestInfo,
+    /// What the metrics, the decision log and the access log are told (see [`record`]).
+    pub observed: decision_log::Record,
+}
+
+impl Request {
+    pub fn new(context_id: u32) -> Self {
+        Request { context_id, ..Request::default() }
+    }
+}
+
+/// What the shell should do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Continue,
+    /// A local reply was sent (or could not be): the request must stay paused.
+    Replied,
+    /// Keys are being fetched; pause until they arrive or `deadline_ms`.
+    Wait {
+        issuer: usize,
+        deadline_ms: u64,
+    },
+}
+
+/// A request paused while its issuer's keys load.
+pub struct Waiter {
+    pub context_id: u32,
+    pub issuer: usize,
+    pub deadline_ms: u64,
+    pub request: Rc<RefCell<Request>>,
+}
+
+/// The request's headers arrived: extract what the decision needs, then decide.
+pub fn start(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Step {
+    let now_ns = host.now_ns();
+    request.observed.started_ns = Some(now_ns);
+    if let Err(step) = extract::extract(vm, host, request) {
+        return step;
+    }
+    run(vm, host, request, now_ns / 1_000_000)
+}
+
+/// Decides and acts on one request (again, for one that waited for keys), then
+/// counts and publishes the decision unless the request waits.
+pub fn run(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
+    let step = decide(vm, host, request, now_ms);
+    if !matches!(step, Step::Wait { .. }) {
+        record::decided(vm, host, request, step == Step::Replied);
+    }
+    step
+}
+
+/// The response to a forwarded request: its quota headers.
+pub fn respond(host: &mut dyn Host, request: &Request) {
+    for (name, value) in &request.response_headers {
+        if let Err(err) = host.set_response_header(name, value) {
+            log::warn!("cannot set response header {name}: {err}");
+        }
+    }
+}
+
+/// The end of the stream: the decision line, if this request gets one.
+pub fn finish(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
+    record::logged(vm, host, request);
+}
+
+/// verify → (await keys) → authorize → quota → forward. Managed headers were
+/// already stripped.
+fn decide(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
+    let verification = verify::verify(vm, host, request, now_ms);
+    if let Some(Err(rejection)) = &verification.result {
+        if let Some(step) = verify::await_keys(vm, request, rejection, now_ms) {
+            return step;
+        }
+    }
+    authorize::authorize(vm, host, request, verification, now_ms)
+}
+
+#[cfg(test)]
+mod tests;

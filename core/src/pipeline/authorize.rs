@@ -1,0 +1,110 @@
+//! Stage 3, authorize: whose credential this is, which route class the request
+//! falls in, and what policy says — then the quota and forward stages for an
+//! allowed request, or the refusal for a denied one.
+//!
+//! The decision itself is [`crate::policy::decide`]; this stage builds its input
+//! (the credential as policy sees it) and acts on the verdict.
+
+use crate::host::Host;
+use crate::mtls;
+use crate::policy::{self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo};
+use crate::reason::{Reason, Rejection};
+
+use super::verify::{names_machine_issuer, Verification};
+use super::{forward, quota, reply, Request, Step, Vm};
+
+pub fn authorize(
+    vm: &Vm,
+    host: &mut dyn Host,
+    request: &mut Request,
+    verification: Verification,
+    now_ms: u64,
+) -> Step {
+    let config = &vm.config;
+    let Verification { result: verification, blocked_for, attributed } = verification;
+    // Only a failed credential needs this: a verified one is ours by definition. What
+    // the verifier read of a token that parsed says it; anything else gets the
+    // lenient reading.
+    let machine_issuer = match &verification {
+        Some(Err(rejection)) => {
+            attributed.or(rejection.token.as_ref().and_then(|t| t.ours)).unwrap_or_else(|| {
+                request.credential.bytes().is_some_and(|value| names_machine_issuer(vm, value, now_ms))
+            })
+        }
+        _ => false,
+    };
+    request.credential = super::extract::Presented::Nothing;
+
+    request.verified_issuer = match &verification {
+        Some(Ok(v)) => Some(v.issuer),
+        _ => None,
+    };
+    let issuer_name = match &verification {
+        Some(Ok(v)) => config.issuers.get(v.issuer).map(|i| i.name.as_str()).unwrap_or_default(),
+        _ => "",
+    };
+    // Owned here: the identities below borrow it while `request` is updated.
+    let certificate = request.info.client_certificate.clone();
+    if let Some(identity) = certificate.as_ref().and_then(|c| c.trusted_identity()) {
+        // For access logs: `%FILTER_STATE(wasm.nhi_cert_identity:PLAIN)%`.
+        let _ = host.set_property("nhi_cert_identity", identity.as_bytes());
+        request.observed.cert_identity = Some(identity.to_owned());
+    }
+    let no_claims = serde_json::Map::new();
+    let credential = match &verification {
+        None => match mtls::certificate_only(config.mtls.as_ref(), certificate.as_ref(), &no_claims) {
+            Some(who) => Credential::Certificate(who),
+            None => Credential::Absent,
+        },
+        Some(Ok(v)) => Credential::Verified(IdentityInfo::new(v, issuer_name, &v.identity)),
+        Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
+    };
+    let mut verdict = policy::decide(&config.routes, &request.info, &credential);
+    request.observed.note_verdict(&verdict);
+    // Verified tokens, or certificate-only identities where the route accepts them.
+    let who = credential.identity().filter(|_| verdict.client_class == ClientClass::Machine);
+    if let (None, Some(who)) = (&verification, who) {
+        // A certificate-only identity, for metrics and the decision log.
+        request.observed.identity = Some(who.identity.to_owned());
+        request.observed.certificate_only = true;
+    }
+    if let Some(mut refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+        if let (Some(seconds), Some(Err(r))) = (blocked_for, &verification) {
+            if r.reason == Reason::TooManyFailures {
+                refusal.headers.push(("retry-after".to_owned(), seconds.to_string()));
+            }
+        }
+        return reply::send(host, &refusal);
+    }
+
+    if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
+        match quota::charge(vm, request, who, verdict.route, now_ms) {
+            Ok(headers) => request.response_headers = headers,
+            Err(Some(quota_headers)) => {
+                verdict.decision = Decision::Deny(Denial {
+                    reason: DenyReason::Auth(Reason::QuotaExceeded),
+                    status: Reason::QuotaExceeded.status(),
+                    detail: "quota exceeded".into(),
+                });
+                request.observed.note_verdict(&verdict);
+                if let Some(mut refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+                    refusal.headers.extend(quota_headers);
+                    return reply::send(host, &refusal);
+                }
+            }
+            Err(None) => {
+                let rejection = Rejection::new(Reason::InternalError, "quota unavailable");
+                return reply::refuse(vm, host, request, &rejection);
+            }
+        }
+    }
+
+    let verified = match &verification {
+        Some(Ok(v)) => Some(&**v),
+        _ => None,
+    };
+    match forward::forward(vm, host, &verdict, verified, who, certificate.as_ref()) {
+        Ok(()) => Step::Continue,
+        Err(err) => reply::refuse(vm, host, request, &reply::internal(err)),
+    }
+}

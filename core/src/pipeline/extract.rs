@@ -1,0 +1,131 @@
+//! Stage 1, extract: what the decision needs, taken out of the request in one
+//! header-map read, and every client copy of a header the filter manages removed.
+//!
+//! Header values are bytes (see [`crate::host::header_map`]): a managed header is
+//! removed by name whatever its value, path and host that are not UTF-8 are escaped
+//! rather than dropped, and a credential header that holds no readable bearer token
+//! is kept as such ([`Presented::Unreadable`]), never read as "no credential".
+
+use crate::host::header_map::{self, HeaderMap};
+use crate::host::{self, Host, HostError};
+use crate::mtls;
+use crate::policy::{self, RequestInfo};
+use crate::token::source::Extracted;
+
+use super::reply;
+use super::{record, Request, Step, Vm};
+
+/// The credential header as the request presented it.
+#[derive(Debug, Default)]
+pub enum Presented {
+    #[default]
+    Nothing,
+    /// A bearer token.
+    Bearer(String),
+    /// A credential header holding no bearer token nhi-guard can read: another
+    /// scheme, or (`undecodable`) the bearer scheme with bytes that are not UTF-8.
+    /// Read only to decide whose credential it is (`policy::names_machine_issuer`).
+    Unreadable { value: Vec<u8>, undecodable: bool },
+}
+
+impl Presented {
+    pub fn bearer(&self) -> Option<&str> {
+        match self {
+            Presented::Bearer(raw) => Some(raw),
+            Presented::Nothing | Presented::Unreadable { .. } => None,
+        }
+    }
+
+    /// The credential's bytes, whatever it is.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Presented::Bearer(raw) => Some(raw.as_bytes()),
+            Presented::Unreadable { value, .. } => Some(value),
+            Presented::Nothing => None,
+        }
+    }
+}
+
+/// Fills `request` from the host. `Err(step)`: the request was answered (a host
+/// call failed: the filter cannot tell what it is looking at).
+pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<(), Step> {
+    let headers = host
+        .request_headers()
+        .and_then(|headers| strip_managed_headers(vm, host, &headers).map(|()| headers))
+        .map_err(|err| {
+            let step = reply::refuse(vm, host, request, &reply::internal(err));
+            record::decided(vm, host, request, true);
+            step
+        })?;
+    #[cfg(feature = "fault-injection")]
+    if let Some(header) = &vm.config.panic_header {
+        if headers.contains(header) {
+            #[allow(clippy::panic)]
+            {
+                panic!("fault injection: simulated VM crash");
+            }
+        }
+    }
+    let config = &vm.config;
+    // Path and host as Envoy routed on them: bytes that are not UTF-8 are escaped,
+    // never dropped (an empty path would match another route than Envoy's).
+    let text = |name: &str| headers.get(name).map(|v| header_map::text_or_escaped(v).into_owned());
+    // Only for the log: a request id that is not text is as good as none.
+    request.request_id = headers.utf8("x-request-id").map(str::to_owned);
+    request.info = RequestInfo {
+        path: text(":path").unwrap_or_default(),
+        // APISIX gives no `:authority`, only `host`.
+        host: text(":authority").or_else(|| text("host")),
+        method: text(":method").unwrap_or_default(),
+        route_name: if config.routes.read_route_name() {
+            host::property_text(host, &["xds", "route_name"])
+        } else {
+            None
+        },
+        source: None,
+        // Without an `mtls` block the certificate matters only to a token bound
+        // to one (`cnf`): the verify stage reads it then.
+        client_certificate: match &config.mtls {
+            Some(mtls) => mtls::client_certificate(Some(mtls), |name| connection_property(host, name)),
+            None => None,
+        },
+    };
+    // The source address is read only if the matched route decides on it; the
+    // flood guard and the decision log read it when they need it.
+    if config.routes.needs_source(&request.info) {
+        let source = host::source_address(host);
+        request.info.source = source.as_deref().and_then(policy::parse_source_address);
+        request.observed.source = source;
+    }
+    request.credential = match config.token.extract(headers.get(&config.token.header)) {
+        Extracted::Absent => Presented::Nothing,
+        Extracted::Token(raw) => Presented::Bearer(raw.to_owned()),
+        Extracted::Unreadable { value, undecodable } => {
+            Presented::Unreadable { value: value.to_vec(), undecodable }
+        }
+    };
+    Ok(())
+}
+
+/// Client-supplied copies of the headers we set are never forwarded, whatever the
+/// bytes of their values, under any spelling a backend may read as ours
+/// (`x_nhi_identity`). `present` is the request's headers: only the names there are
+/// removed (one host call each).
+fn strip_managed_headers(vm: &Vm, host: &mut dyn Host, present: &HeaderMap) -> Result<(), HostError> {
+    let config = &vm.config;
+    let managed: Vec<&str> = [config.forward.identity_header.as_str(), config.forward.issuer_header.as_str()]
+        .into_iter()
+        .chain(config.routes.managed_headers())
+        .chain(config.claim_headers())
+        .chain(config.mtls.as_ref().map(|m| m.identity_header.as_str()))
+        .collect();
+    for name in present.managed_names(&managed) {
+        host.remove_request_header(name)?;
+    }
+    Ok(())
+}
+
+/// A connection property (`connection.<name>`), for the client certificate.
+pub fn connection_property(host: &mut dyn Host, name: &str) -> Option<String> {
+    host::property_text(host, &["connection", name])
+}

@@ -1,0 +1,43 @@
+//! Stage 5, forward: the headers the upstream (and Envoy's router, which re-selects
+//! the route on them) sees — client class, shadow decision, the verified identity,
+//! its claim headers and certificate identity — and the token removed.
+
+use crate::host::{Host, HostError};
+use crate::mtls::{self, ClientCertificate};
+use crate::policy::{IdentityInfo, Verdict, SHADOW_DECISION_HEADER};
+use crate::verify::Verified;
+
+use super::Vm;
+
+pub fn forward(
+    vm: &Vm,
+    host: &mut dyn Host,
+    verdict: &Verdict<'_>,
+    verified: Option<&Verified>,
+    who: Option<&IdentityInfo<'_>>,
+    certificate: Option<&ClientCertificate>,
+) -> Result<(), HostError> {
+    let config = &vm.config;
+    host.set_request_header(&config.routes.client_header, verdict.client_class.as_str())?;
+    if let Some(shadow) = verdict.shadow_header() {
+        host.set_request_header(SHADOW_DECISION_HEADER, &shadow)?;
+    }
+    if let Some(who) = who {
+        host.set_request_header(&config.forward.identity_header, who.identity)?;
+        host.set_request_header(&config.forward.issuer_header, who.issuer)?;
+        if let Some((name, value)) = mtls::forwarded_identity(config.mtls.as_ref(), certificate) {
+            host.set_request_header(name, value)?;
+        }
+    }
+    if let Some(verified) = verified {
+        if let Some(rules) = config.issuers.get(verified.issuer).map(|i| &i.claims_to_headers) {
+            for (name, value) in crate::claims::headers::headers(rules, &verified.claims) {
+                host.set_request_header(name, &value)?;
+            }
+        }
+        if !config.token.forward {
+            host.remove_request_header(config.token.header.as_bytes())?;
+        }
+    }
+    Ok(())
+}

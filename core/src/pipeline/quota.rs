@@ -1,0 +1,42 @@
+//! Stage 4, quota: the verified identity's budget, charged exactly across workers
+//! (see [`crate::quota`]).
+
+use std::time::Duration;
+
+use crate::policy::IdentityInfo;
+
+use super::{Request, Vm};
+
+type Headers = Vec<(String, String)>;
+
+/// Charges the verified identity's quota. `Ok`: allowed, with the headers for the
+/// response (if configured). `Err(Some(headers))`: over quota, with the headers for
+/// the 429. `Err(None)`: the quota store failed — the caller refuses (fail closed).
+pub fn charge(
+    vm: &Vm,
+    request: &mut Request,
+    who: &IdentityInfo<'_>,
+    route: Option<&str>,
+    now_ms: u64,
+) -> Result<Headers, Option<Headers>> {
+    let Some(quotas) = &vm.config.quotas else { return Ok(Vec::new()) };
+    let (issuer, identity) = (who.issuer, who.identity);
+    let policy = quotas.policy_for(identity, who.claims, route);
+    let now = Duration::from_millis(now_ms);
+    let outcome = match quotas.check(vm.store.as_ref(), policy, issuer, identity, now) {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            log::warn!("quota store unavailable ({err}); refusing {:?}", request.request_id);
+            return Err(None);
+        }
+    };
+    if let Some(anomaly) = outcome.anomaly {
+        log::warn!("quota of {issuer}/{identity}: {anomaly:?}");
+    }
+    request.observed.note_quota(&outcome);
+    match (outcome.allowed, quotas.response_headers) {
+        (true, true) => Ok(outcome.headers()),
+        (true, false) => Ok(Vec::new()),
+        (false, _) => Err(Some(outcome.headers())),
+    }
+}

@@ -1,0 +1,274 @@
+//! The whole pipeline, natively, against [`MemoryHost`]: the same decisions the
+//! filter makes in a proxy, without one. The emulator and real Envoy run the
+//! compiled filter through the same cases (test-harness `scenarios`); here they run
+//! in milliseconds, and every host call can be made to fail.
+
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::config::Config;
+use crate::crypto::alg::Alg;
+use crate::host::capabilities::{HostSetting, Plan, Probed};
+use crate::host::memory::{Call, FaultyStore, MemoryHost};
+use crate::host::store::MemoryStore;
+use crate::host::HostError;
+use crate::testkit;
+
+const ISS: &str = "https://issuer.example";
+const NOW: u64 = 1_800_000_000;
+
+fn plugin() -> Value {
+    json!({
+        "issuers": [{
+            "name": "ci", "issuer": ISS, "audiences": ["gw"],
+            "jwks": {"inline": testkit::jwks()},
+            "algorithms": ["RS256", "ES256", "EdDSA"],
+            "claims_to_headers": {"scope": "x-nhi-scope"}
+        }],
+        "routes": [
+            {"name": "machine-api", "match": {"prefix": "/api/"}, "audience": "machine"},
+            {"name": "partner", "match": {"prefix": "/partner/"}, "audience": "machine",
+             "source_cidrs": ["10.0.0.0/8"]},
+            {"name": "web", "match": {"prefix": "/web/"}, "audience": "human"}
+        ],
+        "quotas": {"default": {"requests": 1000, "per_seconds": 60},
+                   "rules": [{"name": "tight", "identities": ["quota-*"], "requests": 2, "per_seconds": 3600}]},
+        "filter_state": true,
+        "decision_log": {"enabled": true, "allowed_sample_rate": 1.0}
+    })
+}
+
+struct Fixture {
+    vm: Vm,
+    store: Rc<FaultyStore<MemoryStore>>,
+}
+
+fn fixture(plugin: Value) -> Fixture {
+    let config = Config::from_json(plugin.to_string().as_bytes()).unwrap();
+    let plan =
+        Plan::choose(HostSetting::Auto, Probed { shared_data: true, timers: true, clock: true }).unwrap();
+    let store = Rc::new(FaultyStore::<MemoryStore>::default());
+    let mut host = MemoryHost::new(NOW * 1_000_000_000);
+    let vm = Vm::start(config, plan, Box::new(Rc::clone(&store)), &mut host, NOW * 1000, 7).unwrap();
+    Fixture { vm, store }
+}
+
+fn token(sub: &str, extra: Value) -> String {
+    let mut claims = json!({"iss": ISS, "sub": sub, "aud": "gw", "iat": NOW - 10, "exp": NOW + 300});
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims)
+}
+
+fn request(method: &str, path: &str) -> MemoryHost {
+    MemoryHost::new(NOW * 1_000_000_000)
+        .header(":method", method)
+        .header(":path", path)
+        .header(":authority", "gw.example")
+        .property(&["source", "address"], "203.0.113.7:41000")
+}
+
+fn bearer(host: MemoryHost, token: &str) -> MemoryHost {
+    host.header("authorization", format!("Bearer {token}"))
+}
+
+/// What came of one request.
+#[derive(Debug)]
+struct Outcome {
+    step: Step,
+    status: Option<u16>,
+    reason: Option<String>,
+    host: MemoryHost,
+}
+
+impl Outcome {
+    fn upstream(&self, name: &str) -> Option<String> {
+        assert_eq!(self.step, Step::Continue, "not forwarded: {self:?}");
+        self.host.request_header(name).map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+}
+
+fn send(fx: &Fixture, mut host: MemoryHost) -> Outcome {
+    let mut request = Request::new(1);
+    let step = start(&fx.vm, &mut host, &mut request);
+    if step == Step::Continue {
+        respond(&mut host, &request);
+    }
+    finish(&fx.vm, &mut host, &mut request);
+    let status = host.reply.as_ref().map(|r| r.status);
+    let reason = host.reply.as_ref().and_then(|r| {
+        serde_json::from_str::<Value>(&r.body).ok()?.get("reason")?.as_str().map(str::to_owned)
+    });
+    Outcome { step, status, reason, host }
+}
+
+#[test]
+fn a_verified_machine_is_forwarded_with_its_identity_and_without_its_token() {
+    let fx = fixture(plugin());
+    let out = send(&fx, bearer(request("GET", "/api/x"), &token("robot", json!({"scope": "a b"}))));
+    assert_eq!(out.upstream("x-nhi-client").as_deref(), Some("machine"));
+    assert_eq!(out.upstream("x-nhi-identity").as_deref(), Some("robot"));
+    assert_eq!(out.upstream("x-nhi-issuer").as_deref(), Some("ci"));
+    assert_eq!(out.upstream("x-nhi-scope").as_deref(), Some("a b"));
+    assert_eq!(out.upstream("authorization"), None);
+    assert_eq!(out.host.filter_state.get("nhi_identity").map(Vec::as_slice), Some(&b"robot"[..]));
+    let requests = out.host.metrics.iter().find(|(name, _)| name.contains("nhi_requests_total")).unwrap();
+    assert!(requests.0.contains("nhi_decision=allowed"), "{}", requests.0);
+}
+
+#[test]
+fn the_audience_table_natively() {
+    let fx = fixture(plugin());
+    let machine = token("robot", json!({}));
+    let expired = testkit::token(
+        Alg::Es256,
+        &json!({"alg": "ES256", "kid": "ec-1"}),
+        &json!({"iss": ISS, "sub": "r", "aud": "gw", "exp": NOW - 3600}),
+    );
+    for (name, host, status, reason) in [
+        ("no token on a machine route", request("GET", "/api/x"), 401, "missing_token"),
+        ("expired", bearer(request("GET", "/api/x"), &expired), 401, "expired"),
+        (
+            "machine token on the human route",
+            bearer(request("GET", "/web/x"), &machine),
+            403,
+            "machine_on_human_route",
+        ),
+        (
+            "padded machine token on the human route",
+            bearer(request("GET", "/web/x"), &format!("{machine}==")),
+            403,
+            "machine_on_human_route",
+        ),
+        (
+            "another scheme on a machine route",
+            request("GET", "/api/x").header("authorization", format!("Token {machine}")),
+            401,
+            "malformed_token",
+        ),
+        ("unmatched: default audience machine", request("GET", "/other"), 401, "missing_token"),
+        (
+            "source outside the route's CIDRs",
+            bearer(request("GET", "/partner/x"), &machine),
+            403,
+            "source_not_allowed",
+        ),
+    ] {
+        let out = send(&fx, host);
+        assert_eq!(
+            (out.step, out.status, out.reason.as_deref()),
+            (Step::Replied, Some(status), Some(reason)),
+            "{name}"
+        );
+    }
+    let person = send(&fx, request("GET", "/web/x").header("x-nhi-identity", b"admin\xa0".to_vec()));
+    assert_eq!(person.upstream("x-nhi-client").as_deref(), Some("human"));
+    assert_eq!(person.upstream("x-nhi-identity"), None, "the forged copy is removed whatever its bytes");
+}
+
+#[test]
+fn quotas_are_charged_natively() {
+    let fx = fixture(plugin());
+    let tight = token("quota-robot", json!({}));
+    for _ in 0..2 {
+        assert_eq!(send(&fx, bearer(request("GET", "/api/q"), &tight)).step, Step::Continue);
+    }
+    let refused = send(&fx, bearer(request("GET", "/api/q"), &tight));
+    assert_eq!((refused.status, refused.reason.as_deref()), (Some(429), Some("quota_exceeded")));
+}
+
+#[test]
+fn a_cached_request_makes_few_host_calls() {
+    let mut quiet = plugin();
+    quiet["filter_state"] = json!(false);
+    quiet["decision_log"] = json!({"enabled": false});
+    let fx = fixture(quiet);
+    let t = token("robot", json!({}));
+    send(&fx, bearer(request("GET", "/api/x"), &t));
+    let cached = send(&fx, bearer(request("GET", "/api/x"), &t));
+    assert_eq!(cached.step, Step::Continue);
+    // clock, header map, 3 header writes, token removal, 2 metric increments.
+    assert!(cached.host.total_calls() <= 10, "{:?}", cached.host.calls);
+}
+
+/// What the failure of one kind of host call does to a request the pipeline would
+/// otherwise forward: refused with 500 (the decision depended on it), or nothing
+/// (it only observes). A request is never forwarded after a call it depends on failed.
+#[test]
+fn every_failing_host_call_fails_closed_or_harmlessly() {
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Refused500,
+        Unaffected,
+        /// The reply itself could not be sent: the request stays paused.
+        Paused,
+    }
+    let table = [
+        // The request cannot be read: what it is, is unknown.
+        (Call::ReadHeaders, Expect::Refused500),
+        // The identity headers (or the token removal) are the decision: without them, no forwarding.
+        (Call::SetHeader, Expect::Refused500),
+        (Call::RemoveHeader, Expect::Refused500),
+        // Quota headers on the response to a request already forwarded.
+        (Call::SetResponseHeader, Expect::Unaffected),
+        // Properties this request does not decide on (its route has no source_cidrs;
+        // the decision log's status) read as absent.
+        (Call::Property, Expect::Unaffected),
+        // Filter state and metrics only observe.
+        (Call::SetProperty, Expect::Unaffected),
+        (Call::DefineMetric, Expect::Unaffected),
+        (Call::IncrementMetric, Expect::Unaffected),
+        (Call::RecordMetric, Expect::Unaffected),
+        // Only used to refuse: an allowed request never calls it.
+        (Call::LocalReply, Expect::Unaffected),
+        // A clock cannot fail (the wasm shell falls back to WASI's).
+        (Call::Clock, Expect::Unaffected),
+    ];
+    assert_eq!(table.len(), Call::ALL.len(), "every kind of call has a row");
+    for (call, expect) in table {
+        let fx = fixture(plugin());
+        let mut host = bearer(request("GET", "/api/x"), &token("robot", json!({})));
+        host.fail(call, HostError::INTERNAL_FAILURE);
+        let out = send(&fx, host);
+        let got = match (out.step, out.status, out.reason.as_deref()) {
+            (Step::Replied, Some(500), Some("internal_error")) => Expect::Refused500,
+            (Step::Continue, None, _) => Expect::Unaffected,
+            (Step::Replied, None, _) => Expect::Paused,
+            other => panic!("{call:?}: unexpected {other:?}"),
+        };
+        assert_eq!(got, expect, "{call:?}");
+    }
+    // A refusal whose reply cannot be sent: paused, never forwarded.
+    let fx = fixture(plugin());
+    let mut host = request("GET", "/api/x");
+    host.fail(Call::LocalReply, HostError::INTERNAL_FAILURE);
+    let out = send(&fx, host);
+    assert_eq!((out.step, out.status), (Step::Replied, None));
+    // A route that decides on the source: an unreadable source is not inside its CIDRs.
+    let fx = fixture(plugin());
+    let mut host = bearer(request("GET", "/partner/x"), &token("robot", json!({})));
+    host.fail(Call::Property, HostError::INTERNAL_FAILURE);
+    let out = send(&fx, host);
+    assert_eq!((out.status, out.reason.as_deref()), (Some(403), Some("source_not_allowed")));
+}
+
+#[test]
+fn a_failing_shared_store_refuses_quota_charges_and_nothing_else() {
+    let fx = fixture(plugin());
+    fx.store.fail_get.set(true);
+    fx.store.fail_set.set(true);
+    let out = send(&fx, bearer(request("GET", "/api/x"), &token("robot", json!({}))));
+    assert_eq!((out.status, out.reason.as_deref()), (Some(500), Some("internal_error")), "quota unavailable");
+    let person = send(&fx, request("GET", "/web/x"));
+    assert_eq!(person.step, Step::Continue, "no shared state on the human route");
+    let mut no_quota = plugin();
+    no_quota.as_object_mut().unwrap().remove("quotas");
+    let fx = fixture(no_quota);
+    fx.store.fail_get.set(true);
+    fx.store.fail_set.set(true);
+    let out = send(&fx, bearer(request("GET", "/api/x"), &token("robot", json!({}))));
+    assert_eq!(out.upstream("x-nhi-identity").as_deref(), Some("robot"), "the token cache is only a cache");
+}
