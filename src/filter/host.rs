@@ -160,12 +160,17 @@ pub fn now_ms() -> u64 {
 /// What this host can do, judged by what each call does rather than by its status
 /// (see `capabilities`): a clock that tells the time, shared data that keeps a
 /// value written to it, a tick period the host accepts.
-pub fn probe(nonce: u64) -> Probed {
+///
+/// Every VM writes the same value: Envoy configures its workers' VMs concurrently,
+/// and a per-VM value (as this once was) could be overwritten by another worker
+/// between the write and the read, making an Envoy look like a host without shared
+/// data (seen in an e2e run: one worker fell back to per-VM quotas).
+pub fn probe() -> Probed {
     let clock = proxy_clock_ns().is_some();
     let key = "nhi-guard/probe";
-    let value = nonce.to_be_bytes();
-    let shared_data = SharedData.set(key, &value, None).is_ok()
-        && matches!(SharedData.get(key), Ok((Some(read), _)) if read == value);
+    let value = b"nhi-guard shared-data probe v1";
+    let shared_data = SharedData.set(key, value, None).is_ok()
+        && matches!(SharedData.get(key), Ok((Some(read), _)) if read == value.as_slice());
     // Period 0 stops a tick: harmless here, the root sets its own period afterwards.
     let timers = set_tick_period(Duration::ZERO).is_ok();
     Probed { shared_data, timers, clock }

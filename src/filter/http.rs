@@ -14,7 +14,7 @@ use nhi_guard_core::keys::fetch::{self, Next};
 use nhi_guard_core::pipeline::{self, record, Request, Step, Vm, Waiter};
 
 use super::host::{self, ProxyHost};
-use super::root;
+use super::keys;
 
 /// What the request does once its key callout is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ impl Http {
 /// machine says a fetch is in flight or backing off.
 fn fetch_keys(vm: &Vm, issuer: usize, purpose: Purpose, now: u64) -> Option<Pending> {
     let callout = vm.fetcher.try_borrow_mut().ok()?.on_request(&vm.config.issuers, issuer, now)?;
-    let result = root::dispatch(&callout);
+    let result = keys::dispatch(&callout);
     let token = result.as_ref().ok().copied();
     let done = {
         let keys = vm.keys.try_borrow().ok()?;
@@ -128,7 +128,7 @@ fn fetch_keys(vm: &Vm, issuer: usize, purpose: Purpose, now: u64) -> Option<Pend
             &keys,
             vm.store.as_ref(),
             now,
-            root::jitter(),
+            keys::jitter(),
         )
     };
     if let Some(done) = done {
@@ -164,7 +164,7 @@ impl Context for Http {
         let Some(pending) = self.fetch.take_if(|p| p.token == token_id) else { return };
         let vm = Rc::clone(&self.vm);
         let now = host::now_ms();
-        if let Some(Next::Done(done)) = root::answered(&vm, token_id, body_size, now) {
+        if let Some(Next::Done(done)) = keys::answered(&vm, token_id, body_size, now) {
             record::jwks_fetched(&vm, &mut ProxyHost, done.issuer, done.success);
         }
         let go_on = match pending.purpose {

@@ -5,6 +5,7 @@
 
 mod host;
 mod http;
+mod keys;
 mod root;
 
 use proxy_wasm::types::LogLevel;

@@ -2,8 +2,6 @@
 //! its key-fetch machine from the tick (on hosts that have one): makes the callouts
 //! it asks for, hands it the answers, and wakes the requests waiting for keys.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,6 +17,7 @@ use nhi_guard_core::pipeline::{self, record, Step, Vm, Waiter};
 
 use super::host::{self, ProxyHost, SharedData};
 use super::http::Http;
+use super::keys::{answered, dispatch, jitter, random_u64};
 
 /// How often each worker looks at the shared keys and whether a fetch is due.
 const TICK: Duration = Duration::from_millis(500);
@@ -39,7 +38,7 @@ impl Root {
     }
 
     fn configure(&mut self, config: Config) -> bool {
-        let plan = match Plan::choose(config.host, host::probe(self.me)) {
+        let plan = match Plan::choose(config.host, host::probe()) {
             Ok(plan) => plan,
             Err(err) => {
                 error!("{err}; refusing to start");
@@ -155,45 +154,6 @@ impl Root {
         }
         let _ = host::set_effective_context(self.context_id);
     }
-}
-
-/// Makes `callout` (from whichever context is current): the host's token, or why not.
-pub(super) fn dispatch(callout: &Callout) -> Result<u32, String> {
-    host::http_get(
-        &callout.cluster,
-        &callout.authority,
-        &callout.path,
-        Duration::from_millis(callout.timeout_ms),
-    )
-    .map_err(|status| format!("cluster {:?}: {status}", callout.cluster))
-}
-
-/// Hands the answer to callout `token` to the fetch machine: the next callout to
-/// make, or the fetch's end. `None`: not a key fetch of this VM.
-pub(super) fn answered(vm: &Vm, token: u32, body_size: usize, now: u64) -> Option<Next> {
-    let max_body = vm.fetcher.borrow().max_body(token);
-    let response = host::http_call_response(body_size, max_body);
-    let mut keys = vm.keys.try_borrow_mut().ok()?;
-    vm.fetcher.borrow_mut().answered(
-        &vm.config.issuers,
-        token,
-        response,
-        &mut keys,
-        vm.store.as_ref(),
-        now,
-        jitter(),
-    )
-}
-
-pub(super) fn random_u64() -> u64 {
-    let mut hasher = RandomState::new().build_hasher();
-    hasher.write_u64(host::now_ms());
-    hasher.finish()
-}
-
-/// A value in `0..=1` to spread retries; not security-relevant.
-pub(super) fn jitter() -> f64 {
-    (random_u64() % 1_000) as f64 / 999.0
 }
 
 impl Context for Root {
