@@ -46,6 +46,8 @@ pub struct Config {
     pub mtls: Option<crate::mtls::MtlsConfig>,
     /// The per-source budget of failed signature checks; `None` when disabled.
     pub flood_guard: Option<crate::verify::flood_guard::FloodGuard>,
+    /// Learned baselines, anomalies and outcome metrics; `None` when not configured.
+    pub behaviour: Option<crate::behaviour::Behaviour>,
     /// The shared verified-token cache; `None` when `token_cache.max_entries` is 0.
     pub token_cache: Option<crate::verify::cache::TokenCache>,
     /// Which proxy-wasm host to expect (`auto`: probe it at start).
@@ -105,6 +107,8 @@ pub struct RawConfig {
     token_cache: Option<crate::verify::cache::RawTokenCache>,
     #[serde(default)]
     flood_guard: Option<crate::verify::flood_guard::RawFloodGuard>,
+    #[serde(default)]
+    behaviour: Option<crate::behaviour::RawBehaviour>,
     #[serde(default)]
     host: crate::host::capabilities::HostSetting,
     /// Publish the decision as filter state for access logs (six host calls per request).
@@ -230,6 +234,7 @@ impl Config {
     /// removed from every request, whichever issuer (if any) it turns out to be for.
     pub fn claim_headers(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();
+
         for rule in self.issuers.iter().flat_map(|i| &i.claims_to_headers) {
             if !names.contains(&rule.header.as_str()) {
                 names.push(&rule.header);
@@ -240,6 +245,18 @@ impl Config {
 }
 
 impl Config {
+    /// Every request header the filter sets: client copies of them are removed from
+    /// every request, whatever route or credential it turns out to have.
+    pub fn managed_headers(&self) -> Vec<&str> {
+        [self.forward.identity_header.as_str(), self.forward.issuer_header.as_str()]
+            .into_iter()
+            .chain(self.routes.managed_headers())
+            .chain(self.claim_headers())
+            .chain(self.mtls.as_ref().map(|m| m.identity_header.as_str()))
+            .chain(self.behaviour.as_ref().map(|_| crate::behaviour::ANOMALY_HEADER))
+            .collect()
+    }
+
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
@@ -374,6 +391,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let decision_log = crate::observe::decision_log::compile(raw.decision_log, "decision_log")?;
     let token_cache = crate::verify::cache::compile(raw.token_cache, "token_cache")?;
     let flood_guard = crate::verify::flood_guard::compile(raw.flood_guard, "flood_guard")?;
+    let behaviour = raw.behaviour.map(|b| crate::behaviour::compile(b, "behaviour")).transpose()?;
     check_host(raw.host, &issuers, mtls.is_some())?;
     let config = Config {
         issuers,
@@ -387,6 +405,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         mtls,
         token_cache,
         flood_guard,
+        behaviour,
         host: raw.host,
         filter_state: raw.filter_state,
         fingerprint: 0,

@@ -25,6 +25,7 @@
 //! | [`mtls`] | client-certificate identities and RFC 8705 binding |
 //! | [`policy`] | route classes, audiences, allow and deny rules, the verdict |
 //! | [`quota`] | per-identity quotas (GCRA) in a bounded shared table |
+//! | [`behaviour`] | each identity's learned baseline, and anomalies against it |
 //! | [`observe`] | metric names and bounds, the decision record and log line |
 //! | [`config`] | the plugin configuration: parse, then compile into all of the above |
 //! | [`pipeline`] | one request, stage by stage, against any [`host::Host`] |
@@ -44,6 +45,7 @@ pub mod verify;
 pub mod mtls;
 pub mod policy;
 pub mod quota;
+pub mod behaviour;
 pub mod observe;
 pub mod config;
 pub mod pipeline;

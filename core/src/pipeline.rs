@@ -2,7 +2,7 @@
 //! [`Host`].
 //!
 //! ```text
-//! extract ─► verify ─► (await keys) ─► authorize ─► quota ─► forward ─► record
+//! extract ─► verify ─► (await keys) ─► authorize ─► behaviour ─► quota ─► forward ─► record
 //!   │          │                          │           │          │
 //!   │          │                          └───────────┴──► reply ┘
 //!   └──────────┴─ a failed host call the decision depends on: 500 internal_error
@@ -19,6 +19,8 @@
 //!   ([`Step::Wait`]); the shell wakes it when keys arrive, and it is decided again.
 //! - [`authorize`]: whose credential it is, the route class, deny and allow rules,
 //!   the verdict ([`crate::policy`]); a refusal becomes a [`reply`].
+//! - [`behaviour`]: the request counted in the identity's learned baseline, and
+//!   held against it (anomalies; refused where a kind is enforced).
 //! - [`quota`]: the verified identity's budget is charged.
 //! - [`forward`]: the identity headers the upstream and Envoy's router see.
 //! - [`record`]: metrics, filter state and the decision log line.
@@ -28,6 +30,7 @@
 //! host call that only observes (a metric, filter state) fails harmlessly.
 
 pub mod authorize;
+pub mod behaviour;
 pub mod extract;
 pub mod forward;
 pub mod quota;
@@ -38,6 +41,7 @@ pub mod verify;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use crate::behaviour::tracker::Tracker;
 use crate::config::Config;
 use crate::host::capabilities::{KeyFetch, Plan};
 use crate::host::store::Store;
@@ -70,6 +74,8 @@ pub struct Vm {
     pub local_tokens: RefCell<LocalCache>,
     /// The key-fetch state machine of this VM (see [`crate::keys::fetch`]).
     pub fetcher: RefCell<Fetcher>,
+    /// This worker's side of the behaviour baselines, when anomalies are detected.
+    pub tracker: RefCell<Option<Tracker>>,
 }
 
 impl Vm {
@@ -117,6 +123,7 @@ impl Vm {
             KeyFetch::OnRequest => Mode::PerVm,
         };
         let fetcher = RefCell::new(Fetcher::new(&config.issuers, mode));
+        let tracker = RefCell::new(config.behaviour.as_ref().filter(|b| b.detect).map(Tracker::new));
         Vm {
             config,
             keys: RefCell::new(keys),
@@ -126,6 +133,7 @@ impl Vm {
             plan,
             local_tokens: RefCell::new(LocalCache::default()),
             fetcher,
+            tracker,
         }
     }
 }

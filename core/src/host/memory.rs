@@ -6,7 +6,9 @@
 //! properties a test gives, the local reply if one was sent, filter state, response
 //! headers, metrics by name, and how many times each kind of call was made.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::rc::Rc;
 
 use crate::reason::LocalReply;
 
@@ -46,6 +48,24 @@ impl Call {
     ];
 }
 
+/// Metrics by name: kind and value (a histogram keeps its last sample).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    names: Vec<String>,
+    pub values: BTreeMap<String, (MetricKind, i64)>,
+}
+
+impl Metrics {
+    /// The value of the one metric whose name contains every one of `parts`.
+    pub fn find(&self, parts: &[&str]) -> Option<i64> {
+        let mut found = self.values.iter().filter(|(name, _)| parts.iter().all(|p| name.contains(p)));
+        match (found.next(), found.next()) {
+            (Some((_, (_, value))), None) => Some(*value),
+            _ => None,
+        }
+    }
+}
+
 /// A request's host, in memory.
 #[derive(Debug, Default)]
 pub struct MemoryHost {
@@ -57,9 +77,9 @@ pub struct MemoryHost {
     pub filter_state: BTreeMap<String, Vec<u8>>,
     /// The local reply, if the pipeline sent one.
     pub reply: Option<LocalReply>,
-    /// Metrics by name: kind and value (a histogram keeps its last sample).
-    pub metrics: BTreeMap<String, (MetricKind, i64)>,
-    metric_names: Vec<String>,
+    /// The metrics, which outlive one request: share them between the hosts of one
+    /// VM with [`MemoryHost::metrics_of`] (metric ids are the VM's).
+    pub metrics: Rc<RefCell<Metrics>>,
     /// How many times each kind of call was made.
     pub calls: BTreeMap<Call, usize>,
     /// Calls that fail, with the status they fail with.
@@ -69,6 +89,12 @@ pub struct MemoryHost {
 impl MemoryHost {
     pub fn new(now_ns: u64) -> Self {
         MemoryHost { now_ns, ..MemoryHost::default() }
+    }
+
+    /// This host, keeping its metrics in `metrics` (e.g. those of the VM's other requests).
+    pub fn metrics_of(mut self, metrics: &Rc<RefCell<Metrics>>) -> Self {
+        self.metrics = Rc::clone(metrics);
+        self
     }
 
     pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
@@ -153,12 +179,13 @@ impl Host for MemoryHost {
 
     fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
         self.call(Call::DefineMetric)?;
-        let id = match self.metric_names.iter().position(|n| n == name) {
+        let mut metrics = self.metrics.try_borrow_mut().map_err(|_| HostError::INTERNAL_FAILURE)?;
+        let id = match metrics.names.iter().position(|n| n == name) {
             Some(id) => id,
             None => {
-                self.metric_names.push(name.to_owned());
-                self.metrics.insert(name.to_owned(), (kind, 0));
-                self.metric_names.len() - 1
+                metrics.names.push(name.to_owned());
+                metrics.values.insert(name.to_owned(), (kind, 0));
+                metrics.names.len() - 1
             }
         };
         u32::try_from(id).map_err(|_| HostError::INTERNAL_FAILURE)
@@ -166,37 +193,39 @@ impl Host for MemoryHost {
 
     fn increment_metric(&mut self, id: u32, offset: i64) -> Result<(), HostError> {
         self.call(Call::IncrementMetric)?;
-        let metric = self.metric_mut(id)?;
-        metric.1 = metric.1.saturating_add(offset);
-        Ok(())
+        self.update_metric(id, |value| value.saturating_add(offset))
     }
 
     fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {
         self.call(Call::RecordMetric)?;
-        let metric = self.metric_mut(id)?;
-        metric.1 = i64::try_from(value).unwrap_or(i64::MAX);
-        Ok(())
+        self.update_metric(id, |_| i64::try_from(value).unwrap_or(i64::MAX))
     }
 }
 
 impl MemoryHost {
-    fn metric_mut(&mut self, id: u32) -> Result<&mut (MetricKind, i64), HostError> {
-        let name =
-            usize::try_from(id).ok().and_then(|i| self.metric_names.get(i)).ok_or(HostError::NOT_FOUND)?;
-        self.metrics.get_mut(name).ok_or(HostError::NOT_FOUND)
+    fn update_metric(&mut self, id: u32, update: impl FnOnce(i64) -> i64) -> Result<(), HostError> {
+        let mut metrics = self.metrics.try_borrow_mut().map_err(|_| HostError::INTERNAL_FAILURE)?;
+        let Metrics { names, values } = &mut *metrics;
+        let name = usize::try_from(id).ok().and_then(|i| names.get(i)).ok_or(HostError::NOT_FOUND)?;
+        let metric = values.get_mut(name).ok_or(HostError::NOT_FOUND)?;
+        metric.1 = update(metric.1);
+        Ok(())
     }
 }
 
-/// A [`Store`] whose reads or writes can be made to fail, around another store.
+/// A [`Store`] whose reads or writes can be made to fail, around another store;
+/// it counts the calls (each is a host call in a proxy-wasm shell).
 #[derive(Debug, Default)]
 pub struct FaultyStore<S> {
     pub inner: S,
     pub fail_get: std::cell::Cell<bool>,
     pub fail_set: std::cell::Cell<bool>,
+    pub calls: std::cell::Cell<usize>,
 }
 
 impl<S: Store> Store for FaultyStore<S> {
     fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        self.calls.set(self.calls.get() + 1);
         if self.fail_get.get() {
             return Err(StoreError::Unavailable);
         }
@@ -204,6 +233,7 @@ impl<S: Store> Store for FaultyStore<S> {
     }
 
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), StoreError> {
+        self.calls.set(self.calls.get() + 1);
         if self.fail_set.get() {
             return Err(StoreError::Unavailable);
         }

@@ -21,6 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::behaviour::tracker::Flags;
 use crate::error::ConfigError;
 use crate::observe::metrics::Outcome;
 use crate::policy::{ClientClass, Decision, Verdict};
@@ -118,6 +119,10 @@ pub struct Record {
     pub cert_identity: Option<String>,
     /// The identity came from the certificate alone (no token).
     pub certificate_only: bool,
+    /// Anomalies this request showed (`behaviour`).
+    pub anomalies: Flags,
+    /// The identity's behaviour bucket was full: not tracked.
+    pub behaviour_untracked: bool,
     /// Set by [`Record::finish`].
     pub decided: Option<Decided>,
     verdict: Option<Decided>,
@@ -208,7 +213,8 @@ impl Record {
         if !config.enabled {
             return false;
         }
-        if decided.outcome == Outcome::Denied || decided.shadow_reason.is_some() {
+        if decided.outcome == Outcome::Denied || decided.shadow_reason.is_some() || !self.anomalies.is_empty()
+        {
             return true;
         }
         // Machine requests: a bearer token, or a certificate-only identity.
@@ -239,6 +245,7 @@ impl Record {
                 let micros = at.now_ns.saturating_sub(start) / 1_000;
                 micros as f64 / 1_000.0
             }),
+            anomaly: (!self.anomalies.is_empty()).then(|| self.anomalies.joined()),
         };
         // Strings and numbers only: serialization cannot fail; keep a line regardless.
         serde_json::to_string(&line).unwrap_or_else(|_| format!("{{\"event\":\"{EVENT}\"}}"))
@@ -286,6 +293,8 @@ struct Line<'a> {
     quota_policy: Option<&'a str>,
     quota_remaining: Option<u64>,
     latency_ms: Option<f64>,
+    /// `burst,new_route`: the anomalies flagged (see `crate::behaviour`).
+    anomaly: Option<String>,
 }
 
 fn cut_kid(kid: &str) -> String {
@@ -430,10 +439,17 @@ mod tests {
                 "source": "10.0.0.1:5000", "issuer": "ci", "identity": "robot", "kid": "k1", "cert_identity": null,
                 "route": "api", "client_class": "machine", "decision": "allowed", "reason": "allow",
                 "status": 200, "shadow_reason": null, "quota_policy": null, "quota_remaining": null,
-                "latency_ms": 2.5
+                "latency_ms": 2.5, "anomaly": null
             })
         );
         assert!(!line.contains('\n'));
+        // Anomalies are named, and a request that shows one is always logged.
+        r.anomalies.insert(crate::behaviour::Kind::Burst);
+        r.anomalies.insert(crate::behaviour::Kind::NewRoute);
+        let v: Value = serde_json::from_str(&r.line(&LineContext::default())).unwrap();
+        assert_eq!(v["anomaly"], "burst,new_route");
+        let never = DecisionLogConfig { enabled: true, allowed_sample_rate: 0.0 };
+        assert!(r.should_log(&never, 0));
     }
 
     #[test]

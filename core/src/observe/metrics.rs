@@ -116,10 +116,14 @@ pub enum Label {
     Identity,
     Policy,
     Result,
+    /// An anomaly kind (`burst`, `new_route`, …).
+    Anomaly,
+    /// A response status class (`2xx` … `5xx`).
+    StatusClass,
 }
 
 impl Label {
-    pub const ALL: [Label; 7] = [
+    pub const ALL: [Label; 9] = [
         Label::Issuer,
         Label::Route,
         Label::Decision,
@@ -127,6 +131,8 @@ impl Label {
         Label::Identity,
         Label::Policy,
         Label::Result,
+        Label::Anomaly,
+        Label::StatusClass,
     ];
 
     pub fn key(self) -> &'static str {
@@ -138,6 +144,8 @@ impl Label {
             Label::Identity => "nhi_identity",
             Label::Policy => "nhi_policy",
             Label::Result => "nhi_result",
+            Label::Anomaly => "nhi_anomaly",
+            Label::StatusClass => "nhi_status_class",
         }
     }
 
@@ -171,10 +179,22 @@ pub enum Family {
     JwksAge,
     /// Token verification time, microseconds.
     VerificationDuration,
+    /// Anomalies flagged, per identity and kind (`behaviour`).
+    Anomalies,
+    /// Responses to a verified identity by status class (`behaviour.outcome_metrics`).
+    IdentityResponses,
+    /// Request duration of a verified identity, milliseconds.
+    IdentityDuration,
+    /// Responses by route class and status class.
+    RouteResponses,
+    /// Request duration by route class, milliseconds.
+    RouteDuration,
+    /// Identities the behaviour table had no room for (never flagged).
+    BehaviourUntracked,
 }
 
 impl Family {
-    pub const ALL: [Family; 10] = [
+    pub const ALL: [Family; 16] = [
         Family::Requests,
         Family::IdentityRequests,
         Family::IdentityDenials,
@@ -185,6 +205,12 @@ impl Family {
         Family::JwksKeys,
         Family::JwksAge,
         Family::VerificationDuration,
+        Family::Anomalies,
+        Family::IdentityResponses,
+        Family::IdentityDuration,
+        Family::RouteResponses,
+        Family::RouteDuration,
+        Family::BehaviourUntracked,
     ];
 
     pub fn name(self) -> &'static str {
@@ -199,13 +225,21 @@ impl Family {
             Family::JwksKeys => "nhi_jwks_keys",
             Family::JwksAge => "nhi_jwks_last_success_age_seconds",
             Family::VerificationDuration => "nhi_verification_duration_us",
+            Family::Anomalies => "nhi_anomalies_total",
+            Family::IdentityResponses => "nhi_identity_responses_total",
+            Family::IdentityDuration => "nhi_identity_request_duration_ms",
+            Family::RouteResponses => "nhi_route_responses_total",
+            Family::RouteDuration => "nhi_route_request_duration_ms",
+            Family::BehaviourUntracked => "nhi_behaviour_untracked_total",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
             Family::JwksKeys | Family::JwksAge => Kind::Gauge,
-            Family::VerificationDuration => Kind::Histogram,
+            Family::VerificationDuration | Family::IdentityDuration | Family::RouteDuration => {
+                Kind::Histogram
+            }
             _ => Kind::Counter,
         }
     }
@@ -221,6 +255,12 @@ impl Family {
             Family::ShadowDenials => &[Issuer, Route, Reason],
             Family::JwksFetches => &[Issuer, Result],
             Family::JwksKeys | Family::JwksAge | Family::VerificationDuration => &[Issuer],
+            Family::Anomalies => &[Issuer, Identity, Anomaly],
+            Family::IdentityResponses => &[Issuer, Identity, StatusClass],
+            Family::IdentityDuration => &[Issuer, Identity],
+            Family::RouteResponses => &[Route, StatusClass],
+            Family::RouteDuration => &[Route],
+            Family::BehaviourUntracked => &[Issuer],
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::policy::{self, ClientClass, Credential, Decision, Denial, DenyReason,
 use crate::reason::{Reason, Rejection};
 
 use super::verify::{names_machine_issuer, Verification};
-use super::{forward, quota, reply, Request, Step, Vm};
+use super::{behaviour, forward, quota, reply, Request, Step, Vm};
 
 pub fn authorize(
     vm: &Vm,
@@ -78,6 +78,15 @@ pub fn authorize(
     }
 
     if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
+        if let Some(denial) = behaviour::observe(vm, host, request, who, verdict.route, now_ms) {
+            verdict.decision = Decision::Deny(denial);
+            request.observed.note_verdict(&verdict);
+            if let Some(refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+                return reply::send(host, &refusal);
+            }
+        }
+    }
+    if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
         match quota::charge(vm, request, who, verdict.route, now_ms) {
             Ok(headers) => request.response_headers = headers,
             Err(Some(quota_headers)) => {
@@ -103,7 +112,8 @@ pub fn authorize(
         Some(Ok(v)) => Some(&**v),
         _ => None,
     };
-    match forward::forward(vm, host, &verdict, verified, who, certificate.as_ref()) {
+    let anomalies = request.observed.anomalies;
+    match forward::forward(vm, host, &verdict, verified, who, certificate.as_ref(), anomalies) {
         Ok(()) => Step::Continue,
         Err(err) => reply::refuse(vm, host, request, &reply::internal(err)),
     }

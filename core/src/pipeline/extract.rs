@@ -112,14 +112,7 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
 /// (`x_nhi_identity`). `present` is the request's headers: only the names there are
 /// removed (one host call each).
 fn strip_managed_headers(vm: &Vm, host: &mut dyn Host, present: &HeaderMap) -> Result<(), HostError> {
-    let config = &vm.config;
-    let managed: Vec<&str> = [config.forward.identity_header.as_str(), config.forward.issuer_header.as_str()]
-        .into_iter()
-        .chain(config.routes.managed_headers())
-        .chain(config.claim_headers())
-        .chain(config.mtls.as_ref().map(|m| m.identity_header.as_str()))
-        .collect();
-    for name in present.managed_names(&managed) {
+    for name in present.managed_names(&vm.config.managed_headers()) {
         host.remove_request_header(name)?;
     }
     Ok(())

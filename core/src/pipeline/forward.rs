@@ -1,7 +1,9 @@
 //! Stage 5, forward: the headers the upstream (and Envoy's router, which re-selects
 //! the route on them) sees — client class, shadow decision, the verified identity,
-//! its claim headers and certificate identity — and the token removed.
+//! its claim headers, certificate identity and anomalies — and the token removed.
 
+use crate::behaviour::tracker::Flags;
+use crate::behaviour::ANOMALY_HEADER;
 use crate::host::{Host, HostError};
 use crate::mtls::{self, ClientCertificate};
 use crate::policy::{IdentityInfo, Verdict, SHADOW_DECISION_HEADER};
@@ -16,6 +18,7 @@ pub fn forward(
     verified: Option<&Verified>,
     who: Option<&IdentityInfo<'_>>,
     certificate: Option<&ClientCertificate>,
+    anomalies: Flags,
 ) -> Result<(), HostError> {
     let config = &vm.config;
     host.set_request_header(&config.routes.client_header, verdict.client_class.as_str())?;
@@ -27,6 +30,9 @@ pub fn forward(
         host.set_request_header(&config.forward.issuer_header, who.issuer)?;
         if let Some((name, value)) = mtls::forwarded_identity(config.mtls.as_ref(), certificate) {
             host.set_request_header(name, value)?;
+        }
+        if config.behaviour.as_ref().is_some_and(|b| b.forward_header) && !anomalies.is_empty() {
+            host.set_request_header(ANOMALY_HEADER, &anomalies.joined())?;
         }
     }
     if let Some(verified) = verified {

@@ -12,6 +12,7 @@ use std::hash::BuildHasher;
 
 use log::{info, warn};
 
+use crate::behaviour::Kind;
 use crate::config::{Config, JwksSource};
 use crate::hash::seeded::Seeded;
 use crate::host::store::Store;
@@ -66,7 +67,7 @@ impl Observer {
         observer
     }
 
-    /// Defines the JWKS fetch and quota overflow series at zero.
+    /// Defines the JWKS fetch, quota overflow and behaviour-untracked series at zero.
     pub fn define_initial(&self, config: &Config, host: &mut dyn Host) {
         for issuer in &config.issuers {
             if let JwksSource::Remote(_) = issuer.jwks {
@@ -78,6 +79,11 @@ impl Observer {
         if let Some(quotas) = &config.quotas {
             for policy in quotas.policies() {
                 self.id(host, Family::QuotaOverflow, &[policy.name()]);
+            }
+        }
+        if config.behaviour.as_ref().is_some_and(|b| b.detect) {
+            for issuer in &config.issuers {
+                self.id(host, Family::BehaviourUntracked, &[&issuer.name]);
             }
         }
     }
@@ -113,6 +119,14 @@ impl Observer {
     fn record(&self, host: &mut dyn Host, family: Family, values: &[&str], value: u64) {
         if let Some(id) = self.id(host, family, values) {
             let _ = host.record_metric(id, value);
+        }
+    }
+
+    /// The label `identity` is counted under (its own, or `other` beyond the bound).
+    fn identity_label(&self, vm: &Vm, issuer: &str, identity: &str) -> IdentityLabel {
+        match self.identities.try_borrow_mut() {
+            Ok(mut bound) => bound.label(vm.store.as_ref(), issuer, identity),
+            Err(_) => IdentityLabel::Other,
         }
     }
 
@@ -186,12 +200,12 @@ pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: boo
         observer.increment(host, Family::ShadowDenials, &[issuer, route, shadow_reason]);
     }
     if let (Some(identity), true) = (&record.identity, observer.metrics.get()) {
-        let label = match observer.identities.try_borrow_mut() {
-            Ok(mut bound) => bound.label(vm.store.as_ref(), issuer, identity),
-            Err(_) => IdentityLabel::Other,
-        };
+        let label = observer.identity_label(vm, issuer, identity);
         let label = label.as_str();
         observer.increment(host, Family::IdentityRequests, &[issuer, label]);
+        for kind in record.anomalies.kinds() {
+            observer.increment(host, Family::Anomalies, &[issuer, label, kind.as_str()]);
+        }
         if decided.outcome == Outcome::Denied {
             observer.increment(host, Family::IdentityDenials, &[issuer, label, decided.reason]);
         }
@@ -200,6 +214,9 @@ pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: boo
                 observer.increment(host, Family::QuotaRejections, &[issuer, label, &quota.policy]);
             }
         }
+    }
+    if record.behaviour_untracked {
+        observer.increment(host, Family::BehaviourUntracked, &[issuer]);
     }
     if let Some(quota) = record.quota.as_ref().filter(|q| q.overflow) {
         observer.increment(host, Family::QuotaOverflow, &[&quota.policy]);
@@ -224,11 +241,22 @@ pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: boo
     }
 }
 
-/// The end of the stream: writes the decision line if this request gets one.
+/// The end of the stream: the response's outcome (behaviour metrics, error
+/// spikes), and the decision line if this request gets one.
 pub fn logged(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
     let sequence = vm.observer.sequence.get().wrapping_add(1);
     vm.observer.sequence.set(sequence);
     let key = sample_key(request.request_id.as_deref(), sequence);
+    let outcome_wanted = request.observed.decided.is_some()
+        && vm.config.behaviour.as_ref().is_some_and(|b| b.outcome_metrics || b.watches(Kind::ErrorSpike));
+    if !outcome_wanted && !request.observed.should_log(&vm.config.decision_log, key) {
+        return;
+    }
+    let now_ns = host.now_ns();
+    let status = response_status(host).or(request.observed.decided.and_then(|d| d.status));
+    if outcome_wanted {
+        outcome(vm, host, request, status, now_ns);
+    }
     if !request.observed.should_log(&vm.config.decision_log, key) {
         return;
     }
@@ -237,14 +265,6 @@ pub fn logged(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
         request.observed.source = host::source_address(host);
     }
     let record = &request.observed;
-    let now_ns = host.now_ns();
-    // Envoy: `response.code`, an 8-byte integer; nginx (APISIX): `$status`, text.
-    let status = host
-        .property(&["response", "code"])
-        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-        .and_then(|bytes| u16::try_from(i64::from_le_bytes(bytes)).ok())
-        .or_else(|| host::property_text(host, &["status"]).and_then(|text| text.trim().parse().ok()))
-        .filter(|status| *status > 0);
     let line = record.line(&LineContext {
         now_ms: now_ns / 1_000_000,
         now_ns,
@@ -253,6 +273,66 @@ pub fn logged(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
         status,
     });
     info!("{line}");
+}
+
+/// The response status as the host saw it: Envoy's `response.code`, an 8-byte
+/// integer; nginx's `$status` (APISIX), text.
+fn response_status(host: &mut dyn Host) -> Option<u16> {
+    host.property(&["response", "code"])
+        .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+        .and_then(|bytes| u16::try_from(i64::from_le_bytes(bytes)).ok())
+        .or_else(|| host::property_text(host, &["status"]).and_then(|text| text.trim().parse().ok()))
+        .filter(|status| *status > 0)
+}
+
+/// `2xx` … `5xx` (`other` for anything else).
+fn status_class(status: Option<u16>) -> &'static str {
+    match status.map(|s| s / 100) {
+        Some(1) => "1xx",
+        Some(2) => "2xx",
+        Some(3) => "3xx",
+        Some(4) => "4xx",
+        Some(5) => "5xx",
+        _ => "other",
+    }
+}
+
+/// Per-identity and per-route status and latency (request headers seen to the end
+/// of the stream, on the proxy clock), and the identity's error count.
+fn outcome(vm: &Vm, host: &mut dyn Host, request: &mut Request, status: Option<u16>, now_ns: u64) {
+    let Some(behaviour) = vm.config.behaviour.as_ref() else { return };
+    let config = &vm.config;
+    let observer = &vm.observer;
+    let record = &request.observed;
+    let issuer = issuer_label(config, record);
+    let class = status_class(status);
+    let millis = record.started_ns.map(|start| now_ns.saturating_sub(start) / 1_000_000);
+    if behaviour.outcome_metrics && observer.metrics.get() {
+        let route = record.route.as_deref().unwrap_or(NO_ROUTE);
+        observer.increment(host, Family::RouteResponses, &[route, class]);
+        if let Some(ms) = millis {
+            observer.record(host, Family::RouteDuration, &[route], ms);
+        }
+        if let Some(identity) = &record.identity {
+            let label = observer.identity_label(vm, issuer, identity);
+            observer.increment(host, Family::IdentityResponses, &[issuer, label.as_str(), class]);
+            if let Some(ms) = millis {
+                observer.record(host, Family::IdentityDuration, &[issuer, label.as_str()], ms);
+            }
+        }
+    }
+    let (Some(identity), Some(status)) = (record.identity.clone(), status) else { return };
+    let spike = vm.tracker.try_borrow_mut().ok().and_then(|mut tracker| {
+        let now_ms = now_ns / 1_000_000;
+        tracker.as_mut()?.responded(behaviour, issuer, &identity, status, now_ms)
+    });
+    if let Some(kind) = spike {
+        request.observed.anomalies.insert(kind);
+        if observer.metrics.get() {
+            let label = observer.identity_label(vm, issuer, &identity);
+            observer.increment(host, Family::Anomalies, &[issuer, label.as_str(), kind.as_str()]);
+        }
+    }
 }
 
 /// A JWKS fetch of issuer `index` ended (or could not start).

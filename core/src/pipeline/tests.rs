@@ -43,6 +43,8 @@ fn plugin() -> Value {
 struct Fixture {
     vm: Vm,
     store: Rc<FaultyStore<MemoryStore>>,
+    /// The VM's metrics, across its requests.
+    metrics: Rc<std::cell::RefCell<crate::host::memory::Metrics>>,
 }
 
 fn fixture(plugin: Value) -> Fixture {
@@ -52,7 +54,7 @@ fn fixture(plugin: Value) -> Fixture {
     let store = Rc::new(FaultyStore::<MemoryStore>::default());
     let mut host = MemoryHost::new(NOW * 1_000_000_000);
     let vm = Vm::start(config, plan, Box::new(Rc::clone(&store)), &mut host, NOW * 1000, 7).unwrap();
-    Fixture { vm, store }
+    Fixture { vm, store, metrics: Rc::clone(&host.metrics) }
 }
 
 fn token(sub: &str, extra: Value) -> String {
@@ -91,7 +93,8 @@ impl Outcome {
     }
 }
 
-fn send(fx: &Fixture, mut host: MemoryHost) -> Outcome {
+fn send(fx: &Fixture, host: MemoryHost) -> Outcome {
+    let mut host = host.metrics_of(&fx.metrics);
     let mut request = Request::new(1);
     let step = start(&fx.vm, &mut host, &mut request);
     if step == Step::Continue {
@@ -115,8 +118,8 @@ fn a_verified_machine_is_forwarded_with_its_identity_and_without_its_token() {
     assert_eq!(out.upstream("x-nhi-scope").as_deref(), Some("a b"));
     assert_eq!(out.upstream("authorization"), None);
     assert_eq!(out.host.filter_state.get("nhi_identity").map(Vec::as_slice), Some(&b"robot"[..]));
-    let requests = out.host.metrics.iter().find(|(name, _)| name.contains("nhi_requests_total")).unwrap();
-    assert!(requests.0.contains("nhi_decision=allowed"), "{}", requests.0);
+    let metrics = fx.metrics.borrow();
+    assert_eq!(metrics.find(&["nhi_requests_total", "nhi_decision=allowed"]), Some(1));
 }
 
 #[test]
@@ -271,4 +274,117 @@ fn a_failing_shared_store_refuses_quota_charges_and_nothing_else() {
     fx.store.fail_set.set(true);
     let out = send(&fx, bearer(request("GET", "/api/x"), &token("robot", json!({}))));
     assert_eq!(out.upstream("x-nhi-identity").as_deref(), Some("robot"), "the token cache is only a cache");
+}
+
+fn with_behaviour(anomalies: Value) -> Value {
+    let mut p = plugin();
+    p["behaviour"] = json!({"outcome_metrics": true, "warmup_intervals": 3, "forward_header": true,
+                            "anomalies": anomalies});
+    p
+}
+
+/// `request` at `at_ms`, with the upstream answering `status`.
+fn at(fx: &Fixture, at_ms: u64, host: MemoryHost, status: u16) -> Outcome {
+    let mut host = host;
+    host.now_ns = at_ms * 1_000_000;
+    host.properties.insert(vec!["response".into(), "code".into()], i64::from(status).to_le_bytes().to_vec());
+    send(fx, host)
+}
+
+#[test]
+fn anomalies_are_flagged_forwarded_counted_and_logged_through_the_pipeline() {
+    let fx = fixture(with_behaviour(json!({"new_route": {}, "error_spike": {"min_requests": 5}})));
+    let t = token("robot", json!({}));
+    let start = NOW * 1000;
+    // Four minutes of a steady caller on one route: past the warm-up of three intervals.
+    for minute in 0..4 {
+        for i in 0..5 {
+            let out = at(&fx, start + minute * 60_000 + i * 1_000, bearer(request("GET", "/api/x"), &t), 200);
+            assert_eq!(out.upstream("x-nhi-anomaly"), None);
+        }
+    }
+    let out = at(
+        &fx,
+        start + 4 * 60_000,
+        bearer(request("GET", "/partner/x"), &t).property(&["source", "address"], "10.1.2.3:4"),
+        200,
+    );
+    assert_eq!(out.upstream("x-nhi-anomaly").as_deref(), Some("new_route"));
+    assert_eq!(fx.metrics.borrow().find(&["nhi_anomalies_total", "nhi_anomaly=new_route"]), Some(1));
+    assert_eq!(
+        fx.metrics.borrow().find(&[
+            "nhi_identity_responses_total",
+            "nhi_identity=robot",
+            "nhi_status_class=2xx"
+        ]),
+        Some(21)
+    );
+    // The upstream starts failing: an error spike, flagged once.
+    for i in 0..8 {
+        at(&fx, start + 5 * 60_000 + i * 100, bearer(request("GET", "/api/x"), &t), 503);
+    }
+    assert_eq!(fx.metrics.borrow().find(&["nhi_anomalies_total", "nhi_anomaly=error_spike"]), Some(1));
+    assert_eq!(fx.metrics.borrow().find(&["nhi_identity_responses_total", "nhi_status_class=5xx"]), Some(8));
+}
+
+#[test]
+fn an_enforced_anomaly_is_refused_with_its_status_and_reason() {
+    let fx = fixture(with_behaviour(json!({"new_route": {"mode": "enforce", "status": 403}})));
+    let t = token("robot", json!({}));
+    let start = NOW * 1000;
+    for minute in 0..4 {
+        for i in 0..3 {
+            assert_eq!(
+                at(&fx, start + minute * 60_000 + i * 1_000, bearer(request("GET", "/api/x"), &t), 200).step,
+                Step::Continue
+            );
+        }
+    }
+    let out = at(
+        &fx,
+        start + 4 * 60_000,
+        bearer(request("GET", "/partner/x"), &t).property(&["source", "address"], "10.1.2.3:4"),
+        200,
+    );
+    assert_eq!((out.status, out.reason.as_deref()), (Some(403), Some("anomaly_new_route")));
+    // Enforced refusals are not learned: refused again.
+    let again = at(
+        &fx,
+        start + 4 * 60_000 + 10,
+        bearer(request("GET", "/partner/x"), &t).property(&["source", "address"], "10.1.2.3:4"),
+        200,
+    );
+    assert_eq!(again.reason.as_deref(), Some("anomaly_new_route"));
+}
+
+#[test]
+fn detection_adds_no_host_call_to_a_cached_request_between_merges() {
+    let mut quiet = with_behaviour(json!({"burst": {}, "new_route": {}}));
+    quiet["behaviour"]["outcome_metrics"] = json!(false);
+    quiet["behaviour"]["forward_header"] = json!(false);
+    quiet["filter_state"] = json!(false);
+    quiet["decision_log"] = json!({"enabled": false});
+    quiet["quotas"] = Value::Null;
+    quiet.as_object_mut().unwrap().remove("quotas");
+    let fx = fixture(quiet.clone());
+    let t = token("robot", json!({}));
+    let start = NOW * 1000;
+    at(&fx, start, bearer(request("GET", "/api/x"), &t), 200);
+    let store_calls = fx.store.calls.get();
+    let cached = at(&fx, start + 10, bearer(request("GET", "/api/x"), &t), 200);
+    assert_eq!(fx.store.calls.get(), store_calls, "no shared-data call between merges");
+    quiet.as_object_mut().unwrap().remove("behaviour");
+    let plain_fx = fixture(quiet);
+    at(&plain_fx, start, bearer(request("GET", "/api/x"), &t), 200);
+    let plain = at(&plain_fx, start + 10, bearer(request("GET", "/api/x"), &t), 200);
+    // Bursts and new routes are judged from the worker's memory: not one more call.
+    // (With `error_spike` or outcome metrics, the end of the stream also reads the
+    // clock and the response status.)
+    assert_eq!(
+        cached.host.total_calls(),
+        plain.host.total_calls(),
+        "{:?} vs {:?}",
+        cached.host.calls,
+        plain.host.calls
+    );
 }

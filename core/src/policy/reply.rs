@@ -28,16 +28,29 @@ pub enum RouteDenial {
     MachineOnHumanRoute,
     /// The path reads as another route once normalized (see `matcher`).
     AmbiguousPath,
+    /// `behaviour` anomalies in `enforce` mode (`crate::behaviour`): far above the
+    /// identity's usual rate, a route class or source network it never used, an
+    /// error spike, a return after a long silence.
+    AnomalyBurst,
+    AnomalyNewRoute,
+    AnomalyNewSource,
+    AnomalyErrorSpike,
+    AnomalyDormantReturned,
 }
 
 impl RouteDenial {
-    pub const ALL: [RouteDenial; 6] = [
+    pub const ALL: [RouteDenial; 11] = [
         RouteDenial::NotAllowed,
         RouteDenial::SourceNotAllowed,
         RouteDenial::SubjectDenied,
         RouteDenial::TokenRevoked,
         RouteDenial::MachineOnHumanRoute,
         RouteDenial::AmbiguousPath,
+        RouteDenial::AnomalyBurst,
+        RouteDenial::AnomalyNewRoute,
+        RouteDenial::AnomalyNewSource,
+        RouteDenial::AnomalyErrorSpike,
+        RouteDenial::AnomalyDormantReturned,
     ];
 
     pub fn code(self) -> &'static str {
@@ -48,6 +61,11 @@ impl RouteDenial {
             RouteDenial::TokenRevoked => "token_revoked",
             RouteDenial::MachineOnHumanRoute => "machine_on_human_route",
             RouteDenial::AmbiguousPath => "ambiguous_path",
+            RouteDenial::AnomalyBurst => "anomaly_burst",
+            RouteDenial::AnomalyNewRoute => "anomaly_new_route",
+            RouteDenial::AnomalyNewSource => "anomaly_new_source",
+            RouteDenial::AnomalyErrorSpike => "anomaly_error_spike",
+            RouteDenial::AnomalyDormantReturned => "anomaly_dormant_returned",
         }
     }
 
@@ -56,6 +74,8 @@ impl RouteDenial {
         match self {
             RouteDenial::TokenRevoked => 401,
             RouteDenial::AmbiguousPath => 400,
+            RouteDenial::AnomalyBurst => 429,
+            RouteDenial::AnomalyErrorSpike => 503,
             _ => 403,
         }
     }
@@ -69,6 +89,13 @@ impl RouteDenial {
             RouteDenial::TokenRevoked => "the token has been revoked",
             RouteDenial::MachineOnHumanRoute => "machine credentials are not accepted on this route",
             RouteDenial::AmbiguousPath => "the request path is ambiguous once normalized",
+            RouteDenial::AnomalyBurst => "far more requests than this identity usually makes",
+            RouteDenial::AnomalyNewRoute => "this identity does not use this route",
+            RouteDenial::AnomalyNewSource => "this identity does not call from this network",
+            RouteDenial::AnomalyErrorSpike => {
+                "this identity's requests are failing; refused until the interval ends"
+            }
+            RouteDenial::AnomalyDormantReturned => "this identity has been silent for too long",
         }
     }
 }
@@ -137,7 +164,11 @@ impl Denial {
             DenyReason::Auth(r) => r.error(),
             DenyReason::Route(RouteDenial::TokenRevoked) => "unauthenticated",
             DenyReason::Route(RouteDenial::AmbiguousPath) => "bad_request",
-            DenyReason::Route(_) => "forbidden",
+            DenyReason::Route(_) => match self.status {
+                429 => "rate_limited",
+                503 => "unavailable",
+                _ => "forbidden",
+            },
         }
     }
 
