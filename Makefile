@@ -29,7 +29,7 @@ export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
 .PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
-	node-tools cli schema oci bench bench-verify
+	node-tools promtool cli schema oci bench bench-verify
 
 all: build
 
@@ -66,6 +66,21 @@ $(NODE_STAMP): test-harness/node/package.json test-harness/node/package-lock.jso
 	cp test-harness/node/package.json test-harness/node/package-lock.json $(NODE_TOOLS)/
 	cd $(NODE_TOOLS) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# promtool, to check the shipped Prometheus rules: the binary out of Debian's
+# prometheus package (a static Go binary; nothing installed system-wide).
+PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
+export PROMTOOL
+
+promtool: $(PROMTOOL)
+
+$(PROMTOOL):
+	rm -rf $(TOOLS)/prometheus && mkdir -p $(TOOLS)/prometheus
+	cd $(TOOLS)/prometheus && { apt-get download prometheus >/dev/null 2>&1 || \
+	    { $(SUDO) apt-get update >/dev/null && apt-get download prometheus; }; }
+	dpkg -x $(TOOLS)/prometheus/prometheus_*.deb $(TOOLS)/prometheus
+	rm -f $(TOOLS)/prometheus/prometheus_*.deb
+	$(PROMTOOL) --version | head -n 1
 
 ## Build ---------------------------------------------------------------------
 
@@ -120,7 +135,7 @@ lint: wasm-target
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
 	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
-e2e: envoy wasm fault-wasm cli node-tools
+e2e: envoy wasm fault-wasm cli node-tools promtool
 	$(CARGO) test -p test-harness --tests -- --test-threads 2
 
 fmt:

@@ -2,7 +2,8 @@
 //
 //   node validate.mjs k8s FILE...            Kubernetes objects: Istio's CRD schemas
 //                                            (@kubernetes-models/istio) and Kubernetes'
-//                                            OpenAPI schemas (kubernetes-models)
+//                                            OpenAPI schemas (kubernetes-models), the
+//                                            Prometheus Operator's (PrometheusRule)
 //   node validate.mjs schema SCHEMA FILE...  JSON files against a JSON Schema (ajv)
 //
 // The packages live in NHI_NODE_MODULES (default: <repo>/.tools/node/node_modules,
@@ -42,7 +43,9 @@ const SENTINEL = Symbol("no valid type");
 async function modelFor(apiVersion, kind) {
   const [group, version] = apiVersion.includes("/") ? apiVersion.split("/") : ["", apiVersion];
   const candidates = group
-    ? [join(modules, "@kubernetes-models/istio", group, version, `${kind}.js`), join(modules, "kubernetes-models", group, version, `${kind}.js`)]
+    ? ["@kubernetes-models/istio", "@kubernetes-models/prometheus-operator", "kubernetes-models"].map((pkg) =>
+        join(modules, pkg, group, version, `${kind}.js`),
+      )
     : [join(modules, "kubernetes-models", version, `${kind}.js`)];
   for (const file of candidates) {
     if (existsSync(file)) {
