@@ -549,3 +549,119 @@ fn the_filter_refuses_a_bad_configuration_under_every_profile() {
     }
     let _ = mint::now();
 }
+
+// ---------------------------------------------------------------------------------
+// Behaviour: a day and a half of machine traffic, the clock driven by the test
+
+const BEHAVIOUR_ISS: &str = "https://behaviour.nhi-guard.test";
+const MINUTE_NS: u64 = 60_000_000_000;
+
+fn behaviour_plugin() -> serde_json::Value {
+    let key = TestKeys::shared().unwrap().by_type(KeyType::Ed25519);
+    json!({
+        "issuers": [{ "name": "ci", "issuer": BEHAVIOUR_ISS, "audiences": ["gw"],
+                      "jwks": { "inline": test_harness::keys::jwks([key]) }, "algorithms": ["EdDSA"] }],
+        "routes": [
+            { "name": "deploy", "match": { "prefix": "/deploy/" }, "audience": "machine" },
+            { "name": "reports", "match": { "prefix": "/reports/" }, "audience": "machine" },
+            { "name": "admin", "match": { "prefix": "/admin/" }, "audience": "machine" }
+        ],
+        "behaviour": {
+            // A day of five-minute intervals to learn; rates over an hour; peaks over two days.
+            "interval_seconds": 300, "warmup_intervals": 288, "half_life_intervals": 12,
+            "peak_half_life_intervals": 576,
+            "forward_header": true,
+            "anomalies": { "burst": { "factor": 10, "floor": 50 }, "new_route": {}, "new_source": {},
+                           "dormant_returned": { "after_seconds": 86400 } }
+        }
+    })
+}
+
+fn behaviour_token(sub: &str, now_s: u64) -> String {
+    let key = TestKeys::shared().unwrap().by_type(KeyType::Ed25519);
+    Token::new(Alg::EdDsa)
+        .kid(key.kid())
+        .claim("iss", BEHAVIOUR_ISS)
+        .claim("aud", "gw")
+        .claim("sub", sub)
+        .claim("iat", now_s)
+        .claim("exp", now_s + 10 * 86_400)
+        .sign(key)
+        .unwrap()
+}
+
+/// One request in the emulator at `at_ns`: the anomalies forwarded upstream.
+fn emulated(host: &mut Host, at_ns: u64, path: &str, token: &str, source: [u8; 4]) -> Option<String> {
+    host.set_time(at_ns);
+    let request = Request::get(path).bearer(token).source(std::net::SocketAddr::from((source, 40_000)));
+    let exchange = host.worker(0).unwrap().send(&request).unwrap();
+    assert_eq!(exchange.status, 200, "{path}: {:?}", exchange.reason());
+    exchange.upstream_header("x-nhi-anomaly").map(str::to_owned)
+}
+
+#[test]
+fn a_day_and_a_half_of_machine_traffic_in_the_emulator() {
+    let mut host = Host::new(Profile::Full).unwrap();
+    host.start_worker_json(&behaviour_plugin()).unwrap();
+    let start_ns = host.now_ns() - host.now_ns() % (24 * 60 * MINUTE_NS); // midnight
+    let start_s = start_ns / 1_000_000_000;
+    let steady = behaviour_token("steady-deployer", start_s);
+    let nightly = behaviour_token("nightly-batch", start_s);
+    let office = [203, 0, 113, 10];
+    let mut flagged: Vec<(u64, String, String)> = Vec::new();
+    // 36 hours: `steady-deployer` about one request every three minutes (jittered),
+    // `nightly-batch` one every five minutes and 20 a minute from 02:00 to 02:15, both
+    // from one network.
+    let mut rng_state: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut jitter = |n: u64| {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        rng_state % n
+    };
+    for minute in 0..(36 * 60) {
+        let minute_start = start_ns + minute * MINUTE_NS;
+        let per_minute = u64::from(jitter(3) == 0);
+        for i in 0..per_minute {
+            let at = minute_start + i * (MINUTE_NS / per_minute) + jitter(1_000_000_000);
+            if let Some(a) = emulated(&mut host, at, "/deploy/app", &steady, office) {
+                flagged.push((minute, "steady".into(), a));
+            }
+        }
+        let of_day = minute % (24 * 60);
+        let batch = if (120..135).contains(&of_day) { 20 } else { u64::from(of_day % 5 == 0) };
+        for i in 0..batch {
+            let at = minute_start + 30_000_000_000 + i * (30_000_000_000 / batch);
+            if let Some(a) = emulated(&mut host, at, "/reports/run", &nightly, office) {
+                flagged.push((minute, "nightly".into(), a));
+            }
+        }
+    }
+    // Warm-up is the first day: nothing may be flagged after it, in 12 hours that hold
+    // the second night's batch.
+    let after_warmup: Vec<_> = flagged.iter().filter(|(m, _, _)| *m >= 24 * 60 + 5).collect();
+    assert!(after_warmup.is_empty(), "false positives after warm-up: {after_warmup:?}");
+
+    // The deployer's token, stolen: used from another network, on a route it never used.
+    let now = start_ns + 36 * 60 * MINUTE_NS;
+    let first = emulated(&mut host, now, "/admin/users", &steady, [198, 51, 100, 7]);
+    assert_eq!(first.as_deref(), Some("new_route,new_source"), "flagged on the first stolen request");
+    // A retry storm of the batch job in the afternoon: far above its rate and its peak.
+    let storm_at = now + 5 * MINUTE_NS;
+    let detected_after = (0..2_000u64)
+        .position(|i| {
+            emulated(&mut host, storm_at + i * 10_000_000, "/reports/run", &nightly, office)
+                .is_some_and(|a| a.contains("burst"))
+        })
+        .expect("the storm is flagged");
+    assert!(detected_after <= 400, "burst flagged after {detected_after} requests");
+    // A credential that was silent for two days.
+    let back = emulated(&mut host, now + 2 * 24 * 60 * MINUTE_NS, "/deploy/app", &steady, office);
+    assert!(back.is_some_and(|a| a.contains("dormant_returned")));
+    let counted = host.metrics().iter().filter(|m| m.name.contains("nhi_anomalies_total")).count();
+    assert!(counted >= 4, "one series per identity and kind");
+    println!(
+        "emulator: {} flags during warm-up, none after; burst flagged after {detected_after} storm requests",
+        flagged.len()
+    );
+}

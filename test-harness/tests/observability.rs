@@ -23,7 +23,7 @@ const MAX_IDENTITIES: usize = 5;
 /// Identities beyond the bound in the flood (each sends one request).
 const FLOOD: usize = 10;
 
-const DECISION_FIELDS: [&str; 17] = [
+const DECISION_FIELDS: [&str; 18] = [
     "event",
     "time",
     "request_id",
@@ -41,6 +41,7 @@ const DECISION_FIELDS: [&str; 17] = [
     "quota_policy",
     "quota_remaining",
     "latency_ms",
+    "anomaly",
 ];
 
 fn plugin() -> Value {
@@ -57,6 +58,10 @@ fn plugin() -> Value {
     });
     plugin["metrics"] = json!({ "max_identities": MAX_IDENTITIES });
     plugin["decision_log"] = json!({ "allowed_sample_rate": 1.0 });
+    // Outcome metrics, and an anomaly kind that fires at once (no warm-up): every
+    // series the dashboard's behaviour row queries exists in the scrape.
+    plugin["behaviour"] =
+        json!({ "outcome_metrics": true, "warmup_intervals": 0, "anomalies": { "new_route": {} } });
     plugin
 }
 
@@ -439,6 +444,12 @@ fn metrics_decision_log_access_log_and_dashboard_in_real_envoy() {
         "nhi_jwks_keys",
         "nhi_jwks_last_success_age_seconds",
         "nhi_verification_duration_us_bucket",
+        "nhi_anomalies_total",
+        "nhi_identity_responses_total",
+        "nhi_identity_request_duration_ms_bucket",
+        "nhi_route_responses_total",
+        "nhi_route_request_duration_ms_bucket",
+        "nhi_behaviour_untracked_total",
     ] {
         assert!(queried.contains(family), "the dashboard does not show {family}");
     }
