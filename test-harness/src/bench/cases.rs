@@ -56,6 +56,7 @@ impl Case {
             Case::new(Stack::NativeJwt, Traffic::Reused),
             Case::new(Stack::NativeStack, Traffic::Reused),
             Case::new(Stack::NhiGuard, Traffic::Reused),
+            Case::new(Stack::NhiGuardBehaviour, Traffic::Reused),
         ];
         for alg in ALGS {
             plan.push(Case::new(Stack::NativeJwt, Traffic::Rotating(alg)));
@@ -71,6 +72,7 @@ impl Case {
     pub fn reference(&self) -> Option<Case> {
         match (self.stack, self.traffic) {
             (Stack::NhiGuard, Traffic::Reused) => Some(Case::new(Stack::NativeStack, Traffic::Reused)),
+            (Stack::NhiGuardBehaviour, Traffic::Reused) => Some(Case::new(Stack::NhiGuard, Traffic::Reused)),
             (Stack::NhiGuardSmallCache, Traffic::Rotating(alg)) => {
                 Some(Case::new(Stack::NativeJwt, Traffic::Rotating(alg)))
             }
@@ -85,6 +87,7 @@ impl Case {
     pub fn target(&self) -> Option<f64> {
         match (self.stack, self.traffic) {
             (Stack::NhiGuard, Traffic::Reused) => Some(1.0),
+            (Stack::NhiGuardBehaviour, Traffic::Reused) => Some(0.95),
             (Stack::NhiGuardSmallCache, Traffic::Rotating(Alg::Rs256 | Alg::Es256)) => Some(0.5),
             (Stack::NhiGuard, Traffic::Flood) => Some(0.9),
             _ => None,

@@ -45,7 +45,14 @@ pub enum Stack {
     NhiGuard,
     /// `nhi-guard.yaml` with the token cache cut to [`DEFEATED_CACHE_ENTRIES`].
     NhiGuardSmallCache,
+    /// `nhi-guard.yaml` with behaviour anomaly detection on ([`BEHAVIOUR`]).
+    NhiGuardBehaviour,
 }
+
+/// The `behaviour` block of [`Stack::NhiGuardBehaviour`]: every request-time anomaly
+/// kind watched (`new_source` reads the source address on every request).
+pub const BEHAVIOUR: &str =
+    r#"{ "anomalies": { "burst": {}, "new_route": {}, "new_source": {}, "dormant_returned": {} } }"#;
 
 impl Stack {
     pub fn label(self) -> &'static str {
@@ -55,6 +62,7 @@ impl Stack {
             Stack::NativeStack => "native jwt_authn + local_ratelimit + RBAC",
             Stack::NhiGuard => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardSmallCache => "nhi-guard (verify + quota + routes)",
+            Stack::NhiGuardBehaviour => "nhi-guard + behaviour anomaly detection",
         }
     }
 
@@ -66,6 +74,7 @@ impl Stack {
             Stack::NativeStack => "native-stack",
             Stack::NhiGuard => "nhi-guard",
             Stack::NhiGuardSmallCache => "nhi-guard-small-cache",
+            Stack::NhiGuardBehaviour => "nhi-guard-behaviour",
         }
     }
 
@@ -73,13 +82,13 @@ impl Stack {
         let file = match self {
             Stack::Router => "router.yaml",
             Stack::NativeJwt | Stack::NativeStack => "native.yaml",
-            Stack::NhiGuard | Stack::NhiGuardSmallCache => "nhi-guard.yaml",
+            Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour => "nhi-guard.yaml",
         };
         repo_root().join("envoy").join("bench").join(file)
     }
 
     pub fn uses_wasm(self) -> bool {
-        matches!(self, Stack::NhiGuard | Stack::NhiGuardSmallCache)
+        matches!(self, Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour)
     }
 
     /// The config to run: the template with the run's JWKS (and the wasm path).
@@ -90,8 +99,11 @@ impl Stack {
         let rendered = match self {
             Stack::Router => Ok(text),
             Stack::NativeJwt | Stack::NativeStack => render_native(&text, jwks, self == Stack::NativeJwt),
-            Stack::NhiGuard => render_nhi_guard(&text, jwks, wasm, None),
-            Stack::NhiGuardSmallCache => render_nhi_guard(&text, jwks, wasm, Some(DEFEATED_CACHE_ENTRIES)),
+            Stack::NhiGuard => render_nhi_guard(&text, jwks, wasm, None, None),
+            Stack::NhiGuardSmallCache => {
+                render_nhi_guard(&text, jwks, wasm, Some(DEFEATED_CACHE_ENTRIES), None)
+            }
+            Stack::NhiGuardBehaviour => render_nhi_guard(&text, jwks, wasm, None, Some(BEHAVIOUR)),
         };
         rendered.with_context(|| format!("rendering {}", template.display()))
     }
@@ -148,14 +160,23 @@ fn http_filters_mut(doc: &mut Yaml) -> Result<&mut Vec<Yaml>> {
         .context("no static_resources.listeners[0].filter_chains[0].filters[0].typed_config.http_filters")
 }
 
-fn render_nhi_guard(text: &str, jwks: &Json, wasm: &Path, cache_entries: Option<u32>) -> Result<String> {
+fn render_nhi_guard(
+    text: &str,
+    jwks: &Json,
+    wasm: &Path,
+    cache_entries: Option<u32>,
+    behaviour: Option<&str>,
+) -> Result<String> {
     let mut config = EnvoyConfig::parse(text)?;
     let mut plugin = config.plugin_configuration()?;
     let inline = plugin.pointer_mut("/issuers/0/jwks/inline").context("no issuers[0].jwks.inline")?;
     *inline = jwks.clone();
+    let members = plugin.as_object_mut().context("the plugin configuration is not an object")?;
     if let Some(entries) = cache_entries {
-        let members = plugin.as_object_mut().context("the plugin configuration is not an object")?;
         members.insert("token_cache".into(), json!({ "max_entries": entries }));
+    }
+    if let Some(behaviour) = behaviour {
+        members.insert("behaviour".into(), serde_json::from_str(behaviour).context("BEHAVIOUR")?);
     }
     config.set_plugin_configuration(&plugin)?;
     config.set_wasm_filename(wasm)?;
