@@ -226,6 +226,21 @@ fn certificate_identities_and_subject_binding_in_real_envoy() {
     assert_eq!((r.status, backend(&r)), (200, "machine".to_owned()), "{}", r.body_text());
     assert_eq!(echoed(&r, "x-nhi-identity").as_deref(), Some("token-only"));
     assert_eq!(echoed(&r, "x-nhi-cert-identity"), None, "{}", r.body_text());
+    // Underscored header names (read as dashed ones by CGI/WSGI-style backends) are
+    // refused by the TLS listener's HCM too, before nhi-guard or a backend sees them.
+    let (web_before, machine_before) = (s.web.hits(), s.upstream.hits());
+    let forged =
+        [("x_nhi_identity", "admin-bot"), ("x_nhi_client", "machine"), ("x_nhi_cert_identity", PAYMENTS)];
+    let r = m.get("/web/underscored", None, None, &forged);
+    assert_eq!(r.status, 400, "Envoy must refuse underscored header names: {}", r.body_text());
+    assert_eq!(
+        (s.web.hits(), s.upstream.hits()),
+        (web_before, machine_before),
+        "the refused request reached a backend: {:?}",
+        s.web.received_for("/web/underscored")
+    );
+    let rejected = s.envoy.admin_text("/stats?filter=^http1.requests_rejected_with_underscores").unwrap();
+    assert_eq!(rejected.trim(), "http1.requests_rejected_with_underscores_in_headers: 1", "Envoy refused it");
 
     // An issuer with require_bound_tokens and bind_subject_to_certificate: the token's
     // `sub` must be the SPIFFE ID of the certificate it is bound to.

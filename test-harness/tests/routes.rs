@@ -84,6 +84,27 @@ fn shipped_config_splits_machine_and_human_traffic() {
     assert_eq!(echoed(&r, "x-nhi-client").as_deref(), Some("human"));
     assert_eq!(echoed(&r, "x-nhi-identity"), None, "forged identity header removed");
 
+    // Header names with underscores never reach a backend: CGI/WSGI-style servers read
+    // `x_nhi_identity` as `x-nhi-identity`. The shipped HCM refuses such a request itself
+    // (headers_with_underscores_action: REJECT_REQUEST), before any filter runs.
+    let (web_before, machine_before) = (stack.web.hits(), stack.upstream.hits());
+    let r = send(
+        &stack,
+        "GET",
+        "/web/underscored",
+        None,
+        &[("x_nhi_identity", "admin-bot"), ("x_nhi_client", "machine")],
+    );
+    assert_eq!(r.status, 400, "Envoy must refuse underscored header names: {}", r.body_text());
+    assert_eq!(
+        (stack.web.hits(), stack.upstream.hits()),
+        (web_before, machine_before),
+        "the refused request reached a backend: {:?}",
+        stack.web.received_for("/web/underscored")
+    );
+    let rejected = stack.envoy.admin_text("/stats?filter=^http1.requests_rejected_with_underscores").unwrap();
+    assert_eq!(rejected.trim(), "http1.requests_rejected_with_underscores_in_headers: 1", "Envoy refused it");
+
     // A machine credential never wanders into a human path.
     let r = send(&stack, "GET", "/web/index.html", Some(&machine), &[]);
     assert_eq!(r.status, 403);

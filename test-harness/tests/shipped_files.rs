@@ -1,12 +1,15 @@
 //! The shipped files agree with each other: docker-compose runs the very
 //! `envoy/envoy.yaml` the e2e suite runs, mounts files that exist, and names the
 //! services and ports that file's clusters and listeners use; and Envoy itself
-//! accepts the shipped config with the built filter (`--mode validate`).
+//! accepts the shipped config with the built filter (`--mode validate`). Every shipped
+//! Envoy bootstrap keeps its admin interface on loopback and refuses header names with
+//! underscores, and compose publishes no admin port.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 
 use serde_yaml::Value as Yaml;
 use test_harness::envoy::{validate, wasm_path};
@@ -66,20 +69,19 @@ fn docker_compose_matches_envoy_yaml() {
         assert!(serves_port, "service {address} does not listen on {port} (cluster {cluster})");
     }
 
-    // Envoy's published ports are the listener's and the admin's.
+    // Envoy publishes its listener's port, and only that: the admin interface is bound
+    // to the container's loopback, out of reach of a published port, and must stay so.
     let envoy_service = &compose["services"]["envoy"];
     let published: BTreeSet<String> =
         envoy_service["ports"].as_sequence().unwrap().iter().map(|p| str_of(p).to_owned()).collect();
     let listener_port = envoy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
         .as_u64()
         .unwrap();
-    let admin_port = envoy["admin"]["address"]["socket_address"]["port_value"].as_u64().unwrap();
-    for port in [listener_port, admin_port] {
-        assert!(
-            published.contains(&format!("{port}:{port}")),
-            "envoy port {port} is not published: {published:?}"
-        );
-    }
+    assert_eq!(
+        published,
+        BTreeSet::from([format!("{listener_port}:{listener_port}")]),
+        "compose must publish the listener's port only (never the admin's)"
+    );
 
     // Every mounted file exists, and the wasm lands where envoy.yaml loads it from.
     let config = EnvoyConfig::shipped().unwrap();
@@ -170,6 +172,100 @@ fn envoy_validates_the_benchmark_configs() {
         let config = EnvoyConfig::parse(&rendered).unwrap();
         if let Err(log) = validate(&config).unwrap() {
             panic!("envoy --mode validate refused the {stack} bench config:\n{log}");
+        }
+    }
+}
+
+/// Every YAML file under envoy/ that is an Envoy bootstrap (not a Kubernetes object),
+/// relative to envoy/, with its document.
+fn shipped_bootstraps() -> Vec<(String, Yaml)> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+                out.push(path);
+            }
+        }
+    }
+    let envoy_dir = repo_root().join("envoy");
+    let mut files = Vec::new();
+    walk(&envoy_dir, &mut files);
+    files.sort();
+    let mut bootstraps = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let doc = <Yaml as serde::Deserialize>::deserialize(doc).unwrap();
+            if doc.get("static_resources").is_some() && doc.get("apiVersion").is_none() {
+                let name = path.strip_prefix(&envoy_dir).unwrap().display().to_string();
+                bootstraps.push((name, doc));
+            }
+        }
+    }
+    bootstraps
+}
+
+/// `(path, listener name, filter)` of every HTTP connection manager of `bootstrap`'s
+/// static listeners, in filter chains and default filter chains alike.
+fn connection_managers(bootstrap: &Yaml) -> Vec<(String, String, Yaml)> {
+    const HCM: &str =
+        "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
+    let mut found = Vec::new();
+    let listeners = bootstrap["static_resources"]["listeners"].as_sequence().unwrap();
+    for (i, listener) in listeners.iter().enumerate() {
+        let name = str_of(&listener["name"]).to_owned();
+        let chains = listener["filter_chains"].as_sequence().into_iter().flatten().enumerate();
+        let chains = chains
+            .map(|(j, chain)| (format!("filter_chains[{j}]"), chain))
+            .chain(listener.get("default_filter_chain").map(|c| ("default_filter_chain".to_owned(), c)));
+        for (chain_path, chain) in chains {
+            for (k, filter) in chain["filters"].as_sequence().into_iter().flatten().enumerate() {
+                if filter["typed_config"]["@type"].as_str() == Some(HCM) {
+                    let path = format!("static_resources.listeners[{i}].{chain_path}.filters[{k}]");
+                    found.push((path, name.clone(), filter["typed_config"].clone()));
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The admin interface is for the host it runs on: anyone who reaches it can stop Envoy
+/// (`/quitquitquit`), drain its listeners or raise the log level until tokens are
+/// logged. And a header name with underscores (`x_nhi_identity`) is refused by Envoy
+/// itself, as CGI/WSGI-style backends read it as the dashed name nhi-guard manages.
+#[test]
+fn every_shipped_bootstrap_keeps_admin_on_loopback_and_refuses_underscored_headers() {
+    let bootstraps = shipped_bootstraps();
+    let names: BTreeSet<&str> = bootstraps.iter().map(|(name, _)| name.as_str()).collect();
+    for expected in [
+        "envoy.yaml",
+        "envoy-mtls.yaml",
+        "envoy-global-ratelimit.yaml",
+        "bench/router.yaml",
+        "bench/native.yaml",
+        "bench/nhi-guard.yaml",
+    ] {
+        assert!(names.contains(expected), "{expected} is not among the shipped bootstraps {names:?}");
+    }
+    for (name, bootstrap) in &bootstraps {
+        let admin = &bootstrap["admin"]["address"];
+        if admin.get("pipe").is_none() {
+            let address = str_of(&admin["socket_address"]["address"]);
+            let ip: IpAddr =
+                address.parse().unwrap_or_else(|e| panic!("{name}: admin address {address:?}: {e}"));
+            assert!(ip.is_loopback(), "{name}: admin is bound to {address}, not to loopback");
+        }
+        let managers = connection_managers(bootstrap);
+        assert!(!managers.is_empty(), "{name} has no HTTP connection manager");
+        for (path, listener, hcm) in managers {
+            assert_eq!(
+                hcm["common_http_protocol_options"]["headers_with_underscores_action"].as_str(),
+                Some("REJECT_REQUEST"),
+                "{name}: {path} (listener {listener}) must refuse header names with underscores"
+            );
         }
     }
 }
