@@ -16,9 +16,17 @@
 //! as serialised protobuf instead of JSON, and, in a static Envoy bootstrap, a
 //! `jwks.cluster` that names no cluster.
 //!
+//! It also warns about what an Envoy bootstrap exposes around the filter: an admin
+//! interface bound beyond loopback (whoever reaches it can stop Envoy, drain its
+//! listeners or raise the log level until tokens are logged), and an HTTP connection
+//! manager that lets header names with underscores through (`x_nhi_identity` is not
+//! a header nhi-guard manages, but CGI/WSGI-style backends read it as
+//! `x-nhi-identity`). Warnings do not fail a file: either may be deliberate.
+//!
 //! Pure: no file system access here; the `nhi-guard` binary reads the files.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::Deserialize as _;
 use serde_json::{Map, Value};
@@ -28,6 +36,9 @@ use nhi_guard_core::config::{Config, ConfigError};
 /// The type URL of Envoy's Wasm HTTP filter configuration.
 pub const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
+/// The type URL of Envoy's HTTP connection manager configuration.
+pub const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 /// The plugin name APISIX's `wasm.plugins[].name` and routes use in the shipped files.
 pub const APISIX_PLUGIN_NAME: &str = "nhi-guard";
 
@@ -36,6 +47,8 @@ pub const APISIX_PLUGIN_NAME: &str = "nhi-guard";
 pub struct FileReport {
     /// One line per valid plugin configuration (or APISIX plugin declaration).
     pub ok: Vec<String>,
+    /// One line per risky setting around the filter; they do not fail the file.
+    pub warnings: Vec<String>,
     /// One line per problem; empty when the file passes.
     pub errors: Vec<String>,
 }
@@ -99,6 +112,8 @@ pub struct Extracted {
     pub configs: Vec<Found>,
     /// Things that are right but carry no configuration (APISIX's plugin declaration).
     pub notes: Vec<String>,
+    /// Risky settings around the filter (see the module documentation).
+    pub warnings: Vec<Problem>,
     pub problems: Vec<Problem>,
 }
 
@@ -108,6 +123,7 @@ pub fn check_text(name: &str, text: &str) -> FileReport {
     let extracted = extract(name, text);
     let mut report = FileReport {
         errors: extracted.problems.iter().map(ToString::to_string).collect(),
+        warnings: extracted.warnings.iter().map(ToString::to_string).collect(),
         ok: extracted.notes.clone(),
     };
     for found in &extracted.configs {
@@ -316,14 +332,19 @@ fn document(doc: &Value, label: &str, out: &mut Extracted) {
     let before = out.configs.len() + out.problems.len() + out.notes.len();
     apisix(object, label, out);
     if out.configs.len() + out.problems.len() + out.notes.len() == before {
-        let what = if object.contains_key("static_resources") || object.contains_key("dynamic_resources") {
+        let bootstrap = object.contains_key("static_resources") || object.contains_key("dynamic_resources");
+        let what = if bootstrap {
             "Envoy bootstrap"
         } else if object.contains_key("resources") {
             "xDS resources"
         } else {
             "document"
         };
-        wasm_filters(doc, &format!("{label}{what}"), static_clusters(object), out);
+        let what = format!("{label}{what}");
+        wasm_filters(doc, &what, static_clusters(object), out);
+        if bootstrap {
+            envoy_bootstrap_warnings(object, &what, out);
+        }
     }
 }
 
@@ -364,8 +385,12 @@ fn kubernetes_object(doc: &Value, api_version: &str, kind: &str, label: &str, ou
         ("networking.istio.io", "EnvoyFilter") => {
             let before = out.configs.len() + out.problems.len();
             wasm_filters(doc, &what, None, out);
-            if out.configs.len() + out.problems.len() == before {
-                out.problems.push(problem("spec.configPatches", "patches in no nhi-guard Wasm filter"));
+            let hardening = istio_underscore_patches(doc, &what, out);
+            if out.configs.len() + out.problems.len() == before && hardening == 0 {
+                out.problems.push(problem(
+                    "spec.configPatches",
+                    "patches in no nhi-guard Wasm filter and no headers_with_underscores_action",
+                ));
             }
         }
         ("gateway.envoyproxy.io", "EnvoyExtensionPolicy") => {
@@ -413,10 +438,12 @@ fn kubernetes_object(doc: &Value, api_version: &str, kind: &str, label: &str, ou
                     f
                 }));
                 out.notes.extend(inner.notes.iter().map(|n| prefix(n)));
-                out.problems.extend(inner.problems.into_iter().map(|mut p| {
-                    p.what = prefix(&p.what);
-                    p
-                }));
+                for (from, to) in [(inner.warnings, &mut out.warnings), (inner.problems, &mut out.problems)] {
+                    to.extend(from.into_iter().map(|mut p| {
+                        p.what = prefix(&p.what);
+                        p
+                    }));
+                }
             }
         }
         _ => out.notes.push(format!("{what}: carries no plugin configuration (skipped)")),
@@ -523,6 +550,161 @@ fn mentions_nhi_guard(plugin: &Value) -> bool {
         }
     }
     strings.iter().any(|s| s.contains("nhi-guard") || s.contains("nhi_guard"))
+}
+
+/// The end of both underscore warnings: why, and what to set.
+const UNDERSCORES_HARM: &str = "forwards header names with underscores such as x_nhi_identity, which \
+                                CGI/WSGI-style backends read as x-nhi-identity; set REJECT_REQUEST";
+
+/// Warns about an Envoy bootstrap's admin interface bound beyond loopback, and about
+/// every static listener's HTTP connection manager that lets header names with
+/// underscores through (`headers_with_underscores_action` unset, Envoy's default
+/// `ALLOW`, or `ALLOW`).
+fn envoy_bootstrap_warnings(object: &Map<String, Value>, what: &str, out: &mut Extracted) {
+    let warn = |path: String, reason: String| Problem { what: what.to_owned(), path, reason };
+    let admin_address = member(object.get("admin"), "address");
+    // Only a socket address can be reached from elsewhere; a pipe is a file with permissions.
+    if let Some(address) = member(member(admin_address, "socket_address"), "address") {
+        let text = address.as_str().map_or_else(|| address.to_string(), str::to_owned);
+        if !is_loopback(&text) {
+            out.warnings.push(warn(
+                "admin.address.socket_address.address".to_owned(),
+                format!(
+                    "{text} is not a loopback address: whoever reaches the admin interface can stop \
+                     Envoy (/quitquitquit), drain its listeners or raise the log level; bind it to \
+                     127.0.0.1 or ::1 (or a pipe)"
+                ),
+            ));
+        }
+    }
+    for manager in connection_managers(object) {
+        let action = member(
+            member(Some(manager.config), "common_http_protocol_options"),
+            "headers_with_underscores_action",
+        );
+        let setting = match action {
+            None => "not set, so Envoy's default ALLOW",
+            Some(action) if allows_underscores(action) => "ALLOW",
+            Some(_) => continue,
+        };
+        out.warnings.push(warn(
+            format!("{}.common_http_protocol_options.headers_with_underscores_action", manager.path),
+            format!(
+                "listener {:?}, filter {:?}: {setting} {UNDERSCORES_HARM}",
+                manager.listener, manager.filter
+            ),
+        ));
+    }
+}
+
+/// `ALLOW`, by name or by number (proto JSON accepts both).
+fn allows_underscores(action: &Value) -> bool {
+    action.as_str() == Some("ALLOW") || action.as_u64() == Some(0)
+}
+
+/// Whether `address` is a loopback IP address (127.0.0.0/8, ::1, or IPv4-mapped 127.x).
+fn is_loopback(address: &str) -> bool {
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.is_loopback(),
+        Ok(IpAddr::V6(v6)) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        Err(_) => false,
+    }
+}
+
+/// An HTTP connection manager of a static listener.
+struct ConnectionManager<'a> {
+    /// JSON path of its `typed_config`.
+    path: String,
+    listener: String,
+    /// The network filter's `name`.
+    filter: String,
+    config: &'a Value,
+}
+
+/// Every HTTP connection manager in the static listeners' filter chains and default
+/// filter chains.
+fn connection_managers(object: &Map<String, Value>) -> Vec<ConnectionManager<'_>> {
+    let mut found = Vec::new();
+    let listeners = member(object.get("static_resources"), "listeners").and_then(Value::as_array);
+    for (i, listener) in listeners.into_iter().flatten().enumerate() {
+        let listener_name = listener.get("name").and_then(Value::as_str).unwrap_or("<unnamed>");
+        let chains = member(Some(listener), "filter_chains").and_then(Value::as_array).into_iter().flatten();
+        let chains = chains.enumerate().map(|(j, chain)| (format!("filter_chains[{j}]"), chain)).chain(
+            member(Some(listener), "default_filter_chain").map(|c| ("default_filter_chain".to_owned(), c)),
+        );
+        for (chain_path, chain) in chains {
+            let filters = chain.get("filters").and_then(Value::as_array).into_iter().flatten();
+            for (k, filter) in filters.enumerate() {
+                let Some(config) = member(Some(filter), "typed_config") else { continue };
+                if config.get("@type").and_then(Value::as_str) != Some(HCM_TYPE) {
+                    continue;
+                }
+                found.push(ConnectionManager {
+                    path: format!("static_resources.listeners[{i}].{chain_path}.filters[{k}].typed_config"),
+                    listener: listener_name.to_owned(),
+                    filter: filter.get("name").and_then(Value::as_str).unwrap_or("<unnamed>").to_owned(),
+                    config,
+                });
+            }
+        }
+    }
+    found
+}
+
+/// Istio's way to refuse underscored header names at a gateway: an EnvoyFilter patch
+/// that merges `headers_with_underscores_action` into the HTTP connection managers.
+/// Notes each one that refuses or drops them, warns about one that allows them, and
+/// returns how many there are.
+fn istio_underscore_patches(doc: &Value, what: &str, out: &mut Extracted) -> usize {
+    let patches = doc.pointer("/spec/configPatches").and_then(Value::as_array).into_iter().flatten();
+    let mut count = 0;
+    for (i, patch) in patches.enumerate() {
+        if patch.get("applyTo").and_then(Value::as_str) != Some("NETWORK_FILTER") {
+            continue;
+        }
+        let config = member(patch.pointer("/patch/value"), "typed_config");
+        let action =
+            member(member(config, "common_http_protocol_options"), "headers_with_underscores_action");
+        let Some(action) = action else { continue };
+        count += 1;
+        let path = format!("spec.configPatches[{i}].patch.value");
+        if allows_underscores(action) {
+            out.warnings.push(Problem {
+                what: what.to_owned(),
+                path,
+                reason: format!("headers_with_underscores_action ALLOW {UNDERSCORES_HARM}"),
+            });
+        } else {
+            let action = action.as_str().map_or_else(|| action.to_string(), str::to_owned);
+            out.notes.push(located(
+                what,
+                &path,
+                &format!("sets headers_with_underscores_action {action} on HTTP connection managers"),
+            ));
+        }
+    }
+    count
+}
+
+/// Member `snake_name` of `value`, also under its proto JSON name (lowerCamelCase):
+/// Envoy and Istio read both spellings.
+fn member<'a>(value: Option<&'a Value>, snake_name: &str) -> Option<&'a Value> {
+    let value = value?;
+    value.get(snake_name).or_else(|| {
+        let mut camel = String::with_capacity(snake_name.len());
+        let mut upper = false;
+        for c in snake_name.chars() {
+            match (c, upper) {
+                ('_', _) => upper = true,
+                (c, true) => {
+                    camel.push(c.to_ascii_uppercase());
+                    upper = false;
+                }
+                (c, false) => camel.push(c),
+            }
+        }
+        value.get(camel)
+    })
 }
 
 /// Static cluster names, when the bootstrap gets no clusters from CDS.
@@ -766,6 +948,202 @@ mod tests {
         let mut bad = plugin();
         bad["realm"] = json!("");
         assert!(errors("envoy.yaml", &envoy(&bad.to_string(), &["jwks_ci"]))[0].contains("-> realm: must be"));
+    }
+
+    /// A bootstrap with nhi-guard in one listener's HTTP connection manager, `admin` its
+    /// admin block (absent when null) and `protocol` the manager's
+    /// `common_http_protocol_options` (absent when null), as YAML.
+    fn bootstrap(admin: Value, protocol: Value) -> String {
+        let mut hcm = json!({
+            "@type": HCM_TYPE,
+            "stat_prefix": "ingress",
+            "http_filters": [{
+                "name": "nhi-guard",
+                "typed_config": {
+                    "@type": WASM_FILTER_TYPE,
+                    "config": { "root_id": "nhi-guard", "configuration": {
+                        "@type": STRING_VALUE_TYPE, "value": plugin().to_string() } }
+                }
+            }]
+        });
+        if !protocol.is_null() {
+            hcm["common_http_protocol_options"] = protocol;
+        }
+        let mut doc = json!({
+            "static_resources": {
+                "listeners": [{
+                    "name": "ingress",
+                    "filter_chains": [{ "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm }] }]
+                }],
+                "clusters": [{ "name": "jwks_ci" }]
+            }
+        });
+        if !admin.is_null() {
+            doc["admin"] = admin;
+        }
+        serde_yaml::to_string(&doc).unwrap()
+    }
+
+    fn socket(address: &str) -> Value {
+        json!({ "address": { "socket_address": { "address": address, "port_value": 9901 } } })
+    }
+
+    fn rejecting() -> Value {
+        json!({ "headers_with_underscores_action": "REJECT_REQUEST" })
+    }
+
+    const UNDERSCORES_PATH: &str = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config\
+                                    .common_http_protocol_options.headers_with_underscores_action";
+
+    #[test]
+    fn an_admin_interface_beyond_loopback_is_a_warning() {
+        let report = check_text("envoy.yaml", &bootstrap(socket("0.0.0.0"), rejecting()));
+        assert!(report.passed(), "a warning does not fail the file: {report:?}");
+        assert_eq!(
+            report.warnings,
+            ["Envoy bootstrap: admin.address.socket_address.address: 0.0.0.0 is not a loopback address: \
+              whoever reaches the admin interface can stop Envoy (/quitquitquit), drain its listeners or \
+              raise the log level; bind it to 127.0.0.1 or ::1 (or a pipe)"]
+        );
+        for exposed in ["::", "10.0.0.7", "localhost", "::ffff:10.0.0.7"] {
+            let warnings = check_text("envoy.yaml", &bootstrap(socket(exposed), rejecting())).warnings;
+            assert_eq!(warnings.len(), 1, "{exposed}: {warnings:?}");
+            assert!(warnings[0].contains(&format!(": {exposed} is not a loopback address")), "{warnings:?}");
+        }
+        let pipe = json!({ "address": { "pipe": { "path": "/run/envoy/admin.sock" } } });
+        let camel = json!({ "address": { "socketAddress": { "address": "0.0.0.0", "portValue": 9901 } } });
+        assert_eq!(check_text("envoy.yaml", &bootstrap(camel, rejecting())).warnings.len(), 1, "camelCase");
+        for quiet in [
+            socket("127.0.0.1"),
+            socket("127.0.0.2"),
+            socket("::1"),
+            socket("::ffff:127.0.0.1"),
+            pipe,
+            Value::Null,
+        ] {
+            let report = check_text("envoy.yaml", &bootstrap(quiet.clone(), rejecting()));
+            assert!(report.warnings.is_empty() && report.passed(), "{quiet}: {report:?}");
+        }
+    }
+
+    #[test]
+    fn header_names_with_underscores_let_through_are_a_warning() {
+        let report = check_text("envoy.yaml", &bootstrap(socket("127.0.0.1"), Value::Null));
+        assert!(report.passed(), "{report:?}");
+        assert_eq!(
+            report.warnings,
+            [format!(
+                "Envoy bootstrap: {UNDERSCORES_PATH}: listener \"ingress\", filter \
+                 \"envoy.filters.network.http_connection_manager\": not set, so Envoy's default ALLOW forwards \
+                 header names with underscores such as x_nhi_identity, which CGI/WSGI-style backends read as \
+                 x-nhi-identity; set REJECT_REQUEST"
+            )]
+        );
+        let allow = json!({ "headers_with_underscores_action": "ALLOW", "idle_timeout": "60s" });
+        assert_eq!(
+            check_text("envoy.yaml", &bootstrap(socket("127.0.0.1"), allow)).warnings,
+            [format!(
+                "Envoy bootstrap: {UNDERSCORES_PATH}: listener \"ingress\", filter \
+                 \"envoy.filters.network.http_connection_manager\": ALLOW forwards header names with \
+                 underscores such as x_nhi_identity, which CGI/WSGI-style backends read as x-nhi-identity; \
+                 set REJECT_REQUEST"
+            )]
+        );
+        let other = json!({ "idle_timeout": "60s" });
+        assert_eq!(check_text("envoy.yaml", &bootstrap(socket("127.0.0.1"), other)).warnings.len(), 1);
+        assert_eq!(
+            check_text(
+                "envoy.yaml",
+                &bootstrap(socket("127.0.0.1"), json!({"headersWithUnderscoresAction": 0}))
+            )
+            .warnings
+            .len(),
+            1,
+            "ALLOW by number, camelCase"
+        );
+        for refusing in [
+            rejecting(),
+            json!({ "headers_with_underscores_action": "DROP_HEADER" }),
+            json!({ "headersWithUnderscoresAction": "REJECT_REQUEST" }),
+            json!({ "headers_with_underscores_action": 1 }),
+        ] {
+            let report = check_text("envoy.yaml", &bootstrap(socket("127.0.0.1"), refusing.clone()));
+            assert!(report.warnings.is_empty(), "{refusing}: {report:?}");
+        }
+
+        // Every manager is named: a second listener, on its default filter chain.
+        let mut doc: Value = serde_yaml::from_str(&bootstrap(socket("127.0.0.1"), rejecting())).unwrap();
+        let mut second = doc["static_resources"]["listeners"][0].clone();
+        second["name"] = json!("mtls");
+        second["default_filter_chain"] = second["filter_chains"][0].take();
+        second.as_object_mut().unwrap().remove("filter_chains");
+        second["default_filter_chain"]["filters"][0]["typed_config"]
+            .as_object_mut()
+            .unwrap()
+            .remove("common_http_protocol_options");
+        doc["static_resources"]["listeners"].as_array_mut().unwrap().push(second);
+        let warnings = check_text("envoy.yaml", &serde_yaml::to_string(&doc).unwrap()).warnings;
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(
+                "Envoy bootstrap: static_resources.listeners[1].default_filter_chain.filters[0].typed_config\
+                 .common_http_protocol_options.headers_with_underscores_action: listener \"mtls\", filter"
+            ),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn istio_envoy_filters_may_only_set_the_underscore_action() {
+        let filter = |action: &str| {
+            format!(
+                "apiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {{name: u, namespace: \
+                 istio-system}}\nspec:\n  configPatches:\n  - applyTo: NETWORK_FILTER\n    patch:\n      \
+                 operation: MERGE\n      value:\n        typed_config:\n          \"@type\": {HCM_TYPE}\n          \
+                 common_http_protocol_options: {{headers_with_underscores_action: {action}}}\n"
+            )
+        };
+        let report = check_text("u.yaml", &filter("REJECT_REQUEST"));
+        assert!(report.passed() && report.warnings.is_empty(), "{report:?}");
+        assert_eq!(
+            report.ok,
+            ["EnvoyFilter istio-system/u: spec.configPatches[0].patch.value: sets headers_with_underscores_action \
+              REJECT_REQUEST on HTTP connection managers"]
+        );
+        // ALLOW is warned about, and is no reason for the file to be here.
+        let report = check_text("u.yaml", &filter("ALLOW"));
+        assert_eq!(report.warnings.len(), 1, "{report:?}");
+        assert!(report.errors[0].starts_with("no nhi-guard plugin configuration found"), "{report:?}");
+        assert!(report.warnings[0].contains("headers_with_underscores_action ALLOW forwards"), "{report:?}");
+        // An EnvoyFilter that does neither is still an error.
+        let neither = filter("REJECT_REQUEST").replace("common_http_protocol_options", "stream_idle_timeout");
+        assert!(errors("u.yaml", &neither)[0].contains("patches in no nhi-guard Wasm filter"));
+    }
+
+    /// The files under envoy/ (what `nhi-guard check` users start from) draw no warning.
+    #[test]
+    fn the_shipped_files_draw_no_warning() {
+        fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(&path, out);
+                } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "json")) {
+                    out.push(path);
+                }
+            }
+        }
+        let mut files = Vec::new();
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy"), &mut files);
+        let mut bootstraps = 0;
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            let report = check_text(&file.display().to_string(), &text);
+            assert!(report.warnings.is_empty(), "{}: {:#?}", file.display(), report.warnings);
+            bootstraps += usize::from(text.contains("static_resources:"));
+        }
+        assert!(bootstraps >= 6, "the shipped Envoy bootstraps were not found: {files:?}");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! `check` reads plugin JSON, Envoy YAML (bootstrap or ECDS), Kubernetes manifests
 //! (WasmPlugin, EnvoyFilter, EnvoyExtensionPolicy, ConfigMap) and APISIX files; `-`
 //! reads standard input. It exits 0 when every file passes, 1 when a configuration
-//! is invalid, 2 on a usage error or an unreadable file.
+//! is invalid, 2 on a usage error or an unreadable file. Warnings (an Envoy admin
+//! interface beyond loopback, header names with underscores let through) go to
+//! standard error and do not change the exit status.
 
 use std::io::{self, Read as _, Write as _};
 use std::process::ExitCode;
@@ -22,8 +24,11 @@ usage: nhi-guard check [--quiet] FILE...
 check   validates the nhi-guard plugin configuration found in each FILE (plugin JSON,
         Envoy YAML, Istio WasmPlugin/EnvoyFilter, Envoy Gateway EnvoyExtensionPolicy,
         APISIX config.yaml/apisix.yaml, ConfigMap; `-` for standard input) with the
-        validation the filter runs at start-up. Exit status: 0 all valid, 1 invalid,
-        2 usage error or unreadable file.
+        validation the filter runs at start-up. Also warns (`FILE: warning: ...`)
+        about an Envoy bootstrap whose admin interface is not on loopback or whose
+        HTTP connection managers let header names with underscores through.
+        Exit status: 0 all valid (warnings or not), 1 invalid, 2 usage error or
+        unreadable file.
 schema  prints the JSON Schema of the plugin configuration.";
 
 fn main() -> ExitCode {
@@ -80,6 +85,9 @@ fn check_files(args: &[String]) -> ExitCode {
             for line in &report.ok {
                 let _ = writeln!(out, "{file}: {line}");
             }
+        }
+        for line in &report.warnings {
+            eprintln!("{file}: warning: {line}");
         }
         for line in &report.errors {
             eprintln!("{file}: {line}");

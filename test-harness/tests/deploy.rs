@@ -9,6 +9,8 @@
 //!   keys, and clusters, audiences and namespaces agree across files;
 //! - Envoy (`--mode validate`, with the built wasm) accepts what Istio, the EnvoyFilter
 //!   and Envoy Gateway would hand it;
+//! - `nhi-guard check` warns about a bootstrap whose admin interface is not on loopback
+//!   or that lets header names with underscores through;
 //! - `make oci`'s image layout is reproducible and holds the built wasm.
 //!
 //! Needs the release wasm, Envoy, the `nhi-guard` binary (`cargo build -p nhi-guard
@@ -142,6 +144,43 @@ fn every_shipped_file_passes_nhi_guard_check() {
             "{file}:\n{out}"
         );
     }
+    assert!(!out.contains(": warning: "), "a shipped file draws a warning:\n{out}");
+}
+
+#[test]
+fn nhi_guard_check_warns_about_an_exposed_admin_and_underscored_headers() {
+    let dir = temp_dir("check-warnings");
+    let shipped = fs::read_to_string(envoy_dir().join("envoy.yaml")).unwrap();
+    let exposed = shipped
+        .replacen("address: 127.0.0.1, port_value: 9901", "address: 0.0.0.0, port_value: 9901", 1)
+        .replacen(
+            "headers_with_underscores_action: REJECT_REQUEST",
+            "headers_with_underscores_action: ALLOW",
+            1,
+        );
+    assert_eq!(exposed.matches("0.0.0.0, port_value: 9901").count(), 1, "admin rewritten");
+    assert!(exposed.contains("headers_with_underscores_action: ALLOW"));
+    fs::write(dir.join("envoy.yaml"), exposed).unwrap();
+
+    let output =
+        Command::new(nhi_guard_binary()).args(["check", "envoy.yaml"]).current_dir(&dir).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "warnings do not fail the check:\n{}", text(&output));
+    let warnings: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        warnings,
+        [
+            "envoy.yaml: warning: Envoy bootstrap: admin.address.socket_address.address: 0.0.0.0 is not a \
+             loopback address: whoever reaches the admin interface can stop Envoy (/quitquitquit), drain its \
+             listeners or raise the log level; bind it to 127.0.0.1 or ::1 (or a pipe)",
+            "envoy.yaml: warning: Envoy bootstrap: static_resources.listeners[0].filter_chains[0].filters[0]\
+             .typed_config.common_http_protocol_options.headers_with_underscores_action: listener \"ingress\", \
+             filter \"envoy.filters.network.http_connection_manager\": ALLOW forwards header names with \
+             underscores such as x_nhi_identity, which CGI/WSGI-style backends read as x-nhi-identity; set \
+             REJECT_REQUEST",
+        ]
+    );
+    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]
