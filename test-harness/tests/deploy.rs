@@ -9,8 +9,9 @@
 //!   keys, and clusters, audiences and namespaces agree across files;
 //! - Envoy (`--mode validate`, with the built wasm) accepts what Istio, the EnvoyFilter
 //!   and Envoy Gateway would hand it;
-//! - `nhi-guard check` warns about a bootstrap whose admin interface is not on loopback
-//!   or that lets header names with underscores through;
+//! - every gateway refuses header names with underscores as envoy.yaml does (Istio's
+//!   EnvoyFilter merge, Envoy Gateway's ClientTrafficPolicy), and `nhi-guard check`
+//!   warns about a bootstrap that does not, or whose admin interface is not on loopback;
 //! - `make oci`'s image layout is reproducible and holds the built wasm.
 //!
 //! Needs the release wasm, Envoy, the `nhi-guard` binary (`cargo build -p nhi-guard
@@ -145,6 +146,15 @@ fn every_shipped_file_passes_nhi_guard_check() {
         );
     }
     assert!(!out.contains(": warning: "), "a shipped file draws a warning:\n{out}");
+    for file in ["istio/reject-underscore-headers.yaml", "istio/envoyfilter.yaml"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(&format!("{file}: "))
+                && l.ends_with(
+                    ": sets headers_with_underscores_action REJECT_REQUEST on HTTP connection managers"
+                )),
+            "{file}:\n{out}"
+        );
+    }
 }
 
 #[test]
@@ -485,6 +495,62 @@ fn kubernetes_clients_ask_for_what_the_gateway_accepts() {
     assert!(workflow.contains(&format!("&audience={audience}")), "the workflow asks for {audience}");
     let parsed = yaml_documents(&envoy_dir().join("k8s/github-actions-workflow.yaml")).unwrap();
     assert_eq!(parsed[0]["permissions"]["id-token"], "write");
+}
+
+/// Every gateway nhi-guard is deployed on refuses header names with underscores, as
+/// envoy.yaml's listener does: Istio's through an EnvoyFilter merge into the gateway's
+/// HTTP connection managers (in envoyfilter.yaml, and alone for the WasmPlugin path),
+/// Envoy Gateway's through a ClientTrafficPolicy on the Gateway the extension targets.
+#[test]
+fn every_gateway_refuses_header_names_with_underscores() {
+    let envoy: Value = serde_json::to_value(EnvoyConfig::shipped().unwrap().as_yaml()).unwrap();
+    let hcm = &envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+    let envoy_options = hcm["typed_config"]["common_http_protocol_options"].clone();
+    assert_eq!(envoy_options, json!({ "headers_with_underscores_action": "REJECT_REQUEST" }));
+
+    let selector = wasm_plugin()["spec"]["selector"]["matchLabels"].clone();
+    let standalone =
+        the_document(&envoy_dir().join("istio/reject-underscore-headers.yaml"), "EnvoyFilter").unwrap();
+    for (filter, source) in
+        [(standalone, "reject-underscore-headers.yaml"), (envoy_filter(), "envoyfilter.yaml")]
+    {
+        assert_eq!(filter["metadata"]["namespace"], wasm_plugin()["metadata"]["namespace"], "{source}");
+        assert_eq!(
+            filter["spec"]["workloadSelector"]["labels"], selector,
+            "{source}: the WasmPlugin's gateway"
+        );
+        let merges: Vec<&Value> = filter["spec"]["configPatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["applyTo"] == "NETWORK_FILTER")
+            .collect();
+        assert_eq!(merges.len(), 1, "{source}");
+        let patch = merges[0];
+        assert_eq!(patch["match"]["context"], "GATEWAY", "{source}");
+        assert_eq!(
+            patch["match"]["listener"]["filterChain"]["filter"]["name"], hcm["name"],
+            "{source}: every HTTP connection manager of the gateway"
+        );
+        assert_eq!(patch["patch"]["operation"], "MERGE", "{source}");
+        let typed = &patch["patch"]["value"]["typed_config"];
+        assert_eq!(typed["@type"], check::HCM_TYPE, "{source}");
+        assert_eq!(typed["common_http_protocol_options"], envoy_options, "{source}: envoy.yaml's setting");
+    }
+
+    let extension =
+        the_document(&envoy_dir().join("gateway/extension-policy.yaml"), "EnvoyExtensionPolicy").unwrap();
+    let traffic =
+        the_document(&envoy_dir().join("gateway/client-traffic-policy.yaml"), "ClientTrafficPolicy").unwrap();
+    assert_eq!(traffic["apiVersion"], "gateway.envoyproxy.io/v1alpha1");
+    assert_eq!(traffic["metadata"]["namespace"], extension["metadata"]["namespace"]);
+    assert_eq!(
+        traffic["spec"]["targetRefs"], extension["spec"]["targetRefs"],
+        "the Gateway nhi-guard guards"
+    );
+    // Envoy Gateway's API (api/v1alpha1/clienttrafficpolicy_types.go): HeaderSettings.
+    // WithUnderscoresAction, enum Allow | RejectRequest | DropHeader.
+    assert_eq!(traffic["spec"]["headers"], json!({ "withUnderscoresAction": "RejectRequest" }));
 }
 
 // ---------------------------------------------------------------------------------
