@@ -1135,7 +1135,7 @@ mod tests {
             }
         }
         let mut files = Vec::new();
-        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("envoy"), &mut files);
+        walk(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy"), &mut files);
         let mut bootstraps = 0;
         for file in &files {
             let text = std::fs::read_to_string(file).unwrap();
