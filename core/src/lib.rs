@@ -13,6 +13,7 @@
 //! | [`error`] | the one configuration error, and the header-name rule |
 //! | [`b64`] | the base64url engines (strict for tokens, lenient for JWKS members) |
 //! | [`hash`] | stable hashes for shared-data names and buckets; a seeded fast hasher |
+//! | [`uri`] | request targets as route matching and DPoP `htu` read them |
 //! | [`reason`] | reason codes, rejections and the local replies they become |
 //! | [`host`] | what a proxy offers: header maps as bytes, the shared store, capabilities |
 //! | [`crypto`] | JWS algorithms and the signature verifiers |
@@ -21,6 +22,7 @@
 //! | [`spiffe_id`] | SPIFFE ID syntax |
 //! | [`keys`] | JWKS import, refresh schedule, discovery, keys shared across workers |
 //! | [`profile`] | token profiles: generic, Kubernetes, SPIFFE, GitHub Actions |
+//! | [`dpop`] | DPoP (RFC 9449): proofs, JWK thumbprints, the replay table, server nonces |
 //! | [`verify`] | issuers and verification; the verified-token cache; the flood guard |
 //! | [`mtls`] | client-certificate identities and RFC 8705 binding |
 //! | [`policy`] | route classes, audiences, allow and deny rules, the verdict |
@@ -33,6 +35,7 @@
 pub mod error;
 pub mod b64;
 pub mod hash;
+pub mod uri;
 pub mod reason;
 pub mod host;
 pub mod crypto;
@@ -41,6 +44,7 @@ pub mod claims;
 pub mod spiffe_id;
 pub mod keys;
 pub mod profile;
+pub mod dpop;
 pub mod verify;
 pub mod mtls;
 pub mod policy;

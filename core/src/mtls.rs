@@ -195,16 +195,7 @@ fn nibble(digit: u8) -> Option<u8> {
     }
 }
 
-/// Equality whose time depends on the lengths only, not on where the inputs
-/// differ.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    // Keeps the optimizer from turning the fold into an early-exit comparison.
-    std::hint::black_box(diff) == 0
-}
+pub use crate::crypto::constant_time_eq;
 
 /// The token's `cnf.x5t#S256`, if it is certificate-bound.
 fn bound_thumbprint(claims: &Map<String, Value>) -> Result<Option<&str>, Rejection> {

@@ -49,10 +49,25 @@ pub enum Reason {
     TooManyFailures,
     /// The host failed a call the decision depends on: refuse rather than guess.
     InternalError,
+    /// The DPoP proof fails a check of RFC 9449 §4.3 (or there is none, or more than one).
+    InvalidDpopProof,
+    /// The DPoP proof's `jti` was already used with this key (RFC 9449 §11.1).
+    DpopReplay,
+    /// The token's `cnf.jkt` is not the thumbprint of the proof's key (or the token
+    /// presented with the DPoP scheme is not bound to a key at all).
+    DpopKeyMismatch,
+    /// A DPoP-bound token presented as a bearer token (the downgrade, refused in every
+    /// mode), or an unbound token where DPoP is required.
+    DpopRequired,
+    /// The proof carries no nonce, or not a current one (RFC 9449 §9).
+    UseDpopNonce,
+    /// The replay table cannot record the proof (its bucket is full of live
+    /// entries): refused, because admitting an unrecorded proof would admit its replay.
+    DpopReplayCacheFull,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 30] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnknownIssuer,
@@ -77,6 +92,12 @@ impl Reason {
         Reason::QuotaExceeded,
         Reason::TooManyFailures,
         Reason::InternalError,
+        Reason::InvalidDpopProof,
+        Reason::DpopReplay,
+        Reason::DpopKeyMismatch,
+        Reason::DpopRequired,
+        Reason::UseDpopNonce,
+        Reason::DpopReplayCacheFull,
     ];
 
     pub fn code(self) -> &'static str {
@@ -105,18 +126,40 @@ impl Reason {
             Reason::QuotaExceeded => "quota_exceeded",
             Reason::TooManyFailures => "too_many_failures",
             Reason::InternalError => "internal_error",
+            Reason::InvalidDpopProof => "invalid_dpop_proof",
+            Reason::DpopReplay => "dpop_replay",
+            Reason::DpopKeyMismatch => "dpop_key_mismatch",
+            Reason::DpopRequired => "dpop_required",
+            Reason::UseDpopNonce => "use_dpop_nonce",
+            Reason::DpopReplayCacheFull => "dpop_replay_cache_full",
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
             // The caller did nothing wrong: our key server is unreachable.
-            Reason::KeysUnavailable => 503,
+            Reason::KeysUnavailable | Reason::DpopReplayCacheFull => 503,
             Reason::QuotaExceeded | Reason::TooManyFailures => 429,
             Reason::InternalError => 500,
             Reason::UntrustedCertificate => 403,
             _ => 401,
         }
+    }
+
+    /// The `error` parameter of the `WWW-Authenticate` challenge of a 401 (RFC 6750
+    /// §3.1, RFC 9449 §7.1): what the client should fix.
+    pub fn challenge_error(self) -> &'static str {
+        match self {
+            Reason::InvalidDpopProof | Reason::DpopReplay => "invalid_dpop_proof",
+            Reason::UseDpopNonce => "use_dpop_nonce",
+            _ => "invalid_token",
+        }
+    }
+
+    /// Whether the refusal is about the DPoP proof rather than the token: its
+    /// challenge is always a `DPoP` one.
+    pub fn is_dpop_proof(self) -> bool {
+        matches!(self, Reason::InvalidDpopProof | Reason::DpopReplay | Reason::UseDpopNonce)
     }
 
     /// The `error` member of the JSON body: the class of failure.
@@ -212,7 +255,7 @@ impl LocalReply {
             Reason::MissingToken | Reason::ClientCertificateRequired => {
                 headers.push(("www-authenticate".into(), format!("Bearer realm=\"{}\"", quoted(realm))));
             }
-            Reason::KeysUnavailable => {
+            Reason::KeysUnavailable | Reason::DpopReplayCacheFull => {
                 headers.push(("retry-after".into(), KEYS_UNAVAILABLE_RETRY_AFTER.to_string()));
             }
             Reason::InternalError
@@ -222,8 +265,9 @@ impl LocalReply {
             _ => headers.push((
                 "www-authenticate".into(),
                 format!(
-                    "Bearer realm=\"{}\", error=\"invalid_token\", error_description=\"{}\"",
+                    "Bearer realm=\"{}\", error=\"{}\", error_description=\"{}\"",
                     quoted(realm),
+                    reason.challenge_error(),
                     quoted(&rejection.detail)
                 ),
             )),

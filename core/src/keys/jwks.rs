@@ -239,6 +239,14 @@ pub fn parse_for(body: &[u8], key_use: KeyUse) -> Result<ParsedJwks, JwksError> 
     Ok(ParsedJwks { keys: KeySet { keys }, skipped })
 }
 
+/// Imports one JWK (a DPoP proof's `jwk`) with every rule a JWKS key meets: a
+/// supported type and curve, a point on the curve, RSA of 2048 bits or more without
+/// the ROCA structure, `use` absent or `sig`. Private members are not read here: the
+/// caller refuses a JWK that has any (see `crate::dpop`).
+pub fn import_key(value: serde_json::Value) -> Result<Jwk, String> {
+    parse_key(value, KeyUse::Sig)
+}
+
 fn parse_key(value: serde_json::Value, key_use: KeyUse) -> Result<Jwk, String> {
     let raw: RawJwk = serde_json::from_value(value).map_err(|e| format!("not a JWK: {e}"))?;
     if let Some(kid) = &raw.kid {

@@ -49,7 +49,8 @@ impl fmt::Display for ParseError {
 }
 
 /// The JOSE header members nhi-guard reads. `jku`, `x5u`, `x5c`, `jwk` and any other
-/// member are deliberately not even deserialized: keys come from the issuer's JWKS only.
+/// member are deliberately not even deserialized: a token's keys come from the
+/// issuer's JWKS only. (A DPoP proof carries its key in `jwk`: [`Jws::jwk`].)
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct JoseHeader {
     pub alg: String,
@@ -73,6 +74,9 @@ pub struct Jws<'a> {
     /// `BASE64URL(header) "." BASE64URL(payload)`: the bytes the signature covers.
     pub signing_input: &'a str,
     pub signature: Vec<u8>,
+    /// The header's `jwk` member, as sent. Only DPoP proofs (`crate::dpop`) read it:
+    /// a token's own `jwk` is never a key anything is checked with.
+    pub jwk: Option<Value>,
 }
 
 /// A compact JWS split and decoded, not yet verified.
@@ -118,10 +122,16 @@ impl<'de> serde::Deserialize<'de> for ClaimSet {
 /// Splits and decodes a compact JWS (RFC 7515 §7.1) carrying a JWT claim set, without
 /// trusting any of it.
 pub fn parse(token: &str, max_bytes: usize) -> Result<UnverifiedToken<'_>, ParseError> {
-    let Jws { header, payload, signing_input, signature } = parse_jws(token, max_bytes)?;
-    let ClaimSet(claims) =
-        serde_json::from_slice(&payload).map_err(|e| ParseError::PayloadJson(e.to_string()))?;
+    let Jws { header, payload, signing_input, signature, .. } = parse_jws(token, max_bytes)?;
+    let claims = claim_set(&payload)?;
     Ok(UnverifiedToken { header, claims, signing_input, signature })
+}
+
+/// A JWT claim set: a JSON object without duplicate member names.
+pub fn claim_set(payload: &[u8]) -> Result<Map<String, Value>, ParseError> {
+    let ClaimSet(claims) =
+        serde_json::from_slice(payload).map_err(|e| ParseError::PayloadJson(e.to_string()))?;
+    Ok(claims)
 }
 
 /// Splits and decodes a compact JWS (RFC 7515 §7.1) down to the signature layer: every
@@ -150,8 +160,9 @@ pub fn parse_jws(token: &str, max_bytes: usize) -> Result<Jws<'_>, ParseError> {
     let signature = b64::URL_SAFE_STRICT.decode(signature).map_err(|_| ParseError::Base64("signature"))?;
     // Through the strict object first: a JSON array would otherwise deserialize into
     // the struct positionally, and duplicate or null members must not slip through.
-    let ClaimSet(header) =
+    let ClaimSet(mut header) =
         serde_json::from_slice(&header).map_err(|e| ParseError::HeaderJson(e.to_string()))?;
+    let jwk = header.remove("jwk");
     if let Some(name) =
         ["alg", "kid", "typ", "cty"].into_iter().find(|n| header.get(*n).is_some_and(|v| !v.is_string()))
     {
@@ -165,7 +176,7 @@ pub fn parse_jws(token: &str, max_bytes: usize) -> Result<Jws<'_>, ParseError> {
     if header.cty.as_deref().is_some_and(|cty| cty.eq_ignore_ascii_case("JWT")) {
         return Err(ParseError::Nested);
     }
-    Ok(Jws { header, payload, signing_input, signature })
+    Ok(Jws { header, payload, signing_input, signature, jwk })
 }
 
 #[cfg(test)]
