@@ -57,6 +57,8 @@ pub struct Config {
     /// A digest of the configuration bytes: cached verifications made under another
     /// configuration are not reused.
     pub fingerprint: u64,
+    /// Some issuer or route turns DPoP on (see [`Config::dpop_in_use`]).
+    pub dpop_enabled: bool,
     /// Test builds only: a request carrying this header crashes the VM.
     #[cfg(feature = "fault-injection")]
     pub panic_header: Option<String>,
@@ -155,6 +157,10 @@ struct RawIssuer {
     /// Needs the `mtls` block: `sub` must equal the client certificate's identity.
     #[serde(default)]
     bind_subject_to_certificate: bool,
+    /// DPoP (RFC 9449) sender-constrained tokens: mode, proof lifetime, algorithms,
+    /// nonces, replay table size.
+    #[serde(default)]
+    dpop: Option<crate::dpop::RawDpop>,
 }
 
 #[derive(Deserialize, Default)]
@@ -254,7 +260,22 @@ impl Config {
             .chain(self.claim_headers())
             .chain(self.mtls.as_ref().map(|m| m.identity_header.as_str()))
             .chain(self.behaviour.as_ref().map(|_| crate::behaviour::ANOMALY_HEADER))
+            .chain([crate::dpop::JKT_HEADER])
             .collect()
+    }
+
+    /// Whether any issuer or route turns DPoP on: only then is the `DPoP` scheme
+    /// read, and the request's scheme and proof header looked at.
+    pub fn dpop_in_use(&self) -> bool {
+        self.dpop_enabled
+    }
+
+    /// The DPoP mode for a token of `issuer` on `route` (the route's override wins).
+    pub fn dpop_mode(&self, issuer: usize, route: Option<&crate::policy::Route>) -> crate::dpop::Mode {
+        route
+            .and_then(|r| r.dpop)
+            .or_else(|| self.issuers.get(issuer).map(|i| i.dpop.mode))
+            .unwrap_or_default()
     }
 
     /// Parses and validates the plugin configuration bytes.
@@ -375,6 +396,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
             ("token.header", &token.header),
             ("client_header", &routes.client_header),
             ("the shadow decision header", crate::error::SHADOW_DECISION_HEADER),
+            ("the DPoP key header", crate::dpop::JKT_HEADER),
+            ("the DPoP proof header", crate::dpop::PROOF_HEADER),
         ],
     )?;
     if let Some(quotas) = &quotas {
@@ -409,10 +432,14 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         host: raw.host,
         filter_state: raw.filter_state,
         fingerprint: 0,
+        dpop_enabled: false,
         #[cfg(feature = "fault-injection")]
         panic_header: raw.fault_injection.map(|f| f.panic_header),
     };
     check_mtls(&config)?;
+    let mut config = config;
+    config.dpop_enabled = config.routes.any_dpop_override()
+        || config.issuers.iter().any(|i| i.dpop.mode != crate::dpop::Mode::Off);
     Ok(config)
 }
 
@@ -434,6 +461,12 @@ fn check_host(
         ));
     }
     for (i, issuer) in issuers.iter().enumerate() {
+        if issuer.dpop.nonce {
+            return Err(ConfigError::invalid(
+                format!("issuers[{i}].dpop.nonce"),
+                "is not available with `host: apisix`: nonces are shared across workers through shared data, which its host lacks",
+            ));
+        }
         if matches!(&issuer.jwks, JwksSource::Remote(r) if r.discovery.is_some()) {
             return Err(ConfigError::invalid(
                 format!("issuers[{i}].jwks.discovery"),
@@ -498,6 +531,7 @@ fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer,
         }
     };
     let claims_to_headers = compile_claims_to_headers(raw.claims_to_headers, at)?;
+    let dpop = crate::dpop::config::compile(raw.dpop, at)?;
     let jwks = match raw.discovery {
         None => {
             let jwks =
@@ -521,6 +555,7 @@ fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer,
             require_bound_tokens: raw.require_bound_tokens,
             bind_subject_to_certificate: raw.bind_subject_to_certificate,
         },
+        dpop,
     })
 }
 
@@ -743,6 +778,7 @@ fn check_mtls(config: &Config) -> Result<(), ConfigError> {
         ("forward.issuer_header", config.forward.issuer_header.as_str()),
         ("client_header", config.routes.client_header.as_str()),
         ("x-nhi-shadow-decision", crate::error::SHADOW_DECISION_HEADER),
+        ("x-nhi-dpop-jkt", crate::dpop::JKT_HEADER),
     ];
     for (field, name) in taken {
         if mtls.identity_header == name {

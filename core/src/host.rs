@@ -81,6 +81,9 @@ pub trait Host {
     fn increment_metric(&mut self, id: u32, offset: i64) -> Result<(), HostError>;
     /// Sets a gauge, or records a histogram sample.
     fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError>;
+    /// Fills `buf` with cryptographically random bytes (WASI `random_get` in a VM):
+    /// DPoP server nonces.
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), HostError>;
 }
 
 /// A property as UTF-8 text (`None` when absent or not text).

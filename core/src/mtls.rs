@@ -281,7 +281,13 @@ pub fn certificate_only<'a>(
 ) -> Option<IdentityInfo<'a>> {
     let mtls = mtls?;
     let identity = cert?.trusted_identity()?;
-    Some(IdentityInfo { identity, issuer: &mtls.issuer_name, subject: identity, claims: no_claims })
+    Some(IdentityInfo {
+        identity,
+        issuer: &mtls.issuer_name,
+        subject: identity,
+        claims: no_claims,
+        jkt: None,
+    })
 }
 
 /// The header and value to forward for a request forwarded as a machine: the

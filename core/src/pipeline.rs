@@ -2,10 +2,10 @@
 //! [`Host`].
 //!
 //! ```text
-//! extract ─► verify ─► (await keys) ─► authorize ─► behaviour ─► quota ─► forward ─► record
-//!   │          │                          │           │          │
-//!   │          │                          └───────────┴──► reply ┘
-//!   └──────────┴─ a failed host call the decision depends on: 500 internal_error
+//! extract ─► verify ─► (await keys) ─► dpop ─► authorize ─► behaviour ─► quota ─► forward ─► record
+//!   │          │                        │        │             │          │
+//!   │          │                        │        └─────────────┴──────────┴──► reply
+//!   └──────────┴────────────────────────┴─ a failed host call the decision depends on: 500 internal_error
 //! ```
 //!
 //! - [`extract`]: one clock read and one header-map read; client copies of every
@@ -17,6 +17,9 @@
 //! - await keys: a token refused only because its issuer's keys are not loaded yet
 //!   (or name an unknown `kid` while a refetch is allowed) parks the request
 //!   ([`Step::Wait`]); the shell wakes it when keys arrive, and it is decided again.
+//! - [`dpop`]: a token presented with the `DPoP` scheme is held to its proof (RFC
+//!   9449), on every request; a DPoP-bound token presented as a bearer token is
+//!   refused, in every mode.
 //! - [`authorize`]: whose credential it is, the route class, deny and allow rules,
 //!   the verdict ([`crate::policy`]); a refusal becomes a [`reply`].
 //! - [`behaviour`]: the request counted in the identity's learned baseline, and
@@ -31,6 +34,7 @@
 
 pub mod authorize;
 pub mod behaviour;
+pub mod dpop;
 pub mod extract;
 pub mod forward;
 pub mod quota;
@@ -76,6 +80,10 @@ pub struct Vm {
     pub fetcher: RefCell<Fetcher>,
     /// This worker's side of the behaviour baselines, when anomalies are detected.
     pub tracker: RefCell<Option<Tracker>>,
+    /// This VM's DPoP proof keys and nonce copies.
+    pub dpop: crate::dpop::VmState,
+    /// Each issuer's DPoP replay table and nonce (same index as `config.issuers`).
+    pub dpop_issuers: Vec<crate::dpop::IssuerState>,
 }
 
 impl Vm {
@@ -104,6 +112,14 @@ impl Vm {
             quotas.prepare(store.as_ref()).map_err(StartError::Quota)?;
         }
         let vm = Vm::new(config, plan, store, now_ms, me);
+        if vm.config.dpop_in_use() {
+            for (issuer, state) in vm.config.issuers.iter().zip(&vm.dpop_issuers) {
+                if issuer.dpop.nonce && plan.state != crate::host::capabilities::StateScope::Shared {
+                    return Err(StartError::NonceNeedsSharedData { issuer: issuer.name.clone() });
+                }
+                state.prepare(vm.store.as_ref()).map_err(StartError::Dpop)?;
+            }
+        }
         vm.observer.define_initial(&vm.config, host);
         Ok(vm)
     }
@@ -124,6 +140,9 @@ impl Vm {
         };
         let fetcher = RefCell::new(Fetcher::new(&config.issuers, mode));
         let tracker = RefCell::new(config.behaviour.as_ref().filter(|b| b.detect).map(Tracker::new));
+        let dpop = crate::dpop::VmState::new(config.issuers.len());
+        let dpop_issuers =
+            config.issuers.iter().map(|i| crate::dpop::IssuerState::new(&i.name, &i.dpop)).collect();
         Vm {
             config,
             keys: RefCell::new(keys),
@@ -134,6 +153,8 @@ impl Vm {
             local_tokens: RefCell::new(LocalCache::default()),
             fetcher,
             tracker,
+            dpop,
+            dpop_issuers,
         }
     }
 }
@@ -145,6 +166,10 @@ pub enum StartError {
     DiscoveryNeedsBackground { issuer: String },
     /// The quota table could not be created.
     Quota(crate::quota::QuotaError),
+    /// The DPoP replay table or nonce key could not be created.
+    Dpop(crate::host::store::StoreError),
+    /// `dpop.nonce` on a host without shared data: workers could not agree on nonces.
+    NonceNeedsSharedData { issuer: String },
 }
 
 impl std::fmt::Display for StartError {
@@ -156,6 +181,11 @@ impl std::fmt::Display for StartError {
                  configure the JWKS location instead"
             ),
             StartError::Quota(err) => write!(f, "cannot prepare the quota table: {err}"),
+            StartError::Dpop(err) => write!(f, "cannot prepare the DPoP replay table: {err}"),
+            StartError::NonceNeedsSharedData { issuer } => write!(
+                f,
+                "issuer {issuer}: dpop.nonce needs shared data, which this host lacks (each worker would hand out its own nonces)"
+            ),
         }
     }
 }
@@ -172,8 +202,10 @@ pub struct Request {
     pub waited: bool,
     /// The issuer (index) whose keys verified the token, once decided.
     pub verified_issuer: Option<usize>,
-    /// Headers for the response to an allowed request (quota state).
+    /// Headers for the response to an allowed request (quota state, DPoP nonce).
     pub response_headers: Vec<(String, String)>,
+    /// The `DPoP` scheme, proof and what came of it (see [`dpop`]).
+    pub dpop: dpop::DpopRequest,
     /// Path, host, method, Envoy route name and source address.
     pub info: RequestInfo,
     /// What the metrics, the decision log and the access log are told (see [`record`]).
@@ -241,7 +273,7 @@ pub fn finish(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
     record::logged(vm, host, request);
 }
 
-/// verify → (await keys) → authorize → quota → forward. Managed headers were
+/// verify → (await keys) → dpop → authorize → quota → forward. Managed headers were
 /// already stripped.
 fn decide(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
     let verification = verify::verify(vm, host, request, now_ms);
@@ -250,6 +282,7 @@ fn decide(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> S
             return step;
         }
     }
+    let verification = dpop::dpop(vm, host, request, verification, now_ms);
     authorize::authorize(vm, host, request, verification, now_ms)
 }
 

@@ -215,6 +215,11 @@ impl Routes {
             if !route.source_cidrs.is_empty() && !cidr::any_contains(&route.source_cidrs, req.source))
     }
 
+    /// Whether any route overrides the issuers' DPoP mode.
+    pub fn any_dpop_override(&self) -> bool {
+        self.routes.iter().any(|route| route.dpop.is_some())
+    }
+
     /// Whether any route matches on Envoy's route name.
     pub fn read_route_name(&self) -> bool {
         self.routes.iter().any(|route| route.matcher.route_name.is_some())
@@ -239,6 +244,8 @@ pub struct Route {
     pub require_client_certificate: bool,
     /// A trusted client certificate without a token is an identity on this route.
     pub accept_certificate_identity: bool,
+    /// Replaces the DPoP mode of the token's issuer on this route.
+    pub dpop: Option<crate::dpop::Mode>,
 }
 
 impl Route {
@@ -559,6 +566,7 @@ mod tests {
                 issuer: self.issuer,
                 subject: self.subject,
                 claims: &self.claims,
+                jkt: None,
             }
         }
     }

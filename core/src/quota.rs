@@ -116,6 +116,8 @@ pub struct Quotas {
     /// Whether allowed responses carry `RateLimit-Policy` and `RateLimit` too
     /// (refusals always do).
     pub response_headers: bool,
+    /// A budget per (identity, DPoP key) rather than per identity.
+    pub per_dpop_key: bool,
     geometry: Geometry,
     /// Where the block sits in the plugin configuration, for error paths.
     at: String,
@@ -258,8 +260,25 @@ impl Quotas {
         subject: &str,
         now: Duration,
     ) -> Result<QuotaOutcome, QuotaError> {
+        self.check_keyed(store, policy, issuer, subject, None, now)
+    }
+
+    /// [`Quotas::check`] for the identity together with the DPoP key `jkt` it proved
+    /// it holds (with `per_dpop_key`: each key its own budget). `None`: the identity's.
+    pub fn check_keyed<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        policy: &Policy,
+        issuer: &str,
+        subject: &str,
+        jkt: Option<&str>,
+        now: Duration,
+    ) -> Result<QuotaOutcome, QuotaError> {
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        let fp = Fingerprint::identity(issuer, subject, &policy.name);
+        let fp = match jkt {
+            Some(jkt) => Fingerprint::identity_key(issuer, subject, jkt, &policy.name),
+            None => Fingerprint::identity(issuer, subject, &policy.name),
+        };
         let bucket = self.geometry.bucket_of(fp);
         let charged = table::charge(
             store,

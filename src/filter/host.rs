@@ -100,6 +100,12 @@ mod abi {
         pub fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
     }
 
+    // WASI's randomness (already imported by std for its hash seeds).
+    #[link(wasm_import_module = "wasi_snapshot_preview1")]
+    extern "C" {
+        pub fn random_get(buf: *mut u8, buf_len: usize) -> u16;
+    }
+
     pub const OK: u32 = 0;
     pub const NOT_FOUND: u32 = 1;
     pub const CAS_MISMATCH: u32 = 8;
@@ -405,6 +411,15 @@ pub fn record_metric(id: u32, value: u64) -> Result<(), HostError> {
     check(unsafe { abi::proxy_record_metric(id, value) })
 }
 
+/// Fills `buf` from WASI `random_get`.
+pub fn random(buf: &mut [u8]) -> Result<(), HostError> {
+    // SAFETY: a valid buffer of `buf.len()` bytes.
+    match unsafe { abi::random_get(buf.as_mut_ptr(), buf.len()) } {
+        0 => Ok(()),
+        errno => Err(HostError(u32::from(errno))),
+    }
+}
+
 /// The proxy-wasm host as the core's [`Host`]: every call acts on the effective
 /// context (the request being decided).
 pub struct ProxyHost;
@@ -452,5 +467,9 @@ impl Host for ProxyHost {
 
     fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {
         record_metric(id, value)
+    }
+
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {
+        random(buf)
     }
 }

@@ -59,6 +59,14 @@ impl HeaderMap {
         self.pairs.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.as_slice())
     }
 
+    /// Every value of header `name`, in order (a header sent twice is two values).
+    pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.pairs
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, v)| v.as_slice())
+    }
+
     /// Whether header `name` is present.
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()

@@ -30,10 +30,11 @@ pub enum Call {
     DefineMetric,
     IncrementMetric,
     RecordMetric,
+    Random,
 }
 
 impl Call {
-    pub const ALL: [Call; 11] = [
+    pub const ALL: [Call; 12] = [
         Call::Clock,
         Call::ReadHeaders,
         Call::SetHeader,
@@ -45,6 +46,7 @@ impl Call {
         Call::DefineMetric,
         Call::IncrementMetric,
         Call::RecordMetric,
+        Call::Random,
     ];
 }
 
@@ -199,6 +201,16 @@ impl Host for MemoryHost {
     fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {
         self.call(Call::RecordMetric)?;
         self.update_metric(id, |_| i64::try_from(value).unwrap_or(i64::MAX))
+    }
+
+    /// Deterministic bytes (a counter per call): tests compare what they saw.
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {
+        self.call(Call::Random)?;
+        let n = self.calls.get(&Call::Random).copied().unwrap_or_default() as u8;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = n.wrapping_mul(31).wrapping_add(i as u8);
+        }
+        Ok(())
     }
 }
 

@@ -417,8 +417,13 @@ fn certificate_only_identities_where_routes_accept_them() {
 fn tokens_on_certificate_routes() {
     let cfg = routes_config();
     let no_claims = Map::new();
-    let token =
-        policy::IdentityInfo { identity: "ci-bot", issuer: "ci", subject: "ci-bot", claims: &no_claims };
+    let token = policy::IdentityInfo {
+        identity: "ci-bot",
+        issuer: "ci",
+        subject: "ci-bot",
+        claims: &no_claims,
+        jkt: None,
+    };
     // A token with a trusted certificate passes the strict route; without one it does not.
     assert_eq!(outcome(&cfg, &request("/strict/x", Some(trusted(WORKLOAD))), Some(&token)), (None, true));
     assert_eq!(

@@ -15,7 +15,8 @@
 //!
 //! # What is never logged
 //! The token, its signature, or any claim but the verified identity (the one
-//! forwarded upstream). For a token that failed verification the identity is `null`
+//! forwarded upstream), and of a DPoP request only the key's thumbprint (`dpop_jkt`),
+//! never the proof. For a token that failed verification the identity is `null`
 //! (an unverified `sub` is anyone's claim); its `kid` is logged, cut to
 //! [`MAX_KID_CHARS`], because it is what tells a rotation problem from an attack.
 
@@ -123,6 +124,10 @@ pub struct Record {
     pub anomalies: Flags,
     /// The identity's behaviour bucket was full: not tracked.
     pub behaviour_untracked: bool,
+    /// The thumbprint of the DPoP key the request proved it holds (never the proof).
+    pub dpop_jkt: Option<String>,
+    /// How long the DPoP proof check took, nanoseconds.
+    pub dpop_ns: Option<u64>,
     /// Set by [`Record::finish`].
     pub decided: Option<Decided>,
     verdict: Option<Decided>,
@@ -232,6 +237,7 @@ impl Record {
             issuer: at.issuer,
             identity: self.identity.as_deref(),
             cert_identity: self.cert_identity.as_deref(),
+            dpop_jkt: self.dpop_jkt.as_deref(),
             kid: self.kid.as_deref(),
             route: self.route.as_deref(),
             client_class: self.client_class.map(ClientClass::as_str),
@@ -283,6 +289,7 @@ struct Line<'a> {
     issuer: Option<&'a str>,
     identity: Option<&'a str>,
     cert_identity: Option<&'a str>,
+    dpop_jkt: Option<&'a str>,
     kid: Option<&'a str>,
     route: Option<&'a str>,
     client_class: Option<&'static str>,
@@ -437,7 +444,7 @@ mod tests {
             json!({
                 "event": "nhi_decision", "time": "2023-11-14T22:13:20.123Z", "request_id": "req-1",
                 "source": "10.0.0.1:5000", "issuer": "ci", "identity": "robot", "kid": "k1", "cert_identity": null,
-                "route": "api", "client_class": "machine", "decision": "allowed", "reason": "allow",
+                "dpop_jkt": null, "route": "api", "client_class": "machine", "decision": "allowed", "reason": "allow",
                 "status": 200, "shadow_reason": null, "quota_policy": null, "quota_remaining": null,
                 "latency_ms": 2.5, "anomaly": null
             })

@@ -191,10 +191,12 @@ pub enum Family {
     RouteDuration,
     /// Identities the behaviour table had no room for (never flagged).
     BehaviourUntracked,
+    /// DPoP proof check time (signature included), microseconds.
+    DpopProofDuration,
 }
 
 impl Family {
-    pub const ALL: [Family; 16] = [
+    pub const ALL: [Family; 17] = [
         Family::Requests,
         Family::IdentityRequests,
         Family::IdentityDenials,
@@ -211,6 +213,7 @@ impl Family {
         Family::RouteResponses,
         Family::RouteDuration,
         Family::BehaviourUntracked,
+        Family::DpopProofDuration,
     ];
 
     pub fn name(self) -> &'static str {
@@ -231,15 +234,17 @@ impl Family {
             Family::RouteResponses => "nhi_route_responses_total",
             Family::RouteDuration => "nhi_route_request_duration_ms",
             Family::BehaviourUntracked => "nhi_behaviour_untracked_total",
+            Family::DpopProofDuration => "nhi_dpop_proof_duration_us",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
             Family::JwksKeys | Family::JwksAge => Kind::Gauge,
-            Family::VerificationDuration | Family::IdentityDuration | Family::RouteDuration => {
-                Kind::Histogram
-            }
+            Family::VerificationDuration
+            | Family::IdentityDuration
+            | Family::RouteDuration
+            | Family::DpopProofDuration => Kind::Histogram,
             _ => Kind::Counter,
         }
     }
@@ -254,7 +259,9 @@ impl Family {
             Family::QuotaOverflow => &[Policy],
             Family::ShadowDenials => &[Issuer, Route, Reason],
             Family::JwksFetches => &[Issuer, Result],
-            Family::JwksKeys | Family::JwksAge | Family::VerificationDuration => &[Issuer],
+            Family::JwksKeys | Family::JwksAge | Family::VerificationDuration | Family::DpopProofDuration => {
+                &[Issuer]
+            }
             Family::Anomalies => &[Issuer, Identity, Anomaly],
             Family::IdentityResponses => &[Issuer, Identity, StatusClass],
             Family::IdentityDuration => &[Issuer, Identity],

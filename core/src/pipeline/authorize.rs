@@ -51,12 +51,17 @@ pub fn authorize(
         request.observed.cert_identity = Some(identity.to_owned());
     }
     let no_claims = serde_json::Map::new();
+    // Owned here too: the key is part of the identity (allow rules, deny lists, quotas).
+    let jkt = request.dpop.jkt.clone();
     let credential = match &verification {
         None => match mtls::certificate_only(config.mtls.as_ref(), certificate.as_ref(), &no_claims) {
             Some(who) => Credential::Certificate(who),
             None => Credential::Absent,
         },
-        Some(Ok(v)) => Credential::Verified(IdentityInfo::new(v, issuer_name, &v.identity)),
+        Some(Ok(v)) => Credential::Verified(IdentityInfo {
+            jkt: jkt.as_deref(),
+            ..IdentityInfo::new(v, issuer_name, &v.identity)
+        }),
         Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
     };
     let mut verdict = policy::decide(&config.routes, &request.info, &credential);
@@ -74,6 +79,9 @@ pub fn authorize(
                 refusal.headers.push(("retry-after".to_owned(), seconds.to_string()));
             }
         }
+        if let Some(denial) = verdict.enforced_denial() {
+            super::dpop::challenge(vm, request, denial, &mut refusal);
+        }
         return reply::send(host, &refusal);
     }
 
@@ -88,7 +96,7 @@ pub fn authorize(
     }
     if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
         match quota::charge(vm, request, who, verdict.route, now_ms) {
-            Ok(headers) => request.response_headers = headers,
+            Ok(headers) => request.response_headers.extend(headers),
             Err(Some(quota_headers)) => {
                 verdict.decision = Decision::Deny(Denial {
                     reason: DenyReason::Auth(Reason::QuotaExceeded),
@@ -112,8 +120,8 @@ pub fn authorize(
         Some(Ok(v)) => Some(&**v),
         _ => None,
     };
-    let anomalies = request.observed.anomalies;
-    match forward::forward(vm, host, &verdict, verified, who, certificate.as_ref(), anomalies) {
+    let noted = forward::Noted { anomalies: request.observed.anomalies, dpop_scheme: request.dpop.scheme };
+    match forward::forward(vm, host, &verdict, verified, who, certificate.as_ref(), noted) {
         Ok(()) => Step::Continue,
         Err(err) => reply::refuse(vm, host, request, &reply::internal(err)),
     }

@@ -12,6 +12,7 @@ use crate::mtls;
 use crate::policy::{self, RequestInfo};
 use crate::token::source::Extracted;
 
+use super::dpop::ProofValue;
 use super::reply;
 use super::{record, Request, Step, Vm};
 
@@ -22,6 +23,8 @@ pub enum Presented {
     Nothing,
     /// A bearer token.
     Bearer(String),
+    /// A token presented with the `DPoP` scheme (read only when DPoP is in use).
+    Dpop(String),
     /// A credential header holding no bearer token nhi-guard can read: another
     /// scheme, or (`undecodable`) the bearer scheme with bytes that are not UTF-8.
     /// Read only to decide whose credential it is (`policy::names_machine_issuer`).
@@ -29,9 +32,10 @@ pub enum Presented {
 }
 
 impl Presented {
-    pub fn bearer(&self) -> Option<&str> {
+    /// The token, whichever scheme carried it.
+    pub fn token(&self) -> Option<&str> {
         match self {
-            Presented::Bearer(raw) => Some(raw),
+            Presented::Bearer(raw) | Presented::Dpop(raw) => Some(raw),
             Presented::Nothing | Presented::Unreadable { .. } => None,
         }
     }
@@ -39,7 +43,7 @@ impl Presented {
     /// The credential's bytes, whatever it is.
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
-            Presented::Bearer(raw) => Some(raw.as_bytes()),
+            Presented::Bearer(raw) | Presented::Dpop(raw) => Some(raw.as_bytes()),
             Presented::Unreadable { value, .. } => Some(value),
             Presented::Nothing => None,
         }
@@ -97,7 +101,27 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
         request.info.source = source.as_deref().and_then(policy::parse_source_address);
         request.observed.source = source;
     }
-    request.credential = match config.token.extract(headers.get(&config.token.header)) {
+    let credential_header = headers.get(&config.token.header);
+    if config.dpop_in_use() {
+        if let Some(credential) = credential_header.and_then(dpop_scheme) {
+            request.credential = credential;
+            request.dpop.scheme = true;
+            request.dpop.proof = match headers.values(crate::dpop::PROOF_HEADER).take(2).collect::<Vec<_>>()[..]
+            {
+                [] => ProofValue::Absent,
+                [one] => ProofValue::One(one.to_vec()),
+                _ => ProofValue::Many,
+            };
+            // `:scheme` as the proxy set it; `x-forwarded-proto` only where there is none.
+            request.dpop.url_scheme = headers
+                .get(":scheme")
+                .or_else(|| headers.get("x-forwarded-proto"))
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .map(|v| v.split(',').next().unwrap_or_default().trim().to_ascii_lowercase());
+            return Ok(());
+        }
+    }
+    request.credential = match config.token.extract(credential_header) {
         Extracted::Absent => Presented::Nothing,
         Extracted::Token(raw) => Presented::Bearer(raw.to_owned()),
         Extracted::Unreadable { value, undecodable } => {
@@ -105,6 +129,21 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
         }
     };
     Ok(())
+}
+
+/// `DPoP <token>` (the scheme case-insensitively, RFC 9110 §11.1), or the scheme with
+/// bytes that are not UTF-8 (malformed, never "no credential"); `None` for any other.
+fn dpop_scheme(value: &[u8]) -> Option<Presented> {
+    let start = value.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(value.len());
+    let rest = value.get(start..)?;
+    let scheme = rest.get(..crate::dpop::SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(crate::dpop::SCHEME.as_bytes()) {
+        return None;
+    }
+    Some(match std::str::from_utf8(rest.get(crate::dpop::SCHEME.len()..)?) {
+        Ok(token) => Presented::Dpop(token.trim().to_owned()),
+        Err(_) => Presented::Unreadable { value: value.to_vec(), undecodable: true },
+    })
 }
 
 /// Client-supplied copies of the headers we set are never forwarded, whatever the

@@ -1,6 +1,7 @@
 //! Stage 5, forward: the headers the upstream (and Envoy's router, which re-selects
 //! the route on them) sees — client class, shadow decision, the verified identity,
-//! its claim headers, certificate identity and anomalies — and the token removed.
+//! its claim headers, certificate identity, DPoP key and anomalies — and the token (and
+//! its DPoP proof) removed.
 
 use crate::behaviour::tracker::Flags;
 use crate::behaviour::ANOMALY_HEADER;
@@ -11,6 +12,15 @@ use crate::verify::Verified;
 
 use super::Vm;
 
+/// What earlier stages noted about the request that changes what is forwarded.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Noted {
+    /// Anomalies the behaviour stage flagged (forwarded as `x-nhi-anomaly` if asked).
+    pub anomalies: Flags,
+    /// The token came with the `DPoP` scheme: its proof header is removed with it.
+    pub dpop_scheme: bool,
+}
+
 pub fn forward(
     vm: &Vm,
     host: &mut dyn Host,
@@ -18,7 +28,7 @@ pub fn forward(
     verified: Option<&Verified>,
     who: Option<&IdentityInfo<'_>>,
     certificate: Option<&ClientCertificate>,
-    anomalies: Flags,
+    noted: Noted,
 ) -> Result<(), HostError> {
     let config = &vm.config;
     host.set_request_header(&config.routes.client_header, verdict.client_class.as_str())?;
@@ -31,8 +41,11 @@ pub fn forward(
         if let Some((name, value)) = mtls::forwarded_identity(config.mtls.as_ref(), certificate) {
             host.set_request_header(name, value)?;
         }
-        if config.behaviour.as_ref().is_some_and(|b| b.forward_header) && !anomalies.is_empty() {
-            host.set_request_header(ANOMALY_HEADER, &anomalies.joined())?;
+        if let Some(jkt) = who.jkt {
+            host.set_request_header(crate::dpop::JKT_HEADER, jkt)?;
+        }
+        if config.behaviour.as_ref().is_some_and(|b| b.forward_header) && !noted.anomalies.is_empty() {
+            host.set_request_header(ANOMALY_HEADER, &noted.anomalies.joined())?;
         }
     }
     if let Some(verified) = verified {
@@ -43,6 +56,9 @@ pub fn forward(
         }
         if !config.token.forward {
             host.remove_request_header(config.token.header.as_bytes())?;
+            if noted.dpop_scheme {
+                host.remove_request_header(crate::dpop::PROOF_HEADER.as_bytes())?;
+            }
         }
     }
     Ok(())

@@ -23,7 +23,8 @@ pub fn charge(
     let (issuer, identity) = (who.issuer, who.identity);
     let policy = quotas.policy_for(identity, who.claims, route);
     let now = Duration::from_millis(now_ms);
-    let outcome = match quotas.check(vm.store.as_ref(), policy, issuer, identity, now) {
+    let jkt = who.jkt.filter(|_| quotas.per_dpop_key);
+    let outcome = match quotas.check_keyed(vm.store.as_ref(), policy, issuer, identity, jkt, now) {
         Ok(outcome) => outcome,
         Err(err) => {
             log::warn!("quota store unavailable ({err}); refusing {:?}", request.request_id);

@@ -224,6 +224,9 @@ pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: boo
     if let Some(ns) = record.verify_ns {
         observer.record(host, Family::VerificationDuration, &[issuer], ns / 1_000);
     }
+    if let Some(ns) = record.dpop_ns {
+        observer.record(host, Family::DpopProofDuration, &[issuer], ns / 1_000);
+    }
 
     observer.publish(host, "nhi_decision", decided.outcome.as_str());
     observer.publish(host, "nhi_reason", decided.reason);

@@ -229,6 +229,8 @@ fn every_failing_host_call_fails_closed_or_harmlessly() {
         (Call::LocalReply, Expect::Unaffected),
         // A clock cannot fail (the wasm shell falls back to WASI's).
         (Call::Clock, Expect::Unaffected),
+        // Only DPoP nonces need randomness.
+        (Call::Random, Expect::Unaffected),
     ];
     assert_eq!(table.len(), Call::ALL.len(), "every kind of call has a row");
     for (call, expect) in table {
@@ -387,4 +389,218 @@ fn detection_adds_no_host_call_to_a_cached_request_between_merges() {
         cached.host.calls,
         plain.host.calls
     );
+// DPoP (RFC 9449) through the whole pipeline.
+
+/// The test Ed25519 key as a proof's public JWK, and its thumbprint.
+fn proof_jwk() -> (Value, String) {
+    let jwk =
+        testkit::jwks()["keys"].as_array().unwrap().iter().find(|k| k["kid"] == "ed-1").unwrap().clone();
+    let jwk = json!({"kty": jwk["kty"], "crv": jwk["crv"], "x": jwk["x"]});
+    let jkt = crate::dpop::thumbprint::jkt(jwk.as_object().unwrap()).unwrap();
+    (jwk, jkt)
+}
+
+fn bound_token(sub: &str) -> String {
+    token(sub, json!({"cnf": {"jkt": proof_jwk().1}}))
+}
+
+fn proof(method: &str, htu: &str, token: &str, jti: &str, extra: Value) -> String {
+    let mut claims = json!({"jti": jti, "htm": method, "htu": htu, "iat": NOW,
+                            "ath": crate::dpop::proof::token_hash(token)});
+    for (k, v) in extra.as_object().unwrap() {
+        claims[k] = v.clone();
+    }
+    testkit::token(Alg::EdDsa, &json!({"typ": "dpop+jwt", "alg": "EdDSA", "jwk": proof_jwk().0}), &claims)
+}
+
+fn dpop_request(method: &str, path: &str, token: &str, proof: &str) -> MemoryHost {
+    request(method, path)
+        .header(":scheme", "https")
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", proof.to_owned())
+}
+
+fn dpop_plugin(dpop: Value) -> Value {
+    let mut p = plugin();
+    p["issuers"][0]["dpop"] = dpop;
+    p["filter_state"] = json!(false);
+    p
+}
+
+fn challenge(out: &Outcome) -> String {
+    let reply = out.host.reply.as_ref().unwrap();
+    reply.headers.iter().find(|(n, _)| n == "www-authenticate").map(|(_, v)| v.clone()).unwrap_or_default()
+}
+
+#[test]
+fn a_dpop_bound_token_with_its_proof_is_forwarded_with_its_key_once() {
+    let fx = fixture(dpop_plugin(json!({"mode": "required"})));
+    let t = bound_token("robot");
+    let p = proof("GET", "https://gw.example/api/x", &t, "j-1", json!({}));
+    let out = send(&fx, dpop_request("GET", "/api/x?page=2", &t, &p));
+    assert_eq!(out.upstream("x-nhi-identity").as_deref(), Some("robot"));
+    assert_eq!(out.upstream("x-nhi-dpop-jkt"), Some(proof_jwk().1));
+    assert_eq!(out.upstream("authorization"), None);
+    assert_eq!(out.upstream("dpop"), None, "the proof is removed with the token");
+    let proof_us = out.host.metrics.iter().find(|(name, _)| name.contains("nhi_dpop_proof_duration_us"));
+    assert!(proof_us.is_some(), "{:?}", out.host.metrics.keys());
+    // The same proof again: a replay, whatever else is right.
+    let again = send(&fx, dpop_request("GET", "/api/x?page=2", &t, &p));
+    assert_eq!((again.status, again.reason.as_deref()), (Some(401), Some("dpop_replay")));
+    assert_eq!(
+        challenge(&again),
+        "DPoP algs=\"ES256 EdDSA RS256 PS256\", realm=\"nhi-guard\", error=\"invalid_dpop_proof\", \
+         error_description=\"the proof was already used\""
+    );
+}
+
+#[test]
+fn a_bound_token_as_bearer_is_refused_in_every_mode() {
+    let t = bound_token("robot");
+    for dpop in [
+        None,
+        Some(json!({"mode": "off"})),
+        Some(json!({"mode": "optional"})),
+        Some(json!({"mode": "required"})),
+    ] {
+        let mut p = plugin();
+        if let Some(dpop) = &dpop {
+            p["issuers"][0]["dpop"] = dpop.clone();
+        }
+        let fx = fixture(p);
+        let out = send(&fx, bearer(request("GET", "/api/x"), &t));
+        assert_eq!((out.status, out.reason.as_deref()), (Some(401), Some("dpop_required")), "{dpop:?}");
+        assert!(
+            challenge(&out).starts_with("Bearer realm=\"nhi-guard\", error=\"invalid_token\""),
+            "{dpop:?}"
+        );
+        // Also with a valid proof beside it: the Bearer scheme is the downgrade.
+        let p = proof("GET", "https://gw.example/api/x", &t, "j-b", json!({}));
+        let out = send(&fx, bearer(request("GET", "/api/x"), &t).header("dpop", p));
+        assert_eq!(out.reason.as_deref(), Some("dpop_required"), "{dpop:?}");
+    }
+}
+
+#[test]
+fn modes_decide_what_an_unbound_token_may_do_and_routes_override_them() {
+    let unbound = token("robot", json!({}));
+    let mut p = dpop_plugin(json!({"mode": "optional"}));
+    p["routes"].as_array_mut().unwrap().insert(
+        0,
+        json!({"name": "strict", "match": {"prefix": "/api/strict/"}, "audience": "machine", "dpop": "required"}),
+    );
+    let fx = fixture(p);
+    assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &unbound)).step, Step::Continue, "optional");
+    let strict = send(&fx, bearer(request("GET", "/api/strict/x"), &unbound));
+    assert_eq!((strict.status, strict.reason.as_deref()), (Some(401), Some("dpop_required")));
+    // An unbound token with the DPoP scheme: not bound to the proof's key.
+    let pr = proof("GET", "https://gw.example/api/x", &unbound, "j-u", json!({}));
+    let out = send(&fx, dpop_request("GET", "/api/x", &unbound, &pr));
+    assert_eq!(out.reason.as_deref(), Some("dpop_key_mismatch"));
+    // No token at all: the Bearer challenge gains a bare DPoP one.
+    let missing = send(&fx, request("GET", "/api/x"));
+    assert_eq!(challenge(&missing), "Bearer realm=\"nhi-guard\", DPoP algs=\"ES256 EdDSA RS256 PS256\"");
+    // DPoP off on a route of an issuer that requires it: the DPoP scheme is refused.
+    let t = bound_token("robot");
+    let pr = proof("GET", "https://gw.example/api/x", &t, "j-o", json!({}));
+    let mut p = plugin();
+    p["routes"][0]["dpop"] = json!("off");
+    p["issuers"][0]["dpop"] = json!({"mode": "required"});
+    let out = send(&fixture(p), dpop_request("GET", "/api/x", &t, &pr));
+    assert_eq!(out.reason.as_deref(), Some("invalid_dpop_proof"));
+    // DPoP off everywhere: the scheme is not even read, as before DPoP existed.
+    let out = send(&fixture(dpop_plugin(json!({"mode": "off"}))), dpop_request("GET", "/api/x", &t, &pr));
+    assert_eq!(out.reason.as_deref(), Some("malformed_token"));
+}
+
+#[test]
+fn the_nonce_flow_natively() {
+    let fx = fixture(dpop_plugin(json!({"mode": "required", "nonce": true})));
+    let t = bound_token("robot");
+    let first = send(
+        &fx,
+        dpop_request("GET", "/api/x", &t, &proof("GET", "https://gw.example/api/x", &t, "n-1", json!({}))),
+    );
+    assert_eq!((first.status, first.reason.as_deref()), (Some(401), Some("use_dpop_nonce")));
+    let reply = first.host.reply.as_ref().unwrap();
+    let nonce = reply.headers.iter().find(|(n, _)| n == "dpop-nonce").map(|(_, v)| v.clone()).unwrap();
+    assert!(challenge(&first)
+        .starts_with("DPoP algs=\"ES256 EdDSA RS256 PS256\", realm=\"nhi-guard\", error=\"use_dpop_nonce\""));
+    let retry = proof("GET", "https://gw.example/api/x", &t, "n-2", json!({"nonce": nonce}));
+    let ok = send(&fx, dpop_request("GET", "/api/x", &t, &retry));
+    assert_eq!(ok.upstream("x-nhi-identity").as_deref(), Some("robot"));
+    assert!(
+        ok.host.response_headers.iter().any(|(n, v)| n == "dpop-nonce" && *v == nonce),
+        "every success carries the nonce"
+    );
+}
+
+#[test]
+fn the_key_is_part_of_the_identity() {
+    let (_, jkt) = proof_jwk();
+    let mut p = dpop_plugin(json!({"mode": "optional"}));
+    p["routes"][0]["allow"] = json!([{"jkt": [jkt]}]);
+    p["routes"].as_array_mut().unwrap().insert(
+        0,
+        json!({"name": "revoked", "match": {"prefix": "/api/revoked/"}, "audience": "machine", "deny": {"jkt": [jkt]}}),
+    );
+    p["quotas"] = json!({"default": {"requests": 1, "per_seconds": 3600}, "per_dpop_key": true});
+    let fx = fixture(p);
+    let t = bound_token("robot");
+    let allowed = send(
+        &fx,
+        dpop_request("GET", "/api/x", &t, &proof("GET", "https://gw.example/api/x", &t, "k-1", json!({}))),
+    );
+    assert_eq!(allowed.upstream("x-nhi-dpop-jkt"), Some(jkt.clone()));
+    // An unbound bearer token of the same identity: not this key, not allowed.
+    let unbound = send(&fx, bearer(request("GET", "/api/x"), &token("robot", json!({}))));
+    assert_eq!(unbound.reason.as_deref(), Some("not_allowed"));
+    let revoked = send(
+        &fx,
+        dpop_request(
+            "GET",
+            "/api/revoked/x",
+            &t,
+            &proof("GET", "https://gw.example/api/revoked/x", &t, "k-2", json!({})),
+        ),
+    );
+    assert_eq!((revoked.status, revoked.reason.as_deref()), (Some(401), Some("dpop_key_revoked")));
+    // The quota is per identity and key: the key's budget of 1 is spent.
+    let spent = send(
+        &fx,
+        dpop_request("GET", "/api/x", &t, &proof("GET", "https://gw.example/api/x", &t, "k-3", json!({}))),
+    );
+    assert_eq!(spent.reason.as_deref(), Some("quota_exceeded"));
+}
+
+#[test]
+fn a_forged_key_header_is_stripped_even_without_dpop() {
+    let fx = fixture(plugin());
+    let out = send(
+        &fx,
+        bearer(request("GET", "/api/x"), &token("robot", json!({}))).header("X_NHI_DPOP_JKT", "forged"),
+    );
+    assert_eq!(out.upstream("x-nhi-dpop-jkt"), None);
+    assert_eq!(out.upstream("x_nhi_dpop_jkt"), None);
+}
+
+#[test]
+fn a_dpop_request_with_a_cached_token_makes_few_host_calls() {
+    let mut quiet = dpop_plugin(json!({"mode": "required"}));
+    quiet["decision_log"] = json!({"enabled": false});
+    let fx = fixture(quiet);
+    let t = bound_token("robot");
+    send(
+        &fx,
+        dpop_request("GET", "/api/x", &t, &proof("GET", "https://gw.example/api/x", &t, "c-1", json!({}))),
+    );
+    let cached = send(
+        &fx,
+        dpop_request("GET", "/api/x", &t, &proof("GET", "https://gw.example/api/x", &t, "c-2", json!({}))),
+    );
+    assert_eq!(cached.step, Step::Continue);
+    // The Bearer path's 8 (shared data is not counted here), plus: two clock reads
+    // around the proof check, the key header, the proof's removal, its histogram.
+    // In a proxy, shared data is host calls too: quota and replay table, 2 each.
+    assert_eq!(cached.host.total_calls(), 13, "{:?}", cached.host.calls);
 }

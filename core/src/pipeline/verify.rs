@@ -37,21 +37,21 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
     let config = &vm.config;
     let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
     let now_secs_u = u64::try_from(now_secs).unwrap_or_default();
-    let local_hit = request.credential.bearer().and_then(|raw| {
+    let local_hit = request.credential.token().and_then(|raw| {
         let keys = vm.keys.borrow();
         let view = KeyView { keys: &keys, now_ms };
         vm.local_tokens.borrow().get(config.trust(), &view, raw, now_secs)
     });
     // Timed only when a verification runs: not without a token, not on a local hit.
     let verify_started_ns =
-        (request.credential.bearer().is_some() && local_hit.is_none()).then(|| host.now_ns());
+        (request.credential.token().is_some() && local_hit.is_none()).then(|| host.now_ns());
     // The flood guard: a source over its budget of failed signature checks gets no
     // more crypto until its window ends (cached verifications still pass). Asked
     // only when a token needs crypto, which is also when the source is read.
     let mut blocked_for = None;
     let result = match local_hit {
         Some(verified) => Some(Ok(verified)),
-        None => request.credential.bearer().map(|raw| {
+        None => request.credential.token().map(|raw| {
             let keys = vm.keys.borrow();
             let view = KeyView { keys: &keys, now_ms };
             let (source, source_text) = (&mut request.info.source, &mut request.observed.source);
@@ -79,12 +79,12 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
             )
         }),
     };
-    // A token bound to a certificate (`cnf`) on a listener without an `mtls` block:
+    // A token bound to a certificate (`cnf.x5t#S256`) on a listener without an `mtls` block:
     // only now is the certificate worth a host call.
     if let Some(Ok(verified)) = &result {
         if config.mtls.is_none()
             && request.info.client_certificate.is_none()
-            && verified.claims.contains_key("cnf")
+            && verified.claims.get("cnf").is_some_and(|cnf| cnf.get(mtls::X5T_S256).is_some())
         {
             request.info.client_certificate =
                 mtls::client_certificate(None, |name| connection_property(host, name));

@@ -73,6 +73,10 @@ pub struct RawRoute {
     /// A trusted client certificate without a token is an identity here (needs `mtls`).
     #[serde(default)]
     pub accept_certificate_identity: bool,
+    /// `off`, `optional` or `required`: replaces the DPoP mode of the token's issuer
+    /// on this route.
+    #[serde(default)]
+    pub dpop: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -119,6 +123,9 @@ pub struct RawAllow {
     pub methods: Option<Vec<String>>,
     #[serde(default)]
     pub source_cidrs: Option<Vec<String>>,
+    /// DPoP key thumbprints (`cnf.jkt`): the request's verified proof key must be one.
+    #[serde(default)]
+    pub jkt: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -131,6 +138,9 @@ pub struct RawDeny {
     /// Revoked token IDs.
     #[serde(default)]
     pub jti: Vec<String>,
+    /// Revoked DPoP keys, by thumbprint (`cnf.jkt`).
+    #[serde(default)]
+    pub jkt: Vec<String>,
 }
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -237,6 +247,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
         Some(list) => cidrs(&field("source_cidrs"), list)?,
     };
     let mode = raw.mode.as_deref().map(|m| mode(&field("mode"), m)).transpose()?;
+    let dpop = raw.dpop.as_deref().map(|m| crate::dpop::config::route_mode(&field("dpop"), m)).transpose()?;
     let deny_status = match raw.deny_status {
         None => None,
         Some(s) => match u16::try_from(s) {
@@ -260,6 +271,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
         deny_status,
         require_client_certificate: raw.require_client_certificate,
         accept_certificate_identity: raw.accept_certificate_identity,
+        dpop,
     })
 }
 
@@ -427,14 +439,29 @@ fn allow_rule(at: &str, raw: RawAllow, issuer_names: &[&str]) -> Result<AllowRul
         None => Vec::new(),
         Some(list) => cidrs(&field("source_cidrs"), list)?,
     };
-    let rule =
-        AllowRule { identity, namespace: raw.namespace, issuer: raw.issuer, claims, methods, source_cidrs };
-    if rule.identity.is_none() && rule.namespace.is_none() && rule.issuer.is_none() && rule.claims.is_empty()
+    let jkt = match raw.jkt {
+        None => None,
+        Some(list) => Some(thumbprints(&field("jkt"), list)?),
+    };
+    let rule = AllowRule {
+        identity,
+        namespace: raw.namespace,
+        issuer: raw.issuer,
+        claims,
+        methods,
+        source_cidrs,
+        jkt,
+    };
+    if rule.identity.is_none()
+        && rule.namespace.is_none()
+        && rule.issuer.is_none()
+        && rule.claims.is_empty()
+        && rule.jkt.is_none()
     {
         // Methods or sources alone would admit every identity of every issuer.
         return Err(ConfigError::invalid(
             at,
-            "must name an `identity`, `namespace`, `issuer` or claim; use {\"identity\": \"*\"} to admit everyone",
+            "must name an `identity`, `namespace`, `issuer`, claim or `jkt`; use {\"identity\": \"*\"} to admit everyone",
         ));
     }
     Ok(rule)
@@ -456,7 +483,23 @@ fn deny_list(at: &str, raw: RawDeny) -> Result<DenyList> {
         }
         deny.jti.insert(jti);
     }
+    deny.jkt.extend(thumbprints(&format!("{at}.jkt"), raw.jkt)?);
     Ok(deny)
+}
+
+/// JWK SHA-256 thumbprints as `cnf.jkt` carries them: 43 characters of base64url.
+fn thumbprints(field: &str, list: Vec<String>) -> Result<Vec<String>> {
+    for (i, jkt) in list.iter().enumerate() {
+        let valid =
+            jkt.len() == 43 && jkt.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(ConfigError::invalid(
+                format!("{field}[{i}]"),
+                "must be a JWK SHA-256 thumbprint (43 characters of base64url, as in cnf.jkt)",
+            ));
+        }
+    }
+    Ok(list)
 }
 
 fn mode(field: &str, m: &str) -> Result<Mode> {

@@ -24,6 +24,9 @@ pub enum RouteDenial {
     /// The token's `jti` is on a deny list: the credential itself is no longer
     /// valid, which is an authentication failure (RFC 6750 `invalid_token`).
     TokenRevoked,
+    /// The request's DPoP key is on a deny list (`deny.jkt`): like a revoked token,
+    /// an authentication failure.
+    KeyRevoked,
     /// A machine credential on a route for people.
     MachineOnHumanRoute,
     /// The path reads as another route once normalized (see `matcher`).
@@ -39,11 +42,12 @@ pub enum RouteDenial {
 }
 
 impl RouteDenial {
-    pub const ALL: [RouteDenial; 11] = [
+    pub const ALL: [RouteDenial; 12] = [
         RouteDenial::NotAllowed,
         RouteDenial::SourceNotAllowed,
         RouteDenial::SubjectDenied,
         RouteDenial::TokenRevoked,
+        RouteDenial::KeyRevoked,
         RouteDenial::MachineOnHumanRoute,
         RouteDenial::AmbiguousPath,
         RouteDenial::AnomalyBurst,
@@ -59,6 +63,7 @@ impl RouteDenial {
             RouteDenial::SourceNotAllowed => "source_not_allowed",
             RouteDenial::SubjectDenied => "subject_denied",
             RouteDenial::TokenRevoked => "token_revoked",
+            RouteDenial::KeyRevoked => "dpop_key_revoked",
             RouteDenial::MachineOnHumanRoute => "machine_on_human_route",
             RouteDenial::AmbiguousPath => "ambiguous_path",
             RouteDenial::AnomalyBurst => "anomaly_burst",
@@ -72,7 +77,7 @@ impl RouteDenial {
     /// The status unless the route overrides it; only 403s can be overridden.
     pub fn status(self) -> u16 {
         match self {
-            RouteDenial::TokenRevoked => 401,
+            RouteDenial::TokenRevoked | RouteDenial::KeyRevoked => 401,
             RouteDenial::AmbiguousPath => 400,
             RouteDenial::AnomalyBurst => 429,
             RouteDenial::AnomalyErrorSpike => 503,
@@ -87,6 +92,7 @@ impl RouteDenial {
             RouteDenial::SourceNotAllowed => "the source address is not allowed on this route",
             RouteDenial::SubjectDenied => "the subject is denied",
             RouteDenial::TokenRevoked => "the token has been revoked",
+            RouteDenial::KeyRevoked => "the DPoP key has been revoked",
             RouteDenial::MachineOnHumanRoute => "machine credentials are not accepted on this route",
             RouteDenial::AmbiguousPath => "the request path is ambiguous once normalized",
             RouteDenial::AnomalyBurst => "far more requests than this identity usually makes",
@@ -162,7 +168,7 @@ impl Denial {
     pub fn error(&self) -> &'static str {
         match self.reason {
             DenyReason::Auth(r) => r.error(),
-            DenyReason::Route(RouteDenial::TokenRevoked) => "unauthenticated",
+            DenyReason::Route(RouteDenial::TokenRevoked | RouteDenial::KeyRevoked) => "unauthenticated",
             DenyReason::Route(RouteDenial::AmbiguousPath) => "bad_request",
             DenyReason::Route(_) => match self.status {
                 429 => "rate_limited",
@@ -184,7 +190,7 @@ impl Denial {
             DenyReason::Route(denial) => {
                 let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
                 let challenge = match (denial, self.status) {
-                    (RouteDenial::TokenRevoked, 401) => Some("invalid_token"),
+                    (RouteDenial::TokenRevoked | RouteDenial::KeyRevoked, 401) => Some("invalid_token"),
                     (RouteDenial::NotAllowed, 403) => Some("insufficient_scope"),
                     _ => None,
                 };

@@ -26,6 +26,8 @@ pub(crate) struct AllowRule {
     pub methods: Vec<String>,
     /// Empty: any source.
     pub source_cidrs: Vec<Cidr>,
+    /// DPoP key thumbprints, one of which the request's proof key must be.
+    pub jkt: Option<Vec<String>>,
 }
 
 /// How one allow rule fared.
@@ -44,7 +46,9 @@ impl AllowRule {
         let issuer_ok = self.issuer.as_deref().is_none_or(|i| who.issuer == i);
         let claims_ok = self.claims.iter().all(|c| c.matches(who.claims));
         let method_ok = self.methods.is_empty() || self.methods.contains(&req.method);
-        if !(identity_ok && namespace_ok && issuer_ok && claims_ok && method_ok) {
+        let jkt_ok =
+            self.jkt.as_ref().is_none_or(|list| who.jkt.is_some_and(|jkt| list.iter().any(|j| j == jkt)));
+        if !(identity_ok && namespace_ok && issuer_ok && claims_ok && method_ok && jkt_ok) {
             RuleFit::No
         } else if self.source_cidrs.is_empty() || cidr::any_contains(&self.source_cidrs, req.source) {
             RuleFit::Fits
@@ -82,6 +86,8 @@ pub(crate) struct DenyList {
     /// Exact entries, kept apart so long revocation lists stay cheap.
     pub subjects: HashSet<String>,
     pub subject_prefixes: Vec<String>,
+    /// Revoked DPoP keys, by thumbprint.
+    pub jkt: HashSet<String>,
 }
 
 impl DenyList {
@@ -100,6 +106,9 @@ impl DenyList {
     pub fn check(&self, who: &IdentityInfo<'_>) -> Result<(), RouteDenial> {
         if who.jti().is_some_and(|jti| self.jti.contains(jti)) {
             return Err(RouteDenial::TokenRevoked);
+        }
+        if who.jkt.is_some_and(|jkt| self.jkt.contains(jkt)) {
+            return Err(RouteDenial::KeyRevoked);
         }
         let denied = |s: &str| {
             self.subjects.contains(s) || self.subject_prefixes.iter().any(|p| s.starts_with(p.as_str()))
@@ -132,7 +141,7 @@ mod tests {
         sub: &'a str,
         c: &'a Map<String, Value>,
     ) -> IdentityInfo<'a> {
-        IdentityInfo { identity, issuer, subject: sub, claims: c }
+        IdentityInfo { identity, issuer, subject: sub, claims: c, jkt: None }
     }
 
     fn req(method: &str, source: Option<&str>) -> RequestInfo {
@@ -152,6 +161,7 @@ mod tests {
             claims: vec![],
             methods: vec![],
             source_cidrs: vec![],
+            jkt: None,
         }
     }
 

@@ -32,6 +32,9 @@ pub struct RawQuotas {
     pub rules: Vec<RawRule>,
     pub max_tracked_identities: Option<u64>,
     pub response_headers: Option<bool>,
+    /// A budget per identity *and* DPoP key: each key an identity proves it holds
+    /// gets its own (requests without DPoP keep the identity's).
+    pub per_dpop_key: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +112,7 @@ pub fn compile(raw: RawQuotas, at: &str) -> Result<Quotas, ConfigError> {
         rules,
         max_tracked_identities,
         response_headers: raw.response_headers.unwrap_or(false),
+        per_dpop_key: raw.per_dpop_key.unwrap_or(false),
         geometry: Geometry::new(max_tracked_identities),
         at: at.to_owned(),
     })

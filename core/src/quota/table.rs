@@ -74,6 +74,20 @@ impl Fingerprint {
         ]))
     }
 
+    /// One identity together with one of its DPoP keys (`quotas.per_dpop_key`).
+    pub fn identity_key(issuer: &str, subject: &str, jkt: &str, policy: &str) -> Fingerprint {
+        Fingerprint(fnv1a128(&[
+            issuer.as_bytes(),
+            SEPARATOR,
+            subject.as_bytes(),
+            SEPARATOR,
+            b"jkt:",
+            jkt.as_bytes(),
+            SEPARATOR,
+            policy.as_bytes(),
+        ]))
+    }
+
     /// The shared overflow budget of one policy.
     pub fn overflow(policy: &str) -> Fingerprint {
         Fingerprint(fnv1a128(&[OVERFLOW_TAG, policy.as_bytes()]))

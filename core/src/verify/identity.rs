@@ -22,11 +22,13 @@ pub struct IdentityInfo<'a> {
     pub subject: &'a str,
     /// Every verified claim.
     pub claims: &'a Map<String, Value>,
+    /// The thumbprint of the DPoP key the request proved it holds, if it did.
+    pub jkt: Option<&'a str>,
 }
 
 impl<'a> IdentityInfo<'a> {
     pub fn new(verified: &'a Verified, issuer: &'a str, identity: &'a str) -> Self {
-        IdentityInfo { identity, issuer, subject: &verified.subject, claims: &verified.claims }
+        IdentityInfo { identity, issuer, subject: &verified.subject, claims: &verified.claims, jkt: None }
     }
 
     /// The Kubernetes namespace: from a `system:serviceaccount:NS:NAME` subject,

@@ -29,6 +29,8 @@ pub struct Issuer {
     pub claims_to_headers: Vec<ClaimHeader>,
     /// What this issuer's tokens demand of the client certificate (RFC 8705 binding).
     pub certificate: CertificatePolicy,
+    /// How this issuer's tokens meet DPoP (RFC 9449).
+    pub dpop: crate::dpop::DpopSettings,
 }
 
 /// The algorithms an issuer gets when its config does not list any.
