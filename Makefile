@@ -29,7 +29,7 @@ export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
 .PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
-	node-tools promtool cli schema oci bench bench-verify
+	node-tools promtool py-tools cli schema oci bench bench-verify
 
 all: build
 
@@ -81,6 +81,20 @@ $(PROMTOOL):
 	dpkg -x $(TOOLS)/prometheus/prometheus_*.deb $(TOOLS)/prometheus
 	rm -f $(TOOLS)/prometheus/prometheus_*.deb
 	$(PROMTOOL) --version | head -n 1
+# The independent DPoP client of the e2e tests (test-harness/dpop/client.py): joserfc,
+# a Python JOSE implementation that shares no code with the filter, pinned, with its
+# dependencies (cryptography) into .tools/python; installed once.
+JOSERFC_VERSION := 1.6.5
+PY_TOOLS := $(TOOLS)/python
+PY_STAMP := $(PY_TOOLS)/.joserfc-$(JOSERFC_VERSION)
+export NHI_PYTHONPATH := $(PY_TOOLS)
+
+py-tools: $(PY_STAMP)
+
+$(PY_STAMP):
+	rm -rf $(PY_TOOLS)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(PY_TOOLS) joserfc==$(JOSERFC_VERSION)
+	@touch $@
 
 ## Build ---------------------------------------------------------------------
 
@@ -135,7 +149,7 @@ lint: wasm-target
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
 	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
-e2e: envoy wasm fault-wasm cli node-tools promtool
+e2e: envoy wasm fault-wasm cli node-tools promtool py-tools
 	$(CARGO) test -p test-harness --tests -- --test-threads 2
 
 fmt:
@@ -153,7 +167,7 @@ fmt:
 # (marked as such in the report). wrk comes from the distribution's packages.
 SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 
-bench: envoy wasm
+bench: envoy wasm py-tools
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
 	    { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(CARGO) run --quiet -p test-harness --bin nhi-bench -- --out $(CURDIR)/BENCHMARKS.md

@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod dpop_client;
 pub mod emulator;
 pub mod envoy;
 pub mod envoy_config;

@@ -56,7 +56,7 @@ impl NonceState {
         out
     }
 
-    /// `None` for the empty value a key is created with (epoch 0: always stale).
+    /// `None` for a value of another shape (a key is created with epoch 0: stale).
     fn decode(bytes: &[u8]) -> Option<NonceState> {
         let epoch = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
         let current: [u8; NONCE_BYTES] = bytes.get(8..8 + NONCE_BYTES)?.try_into().ok()?;
@@ -89,7 +89,8 @@ impl Nonces {
 
     /// Creates the shared key (empty: stale) if it does not exist. Call when the VM starts.
     pub fn prepare(&self, store: &dyn Store) -> Result<(), StoreError> {
-        get_or_create(store, &self.key, b"").map(|_| ())
+        // Not empty (the host reads an empty value as none): epoch 0, always stale.
+        get_or_create(store, &self.key, &[0; ENCODED_BYTES]).map(|_| ())
     }
 
     /// The nonces for `now_secs`: `local` (this VM's copy) if it is of the current

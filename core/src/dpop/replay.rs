@@ -3,10 +3,10 @@
 //!
 //! # Shape
 //! `max_tracked_proofs` entries (rounded up to whole buckets) in buckets of
-//! [`WAYS`], one shared-data key per bucket (`nhi-guard.dpop.r.<issuer>.<n>`). An
-//! entry is [`ENTRY_BYTES`]: a 128-bit FNV-1a fingerprint of (thumbprint, `jti`),
+//! [`WAYS`], one shared-data key per bucket (`nhi-guard.dpop.r.<issuer>.<n>`): a
+//! format byte, then the entries. An entry is [`ENTRY_BYTES`]: a 128-bit FNV-1a fingerprint of (thumbprint, `jti`),
 //! the last second the proof is accepted, and a 32-bit tag of the thumbprint. The
-//! proof itself is never stored. 100 000 proofs take 1 563 keys of at most 1 536
+//! proof itself is never stored. 100 000 proofs take 1 563 keys of at most 1 537
 //! bytes: 2.4 MB of values.
 //!
 //! # Recording
@@ -47,6 +47,9 @@ pub const WAYS: usize = 64;
 pub const PER_KEY_SHARE: usize = WAYS / 4;
 /// Fingerprint (16), last second accepted (4), key tag (4).
 pub const ENTRY_BYTES: usize = 24;
+/// The first byte of every bucket value: never empty, as the host reads an empty
+/// value as no value.
+const FORMAT: u8 = 1;
 /// Lost compare-and-swap races before the proof is refused.
 const MAX_ATTEMPTS: usize = 8;
 
@@ -113,7 +116,7 @@ impl ReplayTable {
     /// Creates every bucket that does not exist yet (empty). Call when the VM starts.
     pub fn prepare(&self, store: &dyn Store) -> Result<(), StoreError> {
         for bucket in 0..self.buckets {
-            get_or_create(store, &self.key(bucket), b"")?;
+            get_or_create(store, &self.key(bucket), &[FORMAT])?;
         }
         Ok(())
     }
@@ -139,7 +142,12 @@ impl ReplayTable {
             let (value, cas) = store.get(&key)?;
             // Never created: refuse rather than create it here (see the module docs).
             let (Some(value), Some(cas)) = (value, cas) else { return Err(StoreError::Unavailable) };
-            let mut live: Vec<Entry> = value
+            // A value of another format is read as empty (the host keeps keys across reloads).
+            let entries = match value.split_first() {
+                Some((&FORMAT, entries)) => entries,
+                _ => &[],
+            };
+            let mut live: Vec<Entry> = entries
                 .chunks_exact(ENTRY_BYTES)
                 .filter_map(Entry::decode)
                 .filter(|e| e.until >= now)
@@ -151,7 +159,8 @@ impl ReplayTable {
                 return Ok(Recorded::Full);
             }
             live.push(Entry { fingerprint, until, tag });
-            let mut bytes = Vec::with_capacity(live.len() * ENTRY_BYTES);
+            let mut bytes = Vec::with_capacity(1 + live.len() * ENTRY_BYTES);
+            bytes.push(FORMAT);
             for entry in &live {
                 entry.encode(&mut bytes);
             }
@@ -235,7 +244,7 @@ mod tests {
         assert_eq!(store.len(), t.buckets() as usize);
         for bucket in 0..t.buckets() {
             let (value, _) = store.get(&t.key(bucket)).unwrap();
-            assert!(value.unwrap().len() <= WAYS * ENTRY_BYTES);
+            assert!(value.unwrap().len() <= 1 + WAYS * ENTRY_BYTES);
         }
     }
 
@@ -275,5 +284,9 @@ mod tests {
         let t = ReplayTable::new("ci", 100_000);
         assert_eq!(t.buckets(), 1_563);
         assert_eq!(t.capacity_bytes(), 2_400_768);
+        // A bucket is created non-empty: the host reads an empty value as none.
+        let store = MemoryStore::new();
+        t.prepare(&store).unwrap();
+        assert_eq!(store.get(&t.key(7)).unwrap().0, Some(vec![FORMAT]));
     }
 }
