@@ -664,4 +664,56 @@ fn a_day_and_a_half_of_machine_traffic_in_the_emulator() {
         "emulator: {} flags during warm-up, none after; burst flagged after {detected_after} storm requests",
         flagged.len()
     );
+/// DPoP where the host has no shared data: the replay table lives in each VM, so a
+/// proof is accepted at most once per worker (documented); with shared data (the
+/// Envoy profile), once per proxy. Keys, tokens and proofs come from the independent
+/// client (`test_harness::dpop_client`).
+#[test]
+fn dpop_replay_cache_is_per_vm_without_shared_data_and_shared_with_it() {
+    use test_harness::dpop_client::DpopClient;
+    let mut client = DpopClient::start().unwrap();
+    let jwks = client.issuer("py-issuer").unwrap();
+    let key = client.key("EC").unwrap();
+    let plugin = json!({
+        "issuers": [{"name": "ci", "issuer": "https://ci.example", "audiences": ["gw"],
+                     "jwks": {"inline": jwks}, "algorithms": ["ES256"], "dpop": {"mode": "required"}}],
+        "routes": [{"name": "api", "match": {"prefix": "/api/"}}]
+    });
+    let token =
+        client.token(json!({"iss": "https://ci.example", "aud": "gw", "sub": "robot"}), Some(&key)).unwrap();
+    for profile in Profile::ALL {
+        let mut host = Host::new(profile).unwrap();
+        let a = host.start_worker_json(&plugin).unwrap();
+        let b = host.start_worker_json(&plugin).unwrap();
+        let proof = client.proof(&key, "GET", "http://gateway.test/api/x", &token, json!({})).unwrap();
+        let request =
+            Request::get("/api/x").header("authorization", &format!("DPoP {token}")).header("dpop", &proof);
+        let first = host.worker(a).unwrap().send(&request).unwrap();
+        assert_eq!(first.status, 200, "{profile}: {:?}", String::from_utf8_lossy(&first.body));
+        assert_eq!(first.upstream_header("x-nhi-dpop-jkt"), Some(key.jkt.as_str()), "{profile}");
+        let again = host.worker(a).unwrap().send(&request).unwrap();
+        assert_eq!((again.status, again.reason().as_deref()), (401, Some("dpop_replay")), "{profile}");
+        let other_worker = host.worker(b).unwrap().send(&request).unwrap();
+        if profile.shares_state() {
+            assert_eq!(
+                other_worker.reason().as_deref(),
+                Some("dpop_replay"),
+                "{profile}: one table per proxy"
+            );
+        } else {
+            assert_eq!(other_worker.status, 200, "{profile}: one table per VM (the degraded mode)");
+            let twice = host.worker(b).unwrap().send(&request).unwrap();
+            assert_eq!(twice.reason().as_deref(), Some("dpop_replay"), "{profile}: still once per VM");
+        }
+        // A bound token as a bearer token is refused on every host.
+        let bearer = host.worker(b).unwrap().send(&Request::get("/api/x").bearer(&token)).unwrap();
+        assert_eq!(bearer.reason().as_deref(), Some("dpop_required"), "{profile}");
+        for worker in host.workers() {
+            assert!(
+                worker.trap().is_none() && worker.violations().is_empty(),
+                "{profile}: {:?}",
+                worker.violations()
+            );
+        }
+    }
 }
