@@ -10,6 +10,7 @@ Requests (`op`):
   issuer  {"kid"}                              -> {"jwks"}  (the token signer, ES256)
   token   {"claims", "bind": key id or null}   -> {"token"} (cnf.jkt when bound)
   proof   {"key", "htm", "htu", "token", ...}   -> {"proof"}
+  proof_file {as proof, "count", "path"}        -> {"path"} (`token proof` lines, for wrk)
           optional: iat, jti, nonce, typ, alg, header {..}, claims {..} (null deletes),
           private_jwk, jwk_of (embed another key's jwk), tamper, no_ath
 """
@@ -106,7 +107,15 @@ def op_proof(req):
     return {"proof": proof}
 
 
-OPS = {"key": op_key, "issuer": op_issuer, "token": op_token, "proof": op_proof}
+def op_proof_file(req):
+    """`count` proofs for one request (fresh jti each), as `token proof` lines, to `path`."""
+    with open(req["path"], "w") as out:
+        for _ in range(req["count"]):
+            out.write(req["token"] + " " + op_proof(req)["proof"] + "\n")
+    return {"path": req["path"]}
+
+
+OPS = {"key": op_key, "issuer": op_issuer, "token": op_token, "proof": op_proof, "proof_file": op_proof_file}
 
 
 def main():

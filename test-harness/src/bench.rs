@@ -137,6 +137,9 @@ impl Settings {
     }
 }
 
+/// Fresh DPoP proofs minted per second of a DPoP case (each proof is sent once).
+const DPOP_PROOFS_PER_SECOND: u64 = 6_000;
+
 /// Runs every case, writes the report to `settings.out` and returns the run.
 /// `invocation` is the command line, for the report.
 pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
@@ -153,14 +156,23 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
 
     eprintln!("nhi-bench: generating keys and minting {} tokens per algorithm", settings.tokens);
     let keys = BenchKeys::generate()?;
-    let tokens = Tokens::mint(&keys, settings.tokens, &settings.work_dir)?;
+    let mut tokens = Tokens::mint(&keys, settings.tokens, &settings.work_dir)?;
     let script = wrk::write_rotation_script(&settings.work_dir)?;
+    wrk::write_dpop_script(&settings.work_dir)?;
     let mut plan = Case::plan();
     if let Some(only) = &settings.only {
         plan.retain(|case| only.split(',').any(|word| case.slug(0).contains(word.trim())));
         if plan.is_empty() {
             bail!("BENCH_ONLY={only} matches no case");
         }
+    }
+    if plan.iter().any(|case| matches!(case.traffic, cases::Traffic::Dpop(_))) {
+        // A proof is good once: enough for the whole case at a rate no single core
+        // reaches with one signature check a request.
+        let seconds = settings.warmup_seconds + u64::from(settings.runs) * settings.seconds;
+        let count = usize::try_from(seconds.saturating_mul(DPOP_PROOFS_PER_SECOND)).unwrap_or(usize::MAX);
+        eprintln!("nhi-bench: minting {count} DPoP proofs per algorithm with the independent client");
+        tokens.mint_dpop(&keys, count, &settings.work_dir)?;
     }
     eprintln!(
         "nhi-bench: {} cases, {} × {} s each, about {} min in all; work dir {}",

@@ -108,6 +108,24 @@ impl DpopClient {
     }
 }
 
+impl DpopClient {
+    /// `count` proofs like [`DpopClient::proof`] (a fresh `jti` each), written to
+    /// `path` as `token proof` lines: the bench's load.
+    pub fn proof_file(
+        &mut self,
+        key: &ProofKey,
+        htm: &str,
+        htu: &str,
+        token: &str,
+        count: usize,
+        path: &std::path::Path,
+    ) -> Result<()> {
+        let request = json!({"op": "proof_file", "key": key.id, "htm": htm, "htu": htu, "token": token,
+                             "count": count, "path": path.display().to_string()});
+        self.call(request).map(|_| ())
+    }
+}
+
 impl Drop for DpopClient {
     fn drop(&mut self) {
         let _ = self.child.kill();

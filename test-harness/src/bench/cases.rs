@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::envoy::{self, BenchEnvoy, Memory};
 use super::stacks::{self, Stack, BENCH_PATH, FLOOD_SOURCE, VALID_SOURCE};
-use super::tokens::{Tokens, ALGS, FLOOD_ALG};
+use super::tokens::{Tokens, ALGS, DPOP_ALGS, DPOP_AUTHORITY, FLOOD_ALG};
 use super::wrk::{self, Load, Outcome};
 use super::Settings;
 use crate::mint::Alg;
@@ -35,6 +35,9 @@ pub enum Traffic {
     /// [`Traffic::ValidAlone`] plus, at the same time, the other half of the connections
     /// sending forged tokens (one signature bit flipped) from [`FLOOD_SOURCE`].
     Flood,
+    /// One DPoP-bound token (a cache hit after the first) with a fresh proof of this
+    /// algorithm on every request: one proof check per request.
+    Dpop(Alg),
 }
 
 /// One line of the results table.
@@ -58,6 +61,9 @@ impl Case {
             Case::new(Stack::NhiGuard, Traffic::Reused),
             Case::new(Stack::NhiGuardBehaviour, Traffic::Reused),
         ];
+        for alg in DPOP_ALGS {
+            plan.push(Case::new(Stack::NhiGuardDpop, Traffic::Dpop(alg)));
+        }
         for alg in ALGS {
             plan.push(Case::new(Stack::NativeJwt, Traffic::Rotating(alg)));
             plan.push(Case::new(Stack::NhiGuardSmallCache, Traffic::Rotating(alg)));
@@ -79,6 +85,7 @@ impl Case {
             (Stack::NhiGuard, Traffic::Flood | Traffic::TokenlessFlood) => {
                 Some(Case::new(Stack::NhiGuard, Traffic::ValidAlone))
             }
+            (Stack::NhiGuardDpop, Traffic::Dpop(_)) => Some(Case::new(Stack::NhiGuard, Traffic::Reused)),
             _ => None,
         }
     }
@@ -108,6 +115,7 @@ impl Case {
                 "valid callers ({half} conn.) during a forged {FLOOD_ALG} flood ({} conn.) from another source",
                 settings.connections - half
             ),
+            Traffic::Dpop(alg) => format!("one DPoP-bound token reused, a fresh {alg} proof on every request"),
         }
     }
 
@@ -119,6 +127,7 @@ impl Case {
             Traffic::ValidAlone => "valid-alone".to_owned(),
             Traffic::TokenlessFlood => "tokenless-flood".to_owned(),
             Traffic::Flood => "flood".to_owned(),
+            Traffic::Dpop(alg) => format!("dpop-{}", alg.name().to_ascii_lowercase()),
         };
         format!("{:02}-{}-{traffic}", index + 1, self.stack.slug())
     }
@@ -140,6 +149,12 @@ pub struct CaseResult {
     /// nhi-guard with every token new: mean µs per verification inside Envoy, from
     /// its own `nhi_verification_duration_us` histogram.
     pub verify_mean_us: Option<f64>,
+    /// DPoP: mean µs per proof check inside Envoy (`nhi_dpop_proof_duration_us`).
+    pub dpop_mean_us: Option<f64>,
+    /// DPoP: proofs the replay table recorded (the admitted requests of the load).
+    pub dpop_proofs: u64,
+    /// DPoP: Envoy's heap growth over the case (the replay table's entries, mostly).
+    pub dpop_heap_growth: Option<u64>,
 }
 
 impl CaseResult {
@@ -167,6 +182,11 @@ pub struct Runner<'a> {
     pub jwks: Value,
     pub tokens: &'a Tokens,
     pub script: PathBuf,
+    /// The DPoP load's script (see `wrk`).
+    pub dpop_script: PathBuf,
+    /// DPoP proofs already sent, per algorithm: a proof is good once, so each wrk
+    /// process of a case starts after the last one's.
+    dpop_sent: std::cell::RefCell<std::collections::HashMap<Alg, usize>>,
     validated: HashSet<Stack>,
 }
 
@@ -179,7 +199,18 @@ impl<'a> Runner<'a> {
         tokens: &'a Tokens,
         script: PathBuf,
     ) -> Self {
-        Self { settings, envoy_binary, wasm, jwks, tokens, script, validated: HashSet::new() }
+        let dpop_script = script.with_file_name("dpop-proofs.lua");
+        Self {
+            settings,
+            envoy_binary,
+            wasm,
+            jwks,
+            tokens,
+            script,
+            dpop_script,
+            dpop_sent: Default::default(),
+            validated: HashSet::new(),
+        }
     }
 
     /// Renders `stack`'s config into the work dir and, the first time, has Envoy
@@ -208,9 +239,16 @@ impl<'a> Runner<'a> {
     pub fn run_case(&mut self, index: usize, case: Case) -> Result<CaseResult> {
         let dir = self.settings.work_dir.join(case.slug(index));
         let mut envoy = self.start(case.stack, &dir, 1)?;
+        // DPoP: Envoy's heap before any proof of the load is recorded (the replay table's
+        // buckets exist from the start, nearly empty).
+        let heap_before = match case.traffic {
+            Traffic::Dpop(_) => Some(envoy.memory()?.allocated_bytes),
+            _ => None,
+        };
         let warmup = self.settings.warmup();
+        let mut warmup_requests = 0;
         if !warmup.is_zero() {
-            self.measure(&envoy, case, warmup).context("warmup")?;
+            warmup_requests = self.measure(&envoy, case, warmup).context("warmup")?.0.requests;
         }
         let mut result = CaseResult {
             case,
@@ -219,6 +257,9 @@ impl<'a> Runner<'a> {
             memory_after: Memory::default(),
             flood_answer: None,
             verify_mean_us: None,
+            dpop_mean_us: None,
+            dpop_proofs: 0,
+            dpop_heap_growth: None,
         };
         for run in 0..self.settings.runs {
             let (measured, flood) = self.measure(&envoy, case, self.settings.run_length())?;
@@ -239,6 +280,13 @@ impl<'a> Runner<'a> {
         }
         envoy.check_running()?;
         result.memory_after = envoy.memory()?;
+        if let Traffic::Dpop(_) = case.traffic {
+            result.dpop_mean_us = envoy.dpop_proof_mean_us()?;
+            // Every admitted request recorded one proof (refusals fail the case).
+            result.dpop_proofs = warmup_requests + result.runs.iter().map(|o| o.requests).sum::<u64>();
+            result.dpop_heap_growth =
+                heap_before.map(|before| result.memory_after.allocated_bytes.saturating_sub(before));
+        }
         Ok(result)
     }
 
@@ -272,6 +320,20 @@ impl<'a> Runner<'a> {
                 (wrk::run(&load(settings.connections, rotation, None))?, None)
             }
             Traffic::ValidAlone => (wrk::run(&load(half, reused, Some(VALID_SOURCE)))?, None),
+            Traffic::Dpop(alg) => {
+                let offset = self.dpop_sent.borrow().get(&alg).copied().unwrap_or_default();
+                let proofs = wrk::Tokens::Dpop {
+                    file: self.tokens.dpop(alg)?.file.clone(),
+                    script: self.dpop_script.clone(),
+                    authority: DPOP_AUTHORITY.to_owned(),
+                    offset,
+                };
+                let outcome = wrk::run(&load(settings.connections, proofs, None))?;
+                // Requests cut at the end may have reached Envoy: skip a margin too.
+                let sent = outcome.requests as usize + settings.connections as usize * 4;
+                *self.dpop_sent.borrow_mut().entry(alg).or_default() += sent;
+                (outcome, None)
+            }
             Traffic::TokenlessFlood | Traffic::Flood => {
                 let flood_tokens = if case.traffic == Traffic::Flood {
                     wrk::Tokens::Rotate { file: self.tokens.forged.file.clone(), script: self.script.clone() }
@@ -378,6 +440,9 @@ mod tests {
             memory_after: Memory::default(),
             flood_answer: None,
             verify_mean_us: None,
+            dpop_mean_us: None,
+            dpop_proofs: 0,
+            dpop_heap_growth: None,
         };
         assert_eq!(result.median().unwrap().requests_per_sec, 2.0);
     }

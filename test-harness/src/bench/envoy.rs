@@ -143,7 +143,14 @@ impl BenchEnvoy {
     /// worker could not answer from its own cache. `None` without samples.
     pub fn verification_mean_us(&self) -> Result<Option<f64>> {
         let text = String::from_utf8_lossy(&self.admin_get("/stats/prometheus")?.body).into_owned();
-        Ok(verification_mean(&text))
+        Ok(histogram_mean(&text, "verification_duration_us"))
+    }
+
+    /// The mean of `nhi_dpop_proof_duration_us`: µs per DPoP proof check (parsing, the
+    /// request and binding checks, the signature, the replay table).
+    pub fn dpop_proof_mean_us(&self) -> Result<Option<f64>> {
+        let text = String::from_utf8_lossy(&self.admin_get("/stats/prometheus")?.body).into_owned();
+        Ok(histogram_mean(&text, "dpop_proof_duration_us"))
     }
 
     /// Resident set size and allocator statistics, now.
@@ -190,10 +197,10 @@ impl Drop for BenchEnvoy {
     }
 }
 
-/// The mean of every `…verification_duration_us` histogram in a Prometheus scrape.
-fn verification_mean(scrape: &str) -> Option<f64> {
+/// The mean of every `…<family>` histogram in a Prometheus scrape.
+fn histogram_mean(scrape: &str, family: &str) -> Option<f64> {
     let total = |suffix: &str| -> f64 {
-        let wanted = format!("verification_duration_us_{suffix}");
+        let wanted = format!("{family}_{suffix}");
         scrape
             .lines()
             .filter(|line| !line.starts_with('#'))
@@ -208,7 +215,11 @@ fn verification_mean(scrape: &str) -> Option<f64> {
 
 #[cfg(test)]
 mod verification_tests {
-    use super::verification_mean;
+    use super::histogram_mean;
+
+    fn verification_mean(scrape: &str) -> Option<f64> {
+        histogram_mean(scrape, "verification_duration_us")
+    }
 
     #[test]
     fn the_mean_sums_every_label_set() {

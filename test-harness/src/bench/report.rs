@@ -134,6 +134,39 @@ fn results_table(out: &mut String, run: &Run) {
             verify.join(", ")
         );
     }
+    let dpop: Vec<String> = run
+        .results
+        .iter()
+        .filter_map(|r| match (r.case.traffic, r.dpop_mean_us) {
+            (Traffic::Dpop(alg), Some(us)) => Some(format!("{alg} {us:.0} µs")),
+            _ => None,
+        })
+        .collect();
+    if !dpop.is_empty() {
+        let _ = writeln!(
+            out,
+            "\nInside Envoy, one DPoP proof check (parsing, htm/htu/iat/ath, the thumbprint against \
+             `cnf.jkt`, the signature with the proof's key, the replay table's read and compare-and-swap \
+             write) took on average: {} (nhi-guard's `nhi_dpop_proof_duration_us` histogram; DPoP {}).",
+            dpop.join(", "),
+            super::stacks::DPOP_SETTINGS
+        );
+    }
+    for result in &run.results {
+        if let (Traffic::Dpop(alg), Some(growth)) = (result.case.traffic, result.dpop_heap_growth) {
+            if result.dpop_proofs > 0 {
+                let per_proof = growth as f64 / result.dpop_proofs as f64;
+                let _ = writeln!(
+                    out,
+                    "\nReplay table ({alg} case): {} proofs recorded, Envoy's heap grew by {}: {per_proof:.0} bytes \
+                     per proof, {} per 100 000 proofs (24 bytes of entry each in shared data).",
+                    result.dpop_proofs,
+                    kib(growth),
+                    kib((per_proof * 100_000.0) as u64)
+                );
+            }
+        }
+    }
     if let Some(flood) = run.results.iter().find(|r| r.case.traffic == Traffic::Flood) {
         let forged: Vec<String> = flood.flood_runs.iter().map(|o| rate(o.requests_per_sec)).collect();
         let _ = write!(
@@ -168,7 +201,7 @@ fn targets_table(out: &mut String, run: &Run) {
             Traffic::Flood => {
                 "forged-token flood from one source: valid callers keep ≥ 90% of their throughput".to_owned()
             }
-            Traffic::ValidAlone | Traffic::TokenlessFlood => continue,
+            Traffic::ValidAlone | Traffic::TokenlessFlood | Traffic::Dpop(_) => continue,
         };
         let measured = if case.traffic == Traffic::Flood {
             format!("{:.0}%", ratio * 100.0)

@@ -47,12 +47,23 @@ pub enum Stack {
     NhiGuardSmallCache,
     /// `nhi-guard.yaml` with behaviour anomaly detection on ([`BEHAVIOUR`]).
     NhiGuardBehaviour,
+    /// `nhi-guard.yaml` with DPoP `optional` for the issuer: bearer tokens as before,
+    /// DPoP-bound tokens with a proof on every request (see [`DPOP_SETTINGS`]).
+    NhiGuardDpop,
 }
 
 /// The `behaviour` block of [`Stack::NhiGuardBehaviour`]: every request-time anomaly
 /// kind watched (`new_source` reads the source address on every request).
 pub const BEHAVIOUR: &str =
     r#"{ "anomalies": { "burst": {}, "new_route": {}, "new_source": {}, "dormant_returned": {} } }"#;
+
+/// The bench issuer's `dpop` block: proofs minted before the run stay valid for it,
+/// and the replay table holds every proof of the longest run.
+pub fn dpop_settings() -> Json {
+    json!({"mode": "optional", "max_age_seconds": 3600, "max_tracked_proofs": 1_000_000})
+}
+/// See [`dpop_settings`].
+pub const DPOP_SETTINGS: &str = "optional, max_age_seconds 3600, max_tracked_proofs 1000000";
 
 impl Stack {
     pub fn label(self) -> &'static str {
@@ -63,6 +74,7 @@ impl Stack {
             Stack::NhiGuard => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardSmallCache => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardBehaviour => "nhi-guard + behaviour anomaly detection",
+            Stack::NhiGuardDpop => "nhi-guard (verify + DPoP proof + quota + routes)",
         }
     }
 
@@ -75,6 +87,7 @@ impl Stack {
             Stack::NhiGuard => "nhi-guard",
             Stack::NhiGuardSmallCache => "nhi-guard-small-cache",
             Stack::NhiGuardBehaviour => "nhi-guard-behaviour",
+            Stack::NhiGuardDpop => "nhi-guard-dpop",
         }
     }
 
@@ -82,13 +95,18 @@ impl Stack {
         let file = match self {
             Stack::Router => "router.yaml",
             Stack::NativeJwt | Stack::NativeStack => "native.yaml",
-            Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour => "nhi-guard.yaml",
+            Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour | Stack::NhiGuardDpop => {
+                "nhi-guard.yaml"
+            }
         };
         repo_root().join("envoy").join("bench").join(file)
     }
 
     pub fn uses_wasm(self) -> bool {
-        matches!(self, Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour)
+        matches!(
+            self,
+            Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour | Stack::NhiGuardDpop
+        )
     }
 
     /// The config to run: the template with the run's JWKS (and the wasm path).
@@ -99,11 +117,12 @@ impl Stack {
         let rendered = match self {
             Stack::Router => Ok(text),
             Stack::NativeJwt | Stack::NativeStack => render_native(&text, jwks, self == Stack::NativeJwt),
-            Stack::NhiGuard => render_nhi_guard(&text, jwks, wasm, None, None),
+            Stack::NhiGuard => render_nhi_guard(&text, jwks, wasm, None, None, false),
             Stack::NhiGuardSmallCache => {
-                render_nhi_guard(&text, jwks, wasm, Some(DEFEATED_CACHE_ENTRIES), None)
+                render_nhi_guard(&text, jwks, wasm, Some(DEFEATED_CACHE_ENTRIES), None, false)
             }
-            Stack::NhiGuardBehaviour => render_nhi_guard(&text, jwks, wasm, None, Some(BEHAVIOUR)),
+            Stack::NhiGuardBehaviour => render_nhi_guard(&text, jwks, wasm, None, Some(BEHAVIOUR), false),
+            Stack::NhiGuardDpop => render_nhi_guard(&text, jwks, wasm, None, None, true),
         };
         rendered.with_context(|| format!("rendering {}", template.display()))
     }
@@ -166,11 +185,17 @@ fn render_nhi_guard(
     wasm: &Path,
     cache_entries: Option<u32>,
     behaviour: Option<&str>,
+    dpop: bool,
 ) -> Result<String> {
     let mut config = EnvoyConfig::parse(text)?;
     let mut plugin = config.plugin_configuration()?;
     let inline = plugin.pointer_mut("/issuers/0/jwks/inline").context("no issuers[0].jwks.inline")?;
     *inline = jwks.clone();
+    if dpop {
+        let issuer =
+            plugin.pointer_mut("/issuers/0").and_then(Json::as_object_mut).context("no issuers[0]")?;
+        issuer.insert("dpop".into(), dpop_settings());
+    }
     let members = plugin.as_object_mut().context("the plugin configuration is not an object")?;
     if let Some(entries) = cache_entries {
         members.insert("token_cache".into(), json!({ "max_entries": entries }));
@@ -281,10 +306,38 @@ pub fn probe(stack: Stack, envoy: &BenchEnvoy, tokens: &Tokens) -> Result<()> {
     for probe in &probes {
         probe.check(envoy).with_context(|| format!("{stack}"))?;
     }
+    if stack == Stack::NhiGuardDpop {
+        for load in &tokens.dpop {
+            let (token, proof) = &load.probe;
+            let authorization = format!("DPoP {token}");
+            let headers = [("authorization", authorization.as_str()), ("dpop", proof.as_str())];
+            let stream = std::net::TcpStream::connect(envoy.listener())?;
+            let response =
+                http::exchange_over(stream, super::tokens::DPOP_AUTHORITY, "GET", BENCH_PATH, &headers, &[])?;
+            ensure!(
+                response.status == 200 && response.body_text().contains(MACHINE),
+                "misconfigured stack: a DPoP-bound token with a fresh {} proof should get 200 but got {} {:?}",
+                load.alg,
+                response.status,
+                response.body_text().trim()
+            );
+            let replay = stream_replay(envoy, &headers)?;
+            ensure!(
+                replay == 401,
+                "misconfigured stack: a replayed {} proof got {replay}, not 401",
+                load.alg
+            );
+        }
+    }
     if stack == Stack::NativeStack {
         check_local_ratelimit_ran(envoy)?;
     }
     Ok(())
+}
+
+fn stream_replay(envoy: &BenchEnvoy, headers: &[(&str, &str)]) -> Result<u16> {
+    let stream = std::net::TcpStream::connect(envoy.listener())?;
+    Ok(http::exchange_over(stream, super::tokens::DPOP_AUTHORITY, "GET", BENCH_PATH, headers, &[])?.status)
 }
 
 /// How the stack answers one more forged token from the flood's source, e.g. `401

@@ -23,6 +23,10 @@ pub const QUOTA_PROBE_SUBJECT: &str = "system:serviceaccount:bench:quota-probe";
 /// The algorithm of the forged tokens of the flood (the costlier verification of the two
 /// the issue targets, so the attacker's best choice).
 pub const FLOOD_ALG: Alg = Alg::Es256;
+/// The proof algorithms measured with a DPoP-bound token.
+pub const DPOP_ALGS: [Alg; 2] = [Alg::Es256, Alg::EdDsa];
+/// The authority the DPoP load sends (`Host`), which the proofs' `htu` names.
+pub const DPOP_AUTHORITY: &str = "bench.dpop";
 /// Long enough for any run; tokens are minted at the start.
 const TTL_SECONDS: u64 = 2 * 3600;
 
@@ -81,6 +85,18 @@ pub struct Tokens {
     pub foreign: String,
     /// Well signed, subject [`QUOTA_PROBE_SUBJECT`].
     pub quota_probe: String,
+    /// One DPoP-bound token per algorithm of [`DPOP_ALGS`] and its fresh proofs.
+    pub dpop: Vec<DpopLoad>,
+}
+
+/// A DPoP-bound token and `count` proofs for it, each used once: `token proof` lines.
+#[derive(Debug)]
+pub struct DpopLoad {
+    pub alg: Alg,
+    pub file: PathBuf,
+    pub count: usize,
+    /// A token and proof kept out of the file, for the probe.
+    pub probe: (String, String),
 }
 
 impl Tokens {
@@ -111,7 +127,41 @@ impl Tokens {
             foreign: sign(Alg::Rs256, rsa, FOREIGN_SUBJECT, "foreign")?,
             quota_probe: sign(Alg::Es256, keys.key(Alg::Es256)?, QUOTA_PROBE_SUBJECT, "quota-probe")?,
             rotations,
+            dpop: Vec::new(),
         })
+    }
+
+    /// Mints, with the independent DPoP client, a proof key per algorithm of
+    /// [`DPOP_ALGS`], an RS256 token bound to it (`cnf.jkt`), and `count` proofs of
+    /// `GET http://bench.dpop/api/bench` for it, into `dir`.
+    pub fn mint_dpop(&mut self, keys: &BenchKeys, count: usize, dir: &Path) -> Result<()> {
+        let mut client = crate::dpop_client::DpopClient::start()?;
+        let htu = format!("http://{DPOP_AUTHORITY}{}", super::stacks::BENCH_PATH);
+        for alg in DPOP_ALGS {
+            let key = client.key(if alg == Alg::EdDsa { "OKP" } else { "EC" })?;
+            let subject = format!("{SUBJECT_PREFIX}dpop-{}", alg.name().to_ascii_lowercase());
+            let now = mint::now();
+            let token = Token::new(Alg::Rs256)
+                .claim("sub", subject.as_str())
+                .claim("jti", format!("dpop-{alg}"))
+                .claim("iat", now)
+                .claim("exp", now + TTL_SECONDS)
+                .claim("cnf", serde_json::json!({"jkt": key.jkt}))
+                .sign(keys.key(Alg::Rs256)?)
+                .with_context(|| format!("signing the DPoP-bound token for {alg}"))?;
+            let file = dir.join(format!("dpop-{}.txt", alg.name().to_ascii_lowercase()));
+            client.proof_file(&key, "GET", &htu, &token, count, &file)?;
+            let probe = client.proof(&key, "GET", &htu, &token, serde_json::json!({}))?;
+            self.dpop.push(DpopLoad { alg, file, count, probe: (token, probe) });
+        }
+        Ok(())
+    }
+
+    pub fn dpop(&self, alg: Alg) -> Result<&DpopLoad> {
+        self.dpop
+            .iter()
+            .find(|d| d.alg == alg)
+            .with_context(|| format!("no DPoP proofs were minted for {alg}"))
     }
 
     pub fn rotation(&self, alg: Alg) -> Result<&Rotation> {

@@ -31,6 +31,38 @@ function request()
 end
 "#;
 
+/// The DPoP load: lines of `token proof`, each sent once, with the authority the
+/// proofs' `htu` names. A proof is never reused (it would be a replay).
+const DPOP_SCRIPT: &str = r#"-- nhi-bench: send a DPoP-bound token with a fresh proof (lines `token proof`).
+local lines = {}
+local next_line = 0
+
+function init(args)
+  for line in io.lines(args[1]) do
+    local token, proof = line:match("^(%S+) (%S+)$")
+    if token then lines[#lines + 1] = { token, proof } end
+  end
+  if #lines == 0 then error("no proofs in " .. args[1]) end
+  wrk.headers["Host"] = args[2]
+  -- Lines an earlier wrk process of the case already sent (their proofs are spent).
+  next_line = tonumber(args[3]) % #lines
+end
+
+function request()
+  next_line = next_line % #lines + 1
+  wrk.headers["Authorization"] = "DPoP " .. lines[next_line][1]
+  wrk.headers["DPoP"] = lines[next_line][2]
+  return wrk.format()
+end
+"#;
+
+/// Writes the DPoP script into `dir` and returns its path.
+pub fn write_dpop_script(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("dpop-proofs.lua");
+    fs::write(&path, DPOP_SCRIPT).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 /// Writes the rotation script into `dir` and returns its path.
 pub fn write_rotation_script(dir: &Path) -> Result<PathBuf> {
     let path = dir.join("rotate-tokens.lua");
@@ -47,6 +79,9 @@ pub enum Tokens {
     One(String),
     /// Round-robin over the file's lines, with the rotation script.
     Rotate { file: PathBuf, script: PathBuf },
+    /// `token proof` lines, each once, sent to `authority` (the DPoP script), from
+    /// line `offset` on.
+    Dpop { file: PathBuf, script: PathBuf, authority: String, offset: usize },
 }
 
 /// One wrk process.
@@ -82,6 +117,10 @@ impl Load {
             }
             Tokens::Rotate { file, script } => {
                 command.arg("--script").arg(script).arg(self.url()).arg("--").arg(file);
+            }
+            Tokens::Dpop { file, script, authority, offset } => {
+                command.arg("--script").arg(script).arg(self.url()).arg("--").arg(file).arg(authority);
+                command.arg(offset.to_string());
             }
         }
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
