@@ -20,15 +20,18 @@
 //!
 //! # When a bucket is full
 //! A live entry is never evicted — evicting it would let its proof be replayed.
-//! When the proof's bucket holds [`WAYS`] live entries, or its key already holds
-//! [`PER_KEY_SHARE`] of them, the proof is **refused** (`dpop_replay_cache_full`,
-//! 503 with `Retry-After`): an accepted proof that is not recorded could be
-//! replayed. The client retries with a fresh proof (another `jti`, most likely
-//! another bucket). The per-key share bounds what one key can take: a client
-//! flooding fresh proofs fills at most a quarter of each bucket, so it cannot push
-//! out other clients' entries nor take the whole table; it only refuses itself.
-//! Size the table for the proofs of `max_age_seconds` at peak rate (e.g. 100 000
-//! covers 1 600 requests per second with 60-second proofs).
+//! When the proof's bucket holds [`WAYS`] live entries, or is half full and its key
+//! already holds [`PER_KEY_SHARE`] of them, the proof is **refused**
+//! (`dpop_replay_cache_full`, 503 with `Retry-After`): an accepted proof that is not
+//! recorded could be replayed. The client retries with a fresh proof (another `jti`,
+//! most likely another bucket). The share bounds what one key can take once space
+//! gets scarce: a client flooding fresh proofs fills at most half of each bucket, and
+//! stops at a quarter of any bucket others are using, so it cannot push out other
+//! clients' entries nor take the whole table; it only refuses itself. Below half a
+//! bucket no share applies, so one busy client is not refused by the chance that its
+//! proofs crowd one bucket. Size the table for the proofs that live at once at peak:
+//! with the defaults (60 s, skew 30 s) an entry lives about 90 s, so 100 000 entries
+//! hold 1 100 requests per second, one key at most half of that.
 //!
 //! # Keys
 //! Buckets are created when the VM starts (an absent key has no CAS token, and a
@@ -155,7 +158,10 @@ impl ReplayTable {
             if live.iter().any(|e| e.fingerprint == fingerprint) {
                 return Ok(Recorded::Replay);
             }
-            if live.len() >= WAYS || live.iter().filter(|e| e.tag == tag).count() >= PER_KEY_SHARE {
+            let crowded = live.len() >= WAYS / 2;
+            if live.len() >= WAYS
+                || (crowded && live.iter().filter(|e| e.tag == tag).count() >= PER_KEY_SHARE)
+            {
                 return Ok(Recorded::Full);
             }
             live.push(Entry { fingerprint, until, tag });
@@ -233,7 +239,9 @@ mod tests {
                 Recorded::Replay => unreachable!(),
             }
         }
-        assert_eq!(fresh, PER_KEY_SHARE * t.buckets() as usize, "a quarter of each bucket");
+        // Half of each bucket (less one where the victim's entry is): the share applies
+        // from half full on.
+        assert_eq!(fresh, WAYS / 2 * t.buckets() as usize - 1, "half of each bucket");
         assert_eq!(full, 10_000 - fresh);
         // The victim's proof is still remembered, and other keys still find room.
         assert_eq!(t.record(&store, "victim", "v1", 1_000, 101), Ok(Recorded::Replay));
