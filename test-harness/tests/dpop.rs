@@ -264,6 +264,23 @@ fn dpop_against_an_independent_client() {
         assert_eq!(response.status, want, "{htu} for {path}: {}", response.body_text());
     }
 
+    // A client's own x-forwarded-proto does not make a plain-HTTP request https: the
+    // shipped config is the edge (use_remote_address), so Envoy's :scheme stays http.
+    let https_proof = w.client.proof(&ec, "GET", "https://gw.example/api/x", &token, json!({})).unwrap();
+    let stream = TcpStream::connect(addr).unwrap();
+    let authorization = format!("DPoP {token}");
+    let headers = [
+        ("authorization", authorization.as_str()),
+        ("dpop", https_proof.as_str()),
+        ("x-forwarded-proto", "https"),
+    ];
+    let response = http::exchange_over(stream, "gw.example", "GET", "/api/x", &headers, &[]).unwrap();
+    assert_eq!(
+        (response.status, reason(&response).as_str()),
+        (401, "invalid_dpop_proof"),
+        "a forged x-forwarded-proto"
+    );
+
     // A bound token as a bearer token: 401 in every mode; an unbound one where DPoP is required.
     for path in ["/api/x", "/api/optional/x", "/api/off/x"] {
         let response = w.send("GET", path, &[("authorization", &format!("Bearer {token}"))]);
