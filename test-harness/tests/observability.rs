@@ -31,6 +31,7 @@ const DECISION_FIELDS: [&str; 18] = [
     "issuer",
     "identity",
     "cert_identity",
+    "dpop_jkt",
     "kid",
     "route",
     "client_class",
