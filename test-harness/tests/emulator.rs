@@ -664,6 +664,8 @@ fn a_day_and_a_half_of_machine_traffic_in_the_emulator() {
         "emulator: {} flags during warm-up, none after; burst flagged after {detected_after} storm requests",
         flagged.len()
     );
+}
+
 /// DPoP where the host has no shared data: the replay table lives in each VM, so a
 /// proof is accepted at most once per worker (documented); with shared data (the
 /// Envoy profile), once per proxy. Keys, tokens and proofs come from the independent

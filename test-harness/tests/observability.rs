@@ -23,7 +23,7 @@ const MAX_IDENTITIES: usize = 5;
 /// Identities beyond the bound in the flood (each sends one request).
 const FLOOD: usize = 10;
 
-const DECISION_FIELDS: [&str; 18] = [
+const DECISION_FIELDS: [&str; 19] = [
     "event",
     "time",
     "request_id",
