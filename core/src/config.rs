@@ -44,6 +44,8 @@ pub struct Config {
     pub decision_log: crate::observe::decision_log::DecisionLogConfig,
     /// Client-certificate identities (SPIFFE), if configured.
     pub mtls: Option<crate::mtls::MtlsConfig>,
+    /// Partners: RFC 9421 signatures and API keys (secrets resolved at VM start).
+    pub partners: Option<crate::partners::Partners>,
     /// The per-source budget of failed signature checks; `None` when disabled.
     pub flood_guard: Option<crate::verify::flood_guard::FloodGuard>,
     /// Learned baselines, anomalies and outcome metrics; `None` when not configured.
@@ -105,6 +107,9 @@ pub struct RawConfig {
     decision_log: Option<crate::observe::decision_log::RawDecisionLog>,
     #[serde(default)]
     mtls: Option<crate::mtls::RawMtls>,
+    /// Partners without an identity provider: signed requests and API keys.
+    #[serde(default)]
+    partners: Option<crate::partners::RawPartners>,
     #[serde(default)]
     token_cache: Option<crate::verify::cache::RawTokenCache>,
     #[serde(default)]
@@ -302,8 +307,11 @@ impl Config {
 }
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
-    if raw.issuers.is_empty() {
-        return Err(ConfigError::invalid("issuers", "must list at least one issuer"));
+    if raw.issuers.is_empty() && raw.partners.is_none() {
+        return Err(ConfigError::invalid(
+            "issuers",
+            "must list at least one issuer (or configure `partners`)",
+        ));
     }
     if raw.issuers.len() > MAX_ISSUERS {
         return Err(ConfigError::invalid("issuers", format!("lists more than {MAX_ISSUERS} issuers")));
@@ -368,9 +376,41 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         Some(raw) => Some(crate::quota::compile(raw, "quotas")?),
     };
     let mtls = raw.mtls.map(|m| crate::mtls::compile(m, "mtls")).transpose()?;
+    let claim_header_names: Vec<String> =
+        issuers.iter().flat_map(|i| &i.claims_to_headers).map(|r| r.header.clone()).collect();
+    let partners = match raw.partners {
+        None => None,
+        Some(raw_partners) => {
+            let mut taken: Vec<(&str, &str)> = vec![
+                ("token.header", token.header.as_str()),
+                ("forward.identity_header", forward.identity_header.as_str()),
+                ("forward.issuer_header", forward.issuer_header.as_str()),
+                ("the shadow decision header", crate::error::SHADOW_DECISION_HEADER),
+            ];
+            taken.extend(raw.client_header.as_deref().map(|h| ("client_header", h)));
+            taken.push(("the default client header", crate::policy::DEFAULT_CLIENT_HEADER));
+            taken.extend(claim_header_names.iter().map(|h| ("a claims_to_headers header", h.as_str())));
+            taken.extend(mtls.as_ref().map(|m| ("mtls.identity_header", m.identity_header.as_str())));
+            let partners = crate::partners::compile(raw_partners, "partners", &taken)?;
+            if issuers.iter().any(|i| i.name == partners.issuer_name)
+                || mtls.as_ref().is_some_and(|m| m.issuer_name == partners.issuer_name)
+            {
+                return Err(ConfigError::invalid(
+                    "partners.issuer_name",
+                    format!(
+                        "{:?} is the name of another issuer; partners need their own",
+                        partners.issuer_name
+                    ),
+                ));
+            }
+            Some(partners)
+        }
+    };
     let mut issuer_names: Vec<&str> = issuers.iter().map(|i| i.name.as_str()).collect();
     // Certificate-only identities carry the mtls issuer name: allow rules may name it.
     issuer_names.extend(mtls.as_ref().map(|m| m.issuer_name.as_str()));
+    // And partners theirs.
+    issuer_names.extend(partners.as_ref().map(|p| p.issuer_name.as_str()));
     let raw_routes = crate::policy::RawRoutes {
         routes: raw.routes,
         mode: raw.mode,
@@ -426,6 +466,7 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         metrics,
         decision_log,
         mtls,
+        partners,
         token_cache,
         flood_guard,
         behaviour,
@@ -437,10 +478,25 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         panic_header: raw.fault_injection.map(|f| f.panic_header),
     };
     check_mtls(&config)?;
+    check_partner_routes(&config)?;
     let mut config = config;
     config.dpop_enabled = config.routes.any_dpop_override()
         || config.issuers.iter().any(|i| i.dpop.mode != crate::dpop::Mode::Off);
     Ok(config)
+}
+
+/// `require_signature` needs partners that can sign.
+fn check_partner_routes(config: &Config) -> Result<(), ConfigError> {
+    let signatures = config.partners.as_ref().is_some_and(|p| p.signatures());
+    for (i, route) in config.routes.routes().iter().enumerate() {
+        if route.require_signature && !signatures {
+            return Err(ConfigError::invalid(
+                format!("routes[{i}].require_signature"),
+                "needs `partners` with signing keys",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What `host: apisix` cannot do: APISIX's proxy-wasm host exposes no client

@@ -25,6 +25,7 @@
 //! | [`dpop`] | DPoP (RFC 9449): proofs, JWK thumbprints, the replay table, server nonces |
 //! | [`verify`] | issuers and verification; the verified-token cache; the flood guard |
 //! | [`mtls`] | client-certificate identities and RFC 8705 binding |
+//! | [`partners`] | partner credentials: RFC 9421 signatures, API keys, their secrets and nonces |
 //! | [`policy`] | route classes, audiences, allow and deny rules, the verdict |
 //! | [`quota`] | per-identity quotas (GCRA) in a bounded shared table |
 //! | [`behaviour`] | each identity's learned baseline, and anomalies against it |
@@ -47,6 +48,7 @@ pub mod profile;
 pub mod dpop;
 pub mod verify;
 pub mod mtls;
+pub mod partners;
 pub mod policy;
 pub mod quota;
 pub mod behaviour;

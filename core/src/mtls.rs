@@ -287,6 +287,7 @@ pub fn certificate_only<'a>(
         subject: identity,
         claims: no_claims,
         jkt: None,
+        via: crate::verify::identity::Via::Certificate,
     })
 }
 

@@ -67,12 +67,15 @@
 //!    `client_certificate_required` 401 (see [`crate::mtls`]). A certificate-only
 //!    identity ([`Credential::Certificate`]) then counts as a verified identity on
 //!    routes with `accept_certificate_identity`, as no credential elsewhere.
-//! 5. The audience table above: `missing_token` and the verifier's reasons (401,
+//! 5. A route with `require_signature` (see [`crate::partners`]): anything but a
+//!    verified partner signature is `missing_signature` 401 (a credential that failed
+//!    verification keeps its own reason).
+//! 6. The audience table above: `missing_token` and the verifier's reasons (401,
 //!    or 503 `keys_unavailable`), `machine_on_human_route` 403.
-//! 6. Deny lists (global, then the route's): `token_revoked` 401 (the credential is
+//! 7. Deny lists (global, then the route's): `token_revoked` 401 (the credential is
 //!    no longer valid: `invalid_token`), then `subject_denied` 403 (the identity is
 //!    authentic but banned; matched against `sub` and the forwarded identity).
-//! 7. `allow`: `not_allowed` 403 with `WWW-Authenticate: Bearer …
+//! 8. `allow`: `not_allowed` 403 with `WWW-Authenticate: Bearer …
 //!    error="insufficient_scope"`, or `source_not_allowed` 403 when the only rules
 //!    that fit failed on `source_cidrs`.
 //!
@@ -246,6 +249,8 @@ pub struct Route {
     pub accept_certificate_identity: bool,
     /// Replaces the DPoP mode of the token's issuer on this route.
     pub dpop: Option<crate::dpop::Mode>,
+    /// Only a verified partner signature is an identity on this route.
+    pub require_signature: bool,
 }
 
 impl Route {
@@ -481,6 +486,17 @@ fn evaluate(
             return Decision::Deny(Denial::auth(&rejection));
         }
     }
+    if route.is_some_and(|r| r.require_signature) {
+        match *credential {
+            Credential::Rejected { rejection, .. } => return Decision::Deny(Denial::auth(rejection)),
+            Credential::Verified(who) if who.via == crate::verify::identity::Via::Signature => {}
+            _ => {
+                let missing =
+                    Rejection::new(Reason::MissingSignature, "this route requires a signed request");
+                return Decision::Deny(Denial::auth(&missing));
+            }
+        }
+    }
     match *credential {
         // `effective` turned certificate-only identities into one of the others.
         Credential::Absent | Credential::Certificate(_) => match audience {
@@ -567,6 +583,7 @@ mod tests {
                 subject: self.subject,
                 claims: &self.claims,
                 jkt: None,
+                via: crate::verify::identity::Via::Token,
             }
         }
     }

@@ -64,10 +64,37 @@ pub enum Reason {
     /// The replay table cannot record the proof (its bucket is full of live
     /// entries): refused, because admitting an unrecorded proof would admit its replay.
     DpopReplayCacheFull,
+    /// A route that requires a partner signature (RFC 9421) got a request without one.
+    MissingSignature,
+    /// `Signature-Input` / `Signature` are not structured fields describing one
+    /// usable signature, or the signature base cannot be rebuilt from the request.
+    MalformedSignature,
+    /// The signature's `keyid` names no configured partner key.
+    UnknownKey,
+    /// The partner key (or API key) is outside its `not_before` / `not_after`.
+    KeyInactive,
+    /// The signature does not cover a component the partner's policy requires.
+    MissingComponent,
+    /// The signature's `created` is too old, or its `expires` has passed.
+    SignatureExpired,
+    /// The signature's `created` is ahead of the clock by more than the skew.
+    SignatureNotYetValid,
+    /// The partner's policy requires a `nonce` and the signature has none.
+    MissingNonce,
+    /// The signature's nonce was already used: a replayed request.
+    SignatureReplay,
+    /// The body does not match its signed `Content-Digest` (RFC 9530).
+    DigestMismatch,
+    /// The body is larger than the partner's `max_body_bytes`.
+    BodyTooLarge,
+    /// The API key matches no configured key.
+    InvalidApiKey,
+    /// The nonce cache has no room for a live nonce: refused rather than forgotten.
+    ReplayCacheFull,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 43] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnknownIssuer,
@@ -98,6 +125,19 @@ impl Reason {
         Reason::DpopRequired,
         Reason::UseDpopNonce,
         Reason::DpopReplayCacheFull,
+        Reason::MissingSignature,
+        Reason::MalformedSignature,
+        Reason::UnknownKey,
+        Reason::KeyInactive,
+        Reason::MissingComponent,
+        Reason::SignatureExpired,
+        Reason::SignatureNotYetValid,
+        Reason::MissingNonce,
+        Reason::SignatureReplay,
+        Reason::DigestMismatch,
+        Reason::BodyTooLarge,
+        Reason::InvalidApiKey,
+        Reason::ReplayCacheFull,
     ];
 
     pub fn code(self) -> &'static str {
@@ -132,13 +172,27 @@ impl Reason {
             Reason::DpopRequired => "dpop_required",
             Reason::UseDpopNonce => "use_dpop_nonce",
             Reason::DpopReplayCacheFull => "dpop_replay_cache_full",
+            Reason::MissingSignature => "missing_signature",
+            Reason::MalformedSignature => "malformed_signature",
+            Reason::UnknownKey => "unknown_key",
+            Reason::KeyInactive => "key_inactive",
+            Reason::MissingComponent => "missing_component",
+            Reason::SignatureExpired => "signature_expired",
+            Reason::SignatureNotYetValid => "signature_not_yet_valid",
+            Reason::MissingNonce => "missing_nonce",
+            Reason::SignatureReplay => "signature_replay",
+            Reason::DigestMismatch => "digest_mismatch",
+            Reason::BodyTooLarge => "body_too_large",
+            Reason::InvalidApiKey => "invalid_api_key",
+            Reason::ReplayCacheFull => "replay_cache_full",
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
             // The caller did nothing wrong: our key server is unreachable.
-            Reason::KeysUnavailable | Reason::DpopReplayCacheFull => 503,
+            Reason::KeysUnavailable | Reason::DpopReplayCacheFull | Reason::ReplayCacheFull => 503,
+            Reason::BodyTooLarge => 413,
             Reason::QuotaExceeded | Reason::TooManyFailures => 429,
             Reason::InternalError => 500,
             Reason::UntrustedCertificate => 403,
@@ -167,6 +221,7 @@ impl Reason {
         match self.status() {
             401 => "unauthenticated",
             403 => "forbidden",
+            413 => "too_large",
             429 => "rate_limited",
             503 => "unavailable",
             _ => "internal",
@@ -252,16 +307,17 @@ impl LocalReply {
         let mut headers = vec![("content-type".to_owned(), "application/json".to_owned())];
         match reason {
             // A bare challenge: a token may be fine; something is missing.
-            Reason::MissingToken | Reason::ClientCertificateRequired => {
+            Reason::MissingToken | Reason::ClientCertificateRequired | Reason::MissingSignature => {
                 headers.push(("www-authenticate".into(), format!("Bearer realm=\"{}\"", quoted(realm))));
             }
-            Reason::KeysUnavailable | Reason::DpopReplayCacheFull => {
+            Reason::KeysUnavailable | Reason::DpopReplayCacheFull | Reason::ReplayCacheFull => {
                 headers.push(("retry-after".into(), KEYS_UNAVAILABLE_RETRY_AFTER.to_string()));
             }
             Reason::InternalError
             | Reason::QuotaExceeded
             | Reason::TooManyFailures
-            | Reason::UntrustedCertificate => {}
+            | Reason::UntrustedCertificate
+            | Reason::BodyTooLarge => {}
             _ => headers.push((
                 "www-authenticate".into(),
                 format!(

@@ -59,7 +59,7 @@ impl HeaderMap {
         self.pairs.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.as_slice())
     }
 
-    /// Every value of header `name`, in order (a header sent twice is two values).
+    /// Every value of header `name` (compared ASCII case-insensitively), in order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.pairs
             .iter()

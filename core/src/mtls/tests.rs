@@ -423,6 +423,7 @@ fn tokens_on_certificate_routes() {
         subject: "ci-bot",
         claims: &no_claims,
         jkt: None,
+        via: crate::verify::identity::Via::Token,
     };
     // A token with a trusted certificate passes the strict route; without one it does not.
     assert_eq!(outcome(&cfg, &request("/strict/x", Some(trusted(WORKLOAD))), Some(&token)), (None, true));

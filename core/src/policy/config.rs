@@ -77,6 +77,10 @@ pub struct RawRoute {
     /// on this route.
     #[serde(default)]
     pub dpop: Option<String>,
+    /// Only a partner's verified HTTP Message Signature is an identity here (needs
+    /// `partners` with signing keys); anything else is `missing_signature`.
+    #[serde(default)]
+    pub require_signature: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -213,6 +217,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
             (raw.deny.is_some(), "deny"),
             (raw.require_client_certificate, "require_client_certificate"),
             (raw.accept_certificate_identity, "accept_certificate_identity"),
+            (raw.require_signature, "require_signature"),
         ] {
             if present {
                 return Err(ConfigError::invalid(
@@ -272,6 +277,7 @@ fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route
         require_client_certificate: raw.require_client_certificate,
         accept_certificate_identity: raw.accept_certificate_identity,
         dpop,
+        require_signature: raw.require_signature,
     })
 }
 

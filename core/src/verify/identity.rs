@@ -11,6 +11,19 @@ pub const KUBERNETES_NAMESPACE_CLAIM: &str = "kubernetes.io.namespace";
 
 const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 
+/// How an identity was proven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A bearer token of a configured issuer.
+    Token,
+    /// A trusted client certificate alone (`accept_certificate_identity`).
+    Certificate,
+    /// A partner's HTTP Message Signature (RFC 9421).
+    Signature,
+    /// A partner's API key.
+    ApiKey,
+}
+
 /// A verified identity as route policy sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct IdentityInfo<'a> {
@@ -24,11 +37,20 @@ pub struct IdentityInfo<'a> {
     pub claims: &'a Map<String, Value>,
     /// The thumbprint of the DPoP key the request proved it holds, if it did.
     pub jkt: Option<&'a str>,
+    /// How it was proven (a route may require a signature).
+    pub via: Via,
 }
 
 impl<'a> IdentityInfo<'a> {
     pub fn new(verified: &'a Verified, issuer: &'a str, identity: &'a str) -> Self {
-        IdentityInfo { identity, issuer, subject: &verified.subject, claims: &verified.claims, jkt: None }
+        IdentityInfo {
+            identity,
+            issuer,
+            subject: &verified.subject,
+            claims: &verified.claims,
+            jkt: None,
+            via: Via::Token,
+        }
     }
 
     /// The Kubernetes namespace: from a `system:serviceaccount:NS:NAME` subject,
