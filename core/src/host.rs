@@ -84,6 +84,13 @@ pub trait Host {
     /// Fills `buf` with cryptographically random bytes (WASI `random_get` in a VM):
     /// DPoP server nonces.
     fn random(&mut self, buf: &mut [u8]) -> Result<(), HostError>;
+    /// Environment variable `name` of the VM (where partner secrets come from:
+    /// Envoy's `vm_config.environment_variables`, nginx's `env` on APISIX), `None`
+    /// when it is not set. Read when the VM starts, never per request.
+    fn environment_variable(&mut self, name: &str) -> Option<Vec<u8>>;
+    /// The first `max` bytes of the request body buffered so far. Only asked in the
+    /// body phase, which only requests that need their body enter.
+    fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError>;
 }
 
 /// A property as UTF-8 text (`None` when absent or not text).

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! extract ─► verify ─► (await keys) ─► dpop ─► authorize ─► behaviour ─► quota ─► forward ─► record
+//!            partner ─► (await body) ─────────────┘
 //!   │          │                        │        │             │          │
 //!   │          │                        │        └─────────────┴──────────┴──► reply
 //!   └──────────┴────────────────────────┴─ a failed host call the decision depends on: 500 internal_error
@@ -13,7 +14,9 @@
 //!   credential header taken out of the request.
 //! - [`verify`]: the worker's token cache, else the shared cache, else full
 //!   verification (behind the flood guard); the token's binding to the client
-//!   certificate; how long it took.
+//!   certificate; how long it took. A partner's signature or API key is verified
+//!   by [`partner`] instead, into the same [`verify::Verification`]; a signature
+//!   that covers a body waits for it ([`Step::Body`], then [`body`]).
 //! - await keys: a token refused only because its issuer's keys are not loaded yet
 //!   (or name an unknown `kid` while a refetch is allowed) parks the request
 //!   ([`Step::Wait`]); the shell wakes it when keys arrive, and it is decided again.
@@ -37,6 +40,7 @@ pub mod behaviour;
 pub mod dpop;
 pub mod extract;
 pub mod forward;
+pub mod partner;
 pub mod quota;
 pub mod record;
 pub mod reply;
@@ -84,6 +88,8 @@ pub struct Vm {
     pub dpop: crate::dpop::VmState,
     /// Each issuer's DPoP replay table and nonce (same index as `config.issuers`).
     pub dpop_issuers: Vec<crate::dpop::IssuerState>,
+    /// Partner secrets, read from the environment at start.
+    pub partner_keys: crate::partners::Keyring,
 }
 
 impl Vm {
@@ -111,7 +117,18 @@ impl Vm {
         if let Some(quotas) = &config.quotas {
             quotas.prepare(store.as_ref()).map_err(StartError::Quota)?;
         }
-        let vm = Vm::new(config, plan, store, now_ms, me);
+        let partner_keys = match &config.partners {
+            Some(partners) => {
+                let keyring = partners
+                    .resolve(&mut |name| host.environment_variable(name))
+                    .map_err(StartError::Secret)?;
+                partners.replay.prepare(store.as_ref()).map_err(StartError::ReplayCache)?;
+                keyring
+            }
+            None => crate::partners::Keyring::default(),
+        };
+        let mut vm = Vm::new(config, plan, store, now_ms, me);
+        vm.partner_keys = partner_keys;
         if vm.config.dpop_in_use() {
             for (issuer, state) in vm.config.issuers.iter().zip(&vm.dpop_issuers) {
                 if issuer.dpop.nonce && plan.state != crate::host::capabilities::StateScope::Shared {
@@ -155,6 +172,7 @@ impl Vm {
             tracker,
             dpop,
             dpop_issuers,
+            partner_keys: crate::partners::Keyring::default(),
         }
     }
 }
@@ -170,6 +188,10 @@ pub enum StartError {
     Dpop(crate::host::store::StoreError),
     /// `dpop.nonce` on a host without shared data: workers could not agree on nonces.
     NonceNeedsSharedData { issuer: String },
+    /// A partner secret is missing from (or malformed in) the environment.
+    Secret(crate::partners::SecretError),
+    /// The nonce replay cache could not be created.
+    ReplayCache(crate::host::store::StoreError),
 }
 
 impl std::fmt::Display for StartError {
@@ -186,6 +208,8 @@ impl std::fmt::Display for StartError {
                 f,
                 "issuer {issuer}: dpop.nonce needs shared data, which this host lacks (each worker would hand out its own nonces)"
             ),
+            StartError::Secret(err) => write!(f, "partner secret unavailable: {err}"),
+            StartError::ReplayCache(err) => write!(f, "cannot prepare the nonce replay cache: {err}"),
         }
     }
 }
@@ -200,6 +224,10 @@ pub struct Request {
     pub credential: extract::Presented,
     /// Whether this request already waited once for keys.
     pub waited: bool,
+    /// The request has content (its headers did not end the stream): set by the shell.
+    pub has_body: bool,
+    /// A verified signature waiting for the body it covers.
+    pub pending: Option<partner::Pending>,
     /// The issuer (index) whose keys verified the token, once decided.
     pub verified_issuer: Option<usize>,
     /// Headers for the response to an allowed request (quota state, DPoP nonce).
@@ -229,6 +257,11 @@ pub enum Step {
         issuer: usize,
         deadline_ms: u64,
     },
+    /// A signature covers the body: pause and buffer it (refusing it above
+    /// `max_bytes`), handing each new length to [`body`] until the end of the stream.
+    Body {
+        max_bytes: u64,
+    },
 }
 
 /// A request paused while its issuer's keys load.
@@ -253,10 +286,23 @@ pub fn start(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Step {
 /// counts and publishes the decision unless the request waits.
 pub fn run(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
     let step = decide(vm, host, request, now_ms);
-    if !matches!(step, Step::Wait { .. }) {
+    if !matches!(step, Step::Wait { .. } | Step::Body { .. }) {
         record::decided(vm, host, request, step == Step::Replied);
     }
     step
+}
+
+/// The body of a request that waits for it ([`Step::Body`]): `buffered` bytes so
+/// far, `end_of_stream` once complete. Decides the request once the body is whole
+/// (or too large); until then answers [`Step::Body`] again.
+pub fn body(
+    vm: &Vm,
+    host: &mut dyn Host,
+    request: &mut Request,
+    buffered: usize,
+    end_of_stream: bool,
+) -> Step {
+    partner::body(vm, host, request, buffered, end_of_stream)
 }
 
 /// The response to a forwarded request: its quota headers.
@@ -276,6 +322,10 @@ pub fn finish(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
 /// verify → (await keys) → dpop → authorize → quota → forward. Managed headers were
 /// already stripped.
 fn decide(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
+    if request.credential.is_partner() {
+        let (verification, signed) = partner::verify(vm, host, request, now_ms);
+        return partner::proceed(vm, host, request, verification, signed, now_ms);
+    }
     let verification = verify::verify(vm, host, request, now_ms);
     if let Some(Err(rejection)) = &verification.result {
         if let Some(step) = verify::await_keys(vm, request, rejection, now_ms) {

@@ -31,10 +31,12 @@ pub enum Call {
     IncrementMetric,
     RecordMetric,
     Random,
+    Environment,
+    ReadBody,
 }
 
 impl Call {
-    pub const ALL: [Call; 12] = [
+    pub const ALL: [Call; 14] = [
         Call::Clock,
         Call::ReadHeaders,
         Call::SetHeader,
@@ -47,6 +49,8 @@ impl Call {
         Call::IncrementMetric,
         Call::RecordMetric,
         Call::Random,
+        Call::Environment,
+        Call::ReadBody,
     ];
 }
 
@@ -86,6 +90,10 @@ pub struct MemoryHost {
     pub calls: BTreeMap<Call, usize>,
     /// Calls that fail, with the status they fail with.
     pub faults: BTreeMap<Call, HostError>,
+    /// The VM's environment.
+    pub environment: BTreeMap<String, Vec<u8>>,
+    /// The request body buffered so far.
+    pub body: Vec<u8>,
 }
 
 impl MemoryHost {
@@ -106,6 +114,24 @@ impl MemoryHost {
 
     pub fn property(mut self, path: &[&str], value: impl Into<Vec<u8>>) -> Self {
         self.properties.insert(path.iter().map(|s| (*s).to_owned()).collect(), value.into());
+        self
+    }
+
+    pub fn env(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.environment.insert(name.to_owned(), value.into());
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The metrics `other` defined (as the VM's start did), so that this request's
+    /// host knows their ids: a VM defines a series once, on whichever host it has.
+    pub fn with_metrics_of(mut self, other: &MemoryHost) -> Self {
+        self.metric_names = other.metric_names.clone();
+        self.metrics = other.metrics.clone();
         self
     }
 
@@ -211,6 +237,16 @@ impl Host for MemoryHost {
             *b = n.wrapping_mul(31).wrapping_add(i as u8);
         }
         Ok(())
+    }
+
+    fn environment_variable(&mut self, name: &str) -> Option<Vec<u8>> {
+        self.call(Call::Environment).ok()?;
+        self.environment.get(name).cloned()
+    }
+
+    fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError> {
+        self.call(Call::ReadBody)?;
+        Ok(self.body.get(..max.min(self.body.len())).unwrap_or_default().to_vec())
     }
 }
 

@@ -102,8 +102,14 @@ pub struct Record {
     pub started_ns: Option<u64>,
     /// `ip:port` of the downstream connection.
     pub source: Option<String>,
-    /// Whether the request carried a bearer token.
+    /// Whether the request carried a credential: a bearer token, a partner
+    /// signature or an API key.
     pub token: bool,
+    /// The credential was a partner's (verified, or refused with a key of ours):
+    /// its issuer is the partners' issuer name.
+    pub partner: bool,
+    /// The partner key that authenticated the request.
+    pub partner_key: Option<crate::partners::PartnerKey>,
     /// The configured issuer the token was matched to (index into `Config::issuers`).
     pub issuer: Option<usize>,
     /// The verified identity (the one forwarded upstream); never set from an
@@ -146,6 +152,8 @@ impl Record {
         self.token = result.is_some();
         self.verify_ns = result.and(elapsed_ns);
         self.identity = None;
+        self.partner = false;
+        self.partner_key = None;
         match result {
             None => {
                 self.issuer = None;
@@ -159,6 +167,33 @@ impl Record {
             Some(Err(rejection)) => {
                 self.issuer = rejection.issuer;
                 self.kid = rejection.token.as_ref().and_then(|t| t.kid.as_deref()).map(cut_kid);
+            }
+        }
+    }
+
+    /// After a partner credential was checked: the key that verified (with the
+    /// identity and key id), or the refusal.
+    pub fn note_partner(
+        &mut self,
+        result: Result<(crate::partners::PartnerKey, &str, &str), &Rejection>,
+        elapsed_ns: Option<u64>,
+    ) {
+        self.token = true;
+        self.issuer = None;
+        self.verify_ns = elapsed_ns;
+        match result {
+            Ok((key, identity, key_id)) => {
+                self.partner = true;
+                self.partner_key = Some(key);
+                self.identity = Some(identity.to_owned());
+                self.kid = Some(cut_kid(key_id));
+            }
+            Err(rejection) => {
+                let seen = rejection.token.as_ref();
+                self.partner = seen.and_then(|t| t.ours) == Some(true);
+                self.partner_key = None;
+                self.identity = None;
+                self.kid = seen.and_then(|t| t.kid.as_deref()).map(cut_kid);
             }
         }
     }

@@ -120,10 +120,12 @@ pub enum Label {
     Anomaly,
     /// A response status class (`2xx` … `5xx`).
     StatusClass,
+    Partner,
+    Key,
 }
 
 impl Label {
-    pub const ALL: [Label; 9] = [
+    pub const ALL: [Label; 11] = [
         Label::Issuer,
         Label::Route,
         Label::Decision,
@@ -133,6 +135,8 @@ impl Label {
         Label::Result,
         Label::Anomaly,
         Label::StatusClass,
+        Label::Partner,
+        Label::Key,
     ];
 
     pub fn key(self) -> &'static str {
@@ -146,6 +150,8 @@ impl Label {
             Label::Result => "nhi_result",
             Label::Anomaly => "nhi_anomaly",
             Label::StatusClass => "nhi_status_class",
+            Label::Partner => "nhi_partner",
+            Label::Key => "nhi_key",
         }
     }
 
@@ -193,10 +199,15 @@ pub enum Family {
     BehaviourUntracked,
     /// DPoP proof check time (signature included), microseconds.
     DpopProofDuration,
+    /// Requests a partner key authenticated, per partner and key id (bounded by the
+    /// configuration): which key a partner really uses, before the old one goes.
+    PartnerKeyRequests,
+    /// Unix time of the last request each partner key authenticated.
+    PartnerKeyLastUsed,
 }
 
 impl Family {
-    pub const ALL: [Family; 17] = [
+    pub const ALL: [Family; 19] = [
         Family::Requests,
         Family::IdentityRequests,
         Family::IdentityDenials,
@@ -214,6 +225,8 @@ impl Family {
         Family::RouteDuration,
         Family::BehaviourUntracked,
         Family::DpopProofDuration,
+        Family::PartnerKeyRequests,
+        Family::PartnerKeyLastUsed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -235,12 +248,14 @@ impl Family {
             Family::RouteDuration => "nhi_route_request_duration_ms",
             Family::BehaviourUntracked => "nhi_behaviour_untracked_total",
             Family::DpopProofDuration => "nhi_dpop_proof_duration_us",
+            Family::PartnerKeyRequests => "nhi_partner_key_requests_total",
+            Family::PartnerKeyLastUsed => "nhi_partner_key_last_used_seconds",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
-            Family::JwksKeys | Family::JwksAge => Kind::Gauge,
+            Family::JwksKeys | Family::JwksAge | Family::PartnerKeyLastUsed => Kind::Gauge,
             Family::VerificationDuration
             | Family::IdentityDuration
             | Family::RouteDuration
@@ -268,6 +283,7 @@ impl Family {
             Family::RouteResponses => &[Route, StatusClass],
             Family::RouteDuration => &[Route],
             Family::BehaviourUntracked => &[Issuer],
+            Family::PartnerKeyRequests | Family::PartnerKeyLastUsed => &[Partner, Key],
         }
     }
 }

@@ -10,7 +10,7 @@ use crate::mtls;
 use crate::policy::{self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo};
 use crate::reason::{Reason, Rejection};
 
-use super::verify::{names_machine_issuer, Verification};
+use super::verify::{names_machine_issuer, Authenticated, Verification};
 use super::{behaviour, forward, quota, reply, Request, Step, Vm};
 
 pub fn authorize(
@@ -36,11 +36,13 @@ pub fn authorize(
     request.credential = super::extract::Presented::Nothing;
 
     request.verified_issuer = match &verification {
-        Some(Ok(v)) => Some(v.issuer),
+        Some(Ok(Authenticated::Token(v))) => Some(v.issuer),
         _ => None,
     };
     let issuer_name = match &verification {
-        Some(Ok(v)) => config.issuers.get(v.issuer).map(|i| i.name.as_str()).unwrap_or_default(),
+        Some(Ok(Authenticated::Token(v))) => {
+            config.issuers.get(v.issuer).map(|i| i.name.as_str()).unwrap_or_default()
+        }
         _ => "",
     };
     // Owned here: the identities below borrow it while `request` is updated.
@@ -58,10 +60,16 @@ pub fn authorize(
             Some(who) => Credential::Certificate(who),
             None => Credential::Absent,
         },
-        Some(Ok(v)) => Credential::Verified(IdentityInfo {
+        Some(Ok(Authenticated::Token(v))) => Credential::Verified(IdentityInfo {
             jkt: jkt.as_deref(),
             ..IdentityInfo::new(v, issuer_name, &v.identity)
         }),
+        Some(Ok(Authenticated::Partner(key))) => {
+            match config.partners.as_ref().and_then(|p| p.identity_info(*key)) {
+                Some(who) => Credential::Verified(who),
+                None => Credential::Absent,
+            }
+        }
         Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
     };
     let mut verdict = policy::decide(&config.routes, &request.info, &credential);
@@ -81,6 +89,9 @@ pub fn authorize(
         }
         if let Some(denial) = verdict.enforced_denial() {
             super::dpop::challenge(vm, request, denial, &mut refusal);
+            if let DenyReason::Auth(reason) = denial.reason {
+                refusal.headers.extend(super::partner::hints(vm, request, reason));
+            }
         }
         return reply::send(host, &refusal);
     }
@@ -116,12 +127,12 @@ pub fn authorize(
         }
     }
 
-    let verified = match &verification {
-        Some(Ok(v)) => Some(&**v),
+    let authenticated = match &verification {
+        Some(Ok(authenticated)) => Some(authenticated),
         _ => None,
     };
     let noted = forward::Noted { anomalies: request.observed.anomalies, dpop_scheme: request.dpop.scheme };
-    match forward::forward(vm, host, &verdict, verified, who, certificate.as_ref(), noted) {
+    match forward::forward(vm, host, &verdict, authenticated, who, certificate.as_ref(), noted) {
         Ok(()) => Step::Continue,
         Err(err) => reply::refuse(vm, host, request, &reply::internal(err)),
     }

@@ -29,6 +29,11 @@ pub enum Presented {
     /// scheme, or (`undecodable`) the bearer scheme with bytes that are not UTF-8.
     /// Read only to decide whose credential it is (`policy::names_machine_issuer`).
     Unreadable { value: Vec<u8>, undecodable: bool },
+    /// No bearer token, but `Signature-Input`/`Signature` (RFC 9421) and partners
+    /// configured: the request's headers, from which the signature base is built.
+    Signature(Box<HeaderMap>),
+    /// No bearer token or signature, but the partners' API key header. Never logged.
+    ApiKey(Vec<u8>),
 }
 
 impl Presented {
@@ -36,17 +41,23 @@ impl Presented {
     pub fn token(&self) -> Option<&str> {
         match self {
             Presented::Bearer(raw) | Presented::Dpop(raw) => Some(raw),
-            Presented::Nothing | Presented::Unreadable { .. } => None,
+            _ => None,
         }
     }
 
-    /// The credential's bytes, whatever it is.
+    /// The token credential's bytes, whatever it is (partner credentials have
+    /// their own attribution).
     pub fn bytes(&self) -> Option<&[u8]> {
         match self {
             Presented::Bearer(raw) | Presented::Dpop(raw) => Some(raw.as_bytes()),
             Presented::Unreadable { value, .. } => Some(value),
-            Presented::Nothing => None,
+            Presented::Nothing | Presented::Signature(_) | Presented::ApiKey(_) => None,
         }
+    }
+
+    /// A partner's credential: a signature or an API key.
+    pub fn is_partner(&self) -> bool {
+        matches!(self, Presented::Signature(_) | Presented::ApiKey(_))
     }
 }
 
@@ -122,7 +133,21 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
         }
     }
     request.credential = match config.token.extract(credential_header) {
-        Extracted::Absent => Presented::Nothing,
+        // One credential per request: a bearer token first, then a partner's
+        // signature, then a partner's API key.
+        Extracted::Absent => match &config.partners {
+            Some(partners)
+                if partners.signatures()
+                    && (headers.contains("signature-input") || headers.contains("signature")) =>
+            {
+                Presented::Signature(Box::new(headers))
+            }
+            Some(partners) => match partners.api_key_header.as_deref().and_then(|name| headers.get(name)) {
+                Some(key) => Presented::ApiKey(key.to_vec()),
+                None => Presented::Nothing,
+            },
+            None => Presented::Nothing,
+        },
         Extracted::Token(raw) => Presented::Bearer(raw.to_owned()),
         Extracted::Unreadable { value, undecodable } => {
             Presented::Unreadable { value: value.to_vec(), undecodable }

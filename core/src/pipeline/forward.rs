@@ -1,15 +1,15 @@
 //! Stage 5, forward: the headers the upstream (and Envoy's router, which re-selects
 //! the route on them) sees — client class, shadow decision, the verified identity,
 //! its claim headers, certificate identity, DPoP key and anomalies — and the token (and
-//! its DPoP proof) removed.
+//! its DPoP proof, or a partner's API key) removed.
 
 use crate::behaviour::tracker::Flags;
 use crate::behaviour::ANOMALY_HEADER;
 use crate::host::{Host, HostError};
 use crate::mtls::{self, ClientCertificate};
 use crate::policy::{IdentityInfo, Verdict, SHADOW_DECISION_HEADER};
-use crate::verify::Verified;
 
+use super::verify::Authenticated;
 use super::Vm;
 
 /// What earlier stages noted about the request that changes what is forwarded.
@@ -25,7 +25,7 @@ pub fn forward(
     vm: &Vm,
     host: &mut dyn Host,
     verdict: &Verdict<'_>,
-    verified: Option<&Verified>,
+    authenticated: Option<&Authenticated>,
     who: Option<&IdentityInfo<'_>>,
     certificate: Option<&ClientCertificate>,
     noted: Noted,
@@ -48,7 +48,13 @@ pub fn forward(
             host.set_request_header(ANOMALY_HEADER, &noted.anomalies.joined())?;
         }
     }
-    if let Some(verified) = verified {
+    if super::partner::by_api_key(authenticated) {
+        // The partner's key is a secret: the upstream never sees it.
+        if let Some(header) = config.partners.as_ref().and_then(|p| p.api_key_header.as_deref()) {
+            host.remove_request_header(header.as_bytes())?;
+        }
+    }
+    if let Some(verified) = authenticated.and_then(Authenticated::token) {
         if let Some(rules) = config.issuers.get(verified.issuer).map(|i| &i.claims_to_headers) {
             for (name, value) in crate::claims::headers::headers(rules, &verified.claims) {
                 host.set_request_header(name, &value)?;

@@ -67,7 +67,7 @@ impl Observer {
         observer
     }
 
-    /// Defines the JWKS fetch, quota overflow and behaviour-untracked series at zero.
+    /// Defines the JWKS fetch, quota overflow, behaviour-untracked and partner-key series at zero.
     pub fn define_initial(&self, config: &Config, host: &mut dyn Host) {
         for issuer in &config.issuers {
             if let JwksSource::Remote(_) = issuer.jwks {
@@ -84,6 +84,13 @@ impl Observer {
         if config.behaviour.as_ref().is_some_and(|b| b.detect) {
             for issuer in &config.issuers {
                 self.id(host, Family::BehaviourUntracked, &[&issuer.name]);
+            }
+        }
+        // Every configured key from the start, at zero: a key nobody uses shows as
+        // such, and can be removed.
+        if let Some(partners) = &config.partners {
+            for (partner, key) in partners.key_labels() {
+                self.id(host, Family::PartnerKeyRequests, &[partner, key]);
             }
         }
     }
@@ -174,6 +181,9 @@ impl SeriesIds {
 /// The issuer label of a record: the matched issuer's name, `unknown` for a token
 /// no issuer claims, `none` without a token.
 fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
+    if record.partner {
+        return config.partners.as_ref().map_or(UNKNOWN_ISSUER, |p| p.issuer_name.as_str());
+    }
     match (record.issuer.and_then(|i| config.issuers.get(i)), record.token) {
         (Some(issuer), _) => &issuer.name,
         // A certificate-only identity: the mTLS issuer name (`mtls` by default).
@@ -226,6 +236,14 @@ pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: boo
     }
     if let Some(ns) = record.dpop_ns {
         observer.record(host, Family::DpopProofDuration, &[issuer], ns / 1_000);
+    }
+    if let (Some(key), Some(partners)) = (record.partner_key, &config.partners) {
+        if let (Some(partner), Some(key_id)) = (partners.partner(key), partners.key_id(key)) {
+            let labels = [partner.name.as_str(), key_id];
+            observer.increment(host, Family::PartnerKeyRequests, &labels);
+            let now_s = record.started_ns.unwrap_or_default() / 1_000_000_000;
+            observer.record(host, Family::PartnerKeyLastUsed, &labels, now_s);
+        }
     }
 
     observer.publish(host, "nhi_decision", decided.outcome.as_str());

@@ -22,10 +22,28 @@ use super::{Request, Step, Vm};
 /// Extra wait beyond the JWKS fetch timeout before a waiting request is answered anyway.
 const WAIT_MARGIN_MS: u64 = 500;
 
+/// A verified credential: a token, or a partner's key.
+#[derive(Debug, Clone)]
+pub enum Authenticated {
+    Token(Rc<Verified>),
+    Partner(crate::partners::PartnerKey),
+}
+
+impl Authenticated {
+    /// The verified token, if it was one.
+    pub fn token(&self) -> Option<&Verified> {
+        match self {
+            Authenticated::Token(verified) => Some(verified),
+            Authenticated::Partner(_) => None,
+        }
+    }
+}
+
 /// What the verify stage found.
+#[derive(Debug)]
 pub struct Verification {
-    /// `None`: no credential to judge. Otherwise the verified token or why not.
-    pub result: Option<Result<Rc<Verified>, Rejection>>,
+    /// `None`: no credential to judge. Otherwise the verified credential or why not.
+    pub result: Option<Result<Authenticated, Rejection>>,
     /// Seconds until the flood guard lets the source's crypto through again.
     pub blocked_for: Option<u64>,
     /// Whether a lenient reading attributed the credential to one of our issuers,
@@ -127,7 +145,7 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
     };
     let verify_ns = verify_started_ns.map(|started| host.now_ns().saturating_sub(started));
     request.observed.note_verification(result.as_ref().map(|r| r.as_ref().map(|v| &**v)), verify_ns);
-    Verification { result, blocked_for, attributed }
+    Verification { result: result.map(|r| r.map(Authenticated::Token)), blocked_for, attributed }
 }
 
 /// Whether a credential that did not verify belongs to one of our issuers (a
