@@ -113,6 +113,7 @@ mod abi {
     pub const MAP_REQUEST_HEADERS: u32 = 0;
     pub const MAP_RESPONSE_HEADERS: u32 = 2;
     pub const MAP_HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+    pub const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
     pub const BUFFER_HTTP_CALL_RESPONSE_BODY: u32 = 4;
     pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
     pub const STREAM_HTTP_REQUEST: u32 = 0;
@@ -471,5 +472,18 @@ impl Host for ProxyHost {
 
     fn random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {
         random(buf)
+    }
+
+    /// WASI's environment (`environ_get`): Envoy fills it from
+    /// `vm_config.environment_variables` (`host_env_keys` copies variables of the
+    /// Envoy process, `key_values` literal ones); APISIX's wasmtime inherits the
+    /// nginx worker's environment, which keeps only what `env` directives name.
+    fn environment_variable(&mut self, name: &str) -> Option<Vec<u8>> {
+        use std::os::wasi::ffi::OsStringExt as _;
+        std::env::var_os(name).map(std::ffi::OsString::into_vec)
+    }
+
+    fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError> {
+        Ok(buffer(abi::BUFFER_HTTP_REQUEST_BODY, max)?.unwrap_or_default())
     }
 }

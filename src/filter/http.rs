@@ -40,18 +40,35 @@ pub struct Http {
     /// The decision line was considered (in `on_log`, or `on_done` on hosts such as
     /// APISIX that never call `on_log`).
     logged: bool,
+    /// The pipeline asked for the body (a signature covers it): buffer it and hand
+    /// its length over until the end of the stream.
+    awaiting_body: bool,
+    /// Bytes of body buffered so far.
+    buffered: usize,
 }
 
 impl Http {
     pub fn new(vm: Rc<Vm>, context_id: u32) -> Self {
-        Http { vm, request: Rc::new(RefCell::new(Request::new(context_id))), fetch: None, logged: false }
+        Http {
+            vm,
+            request: Rc::new(RefCell::new(Request::new(context_id))),
+            fetch: None,
+            logged: false,
+            awaiting_body: false,
+            buffered: 0,
+        }
     }
 
-    fn start(&mut self) -> Action {
+    fn start(&mut self, end_of_stream: bool) -> Action {
         let vm = Rc::clone(&self.vm);
         let shared_request = Rc::clone(&self.request);
         let Ok(mut request) = shared_request.try_borrow_mut() else { return Action::Pause };
+        request.has_body = !end_of_stream;
         let step = pipeline::start(&vm, &mut ProxyHost, &mut request);
+        if let Step::Body { .. } = step {
+            self.awaiting_body = true;
+            return Action::Pause;
+        }
         if vm.plan.key_fetch == KeyFetch::OnRequest {
             let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
             return self.fetching_on_request(&vm, &mut request, step, now);
@@ -59,6 +76,7 @@ impl Http {
         match step {
             Step::Continue => Action::Continue,
             Step::Replied => Action::Pause,
+            Step::Body { .. } => Action::Pause,
             Step::Wait { issuer, deadline_ms } => {
                 vm.waiters.borrow_mut().push(Waiter {
                     context_id: request.context_id,
@@ -84,7 +102,7 @@ impl Http {
                 request.waited = true;
                 match pipeline::run(vm, &mut ProxyHost, request, now) {
                     Step::Continue => Action::Continue,
-                    Step::Replied | Step::Wait { .. } => Action::Pause,
+                    Step::Replied | Step::Wait { .. } | Step::Body { .. } => Action::Pause,
                 }
             }
             Step::Continue => {
@@ -99,7 +117,25 @@ impl Http {
                     None => Action::Continue,
                 }
             }
-            Step::Replied => Action::Pause,
+            Step::Replied | Step::Body { .. } => Action::Pause,
+        }
+    }
+
+    /// More of the body the pipeline waits for (`end_of_stream` once it is whole).
+    fn body(&mut self, buffered: usize, end_of_stream: bool) -> Action {
+        if !self.awaiting_body {
+            return Action::Continue;
+        }
+        self.buffered = buffered;
+        let vm = Rc::clone(&self.vm);
+        let Ok(mut request) = self.request.try_borrow_mut() else { return Action::Pause };
+        match pipeline::body(&vm, &mut ProxyHost, &mut request, buffered, end_of_stream) {
+            // Pause buffers what came (StopIterationAndBuffer) and asks for more.
+            Step::Body { .. } | Step::Replied | Step::Wait { .. } => Action::Pause,
+            Step::Continue => {
+                self.awaiting_body = false;
+                Action::Continue
+            }
         }
     }
 
@@ -184,8 +220,17 @@ impl Context for Http {
 }
 
 impl HttpContext for Http {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.start()
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        self.start(end_of_stream)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.body(body_size, end_of_stream)
+    }
+
+    /// Trailers end the body.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        self.body(self.buffered, true)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

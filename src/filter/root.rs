@@ -55,6 +55,15 @@ impl Root {
             config.issuers.len(),
             config.issuers.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
         );
+        if let Some(partners) = &config.partners {
+            info!(
+                "configured: {} partner(s): {}; nonce replay cache {} ({} entries)",
+                partners.clients.len(),
+                partners.clients.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", "),
+                if plan.state == StateScope::Shared { "shared by every worker" } else { "per worker" },
+                partners.replay.max_entries()
+            );
+        }
         let vm = match Vm::start(config, plan, store, &mut ProxyHost, host::now_ms(), self.me) {
             Ok(vm) => vm,
             Err(err) => {
