@@ -81,6 +81,7 @@ $(PROMTOOL):
 	dpkg -x $(TOOLS)/prometheus/prometheus_*.deb $(TOOLS)/prometheus
 	rm -f $(TOOLS)/prometheus/prometheus_*.deb
 	$(PROMTOOL) --version | head -n 1
+
 # The independent DPoP client of the e2e tests (test-harness/dpop/client.py): joserfc,
 # a Python JOSE implementation that shares no code with the filter, pinned, with its
 # dependencies (cryptography) into .tools/python; installed once.
@@ -95,6 +96,22 @@ $(PY_STAMP):
 	rm -rf $(PY_TOOLS)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --target $(PY_TOOLS) joserfc==$(JOSERFC_VERSION)
 	@touch $@
+
+# An RFC 9421 implementation nhi-guard's authors did not write, for the partner e2e
+# tests: the PyPI package http-message-signatures (pinned, with its dependencies, by
+# test-harness/python/requirements.txt) in a virtualenv under .tools/httpsig.
+HTTPSIG := $(TOOLS)/httpsig
+HTTPSIG_STAMP := $(HTTPSIG)/.requirements.txt
+export NHI_HTTPSIG_PYTHON := $(HTTPSIG)/bin/python
+
+httpsig: $(HTTPSIG_STAMP)
+
+$(HTTPSIG_STAMP): test-harness/python/requirements.txt
+	rm -rf $(HTTPSIG)
+	$(PYTHON) -m venv $(HTTPSIG)
+	$(HTTPSIG)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $<
+	$(HTTPSIG)/bin/python -c 'import http_message_signatures'
+	cp $< $@
 
 ## Build ---------------------------------------------------------------------
 

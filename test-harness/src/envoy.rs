@@ -123,6 +123,10 @@ pub struct EnvoyOptions {
     /// Starts Envoy in a process group of its own, so that a Ctrl-C meant for the
     /// process that started it does not reach it (the demo leaves it running).
     pub own_process_group: bool,
+    /// Variables set in Envoy's environment (on top of the test process's): where a
+    /// Kubernetes gateway's pod gets them from a Secret. The plugin sees those its
+    /// `vm_config.environment_variables.host_env_keys` lists.
+    pub environment: BTreeMap<String, String>,
 }
 
 impl Default for EnvoyOptions {
@@ -140,6 +144,7 @@ impl Default for EnvoyOptions {
             work_dir: None,
             startup_timeout: Duration::from_secs(20),
             own_process_group: false,
+            environment: BTreeMap::new(),
         }
     }
 }
@@ -187,6 +192,12 @@ impl EnvoyOptions {
 
     pub fn work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.work_dir = Some(dir.into());
+        self
+    }
+
+    /// Sets `name` in Envoy's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.environment.insert(name.to_owned(), value.to_owned());
         self
     }
 
@@ -295,6 +306,7 @@ impl Envoy {
             .arg("--disable-hot-restart")
             .args(options.component_log_level.iter().flat_map(|levels| ["--component-log-level", levels]))
             .current_dir(&work_dir.path)
+            .envs(&options.environment)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("duplicating the log file handle")?)
             .stderr(log);

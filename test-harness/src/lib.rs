@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod envoy_config;
 pub mod h2c;
 pub mod http;
+pub mod httpsig;
 pub mod istio;
 pub mod jwks_server;
 pub mod keys;
