@@ -94,6 +94,25 @@ pub struct Found {
     /// Static cluster names of the enclosing Envoy bootstrap, when the bootstrap
     /// defines every cluster it has (no CDS): `jwks.cluster` must be one of them.
     pub static_clusters: Option<Vec<String>>,
+    /// What the host hands the VM besides the configuration: its environment and
+    /// whether headers may pause for the body (Envoy filters and Istio WasmPlugins).
+    pub vm: Option<VmSettings>,
+}
+
+/// The parts of a Wasm VM's settings a partner configuration depends on.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmSettings {
+    /// Variables copied from the proxy's environment (Envoy `host_env_keys`, Istio
+    /// `valueFrom: HOST`).
+    pub host_keys: Vec<String>,
+    /// Variables whose value is written in the manifest (Envoy `key_values`, Istio
+    /// `INLINE`): fine for settings, never for a secret.
+    pub inline_keys: Vec<String>,
+    /// Envoy's `allow_on_headers_stop_iteration`; `None` where the host has no such
+    /// setting to read (Istio WasmPlugin).
+    pub stop_iteration: Option<bool>,
+    /// Where these settings are, for messages.
+    pub path: String,
 }
 
 /// The configuration as its host hands it to the filter.
@@ -182,8 +201,59 @@ pub fn check_found(found: &Found) -> Result<String, Problem> {
             }
         }
     }
+    if let (Some(partners), Some(vm)) = (&config.partners, &found.vm) {
+        for (field, variable) in partners.environment_variables() {
+            let at = join(&found.path, &found.source, &field);
+            if vm.inline_keys.iter().any(|k| k == variable) {
+                return Err(problem(
+                    at,
+                    format!(
+                        "names {variable}, whose value is written in {} (an inline secret): copy it from \
+                         the proxy's environment instead (Envoy host_env_keys, Istio valueFrom: HOST), \
+                         which a Kubernetes Secret fills",
+                        vm.path
+                    ),
+                ));
+            }
+            if !vm.host_keys.iter().any(|k| k == variable) {
+                return Err(problem(
+                    at,
+                    format!(
+                        "names {variable}, which {} does not hand the VM: the plugin would refuse to start",
+                        vm.path
+                    ),
+                ));
+            }
+        }
+        let buffers_bodies =
+            partners.clients.iter().any(|p| !p.keys.is_empty() && p.policy.max_body_bytes > 0);
+        if buffers_bodies && vm.stop_iteration.is_none() {
+            return Err(problem(
+                join(&found.path, &found.source, "partners"),
+                "partners sign bodies (max_body_bytes > 0), but this host cannot pause the headers for the \
+                 body (no allow_on_headers_stop_iteration): set max_body_bytes: 0 (signed requests with a \
+                 body are then refused), or deploy the filter with an EnvoyFilter that sets it"
+                    .to_owned(),
+            ));
+        }
+        if buffers_bodies && vm.stop_iteration == Some(false) {
+            return Err(problem(
+                vm.path.clone(),
+                "partners sign bodies: set allow_on_headers_stop_iteration: true on this Wasm filter (Envoy \
+                 1.35+), or Envoy never hands the filter a body it must check and the request times out"
+                    .to_owned(),
+            ));
+        }
+    }
     let names: Vec<&str> = config.issuers.iter().map(|i| i.name.as_str()).collect();
-    Ok(format!("issuers: {}", names.join(", ")))
+    let issuers = format!("issuers: {}", if names.is_empty() { "none".to_owned() } else { names.join(", ") });
+    match &config.partners {
+        Some(partners) => {
+            let clients: Vec<&str> = partners.clients.iter().map(|p| p.name.as_str()).collect();
+            Ok(format!("{issuers}; partners: {}", clients.join(", ")))
+        }
+        None => Ok(issuers),
+    }
 }
 
 /// The JSON path of a plugin-configuration field `field` found at `container`.
@@ -258,6 +328,7 @@ pub fn extract(name: &str, text: &str) -> Extracted {
                         path: String::new(),
                         source: Source::Text(trimmed.to_owned()),
                         static_clusters: None,
+                        vm: None,
                     });
                 } else {
                     document(&doc, "", &mut out);
@@ -320,6 +391,7 @@ fn document(doc: &Value, label: &str, out: &mut Extracted) {
             path: String::new(),
             source: Source::Structured(doc.clone()),
             static_clusters: None,
+            vm: None,
         });
         return;
     }
@@ -369,12 +441,34 @@ fn kubernetes_object(doc: &Value, api_version: &str, kind: &str, label: &str, ou
                 ));
             }
             match doc.pointer("/spec/pluginConfig") {
-                Some(config @ Value::Object(_)) => out.configs.push(Found {
-                    what,
-                    path: "spec.pluginConfig".to_owned(),
-                    source: Source::Structured(config.clone()),
-                    static_clusters: None,
-                }),
+                Some(config @ Value::Object(_)) => {
+                    let env = doc
+                        .pointer("/spec/vmConfig/env")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    let named = |from: &str| -> Vec<String> {
+                        env.iter()
+                            .filter(|e| {
+                                e.get("valueFrom").and_then(Value::as_str).unwrap_or("INLINE") == from
+                            })
+                            .filter_map(|e| e.get("name").and_then(Value::as_str))
+                            .map(str::to_owned)
+                            .collect()
+                    };
+                    out.configs.push(Found {
+                        what,
+                        path: "spec.pluginConfig".to_owned(),
+                        source: Source::Structured(config.clone()),
+                        static_clusters: None,
+                        vm: Some(VmSettings {
+                            host_keys: named("HOST"),
+                            inline_keys: named("INLINE"),
+                            stop_iteration: None,
+                            path: "spec.vmConfig.env".to_owned(),
+                        }),
+                    })
+                }
                 Some(_) => out.problems.push(problem("spec.pluginConfig", "must be a mapping")),
                 None => out.problems.push(problem(
                     "spec.pluginConfig",
@@ -416,6 +510,19 @@ fn kubernetes_object(doc: &Value, api_version: &str, kind: &str, label: &str, ou
                         path: format!("{at}.config"),
                         source: Source::Structured(config.clone()),
                         static_clusters: None,
+                        vm: Some(VmSettings {
+                            host_keys: entry
+                                .pointer("/env/hostKeys")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned)
+                                .collect(),
+                            inline_keys: Vec::new(),
+                            stop_iteration: None,
+                            path: format!("{at}.env.hostKeys"),
+                        }),
                     }),
                     _ => out.problems.push(problem(
                         &format!("{at}.config"),
@@ -495,6 +602,7 @@ fn wasm_filters(value: &Value, what: &str, static_clusters: Option<Vec<String>>,
                 path: format!("{path}.config.configuration.value"),
                 source: Source::Text(text.to_owned()),
                 static_clusters: static_clusters.clone(),
+                vm: Some(envoy_vm_settings(&plugin, &format!("{path}.config"))),
             }),
             (None, _) => out.problems.push(problem(
                 ".configuration",
@@ -509,6 +617,33 @@ fn wasm_filters(value: &Value, what: &str, static_clusters: Option<Vec<String>>,
                 ),
             )),
         }
+    }
+}
+
+/// An Envoy Wasm `PluginConfig`'s environment and body settings.
+fn envoy_vm_settings(plugin: &Value, path: &str) -> VmSettings {
+    let strings = |pointer: &str| -> Vec<String> {
+        plugin
+            .pointer(pointer)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect()
+    };
+    let inline_keys = plugin
+        .pointer("/vm_config/environment_variables/key_values")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    VmSettings {
+        host_keys: strings("/vm_config/environment_variables/host_env_keys"),
+        inline_keys,
+        stop_iteration: Some(
+            plugin.get("allow_on_headers_stop_iteration").and_then(Value::as_bool) == Some(true),
+        ),
+        path: path.to_owned(),
     }
 }
 
@@ -771,12 +906,14 @@ fn apisix(object: &Map<String, Value>, label: &str, out: &mut Extracted) {
                     path,
                     source: Source::Text(text.clone()),
                     static_clusters: None,
+                    vm: None,
                 }),
                 Some(value @ Value::Object(_)) => out.configs.push(Found {
                     what,
                     path,
                     source: Source::Structured(value.clone()),
                     static_clusters: None,
+                    vm: None,
                 }),
                 _ => out.problems.push(Problem {
                     what,
@@ -1214,6 +1351,86 @@ mod tests {
         assert_eq!(
             errors("cm.yaml", &config_map),
             ["ConfigMap c data[\"p.json\"]: plugin configuration: issuers: must list at least one issuer"]
+        );
+    }
+
+    /// The shipped partner manifests, as `nhi-guard check` reads them.
+    fn shipped(path: &str) -> String {
+        std::fs::read_to_string(format!("{}/../envoy/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    }
+
+    #[test]
+    fn shipped_partner_manifests_pass_and_keep_secrets_in_the_environment() {
+        for file in ["envoy-partners.yaml", "istio/partners.yaml", "gateway/partners.yaml"] {
+            let report = check_text(file, &shipped(file));
+            assert!(report.passed(), "{file}: {report:?}");
+            assert!(
+                report.ok.iter().any(|l| l.contains("ok (issuers: none; partners: acme, globex)")),
+                "{file}: {report:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_inline_secret_is_flagged_wherever_it_is_written() {
+        // In the plugin configuration itself.
+        let envoy = shipped("envoy-partners.yaml");
+        let inline = envoy.replacen(
+            r#""secret_env": "NHI_PARTNER_ACME_HMAC_2026_01" }"#,
+            r#""secret": "9WrWLsKl5q1xBtsW8iDsWpUygOk1b/4Kv3yUs5JO0ow=" }"#,
+            1,
+        );
+        assert_ne!(inline, envoy);
+        let errs = errors("envoy.yaml", &inline);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("-> partners.clients[0].keys[0].secret: holds a secret: secrets are never in the plugin configuration"), "{errs:?}");
+        // In Envoy's VM configuration (key_values is the value, written in the file).
+        let key_values = envoy.replacen(
+            "host_env_keys:\n                    - NHI_PARTNER_ACME_HMAC_2026_01\n",
+            "key_values: { NHI_PARTNER_ACME_HMAC_2026_01: 9WrWLsKl5q1xBtsW8iDsWpUygOk1b/4Kv3yUs5JO0ow= }\n                    host_env_keys:\n",
+            1,
+        );
+        assert_ne!(key_values, envoy);
+        let errs = errors("envoy.yaml", &key_values);
+        assert!(
+            errs[0].contains("names NHI_PARTNER_ACME_HMAC_2026_01, whose value is written in"),
+            "{errs:?}"
+        );
+        // In an Istio WasmPlugin (INLINE instead of HOST).
+        let istio = shipped("istio/partners.yaml");
+        let inline_istio = istio.replacen(
+            "    - name: NHI_PARTNER_ACME_HMAC_2026_01\n      valueFrom: HOST",
+            "    - name: NHI_PARTNER_ACME_HMAC_2026_01\n      value: c2VjcmV0",
+            1,
+        );
+        assert_ne!(inline_istio, istio);
+        let errs = errors("partners.yaml", &inline_istio);
+        assert!(errs.iter().any(|e| e.contains("(an inline secret)")), "{errs:?}");
+    }
+
+    #[test]
+    fn a_variable_the_vm_never_sees_and_bodies_a_host_cannot_hold_are_flagged() {
+        let envoy = shipped("envoy-partners.yaml");
+        let unlisted = envoy.replacen("                    - NHI_PARTNER_GLOBEX_API_KEY_SHA256\n", "", 1);
+        assert_ne!(unlisted, envoy);
+        let errs = errors("envoy.yaml", &unlisted);
+        assert!(
+            errs[0].contains("names NHI_PARTNER_GLOBEX_API_KEY_SHA256, which")
+                && errs[0].contains("does not hand the VM"),
+            "{errs:?}"
+        );
+        let no_pause = envoy.replacen(
+            "allow_on_headers_stop_iteration: true",
+            "allow_on_headers_stop_iteration: false",
+            1,
+        );
+        assert!(errors("envoy.yaml", &no_pause)[0].contains("set allow_on_headers_stop_iteration: true"));
+        let istio = shipped("istio/partners.yaml");
+        let bodies =
+            istio.replacen("signature: { max_body_bytes: 0 }", "signature: { max_body_bytes: 4096 }", 1);
+        assert_ne!(bodies, istio);
+        assert!(
+            errors("partners.yaml", &bodies)[0].contains("this host cannot pause the headers for the body")
         );
     }
 }

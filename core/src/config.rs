@@ -308,10 +308,7 @@ impl Config {
 
 fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.issuers.is_empty() && raw.partners.is_none() {
-        return Err(ConfigError::invalid(
-            "issuers",
-            "must list at least one issuer (or configure `partners`)",
-        ));
+        return Err(ConfigError::invalid("issuers", "must list at least one issuer"));
     }
     if raw.issuers.len() > MAX_ISSUERS {
         return Err(ConfigError::invalid("issuers", format!("lists more than {MAX_ISSUERS} issuers")));

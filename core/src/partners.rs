@@ -192,7 +192,9 @@ struct RawSignaturePolicy {
     #[serde(default)]
     require_nonce: Option<bool>,
     /// Largest body checked against its Content-Digest (buffered by the filter).
-    /// Default 65536.
+    /// Default 65536. `0`: bodies are never buffered, a signed request with a body
+    /// is refused (for hosts that cannot pause the headers for the body, such as an
+    /// Istio `WasmPlugin`).
     #[serde(default)]
     max_body_bytes: Option<u64>,
     /// Only the signature with this label is considered.

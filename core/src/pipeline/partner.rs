@@ -110,8 +110,10 @@ pub fn proceed(
     if let Some(signed) = signed {
         if signed.digest.is_some() {
             let max_bytes = signed.max_body_bytes;
-            // A declared length over the limit is refused before a byte is buffered.
-            if content_length(request).is_some_and(|length| length > max_bytes) {
+            // A declared length over the limit is refused before a byte is buffered; a
+            // partner whose bodies are not buffered at all (`max_body_bytes: 0`, for
+            // hosts that cannot pause headers for the body) has every body refused.
+            if max_bytes == 0 || content_length(request).is_some_and(|length| length > max_bytes) {
                 fail(vm, request, &mut verification, &signed, too_large(&signed));
                 return authorize::authorize(vm, host, request, verification, now_ms);
             }
