@@ -719,3 +719,96 @@ fn dpop_replay_cache_is_per_vm_without_shared_data_and_shared_with_it() {
         }
     }
 }
+
+/// The partners of `envoy/envoy-partners.yaml`, as APISIX runs them: `host: apisix`
+/// (per-VM state) and bodies never buffered (the emulator models no request body).
+fn partner_plugin(profile: Profile) -> serde_json::Value {
+    let config = test_harness::envoy_config::EnvoyConfig::load(
+        &test_harness::envoy_config::repo_root().join("envoy/envoy-partners.yaml"),
+    )
+    .unwrap();
+    let mut plugin = config.plugin_configuration().unwrap();
+    if profile.is_apisix() {
+        plugin["host"] = json!("apisix");
+        plugin["filter_state"] = json!(false);
+    }
+    plugin["partners"]["signature"] = json!({ "max_body_bytes": 0 });
+    plugin
+}
+
+const PARTNER_SECRET: &str = "9WrWLsKl5q1xBtsW8iDsWpUygOk1b/4Kv3yUs5JO0ow=";
+const PARTNER_API_KEY: &str = "globex-emulated-api-key";
+
+/// Where the VM's environment comes from: Envoy's `vm_config.environment_variables`
+/// (WASI `environ`); on APISIX the nginx worker's environment, which keeps the
+/// variables `nginx_config.envs` (nginx `env` directives) name — both reach the
+/// filter as WASI `environ`, which is what the emulator hands it.
+fn partner_environment(host: &mut Host) {
+    use sha2::Digest as _;
+    let hash: String =
+        sha2::Sha256::digest(PARTNER_API_KEY.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    host.set_environment(&[
+        ("NHI_PARTNER_ACME_HMAC_2026_01", PARTNER_SECRET),
+        ("NHI_PARTNER_GLOBEX_API_KEY_SHA256", &hash),
+    ]);
+}
+
+#[test]
+fn partners_under_every_profile_secrets_from_the_environment() {
+    use test_harness::httpsig::{self, Job, Key};
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let key = || Key::Hmac { secret: PARTNER_SECRET.into() };
+    let signed = httpsig::sign(&[Job::new(
+        "GET",
+        "http://gateway.test/partner/orders",
+        key(),
+        "acme-2026-01",
+        now,
+        "emu-1",
+    )])
+    .unwrap();
+    let request = |path: &str, headers: &[(String, String)]| {
+        headers.iter().fold(Request::get(path), |r, (n, v)| r.header(n, v))
+    };
+    for profile in Profile::ALL {
+        // Without the variable the plugin does not start, and says which one.
+        let mut bare = Host::new(profile).unwrap();
+        let worker = bare.start_worker_json(&partner_plugin(profile)).unwrap();
+        let refused = bare.worker(worker).unwrap();
+        assert!(!refused.configured(), "{profile}");
+        assert!(
+            refused.log_text().contains("environment variable NHI_PARTNER_ACME_HMAC_2026_01"),
+            "{profile}: {}",
+            refused.log_text()
+        );
+
+        let mut host = Host::new(profile).unwrap();
+        partner_environment(&mut host);
+        let worker = host.start_worker_json(&partner_plugin(profile)).unwrap();
+        let worker = host.worker(worker).unwrap();
+        assert!(worker.configured(), "{profile}: {}", worker.log_text());
+        let ok = worker.send(&request("/partner/orders", &signed[0])).unwrap();
+        assert_eq!(ok.status, 200, "{profile}: {:?}", ok.reason());
+        assert_eq!(ok.upstream_header("x-nhi-identity"), Some("partner:acme"), "{profile}");
+        assert_eq!(ok.upstream_header("x-nhi-issuer"), Some("partners"), "{profile}");
+        let again = worker.send(&request("/partner/orders", &signed[0])).unwrap();
+        assert_eq!((again.status, again.reason().as_deref()), (401, Some("signature_replay")), "{profile}");
+        let api = worker.send(&Request::get("/partner/orders").header("x-api-key", PARTNER_API_KEY)).unwrap();
+        assert_eq!(api.upstream_header("x-nhi-identity"), Some("partner:globex"), "{profile}");
+        assert_eq!(api.upstream_header("x-api-key"), None, "{profile}");
+        let wrong = worker.send(&Request::get("/partner/orders").header("x-api-key", "guess")).unwrap();
+        assert_eq!((wrong.status, wrong.reason().as_deref()), (401, Some("invalid_api_key")), "{profile}");
+        let unsigned = worker.send(&Request::new("POST", "/hooks/order")).unwrap();
+        assert_eq!(
+            (unsigned.status, unsigned.reason().as_deref()),
+            (401, Some("missing_signature")),
+            "{profile}"
+        );
+        assert!(unsigned.header("accept-signature").is_some(), "{profile}");
+        assert!(
+            worker.trap().is_none() && worker.violations().is_empty(),
+            "{profile}: {:?}",
+            worker.violations()
+        );
+    }
+}

@@ -780,6 +780,11 @@ impl Host {
         &self.wasm
     }
 
+    /// The environment of the VMs started from now on (`KEY`, `VALUE` pairs).
+    pub fn set_environment(&mut self, variables: &[(&str, &str)]) {
+        *self.shared.environment.borrow_mut() = variables.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    }
+
     /// Starts a worker (VM) with this plugin configuration; returns its index. The
     /// worker exists even if the configuration was refused (see [`Worker::configured`]).
     pub fn start_worker(&mut self, plugin_configuration: &[u8]) -> Result<usize> {

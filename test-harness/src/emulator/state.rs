@@ -133,6 +133,9 @@ pub struct Shared {
     /// Envoy's clusters, when the test names them: a callout to another name is
     /// `BadArgument`, as in Envoy. `None`: every name is a cluster.
     pub clusters: RefCell<Option<std::collections::BTreeSet<String>>>,
+    /// The VMs' WASI environment (`KEY=VALUE`): Envoy's `vm_config.environment_variables`,
+    /// or the nginx worker's environment (what `env` directives keep) on APISIX.
+    pub environment: RefCell<Vec<String>>,
 }
 
 /// A log line a worker wrote (`proxy_log`, or a line on WASI stdout/stderr).

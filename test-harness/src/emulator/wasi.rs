@@ -1,7 +1,7 @@
 //! The few `wasi_snapshot_preview1` functions a Rust proxy-wasm filter imports,
 //! by hand: the clock reads the emulator's clock, randomness is seeded, stdout and
-//! stderr go to the worker's log, the environment and arguments are empty, and
-//! `proc_exit` traps. Anything else answers `ENOSYS`.
+//! stderr go to the worker's log, the environment is the host's ([`super::Host::set_environment`]),
+//! the arguments are empty, and `proc_exit` traps. Anything else answers `ENOSYS`.
 
 use std::collections::BTreeSet;
 
@@ -52,18 +52,38 @@ pub fn register(linker: &mut Linker<VmState>) -> wasmtime::Result<BTreeSet<&'sta
             write(c, ptr, &bytes)
         })
     })?;
-    for name in ["environ_sizes_get", "args_sizes_get"] {
-        linker.func_wrap(M, name, move |mut c: C<'_>, count: i32, size: i32| {
-            errno(&mut c, name, |c| {
-                write_u32(c, count, 0)?;
-                write_u32(c, size, 0)
-            })
-        })?;
-    }
-    for name in ["environ_get", "args_get"] {
-        linker
-            .func_wrap(M, name, move |mut c: C<'_>, _list: i32, _buf: i32| errno(&mut c, name, |_| Ok(())))?;
-    }
+    linker.func_wrap(M, "environ_sizes_get", |mut c: C<'_>, count: i32, size: i32| {
+        errno(&mut c, "environ_sizes_get", |c| {
+            let environment = c.data().shared.environment.borrow().clone();
+            let bytes: usize = environment.iter().map(|e| e.len() + 1).sum();
+            write_u32(c, count, u32::try_from(environment.len()).unwrap_or(u32::MAX))?;
+            write_u32(c, size, u32::try_from(bytes).unwrap_or(u32::MAX))
+        })
+    })?;
+    linker.func_wrap(M, "environ_get", |mut c: C<'_>, list: i32, buf: i32| {
+        errno(&mut c, "environ_get", |c| {
+            let environment = c.data().shared.environment.borrow().clone();
+            let (mut pointer, mut at) = (list, buf);
+            for entry in environment {
+                write_u32(c, pointer, at as u32)?;
+                let mut bytes = entry.into_bytes();
+                bytes.push(0);
+                write(c, at, &bytes)?;
+                at = at.wrapping_add(bytes.len() as i32);
+                pointer = pointer.wrapping_add(4);
+            }
+            Ok(())
+        })
+    })?;
+    linker.func_wrap(M, "args_sizes_get", |mut c: C<'_>, count: i32, size: i32| {
+        errno(&mut c, "args_sizes_get", |c| {
+            write_u32(c, count, 0)?;
+            write_u32(c, size, 0)
+        })
+    })?;
+    linker.func_wrap(M, "args_get", |mut c: C<'_>, _list: i32, _buf: i32| {
+        errno(&mut c, "args_get", |_| Ok(()))
+    })?;
     linker.func_wrap(M, "proc_exit", |mut c: C<'_>, code: i32| -> wasmtime::Result<()> {
         c.data_mut().count("proc_exit");
         Err(wasmtime::format_err!("the guest called proc_exit({code})"))
