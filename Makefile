@@ -209,7 +209,7 @@ bench-verify: wasm-target
 # Each target runs FUZZ_SECONDS (default 60) with libFuzzer on nightly. New inputs go
 # to target/fuzz-corpus/; the committed seeds in test-harness/fuzz/corpus/ are read only.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := token_verify jwks_parse config_parse route_decide dpop_proof
+FUZZ_TARGETS := token_verify jwks_parse config_parse route_decide dpop_proof signature_fields content_digest
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked

@@ -36,10 +36,10 @@ fuzz_target!(|data: &[u8]| {
         host: parts.next().map(str::to_owned),
         method: parts.next().unwrap_or_default().to_owned(),
         route_name: parts.next().map(str::to_owned),
-        source: parts.next().and_then(route::parse_source_address),
+        source: parts.next().and_then(policy::parse_source_address),
         client_certificate: None,
     };
-    let verdict = route::decide(&config().routes, &info, &Credential::Absent);
+    let verdict = policy::decide(&config().routes, &info, &Credential::Absent);
     assert_eq!(verdict.client_class, ClientClass::Human);
     let _ = verdict.shadow_header();
 });

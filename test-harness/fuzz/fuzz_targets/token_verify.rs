@@ -31,7 +31,7 @@ fn fixture() -> &'static (Config, Vec<Option<KeySet>>) {
 fuzz_target!(|data: &[u8]| {
     let Ok(token) = std::str::from_utf8(data) else { return };
     let (config, keys) = fixture();
-    if let Ok(verified) = verify(config, keys.as_slice(), token, NOW) {
+    if let Ok(verified) = verify(config.trust(), keys.as_slice(), token, NOW) {
         assert_eq!(verified.claims.get("iss").and_then(|v| v.as_str()), Some("https://issuer.nhi-guard.demo"));
         assert!(verified.expires_at > NOW - 30);
     }
