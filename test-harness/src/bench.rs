@@ -13,6 +13,7 @@
 pub mod cases;
 pub mod envoy;
 pub mod machine;
+pub mod partners;
 pub mod report;
 pub mod stacks;
 pub mod tokens;
@@ -162,7 +163,7 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
     let mut plan = Case::plan();
     if let Some(only) = &settings.only {
         plan.retain(|case| only.split(',').any(|word| case.slug(0).contains(word.trim())));
-        if plan.is_empty() {
+        if plan.is_empty() && !only.contains("partner") {
             bail!("BENCH_ONLY={only} matches no case");
         }
     }
@@ -207,6 +208,12 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
         }
         results.push(result);
     }
+    let partner_results = if settings.only.as_deref().is_none_or(|only| only.contains("partner")) {
+        eprintln!("nhi-bench: partner signatures");
+        partners::run(&settings, &runner.envoy_binary, &wasm)?
+    } else {
+        Vec::new()
+    };
     eprintln!("nhi-bench: measuring memory with one and two workers");
     let memory = runner.measure_memory()?;
 
@@ -216,6 +223,7 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
         wasm_bytes,
         wasm_sha256,
         results,
+        partners: partner_results,
         memory,
         started,
         elapsed: clock.elapsed(),

@@ -144,6 +144,7 @@ pub fn body(
     }
     let Some(Pending { mut verification, signed }) = request.pending.take() else { return Step::Continue };
     let now_ms = host.now_ns() / 1_000_000;
+    let hashing = host.now_ns();
     let refusal = if over {
         Some(too_large(&signed))
     } else {
@@ -157,6 +158,9 @@ pub fn body(
             Err(err) => Some(reply::internal(err)),
         }
     };
+    // Reading and hashing the body is part of verifying the request.
+    let hashed = host.now_ns().saturating_sub(hashing);
+    request.observed.verify_ns = Some(request.observed.verify_ns.unwrap_or_default().saturating_add(hashed));
     if let Some(refusal) = refusal {
         fail(vm, request, &mut verification, &signed, refusal);
     }

@@ -24,6 +24,8 @@ pub struct Run {
     pub wasm_bytes: u64,
     pub wasm_sha256: String,
     pub results: Vec<CaseResult>,
+    /// Partner signatures (issue 18).
+    pub partners: Vec<super::partners::PartnerResult>,
     pub memory: Vec<MemoryPoint>,
     /// UTC, when the run started.
     pub started: String,
@@ -85,11 +87,38 @@ pub fn render(run: &Run) -> String {
     );
     results_table(&mut out, run);
     targets_table(&mut out, run);
+    partners_section(&mut out, run);
     memory_section(&mut out, run);
     machine_section(&mut out, run);
     method_section(&mut out, run);
     runs_table(&mut out, run);
     out
+}
+
+fn partners_section(out: &mut String, run: &Run) {
+    if run.partners.is_empty() {
+        return;
+    }
+    out.push_str(
+        "## Partner signatures (issue 18)\n\nOne request signed with RFC 9421 by the `http-message-signatures` \
+         package, sent over and over (no nonce, so every request is verified in full: signatures are never \
+         cached). *Verification* is the filter's own mean per request inside Envoy: fields parsed, signature \
+         base rebuilt, signature checked, and the body hashed against its `Content-Digest`.\n\n\
+         | signed request | req/s | p50 | p99 | verification inside Envoy |\n|---|---|---|---|---|\n",
+    );
+    for result in &run.partners {
+        let Some(median) = result.median() else { continue };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} |",
+            result.case.label(),
+            rate(median.requests_per_sec),
+            latency(median.p50_us),
+            latency(median.p99_us),
+            result.verify_mean_us.map_or("—".to_owned(), |us| format!("{us:.1} µs")),
+        );
+    }
+    out.push('\n');
 }
 
 fn results_table(out: &mut String, run: &Run) {

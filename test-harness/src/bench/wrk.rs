@@ -82,6 +82,8 @@ pub enum Tokens {
     /// `token proof` lines, each once, sent to `authority` (the DPoP script), from
     /// line `offset` on.
     Dpop { file: PathBuf, script: PathBuf, authority: String, offset: usize },
+    /// Whatever the script sends (a signed partner request: method, headers, body).
+    Script { script: PathBuf },
 }
 
 /// One wrk process.
@@ -121,6 +123,9 @@ impl Load {
             Tokens::Dpop { file, script, authority, offset } => {
                 command.arg("--script").arg(script).arg(self.url()).arg("--").arg(file).arg(authority);
                 command.arg(offset.to_string());
+            }
+            Tokens::Script { script } => {
+                command.arg("--script").arg(script).arg(self.url());
             }
         }
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
