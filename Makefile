@@ -29,7 +29,7 @@ export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
 .PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
-	node-tools promtool py-tools cli schema oci bench bench-verify
+	node-tools promtool py-tools httpsig cli schema oci bench bench-verify
 
 all: build
 
@@ -166,7 +166,7 @@ lint: wasm-target
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
 	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
-e2e: envoy wasm fault-wasm cli node-tools promtool py-tools
+e2e: envoy wasm fault-wasm cli node-tools promtool py-tools httpsig
 	$(CARGO) test -p test-harness --tests -- --test-threads 2
 
 fmt:
@@ -184,7 +184,7 @@ fmt:
 # (marked as such in the report). wrk comes from the distribution's packages.
 SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 
-bench: envoy wasm py-tools
+bench: envoy wasm py-tools httpsig
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
 	    { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(CARGO) run --quiet -p test-harness --bin nhi-bench -- --out $(CURDIR)/BENCHMARKS.md

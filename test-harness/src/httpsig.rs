@@ -74,20 +74,18 @@ impl Job {
     fn to_json(&self) -> Value {
         let headers: Map<String, Value> =
             self.headers.iter().map(|(n, v)| (n.clone(), Value::String(v.clone()))).collect();
+        let (alg, key_field, key_value) = match &self.key {
+            Key::Hmac { secret } => ("hmac-sha256", "secret", secret),
+            Key::Ed25519 { private_key } => ("ed25519", "private_key", private_key),
+        };
         let mut job = json!({
             "method": self.method, "url": self.url, "headers": headers, "body": self.body,
             "keyid": self.keyid, "components": self.components, "created": self.created,
             "expires": self.expires, "nonce": self.nonce, "label": self.label, "include_alg": self.include_alg,
         });
-        match &self.key {
-            Key::Hmac { secret } => {
-                job["alg"] = json!("hmac-sha256");
-                job["secret"] = json!(secret);
-            }
-            Key::Ed25519 { private_key } => {
-                job["alg"] = json!("ed25519");
-                job["private_key"] = json!(private_key);
-            }
+        if let Some(members) = job.as_object_mut() {
+            members.insert("alg".into(), json!(alg));
+            members.insert(key_field.into(), json!(key_value));
         }
         job
     }

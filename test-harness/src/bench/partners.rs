@@ -119,9 +119,13 @@ fn render(wasm: &Path) -> Result<String> {
         .and_then(|f| f.get_mut("typed_config"))
         .and_then(|c| c.get_mut("config"))
         .context("no nhi-guard filter")?;
-    plugin["allow_on_headers_stop_iteration"] = serde_yaml::Value::Bool(true);
-    plugin["vm_config"]["environment_variables"] =
-        serde_yaml::from_str(&format!("host_env_keys: [{HMAC_ENV}]"))?;
+    let members = plugin.as_mapping_mut().context("the Wasm filter's config is not a mapping")?;
+    members.insert("allow_on_headers_stop_iteration".into(), serde_yaml::Value::Bool(true));
+    let vm = members
+        .get_mut("vm_config")
+        .and_then(serde_yaml::Value::as_mapping_mut)
+        .context("the Wasm filter has no vm_config")?;
+    vm.insert("environment_variables".into(), serde_yaml::from_str(&format!("host_env_keys: [{HMAC_ENV}]"))?);
     Ok(serde_yaml::to_string(&doc)?)
 }
 
