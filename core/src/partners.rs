@@ -360,6 +360,7 @@ impl Partners {
             issuer: &self.issuer_name,
             subject: &partner.name,
             claims: partner.claims.get(index)?,
+            jkt: None,
             via: match key.method {
                 Method::Signature => Via::Signature,
                 Method::ApiKey => Via::ApiKey,

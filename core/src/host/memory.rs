@@ -130,8 +130,7 @@ impl MemoryHost {
     /// The metrics `other` defined (as the VM's start did), so that this request's
     /// host knows their ids: a VM defines a series once, on whichever host it has.
     pub fn with_metrics_of(mut self, other: &MemoryHost) -> Self {
-        self.metric_names = other.metric_names.clone();
-        self.metrics = other.metrics.clone();
+        self.metrics = Rc::clone(&other.metrics);
         self
     }
 

@@ -31,7 +31,7 @@ use crate::policy::{self, Denial, DenyReason};
 use crate::reason::{LocalReply, Reason, Rejection, SeenToken};
 use crate::verify::Verified;
 
-use super::verify::Verification;
+use super::verify::{Authenticated, Verification};
 use super::{Request, Vm};
 
 /// The `DPoP` request header as it came.
@@ -67,7 +67,7 @@ pub fn dpop(
     mut verification: Verification,
     now_ms: u64,
 ) -> Verification {
-    let Some(Ok(verified)) = &verification.result else { return verification };
+    let Some(Ok(Authenticated::Token(verified))) = &verification.result else { return verification };
     let verified = Rc::clone(verified);
     if let Err(rejection) = judge(vm, host, request, &verified, now_ms) {
         let seen = SeenToken { kid: verified.kid.clone(), ours: Some(true) };

@@ -71,7 +71,9 @@ pub fn verify(
             }
         }
         Presented::ApiKey(value) => (check::api_key(partners, &vm.partner_keys, value, now), None),
-        Presented::Nothing | Presented::Bearer(_) | Presented::Unreadable { .. } => return (none, None),
+        Presented::Nothing | Presented::Bearer(_) | Presented::Dpop(_) | Presented::Unreadable { .. } => {
+            return (none, None)
+        }
     };
     if let (Err(rejection), Some(guard), Some(source)) =
         (&result, &vm.config.flood_guard, request.info.source)

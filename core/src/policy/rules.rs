@@ -141,7 +141,14 @@ mod tests {
         sub: &'a str,
         c: &'a Map<String, Value>,
     ) -> IdentityInfo<'a> {
-        IdentityInfo { identity, issuer, subject: sub, claims: c, jkt: None, via: crate::verify::identity::Via::Token }
+        IdentityInfo {
+            identity,
+            issuer,
+            subject: sub,
+            claims: c,
+            jkt: None,
+            via: crate::verify::identity::Via::Token,
+        }
     }
 
     fn req(method: &str, source: Option<&str>) -> RequestInfo {

@@ -163,7 +163,8 @@ impl Outcome {
     }
 
     fn metric(&self, needle: &str) -> Option<i64> {
-        self.host.metrics.iter().find(|(name, _)| name.contains(needle)).map(|(_, (_, v))| *v)
+        let metrics = self.host.metrics.borrow();
+        metrics.values.iter().find(|(name, _)| name.contains(needle)).map(|(_, (_, v))| *v)
     }
 }
 
