@@ -23,6 +23,7 @@ use nhi_guard_core::reason::LocalReply;
 mod abi {
     #[link(wasm_import_module = "env")]
     extern "C" {
+        pub fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
         pub fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
         pub fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
         pub fn proxy_set_effective_context(context_id: u32) -> u32;
@@ -184,7 +185,14 @@ pub fn probe() -> Probed {
 }
 
 pub fn log_critical(message: &str) {
-    let _ = hostcalls::log(LogLevel::Critical, message);
+    log(LogLevel::Critical, message);
+}
+
+/// One line to the host's log. The SDK's `hostcalls::log` panics when the host fails
+/// the call (and a panic aborts the VM); a log line that cannot be written is dropped.
+pub fn log(level: LogLevel, message: &str) {
+    // SAFETY: a valid pointer and length for the duration of the call.
+    let _ = unsafe { abi::proxy_log(level as u32, message.as_ptr(), message.len()) };
 }
 
 pub fn set_tick_period(period: Duration) -> Result<(), HostError> {

@@ -6,12 +6,11 @@
 mod host;
 mod http;
 mod keys;
+mod logger;
 mod root;
 
-use proxy_wasm::types::LogLevel;
-
 proxy_wasm::main! {{
-    proxy_wasm::set_log_level(LogLevel::Info);
+    logger::install(log::LevelFilter::Info);
     std::panic::set_hook(Box::new(|info| {
         host::log_critical(&format!("nhi-guard panicked: {info}"));
     }));
