@@ -61,12 +61,13 @@ pub mod metric {
     pub const HISTOGRAM: i32 = 2;
 }
 
-/// A header map: lower-case names, in order, duplicates allowed.
-pub type Headers = Vec<(String, String)>;
+/// A header map: lower-case names, in order, duplicates allowed. Values are bytes, as
+/// on the wire: a client may send any (obs-text included), and the filter must cope.
+pub type Headers = Vec<(String, Vec<u8>)>;
 
 /// The ABI's header-map encoding: a `u32` count, `(u32 name length, u32 value length)`
 /// per pair, then each name and value followed by a NUL byte.
-pub fn encode_map(headers: &[(String, String)]) -> Vec<u8> {
+pub fn encode_map(headers: &[(String, Vec<u8>)]) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&len32(headers.len()).to_le_bytes());
     for (name, value) in headers {
@@ -76,7 +77,7 @@ pub fn encode_map(headers: &[(String, String)]) -> Vec<u8> {
     for (name, value) in headers {
         out.extend_from_slice(name.as_bytes());
         out.push(0);
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.push(0);
     }
     out
@@ -104,8 +105,7 @@ pub fn decode_map(bytes: &[u8]) -> Option<Headers> {
         at = at.checked_add(name_len)?.checked_add(1)?;
         let value = bytes.get(at..at.checked_add(value_len)?)?;
         at = at.checked_add(value_len)?.checked_add(1)?;
-        headers
-            .push((String::from_utf8_lossy(name).into_owned(), String::from_utf8_lossy(value).into_owned()));
+        headers.push((String::from_utf8_lossy(name).into_owned(), value.to_vec()));
     }
     Some(headers)
 }
@@ -120,7 +120,11 @@ mod tests {
 
     #[test]
     fn header_maps_round_trip() {
-        let headers: Headers = vec![(":status".into(), "200".into()), ("x-a".into(), String::new())];
+        let headers: Headers = vec![
+            (":status".into(), b"200".to_vec()),
+            ("x-a".into(), Vec::new()),
+            ("x-b".into(), b"\xa0".to_vec()),
+        ];
         assert_eq!(decode_map(&encode_map(&headers)), Some(headers));
         assert_eq!(decode_map(&[]), Some(Vec::new()));
         assert_eq!(decode_map(&[1, 0, 0, 0, 9]), None);

@@ -18,6 +18,10 @@ fn run(
     body: impl FnOnce(&mut C<'_>) -> HostResult<()>,
 ) -> wasmtime::Result<i32> {
     caller.data_mut().count(name);
+    // An injected fault: the call fails as the host would report it, doing nothing.
+    if let Some(status) = caller.data().faults.get(name) {
+        return Ok(status.code());
+    }
     status_of(body(caller))
 }
 
@@ -179,7 +183,7 @@ fn get_header(c: &mut C<'_>, ty: i32, k: i32, kl: i32, pp: i32, sp: i32) -> Host
     let map = state.map(ty)?;
     let value = map.iter().find(|(n, _)| n.eq_ignore_ascii_case(&key)).map(|(_, v)| v.clone());
     match value {
-        Some(value) => give(c, value.as_bytes(), pp, sp),
+        Some(value) => give(c, &value, pp, sp),
         None => Err(Status::NotFound.into()),
     }
 }
@@ -215,7 +219,8 @@ fn write_header(
 ) -> HostResult<()> {
     let key = lower(&read_string(c, k, kl)?);
     let value = match value {
-        Some((ptr, len)) => Some(read_string(c, ptr, len)?),
+        // Values are bytes: a filter may write any (and a client may send any).
+        Some((ptr, len)) => Some(read(c, ptr, len)?),
         None => None,
     };
     let map = c.data_mut().map_mut(ty)?;

@@ -114,8 +114,13 @@ impl Request {
         Self::new("GET", path)
     }
 
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
+    pub fn header(self, name: &str, value: &str) -> Self {
+        self.header_bytes(name, value.as_bytes())
+    }
+
+    /// A header whose value is any bytes (not UTF-8, obs-text), as a client may send.
+    pub fn header_bytes(mut self, name: &str, value: &[u8]) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.to_vec()));
         self
     }
 
@@ -151,7 +156,7 @@ impl UpstreamResponse {
     pub fn ok() -> Self {
         Self {
             status: 200,
-            headers: vec![("content-type".into(), "text/plain".into())],
+            headers: vec![("content-type".into(), b"text/plain".to_vec())],
             body: b"upstream".to_vec(),
         }
     }
@@ -178,9 +183,20 @@ impl Exchange {
         find(&self.headers, name)
     }
 
-    /// The first value of request header `name` as the upstream got it.
+    /// The first value of request header `name` as the upstream got it (`None` also
+    /// when it is not UTF-8: see [`Exchange::upstream_header_bytes`]).
     pub fn upstream_header(&self, name: &str) -> Option<&str> {
-        self.upstream_request.as_deref().and_then(|headers| find(headers, name))
+        self.upstream_header_bytes(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every value of request header `name` as the upstream got it, whatever its bytes.
+    pub fn upstream_header_bytes(&self, name: &str) -> Option<&[u8]> {
+        self.upstream_request.as_deref().and_then(|headers| find_bytes(headers, name))
+    }
+
+    /// Whether the upstream got any header named `name` with any value.
+    pub fn upstream_has(&self, name: &str) -> bool {
+        self.upstream_header_bytes(name).is_some()
     }
 
     /// The body as JSON, if it is JSON.
@@ -194,8 +210,12 @@ impl Exchange {
     }
 }
 
-fn find<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+fn find<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    find_bytes(headers, name).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+fn find_bytes<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
 }
 
 /// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
@@ -372,6 +392,17 @@ impl Worker {
         &self.state().host_calls
     }
 
+    /// Makes every later call of `env` import `name` (`proxy_get_shared_data`, …) fail
+    /// with `status` and do nothing, as a host that cannot serve it would.
+    pub fn fail_calls(&mut self, name: &str, status: Status) {
+        self.store.data_mut().faults.insert(name.to_owned(), status);
+    }
+
+    /// Ends every injected fault.
+    pub fn heal(&mut self) {
+        self.store.data_mut().faults.clear();
+    }
+
     pub fn reset_host_calls(&mut self) {
         self.store.data_mut().host_calls.clear();
     }
@@ -489,7 +520,7 @@ impl Worker {
         let apisix = self.profile().is_apisix();
         let reply = reply.map(|mut reply| {
             reply.headers.retain(|(n, _)| n != ":status");
-            let status = (":status".to_owned(), reply.status.to_string());
+            let status = (":status".to_owned(), reply.status.to_string().into_bytes());
             if apisix {
                 reply.headers.push(status);
             } else {
@@ -550,7 +581,7 @@ impl Worker {
             ),
             Flow::Replied(reply) => (reply.status, reply.headers.clone(), reply.body.clone(), None),
         };
-        headers.insert(0, (":status".into(), status.to_string()));
+        headers.insert(0, (":status".into(), status.to_string().into_bytes()));
         let count = if self.profile().is_apisix() { 0 } else { to_i32(headers.len()) };
         if let Some(stream) = self.store.data_mut().streams.get_mut(&id) {
             stream.response_headers = Some(headers);
@@ -618,15 +649,14 @@ fn build_stream(profile: Profile, id: u32, request: &Request, request_id: &str) 
     let path_only = request.path.split('?').next().unwrap_or_default().to_owned();
     let ip = request.source.ip().to_string();
     let port = request.source.port();
-    let own: Vec<(String, String)> =
-        request.headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect();
+    let own: Headers = request.headers.iter().map(|(n, v)| (n.to_ascii_lowercase(), v.clone())).collect();
     let key = |segments: &[&str]| segments.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
     if profile.is_apisix() {
         // nginx: no :authority pseudo-header (the Host header is a regular one).
-        headers.push((":path".into(), request.path.clone()));
-        headers.push((":method".into(), request.method.clone()));
-        headers.push((":scheme".into(), request.scheme.clone()));
-        headers.push(("host".into(), request.authority.clone()));
+        headers.push((":path".into(), request.path.clone().into_bytes()));
+        headers.push((":method".into(), request.method.clone().into_bytes()));
+        headers.push((":scheme".into(), request.scheme.clone().into_bytes()));
+        headers.push(("host".into(), request.authority.clone().into_bytes()));
         headers.extend(own.iter().cloned());
         let vars = [
             ("remote_addr", ip.clone()),
@@ -645,18 +675,18 @@ fn build_stream(profile: Profile, id: u32, request: &Request, request_id: &str) 
         for (name, value) in &own {
             properties
                 .entry(vec![format!("http_{}", name.replace('-', "_"))])
-                .or_insert_with(|| value.clone().into_bytes());
+                .or_insert_with(|| value.clone());
         }
     } else {
-        headers.push((":authority".into(), request.authority.clone()));
-        headers.push((":path".into(), request.path.clone()));
-        headers.push((":method".into(), request.method.clone()));
-        headers.push((":scheme".into(), request.scheme.clone()));
+        headers.push((":authority".into(), request.authority.clone().into_bytes()));
+        headers.push((":path".into(), request.path.clone().into_bytes()));
+        headers.push((":method".into(), request.method.clone().into_bytes()));
+        headers.push((":scheme".into(), request.scheme.clone().into_bytes()));
         headers.extend(own.iter().cloned());
         if !own.iter().any(|(n, _)| n == "x-request-id") {
-            headers.push(("x-request-id".into(), request_id.to_owned()));
+            headers.push(("x-request-id".into(), request_id.as_bytes().to_vec()));
         }
-        headers.push(("x-forwarded-proto".into(), request.scheme.clone()));
+        headers.push(("x-forwarded-proto".into(), request.scheme.clone().into_bytes()));
         properties.insert(key(&["source", "address"]), request.source.to_string().into_bytes());
         properties.insert(key(&["source", "port"]), u64::from(port).to_le_bytes().to_vec());
         properties.insert(key(&["destination", "address"]), b"127.0.0.1:10000".to_vec());

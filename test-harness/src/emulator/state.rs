@@ -204,7 +204,10 @@ pub struct Callout {
 impl Callout {
     /// The first value of a callout header (`:path`, `:authority`, …).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
     }
 }
 
@@ -222,7 +225,7 @@ impl CalloutReply {
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_owned()));
+        self.headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
         self
     }
 }
@@ -265,6 +268,8 @@ pub struct VmState {
     pub logs: Vec<LogLine>,
     pub partial_output: Vec<u8>,
     pub host_calls: BTreeMap<String, u64>,
+    /// `env` calls made to fail (by import name) with the given status, doing nothing.
+    pub faults: BTreeMap<String, Status>,
     /// What the real host would not survive (APISIX: a callout outside a request).
     pub violations: Vec<String>,
     /// Imports the guest called that the emulator does not implement.
@@ -295,6 +300,7 @@ impl VmState {
             logs: Vec::new(),
             partial_output: Vec::new(),
             host_calls: BTreeMap::new(),
+            faults: BTreeMap::new(),
             violations: Vec::new(),
             unemulated: Vec::new(),
             // Spread small seeds over all bits (xorshift needs a non-zero state).
