@@ -812,3 +812,188 @@ fn partners_under_every_profile_secrets_from_the_environment() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Issue 23 under every host: forged identity headers whatever their bytes, their
+// underscore twins, and lenient readings of machine tokens on the human route.
+
+/// The values the upstream got for header `name`, whatever their bytes.
+fn upstream_values(exchange: &test_harness::emulator::Exchange, name: &str) -> Vec<Vec<u8>> {
+    let headers = exchange.upstream_request.as_deref().unwrap_or_default();
+    headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone()).collect()
+}
+
+#[test]
+fn forged_identity_headers_of_any_bytes_never_reach_the_upstream_under_every_profile() {
+    // Every header nhi-guard manages, forged with a value that is not UTF-8 (what
+    // Python's str.strip() turns into the bare value), and the underscore spellings
+    // CGI/WSGI backends read as the dashed ones.
+    let forged: [(&str, &[u8]); 7] = [
+        ("x-nhi-identity", b"admin-bot\xa0"),
+        ("x-nhi-issuer", b"root\xa0"),
+        ("x-nhi-client", b"machine\xff"),
+        ("x-nhi-shadow-decision", b"allow\xa0"),
+        ("x_nhi_identity", b"admin-bot"),
+        ("x_nhi_issuer", b"root"),
+        ("x_nhi_client", b"machine"),
+    ];
+    for profile in Profile::ALL {
+        let table = Table::new(jwks_upstream(profile)).unwrap();
+        let mut host = Host::new(profile).unwrap();
+        table.start(&mut host).unwrap();
+        let with = |mut request: Request| {
+            for (name, value) in forged {
+                request = request.header_bytes(name, value);
+            }
+            request
+        };
+        // A person on the human route: none of the forged headers goes on.
+        let person = table.run_request(&mut host, 0, &with(Request::get("/web/forged"))).unwrap();
+        assert_eq!(person.status, 200, "{profile}: {:?}", person.reason());
+        assert_eq!(upstream_values(&person, "x-nhi-client"), vec![b"human".to_vec()], "{profile}");
+        for (name, _) in forged.iter().filter(|(n, _)| *n != "x-nhi-client") {
+            assert_eq!(
+                upstream_values(&person, name),
+                Vec::<Vec<u8>>::new(),
+                "{profile}: {name} reached the web backend"
+            );
+        }
+        // A verified machine: exactly the filter's own values go on.
+        let machine = table
+            .run_request(&mut host, 1, &with(Request::get("/api/forged").bearer(&table.warmup_token)))
+            .unwrap();
+        assert_eq!(machine.status, 200, "{profile}: {:?}", machine.reason());
+        let identity = upstream_values(&machine, "x-nhi-identity");
+        assert_eq!(identity.len(), 1, "{profile}: {identity:?}");
+        assert_ne!(identity[0], b"admin-bot\xa0".to_vec(), "{profile}");
+        assert_eq!(upstream_values(&machine, "x-nhi-client"), vec![b"machine".to_vec()], "{profile}");
+        for name in ["x-nhi-shadow-decision", "x_nhi_identity", "x_nhi_issuer", "x_nhi_client"] {
+            assert_eq!(upstream_values(&machine, name), Vec::<Vec<u8>>::new(), "{profile}: {name}");
+        }
+        // A machine token read leniently (padding appended, a trailing byte that is not
+        // UTF-8) is still a machine credential on the human route: refused, never
+        // forwarded to a backend whose JWT library might accept it.
+        let padded = format!("Bearer {}==", table.warmup_token);
+        let junk = [format!("Bearer {}", table.warmup_token).as_bytes(), b"\xff"].concat();
+        for value in [padded.as_bytes(), junk.as_slice()] {
+            let r = table
+                .run_request(&mut host, 0, &Request::get("/web/lenient").header_bytes("authorization", value))
+                .unwrap();
+            assert_eq!((r.status, r.reason().as_deref()), (403, Some("machine_on_human_route")), "{profile}");
+            assert!(r.upstream_request.is_none(), "{profile}");
+        }
+        for worker in host.workers() {
+            assert!(
+                worker.trap().is_none() && worker.violations().is_empty(),
+                "{profile}: {:?}",
+                worker.violations()
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Fail closed, per host call: every `env` call a machine request makes, failed in
+// turn in the Envoy-like emulator (issue 24).
+
+/// What a request came to with one host call failing.
+#[derive(Debug, PartialEq, Eq)]
+enum Fate {
+    /// Forwarded with the verified identity, as without the fault.
+    Forwarded,
+    /// Refused locally with this status and reason.
+    Refused(u16, Option<String>),
+    /// Forwarded, but not as the verified machine (the one outcome never allowed).
+    ForwardedWrongly(String),
+}
+
+/// Sends a first request (token verified and cached), then the same again with
+/// `call` failing, on a fresh proxy; `fresh` fails the first request instead.
+fn fate_with_failing(table: &Table, call: &str, fresh: bool) -> Fate {
+    use test_harness::emulator::Status;
+    let mut host = Host::new(Profile::Full).unwrap();
+    table.start(&mut host).unwrap();
+    let worker = host.worker(0).unwrap();
+    let request = Request::get("/api/faults").bearer(&table.warmup_token);
+    if !fresh {
+        assert_eq!(worker.send(&request).unwrap().status, 200);
+    }
+    worker.fail_calls(call, Status::InternalFailure);
+    let exchange = worker.send(&request);
+    worker.heal();
+    let exchange = match exchange {
+        Ok(exchange) => exchange,
+        // The filter stopped and waits (e.g. for a callout it could not make).
+        Err(err) => return Fate::Refused(0, Some(format!("{err:#}"))),
+    };
+    assert!(worker.trap().is_none(), "{call}: the VM trapped: {:?}", worker.trap());
+    match &exchange.upstream_request {
+        None => Fate::Refused(exchange.status, exchange.reason()),
+        Some(_) => {
+            let identity = upstream_values(&exchange, "x-nhi-identity");
+            let client = upstream_values(&exchange, "x-nhi-client");
+            let token = upstream_values(&exchange, "authorization");
+            if identity.len() == 1 && client == vec![b"machine".to_vec()] && token.is_empty() {
+                Fate::Forwarded
+            } else {
+                Fate::ForwardedWrongly(format!(
+                    "identity {identity:?}, client {client:?}, token {}",
+                    token.len()
+                ))
+            }
+        }
+    }
+}
+
+/// What each call's failure must do. A call the decision depends on refuses the
+/// request with 500; a call that only observes (metrics, filter state, the log)
+/// fails harmlessly. Nothing may forward a request without its verified identity.
+const FAULT_TABLE: [(&str, Option<u16>, &str); 12] = [
+    ("proxy_get_header_map_pairs", Some(500), "the request cannot be read"),
+    ("proxy_remove_header_map_value", Some(500), "the token or a forged header stays"),
+    ("proxy_replace_header_map_value", Some(500), "the verified identity could not be set"),
+    ("proxy_get_shared_data", Some(500), "the identity's quota cannot be read"),
+    ("proxy_set_shared_data", Some(500), "the identity's quota cannot be charged"),
+    ("proxy_get_current_time_nanoseconds", None, "WASI's clock stands in (the two agree)"),
+    ("proxy_get_property", None, "no route of this configuration decides on a property"),
+    ("proxy_define_metric", None, "metrics only observe"),
+    ("proxy_increment_metric", None, "metrics only observe"),
+    ("proxy_record_metric", None, "metrics only observe"),
+    ("proxy_set_property", None, "filter state only observes (access logs)"),
+    ("proxy_log", None, "a log line that cannot be written is dropped"),
+];
+
+#[test]
+fn every_host_call_of_a_machine_request_fails_closed_in_the_emulator() {
+    let table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+    let mut checked = 0;
+    for fresh in [false, true] {
+        let mut host = Host::new(Profile::Full).unwrap();
+        table.start(&mut host).unwrap();
+        let worker = host.worker(0).unwrap();
+        let request = Request::get("/api/faults").bearer(&table.warmup_token);
+        if !fresh {
+            worker.send(&request).unwrap();
+        }
+        worker.reset_host_calls();
+        worker.send(&request).unwrap();
+        let calls: Vec<String> =
+            worker.host_calls().keys().filter(|name| name.starts_with("proxy_")).cloned().collect();
+        for call in &calls {
+            let kind = if fresh { "first request" } else { "cached token" };
+            let (_, status, why) = FAULT_TABLE
+                .iter()
+                .find(|(name, _, _)| name == call)
+                .unwrap_or_else(|| panic!("{call} is not in FAULT_TABLE: say what its failure must do"));
+            let fate = fate_with_failing(&table, call, fresh);
+            let expected = match status {
+                Some(status) => Fate::Refused(*status, Some("internal_error".into())),
+                None => Fate::Forwarded,
+            };
+            assert_eq!(fate, expected, "{kind}, {call} failing ({why})");
+            println!("{kind}: {call} failing -> {fate:?} ({why})");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 20, "only {checked} calls were failed in turn");
+}

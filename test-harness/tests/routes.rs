@@ -105,6 +105,16 @@ fn shipped_config_splits_machine_and_human_traffic() {
     let rejected = stack.envoy.admin_text("/stats?filter=^http1.requests_rejected_with_underscores").unwrap();
     assert_eq!(rejected.trim(), "http1.requests_rejected_with_underscores_in_headers: 1", "Envoy refused it");
 
+    // A path that reads as another route once normalized is refused before any
+    // backend sees it: the web backend (or a proxy behind it) might normalize it into
+    // the machine API. Envoy passes these through as sent (no normalize_path here).
+    for path in ["/web/..%2Fapi/orders", "/web/../api/orders", "/api//../web/x"] {
+        let (web_before, machine_before) = (stack.web.hits(), stack.upstream.hits());
+        let r = send(&stack, "GET", path, None, &[]);
+        assert_eq!((r.status, reason(&r).as_str()), (400, "ambiguous_path"), "{path}: {}", r.body_text());
+        assert_eq!((stack.web.hits(), stack.upstream.hits()), (web_before, machine_before), "{path}");
+    }
+
     // A machine credential never wanders into a human path.
     let r = send(&stack, "GET", "/web/index.html", Some(&machine), &[]);
     assert_eq!(r.status, 403);
