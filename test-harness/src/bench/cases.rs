@@ -425,7 +425,7 @@ mod tests {
     fn the_issue_targets_are_all_there() {
         let targets: Vec<(Case, f64)> =
             Case::plan().into_iter().filter_map(|case| case.target().map(|t| (case, t))).collect();
-        assert_eq!(targets.len(), 4, "{targets:?}");
+        assert_eq!(targets.len(), 5, "{targets:?}");
         assert!(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood).reference().is_some());
         assert!(targets.iter().all(|(case, _)| case.reference().is_some()));
     }
