@@ -142,7 +142,7 @@ schema:
 
 # The Wasm "compat" OCI image layout Istio and Envoy Gateway pull, built without Docker:
 # one layer holding plugin.wasm; the same wasm gives the same digest. Push it with
-# skopeo, oras or crane (see the README's "Deploy").
+# skopeo, oras or crane (see docs/deploy.md).
 OCI_DIR := $(CURDIR)/target/oci/nhi-guard
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' $(CURDIR)/Cargo.toml | head -n1)
 

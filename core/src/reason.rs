@@ -8,7 +8,7 @@ use std::fmt;
 use serde::Serialize;
 
 /// Why a request was refused. The `code()` strings are a public API: they appear in
-/// response bodies, logs and metrics, and are documented in the README.
+/// response bodies, logs and metrics, and are documented in `docs/responses.md`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     MissingToken,

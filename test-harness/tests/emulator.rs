@@ -360,7 +360,7 @@ fn host_calls_of_a_cached_allowed_request() {
 }
 
 /// The host calls of the reused-token path with what `make bench` runs: no filter
-/// state, no decision log (as README "Fast paths" counts them). Each call into Envoy
+/// state, no decision log (as "Fast paths" in docs/keys.md counts them). Each call into Envoy
 /// costs about as much as the filter's own work on a cached token, so this is a budget.
 #[test]
 fn a_cached_allowed_request_makes_seven_host_calls_without_filter_state_or_decision_log() {

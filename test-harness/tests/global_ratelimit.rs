@@ -4,8 +4,8 @@
 //! test double of that service (`test_harness::rls`) that records every descriptor and
 //! answers `OVER_LIMIT` when told. Also: the shipped file stays `envoy.yaml` plus the
 //! ratelimit parts, Envoy accepts it, and `envoy/ratelimit/config.yaml` (the real
-//! envoyproxy/ratelimit configuration) matches the descriptor and gives the limits the
-//! README promises.
+//! envoyproxy/ratelimit configuration) matches the descriptor and gives the limits
+//! docs/quotas.md promises.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 

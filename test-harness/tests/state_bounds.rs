@@ -3,8 +3,8 @@
 //! per-identity metric labels all have fixed sizes, and failures create no state.
 //!
 //! `NHI_STATE_N` sets how many distinct valid identities and as many distinct
-//! invalid tokens are sent (default 6 000 each in `make test`; the closing figures
-//! in the README were measured with 100 000). Envoy's heap (`/memory`) must stop
+//! invalid tokens are sent (default 6 000 each in `make test`; 100 000 makes a longer
+//! run). Envoy's heap (`/memory`) must stop
 //! growing: the second half of the stream may not grow it by more than a small,
 //! fixed margin, whatever N is.
 
