@@ -9,7 +9,8 @@
 //! page or core module cannot go undocumented: `docs/responses.md` lists every reason
 //! code with the status and `error` class it answers; `docs/observability.md` every
 //! metric family with its type and labels; `docs/testing.md` every e2e suite;
-//! `docs/README.md` every page; `docs/architecture.md` the core's modules in the layer
+//! `docs/README.md` every page (and every relative link of a page leads to a file and
+//! heading that exist); `docs/architecture.md` the core's modules in the layer
 //! order of `core/src/lib.rs`; `test-harness/README.md` the harness's modules as
 //! `test-harness/src/lib.rs` declares them.
 //!
@@ -328,4 +329,64 @@ fn the_harness_readme_lists_the_harness_modules() {
         .collect();
     assert!(declared.len() > 10, "test-harness/src/lib.rs declares its modules: {declared:?}");
     assert_eq!(listed, declared, "test-harness/README.md's modules are not test-harness/src/lib.rs's");
+}
+
+/// GitHub's anchor of a heading: lower case, punctuation dropped, spaces to `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// A page without its fenced blocks (their `#` lines are no headings, their `](` no links).
+fn prose(markdown: &str) -> String {
+    let mut fenced = false;
+    let mut out = String::new();
+    for line in markdown.lines() {
+        if line.trim_start().starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+#[test]
+fn every_relative_link_in_the_docs_resolves() {
+    let mut pages = pages();
+    pages.push("test-harness/README.md".to_owned());
+    let mut failures = Vec::new();
+    for page in &pages {
+        let text = prose(&read(page));
+        let dir = Path::new(page).parent().unwrap_or(Path::new(""));
+        for target in text.split("](").skip(1).filter_map(|rest| rest.split(')').next()) {
+            if target.starts_with("http://") || target.starts_with("https://") {
+                continue;
+            }
+            let (path, fragment) = target.split_once('#').unwrap_or((target, ""));
+            let file = if path.is_empty() { PathBuf::from(page) } else { dir.join(path) };
+            let Ok(resolved) = repo_root().join(&file).canonicalize() else {
+                failures.push(format!("{page}: {target}: no such file"));
+                continue;
+            };
+            if fragment.is_empty() || resolved.extension().is_none_or(|e| e != "md") {
+                continue;
+            }
+            let headings = prose(&fs::read_to_string(&resolved).unwrap());
+            let found = headings
+                .lines()
+                .filter(|line| line.starts_with('#'))
+                .any(|line| anchor(line.trim_start_matches('#')) == fragment);
+            if !found {
+                failures.push(format!("{page}: {target}: no such heading"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
