@@ -55,7 +55,6 @@ mod abi {
             value_size: usize,
         ) -> u32;
         pub fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
-        pub fn proxy_set_header_map_pairs(map_type: u32, map_data: *const u8, map_size: usize) -> u32;
         pub fn proxy_send_local_response(
             status_code: u32,
             status_code_details_data: *const u8,
@@ -111,7 +110,6 @@ mod abi {
     pub const OK: u32 = 0;
     pub const NOT_FOUND: u32 = 1;
     pub const CAS_MISMATCH: u32 = 8;
-    pub const UNIMPLEMENTED: u32 = 12;
 
     pub const MAP_REQUEST_HEADERS: u32 = 0;
     pub const MAP_RESPONSE_HEADERS: u32 = 2;
@@ -292,20 +290,6 @@ pub fn remove_request_header(name: impl AsRef<[u8]>) -> Result<(), HostError> {
     // SAFETY: name is valid for reads of its length.
     match unsafe { abi::proxy_remove_header_map_value(abi::MAP_REQUEST_HEADERS, name.as_ptr(), name.len()) } {
         abi::OK | abi::NOT_FOUND => Ok(()),
-        other => Err(HostError(other)),
-    }
-}
-
-/// Replaces the request's whole header map with `headers`, in one call. `Ok(false)`
-/// where the host lacks the call (APISIX answers `Unimplemented`).
-pub fn set_request_headers(headers: &HeaderMap) -> Result<bool, HostError> {
-    let encoded = headers.encode();
-    // SAFETY: `encoded` is valid for reads of its length for the call.
-    match unsafe {
-        abi::proxy_set_header_map_pairs(abi::MAP_REQUEST_HEADERS, encoded.as_ptr(), encoded.len())
-    } {
-        abi::OK => Ok(true),
-        abi::UNIMPLEMENTED => Ok(false),
         other => Err(HostError(other)),
     }
 }

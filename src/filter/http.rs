@@ -13,7 +13,6 @@ use nhi_guard_core::host::capabilities::KeyFetch;
 use nhi_guard_core::keys::fetch::{self, Next};
 use nhi_guard_core::pipeline::{self, record, Request, Step, Vm, Waiter};
 
-use super::batch::Batched;
 use super::host::{self, ProxyHost};
 use super::keys;
 
@@ -65,17 +64,7 @@ impl Http {
         let shared_request = Rc::clone(&self.request);
         let Ok(mut request) = shared_request.try_borrow_mut() else { return Action::Pause };
         request.has_body = !end_of_stream;
-        // Header writes go out in one call at the end of the callback (see `batch`).
-        let mut batched = Batched::default();
-        let step = pipeline::start(&vm, &mut batched, &mut request);
-        if step != Step::Replied {
-            if let Err(err) = batched.flush() {
-                // The identity (or the removal of a forged copy) may not be in place:
-                // refuse, never forward.
-                pipeline::reply::refuse(&vm, &mut ProxyHost, &request, &pipeline::reply::internal(err));
-                return Action::Pause;
-            }
-        }
+        let step = pipeline::start(&vm, &mut ProxyHost, &mut request);
         if let Step::Body { .. } = step {
             self.awaiting_body = true;
             return Action::Pause;

@@ -3,7 +3,6 @@
 //! (`nhi_guard_core::pipeline`); nothing here decides anything, and nothing here may
 //! panic (a panic kills the VM and, with it, every request on that worker).
 
-mod batch;
 mod host;
 mod http;
 mod keys;

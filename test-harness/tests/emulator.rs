@@ -353,17 +353,14 @@ fn host_calls_of_a_cached_allowed_request() {
         println!("  {name}: {count}");
     }
     assert!(!calls.contains_key("proxy_send_local_response"));
-    // The request's header writes (client class, identity, issuer, token removed) in
-    // one whole-map write; replace is left to the response's RateLimit headers.
-    assert_eq!(calls.get("proxy_set_header_map_pairs"), Some(&1), "{calls:?}");
-    assert_eq!(calls.get("proxy_replace_header_map_value"), Some(&2), "{calls:?}");
+    assert!(calls.get("proxy_replace_header_map_value").is_some_and(|&n| n >= 3), "{calls:?}");
 }
 
 /// The host calls of the reused-token path with what `make bench` runs: no filter
 /// state, no decision log (as "Fast paths" in docs/keys.md counts them). Each call into Envoy
 /// costs about as much as the filter's own work on a cached token, so this is a budget.
 #[test]
-fn a_cached_allowed_request_makes_seven_host_calls_without_filter_state_or_decision_log() {
+fn a_cached_allowed_request_makes_ten_host_calls_without_filter_state_or_decision_log() {
     let mut table = Table::new(jwks_upstream(Profile::Full)).unwrap();
     table.plugin["filter_state"] = serde_json::json!(false);
     table.plugin["decision_log"] = serde_json::json!({ "enabled": false });
@@ -382,8 +379,7 @@ fn a_cached_allowed_request_makes_seven_host_calls_without_filter_state_or_decis
         assert!(!calls.contains_key(absent), "{absent} on the reused-token path: {calls:?}");
     }
     assert_eq!(calls.get("proxy_get_current_time_nanoseconds"), Some(&1), "{calls:?}");
-    assert_eq!(calls.get("proxy_set_header_map_pairs"), Some(&1), "{calls:?}");
-    assert!(total <= 7, "{total} host calls: {calls:?}");
+    assert!(total <= 10, "{total} host calls: {calls:?}");
 }
 
 /// The filter built with `fault-injection` panics on demand: under every profile
@@ -952,13 +948,10 @@ fn fate_with_failing(table: &Table, call: &str, fresh: bool) -> Fate {
 /// What each call's failure must do. A call the decision depends on refuses the
 /// request with 500; a call that only observes (metrics, filter state, the log)
 /// fails harmlessly. Nothing may forward a request without its verified identity.
-const FAULT_TABLE: [(&str, Option<u16>, &str); 13] = [
+const FAULT_TABLE: [(&str, Option<u16>, &str); 12] = [
     ("proxy_get_header_map_pairs", Some(500), "the request cannot be read"),
-    ("proxy_set_header_map_pairs", Some(500), "the identity headers could not be written"),
     ("proxy_remove_header_map_value", Some(500), "the token or a forged header stays"),
-    // Request headers go out in one whole-map write; this call is left to the
-    // response's RateLimit headers, which only inform the caller.
-    ("proxy_replace_header_map_value", None, "only the response's RateLimit headers are missing"),
+    ("proxy_replace_header_map_value", Some(500), "the verified identity could not be set"),
     ("proxy_get_shared_data", Some(500), "the identity's quota cannot be read"),
     ("proxy_set_shared_data", Some(500), "the identity's quota cannot be charged"),
     ("proxy_get_current_time_nanoseconds", None, "WASI's clock stands in (the two agree)"),
