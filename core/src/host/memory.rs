@@ -127,13 +127,6 @@ impl MemoryHost {
         self
     }
 
-    /// The metrics `other` defined (as the VM's start did), so that this request's
-    /// host knows their ids: a VM defines a series once, on whichever host it has.
-    pub fn with_metrics_of(mut self, other: &MemoryHost) -> Self {
-        self.metrics = Rc::clone(&other.metrics);
-        self
-    }
-
     /// Makes every `call` fail with `status` from now on.
     pub fn fail(&mut self, call: Call, status: HostError) {
         self.faults.insert(call, status);

@@ -171,7 +171,7 @@ impl Outcome {
 /// Sends `host`'s request; with a body, as Envoy would: headers not ending the
 /// stream, then the whole body in one chunk.
 fn send(fx: &Fixture, host: MemoryHost) -> Outcome {
-    let mut host = host.with_metrics_of(&fx.started);
+    let mut host = host.metrics_of(&fx.started.metrics);
     let mut request = Request::new(1);
     request.has_body = !host.body.is_empty();
     let mut step = pipeline::start(&fx.vm, &mut host, &mut request);
