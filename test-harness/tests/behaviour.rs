@@ -121,12 +121,19 @@ fn signals_and_enforcement_in_real_envoy() {
         assert!(*status == 200 || (*status == 429 && reason == "anomaly_burst"), "{status} {reason}");
     }
 
-    // The partner's upstream goes away: 503s, an error spike in the metrics.
+    // The partner's upstream goes away: 503s, an error spike in the metrics. Evenly
+    // paced at six a second, so every one-second interval holds five to seven of them:
+    // enough for `min_requests`, never a burst (the floor is 12), however the intervals
+    // fall against the pacing and however slow the machine (CI once saw 20 sent back
+    // to back count as a burst of a caller it had measured at a lower rate).
     let replaced = std::mem::replace(&mut stack.upstream, EchoUpstream::start().unwrap());
     drop(replaced);
-    for _ in 0..20 {
-        let (status, _, _) = send(&stack, 1, "/api/partner", &partner);
-        assert_eq!(status, 503);
+    let start = Instant::now();
+    for i in 0..18u32 {
+        let (status, reason, _) = send(&stack, 1, "/api/partner", &partner);
+        assert_eq!(status, 503, "{reason}");
+        let next = Duration::from_millis(170) * (i + 1);
+        std::thread::sleep(next.saturating_sub(start.elapsed()));
     }
     let scrape = stack.envoy.admin_text("/stats/prometheus").unwrap();
     let has =
