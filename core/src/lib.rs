@@ -32,6 +32,7 @@
 //! | [`observe`] | metric names and bounds, the decision record and log line |
 //! | [`config`] | the plugin configuration: parse, then compile into all of the above |
 //! | [`pipeline`] | one request, stage by stage, against any [`host::Host`] |
+//! | [`native`] | the pipeline run natively: workers, a shared store, keys fetched |
 
 pub mod error;
 pub mod b64;
@@ -55,6 +56,7 @@ pub mod behaviour;
 pub mod observe;
 pub mod config;
 pub mod pipeline;
+pub mod native;
 
 #[cfg(test)]
 mod attack_suite;

@@ -31,6 +31,9 @@
 //! - [`forward`]: the identity headers the upstream and Envoy's router see.
 //! - [`record`]: metrics, filter state and the decision log line.
 //!
+//! A request may ask for a [`trace::Trace`] of its decision (`nhi-guard explain`
+//! does; the filter never does): the stages copy what they concluded into it.
+//!
 //! The pipeline never panics and never forwards a request whose decision depends on
 //! a host call that failed: such a request is refused with `500 internal_error`. A
 //! host call that only observes (a metric, filter state) fails harmlessly.
@@ -44,6 +47,7 @@ pub mod partner;
 pub mod quota;
 pub mod record;
 pub mod reply;
+pub mod trace;
 pub mod verify;
 
 use std::cell::RefCell;
@@ -238,6 +242,8 @@ pub struct Request {
     pub info: RequestInfo,
     /// What the metrics, the decision log and the access log are told (see [`record`]).
     pub observed: decision_log::Record,
+    /// `Some`: the stages record what they decided (see [`trace`]). `None` in the filter.
+    pub trace: Option<Box<trace::Trace>>,
 }
 
 impl Request {

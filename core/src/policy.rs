@@ -323,27 +323,61 @@ pub fn names_machine_issuer<K: KeyLookup + ?Sized>(issuers: &[Issuer], keys: &K,
 }
 
 /// Global and route deny lists, then the route's `allow` rules, for a verified
-/// identity on a route that accepts machines (`route: None`: unmatched).
+/// identity on a route that accepts machines (`route: None`: unmatched). `Ok`: the
+/// rule that admits.
 pub fn authorize(
     routes: &Routes,
     route: Option<&Route>,
     who: &IdentityInfo<'_>,
     req: &RequestInfo,
-) -> Result<(), RouteDenial> {
+) -> Result<Rule, (RouteDenial, Rule)> {
     check_deny_lists(routes, route, who)?;
-    rules::check_allow(route.and_then(|r| r.allow.as_deref()), who, req)
+    match rules::check_allow(route.and_then(|r| r.allow.as_deref()), who, req) {
+        Ok(Some(index)) => Ok(Rule::Allow(index)),
+        Ok(None) => Ok(Rule::NoAllowList),
+        Err(denial) => Err((denial, Rule::NoAllowRule)),
+    }
 }
 
 fn check_deny_lists(
     routes: &Routes,
     route: Option<&Route>,
     who: &IdentityInfo<'_>,
-) -> Result<(), RouteDenial> {
-    routes.deny.check(who)?;
+) -> Result<(), (RouteDenial, Rule)> {
+    routes.deny.check(who).map_err(|d| (d, Rule::DenyList { global: true }))?;
     match route {
-        Some(route) => route.deny.check(who),
+        Some(route) => route.deny.check(who).map_err(|d| (d, Rule::DenyList { global: false })),
         None => Ok(()),
     }
+}
+
+/// Which part of the route configuration decided a verdict: the allow rule that
+/// admits, or what refuses. Known anyway while deciding, kept for `nhi-guard
+/// explain` (and any log that wants it); it never changes the decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// The path reads as another route once normalized.
+    AmbiguousPath,
+    /// The host failed a call the decision depends on.
+    HostFailure,
+    /// The route's `source_cidrs`.
+    RouteSources,
+    /// The client-certificate rules (`mtls`, the route's `require_client_certificate`).
+    ClientCertificate,
+    /// The audience of the route (or `default_audience`) and the kind of credential.
+    Audience,
+    /// A deny list: the global `deny` or the route's.
+    DenyList { global: bool },
+    /// The route's `allow[i]`, the first rule that fits, admits the identity.
+    Allow(usize),
+    /// The route has no `allow` list: every verified identity is admitted.
+    NoAllowList,
+    /// No `allow` rule of the route admits the identity (or one would, from
+    /// another source address).
+    NoAllowRule,
+    /// The identity's quota (`quotas`) is used up: set by the quota stage, which
+    /// runs after policy admitted the request.
+    Quota,
 }
 
 /// What route policy concluded.
@@ -362,6 +396,8 @@ pub struct Verdict<'r> {
     /// In shadow mode, what enforcement *would* have done.
     pub decision: Decision,
     pub shadow: bool,
+    /// What decided it.
+    pub rule: Rule,
 }
 
 impl Verdict<'_> {
@@ -421,8 +457,10 @@ impl fmt::Display for Verdict<'_> {
 /// Classifies `req`, applies its route's audience and policy to `credential`,
 /// and applies the mode. See the module docs for the order and the reasons.
 pub fn decide<'r>(routes: &'r Routes, req: &RequestInfo, credential: &Credential<'_>) -> Verdict<'r> {
-    let (route, decision) = match classify(routes, req) {
-        Err(AmbiguousPath) => (None, Decision::Deny(Denial::route(RouteDenial::AmbiguousPath, None))),
+    let (route, (decision, rule)) = match classify(routes, req) {
+        Err(AmbiguousPath) => {
+            (None, (Decision::Deny(Denial::route(RouteDenial::AmbiguousPath, None)), Rule::AmbiguousPath))
+        }
         Ok(route) => (route, evaluate(routes, route, req, &effective(route, credential))),
     };
     let client_class = match effective(route, credential) {
@@ -430,7 +468,13 @@ pub fn decide<'r>(routes: &'r Routes, req: &RequestInfo, credential: &Credential
         _ => ClientClass::Human,
     };
     let mode = route.map_or(routes.mode, |r| r.mode(routes.mode));
-    Verdict { route: route.map(|r| r.name.as_str()), client_class, decision, shadow: mode == Mode::Shadow }
+    Verdict {
+        route: route.map(|r| r.name.as_str()),
+        client_class,
+        decision,
+        shadow: mode == Mode::Shadow,
+        rule,
+    }
 }
 
 /// A certificate-only identity is an identity on routes that accept it, and no
@@ -468,22 +512,22 @@ fn evaluate(
     route: Option<&Route>,
     req: &RequestInfo,
     credential: &Credential<'_>,
-) -> Decision {
+) -> (Decision, Rule) {
     let route_denial = |d: RouteDenial| Decision::Deny(Denial::route(d, route.and_then(|r| r.deny_status)));
     if let Credential::Rejected { rejection, .. } = credential {
         if rejection.reason == Reason::InternalError {
-            return Decision::Deny(Denial::auth(rejection));
+            return (Decision::Deny(Denial::auth(rejection)), Rule::HostFailure);
         }
     }
     if let Some(route) = route {
         if !route.source_cidrs.is_empty() && !cidr::any_contains(&route.source_cidrs, req.source) {
-            return route_denial(RouteDenial::SourceNotAllowed);
+            return (route_denial(RouteDenial::SourceNotAllowed), Rule::RouteSources);
         }
     }
     let audience = route.map_or(routes.default_audience, |r| r.audience);
     if audience != Audience::Human {
         if let Some(rejection) = certificate_rejection(route, req) {
-            return Decision::Deny(Denial::auth(&rejection));
+            return (Decision::Deny(Denial::auth(&rejection)), Rule::ClientCertificate);
         }
     }
     if route.is_some_and(|r| r.require_signature) {
@@ -500,27 +544,29 @@ fn evaluate(
     match *credential {
         // `effective` turned certificate-only identities into one of the others.
         Credential::Absent | Credential::Certificate(_) => match audience {
-            Audience::Machine => {
-                Decision::Deny(Denial::auth(&Rejection::new(Reason::MissingToken, "no bearer token")))
-            }
-            Audience::Human | Audience::Any => Decision::Allow,
+            Audience::Machine => (
+                Decision::Deny(Denial::auth(&Rejection::new(Reason::MissingToken, "no bearer token"))),
+                Rule::Audience,
+            ),
+            Audience::Human | Audience::Any => (Decision::Allow, Rule::Audience),
         },
         Credential::Rejected { rejection, machine_issuer } => match (audience, machine_issuer) {
-            (Audience::Machine, _) | (Audience::Any, true) => Decision::Deny(Denial::auth(rejection)),
-            (Audience::Human, true) => route_denial(RouteDenial::MachineOnHumanRoute),
+            (Audience::Machine, _) | (Audience::Any, true) => {
+                (Decision::Deny(Denial::auth(rejection)), Rule::Audience)
+            }
+            (Audience::Human, true) => (route_denial(RouteDenial::MachineOnHumanRoute), Rule::Audience),
             // Someone else's credential: not ours to judge.
-            (Audience::Human | Audience::Any, false) => Decision::Allow,
+            (Audience::Human | Audience::Any, false) => (Decision::Allow, Rule::Audience),
         },
         Credential::Verified(who) => {
             let outcome = match audience {
-                Audience::Human => {
-                    check_deny_lists(routes, route, &who).and(Err(RouteDenial::MachineOnHumanRoute))
-                }
+                Audience::Human => check_deny_lists(routes, route, &who)
+                    .and(Err((RouteDenial::MachineOnHumanRoute, Rule::Audience))),
                 Audience::Machine | Audience::Any => authorize(routes, route, &who, req),
             };
             match outcome {
-                Ok(()) => Decision::Allow,
-                Err(d) => route_denial(d),
+                Ok(rule) => (Decision::Allow, rule),
+                Err((d, rule)) => (route_denial(d), rule),
             }
         }
     }

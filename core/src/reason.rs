@@ -246,6 +246,77 @@ pub struct Rejection {
     /// What the verifier read of a token that parsed but failed a later check, so
     /// that nothing downstream parses it again.
     pub token: Option<SeenToken>,
+    /// The check that refused the token, when a token was checked.
+    pub check: Option<Check>,
+}
+
+/// The checks a bearer token goes through, in the order they run: the verifier's
+/// (parse to allowlists: cheap ones first, the signature only for a token that
+/// would pass otherwise, the allowlists only for an authentic one), then the
+/// token's binding to the client certificate. A refusal names the check that
+/// refused; every check before it passed, none after it ran. The flood guard,
+/// which can refuse before any of them, is [`Check::FloodGuard`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Check {
+    /// Compact JWS syntax, size, JSON header and payload.
+    Parse,
+    /// `alg` is a known asymmetric algorithm the issuer accepts.
+    Algorithm,
+    /// `iss` names a configured issuer.
+    Issuer,
+    /// The JOSE `typ` header, where the issuer configures one.
+    TokenType,
+    /// The issuer's keys are loaded and one fits the token's `kid` and `alg`.
+    Key,
+    /// `exp`, `nbf`, `iat`, `aud` and `sub`.
+    Claims,
+    /// The shape the issuer's profile requires, and the identity it makes of it.
+    Profile,
+    Signature,
+    /// The profile's allowlists and claim rules (only for an authentic token).
+    Allowlists,
+    /// The token's binding to the client certificate (RFC 8705 `cnf`, `mtls`).
+    Binding,
+    /// The source used up its budget of failed signature checks.
+    FloodGuard,
+}
+
+impl Check {
+    /// The token checks in the order they run ([`Check::FloodGuard`] aside).
+    pub const ORDER: [Check; 10] = [
+        Check::Parse,
+        Check::Algorithm,
+        Check::Issuer,
+        Check::TokenType,
+        Check::Key,
+        Check::Claims,
+        Check::Profile,
+        Check::Signature,
+        Check::Allowlists,
+        Check::Binding,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Check::Parse => "parse",
+            Check::Algorithm => "algorithm",
+            Check::Issuer => "issuer",
+            Check::TokenType => "token type",
+            Check::Key => "key",
+            Check::Claims => "claims",
+            Check::Profile => "profile",
+            Check::Signature => "signature",
+            Check::Allowlists => "allowlists",
+            Check::Binding => "binding",
+            Check::FloodGuard => "flood guard",
+        }
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// What a strictly parsed (but refused) token said about itself.
@@ -261,7 +332,7 @@ pub struct SeenToken {
 
 impl Rejection {
     pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
-        Rejection { reason, detail: detail.into(), issuer: None, token: None }
+        Rejection { reason, detail: detail.into(), issuer: None, token: None, check: None }
     }
 
     pub fn for_issuer(mut self, issuer: usize) -> Self {
@@ -271,6 +342,12 @@ impl Rejection {
 
     pub fn seen(mut self, token: SeenToken) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// Names the check that refused, unless a more precise one already did.
+    pub fn at(mut self, check: Check) -> Self {
+        self.check.get_or_insert(check);
         self
     }
 }

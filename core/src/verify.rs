@@ -16,7 +16,7 @@ use crate::crypto::alg::Alg;
 use crate::keys::jwks::KeySet;
 pub use crate::keys::KeyLookup;
 use crate::profile::TokenFacts;
-use crate::reason::{Reason, Rejection, SeenToken};
+use crate::reason::{Check, Reason, Rejection, SeenToken};
 use crate::token::jws::{self, ParseError, UnverifiedToken};
 use crate::verify::cache::TokenCache;
 use issuer::Issuer;
@@ -73,7 +73,7 @@ pub fn verify<K: KeyLookup + ?Sized>(
     now: i64,
 ) -> Result<Verified, Rejection> {
     let token = jws::parse(raw, trust.max_token_bytes)
-        .map_err(|e| Rejection::new(Reason::MalformedToken, parse_detail(&e)))?;
+        .map_err(|e| Rejection::new(Reason::MalformedToken, parse_detail(&e)).at(Check::Parse))?;
     // A token that parsed says what it is even when it fails: the refusal carries it,
     // so the decision log and the human-route check never parse it again.
     let verified = verify_parsed(trust, keys, &token, now).map_err(|r| r.seen(seen(trust, keys, &token)))?;
@@ -96,13 +96,12 @@ fn verify_parsed<K: KeyLookup + ?Sized>(
     token: &UnverifiedToken<'_>,
     now: i64,
 ) -> Result<(usize, CheckedClaims, Alg), Rejection> {
-    let alg: Alg = token
-        .header
-        .alg
-        .parse()
-        .map_err(|_| Rejection::new(Reason::DisallowedAlg, "algorithm not accepted"))?;
+    let alg: Alg =
+        token.header.alg.parse().map_err(|_| {
+            Rejection::new(Reason::DisallowedAlg, "algorithm not accepted").at(Check::Algorithm)
+        })?;
     let kid = token.header.kid.as_deref();
-    let (index, issuer) = select_issuer(trust, keys, &token.claims, kid)?;
+    let (index, issuer) = select_issuer(trust, keys, &token.claims, kid).map_err(|r| r.at(Check::Issuer))?;
     let checked =
         verify_for_issuer(issuer, keys.key_set(index), token, alg, now).map_err(|r| r.for_issuer(index))?;
     Ok((index, checked, alg))
@@ -133,34 +132,37 @@ fn verify_for_issuer(
     now: i64,
 ) -> Result<CheckedClaims, Rejection> {
     if !issuer.algorithms.contains(&alg) {
-        return Err(Rejection::new(Reason::DisallowedAlg, format!("{alg} is not accepted for this issuer")));
+        return Err(Rejection::new(Reason::DisallowedAlg, format!("{alg} is not accepted for this issuer"))
+            .at(Check::Algorithm));
     }
     if let Some(typ) = &issuer.typ {
-        typ.check(token.header.typ.as_deref())?;
+        typ.check(token.header.typ.as_deref()).map_err(|r| r.at(Check::TokenType))?;
     }
-    let key_set =
-        key_set.ok_or_else(|| Rejection::new(Reason::KeysUnavailable, "issuer keys are not available"))?;
-    let jwk = key_set
-        .select(token.header.kid.as_deref(), alg)
-        .ok_or_else(|| Rejection::new(Reason::UnknownKid, "no issuer key matches the token kid"))?;
+    let key_set = key_set.ok_or_else(|| {
+        Rejection::new(Reason::KeysUnavailable, "issuer keys are not available").at(Check::Key)
+    })?;
+    let jwk = key_set.select(token.header.kid.as_deref(), alg).ok_or_else(|| {
+        Rejection::new(Reason::UnknownKid, "no issuer key matches the token kid").at(Check::Key)
+    })?;
     if !jwk.accepts(alg) {
         return Err(Rejection::new(
             Reason::DisallowedAlg,
             format!("{alg} does not fit the {} key", jwk.key.kind()),
-        ));
+        )
+        .at(Check::Key));
     }
-    let mut checked = check_claims(issuer, &token.claims, now)?;
+    let mut checked = check_claims(issuer, &token.claims, now).map_err(|r| r.at(Check::Claims))?;
     let facts = TokenFacts {
         subject: &checked.subject,
         claims: &token.claims,
         expires_at: checked.expires_at,
         issued_at: checked.issued_at,
     };
-    let identity = issuer.profile.identity(&facts)?;
+    let identity = issuer.profile.identity(&facts).map_err(|r| r.at(Check::Profile))?;
     if !alg.verify(&jwk.key, token.signing_input.as_bytes(), &token.signature) {
-        return Err(Rejection::new(Reason::BadSignature, "signature does not verify"));
+        return Err(Rejection::new(Reason::BadSignature, "signature does not verify").at(Check::Signature));
     }
-    issuer.profile.admit(&facts)?;
+    issuer.profile.admit(&facts).map_err(|r| r.at(Check::Allowlists))?;
     checked.identity = identity;
     checked.key = jwk.fingerprint;
     Ok(checked)
@@ -623,6 +625,41 @@ mod tests {
         let outside = k8s("system:serviceaccount:prod:deployer", "prod");
         assert_eq!(reason_of(&forge(outside.clone())), Reason::BadSignature);
         assert_eq!(profiled_verify(es256("JWT"), outside).unwrap_err(), Reason::ClaimNotAllowed);
+    }
+
+    #[test]
+    fn a_refusal_names_the_check_that_refused() {
+        use crate::reason::Check;
+        let check = |cfg: &Config, t: &str| verify(cfg.trust(), keys().as_slice(), t, NOW).unwrap_err().check;
+        let cfg = config(&["RS256", "ES256"]);
+        assert_eq!(check(&cfg, "not.a.jwt"), Some(Check::Parse));
+        assert_eq!(check(&cfg, &token_with(Alg::EdDsa, claims())), Some(Check::Algorithm));
+        let mut other = claims();
+        other["iss"] = json!("https://elsewhere.example");
+        let t = testkit::token(Alg::Rs256, &json!({"alg": "RS256", "kid": "theirs"}), &other);
+        assert_eq!(check(&cfg, &t), Some(Check::Issuer));
+        let t = testkit::token(Alg::Rs256, &json!({"alg": "RS256", "kid": "nope"}), &claims());
+        assert_eq!(check(&cfg, &t), Some(Check::Key));
+        let mut late = claims();
+        late["exp"] = json!(NOW - 3600);
+        assert_eq!(check(&cfg, &token_with(Alg::Es256, late)), Some(Check::Claims));
+        let good = token_with(Alg::Es256, claims());
+        let forged = format!("{}.{}", good.rsplit_once('.').unwrap().0, b64([7u8; 64]));
+        assert_eq!(check(&cfg, &forged), Some(Check::Signature));
+        let profiled = profiled();
+        let k8s = json!({"iss": "https://k8s.example", "sub": "system:serviceaccount:prod:x", "aud": "nhi-gateway",
+                         "exp": NOW + 300, "kubernetes.io": {"namespace": "prod", "serviceaccount": {"name": "x"}}});
+        let t = testkit::token(Alg::Es256, &es256("JWT"), &k8s);
+        let r = verify(profiled.trust(), three_key_sets().as_slice(), &t, NOW).unwrap_err();
+        assert_eq!((r.reason, r.check), (Reason::ClaimNotAllowed, Some(Check::Allowlists)));
+        let mut shapeless = k8s.clone();
+        shapeless["sub"] = json!("x");
+        let t = testkit::token(Alg::Es256, &es256("JWT"), &shapeless);
+        let r = verify(profiled.trust(), three_key_sets().as_slice(), &t, NOW).unwrap_err();
+        assert_eq!(r.check, Some(Check::Profile));
+        let t = testkit::token(Alg::Es256, &es256("JWT"), &claims());
+        let r = verify(profiled.trust(), three_key_sets().as_slice(), &t, NOW).unwrap_err();
+        assert_eq!((r.reason, r.check), (Reason::WrongTokenType, Some(Check::TokenType)));
     }
 
     #[test]

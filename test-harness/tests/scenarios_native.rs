@@ -7,7 +7,7 @@
 
 use test_harness::jwks_server::JWKS_PATH;
 use test_harness::mint;
-use test_harness::native::NativeProxy;
+use test_harness::native;
 use test_harness::scenarios::Table;
 
 #[test]
@@ -23,14 +23,14 @@ fn scenario_table_natively() {
         }
     });
     let now_ms = mint::now() * 1000;
-    let mut proxy = NativeProxy::start(&table.plugin, 2, now_ms, key_server).unwrap();
+    let mut proxy = native::start(&table.plugin, 2, now_ms, key_server).unwrap();
     let mut failures = Vec::new();
     let mut steps = 0;
     for step in table.steps() {
         let headers: Vec<(&str, &[u8])> =
             step.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
-        let exchange = proxy.send(step.worker, step.method, &step.path, &headers).unwrap();
-        let mismatches = step.expected(true).mismatches(&exchange.outcome());
+        let exchange = native::send(&mut proxy, step.worker, step.method, &step.path, &headers).unwrap();
+        let mismatches = step.expected(true).mismatches(&native::outcome(&exchange));
         if !mismatches.is_empty() {
             failures.push(format!("{}: {}", step.label, mismatches.join("; ")));
         }

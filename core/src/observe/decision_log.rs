@@ -440,7 +440,13 @@ mod tests {
     }
 
     fn verdict(decision: Decision, shadow: bool) -> Verdict<'static> {
-        Verdict { route: Some("api"), client_class: ClientClass::Machine, decision, shadow }
+        Verdict {
+            route: Some("api"),
+            client_class: ClientClass::Machine,
+            decision,
+            shadow,
+            rule: crate::policy::Rule::NoAllowList,
+        }
     }
 
     fn deny(reason: RouteDenial) -> Decision {
@@ -506,6 +512,7 @@ mod tests {
             client_class: ClientClass::Human,
             decision: Decision::Deny(Denial::auth(&Rejection::new(Reason::Expired, "expired"))),
             shadow: false,
+            rule: crate::policy::Rule::Audience,
         });
         let d = r.finish(true).unwrap();
         assert_eq!((d.outcome, d.reason, d.status), (Outcome::Denied, "expired", Some(401)));

@@ -7,7 +7,7 @@
 
 use crate::host::Host;
 use crate::mtls;
-use crate::policy::{self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo};
+use crate::policy::{self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo, Rule};
 use crate::reason::{Reason, Rejection};
 
 use super::verify::{names_machine_issuer, Authenticated, Verification};
@@ -73,7 +73,7 @@ pub fn authorize(
         Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
     };
     let mut verdict = policy::decide(&config.routes, &request.info, &credential);
-    request.observed.note_verdict(&verdict);
+    note_verdict(request, &verdict);
     // Verified tokens, or certificate-only identities where the route accepts them.
     let who = credential.identity().filter(|_| verdict.client_class == ClientClass::Machine);
     if let (None, Some(who)) = (&verification, who) {
@@ -114,7 +114,8 @@ pub fn authorize(
                     status: Reason::QuotaExceeded.status(),
                     detail: "quota exceeded".into(),
                 });
-                request.observed.note_verdict(&verdict);
+                verdict.rule = Rule::Quota;
+                note_verdict(request, &verdict);
                 if let Some(mut refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
                     refusal.headers.extend(quota_headers);
                     return reply::send(host, &refusal);
@@ -135,5 +136,13 @@ pub fn authorize(
     match forward::forward(vm, host, &verdict, authenticated, who, certificate.as_ref(), noted) {
         Ok(()) => Step::Continue,
         Err(err) => reply::refuse(vm, host, request, &reply::internal(err)),
+    }
+}
+
+/// The verdict, for the record (and the trace, when the request keeps one).
+fn note_verdict(request: &mut Request, verdict: &policy::Verdict<'_>) {
+    request.observed.note_verdict(verdict);
+    if let Some(trace) = request.trace.as_deref_mut() {
+        trace.verdict = Some(verdict.into());
     }
 }

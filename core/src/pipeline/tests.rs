@@ -197,6 +197,67 @@ fn a_cached_request_makes_few_host_calls() {
     assert!(cached.host.total_calls() <= 10, "{:?}", cached.host.calls);
 }
 
+/// Runs one request with a trace and returns it with the outcome.
+fn send_traced(fx: &Fixture, mut host: MemoryHost) -> (Outcome, trace::Trace) {
+    let mut request = Request::new(1);
+    request.trace = Some(Box::default());
+    let step = start(&fx.vm, &mut host, &mut request);
+    finish(&fx.vm, &mut host, &mut request);
+    let status = host.reply.as_ref().map(|r| r.status);
+    let trace = *request.trace.take().unwrap();
+    (Outcome { step, status, reason: None, host }, trace)
+}
+
+#[test]
+fn a_trace_records_what_the_stages_decided_without_a_host_call_more() {
+    use crate::policy::{Decision, Rule};
+    use crate::reason::{Check, Reason};
+    let mut rules = plugin();
+    rules["routes"][0]["allow"] = json!([{"identity": "ops/*"}, {"identity": "robot"}]);
+    let t = token("robot", json!({}));
+
+    // The same request, traced and not, on fresh VMs: the same calls, the same answer.
+    let plain = send(&fixture(rules.clone()), bearer(request("GET", "/api/x"), &t));
+    let (traced, trace) = send_traced(&fixture(rules.clone()), bearer(request("GET", "/api/x"), &t));
+    assert_eq!(plain.host.calls, traced.host.calls);
+    assert_eq!((plain.step, plain.status), (traced.step, traced.status));
+    let verified = trace.verification.unwrap().unwrap();
+    assert_eq!(verified.identity, "robot");
+    let verdict = trace.verdict.unwrap();
+    assert_eq!(
+        (verdict.route.as_deref(), verdict.decision, verdict.rule),
+        (Some("machine-api"), Decision::Allow, Rule::Allow(1))
+    );
+
+    let fx = fixture(rules);
+    let (out, trace) = send_traced(&fx, bearer(request("GET", "/api/x"), &token("intruder", json!({}))));
+    assert_eq!(out.status, Some(403));
+    assert_eq!(trace.verdict.unwrap().rule, Rule::NoAllowRule);
+    let (_, trace) =
+        send_traced(&fx, bearer(request("GET", "/api/x"), &token("late", json!({"exp": NOW - 3600}))));
+    let rejection = trace.verification.unwrap().unwrap_err();
+    assert_eq!((rejection.reason, rejection.check), (Reason::Expired, Some(Check::Claims)));
+    let (_, trace) = send_traced(&fx, request("GET", "/web/x"));
+    assert!(trace.verification.is_none());
+    assert_eq!(trace.verdict.map(|v| (v.decision, v.rule)), Some((Decision::Allow, Rule::Audience)));
+    // Over quota: the quota stage replaced the verdict.
+    for _ in 0..2 {
+        send(&fx, bearer(request("GET", "/api/x"), &token("quota-x", json!({}))));
+    }
+    let mut open = plugin();
+    open["routes"][0].as_object_mut().unwrap().remove("allow");
+    let (out, trace) = send_traced(&fx, bearer(request("GET", "/web/y"), &token("quota-x", json!({}))));
+    assert_eq!(out.status, Some(403), "a machine on a human route");
+    assert_eq!(trace.verdict.unwrap().rule, Rule::Audience);
+    let fx = fixture(open);
+    for _ in 0..2 {
+        send(&fx, bearer(request("GET", "/api/x"), &token("quota-x", json!({}))));
+    }
+    let (out, trace) = send_traced(&fx, bearer(request("GET", "/api/x"), &token("quota-x", json!({}))));
+    assert_eq!(out.status, Some(429));
+    assert_eq!(trace.verdict.unwrap().rule, Rule::Quota);
+}
+
 /// What the failure of one kind of host call does to a request the pipeline would
 /// otherwise forward: refused with 500 (the decision depended on it), or nothing
 /// (it only observes). A request is never forwarded after a call it depends on failed.

@@ -12,7 +12,7 @@ use crate::host::{self, Host};
 use crate::keys::keyshare::KeyView;
 use crate::mtls;
 use crate::policy;
-use crate::reason::{Reason, Rejection};
+use crate::reason::{Check, Reason, Rejection};
 use crate::verify::cache;
 use crate::verify::Verified;
 
@@ -110,7 +110,9 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
     }
     let result = result.map(|result| {
         result.and_then(|v| {
-            mtls::check_verified(&config.issuers, &v, request.info.client_certificate.as_ref()).map(|()| v)
+            mtls::check_verified(&config.issuers, &v, request.info.client_certificate.as_ref())
+                .map(|()| v)
+                .map_err(|r| r.at(Check::Binding))
         })
     });
     if let (Some(Err(rejection)), Some(guard), Some(source)) =
@@ -138,14 +140,19 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
                     } else {
                         "a token of a configured issuer, not presented as a bearer token"
                     },
-                ))
+                )
+                .at(Check::Parse))
             })
         }
         (result, _) => result,
     };
     let verify_ns = verify_started_ns.map(|started| host.now_ns().saturating_sub(started));
     request.observed.note_verification(result.as_ref().map(|r| r.as_ref().map(|v| &**v)), verify_ns);
-    Verification { result: result.map(|r| r.map(Authenticated::Token)), blocked_for, attributed }
+    let result = result.map(|r| r.map(Authenticated::Token));
+    if let Some(trace) = request.trace.as_deref_mut() {
+        trace.verification = result.clone();
+    }
+    Verification { result, blocked_for, attributed }
 }
 
 /// Whether a credential that did not verify belongs to one of our issuers (a

@@ -58,20 +58,21 @@ impl AllowRule {
     }
 }
 
-/// Checks `who` against an allow list. `None` (no `allow` configured) admits
-/// every verified identity.
+/// Checks `who` against an allow list: `Ok(Some(i))`, rule `i` (the first that
+/// fits) admits; `Ok(None)`, no `allow` is configured, which admits every verified
+/// identity.
 pub(crate) fn check_allow(
     rules: Option<&[AllowRule]>,
     who: &IdentityInfo<'_>,
     req: &RequestInfo,
-) -> Result<(), RouteDenial> {
+) -> Result<Option<usize>, RouteDenial> {
     let Some(rules) = rules else {
-        return Ok(());
+        return Ok(None);
     };
     let mut wrong_source = false;
-    for rule in rules {
+    for (index, rule) in rules.iter().enumerate() {
         match rule.fit(who, req) {
-            RuleFit::Fits => return Ok(()),
+            RuleFit::Fits => return Ok(Some(index)),
             RuleFit::WrongSource => wrong_source = true,
             RuleFit::No => {}
         }
@@ -177,13 +178,13 @@ mod tests {
     }
 
     fn allowed(rules: &[AllowRule], who: &IdentityInfo<'_>, req: &RequestInfo) -> Result<(), RouteDenial> {
-        check_allow(Some(rules), who, req)
+        check_allow(Some(rules), who, req).map(|_| ())
     }
 
     #[test]
     fn no_allow_list_admits_every_verified_identity() {
         let c = claims(json!({}));
-        assert_eq!(check_allow(None, &who("x", "ci", "x", &c), &req("GET", None)), Ok(()));
+        assert_eq!(check_allow(None, &who("x", "ci", "x", &c), &req("GET", None)), Ok(None));
     }
 
     #[test]
@@ -289,6 +290,9 @@ mod tests {
         );
         assert_eq!(allowed(&rules, &who("p", "ci", "p", &scoped), &r), Err(RouteDenial::NotAllowed));
         assert_eq!(allowed(&rules, &who("ci/deployer", "ci", "x", &unscoped), &r), Ok(()));
+        // The first rule that fits is the one that admits.
+        assert_eq!(check_allow(Some(&rules), &who("ci/deployer", "ci", "x", &unscoped), &r), Ok(Some(1)));
+        assert_eq!(check_allow(Some(&rules), &who("p", "partner-idp", "p", &scoped), &r), Ok(Some(0)));
         // Every claim matcher of an entry must hold.
         let two = [AllowRule {
             claims: vec![

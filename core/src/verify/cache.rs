@@ -259,8 +259,10 @@ pub fn verify_cached<K: KeyLookup + ?Sized>(
     now: i64,
     crypto_allowed: impl FnOnce() -> bool,
 ) -> Result<Verified, Rejection> {
-    let refused =
-        || Rejection::new(Reason::TooManyFailures, "too many failed signature checks from this source");
+    let refused = || {
+        Rejection::new(Reason::TooManyFailures, "too many failed signature checks from this source")
+            .at(crate::reason::Check::FloodGuard)
+    };
     let Some(cache) = &trust.cache else {
         return if crypto_allowed() { verify::verify(trust, keys, raw, now) } else { Err(refused()) };
     };

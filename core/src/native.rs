@@ -1,0 +1,259 @@
+//! The pipeline run natively, as a proxy with several workers runs it: one [`Vm`]
+//! per worker, one shared store, the key-fetch machine driven by ticks, and each
+//! request against an in-memory host ([`MemoryHost`]). No wasm, no proxy.
+//!
+//! It is the filter's own code path with the proxy replaced by memory: the test
+//! harness runs the scenario table through it (beside the emulator and real Envoy),
+//! and `nhi-guard explain` answers "what would the filter do with this request" with
+//! it. The key server is a function of the callout, so a caller decides what each
+//! issuer's JWKS (and discovery document) fetch returns.
+//!
+//! Runs as on an Envoy-grade host (shared data, timers, a clock): keys are fetched
+//! in the background, exactly once per proxy, and a request that finds them missing
+//! waits for the next tick.
+
+use std::fmt;
+use std::rc::Rc;
+
+use crate::config::Config;
+use crate::host::capabilities::{HostSetting, Plan, PlanError, Probed};
+use crate::host::memory::MemoryHost;
+use crate::host::store::MemoryStore;
+use crate::keys::fetch::{Callout, Next, Response};
+use crate::pipeline::trace::Trace;
+use crate::pipeline::{self, Request, StartError, Step, Vm};
+
+/// How the key server answers a callout: status and body.
+pub type KeyServer = dyn Fn(&Callout) -> (u16, String);
+
+/// Most callouts one fetch may chain (a discovery document, then the JWKS).
+const MAX_CALLOUTS_PER_FETCH: usize = 4;
+
+/// Why the native proxy could not do what it was asked.
+#[derive(Debug)]
+pub enum NativeError {
+    /// The host plan could not be chosen.
+    Plan(PlanError),
+    /// A worker refused to start with this configuration.
+    Start(StartError),
+    /// There is no worker with this index.
+    NoWorker(usize),
+    /// A key fetch kept asking for callouts.
+    EndlessFetch { issuer: usize },
+}
+
+impl fmt::Display for NativeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NativeError::Plan(err) => write!(f, "no host plan: {err}"),
+            NativeError::Start(err) => write!(f, "the filter would not start: {err}"),
+            NativeError::NoWorker(index) => write!(f, "there is no worker {index}"),
+            NativeError::EndlessFetch { issuer } => write!(
+                f,
+                "the key fetch of issuers[{issuer}] asked for more than {MAX_CALLOUTS_PER_FETCH} callouts"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for NativeError {}
+
+/// One request as a client sends it.
+#[derive(Debug, Clone)]
+pub struct NativeRequest {
+    pub method: String,
+    /// Path and query, as `:path`.
+    pub path: String,
+    /// `:authority`.
+    pub authority: String,
+    /// The downstream address (`ip:port`, Envoy's `source.address`); `None`: unknown.
+    pub source: Option<String>,
+    /// Every other header, in order, as bytes.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Collect a [`Trace`] of the decision (`nhi-guard explain`).
+    pub trace: bool,
+}
+
+impl NativeRequest {
+    pub fn new(method: &str, path: &str) -> Self {
+        NativeRequest {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            authority: "gateway.test".to_owned(),
+            source: Some("127.0.0.1:40000".to_owned()),
+            headers: Vec::new(),
+            trace: false,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: impl Into<Vec<u8>>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+/// A proxy of `workers` VMs sharing one store.
+pub struct NativeProxy {
+    pub workers: Vec<Vm>,
+    pub store: Rc<MemoryStore>,
+    /// The proxy's clock, Unix milliseconds: moves only when the caller moves it.
+    pub now_ms: u64,
+    key_server: Box<KeyServer>,
+    next_token: u32,
+}
+
+impl NativeProxy {
+    /// Starts `workers` VMs with `config`, then ticks until the first fetches are
+    /// answered and every worker holds the published keys.
+    pub fn start(
+        config: &Config,
+        workers: usize,
+        now_ms: u64,
+        key_server: Box<KeyServer>,
+    ) -> Result<Self, NativeError> {
+        let plan = Plan::choose(HostSetting::Auto, Probed { shared_data: true, timers: true, clock: true })
+            .map_err(NativeError::Plan)?;
+        let store = Rc::new(MemoryStore::new());
+        let mut started = Vec::with_capacity(workers);
+        for me in 0..workers {
+            let mut host = MemoryHost::new(now_ms.saturating_mul(1_000_000));
+            let vm = Vm::start(
+                config.clone(),
+                plan,
+                Box::new(Rc::clone(&store)),
+                &mut host,
+                now_ms,
+                me as u64 + 1,
+            )
+            .map_err(NativeError::Start)?;
+            started.push(vm);
+        }
+        let mut proxy = NativeProxy { workers: started, store, now_ms, key_server, next_token: 1 };
+        // The first tick fetches the keys; the next ones let the other workers pick
+        // them up.
+        for _ in 0..3 {
+            proxy.tick()?;
+        }
+        Ok(proxy)
+    }
+
+    pub fn worker(&self, index: usize) -> Result<&Vm, NativeError> {
+        self.workers.get(index).ok_or(NativeError::NoWorker(index))
+    }
+
+    /// One tick of every worker: published keys picked up, due fetches made (and
+    /// answered at once by the key server).
+    pub fn tick(&mut self) -> Result<(), NativeError> {
+        for index in 0..self.workers.len() {
+            let vm = self.worker(index)?;
+            let tick = vm.fetcher.borrow_mut().tick(
+                &vm.config.issuers,
+                &mut vm.keys.borrow_mut(),
+                self.store.as_ref(),
+                self.now_ms,
+            );
+            for callout in tick.callouts {
+                self.call(index, callout)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn call(&mut self, worker: usize, mut callout: Callout) -> Result<(), NativeError> {
+        for _ in 0..MAX_CALLOUTS_PER_FETCH {
+            let token = self.next_token;
+            self.next_token = self.next_token.wrapping_add(1);
+            let vm = self.worker(worker)?;
+            let keys = vm.keys.borrow().clone();
+            vm.fetcher.borrow_mut().dispatched(
+                &vm.config.issuers,
+                callout.ticket,
+                Ok(token),
+                &keys,
+                self.store.as_ref(),
+                self.now_ms,
+                0.0,
+            );
+            let (status, body) = (self.key_server)(&callout);
+            let response = Response { status: Some(status), body: Ok(body.into_bytes()) };
+            let next = vm.fetcher.borrow_mut().answered(
+                &vm.config.issuers,
+                token,
+                response,
+                &mut vm.keys.borrow_mut(),
+                self.store.as_ref(),
+                self.now_ms,
+                0.0,
+            );
+            match next {
+                Some(Next::Call(next)) => callout = next,
+                _ => return Ok(()),
+            }
+        }
+        Err(NativeError::EndlessFetch { issuer: callout.ticket.issuer })
+    }
+
+    /// One request on `worker`: the pipeline from the request headers to the
+    /// decision line, the upstream answering 200. A request that waits for keys is
+    /// decided again after one tick, as the filter's shell does when keys arrive.
+    pub fn send(&mut self, worker: usize, sent: &NativeRequest) -> Result<Exchange, NativeError> {
+        let mut host = MemoryHost::new(self.now_ms.saturating_mul(1_000_000))
+            .header(":method", sent.method.as_str())
+            .header(":path", sent.path.as_str())
+            .header(":authority", sent.authority.as_str())
+            .header(":scheme", "http");
+        if let Some(source) = &sent.source {
+            host = host.property(&["source", "address"], source.as_str());
+        }
+        for (name, value) in &sent.headers {
+            host = host.header(name, value.clone());
+        }
+        let mut request = Request::new(1);
+        if sent.trace {
+            request.trace = Some(Box::default());
+        }
+        let mut step = pipeline::start(self.worker(worker)?, &mut host, &mut request);
+        if let Step::Wait { .. } = step {
+            self.tick()?;
+            request.waited = true;
+            step = pipeline::run(self.worker(worker)?, &mut host, &mut request, self.now_ms);
+        }
+        let vm = self.worker(worker)?;
+        if step == Step::Continue {
+            pipeline::respond(&mut host, &request);
+        }
+        pipeline::finish(vm, &mut host, &mut request);
+        Ok(Exchange { step, host, request })
+    }
+}
+
+/// What came of one native request: the last step, the host as the pipeline left
+/// it (request headers as the upstream gets them, the local reply if one was sent,
+/// response headers, metrics, filter state) and the request's record and trace.
+#[derive(Debug)]
+pub struct Exchange {
+    pub step: Step,
+    pub host: MemoryHost,
+    pub request: Request,
+}
+
+impl Exchange {
+    /// Whether the request reached the upstream.
+    pub fn forwarded(&self) -> bool {
+        self.step == Step::Continue
+    }
+
+    /// The status the client got: the local reply's, or the upstream's 200.
+    pub fn status(&self) -> u16 {
+        match (&self.host.reply, self.forwarded()) {
+            (Some(reply), _) => reply.status,
+            (None, true) => 200,
+            (None, false) => 0,
+        }
+    }
+
+    /// The trace, when the request asked for one.
+    pub fn trace(&self) -> Option<&Trace> {
+        self.request.trace.as_deref()
+    }
+}
