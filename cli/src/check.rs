@@ -164,13 +164,7 @@ pub fn check_text(name: &str, text: &str) -> FileReport {
 /// Validates one configuration; on success a one-line summary.
 pub fn check_found(found: &Found) -> Result<String, Problem> {
     let problem = |path: String, reason: String| Problem { what: found.what.clone(), path, reason };
-    let (bytes, structured) = match &found.source {
-        Source::Text(text) => (text.as_bytes().to_vec(), serde_json::from_str::<Value>(text).ok()),
-        Source::Structured(value) => (
-            serde_json::to_vec(value).map_err(|e| problem(found.path.clone(), e.to_string()))?,
-            Some(value.clone()),
-        ),
-    };
+    let (bytes, structured) = handed_over(found).map_err(|e| problem(found.path.clone(), e))?;
     // The verdict comes from the exact bytes the host hands the filter.
     let config = match Config::from_json(&bytes) {
         Ok(config) => config,
@@ -254,6 +248,17 @@ pub fn check_found(found: &Found) -> Result<String, Problem> {
         }
         None => Ok(issuers),
     }
+}
+
+/// The bytes the host hands the filter for `found`, and the configuration as a JSON
+/// value when it is one.
+pub fn handed_over(found: &Found) -> Result<(Vec<u8>, Option<Value>), String> {
+    Ok(match &found.source {
+        Source::Text(text) => (text.as_bytes().to_vec(), serde_json::from_str::<Value>(text).ok()),
+        Source::Structured(value) => {
+            (serde_json::to_vec(value).map_err(|e| e.to_string())?, Some(value.clone()))
+        }
+    })
 }
 
 /// The JSON path of a plugin-configuration field `field` found at `container`.

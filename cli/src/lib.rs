@@ -3,4 +3,5 @@
 //! Both run the core's own validation, never a copy of it.
 
 pub mod check;
+pub mod explain;
 pub mod schema;

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! nhi-guard check FILE...   validate the plugin configuration in each file
+//! nhi-guard explain FILE …  what the filter would do with one request, stage by stage
 //! nhi-guard schema          print the JSON Schema of the plugin configuration
 //! ```
 //!
@@ -15,10 +16,16 @@
 use std::io::{self, Read as _, Write as _};
 use std::process::ExitCode;
 
+use std::collections::BTreeMap;
+
 use nhi_guard_cli::check;
+use nhi_guard_cli::explain::{self, ExplainRequest, Explainer};
 
 const USAGE: &str = "\
 usage: nhi-guard check [--quiet] FILE...
+       nhi-guard explain FILE [--config N] [--method M] [--path P] [--host H] [--source IP[:PORT]]
+                         [--header 'NAME: VALUE']... [--token TOKEN|@FILE|-] [--jwks [ISSUER=]FILE]...
+                         [--now UNIX_SECONDS]
        nhi-guard schema
 
 check   validates the nhi-guard plugin configuration found in each FILE (plugin JSON,
@@ -29,12 +36,21 @@ check   validates the nhi-guard plugin configuration found in each FILE (plugin 
         HTTP connection managers let header names with underscores through.
         Exit status: 0 all valid (warnings or not), 1 invalid, 2 usage error or
         unreadable file.
+explain runs one request through the filter's own pipeline with the configuration in FILE
+        (anything `check` reads; --config N picks the Nth when it holds several) and prints
+        stage by stage what the filter would do: route, each token check, the rule that
+        admits or refuses, the quota, the headers forwarded and the exact response. The
+        token's signature is checked with --jwks (the issuer's JWKS document; ISSUER= when
+        the token's iss does not say which issuer), or with the issuer's inline keys;
+        otherwise it is reported as not checked. Exit status: 0 the request would be
+        forwarded, 1 refused, 2 usage error, unreadable file or invalid configuration.
 schema  prints the JSON Schema of the plugin configuration.";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("check") => check_files(args.get(1..).unwrap_or_default()),
+        Some("explain") => explain_request(args.get(1..).unwrap_or_default()),
         Some("schema") if args.len() == 1 => {
             print!("{}", nhi_guard_cli::schema::plugin_config_schema_text());
             ExitCode::SUCCESS
@@ -52,6 +68,146 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn read_text(file: &str) -> io::Result<String> {
+    if file == "-" {
+        let mut text = String::new();
+        io::stdin().read_to_string(&mut text).map(|_| text)
+    } else {
+        std::fs::read_to_string(file)
+    }
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("nhi-guard: {message}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+fn explain_request(args: &[String]) -> ExitCode {
+    match run_explain(args) {
+        Ok(code) => code,
+        Err(message) => usage_error(&message),
+    }
+}
+
+fn run_explain(args: &[String]) -> Result<ExitCode, String> {
+    let mut file = None;
+    let mut pick = 1usize;
+    let mut request = ExplainRequest::new("GET", "/");
+    request.host = "gateway".to_owned();
+    request.source = None;
+    let mut token = None;
+    let mut jwks_args = Vec::new();
+    let mut now = None;
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = |name: &str| rest.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--config" => {
+                pick = value(arg)?.parse().map_err(|_| "--config takes a number (1 is the first)")?
+            }
+            "--method" => request.method = value(arg)?,
+            "--path" => request.path = value(arg)?,
+            "--host" => request.host = value(arg)?,
+            "--source" => request.source = Some(value(arg)?),
+            "--header" | "-H" => {
+                let header = value(arg)?;
+                let (name, value) = header.split_once(':').ok_or("--header takes 'NAME: VALUE'")?;
+                request.headers.push((name.trim().to_owned(), value.trim_start().to_owned()));
+            }
+            "--token" => token = Some(value(arg)?),
+            "--jwks" => jwks_args.push(value(arg)?),
+            "--now" => now = Some(value(arg)?.parse::<u64>().map_err(|_| "--now takes Unix seconds")?),
+            other if other.starts_with('-') && other != "-" => return Err(format!("unknown option {other}")),
+            other if file.is_none() => file = Some(other.to_owned()),
+            other => return Err(format!("one configuration file only ({other}?)")),
+        }
+    }
+    let file = file.ok_or("explain needs the file holding the plugin configuration")?;
+    let fail = |message: String| {
+        eprintln!("nhi-guard explain: {message}");
+        ExitCode::from(2)
+    };
+    let text = match read_text(&file) {
+        Ok(text) => text,
+        Err(err) => return Ok(fail(format!("{file}: cannot read: {err}"))),
+    };
+    let extracted = check::extract(&file, &text);
+    if let Some(problem) = extracted.problems.first() {
+        return Ok(fail(format!("{file}: {problem}")));
+    }
+    let count = extracted.configs.len();
+    let Some(found) = extracted.configs.get(pick.saturating_sub(1)) else {
+        return Ok(fail(format!("{file} holds {count} plugin configuration(s), not a number {pick}")));
+    };
+    let bytes = match check::handed_over(found) {
+        Ok((bytes, _)) => bytes,
+        Err(err) => return Ok(fail(format!("{file}: {err}"))),
+    };
+    let config = match nhi_guard_core::config::Config::from_json(&bytes) {
+        Ok(config) => config,
+        Err(err) => return Ok(fail(format!("{file}: {}: {err}", found.what))),
+    };
+    let token = match token.as_deref() {
+        Some("-") => Some(read_text("-").map_err(|e| format!("--token -: {e}"))?.trim().to_owned()),
+        Some(t) if t.starts_with('@') => {
+            Some(read_text(&t[1..]).map_err(|e| format!("--token {t}: {e}"))?.trim().to_owned())
+        }
+        Some(t) => Some(t.to_owned()),
+        None => None,
+    };
+    if let Some(token) = &token {
+        request.headers.push((config.token.header.clone(), format!("{}{token}", config.token.prefix)));
+    }
+    let presented = explain::token_in(&config, &request);
+    let token_issuer = presented
+        .as_deref()
+        .and_then(|t| explain::resign::peek(t).iss)
+        .and_then(|iss| config.issuer_by_iss(&iss).map(|(_, i)| i.name.clone()));
+    let mut jwks = BTreeMap::new();
+    for arg in &jwks_args {
+        let (issuer, path) = match arg.split_once('=') {
+            Some((issuer, path)) => (issuer.to_owned(), path),
+            None => match &token_issuer {
+                Some(issuer) => (issuer.clone(), arg.as_str()),
+                None => {
+                    return Err(format!(
+                        "--jwks {arg}: the token names no configured issuer; use --jwks ISSUER=FILE"
+                    ))
+                }
+            },
+        };
+        let document = match read_text(path) {
+            Ok(text) => text,
+            Err(err) => return Ok(fail(format!("{path}: cannot read: {err}"))),
+        };
+        jwks.insert(issuer, document);
+    }
+    let prepared = match explain::prepare(&config, request, jwks) {
+        Ok(prepared) => prepared,
+        Err(err) => return Ok(fail(err.to_string())),
+    };
+    let now_ms = now.map_or_else(
+        || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        },
+        |seconds| seconds.saturating_mul(1000),
+    );
+    let mut explainer = match Explainer::start(&bytes, &prepared.jwks, &prepared.throwaway, now_ms) {
+        Ok(explainer) => explainer,
+        Err(err) => return Ok(fail(err.to_string())),
+    };
+    let explanation = match explainer.explain(0, &prepared.request) {
+        Ok(explanation) => explanation,
+        Err(err) => return Ok(fail(err.to_string())),
+    };
+    let which =
+        if count > 1 { format!(" ({pick} of {count}: --config N picks another)") } else { String::new() };
+    print!("config    {file}: {}{which}\n{}", found.what, explainer.render(&explanation));
+    Ok(if explanation.forwarded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn check_files(args: &[String]) -> ExitCode {
