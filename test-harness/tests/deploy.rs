@@ -297,6 +297,10 @@ fn kubernetes_manifests_match_the_published_schemas_without_unknown_keys() {
         "ServiceAccount",
         "Deployment",
         "ClusterRoleBinding",
+        "ClusterRole",
+        "NetworkPolicy",
+        "AuthorizationPolicy",
+        "PeerAuthentication",
     ] {
         assert!(validated.contains(kind), "{kind} was not validated against a published schema: {lines:#?}");
     }
@@ -551,6 +555,41 @@ fn every_gateway_refuses_header_names_with_underscores() {
     // Envoy Gateway's API (api/v1alpha1/clienttrafficpolicy_types.go): HeaderSettings.
     // WithUnderscoresAction, enum Allow | RejectRequest | DropHeader.
     assert_eq!(traffic["spec"]["headers"], json!({ "withUnderscoresAction": "RejectRequest" }));
+}
+
+/// The alignment manifests name the gateway the WasmPlugin runs in: the
+/// NetworkPolicy admits its namespace and pod labels, the AuthorizationPolicy its
+/// service account's principal, which is also the subject of the gateway's RBAC; and
+/// the Istio policies protect the namespace the NetworkPolicy protects.
+/// (`nhi-guard check --cluster` over them is clean: cli/tests/cluster.rs.)
+#[test]
+fn the_alignment_manifests_name_the_gateway_the_wasmplugin_selects() {
+    let plugin = wasm_plugin();
+    let gateway_ns = plugin["metadata"]["namespace"].as_str().unwrap();
+    let gateway_labels = &plugin["spec"]["selector"]["matchLabels"];
+    let policy = the_document(&envoy_dir().join("k8s/backend-networkpolicy.yaml"), "NetworkPolicy").unwrap();
+    let peer = &policy["spec"]["ingress"][0]["from"][0];
+    assert_eq!(peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"], gateway_ns);
+    assert_eq!(&peer["podSelector"]["matchLabels"], gateway_labels);
+    let namespace = the_document(&envoy_dir().join("k8s/backend-networkpolicy.yaml"), "Namespace").unwrap();
+    assert_eq!(namespace["metadata"]["labels"]["nhi-guard.io/protected"], "true");
+    assert_eq!(namespace["metadata"]["name"], policy["metadata"]["namespace"]);
+
+    let rbac = the_document(&envoy_dir().join("k8s/gateway-rbac.yaml"), "ClusterRoleBinding").unwrap();
+    let subject = &rbac["subjects"][0];
+    assert_eq!(subject["namespace"], gateway_ns);
+    let role = the_document(&envoy_dir().join("k8s/gateway-rbac.yaml"), "ClusterRole").unwrap();
+    assert_eq!(role["rules"][0]["resources"][0], "tokenreviews");
+    assert_eq!(role["rules"][0]["verbs"], json!(["create"]));
+    let principal = format!("cluster.local/ns/{gateway_ns}/sa/{}", subject["name"].as_str().unwrap());
+    let istio = yaml_documents(&envoy_dir().join("istio/backend-authorization.yaml")).unwrap();
+    let authz = istio.iter().find(|d| d["kind"] == "AuthorizationPolicy").unwrap();
+    assert_eq!(authz["spec"]["rules"][0]["from"][0]["source"]["principals"], json!([principal]));
+    let peer_auth = istio.iter().find(|d| d["kind"] == "PeerAuthentication").unwrap();
+    assert_eq!(peer_auth["spec"]["mtls"]["mode"], "STRICT");
+    for doc in [authz, peer_auth] {
+        assert_eq!(doc["metadata"]["namespace"], policy["metadata"]["namespace"]);
+    }
 }
 
 // ---------------------------------------------------------------------------------
