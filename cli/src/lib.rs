@@ -3,5 +3,6 @@
 //! Both run the core's own validation, never a copy of it.
 
 pub mod check;
+pub mod cluster;
 pub mod explain;
 pub mod schema;

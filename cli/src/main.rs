@@ -19,10 +19,14 @@ use std::process::ExitCode;
 use std::collections::BTreeMap;
 
 use nhi_guard_cli::check;
+use nhi_guard_cli::cluster;
 use nhi_guard_cli::explain::{self, ExplainRequest, Explainer};
 
 const USAGE: &str = "\
 usage: nhi-guard check [--quiet] FILE...
+       nhi-guard check --cluster STATE... [--inventory FILE] [--format human|json|sarif]
+                       [--gateway NS/NAME] [--gateway-service-account SA] [--trust-domain TD]
+                       [--unused-days N] [--fail-on error|warning] FILE...
        nhi-guard explain FILE [--config N] [--method M] [--path P] [--host H] [--source IP[:PORT]]
                          [--header 'NAME: VALUE']... [--token TOKEN|@FILE|-] [--jwks [ISSUER=]FILE]...
                          [--now UNIX_SECONDS]
@@ -36,6 +40,13 @@ check   validates the nhi-guard plugin configuration found in each FILE (plugin 
         HTTP connection managers let header names with underscores through.
         Exit status: 0 all valid (warnings or not), 1 invalid, 2 usage error or
         unreadable file.
+        With --cluster, also checks each configuration against the cluster: STATE is
+        `kubectl get ... -o json` output or manifests (namespaces, service accounts,
+        services, endpoints/endpointslices, pods, network policies, deployments, Istio
+        AuthorizationPolicy/PeerAuthentication/ServiceEntry), --inventory the identity
+        inventory JSON. Exit status: 0 no error (no warning with --fail-on warning),
+        1 an invalid configuration or a failing finding, 2 usage error or unreadable
+        input. See docs/cluster-alignment.md.
 explain runs one request through the filter's own pipeline with the configuration in FILE
         (anything `check` reads; --config N picks the Nth when it holds several) and prints
         stage by stage what the filter would do: route, each token check, the rule that
@@ -210,25 +221,72 @@ fn run_explain(args: &[String]) -> Result<ExitCode, String> {
     Ok(if explanation.forwarded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-fn check_files(args: &[String]) -> ExitCode {
-    let quiet = args.iter().any(|a| a == "--quiet" || a == "-q");
-    let files: Vec<&String> = args.iter().filter(|a| *a != "--quiet" && *a != "-q").collect();
-    if files.is_empty() || files.iter().any(|f| f.starts_with('-') && f.as_str() != "-") {
-        eprintln!("{USAGE}");
-        return ExitCode::from(2);
+/// `check`'s options.
+#[derive(Default)]
+struct CheckArgs {
+    quiet: bool,
+    files: Vec<String>,
+    /// `--cluster`: cluster state files; the cluster checks run when any is given.
+    cluster: Vec<String>,
+    inventory: Option<String>,
+    format: Option<String>,
+    fail_on_warning: bool,
+    options: cluster::Options,
+}
+
+fn parse_check_args(args: &[String]) -> Result<CheckArgs, String> {
+    let mut parsed = CheckArgs::default();
+    let mut rest = args.iter();
+    while let Some(arg) = rest.next() {
+        let mut value = |name: &str| rest.next().cloned().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--quiet" | "-q" => parsed.quiet = true,
+            "--cluster" => parsed.cluster.push(value(arg)?),
+            "--inventory" => parsed.inventory = Some(value(arg)?),
+            "--format" => parsed.format = Some(value(arg)?),
+            "--gateway" => parsed.options.gateway = Some(value(arg)?),
+            "--gateway-service-account" => parsed.options.gateway_service_account = Some(value(arg)?),
+            "--trust-domain" => parsed.options.trust_domain = value(arg)?,
+            "--unused-days" => {
+                parsed.options.unused_days =
+                    value(arg)?.parse().map_err(|_| "--unused-days takes a number")?
+            }
+            "--fail-on" => match value(arg)?.as_str() {
+                "error" => parsed.fail_on_warning = false,
+                "warning" => parsed.fail_on_warning = true,
+                other => return Err(format!("--fail-on {other}: error or warning")),
+            },
+            other if other.starts_with('-') && other != "-" => return Err(format!("unknown option {other}")),
+            file => parsed.files.push(file.to_owned()),
+        }
     }
+    if parsed.files.is_empty() {
+        return Err("check needs at least one file".into());
+    }
+    if parsed.format.is_some() && parsed.cluster.is_empty() {
+        return Err("--format applies to --cluster".into());
+    }
+    Ok(parsed)
+}
+
+fn check_files(args: &[String]) -> ExitCode {
+    let args = match parse_check_args(args) {
+        Ok(args) => args,
+        Err(message) => return usage_error(&message),
+    };
+    let format = match args.format.as_deref().map(cluster::report::Format::parse) {
+        None => cluster::report::Format::Human,
+        Some(Some(format)) => format,
+        Some(None) => return usage_error("--format takes human, json or sarif"),
+    };
     let mut unreadable = false;
     let mut invalid = false;
+    let mut configured = Vec::new();
+    let mut hints = Vec::new();
     let stdout = io::stdout();
     let mut out = stdout.lock();
-    for file in files {
-        let text = if file == "-" {
-            let mut text = String::new();
-            io::stdin().read_to_string(&mut text).map(|_| text)
-        } else {
-            std::fs::read_to_string(file)
-        };
-        let text = match text {
+    for file in &args.files {
+        let text = match read_text(file) {
             Ok(text) => text,
             Err(err) => {
                 eprintln!("{file}: cannot read: {err}");
@@ -237,7 +295,7 @@ fn check_files(args: &[String]) -> ExitCode {
             }
         };
         let report = check::check_text(file, &text);
-        if !quiet {
+        if !args.quiet && format == cluster::report::Format::Human {
             for line in &report.ok {
                 let _ = writeln!(out, "{file}: {line}");
             }
@@ -249,10 +307,64 @@ fn check_files(args: &[String]) -> ExitCode {
             eprintln!("{file}: {line}");
         }
         invalid |= !report.passed();
+        if !args.cluster.is_empty() {
+            hints.extend(cluster::gateway_hints(&text));
+            for found in check::extract(file, &text).configs {
+                let valid = check::check_found(&found).is_ok();
+                if let (true, Ok((_, Some(plugin)))) = (valid, check::handed_over(&found)) {
+                    configured.push(cluster::Configured {
+                        file: file.clone(),
+                        what: found.what.clone(),
+                        plugin,
+                    });
+                }
+            }
+        }
     }
-    match (unreadable, invalid) {
-        (true, _) => ExitCode::from(2),
-        (false, true) => ExitCode::from(1),
-        (false, false) => ExitCode::SUCCESS,
+    if args.cluster.is_empty() {
+        return match (unreadable, invalid) {
+            (true, _) => ExitCode::from(2),
+            (false, true) => ExitCode::from(1),
+            (false, false) => ExitCode::SUCCESS,
+        };
+    }
+    let mut state = cluster::Cluster::default();
+    for file in &args.cluster {
+        let read = read_text(file)
+            .map_err(|e| format!("{file}: cannot read: {e}"))
+            .and_then(|t| state.read(file, &t));
+        if let Err(message) = read {
+            eprintln!("{message}");
+            unreadable = true;
+        }
+    }
+    let inventory = match &args.inventory {
+        None => None,
+        Some(file) => {
+            match read_text(file).map_err(|e| e.to_string()).and_then(|t| cluster::Inventory::parse(&t)) {
+                Ok(inventory) => Some(inventory),
+                Err(err) => {
+                    eprintln!("{file}: {err}");
+                    unreadable = true;
+                    None
+                }
+            }
+        }
+    };
+    if unreadable {
+        return ExitCode::from(2);
+    }
+    let mut options = args.options.clone();
+    options.hints = hints;
+    options.now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let report = cluster::check(&configured, &state, inventory.as_ref(), &options);
+    let _ = write!(out, "{}", cluster::report::render(&report, format));
+    let failing = report.count(cluster::Severity::Error) > 0
+        || (args.fail_on_warning && report.count(cluster::Severity::Warning) > 0);
+    if invalid || failing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -1,0 +1,298 @@
+//! Who can reach a machine backend's pods without going through the gateway.
+//!
+//! The identity headers nhi-guard forwards are only as trustworthy as the path to
+//! the backend: a pod that reaches the backend directly sends any `x-nhi-identity`
+//! it likes. A backend pod is protected when either
+//!
+//! - **NetworkPolicy**: at least one policy of its namespace selects it for ingress,
+//!   and every `from` peer of those policies admits only the gateway's pods or pods
+//!   of the backend's own namespace (no `ipBlock`, no rule without `from`, no other
+//!   namespace, no other pod of the gateway's namespace); or
+//! - **Istio**: the ALLOW AuthorizationPolicies that apply to it (its namespace's,
+//!   or the root namespace's mesh-wide ones) admit only the gateway's principal (or
+//!   principals of its own namespace), rule by rule. PeerAuthentication should then
+//!   be `STRICT`: without mTLS a request carries no principal at all.
+//!
+//! Evaluated over the pods the cluster dump holds; a Service whose pods are not in
+//! the dump is judged by a pod with its selector's labels.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::objects::{Cluster, WorkloadSelector};
+
+/// Istio's root namespace, where mesh-wide policies live.
+pub const ISTIO_ROOT_NAMESPACE: &str = "istio-system";
+
+/// The gateway's pods: where they run, their labels and their identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gateway {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    /// How it was found, for the report.
+    pub found_by: String,
+}
+
+impl Gateway {
+    /// Istio's principal for the gateway's service account.
+    pub fn principal(&self, trust_domain: &str) -> String {
+        format!("{trust_domain}/ns/{}/sa/{}", self.namespace, self.service_account)
+    }
+}
+
+/// A pod as the reachability checks see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodView {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Whether `selector` selects `labels` (an absent or empty selector selects all).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let by_labels = selector.match_labels.iter().flatten().all(|(key, value)| labels.get(key) == Some(value));
+    let by_expressions = selector.match_expressions.iter().flatten().all(|req| {
+        let values = req.values.as_deref().unwrap_or_default();
+        let value = labels.get(&req.key);
+        match req.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    by_labels && by_expressions
+}
+
+fn workload_selects(selector: Option<&WorkloadSelector>, labels: &BTreeMap<String, String>) -> bool {
+    selector.is_none_or(|s| s.match_labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
+}
+
+/// Every pod of the dump.
+pub fn pods(cluster: &Cluster) -> Vec<PodView> {
+    cluster
+        .pods
+        .iter()
+        .map(|pod| PodView {
+            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+        })
+        .collect()
+}
+
+/// What protects a backend pod, or why nothing does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    NetworkPolicy,
+    /// Istio admits only the gateway; `strict`: PeerAuthentication is STRICT.
+    Istio {
+        strict: bool,
+    },
+    /// Reachable without the gateway; each string says by whom.
+    Open(Vec<String>),
+    /// Protected so well that the gateway itself cannot reach it.
+    GatewayShutOut(String),
+}
+
+/// Judges one backend pod.
+pub fn protection(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Protection {
+    let network = network_policy(cluster, pod, gateway);
+    let istio = istio(cluster, pod, gateway, trust_domain);
+    match (network, istio) {
+        (Ok(()), _) => Protection::NetworkPolicy,
+        (_, Ok(strict)) => Protection::Istio { strict },
+        (Err(NetOpen::GatewayShutOut(why)), _) => Protection::GatewayShutOut(why),
+        (Err(NetOpen::Open(mut why)), Err(istio_why)) => {
+            why.push(istio_why);
+            Protection::Open(why)
+        }
+    }
+}
+
+enum NetOpen {
+    Open(Vec<String>),
+    GatewayShutOut(String),
+}
+
+fn network_policy(cluster: &Cluster, pod: &PodView, gateway: &Gateway) -> Result<(), NetOpen> {
+    let policies: Vec<_> = cluster
+        .network_policies
+        .iter()
+        .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == pod.namespace)
+        .filter_map(|p| Some((p.metadata.name.clone().unwrap_or_default(), p.spec.as_ref()?)))
+        .filter(|(_, spec)| selects(&spec.pod_selector.clone().unwrap_or_default(), &pod.labels))
+        .filter(|(_, spec)| {
+            spec.policy_types.as_ref().is_none_or(|types| types.iter().any(|t| t == "Ingress"))
+        })
+        .collect();
+    if policies.is_empty() {
+        return Err(NetOpen::Open(vec![format!(
+            "no NetworkPolicy of namespace {} selects it for ingress",
+            pod.namespace
+        )]));
+    }
+    let all_pods = pods(cluster);
+    let mut open = Vec::new();
+    let mut gateway_admitted = false;
+    for (name, spec) in &policies {
+        for (i, rule) in spec.ingress.iter().flatten().enumerate() {
+            let Some(peers) = rule.from.as_ref().filter(|p| !p.is_empty()) else {
+                open.push(format!(
+                    "NetworkPolicy {}/{name}: ingress[{i}] has no `from`: every source",
+                    pod.namespace
+                ));
+                continue;
+            };
+            for (j, peer) in peers.iter().enumerate() {
+                let at = format!("NetworkPolicy {}/{name}: ingress[{i}].from[{j}]", pod.namespace);
+                if peer.ip_block.is_some() {
+                    open.push(format!("{at}: an ipBlock admits addresses, not the gateway's pods"));
+                    continue;
+                }
+                gateway_admitted |=
+                    peer_selects(cluster, peer, &pod.namespace, &gateway.namespace, &gateway.labels);
+                for other in &all_pods {
+                    let gateway_pod = other.namespace == gateway.namespace
+                        && gateway.labels.iter().all(|(k, v)| other.labels.get(k) == Some(v));
+                    if !gateway_pod
+                        && other.namespace != pod.namespace
+                        && peer_selects(cluster, peer, &pod.namespace, &other.namespace, &other.labels)
+                    {
+                        open.push(format!("{at}: admits pod {}/{}", other.namespace, other.name));
+                    }
+                }
+                for namespace in &cluster.namespaces {
+                    let ns = namespace.metadata.name.clone().unwrap_or_default();
+                    if ns == pod.namespace || ns == gateway.namespace {
+                        continue;
+                    }
+                    let pod_selector = peer.pod_selector.clone().unwrap_or_default();
+                    let whole_namespace = pod_selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+                        && pod_selector.match_expressions.as_ref().is_none_or(|e| e.is_empty());
+                    if whole_namespace && namespace_selected(cluster, peer, &pod.namespace, &ns) {
+                        open.push(format!("{at}: admits every pod of namespace {ns}"));
+                    }
+                }
+            }
+        }
+    }
+    open.sort();
+    open.dedup();
+    if !open.is_empty() {
+        return Err(NetOpen::Open(open));
+    }
+    if !gateway_admitted {
+        let names: Vec<String> = policies.iter().map(|(n, _)| format!("{}/{n}", pod.namespace)).collect();
+        return Err(NetOpen::GatewayShutOut(format!(
+            "NetworkPolicy {} admits no pod of the gateway ({} in {})",
+            names.join(", "),
+            labels_text(&gateway.labels),
+            gateway.namespace
+        )));
+    }
+    Ok(())
+}
+
+fn namespace_selected(cluster: &Cluster, peer: &NetworkPolicyPeer, policy_ns: &str, ns: &str) -> bool {
+    match &peer.namespace_selector {
+        None => ns == policy_ns,
+        Some(selector) => {
+            let mut labels = cluster.namespace_labels(ns).unwrap_or_default();
+            labels.insert("kubernetes.io/metadata.name".into(), ns.to_owned());
+            selects(selector, &labels)
+        }
+    }
+}
+
+fn peer_selects(
+    cluster: &Cluster,
+    peer: &NetworkPolicyPeer,
+    policy_ns: &str,
+    ns: &str,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    namespace_selected(cluster, peer, policy_ns, ns)
+        && peer.pod_selector.as_ref().is_none_or(|selector| selects(selector, labels))
+}
+
+/// `Ok(strict)`: Istio admits only the gateway (and own-namespace principals).
+fn istio(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Result<bool, String> {
+    let applies = |namespace: Option<&str>, selector: Option<&WorkloadSelector>| {
+        let ns = namespace.unwrap_or("default");
+        (ns == pod.namespace && workload_selects(selector, &pod.labels))
+            || (ns == ISTIO_ROOT_NAMESPACE && selector.is_none())
+    };
+    let allow: Vec<_> = cluster
+        .authorization_policies
+        .iter()
+        .filter(|p| p.spec.action.as_deref().unwrap_or("ALLOW") == "ALLOW")
+        .filter(|p| applies(p.metadata.namespace.as_deref(), p.spec.selector.as_ref()))
+        .collect();
+    if allow.is_empty() {
+        return Err("no Istio AuthorizationPolicy restricts it to the gateway's principal".into());
+    }
+    let gateway_principal = gateway.principal(trust_domain);
+    let own = format!("{trust_domain}/ns/{}/sa/", pod.namespace);
+    let mut admits_gateway = false;
+    for policy in &allow {
+        let name = format!(
+            "AuthorizationPolicy {}/{}",
+            policy.metadata.namespace.as_deref().unwrap_or("default"),
+            policy.metadata.name
+        );
+        for (i, rule) in policy.spec.rules.iter().flatten().enumerate() {
+            let Some(from) = rule.from.as_ref().filter(|f| !f.is_empty()) else {
+                return Err(format!("{name}: rules[{i}] has no `from`: every source"));
+            };
+            for source in from.iter().map(|f| &f.source) {
+                let principals = source.principals.as_deref().unwrap_or_default();
+                if principals.is_empty() {
+                    return Err(format!(
+                        "{name}: rules[{i}] admits sources by something else than principals"
+                    ));
+                }
+                for principal in principals {
+                    if principal == &gateway_principal {
+                        admits_gateway = true;
+                    } else if !principal.starts_with(&own) || principal.contains('*') {
+                        return Err(format!("{name}: rules[{i}] admits principal {principal}"));
+                    }
+                }
+            }
+        }
+    }
+    if !admits_gateway {
+        return Err(format!("no AuthorizationPolicy admits the gateway's principal {gateway_principal}"));
+    }
+    Ok(strict(cluster, pod))
+}
+
+/// The effective PeerAuthentication mode of a pod: workload, namespace, then mesh.
+fn strict(cluster: &Cluster, pod: &PodView) -> bool {
+    let mode = |ns: &str, workload: bool| {
+        cluster
+            .peer_authentications
+            .iter()
+            .filter(|p| p.metadata.namespace.as_deref().unwrap_or("default") == ns)
+            .filter(|p| match (&p.spec.selector, workload) {
+                (Some(selector), true) => workload_selects(Some(selector), &pod.labels),
+                (None, false) => true,
+                _ => false,
+            })
+            .find_map(|p| p.spec.mtls.as_ref()?.mode.clone())
+            .filter(|m| m != "UNSET")
+    };
+    let effective = mode(&pod.namespace, true)
+        .or_else(|| mode(&pod.namespace, false))
+        .or_else(|| mode(ISTIO_ROOT_NAMESPACE, false));
+    effective.as_deref() == Some("STRICT")
+}
+
+pub fn labels_text(labels: &BTreeMap<String, String>) -> String {
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
