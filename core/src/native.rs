@@ -12,6 +12,7 @@
 //! in the background, exactly once per proxy, and a request that finds them missing
 //! waits for the next tick.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::rc::Rc;
 
@@ -70,6 +71,8 @@ pub struct NativeRequest {
     pub source: Option<String>,
     /// Every other header, in order, as bytes.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The request's content; `None`: the headers end the stream.
+    pub body: Option<Vec<u8>>,
     /// Collect a [`Trace`] of the decision (`nhi-guard explain`).
     pub trace: bool,
 }
@@ -82,6 +85,7 @@ impl NativeRequest {
             authority: "gateway.test".to_owned(),
             source: Some("127.0.0.1:40000".to_owned()),
             headers: Vec::new(),
+            body: None,
             trace: false,
         }
     }
@@ -111,12 +115,25 @@ impl NativeProxy {
         now_ms: u64,
         key_server: Box<KeyServer>,
     ) -> Result<Self, NativeError> {
+        NativeProxy::start_with_environment(config, workers, now_ms, key_server, &BTreeMap::new())
+    }
+
+    /// [`NativeProxy::start`] with `environment` as each VM's environment (where
+    /// partner secrets are read from).
+    pub fn start_with_environment(
+        config: &Config,
+        workers: usize,
+        now_ms: u64,
+        key_server: Box<KeyServer>,
+        environment: &BTreeMap<String, Vec<u8>>,
+    ) -> Result<Self, NativeError> {
         let plan = Plan::choose(HostSetting::Auto, Probed { shared_data: true, timers: true, clock: true })
             .map_err(NativeError::Plan)?;
         let store = Rc::new(MemoryStore::new());
         let mut started = Vec::with_capacity(workers);
         for me in 0..workers {
             let mut host = MemoryHost::new(now_ms.saturating_mul(1_000_000));
+            host.environment.clone_from(environment);
             let vm = Vm::start(
                 config.clone(),
                 plan,
@@ -208,7 +225,11 @@ impl NativeProxy {
         for (name, value) in &sent.headers {
             host = host.header(name, value.clone());
         }
+        if let Some(body) = &sent.body {
+            host = host.with_body(body.clone());
+        }
         let mut request = Request::new(1);
+        request.has_body = sent.body.is_some();
         if sent.trace {
             request.trace = Some(Box::default());
         }
@@ -217,6 +238,11 @@ impl NativeProxy {
             self.tick()?;
             request.waited = true;
             step = pipeline::run(self.worker(worker)?, &mut host, &mut request, self.now_ms);
+        }
+        // A signature that covers the body: the whole body arrives at once.
+        if let Step::Body { .. } = step {
+            let length = sent.body.as_ref().map_or(0, Vec::len);
+            step = pipeline::body(self.worker(worker)?, &mut host, &mut request, length, true);
         }
         let vm = self.worker(worker)?;
         if step == Step::Continue {

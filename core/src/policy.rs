@@ -366,6 +366,8 @@ pub enum Rule {
     ClientCertificate,
     /// The audience of the route (or `default_audience`) and the kind of credential.
     Audience,
+    /// The route's `require_signature`: only a partner's verified signature passes.
+    RequireSignature,
     /// A deny list: the global `deny` or the route's.
     DenyList { global: bool },
     /// The route's `allow[i]`, the first rule that fits, admits the identity.
@@ -532,12 +534,14 @@ fn evaluate(
     }
     if route.is_some_and(|r| r.require_signature) {
         match *credential {
-            Credential::Rejected { rejection, .. } => return Decision::Deny(Denial::auth(rejection)),
+            Credential::Rejected { rejection, .. } => {
+                return (Decision::Deny(Denial::auth(rejection)), Rule::RequireSignature)
+            }
             Credential::Verified(who) if who.via == crate::verify::identity::Via::Signature => {}
             _ => {
                 let missing =
                     Rejection::new(Reason::MissingSignature, "this route requires a signed request");
-                return Decision::Deny(Denial::auth(&missing));
+                return (Decision::Deny(Denial::auth(&missing)), Rule::RequireSignature);
             }
         }
     }

@@ -10,6 +10,7 @@ use crate::mtls;
 use crate::policy::{self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo, Rule};
 use crate::reason::{Reason, Rejection};
 
+use super::trace::TracedBehaviour;
 use super::verify::{names_machine_issuer, Authenticated, Verification};
 use super::{behaviour, forward, quota, reply, Request, Step, Vm};
 
@@ -97,9 +98,14 @@ pub fn authorize(
     }
 
     if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
-        if let Some(denial) = behaviour::observe(vm, host, request, who, verdict.route, now_ms) {
+        let refused = behaviour::observe(vm, host, request, who, verdict.route, now_ms);
+        let detecting = config.behaviour.as_ref().is_some_and(|b| b.detect);
+        if let (Some(trace), true) = (request.trace.as_deref_mut(), detecting) {
+            trace.behaviour = Some(TracedBehaviour { refused: refused.clone() });
+        }
+        if let Some(denial) = refused {
             verdict.decision = Decision::Deny(denial);
-            request.observed.note_verdict(&verdict);
+            note_verdict(request, &verdict);
             if let Some(refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
                 return reply::send(host, &refusal);
             }

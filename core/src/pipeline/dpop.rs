@@ -69,9 +69,15 @@ pub fn dpop(
 ) -> Verification {
     let Some(Ok(Authenticated::Token(verified))) = &verification.result else { return verification };
     let verified = Rc::clone(verified);
-    if let Err(rejection) = judge(vm, host, request, &verified, now_ms) {
+    let judged = judge(vm, host, request, &verified, now_ms).map_err(|rejection| {
         let seen = SeenToken { kid: verified.kid.clone(), ours: Some(true) };
-        verification.result = Some(Err(rejection.for_issuer(verified.issuer).seen(seen)));
+        rejection.for_issuer(verified.issuer).seen(seen)
+    });
+    if let Some(trace) = request.trace.as_deref_mut() {
+        trace.dpop = Some(judged.clone().map(|()| request.dpop.jkt.clone()));
+    }
+    if let Err(rejection) = judged {
+        verification.result = Some(Err(rejection));
     }
     verification
 }

@@ -96,6 +96,14 @@ pub fn verify(
     }
     let verification =
         Verification { result: Some(result.map(Authenticated::Partner)), blocked_for, attributed: None };
+    if let Some(trace) = request.trace.as_deref_mut() {
+        trace.verification = verification.result.clone();
+        trace.partner = Some(if signed.is_some() || matches!(request.credential, Presented::Signature(_)) {
+            "signature"
+        } else {
+            "API key"
+        });
+    }
     (verification, signed)
 }
 
@@ -204,6 +212,9 @@ fn fail(
     let kid = vm.config.partners.as_ref().and_then(|p| p.key_id(signed.key)).map(str::to_owned);
     let rejection = rejection.seen(crate::reason::SeenToken { kid, ours: Some(true) });
     request.observed.note_partner(Err(&rejection), request.observed.verify_ns);
+    if let Some(trace) = request.trace.as_deref_mut() {
+        trace.verification = Some(Err(rejection.clone()));
+    }
     verification.result = Some(Err(rejection));
 }
 

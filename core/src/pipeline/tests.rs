@@ -222,7 +222,7 @@ fn a_trace_records_what_the_stages_decided_without_a_host_call_more() {
     assert_eq!(plain.host.calls, traced.host.calls);
     assert_eq!((plain.step, plain.status), (traced.step, traced.status));
     let verified = trace.verification.unwrap().unwrap();
-    assert_eq!(verified.identity, "robot");
+    assert_eq!(verified.token().map(|v| v.identity.as_str()), Some("robot"));
     let verdict = trace.verdict.unwrap();
     assert_eq!(
         (verdict.route.as_deref(), verdict.decision, verdict.rule),
