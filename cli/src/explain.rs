@@ -11,6 +11,12 @@
 //! fetched, `--jwks` gives the JWKS document; without it, the token is re-signed with
 //! a throwaway key ([`resign`]) so that every other check runs, and the signature is
 //! reported as not checked.
+//!
+//! What cannot be judged offline is said so, not guessed: a partner secret not in
+//! explain's environment (a placeholder stands in, and the partner check is
+//! reported as not checked), a DPoP proof's or signature's freshness against the
+//! gateway's replay caches and nonces (explain's are empty), and a behaviour
+//! baseline the gateway has learned (explain's identities are all new).
 
 pub mod resign;
 
@@ -23,9 +29,10 @@ use nhi_guard_core::config::{Config, JwksSource};
 use nhi_guard_core::keys::fetch::{Callout, Stage};
 use nhi_guard_core::keys::jwks;
 use nhi_guard_core::native::{Exchange, NativeProxy, NativeRequest};
-use nhi_guard_core::pipeline::trace::TracedVerdict;
+use nhi_guard_core::pipeline::trace::{Trace, TracedVerdict};
+use nhi_guard_core::pipeline::verify::Authenticated;
 use nhi_guard_core::policy::{Audience, Decision, Rule};
-use nhi_guard_core::reason::{Check, Rejection};
+use nhi_guard_core::reason::{Check, Reason, Rejection};
 use nhi_guard_core::token::source::Extracted;
 use nhi_guard_core::verify::Verified;
 
@@ -62,6 +69,8 @@ pub struct ExplainRequest {
     pub source: Option<String>,
     /// Headers besides the pseudo-headers, in order.
     pub headers: Vec<(String, String)>,
+    /// The request's content (a partner signature may cover it); `None`: none.
+    pub body: Option<Vec<u8>>,
 }
 
 impl ExplainRequest {
@@ -72,6 +81,7 @@ impl ExplainRequest {
             host: "gateway.test".to_owned(),
             source: Some("127.0.0.1:40000".to_owned()),
             headers: Vec::new(),
+            body: None,
         }
     }
 
@@ -90,7 +100,12 @@ pub struct Explainer {
     proxy: NativeProxy,
     /// Issuers (index) whose keys are a throwaway key: their signatures are not checked.
     throwaway: Vec<usize>,
+    /// Partner secrets (variable names) explain was not given: placeholders stand in.
+    missing_secrets: Vec<String>,
 }
+
+/// What stands in for an HMAC secret explain was not given: 32 zero bytes, base64.
+const PLACEHOLDER_HMAC: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
 impl Explainer {
     /// Starts the filter with the configuration `bytes` (as its host hands them
@@ -103,6 +118,21 @@ impl Explainer {
         jwks: &BTreeMap<String, String>,
         throwaway: &[String],
         now_ms: u64,
+    ) -> Result<Explainer, ExplainError> {
+        Explainer::start_with_environment(bytes, jwks, throwaway, now_ms, &BTreeMap::new())
+    }
+
+    /// [`Explainer::start`] with the partner secrets in `environment` (by variable
+    /// name, as the gateway's VM gets them). A secret the configuration names and
+    /// `environment` lacks is replaced by a placeholder, so that the filter starts
+    /// and everything else can be explained; partner checks are then reported as
+    /// not checked.
+    pub fn start_with_environment(
+        bytes: &[u8],
+        jwks: &BTreeMap<String, String>,
+        throwaway: &[String],
+        now_ms: u64,
+        environment: &BTreeMap<String, Vec<u8>>,
     ) -> Result<Explainer, ExplainError> {
         let config = Config::from_json(bytes).map_err(|e| ExplainError::Config(e.to_string()))?;
         let plugin: Value = serde_json::from_slice(bytes).map_err(|e| ExplainError::Config(e.to_string()))?;
@@ -142,7 +172,27 @@ impl Explainer {
                 _ => (404, String::new()),
             }
         });
-        let proxy = NativeProxy::start(&config, 2, now_ms, key_server)
+        let mut vm_environment = BTreeMap::new();
+        let mut missing_secrets = Vec::new();
+        if let Some(partners) = &config.partners {
+            for (field, name) in partners.environment_variables() {
+                let value = match environment.get(name) {
+                    Some(value) => value.clone(),
+                    None => {
+                        if !missing_secrets.iter().any(|m| m == name) {
+                            missing_secrets.push(name.to_owned());
+                        }
+                        if field.ends_with("sha256_env") {
+                            "0".repeat(64).into_bytes()
+                        } else {
+                            PLACEHOLDER_HMAC.as_bytes().to_vec()
+                        }
+                    }
+                };
+                vm_environment.insert(name.to_owned(), value);
+            }
+        }
+        let proxy = NativeProxy::start_with_environment(&config, 2, now_ms, key_server, &vm_environment)
             .map_err(|e| ExplainError::Run(e.to_string()))?;
         let throwaway = config
             .issuers
@@ -151,7 +201,7 @@ impl Explainer {
             .filter(|(_, i)| throwaway.contains(&i.name))
             .map(|(index, _)| index)
             .collect();
-        Ok(Explainer { plugin, config, proxy, throwaway })
+        Ok(Explainer { plugin, config, proxy, throwaway, missing_secrets })
     }
 
     pub fn config(&self) -> &Config {
@@ -164,6 +214,7 @@ impl Explainer {
         sent.authority = request.host.clone();
         sent.source = request.source.as_ref().map(|s| with_port(s));
         sent.trace = true;
+        sent.body.clone_from(&request.body);
         for (name, value) in &request.headers {
             sent.headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
         }
@@ -288,8 +339,12 @@ impl Explanation {
         self.exchange.trace().and_then(|t| t.verdict.as_ref())
     }
 
-    fn verification(&self) -> Option<&Result<std::rc::Rc<Verified>, Rejection>> {
+    fn verification(&self) -> Option<&Result<Authenticated, Rejection>> {
         self.exchange.trace().and_then(|t| t.verification.as_ref())
+    }
+
+    fn trace(&self) -> Option<&Trace> {
+        self.exchange.trace()
     }
 }
 
@@ -311,7 +366,9 @@ impl Render<'_> {
         line(&mut out, "request", &format!("{} {} (host {}, from {source})", r.method, r.path, r.host));
         self.route(&mut out);
         self.verify(&mut out);
+        self.dpop(&mut out);
         self.policy(&mut out);
+        self.behaviour(&mut out);
         self.quota(&mut out);
         self.forward(&mut out);
         self.response(&mut out);
@@ -354,6 +411,9 @@ impl Render<'_> {
     }
 
     fn verify(&self, out: &mut String) {
+        if let Some(kind) = self.e.trace().and_then(|t| t.partner) {
+            return self.partner(out, kind);
+        }
         let header = &self.config().token.header;
         let Some(result) = self.e.verification() else {
             let text = if self.e.credential {
@@ -366,7 +426,7 @@ impl Render<'_> {
         };
         line(out, "token", &format!("bearer token in {header}"));
         let (failed, rejection, issuer) = match result {
-            Ok(verified) => (None, None, Some(verified.issuer)),
+            Ok(authenticated) => (None, None, authenticated.token().map(|v| v.issuer)),
             Err(rejection) => (rejection.check, Some(rejection), rejection.issuer),
         };
         let throwaway = issuer.is_some_and(|i| self.explainer.throwaway.contains(&i));
@@ -380,7 +440,12 @@ impl Render<'_> {
             let (result, detail) = match failed_at {
                 Some(at) if position == at => ("FAILED", describe_rejection(rejection)),
                 Some(at) if position > at => ("-", "not reached".to_owned()),
-                _ => self.passed(*check, result.as_ref().ok().map(|v| &**v), issuer, throwaway),
+                _ => self.passed(
+                    *check,
+                    result.as_ref().ok().and_then(Authenticated::token),
+                    issuer,
+                    throwaway,
+                ),
             };
             check_line(out, stage, check.name(), result, &detail);
             stage = "";
@@ -428,6 +493,118 @@ impl Render<'_> {
         ("ok", detail)
     }
 
+    /// A partner's signature or API key, judged by the partner stage.
+    fn partner(&self, out: &mut String, kind: &str) {
+        line(out, "partner", &format!("partner {kind}"));
+        let partners = self.config().partners.as_ref();
+        match self.e.verification() {
+            Some(Ok(Authenticated::Partner(key))) => {
+                let identity = partners.and_then(|p| p.partner(*key)).map_or("?", |p| p.identity.as_str());
+                let key_id = partners.and_then(|p| p.key_id(*key)).unwrap_or("?");
+                check_line(out, "", kind, "ok", &format!("key {key_id:?}: identity {identity}"));
+            }
+            Some(Err(rejection)) => check_line(out, "", kind, "FAILED", &describe_rejection(Some(rejection))),
+            _ => check_line(out, "", kind, "-", "not judged"),
+        }
+        if !self.explainer.missing_secrets.is_empty() {
+            line(
+                out,
+                "",
+                &format!(
+                    "NOT CHECKED offline: {} not in explain's environment (the gateway reads its own); \
+                     a placeholder stood in, so the {kind}'s result above is not the gateway's. \
+                     Export the variable(s) to check it",
+                    self.explainer.missing_secrets.join(", ")
+                ),
+            );
+        }
+        if kind == "signature" {
+            line(
+                out,
+                "",
+                "offline: created/expires are judged against explain's clock (--now) and the nonce \
+                 against an empty replay cache; the gateway refuses a nonce it has already seen",
+            );
+            if self.e.request.body.is_none()
+                && self.e.request.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("content-digest"))
+            {
+                line(out, "", "the signature covers a body and explain was given none (--body FILE)");
+            }
+        }
+    }
+
+    /// The DPoP stage, where DPoP is in play.
+    fn dpop(&self, out: &mut String) {
+        let scheme = self.e.exchange.request.dpop.scheme;
+        let judged = self.e.trace().and_then(|t| t.dpop.as_ref());
+        let in_use = self.config().dpop_in_use();
+        match judged {
+            None if scheme || in_use => line(out, "dpop", "not reached (no verified token)"),
+            None => {}
+            Some(Ok(None)) if in_use => check_line(
+                out,
+                "dpop",
+                "proof",
+                "-",
+                "none: a bearer token no DPoP rule requires a proof for",
+            ),
+            Some(Ok(None)) => {}
+            Some(Ok(Some(jkt))) => {
+                check_line(out, "dpop", "proof", "ok", &format!("bound to key thumbprint {jkt}"))
+            }
+            Some(Err(rejection)) => {
+                check_line(out, "dpop", "proof", "FAILED", &describe_rejection(Some(rejection)))
+            }
+        }
+        if !scheme {
+            return;
+        }
+        if let Some(Err(rejection)) = judged {
+            if rejection.reason == Reason::UseDpopNonce {
+                line(
+                    out,
+                    "",
+                    "NOT EXPLAINABLE offline: the gateway requires a nonce it issued (dpop.nonce); \
+                     explain cannot know the gateway's nonces, only its own",
+                );
+                return;
+            }
+        }
+        line(
+            out,
+            "",
+            "offline: the proof's iat is judged against explain's clock (--now), its jti against an \
+             empty replay cache; the gateway refuses a proof it has already seen",
+        );
+    }
+
+    /// The behaviour stage, where anomalies are detected.
+    fn behaviour(&self, out: &mut String) {
+        let detecting = self.config().behaviour.as_ref().is_some_and(|b| b.detect);
+        let Some(traced) = self.e.trace().and_then(|t| t.behaviour.as_ref()) else {
+            if detecting {
+                line(out, "behaviour", "not reached (only an allowed machine request is counted)");
+            }
+            return;
+        };
+        let flagged = self.e.exchange.request.observed.anomalies;
+        let seen = if flagged.is_empty() {
+            "no anomaly".to_owned()
+        } else {
+            format!("flagged {}", flagged.joined())
+        };
+        let text = match &traced.refused {
+            Some(denial) => format!("{seen}: refused {} {}", denial.status, denial.reason),
+            None => format!("{seen}: passes"),
+        };
+        line(out, "behaviour", &text);
+        line(
+            out,
+            "",
+            "offline: explain has none of the gateway's learned baselines; every identity is new to it",
+        );
+    }
+
     fn policy(&self, out: &mut String) {
         let Some(verdict) = self.e.verdict() else {
             line(out, "policy", "not reached (the host failed)");
@@ -441,7 +618,10 @@ impl Render<'_> {
             .as_deref()
             .and_then(|n| self.config().routes.routes().iter().find(|r| r.name == n))
             .map_or(self.config().routes.default_audience, |r| r.audience);
+        let by_behaviour =
+            self.e.trace().and_then(|t| t.behaviour.as_ref()).is_some_and(|b| b.refused.is_some());
         let verdict_text = match &verdict.decision {
+            Decision::Deny(_) if by_behaviour => "allow (then refused by the behaviour stage)".to_owned(),
             Decision::Allow => "allow".to_owned(),
             Decision::Deny(denial) => format!("deny {} {}", denial.status, denial.reason),
         };
@@ -469,6 +649,9 @@ impl Render<'_> {
                 "the client-certificate rules (mtls, require_client_certificate)".into()
             }
             Rule::Quota => "the identity's quota is used up".into(),
+            Rule::RequireSignature => {
+                format!("{at}.require_signature: only a partner's verified signature passes")
+            }
             Rule::HostFailure => "a host call the decision depends on failed".into(),
             Rule::AmbiguousPath => "the path is ambiguous once normalized".into(),
             Rule::Audience => match (audience, self.e.verification(), &verdict.decision) {

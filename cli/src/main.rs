@@ -29,7 +29,7 @@ usage: nhi-guard check [--quiet] FILE...
                        [--unused-days N] [--fail-on error|warning] FILE...
        nhi-guard explain FILE [--config N] [--method M] [--path P] [--host H] [--source IP[:PORT]]
                          [--header 'NAME: VALUE']... [--token TOKEN|@FILE|-] [--jwks [ISSUER=]FILE]...
-                         [--now UNIX_SECONDS]
+                         [--body FILE] [--now UNIX_SECONDS]
        nhi-guard schema
 
 check   validates the nhi-guard plugin configuration found in each FILE (plugin JSON,
@@ -53,7 +53,11 @@ explain runs one request through the filter's own pipeline with the configuratio
         admits or refuses, the quota, the headers forwarded and the exact response. The
         token's signature is checked with --jwks (the issuer's JWKS document; ISSUER= when
         the token's iss does not say which issuer), or with the issuer's inline keys;
-        otherwise it is reported as not checked. Exit status: 0 the request would be
+        otherwise it is reported as not checked. Partner secrets are read from explain's
+        own environment (the variables the configuration names); one that is missing is
+        replaced by a placeholder and the partner check reported as not checked. What
+        explain cannot know offline (replay caches, DPoP nonces the gateway issued,
+        learned behaviour baselines) is said so. Exit status: 0 the request would be
         forwarded, 1 refused, 2 usage error, unreadable file or invalid configuration.
 schema  prints the JSON Schema of the plugin configuration.";
 
@@ -129,6 +133,10 @@ fn run_explain(args: &[String]) -> Result<ExitCode, String> {
             }
             "--token" => token = Some(value(arg)?),
             "--jwks" => jwks_args.push(value(arg)?),
+            "--body" => {
+                let path = value(arg)?;
+                request.body = Some(std::fs::read(&path).map_err(|e| format!("--body {path}: {e}"))?);
+            }
             "--now" => now = Some(value(arg)?.parse::<u64>().map_err(|_| "--now takes Unix seconds")?),
             other if other.starts_with('-') && other != "-" => return Err(format!("unknown option {other}")),
             other if file.is_none() => file = Some(other.to_owned()),
@@ -207,7 +215,25 @@ fn run_explain(args: &[String]) -> Result<ExitCode, String> {
         },
         |seconds| seconds.saturating_mul(1000),
     );
-    let mut explainer = match Explainer::start(&bytes, &prepared.jwks, &prepared.throwaway, now_ms) {
+    // The partner secrets the configuration names, from explain's own environment.
+    let environment: BTreeMap<String, Vec<u8>> = config
+        .partners
+        .as_ref()
+        .map(|p| p.environment_variables())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(_, name)| {
+            let value = std::env::var_os(name)?;
+            Some((name.to_owned(), value.into_encoded_bytes()))
+        })
+        .collect();
+    let mut explainer = match Explainer::start_with_environment(
+        &bytes,
+        &prepared.jwks,
+        &prepared.throwaway,
+        now_ms,
+        &environment,
+    ) {
         Ok(explainer) => explainer,
         Err(err) => return Ok(fail(err.to_string())),
     };
