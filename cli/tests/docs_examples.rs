@@ -157,3 +157,49 @@ fn an_excerpt_fits_only_with_the_files_values() {
     assert!(!fits_at(serde_json::json!({ "filters": [{ "name": "y" }, { "name": "x" }] })));
     assert!(!fits_at(serde_json::json!({ "name": "a", "missing": true })));
 }
+
+/// Every ```console block of docs/cluster-alignment.md is a `$ nhi-guard ...` command
+/// and the output the binary prints for it, run from the repository root: the page's
+/// `check --cluster` and `explain` examples cannot drift from what the CLI says.
+/// (Arguments are split on spaces: the page quotes none.)
+#[test]
+fn the_cluster_alignment_examples_are_what_the_binary_prints() {
+    let page = read("docs/cluster-alignment.md");
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<&str>> = None;
+    for line in page.lines() {
+        match (&mut current, line) {
+            (None, "```console") => current = Some(Vec::new()),
+            (Some(lines), "```") => {
+                blocks.push(lines.join("\n"));
+                current = None;
+            }
+            (Some(lines), line) => lines.push(line),
+            (None, _) => {}
+        }
+    }
+    let mut ran = Vec::new();
+    for block in &blocks {
+        let (command, shown) = block.split_once('\n').unwrap_or((block, ""));
+        let args: Vec<&str> = command
+            .strip_prefix("$ nhi-guard ")
+            .unwrap_or_else(|| panic!("a console block starts with `$ nhi-guard`: {command}"))
+            .split(' ')
+            .collect();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_nhi-guard"))
+            .args(&args)
+            .current_dir(repo_root())
+            .output()
+            .unwrap();
+        let printed = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(printed.trim_end(), shown.trim_end(), "docs/cluster-alignment.md: `{command}`");
+        ran.push((args[0].to_owned(), output.status.code()));
+    }
+    // Both commands, an allowed and a refused request, a clean and a failing check.
+    for expected in [("check", Some(0)), ("check", Some(1)), ("explain", Some(0)), ("explain", Some(1))] {
+        assert!(
+            ran.contains(&(expected.0.to_owned(), expected.1)),
+            "docs/cluster-alignment.md shows no {expected:?}: {ran:?}"
+        );
+    }
+}
