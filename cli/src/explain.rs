@@ -424,7 +424,8 @@ impl Render<'_> {
             line(out, "token", &text);
             return;
         };
-        line(out, "token", &format!("bearer token in {header}"));
+        let scheme = if self.e.exchange.request.dpop.scheme { "DPoP-scheme" } else { "bearer" };
+        line(out, "token", &format!("{scheme} token in {header}"));
         let (failed, rejection, issuer) = match result {
             Ok(authenticated) => (None, None, authenticated.token().map(|v| v.issuer)),
             Err(rejection) => (rejection.check, Some(rejection), rejection.issuer),
@@ -654,6 +655,9 @@ impl Render<'_> {
             }
             Rule::HostFailure => "a host call the decision depends on failed".into(),
             Rule::AmbiguousPath => "the path is ambiguous once normalized".into(),
+            Rule::Audience if self.e.trace().is_some_and(|t| matches!(t.dpop, Some(Err(_)))) => {
+                format!("audience {}: a token that fails its DPoP check is refused", audience.as_str())
+            }
             Rule::Audience => match (audience, self.e.verification(), &verdict.decision) {
                 (Audience::Machine, None, _) => {
                     "audience machine: a verified machine identity is required".into()

@@ -56,3 +56,72 @@ fn without_the_secret_the_api_key_is_reported_not_checked() {
         "{out}"
     );
 }
+
+/// A plugin configuration for docs/examples' Kubernetes tokens (keys fetched, given to
+/// explain with `--jwks`), with `extra` merged into it; written to a file of its own.
+fn kubernetes_plugin(name: &str, issuer_extra: &str, top_extra: &str) -> std::path::PathBuf {
+    let plugin = format!(
+        r#"{{"issuers": [{{"name": "kubernetes", "issuer": "https://kubernetes.default.svc.cluster.local",
+            "audiences": ["nhi-gateway"], "algorithms": ["ES256"],
+            "jwks": {{"cluster": "jwks_k8s", "authority": "kubernetes.default.svc.cluster.local",
+                      "path": "/openid/v1/jwks"}},
+            "profile": {{"type": "kubernetes", "namespaces": ["ci"]}}{issuer_extra}}}],
+          "routes": [{{"name": "machine-api", "match": {{"prefix": "/api/"}}, "audience": "machine"}}]{top_extra}}}"#
+    );
+    let path = std::env::temp_dir().join(format!("nhi-explain-{name}-{}.json", std::process::id()));
+    std::fs::write(&path, plugin).unwrap();
+    path
+}
+
+fn explain_token(plugin: &Path, headers: &[String]) -> (i32, String) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nhi-guard"));
+    command.arg("explain").arg(plugin).args(["--path", "/api/deploy", "--now", "1800000000"]);
+    command.args(["--jwks", "kubernetes=docs/examples/kubernetes-jwks.json"]).current_dir(&repo);
+    for header in headers {
+        command.args(["--header", header]);
+    }
+    let output = command.output().unwrap();
+    (output.status.code().unwrap(), String::from_utf8(output.stdout).unwrap())
+}
+
+fn allowed_token() -> String {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    std::fs::read_to_string(repo.join("docs/examples/allowed.jwt")).unwrap().trim().to_owned()
+}
+
+/// `dpop.mode: required`: a verified bearer token is refused by the DPoP stage, and
+/// explain says so at that stage; a DPoP-scheme request's proof is judged, with the
+/// caveat that replays and the gateway's nonces cannot be judged offline.
+#[test]
+fn the_dpop_stage_is_explained_with_what_it_cannot_know() {
+    let plugin = kubernetes_plugin("dpop", r#", "dpop": {"mode": "required"}"#, "");
+    let token = allowed_token();
+    let (code, out) = explain_token(&plugin, &[format!("authorization: Bearer {token}")]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("          signature   ok\n"), "{out}");
+    assert!(out.contains("dpop      proof       FAILED  dpop_required: "), "{out}");
+    assert!(out.contains("a token that fails its DPoP check is refused"), "{out}");
+    assert!(out.contains("response  401 dpop_required\n"), "{out}");
+
+    let (code, out) =
+        explain_token(&plugin, &[format!("authorization: DPoP {token}"), "dpop: abc.def.ghi".to_owned()]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("token     DPoP-scheme token in authorization\n"), "{out}");
+    assert!(out.contains("dpop      proof       FAILED  invalid_dpop_proof: "), "{out}");
+    assert!(out.contains("offline: the proof's iat is judged against explain's clock"), "{out}");
+    assert!(out.contains("response  401 invalid_dpop_proof\n"), "{out}");
+    std::fs::remove_file(plugin).unwrap();
+}
+
+/// With anomalies detected, the behaviour stage is shown for an allowed machine
+/// request, saying that explain has no learned baseline.
+#[test]
+fn the_behaviour_stage_is_explained_without_a_learned_baseline() {
+    let plugin = kubernetes_plugin("behaviour", "", r#", "behaviour": {"anomalies": {"new_route": {}}}"#);
+    let (code, out) = explain_token(&plugin, &[format!("authorization: Bearer {}", allowed_token())]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("behaviour no anomaly: passes\n"), "{out}");
+    assert!(out.contains("offline: explain has none of the gateway's learned baselines"), "{out}");
+    std::fs::remove_file(plugin).unwrap();
+}
