@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use nhi_guard_core::config::{Config, JwksSource};
-use nhi_guard_core::keys::fetch::{Callout, Stage};
+use nhi_guard_core::keys::fetch::{Callout, Document, Stage};
 use nhi_guard_core::keys::jwks;
 use nhi_guard_core::native::{Exchange, NativeProxy, NativeRequest};
 use nhi_guard_core::pipeline::trace::{Trace, TracedVerdict};
@@ -159,7 +159,9 @@ impl Explainer {
         // The key server: each issuer's discovery document (pointing at a JWKS on
         // the discovery authority, which needs no allowed_jwks_hosts) and JWKS.
         let key_server = Box::new(move |callout: &Callout| {
-            let Some((iss, authority, document)) = documents.get(callout.ticket.issuer) else {
+            // Explain has no revocation feed to read: it decides without one.
+            let Document::Jwks(issuer) = callout.ticket.document else { return (404, String::new()) };
+            let Some((iss, authority, document)) = documents.get(issuer) else {
                 return (404, String::new());
             };
             match (callout.ticket.stage, authority, document) {
@@ -168,7 +170,7 @@ impl Explainer {
                     serde_json::json!({"issuer": iss, "jwks_uri": format!("https://{authority}/jwks")})
                         .to_string(),
                 ),
-                (Stage::Jwks { .. }, _, Some(document)) => (200, document.clone()),
+                (Stage::Document { .. }, _, Some(document)) => (200, document.clone()),
                 _ => (404, String::new()),
             }
         });
@@ -642,6 +644,7 @@ impl Render<'_> {
                 "the global deny list (deny) names the token or its subject".into()
             }
             Rule::DenyList { global: false } => format!("{at}.deny names the token or its subject"),
+            Rule::RevocationFeed => "the revocation feed (revocation) names the token or its identity".into(),
             Rule::RouteSources => format!(
                 "{at}.source_cidrs does not contain {}",
                 self.e.request.source.as_deref().unwrap_or("an unknown source")

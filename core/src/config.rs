@@ -56,6 +56,10 @@ pub struct Config {
     pub host: crate::host::capabilities::HostSetting,
     /// Publish the decision as filter state (`wasm.nhi_*`) for access logs.
     pub filter_state: bool,
+    /// The revocation feed, if configured.
+    pub revocation: Option<crate::policy::revocation::RevocationFeed>,
+    /// The identity inventory, if configured.
+    pub inventory: Option<crate::observe::inventory::InventoryConfig>,
     /// A digest of the configuration bytes: cached verifications made under another
     /// configuration are not reused.
     pub fingerprint: u64,
@@ -121,6 +125,12 @@ pub struct RawConfig {
     /// Publish the decision as filter state for access logs (six host calls per request).
     #[serde(default)]
     filter_state: bool,
+    /// A revocation feed, fetched like a JWKS and applied without a reload.
+    #[serde(default)]
+    revocation: Option<crate::policy::revocation::RawRevocation>,
+    /// The identity inventory: who was seen, when, how often.
+    #[serde(default)]
+    inventory: Option<crate::observe::inventory::RawInventory>,
     #[cfg(feature = "fault-injection")]
     #[serde(default)]
     fault_injection: Option<RawFaultInjection>,
@@ -453,6 +463,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let flood_guard = crate::verify::flood_guard::compile(raw.flood_guard, "flood_guard")?;
     let behaviour = raw.behaviour.map(|b| crate::behaviour::compile(b, "behaviour")).transpose()?;
     check_host(raw.host, &issuers, mtls.is_some())?;
+    let revocation =
+        raw.revocation.map(|r| crate::policy::revocation::compile(r, "revocation")).transpose()?;
+    let inventory = raw.inventory.map(|i| crate::observe::inventory::compile(i, "inventory")).transpose()?;
     let config = Config {
         issuers,
         token,
@@ -469,6 +482,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         behaviour,
         host: raw.host,
         filter_state: raw.filter_state,
+        revocation,
+        inventory,
         fingerprint: 0,
         dpop_enabled: false,
         #[cfg(feature = "fault-injection")]

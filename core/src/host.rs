@@ -42,6 +42,18 @@ impl fmt::Display for HostError {
     }
 }
 
+/// An HTTP callout made on behalf of the request being decided (a TokenReview):
+/// its answer comes back to the shell, which hands it to the pipeline
+/// (`crate::pipeline::answered`). Headers include the pseudo-headers `:method`,
+/// `:path` and `:authority`; `cluster` is an Envoy cluster (on APISIX, `host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub timeout_ms: u64,
+}
+
 /// The kinds of metric a host keeps (numbered as the proxy-wasm ABI numbers them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MetricKind {
@@ -91,6 +103,9 @@ pub trait Host {
     /// The first `max` bytes of the request body buffered so far. Only asked in the
     /// body phase, which only requests that need their body enter.
     fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError>;
+    /// Starts `call` for this request; returns the host's token. The answer is the
+    /// shell's to deliver: the request stays paused until it arrives.
+    fn http_call(&mut self, call: &HttpCall) -> Result<u32, HostError>;
 }
 
 /// A property as UTF-8 text (`None` when absent or not text).

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::host::capabilities::{HostSetting, Plan, PlanError, Probed};
 use crate::host::memory::MemoryHost;
 use crate::host::store::MemoryStore;
-use crate::keys::fetch::{Callout, Next, Response};
+use crate::keys::fetch::{Callout, Document, Next, Response};
 use crate::pipeline::trace::Trace;
 use crate::pipeline::{self, Request, StartError, Step, Vm};
 
@@ -39,8 +39,8 @@ pub enum NativeError {
     Start(StartError),
     /// There is no worker with this index.
     NoWorker(usize),
-    /// A key fetch kept asking for callouts.
-    EndlessFetch { issuer: usize },
+    /// A fetch (a JWKS or the revocation feed) kept asking for callouts.
+    EndlessFetch { document: Document },
 }
 
 impl fmt::Display for NativeError {
@@ -49,9 +49,10 @@ impl fmt::Display for NativeError {
             NativeError::Plan(err) => write!(f, "no host plan: {err}"),
             NativeError::Start(err) => write!(f, "the filter would not start: {err}"),
             NativeError::NoWorker(index) => write!(f, "there is no worker {index}"),
-            NativeError::EndlessFetch { issuer } => write!(
+            NativeError::EndlessFetch { document } => write!(
                 f,
-                "the key fetch of issuers[{issuer}] asked for more than {MAX_CALLOUTS_PER_FETCH} callouts"
+                "a fetch of the {} asked for more than {MAX_CALLOUTS_PER_FETCH} callouts",
+                document.what()
             ),
         }
     }
@@ -163,12 +164,7 @@ impl NativeProxy {
     pub fn tick(&mut self) -> Result<(), NativeError> {
         for index in 0..self.workers.len() {
             let vm = self.worker(index)?;
-            let tick = vm.fetcher.borrow_mut().tick(
-                &vm.config.issuers,
-                &mut vm.keys.borrow_mut(),
-                self.store.as_ref(),
-                self.now_ms,
-            );
+            let tick = vm.fetch_tick(self.now_ms);
             for callout in tick.callouts {
                 self.call(index, callout)?;
             }
@@ -181,33 +177,16 @@ impl NativeProxy {
             let token = self.next_token;
             self.next_token = self.next_token.wrapping_add(1);
             let vm = self.worker(worker)?;
-            let keys = vm.keys.borrow().clone();
-            vm.fetcher.borrow_mut().dispatched(
-                &vm.config.issuers,
-                callout.ticket,
-                Ok(token),
-                &keys,
-                self.store.as_ref(),
-                self.now_ms,
-                0.0,
-            );
+            vm.fetch_dispatched(callout.ticket, Ok(token), self.now_ms, 0.0);
             let (status, body) = (self.key_server)(&callout);
             let response = Response { status: Some(status), body: Ok(body.into_bytes()) };
-            let next = vm.fetcher.borrow_mut().answered(
-                &vm.config.issuers,
-                token,
-                response,
-                &mut vm.keys.borrow_mut(),
-                self.store.as_ref(),
-                self.now_ms,
-                0.0,
-            );
+            let next = vm.fetch_answered(token, response, self.now_ms, 0.0);
             match next {
                 Some(Next::Call(next)) => callout = next,
                 _ => return Ok(()),
             }
         }
-        Err(NativeError::EndlessFetch { issuer: callout.ticket.issuer })
+        Err(NativeError::EndlessFetch { document: callout.ticket.document })
     }
 
     /// One request on `worker`: the pipeline from the request headers to the

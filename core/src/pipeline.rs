@@ -2,11 +2,11 @@
 //! [`Host`].
 //!
 //! ```text
-//! extract ─► verify ─► (await keys) ─► dpop ─► authorize ─► behaviour ─► quota ─► forward ─► record
-//!            partner ─► (await body) ─────────────┘
-//!   │          │                        │        │             │          │
-//!   │          │                        │        └─────────────┴──────────┴──► reply
-//!   └──────────┴────────────────────────┴─ a failed host call the decision depends on: 500 internal_error
+//! extract ─► verify ─► (await keys) ─► liveness ─► (await feed) ─► dpop ─► authorize ─► behaviour ─► quota ─► forward ─► record
+//!            partner ─► (await body) ──────────────────────────────────────┘
+//!   │          │                          │                                  │             │          │
+//!   │          │                          └ TokenReview callout              └─────────────┴──────────┴──► reply
+//!   └──────────┴─ a failed host call the decision depends on: 500 internal_error
 //! ```
 //!
 //! - [`extract`]: one clock read and one header-map read; client copies of every
@@ -20,6 +20,13 @@
 //! - await keys: a token refused only because its issuer's keys are not loaded yet
 //!   (or name an unknown `kid` while a refetch is allowed) parks the request
 //!   ([`Step::Wait`]); the shell wakes it when keys arrive, and it is decided again.
+//! - [`liveness`]: a verified token of an issuer with `profile.liveness` is asked
+//!   of the Kubernetes API server (TokenReview), at most once per token per
+//!   `cache_seconds` for the whole Envoy: the request holding the review's lease
+//!   makes the callout through the host ([`Step::Called`]; its answer comes back
+//!   through [`answered`]), requests for the same token wait ([`Step::Wait`]).
+//! - await feed: with a `revocation` feed never loaded yet, a request with a
+//!   verified token waits for the first one, like keys.
 //! - [`dpop`]: a token presented with the `DPoP` scheme is held to its proof (RFC
 //!   9449), on every request; a DPoP-bound token presented as a bearer token is
 //!   refused, in every mode.
@@ -29,7 +36,8 @@
 //!   held against it (anomalies; refused where a kind is enforced).
 //! - [`quota`]: the verified identity's budget is charged.
 //! - [`forward`]: the identity headers the upstream and Envoy's router see.
-//! - [`record`]: metrics, filter state and the decision log line.
+//! - [`record`]: metrics, filter state, the decision log line and the identity
+//!   inventory ([`inventory`] also serves its JSON).
 //!
 //! A request may ask for a [`trace::Trace`] of its decision (`nhi-guard explain`
 //! does; the filter never does): the stages copy what they concluded into it.
@@ -40,9 +48,12 @@
 
 pub mod authorize;
 pub mod behaviour;
+pub mod documents;
 pub mod dpop;
 pub mod extract;
 pub mod forward;
+pub mod inventory;
+pub mod liveness;
 pub mod partner;
 pub mod quota;
 pub mod record;
@@ -58,12 +69,14 @@ use crate::config::Config;
 use crate::host::capabilities::{KeyFetch, Plan};
 use crate::host::store::Store;
 use crate::host::Host;
-use crate::keys::fetch::{Fetcher, Mode};
+use crate::keys::fetch::{Document, Fetcher, Mode, Response};
 use crate::keys::keyshare::LocalKeys;
 use crate::keys::source::JwksSource;
 use crate::observe::decision_log;
+use crate::policy::revocation::LocalRevocations;
 use crate::policy::RequestInfo;
 use crate::verify::cache::LocalCache;
+use crate::verify::liveness::ReviewKey;
 
 /// Most requests one VM keeps paused while keys load; beyond, requests are answered at once.
 pub const MAX_WAITERS: usize = 1_024;
@@ -74,7 +87,9 @@ pub struct Vm {
     pub config: Config,
     /// Current keys per issuer (same index as `config.issuers`).
     pub keys: RefCell<Vec<LocalKeys>>,
-    /// Requests paused until their issuer's keys load (bounded by [`MAX_WAITERS`]).
+    /// This VM's copy of the revocation feed (`None` without a `revocation` block).
+    pub revocations: RefCell<Option<LocalRevocations>>,
+    /// Requests paused until what they wait for arrives (bounded by [`MAX_WAITERS`]).
     pub waiters: RefCell<Vec<Waiter>>,
     /// Shared data, or a per-VM memory store on hosts without it.
     pub store: Box<dyn Store>,
@@ -84,7 +99,8 @@ pub struct Vm {
     pub plan: Plan,
     /// This VM's front of the verified-token cache.
     pub local_tokens: RefCell<LocalCache>,
-    /// The key-fetch state machine of this VM (see [`crate::keys::fetch`]).
+    /// The fetch state machine of this VM: JWKS and the revocation feed (see
+    /// [`crate::keys::fetch`]).
     pub fetcher: RefCell<Fetcher>,
     /// This worker's side of the behaviour baselines, when anomalies are detected.
     pub tracker: RefCell<Option<Tracker>>,
@@ -94,6 +110,10 @@ pub struct Vm {
     pub dpop_issuers: Vec<crate::dpop::IssuerState>,
     /// Partner secrets, read from the environment at start.
     pub partner_keys: crate::partners::Keyring,
+    /// This worker's inventory deltas since its last flush.
+    pub inventory: RefCell<crate::observe::inventory::Pending>,
+    /// This VM's id as a lease holder (fetches, reviews): non-zero, random.
+    pub me: u64,
 }
 
 impl Vm {
@@ -131,6 +151,13 @@ impl Vm {
             }
             None => crate::partners::Keyring::default(),
         };
+        if config.issuers.iter().any(|i| i.profile.liveness().is_some()) {
+            crate::verify::liveness::prepare(store.as_ref()).map_err(|e| StartError::Table("liveness", e))?;
+        }
+        if let Some(inventory) = &config.inventory {
+            crate::observe::inventory::prepare(inventory, store.as_ref())
+                .map_err(|e| StartError::Table("inventory", e))?;
+        }
         let mut vm = Vm::new(config, plan, store, now_ms, me);
         vm.partner_keys = partner_keys;
         if vm.config.dpop_in_use() {
@@ -146,20 +173,24 @@ impl Vm {
     }
 
     fn new(config: Config, plan: Plan, store: Box<dyn Store>, now_ms: u64, me: u64) -> Vm {
-        let keys = config
+        let mut keys: Vec<LocalKeys> = config
             .issuers
             .iter()
             .map(|issuer| match &issuer.jwks {
                 JwksSource::Inline(set) => LocalKeys::inline(set.clone()),
-                JwksSource::Remote(remote) => LocalKeys::remote(remote.schedule()),
+                JwksSource::Remote(remote) => LocalKeys::remote(remote.schedule(), issuer.key_use()),
             })
             .collect();
+        let mut revocations = config.revocation.as_ref().map(LocalRevocations::new);
         let observer = record::Observer::new(&config, store.as_ref(), now_ms);
         let mode = match plan.key_fetch {
             KeyFetch::Background => Mode::Shared { me },
             KeyFetch::OnRequest => Mode::PerVm,
         };
-        let fetcher = RefCell::new(Fetcher::new(&config.issuers, mode));
+        let fetcher = {
+            let mut sources = documents::VmSources::new(&config, &mut keys, revocations.as_mut());
+            RefCell::new(Fetcher::new(&mut sources, mode))
+        };
         let tracker = RefCell::new(config.behaviour.as_ref().filter(|b| b.detect).map(Tracker::new));
         let dpop = crate::dpop::VmState::new(config.issuers.len());
         let dpop_issuers =
@@ -167,6 +198,7 @@ impl Vm {
         Vm {
             config,
             keys: RefCell::new(keys),
+            revocations: RefCell::new(revocations),
             waiters: RefCell::new(Vec::new()),
             store,
             observer,
@@ -177,7 +209,15 @@ impl Vm {
             dpop,
             dpop_issuers,
             partner_keys: crate::partners::Keyring::default(),
+            inventory: RefCell::new(crate::observe::inventory::Pending::default()),
+            me,
         }
+    }
+
+    /// Whether the host wakes parked requests (a tick): otherwise a request that
+    /// would wait for another's work is decided at once.
+    pub fn can_park(&self) -> bool {
+        self.plan.key_fetch == KeyFetch::Background
     }
 }
 
@@ -196,6 +236,8 @@ pub enum StartError {
     Secret(crate::partners::SecretError),
     /// The nonce replay cache could not be created.
     ReplayCache(crate::host::store::StoreError),
+    /// A shared table (liveness answers, the inventory) could not be created.
+    Table(&'static str, crate::host::store::StoreError),
 }
 
 impl std::fmt::Display for StartError {
@@ -214,6 +256,7 @@ impl std::fmt::Display for StartError {
             ),
             StartError::Secret(err) => write!(f, "partner secret unavailable: {err}"),
             StartError::ReplayCache(err) => write!(f, "cannot prepare the nonce replay cache: {err}"),
+            StartError::Table(what, err) => write!(f, "cannot prepare the {what} table: {err}"),
         }
     }
 }
@@ -226,12 +269,14 @@ pub struct Request {
     pub request_id: Option<String>,
     /// The credential header, kept only until the decision (never logged).
     pub credential: extract::Presented,
-    /// Whether this request already waited once for keys.
+    /// Whether this request already waited once for keys (or the revocation feed).
     pub waited: bool,
     /// The request has content (its headers did not end the stream): set by the shell.
     pub has_body: bool,
     /// A verified signature waiting for the body it covers.
     pub pending: Option<partner::Pending>,
+    /// Where this request stands with its token's TokenReview.
+    pub liveness: liveness::Progress,
     /// The issuer (index) whose keys verified the token, once decided.
     pub verified_issuer: Option<usize>,
     /// Headers for the response to an allowed request (quota state, DPoP nonce).
@@ -258,9 +303,10 @@ pub enum Step {
     Continue,
     /// A local reply was sent (or could not be): the request must stay paused.
     Replied,
-    /// Keys are being fetched; pause until they arrive or `deadline_ms`.
+    /// Something the request needs is on its way; park it (a [`Waiter`]) until it
+    /// arrives or `deadline_ms`, then run it again.
     Wait {
-        issuer: usize,
+        awaiting: Awaited,
         deadline_ms: u64,
     },
     /// A signature covers the body: pause and buffer it (refusing it above
@@ -268,22 +314,43 @@ pub enum Step {
     Body {
         max_bytes: u64,
     },
+    /// The request made a callout through the host ([`Host::http_call`], a
+    /// TokenReview): it stays paused, and the callout's answer goes to [`answered`].
+    Called {
+        token: u32,
+    },
 }
 
-/// A request paused while its issuer's keys load.
+/// What a parked request waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Awaited {
+    /// A fetched document: an issuer's keys, or the first revocation feed.
+    Document(Document),
+    /// The answer to a TokenReview another request (or worker) is making.
+    Review(ReviewKey),
+    /// The answer to its own callout `token`, made while it was woken from the root
+    /// context (whose callbacks receive that answer).
+    Answer(u32),
+}
+
+/// A paused request.
 pub struct Waiter {
     pub context_id: u32,
-    pub issuer: usize,
+    pub awaiting: Awaited,
     pub deadline_ms: u64,
     pub request: Rc<RefCell<Request>>,
 }
 
-/// The request's headers arrived: extract what the decision needs, then decide.
+/// The request's headers arrived: extract what the decision needs, then decide
+/// (or, on the inventory's path, answer it).
 pub fn start(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Step {
     let now_ns = host.now_ns();
     request.observed.started_ns = Some(now_ns);
     if let Err(step) = extract::extract(vm, host, request) {
         return step;
+    }
+    if vm.config.inventory.as_ref().is_some_and(|i| i.serves(&request.info.path)) {
+        return inventory::serve(vm, host, request, now_ns / 1_000_000);
     }
     run(vm, host, request, now_ns / 1_000_000)
 }
@@ -292,8 +359,8 @@ pub fn start(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Step {
 /// counts and publishes the decision unless the request waits.
 pub fn run(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
     let step = decide(vm, host, request, now_ms);
-    if !matches!(step, Step::Wait { .. } | Step::Body { .. }) {
-        record::decided(vm, host, request, step == Step::Replied);
+    if matches!(step, Step::Continue | Step::Replied) {
+        record::decided(vm, host, request, step == Step::Replied, now_ms);
     }
     step
 }
@@ -311,6 +378,13 @@ pub fn body(
     partner::body(vm, host, request, buffered, end_of_stream)
 }
 
+/// What the root context does on every tick besides fetching: merge this worker's
+/// inventory into the shared table, update the gauges.
+pub fn on_tick(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
+    inventory::flush(vm, host);
+    record::gauges(vm, host, now_ms);
+}
+
 /// The response to a forwarded request: its quota headers.
 pub fn respond(host: &mut dyn Host, request: &Request) {
     for (name, value) in &request.response_headers {
@@ -325,21 +399,59 @@ pub fn finish(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
     record::logged(vm, host, request);
 }
 
-/// verify → (await keys) → dpop → authorize → quota → forward. Managed headers were
-/// already stripped.
+/// The answer to callout `token` the request made ([`Step::Called`]): records it and
+/// decides the request. `None`: not this request's callout (or it was decided
+/// meanwhile): nothing to do.
+pub fn answered(
+    vm: &Vm,
+    host: &mut dyn Host,
+    request: &mut Request,
+    token: u32,
+    response: Response,
+    now_ms: u64,
+) -> Option<Step> {
+    liveness::answered(vm, host, request, token, &response, now_ms)?;
+    Some(run(vm, host, request, now_ms))
+}
+
+/// The request is going away while its callout is in flight: frees what it held.
+pub fn abandoned(vm: &Vm, request: &mut Request) {
+    liveness::abandoned(vm, request);
+}
+
+/// Whether a parked request's wait is over (besides its deadline, and besides the
+/// documents the shell wakes it for when they load): the review it waits for was
+/// answered or given up.
+pub fn ready(vm: &Vm, waiter: &Waiter, now_ms: u64) -> bool {
+    match waiter.awaiting {
+        Awaited::Review(key) => liveness::settled(vm, &key, now_ms),
+        Awaited::Document(_) | Awaited::Answer(_) => false,
+    }
+}
+
+/// verify → (await keys) → liveness → (await feed) → dpop → authorize → quota →
+/// forward; a partner's credential goes its own way. Managed headers were already
+/// stripped.
 fn decide(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
     if request.credential.is_partner() {
         let (verification, signed) = partner::verify(vm, host, request, now_ms);
         return partner::proceed(vm, host, request, verification, signed, now_ms);
     }
-    let verification = verify::verify(vm, host, request, now_ms);
+    let mut verification = verify::verify(vm, host, request, now_ms);
     if let Some(Err(rejection)) = &verification.result {
         if let Some(step) = verify::await_keys(vm, request, rejection, now_ms) {
             return step;
         }
     }
+    if let Some(step) = liveness::check(vm, host, request, &mut verification, now_ms) {
+        return step;
+    }
+    let feed = match documents::revocations(vm, request, &mut verification, now_ms) {
+        Ok(feed) => feed,
+        Err(step) => return step,
+    };
     let verification = dpop::dpop(vm, host, request, verification, now_ms);
-    authorize::authorize(vm, host, request, verification, now_ms)
+    authorize::authorize(vm, host, request, verification, feed.as_deref(), now_ms)
 }
 
 #[cfg(test)]

@@ -72,9 +72,10 @@
 //!    verification keeps its own reason).
 //! 6. The audience table above: `missing_token` and the verifier's reasons (401,
 //!    or 503 `keys_unavailable`), `machine_on_human_route` 403.
-//! 7. Deny lists (global, then the route's): `token_revoked` 401 (the credential is
-//!    no longer valid: `invalid_token`), then `subject_denied` 403 (the identity is
-//!    authentic but banned; matched against `sub` and the forwarded identity).
+//! 7. Deny lists (global, the revocation feed's, then the route's): `token_revoked`
+//!    401 (the credential is no longer valid: `invalid_token`), then `subject_denied`
+//!    403 (the identity is authentic but banned; matched against `sub` and the
+//!    forwarded identity). See [`revocation`] for the feed.
 //! 8. `allow`: `not_allowed` 403 with `WWW-Authenticate: Bearer …
 //!    error="insufficient_scope"`, or `source_not_allowed` 403 when the only rules
 //!    that fit failed on `source_cidrs`.
@@ -99,6 +100,7 @@ pub mod cidr;
 pub mod config;
 pub mod matcher;
 pub mod reply;
+pub mod revocation;
 pub mod rules;
 
 use std::fmt;
@@ -113,6 +115,7 @@ pub use config::{
 };
 pub use matcher::{AmbiguousPath, RequestInfo};
 pub use reply::{Denial, DenyReason, RouteDenial};
+pub use revocation::RevocationList;
 pub use rules::IdentityInfo;
 
 use matcher::RouteMatch;
@@ -223,6 +226,26 @@ impl Routes {
         self.routes.iter().any(|route| route.dpop.is_some())
     }
 
+    /// Every `allow` rule's `identity` as written (`*` ends a prefix), with its
+    /// route's name: the inventory lists those no identity matches.
+    pub fn allowed_identities(&self) -> Vec<(&str, String)> {
+        let mut out = Vec::new();
+        for route in &self.routes {
+            for rule in route.allow.iter().flatten() {
+                match &rule.identity {
+                    Some(crate::claims::matcher::Pattern::Exact(s)) => {
+                        out.push((route.name.as_str(), s.clone()))
+                    }
+                    Some(crate::claims::matcher::Pattern::Prefix(p)) => {
+                        out.push((route.name.as_str(), format!("{p}*")))
+                    }
+                    None => {}
+                }
+            }
+        }
+        out
+    }
+
     /// Whether any route matches on Envoy's route name.
     pub fn read_route_name(&self) -> bool {
         self.routes.iter().any(|route| route.matcher.route_name.is_some())
@@ -322,16 +345,17 @@ pub fn names_machine_issuer<K: KeyLookup + ?Sized>(issuers: &[Issuer], keys: &K,
     crate::token::attribution::Ours { issuers: &issuers, kid_known }.claim(value)
 }
 
-/// Global and route deny lists, then the route's `allow` rules, for a verified
-/// identity on a route that accepts machines (`route: None`: unmatched). `Ok`: the
-/// rule that admits.
+/// Global, fetched and route deny lists, then the route's `allow` rules, for a
+/// verified identity on a route that accepts machines (`route: None`: unmatched).
+/// `Ok`: the rule that admits.
 pub fn authorize(
     routes: &Routes,
     route: Option<&Route>,
     who: &IdentityInfo<'_>,
     req: &RequestInfo,
+    feed: Option<&RevocationList>,
 ) -> Result<Rule, (RouteDenial, Rule)> {
-    check_deny_lists(routes, route, who)?;
+    check_deny_lists(routes, route, who, feed)?;
     match rules::check_allow(route.and_then(|r| r.allow.as_deref()), who, req) {
         Ok(Some(index)) => Ok(Rule::Allow(index)),
         Ok(None) => Ok(Rule::NoAllowList),
@@ -343,8 +367,12 @@ fn check_deny_lists(
     routes: &Routes,
     route: Option<&Route>,
     who: &IdentityInfo<'_>,
+    feed: Option<&RevocationList>,
 ) -> Result<(), (RouteDenial, Rule)> {
     routes.deny.check(who).map_err(|d| (d, Rule::DenyList { global: true }))?;
+    if let Some(feed) = feed {
+        feed.check(who).map_err(|d| (d, Rule::RevocationFeed))?;
+    }
     match route {
         Some(route) => route.deny.check(who).map_err(|d| (d, Rule::DenyList { global: false })),
         None => Ok(()),
@@ -370,6 +398,8 @@ pub enum Rule {
     RequireSignature,
     /// A deny list: the global `deny` or the route's.
     DenyList { global: bool },
+    /// The revocation feed's lists (`revocation`), applied without a reload.
+    RevocationFeed,
     /// The route's `allow[i]`, the first rule that fits, admits the identity.
     Allow(usize),
     /// The route has no `allow` list: every verified identity is admitted.
@@ -459,11 +489,21 @@ impl fmt::Display for Verdict<'_> {
 /// Classifies `req`, applies its route's audience and policy to `credential`,
 /// and applies the mode. See the module docs for the order and the reasons.
 pub fn decide<'r>(routes: &'r Routes, req: &RequestInfo, credential: &Credential<'_>) -> Verdict<'r> {
+    decide_with(routes, req, credential, None)
+}
+
+/// [`decide`] with the revocation feed's list beside the static deny lists.
+pub fn decide_with<'r>(
+    routes: &'r Routes,
+    req: &RequestInfo,
+    credential: &Credential<'_>,
+    feed: Option<&RevocationList>,
+) -> Verdict<'r> {
     let (route, (decision, rule)) = match classify(routes, req) {
         Err(AmbiguousPath) => {
             (None, (Decision::Deny(Denial::route(RouteDenial::AmbiguousPath, None)), Rule::AmbiguousPath))
         }
-        Ok(route) => (route, evaluate(routes, route, req, &effective(route, credential))),
+        Ok(route) => (route, evaluate(routes, route, req, &effective(route, credential), feed)),
     };
     let client_class = match effective(route, credential) {
         Credential::Verified(_) => ClientClass::Machine,
@@ -514,6 +554,7 @@ fn evaluate(
     route: Option<&Route>,
     req: &RequestInfo,
     credential: &Credential<'_>,
+    feed: Option<&RevocationList>,
 ) -> (Decision, Rule) {
     let route_denial = |d: RouteDenial| Decision::Deny(Denial::route(d, route.and_then(|r| r.deny_status)));
     if let Credential::Rejected { rejection, .. } = credential {
@@ -564,9 +605,9 @@ fn evaluate(
         },
         Credential::Verified(who) => {
             let outcome = match audience {
-                Audience::Human => check_deny_lists(routes, route, &who)
+                Audience::Human => check_deny_lists(routes, route, &who, feed)
                     .and(Err((RouteDenial::MachineOnHumanRoute, Rule::Audience))),
-                Audience::Machine | Audience::Any => authorize(routes, route, &who, req),
+                Audience::Machine | Audience::Any => authorize(routes, route, &who, req, feed),
             };
             match outcome {
                 Ok(rule) => (Decision::Allow, rule),

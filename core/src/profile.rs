@@ -116,6 +116,22 @@ impl Profile {
         }
     }
 
+    /// The TokenReview liveness check (`kubernetes` profile only).
+    pub fn liveness(&self) -> Option<&kubernetes::Liveness> {
+        match &self.kind {
+            Kind::Kubernetes(k8s) => k8s.liveness(),
+            _ => None,
+        }
+    }
+
+    /// The service accounts a `kubernetes` profile admits by name, as written.
+    pub fn allowlisted_accounts(&self) -> Vec<String> {
+        match &self.kind {
+            Kind::Kubernetes(k8s) => k8s.allowlisted_accounts(),
+            _ => Vec::new(),
+        }
+    }
+
     /// The `typ` rule when `issuers[].typ` is not configured.
     pub fn default_typ(&self) -> Option<TypRule> {
         match self.kind {

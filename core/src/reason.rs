@@ -91,10 +91,22 @@ pub enum Reason {
     InvalidApiKey,
     /// The nonce cache has no room for a live nonce: refused rather than forgotten.
     ReplayCacheFull,
+    /// The Kubernetes API server no longer authenticates the token (TokenReview):
+    /// its pod, service account or node is gone, or the token was invalidated.
+    WorkloadGone,
+    /// The token's liveness could not be asked of the API server (down, slow,
+    /// refusing), and `on_unavailable` does not let it through.
+    LivenessUnavailable,
+    /// The token names a pinned service account with another UID: the account was
+    /// deleted and recreated under the same name.
+    ServiceAccountReplaced,
+    /// The revocation feed is older than `max_stale_seconds` (or never loaded) and
+    /// `revocation.on_stale` is `deny`.
+    RevocationsUnavailable,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 43] = [
+    pub const ALL: [Reason; 47] = [
         Reason::MissingToken,
         Reason::MalformedToken,
         Reason::UnknownIssuer,
@@ -138,6 +150,10 @@ impl Reason {
         Reason::BodyTooLarge,
         Reason::InvalidApiKey,
         Reason::ReplayCacheFull,
+        Reason::WorkloadGone,
+        Reason::LivenessUnavailable,
+        Reason::ServiceAccountReplaced,
+        Reason::RevocationsUnavailable,
     ];
 
     pub fn code(self) -> &'static str {
@@ -185,13 +201,22 @@ impl Reason {
             Reason::BodyTooLarge => "body_too_large",
             Reason::InvalidApiKey => "invalid_api_key",
             Reason::ReplayCacheFull => "replay_cache_full",
+            Reason::WorkloadGone => "workload_gone",
+            Reason::LivenessUnavailable => "liveness_unavailable",
+            Reason::ServiceAccountReplaced => "service_account_replaced",
+            Reason::RevocationsUnavailable => "revocations_unavailable",
         }
     }
 
     pub fn status(self) -> u16 {
         match self {
-            // The caller did nothing wrong: our key server is unreachable.
-            Reason::KeysUnavailable | Reason::DpopReplayCacheFull | Reason::ReplayCacheFull => 503,
+            // The caller did nothing wrong: our key server (API server, feed) is
+            // unreachable, or a replay table has no room.
+            Reason::KeysUnavailable
+            | Reason::LivenessUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::DpopReplayCacheFull
+            | Reason::ReplayCacheFull => 503,
             Reason::BodyTooLarge => 413,
             Reason::QuotaExceeded | Reason::TooManyFailures => 429,
             Reason::InternalError => 500,
@@ -374,7 +399,8 @@ struct Body<'a> {
     request_id: Option<&'a str>,
 }
 
-/// Seconds a client should wait before retrying while keys are unavailable.
+/// Seconds a client should wait before retrying while keys (or the API server, or
+/// the revocation feed) are unavailable.
 pub const KEYS_UNAVAILABLE_RETRY_AFTER: u32 = 1;
 
 impl LocalReply {
@@ -387,7 +413,11 @@ impl LocalReply {
             Reason::MissingToken | Reason::ClientCertificateRequired | Reason::MissingSignature => {
                 headers.push(("www-authenticate".into(), format!("Bearer realm=\"{}\"", quoted(realm))));
             }
-            Reason::KeysUnavailable | Reason::DpopReplayCacheFull | Reason::ReplayCacheFull => {
+            Reason::KeysUnavailable
+            | Reason::LivenessUnavailable
+            | Reason::RevocationsUnavailable
+            | Reason::DpopReplayCacheFull
+            | Reason::ReplayCacheFull => {
                 headers.push(("retry-after".into(), KEYS_UNAVAILABLE_RETRY_AFTER.to_string()));
             }
             Reason::InternalError
@@ -468,10 +498,24 @@ mod tests {
 
     #[test]
     fn keys_unavailable_is_503_with_retry_after() {
-        let reply = LocalReply::for_rejection(&Rejection::new(Reason::KeysUnavailable, "x"), "r", None);
-        assert_eq!(reply.status, 503);
-        assert_eq!(header(&reply, "retry-after"), Some("1"));
-        assert_eq!(header(&reply, "www-authenticate"), None);
-        assert!(reply.body.contains("\"error\":\"unavailable\""));
+        for reason in [Reason::KeysUnavailable, Reason::LivenessUnavailable, Reason::RevocationsUnavailable] {
+            let reply = LocalReply::for_rejection(&Rejection::new(reason, "x"), "r", None);
+            assert_eq!(reply.status, 503, "{reason}");
+            assert_eq!(header(&reply, "retry-after"), Some("1"), "{reason}");
+            assert_eq!(header(&reply, "www-authenticate"), None, "{reason}");
+            assert!(reply.body.contains("\"error\":\"unavailable\""), "{reason}");
+        }
+    }
+
+    #[test]
+    fn a_workload_gone_or_replaced_is_an_invalid_token() {
+        for reason in [Reason::WorkloadGone, Reason::ServiceAccountReplaced] {
+            let reply = LocalReply::for_rejection(&Rejection::new(reason, "gone"), "r", None);
+            assert_eq!(reply.status, 401, "{reason}");
+            assert!(
+                header(&reply, "www-authenticate").is_some_and(|c| c.contains("error=\"invalid_token\"")),
+                "{reason}"
+            );
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod flood_guard;
 pub mod identity;
 pub mod issuer;
+pub mod liveness;
 
 use serde_json::{Map, Value};
 

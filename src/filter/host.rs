@@ -16,7 +16,7 @@ use nhi_guard_core::host::capabilities::Probed;
 use nhi_guard_core::host::header_map::{self, HeaderMap};
 use nhi_guard_core::host::store::{Store, StoreError, Versioned};
 pub use nhi_guard_core::host::HostError;
-use nhi_guard_core::host::{Host, MetricKind};
+use nhi_guard_core::host::{Host, HttpCall, MetricKind};
 use nhi_guard_core::keys::fetch::Response;
 use nhi_guard_core::reason::LocalReply;
 
@@ -331,6 +331,19 @@ pub fn http_get(cluster: &str, authority: &str, path: &str, timeout: Duration) -
     .map_err(|status| format!("{status:?}"))
 }
 
+/// Starts `call` (a POST with a body, e.g. a TokenReview) from the current context.
+pub fn http_call(call: &HttpCall) -> Result<u32, HostError> {
+    let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    hostcalls::dispatch_http_call(
+        &call.cluster,
+        headers,
+        Some(&call.body),
+        vec![],
+        Duration::from_millis(call.timeout_ms),
+    )
+    .map_err(|status| HostError(status as u32))
+}
+
 /// Status code and (at most `max_body` bytes of) body of the current callout response.
 /// A body over the limit is reported as `Err(actual size)` without being copied.
 pub fn http_call_response(body_size: usize, max_body: usize) -> Response {
@@ -493,5 +506,9 @@ impl Host for ProxyHost {
 
     fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError> {
         Ok(buffer(abi::BUFFER_HTTP_REQUEST_BODY, max)?.unwrap_or_default())
+    }
+
+    fn http_call(&mut self, call: &HttpCall) -> Result<u32, HostError> {
+        http_call(call)
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP context: one per request. It runs the core's pipeline against the
-//! proxy-wasm host; a request waiting for keys is parked with the VM and finished
-//! by the root context (or, where keys are fetched on request, by this context's
-//! own callout).
+//! proxy-wasm host. A request the pipeline parks is handed to the VM's waiters and
+//! finished by the root context (or, where documents are fetched on request, by
+//! this context's own callout); a request that made a TokenReview callout
+//! ([`Step::Called`]) is finished here when the answer arrives.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -10,22 +11,23 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use nhi_guard_core::host::capabilities::KeyFetch;
-use nhi_guard_core::keys::fetch::{self, Next};
-use nhi_guard_core::pipeline::{self, record, Request, Step, Vm, Waiter};
+use nhi_guard_core::keys::fetch::{Document, Next};
+use nhi_guard_core::pipeline::{self, record, Awaited, Request, Step, Vm, Waiter};
+use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
 use super::host::{self, ProxyHost};
 use super::keys;
 
-/// What the request does once its key callout is answered.
+/// What the request does once its fetch callout is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Purpose {
-    /// It had no usable keys: decide it now.
+    /// It had no usable copy: decide it now.
     Decide,
-    /// It was allowed with keys due for refresh: let it go on.
+    /// It was allowed with a copy due for refresh: let it go on.
     Refresh,
 }
 
-/// A key callout this request made (keys fetched on request).
+/// A fetch callout this request made (documents fetched on request).
 #[derive(Debug, Clone, Copy)]
 struct Pending {
     token: u32,
@@ -35,7 +37,7 @@ struct Pending {
 pub struct Http {
     vm: Rc<Vm>,
     request: Rc<RefCell<Request>>,
-    /// The JWKS callout this request made (keys fetched on request).
+    /// The fetch callout this request made (documents fetched on request).
     fetch: Option<Pending>,
     /// The decision line was considered (in `on_log`, or `on_done` on hosts such as
     /// APISIX that never call `on_log`).
@@ -65,22 +67,27 @@ impl Http {
         let Ok(mut request) = shared_request.try_borrow_mut() else { return Action::Pause };
         request.has_body = !end_of_stream;
         let step = pipeline::start(&vm, &mut ProxyHost, &mut request);
+        let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
+        self.act(&vm, &mut request, step, now)
+    }
+
+    /// What the request does after a step of the pipeline.
+    fn act(&mut self, vm: &Vm, request: &mut Request, step: Step, now: u64) -> Action {
         if let Step::Body { .. } = step {
             self.awaiting_body = true;
             return Action::Pause;
         }
         if vm.plan.key_fetch == KeyFetch::OnRequest {
-            let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
-            return self.fetching_on_request(&vm, &mut request, step, now);
+            return self.fetching_on_request(vm, request, step, now);
         }
         match step {
             Step::Continue => Action::Continue,
-            Step::Replied => Action::Pause,
-            Step::Body { .. } => Action::Pause,
-            Step::Wait { issuer, deadline_ms } => {
+            // Its callout's answer comes back to this context.
+            Step::Replied | Step::Called { .. } | Step::Body { .. } => Action::Pause,
+            Step::Wait { awaiting, deadline_ms } => {
                 vm.waiters.borrow_mut().push(Waiter {
                     context_id: request.context_id,
-                    issuer,
+                    awaiting,
                     deadline_ms,
                     request: Rc::clone(&self.request),
                 });
@@ -89,27 +96,28 @@ impl Http {
         }
     }
 
-    /// Where keys are fetched on request: a request waiting for keys fetches them
-    /// (or, with a fetch already in flight, is decided without them); an allowed
-    /// request whose keys are due refreshes them before it goes on.
+    /// Where documents are fetched on request: a request waiting for one fetches it
+    /// (or, with a fetch already in flight, is decided without it); an allowed
+    /// request whose keys (or revocation list) are due refreshes them before it
+    /// goes on. Nothing here waits for a tick: the host has none.
     fn fetching_on_request(&mut self, vm: &Vm, request: &mut Request, step: Step, now: u64) -> Action {
         match step {
-            Step::Wait { issuer, .. } => {
-                if let Some(pending) = fetch_keys(vm, issuer, Purpose::Decide, now) {
+            Step::Wait { awaiting: Awaited::Document(document), .. } => {
+                if let Some(pending) = fetch_document(vm, document, Purpose::Decide, now) {
                     self.fetch = Some(pending);
                     return Action::Pause;
                 }
                 request.waited = true;
-                match pipeline::run(vm, &mut ProxyHost, request, now) {
-                    Step::Continue => Action::Continue,
-                    Step::Replied | Step::Wait { .. } | Step::Body { .. } => Action::Pause,
-                }
+                let step = pipeline::run(vm, &mut ProxyHost, request, now);
+                self.fetching_on_request(vm, request, step, now)
             }
+            // The core never parks for another request's review on such a host.
+            Step::Wait { .. } => Action::Pause,
             Step::Continue => {
-                let due = request
-                    .verified_issuer
-                    .filter(|&i| vm.keys.try_borrow().is_ok_and(|keys| fetch::refresh_due(&keys, i, now)));
-                match due.and_then(|i| fetch_keys(vm, i, Purpose::Refresh, now)) {
+                let keys = request.verified_issuer.map(Document::Jwks);
+                let feed = vm.config.revocation.as_ref().map(|_| Document::Revocations);
+                let due = keys.into_iter().chain(feed).find(|&document| vm.fetch_due(document, now));
+                match due.and_then(|document| fetch_document(vm, document, Purpose::Refresh, now)) {
                     Some(pending) => {
                         self.fetch = Some(pending);
                         Action::Pause
@@ -117,7 +125,11 @@ impl Http {
                     None => Action::Continue,
                 }
             }
-            Step::Replied | Step::Body { .. } => Action::Pause,
+            Step::Body { .. } => {
+                self.awaiting_body = true;
+                Action::Pause
+            }
+            Step::Replied | Step::Called { .. } => Action::Pause,
         }
     }
 
@@ -131,7 +143,7 @@ impl Http {
         let Ok(mut request) = self.request.try_borrow_mut() else { return Action::Pause };
         match pipeline::body(&vm, &mut ProxyHost, &mut request, buffered, end_of_stream) {
             // Pause buffers what came (StopIterationAndBuffer) and asks for more.
-            Step::Body { .. } | Step::Replied | Step::Wait { .. } => Action::Pause,
+            Step::Body { .. } | Step::Replied | Step::Wait { .. } | Step::Called { .. } => Action::Pause,
             Step::Continue => {
                 self.awaiting_body = false;
                 Action::Continue
@@ -147,28 +159,22 @@ impl Http {
             pipeline::finish(&self.vm, &mut ProxyHost, &mut request);
         }
     }
+
+    fn resume(what: &str) {
+        if let Err(err) = host::resume_request() {
+            log::warn!("cannot resume a request after {what}: {err}");
+        }
+    }
 }
 
-/// Starts fetching `issuer`'s keys from the current request, unless the fetch
-/// machine says a fetch is in flight or backing off.
-fn fetch_keys(vm: &Vm, issuer: usize, purpose: Purpose, now: u64) -> Option<Pending> {
-    let callout = vm.fetcher.try_borrow_mut().ok()?.on_request(&vm.config.issuers, issuer, now)?;
+/// Starts fetching `document` from the current request, unless the fetch machine
+/// says a fetch is in flight or backing off.
+fn fetch_document(vm: &Vm, document: Document, purpose: Purpose, now: u64) -> Option<Pending> {
+    let callout = vm.fetch_on_request(document, now)?;
     let result = keys::dispatch(&callout);
     let token = result.as_ref().ok().copied();
-    let done = {
-        let keys = vm.keys.try_borrow().ok()?;
-        vm.fetcher.try_borrow_mut().ok()?.dispatched(
-            &vm.config.issuers,
-            callout.ticket,
-            result,
-            &keys,
-            vm.store.as_ref(),
-            now,
-            keys::jitter(),
-        )
-    };
-    if let Some(done) = done {
-        record::jwks_fetched(vm, &mut ProxyHost, done.issuer, done.success);
+    if let Some(done) = vm.fetch_dispatched(callout.ticket, result, now, keys::jitter()) {
+        record::fetched(vm, &mut ProxyHost, done);
     }
     token.map(|token| Pending { token, purpose })
 }
@@ -176,13 +182,14 @@ fn fetch_keys(vm: &Vm, issuer: usize, purpose: Purpose, now: u64) -> Option<Pend
 impl Drop for Http {
     fn drop(&mut self) {
         if let Some(pending) = self.fetch.take() {
-            if let Ok(mut fetcher) = self.vm.fetcher.try_borrow_mut() {
-                fetcher.abandoned(pending.token);
-            }
+            self.vm.fetch_abandoned(pending.token);
         }
+        let Ok(mut request) = self.request.try_borrow_mut() else { return };
+        // A review in flight frees its lease for the next request.
+        pipeline::abandoned(&self.vm, &mut request);
         // A request that ends (e.g. the client went away) while parked is forgotten.
-        let id = self.request.try_borrow().map(|r| r.context_id).ok();
-        if let (Some(id), Ok(mut waiters)) = (id, self.vm.waiters.try_borrow_mut()) {
+        let id = request.context_id;
+        if let Ok(mut waiters) = self.vm.waiters.try_borrow_mut() {
             waiters.retain(|w| w.context_id != id);
         }
     }
@@ -197,24 +204,36 @@ impl Context for Http {
     }
 
     fn on_http_call_response(&mut self, token_id: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some(pending) = self.fetch.take_if(|p| p.token == token_id) else { return };
         let vm = Rc::clone(&self.vm);
         let now = host::now_ms();
-        if let Some(Next::Done(done)) = keys::answered(&vm, token_id, body_size, now) {
-            record::jwks_fetched(&vm, &mut ProxyHost, done.issuer, done.success);
+        if let Some(pending) = self.fetch.take_if(|p| p.token == token_id) {
+            if let Some(Next::Done(done)) = keys::answered(&vm, token_id, body_size, now) {
+                record::fetched(&vm, &mut ProxyHost, done);
+            }
+            match pending.purpose {
+                Purpose::Refresh => Self::resume("refreshing a document"),
+                Purpose::Decide => {
+                    let shared_request = Rc::clone(&self.request);
+                    let Ok(mut request) = shared_request.try_borrow_mut() else { return };
+                    request.waited = true;
+                    let step = pipeline::run(&vm, &mut ProxyHost, &mut request, now);
+                    if self.act(&vm, &mut request, step, now) == Action::Continue {
+                        Self::resume("fetching a document");
+                    }
+                }
+            }
+            return;
         }
-        let go_on = match pending.purpose {
-            Purpose::Refresh => true,
-            Purpose::Decide => {
-                let Ok(mut request) = self.request.try_borrow_mut() else { return };
-                request.waited = true;
-                pipeline::run(&vm, &mut ProxyHost, &mut request, now) == Step::Continue
-            }
+        // The answer to this request's TokenReview.
+        let response = host::http_call_response(body_size, MAX_REVIEW_BYTES);
+        let shared_request = Rc::clone(&self.request);
+        let Ok(mut request) = shared_request.try_borrow_mut() else { return };
+        let Some(step) = pipeline::answered(&vm, &mut ProxyHost, &mut request, token_id, response, now)
+        else {
+            return;
         };
-        if go_on {
-            if let Err(err) = host::resume_request() {
-                log::warn!("cannot resume a request after fetching keys: {err}");
-            }
+        if self.act(&vm, &mut request, step, now) == Action::Continue {
+            Self::resume("its TokenReview");
         }
     }
 }

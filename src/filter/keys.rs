@@ -1,6 +1,7 @@
-//! Key callouts, from whichever context makes them: the root context on its tick
-//! (shared mode) or a request's own context (per-VM mode). The fetch machine in the
-//! core decides; this only dispatches and reads answers.
+//! Fetch callouts (JWKS, the revocation feed), from whichever context makes them:
+//! the root context on its tick (shared mode) or a request's own context (per-VM
+//! mode). The fetch machine in the core decides; this only dispatches and reads
+//! answers.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
@@ -23,20 +24,14 @@ pub fn dispatch(callout: &Callout) -> Result<u32, String> {
 }
 
 /// Hands the answer to callout `token` to the fetch machine: the next callout to
-/// make, or the fetch's end. `None`: not a key fetch of this VM.
+/// make, or the fetch's end. `None`: not a fetch of this VM.
 pub fn answered(vm: &Vm, token: u32, body_size: usize, now: u64) -> Option<Next> {
-    let max_body = vm.fetcher.borrow().max_body(token);
+    let max_body = vm.fetch_max_body(token);
+    if max_body == 0 {
+        return None;
+    }
     let response = host::http_call_response(body_size, max_body);
-    let mut keys = vm.keys.try_borrow_mut().ok()?;
-    vm.fetcher.borrow_mut().answered(
-        &vm.config.issuers,
-        token,
-        response,
-        &mut keys,
-        vm.store.as_ref(),
-        now,
-        jitter(),
-    )
+    vm.fetch_answered(token, response, now, jitter())
 }
 
 pub fn random_u64() -> u64 {

@@ -1,6 +1,9 @@
 //! The root context: reads the configuration, starts the core's VM, and drives
-//! its key-fetch machine from the tick (on hosts that have one): makes the callouts
-//! it asks for, hands it the answers, and wakes the requests waiting for keys.
+//! its fetch machine from the tick (on hosts that have one): makes the callouts
+//! it asks for, hands it the answers, and wakes the parked requests — waiting for
+//! keys, the first revocation feed, or another request's TokenReview. A request
+//! woken here that makes its own review does it from this context, so its answer
+//! arrives here too, and is handed to that request.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -13,16 +16,22 @@ use nhi_guard_core::config::Config;
 use nhi_guard_core::host::capabilities::{KeyFetch, Plan, StateScope};
 use nhi_guard_core::host::store::{MemoryStore, Store};
 use nhi_guard_core::keys::fetch::{Callout, Done, Next};
-use nhi_guard_core::pipeline::{self, record, Step, Vm, Waiter};
+use nhi_guard_core::pipeline::{self, record, Awaited, Step, Vm, Waiter};
+use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
 use super::host::{self, ProxyHost, SharedData};
 use super::http::Http;
 use super::keys::{answered, dispatch, jitter, random_u64};
 
-/// How often each worker looks at the shared keys and whether a fetch is due.
+/// How often each worker looks at the shared keys and whether a fetch is due (and
+/// merges its inventory).
 const TICK: Duration = Duration::from_millis(500);
-/// While requests wait for keys, tick this often to answer them promptly.
+/// While requests wait, tick this often to answer them promptly.
 const FAST_TICK: Duration = Duration::from_millis(50);
+/// A request waiting for the answer to its own callout is given up this long after
+/// the callout's timeout (the host answers every callout; this only bounds a host
+/// that does not).
+const ANSWER_MARGIN_MS: u64 = 2_000;
 
 pub struct Root {
     context_id: u32,
@@ -71,9 +80,12 @@ impl Root {
                 return false;
             }
         };
-        let needs_fetching = vm.plan.key_fetch == KeyFetch::Background && vm.fetcher.borrow().fetches();
+        let needs_ticks = vm.plan.key_fetch == KeyFetch::Background
+            && (vm.fetches()
+                || vm.config.inventory.is_some()
+                || vm.config.issuers.iter().any(|i| i.profile.liveness().is_some()));
         self.vm = Some(Rc::new(vm));
-        if needs_fetching {
+        if needs_ticks {
             // The first fetch waits for the first tick: Envoy may build and destroy a
             // VM right after configuring it, and a fetch started here would die with
             // it while still holding the shared lease.
@@ -88,23 +100,20 @@ impl Root {
     fn tick(&mut self, now: u64) {
         let Some(vm) = self.vm.clone() else { return };
         if vm.plan.key_fetch == KeyFetch::OnRequest {
-            // Requests fetch their own keys; never call out from here (on APISIX a
-            // callout outside a request crashes nginx).
-            record::jwks_gauges(&vm, &mut ProxyHost, now);
+            // Requests fetch their own documents; never call out from here (on
+            // APISIX a callout outside a request crashes nginx).
+            pipeline::on_tick(&vm, &mut ProxyHost, now);
             return;
         }
-        let tick = {
-            let Ok(mut keys) = vm.keys.try_borrow_mut() else { return };
-            vm.fetcher.borrow_mut().tick(&vm.config.issuers, &mut keys, vm.store.as_ref(), now)
-        };
-        for issuer in tick.loaded {
-            self.wake(&vm, |w| w.issuer == issuer, now);
+        let tick = vm.fetch_tick(now);
+        for document in tick.loaded {
+            self.wake(&vm, |w| w.awaiting == Awaited::Document(document), now);
         }
         for callout in tick.callouts {
             self.call(&vm, callout, now);
         }
-        self.wake(&vm, |w| now >= w.deadline_ms, now);
-        record::jwks_gauges(&vm, &mut ProxyHost, now);
+        self.wake(&vm, |w| now >= w.deadline_ms || pipeline::ready(&vm, w, now), now);
+        pipeline::on_tick(&vm, &mut ProxyHost, now);
         let fast = !vm.waiters.borrow().is_empty();
         if fast != self.fast_ticking && host::set_tick_period(if fast { FAST_TICK } else { TICK }).is_ok() {
             self.fast_ticking = fast;
@@ -114,31 +123,19 @@ impl Root {
     /// Makes a callout the fetch machine asked for.
     fn call(&self, vm: &Vm, callout: Callout, now: u64) {
         let result = dispatch(&callout);
-        let done = {
-            let Ok(keys) = vm.keys.try_borrow() else { return };
-            vm.fetcher.borrow_mut().dispatched(
-                &vm.config.issuers,
-                callout.ticket,
-                result,
-                &keys,
-                vm.store.as_ref(),
-                now,
-                jitter(),
-            )
-        };
-        if let Some(done) = done {
+        if let Some(done) = vm.fetch_dispatched(callout.ticket, result, now, jitter()) {
             self.done(vm, done, now);
         }
     }
 
-    /// A fetch ended: count it, and answer the requests waiting on that issuer.
+    /// A fetch ended: count it, and answer the requests waiting for that document.
     fn done(&self, vm: &Vm, done: Done, now: u64) {
-        record::jwks_fetched(vm, &mut ProxyHost, done.issuer, done.success);
-        self.wake(vm, |w| w.issuer == done.issuer, now);
+        record::fetched(vm, &mut ProxyHost, done);
+        self.wake(vm, |w| w.awaiting == Awaited::Document(done.document), now);
     }
 
     /// Finishes the parked requests `which` selects: runs their pipeline again
-    /// (now with whatever keys there are) as their own effective context.
+    /// (now with whatever there is) as their own effective context.
     fn wake(&self, vm: &Vm, which: impl Fn(&Waiter) -> bool, now: u64) {
         let ready: Vec<Waiter> = {
             let mut waiters = vm.waiters.borrow_mut();
@@ -153,13 +150,67 @@ impl Root {
             if host::set_effective_context(waiter.context_id).is_err() {
                 continue; // the request is gone
             }
-            let Ok(mut request) = waiter.request.try_borrow_mut() else { continue };
-            request.waited = true;
-            if pipeline::run(vm, &mut ProxyHost, &mut request, now) == Step::Continue {
+            let step = {
+                let Ok(mut request) = waiter.request.try_borrow_mut() else { continue };
+                if let Awaited::Answer(token) = waiter.awaiting {
+                    // Its own callout never came back: it will not be waited for again.
+                    let _ = request.liveness.pending.take_if(|p| p.token == token);
+                }
+                request.waited = true;
+                pipeline::run(vm, &mut ProxyHost, &mut request, now)
+            };
+            self.settle(vm, waiter, step, now);
+        }
+        let _ = host::set_effective_context(self.context_id);
+    }
+
+    /// Acts on what a request run from this context decided. A request that made a
+    /// callout from here waits for its answer here.
+    fn settle(&self, vm: &Vm, waiter: Waiter, step: Step, now: u64) {
+        match step {
+            Step::Continue => {
                 if let Err(err) = host::resume_request() {
-                    warn!("cannot resume a request that waited for keys: {err}");
+                    warn!("cannot resume a request that waited: {err}");
                 }
             }
+            // A body phase starts only from the request's own headers (a partner's
+            // signature, which never waits), so a woken request never asks for one.
+            Step::Replied | Step::Body { .. } => {}
+            Step::Wait { awaiting, deadline_ms } => {
+                vm.waiters.borrow_mut().push(Waiter { awaiting, deadline_ms, ..waiter });
+            }
+            Step::Called { token } => {
+                let timeout = waiter.request.try_borrow().ok().and_then(|r| {
+                    let issuer = vm.config.issuers.get(r.liveness.pending.as_ref()?.issuer)?;
+                    Some(issuer.profile.liveness()?.timeout_ms)
+                });
+                let deadline_ms = now.saturating_add(timeout.unwrap_or(0)).saturating_add(ANSWER_MARGIN_MS);
+                vm.waiters.borrow_mut().push(Waiter {
+                    awaiting: Awaited::Answer(token),
+                    deadline_ms,
+                    ..waiter
+                });
+            }
+        }
+    }
+
+    /// The answer to a callout a woken request made from this context.
+    fn answer(&self, vm: &Vm, token: u32, body_size: usize, now: u64) {
+        let waiter = {
+            let mut waiters = vm.waiters.borrow_mut();
+            let Some(at) = waiters.iter().position(|w| w.awaiting == Awaited::Answer(token)) else { return };
+            waiters.remove(at)
+        };
+        if host::set_effective_context(waiter.context_id).is_err() {
+            return; // the request is gone
+        }
+        let response = host::http_call_response(body_size, MAX_REVIEW_BYTES);
+        let step = {
+            let Ok(mut request) = waiter.request.try_borrow_mut() else { return };
+            pipeline::answered(vm, &mut ProxyHost, &mut request, token, response, now)
+        };
+        if let Some(step) = step {
+            self.settle(vm, waiter, step, now);
         }
         let _ = host::set_effective_context(self.context_id);
     }
@@ -178,7 +229,7 @@ impl Context for Root {
         match answered(&vm, token_id, body_size, now) {
             Some(Next::Call(callout)) => self.call(&vm, callout, now),
             Some(Next::Done(done)) => self.done(&vm, done, now),
-            None => {}
+            None => self.answer(&vm, token_id, body_size, now),
         }
     }
 }

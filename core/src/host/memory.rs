@@ -14,7 +14,7 @@ use crate::reason::LocalReply;
 
 use super::header_map::HeaderMap;
 use super::store::{Store, StoreError, Versioned};
-use super::{Host, HostError, MetricKind};
+use super::{Host, HostError, HttpCall, MetricKind};
 
 /// Each kind of call a [`Host`] (and a [`Store`]) offers, for counting and faults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -33,10 +33,11 @@ pub enum Call {
     Random,
     Environment,
     ReadBody,
+    HttpCall,
 }
 
 impl Call {
-    pub const ALL: [Call; 14] = [
+    pub const ALL: [Call; 15] = [
         Call::Clock,
         Call::ReadHeaders,
         Call::SetHeader,
@@ -51,6 +52,7 @@ impl Call {
         Call::Random,
         Call::Environment,
         Call::ReadBody,
+        Call::HttpCall,
     ];
 }
 
@@ -94,6 +96,10 @@ pub struct MemoryHost {
     pub environment: BTreeMap<String, Vec<u8>>,
     /// The request body buffered so far.
     pub body: Vec<u8>,
+    /// Callouts made, with the token each was given (`first_token` onwards).
+    pub callouts: Vec<(u32, HttpCall)>,
+    /// The token of the first callout (tests running several requests make them distinct).
+    pub first_token: u32,
 }
 
 impl MemoryHost {
@@ -239,6 +245,14 @@ impl Host for MemoryHost {
     fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError> {
         self.call(Call::ReadBody)?;
         Ok(self.body.get(..max.min(self.body.len())).unwrap_or_default().to_vec())
+    }
+
+    fn http_call(&mut self, call: &HttpCall) -> Result<u32, HostError> {
+        self.call(Call::HttpCall)?;
+        let offset = u32::try_from(self.callouts.len()).map_err(|_| HostError::INTERNAL_FAILURE)?;
+        let token = self.first_token.saturating_add(offset);
+        self.callouts.push((token, call.clone()));
+        Ok(token)
     }
 }
 

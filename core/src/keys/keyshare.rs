@@ -1,9 +1,10 @@
-//! One JWKS fetch per Envoy, not per worker.
+//! One fetch per Envoy, not per worker: for an issuer's JWKS, and for every other
+//! fetched document (the revocation feed).
 //!
 //! Every worker VM ticks and could fetch. Instead they share two shared-data keys
-//! per issuer:
-//! - the **record**: the last good JWKS body and when it was fetched. Workers
-//!   re-read it when its CAS changes and parse it into their own key set;
+//! per document:
+//! - the **record**: the last good body and when it was fetched. Workers re-read it
+//!   when its CAS changes and parse it into their own copy;
 //! - the **lease**: who may fetch now, until when, and how many fetches failed in
 //!   a row. A worker takes it with CAS, so exactly one fetch runs at a time; a
 //!   failed fetch leaves the lease "cooling down" until the backoff has passed, so
@@ -12,15 +13,16 @@
 use super::KeyLookup;
 use crate::hash::fnv1a64;
 use crate::host::store::{get_or_create, Store, StoreError};
-use crate::keys::jwks::KeySet;
+use crate::keys::jwks::{KeySet, KeyUse};
 use crate::keys::refresh::Schedule;
 
 const RECORD_VERSION: u8 = 1;
 const LEASE_VERSION: u8 = 1;
 const LEASE_LEN: usize = 1 + 8 + 8 + 4;
 
-/// The shared-data keys of one issuer. Named by the issuer and a digest of where
-/// its keys come from, so two plugin configs sharing a VM never mix key sets.
+/// The shared-data keys of one fetched document. Named by its kind, its name (the
+/// issuer's) and a digest of where it comes from, so two plugin configs sharing a
+/// VM never mix copies.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharedKeys {
     pub record: String,
@@ -28,11 +30,17 @@ pub struct SharedKeys {
 }
 
 impl SharedKeys {
+    /// An issuer's JWKS.
     pub fn new(issuer_name: &str, source: &str) -> Self {
+        SharedKeys::for_document("jwks", issuer_name, source)
+    }
+
+    /// A document of `kind` (`jwks`, `revocations`).
+    pub fn for_document(kind: &str, name: &str, source: &str) -> Self {
         let digest = fnv1a64(source.as_bytes());
         SharedKeys {
-            record: format!("nhi-guard/jwks/{issuer_name}/{digest:016x}"),
-            lease: format!("nhi-guard/jwks-lease/{issuer_name}/{digest:016x}"),
+            record: format!("nhi-guard/{kind}/{name}/{digest:016x}"),
+            lease: format!("nhi-guard/{kind}-lease/{name}/{digest:016x}"),
         }
     }
 }
@@ -179,6 +187,8 @@ pub struct LocalKeys {
     pub schedule: Option<Schedule>,
     /// A token named a `kid` this set lacks: refetch early (throttled).
     pub kid_miss: bool,
+    /// Which JWK `use` a fetched set may carry (the issuer's profile decides).
+    pub key_use: KeyUse,
 }
 
 impl LocalKeys {
@@ -186,8 +196,8 @@ impl LocalKeys {
         LocalKeys { set: Some(set), ..LocalKeys::default() }
     }
 
-    pub fn remote(schedule: Schedule) -> Self {
-        LocalKeys { schedule: Some(schedule), ..LocalKeys::default() }
+    pub fn remote(schedule: Schedule, key_use: KeyUse) -> Self {
+        LocalKeys { schedule: Some(schedule), key_use, ..LocalKeys::default() }
     }
 
     /// Keys fetched (by whichever worker) at `fetched_at_ms` replace the current
@@ -232,6 +242,12 @@ mod tests {
     #[test]
     fn key_names_are_stable_and_distinct_per_source() {
         let a = SharedKeys::new("ci", "c|a|/p");
+        assert!(
+            a.record.starts_with("nhi-guard/jwks/ci/") && a.lease.starts_with("nhi-guard/jwks-lease/ci/")
+        );
+        let feed = SharedKeys::for_document("revocations", "revocations", "c|a|/p");
+        assert!(feed.record.starts_with("nhi-guard/revocations/revocations/"), "{}", feed.record);
+        assert_ne!(feed.record, a.record);
         assert_eq!(a, SharedKeys::new("ci", "c|a|/p"));
         assert_ne!(a.record, SharedKeys::new("ci", "c|a|/q").record);
         assert_ne!(a.record, a.lease);
@@ -327,7 +343,7 @@ mod tests {
     #[test]
     fn local_keys_go_stale_after_max_stale() {
         let schedule = Schedule { interval_ms: 1_000, min_refetch_ms: 1_000, max_stale_ms: 5_000 };
-        let mut local = LocalKeys::remote(schedule);
+        let mut local = LocalKeys::remote(schedule, KeyUse::Sig);
         assert!(local.usable(0).is_none());
         local.kid_miss = true;
         local.load(KeySet::default(), 100);

@@ -122,10 +122,12 @@ pub enum Label {
     StatusClass,
     Partner,
     Key,
+    /// What a revocation-feed count counts (`jti`, `subjects`, …).
+    Kind,
 }
 
 impl Label {
-    pub const ALL: [Label; 11] = [
+    pub const ALL: [Label; 12] = [
         Label::Issuer,
         Label::Route,
         Label::Decision,
@@ -137,6 +139,7 @@ impl Label {
         Label::StatusClass,
         Label::Partner,
         Label::Key,
+        Label::Kind,
     ];
 
     pub fn key(self) -> &'static str {
@@ -152,6 +155,7 @@ impl Label {
             Label::StatusClass => "nhi_status_class",
             Label::Partner => "nhi_partner",
             Label::Key => "nhi_key",
+            Label::Kind => "nhi_kind",
         }
     }
 
@@ -204,10 +208,23 @@ pub enum Family {
     PartnerKeyRequests,
     /// Unix time of the last request each partner key authenticated.
     PartnerKeyLastUsed,
+    /// TokenReviews by result (`alive`, `gone`, `unavailable`): one per token per
+    /// `cache_seconds` for the whole Envoy.
+    LivenessReviews,
+    /// Revocation-feed fetches by result (`success`, `failure`).
+    RevocationFetches,
+    /// Seconds since the revocation list in use was fetched (since start while none was).
+    RevocationAge,
+    /// 1 while the revocation list is older than `max_stale_seconds` (or missing).
+    RevocationStale,
+    /// Entries of the revocation list in use, by kind.
+    RevocationEntries,
+    /// When a verified identity last made a request (the inventory), Unix seconds.
+    IdentityLastSeen,
 }
 
 impl Family {
-    pub const ALL: [Family; 19] = [
+    pub const ALL: [Family; 25] = [
         Family::Requests,
         Family::IdentityRequests,
         Family::IdentityDenials,
@@ -227,6 +244,12 @@ impl Family {
         Family::DpopProofDuration,
         Family::PartnerKeyRequests,
         Family::PartnerKeyLastUsed,
+        Family::LivenessReviews,
+        Family::RevocationFetches,
+        Family::RevocationAge,
+        Family::RevocationStale,
+        Family::RevocationEntries,
+        Family::IdentityLastSeen,
     ];
 
     pub fn name(self) -> &'static str {
@@ -250,12 +273,24 @@ impl Family {
             Family::DpopProofDuration => "nhi_dpop_proof_duration_us",
             Family::PartnerKeyRequests => "nhi_partner_key_requests_total",
             Family::PartnerKeyLastUsed => "nhi_partner_key_last_used_seconds",
+            Family::LivenessReviews => "nhi_liveness_reviews_total",
+            Family::RevocationFetches => "nhi_revocation_fetches_total",
+            Family::RevocationAge => "nhi_revocation_age_seconds",
+            Family::RevocationStale => "nhi_revocation_stale",
+            Family::RevocationEntries => "nhi_revocation_entries",
+            Family::IdentityLastSeen => "nhi_identity_last_seen_timestamp_seconds",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
-            Family::JwksKeys | Family::JwksAge | Family::PartnerKeyLastUsed => Kind::Gauge,
+            Family::JwksKeys
+            | Family::JwksAge
+            | Family::PartnerKeyLastUsed
+            | Family::RevocationAge
+            | Family::RevocationStale
+            | Family::RevocationEntries
+            | Family::IdentityLastSeen => Kind::Gauge,
             Family::VerificationDuration
             | Family::IdentityDuration
             | Family::RouteDuration
@@ -284,6 +319,11 @@ impl Family {
             Family::RouteDuration => &[Route],
             Family::BehaviourUntracked => &[Issuer],
             Family::PartnerKeyRequests | Family::PartnerKeyLastUsed => &[Partner, Key],
+            Family::LivenessReviews => &[Issuer, Result],
+            Family::RevocationFetches => &[Result],
+            Family::RevocationAge | Family::RevocationStale => &[],
+            Family::RevocationEntries => &[Label::Kind],
+            Family::IdentityLastSeen => &[Issuer, Identity],
         }
     }
 }

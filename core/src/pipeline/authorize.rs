@@ -7,7 +7,9 @@
 
 use crate::host::Host;
 use crate::mtls;
-use crate::policy::{self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo, Rule};
+use crate::policy::{
+    self, ClientClass, Credential, Decision, Denial, DenyReason, IdentityInfo, RevocationList, Rule,
+};
 use crate::reason::{Reason, Rejection};
 
 use super::trace::TracedBehaviour;
@@ -19,10 +21,11 @@ pub fn authorize(
     host: &mut dyn Host,
     request: &mut Request,
     verification: Verification,
+    feed: Option<&RevocationList>,
     now_ms: u64,
 ) -> Step {
     let config = &vm.config;
-    let Verification { result: verification, blocked_for, attributed } = verification;
+    let Verification { result: verification, blocked_for, attributed, .. } = verification;
     // Only a failed credential needs this: a verified one is ours by definition. What
     // the verifier read of a token that parsed says it; anything else gets the
     // lenient reading.
@@ -73,7 +76,7 @@ pub fn authorize(
         }
         Some(Err(rejection)) => Credential::Rejected { rejection, machine_issuer },
     };
-    let mut verdict = policy::decide(&config.routes, &request.info, &credential);
+    let mut verdict = policy::decide_with(&config.routes, &request.info, &credential, feed);
     note_verdict(request, &verdict);
     // Verified tokens, or certificate-only identities where the route accepts them.
     let who = credential.identity().filter(|_| verdict.client_class == ClientClass::Machine);

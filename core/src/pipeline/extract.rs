@@ -69,7 +69,8 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
         .and_then(|headers| strip_managed_headers(vm, host, &headers).map(|()| headers))
         .map_err(|err| {
             let step = reply::refuse(vm, host, request, &reply::internal(err));
-            record::decided(vm, host, request, true);
+            let now_ms = request.observed.started_ns.unwrap_or_default() / 1_000_000;
+            record::decided(vm, host, request, true, now_ms);
             step
         })?;
     #[cfg(feature = "fault-injection")]

@@ -20,7 +20,7 @@ use crate::reason::{Reason, Rejection};
 
 use super::extract::Presented;
 use super::verify::{Authenticated, Verification};
-use super::{authorize, record, reply, Request, Step, Vm};
+use super::{authorize, documents, record, reply, Request, Step, Vm};
 
 /// A verified signature waiting for its body.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub fn verify(
     request: &mut Request,
     now_ms: u64,
 ) -> (Verification, Option<Signed>) {
-    let none = Verification { result: None, blocked_for: None, attributed: None };
+    let none = Verification { result: None, blocked_for: None, attributed: None, review: None };
     let Some(partners) = &vm.config.partners else { return (none, None) };
     let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
     let started = host.now_ns();
@@ -94,8 +94,12 @@ pub fn verify(
         }
         Err(rejection) => request.observed.note_partner(Err(rejection), Some(elapsed)),
     }
-    let verification =
-        Verification { result: Some(result.map(Authenticated::Partner)), blocked_for, attributed: None };
+    let verification = Verification {
+        result: Some(result.map(Authenticated::Partner)),
+        blocked_for,
+        attributed: None,
+        review: None,
+    };
     if let Some(trace) = request.trace.as_deref_mut() {
         trace.verification = verification.result.clone();
         trace.partner = Some(if signed.is_some() || matches!(request.credential, Presented::Signature(_)) {
@@ -125,7 +129,14 @@ pub fn proceed(
             // hosts that cannot pause headers for the body) has every body refused.
             if max_bytes == 0 || content_length(request).is_some_and(|length| length > max_bytes) {
                 fail(vm, request, &mut verification, &signed, too_large(&signed));
-                return authorize::authorize(vm, host, request, verification, now_ms);
+                return authorize::authorize(
+                    vm,
+                    host,
+                    request,
+                    verification,
+                    documents::current_revocations(vm, now_ms).as_deref(),
+                    now_ms,
+                );
             }
             request.pending = Some(Pending { verification, signed });
             return Step::Body { max_bytes };
@@ -134,7 +145,14 @@ pub fn proceed(
             fail(vm, request, &mut verification, &signed, refusal);
         }
     }
-    authorize::authorize(vm, host, request, verification, now_ms)
+    authorize::authorize(
+        vm,
+        host,
+        request,
+        verification,
+        documents::current_revocations(vm, now_ms).as_deref(),
+        now_ms,
+    )
 }
 
 /// The body phase: `buffered` bytes so far, `end_of_stream` once it is complete.
@@ -174,8 +192,15 @@ pub fn body(
     if let Some(refusal) = refusal {
         fail(vm, request, &mut verification, &signed, refusal);
     }
-    let step = authorize::authorize(vm, host, request, verification, now_ms);
-    record::decided(vm, host, request, step == Step::Replied);
+    let step = authorize::authorize(
+        vm,
+        host,
+        request,
+        verification,
+        documents::current_revocations(vm, now_ms).as_deref(),
+        now_ms,
+    );
+    record::decided(vm, host, request, step == Step::Replied, now_ms);
     step
 }
 

@@ -17,6 +17,7 @@ use crate::config::{Config, JwksSource};
 use crate::hash::seeded::Seeded;
 use crate::host::store::Store;
 use crate::host::{self, Host};
+use crate::keys::fetch::{Document, Done};
 use crate::observe::decision_log::{sample_key, LineContext, Record};
 use crate::observe::metrics::{
     Family, IdentityBound, IdentityLabel, Outcome, Series, NO_ISSUER, NO_ROUTE, UNKNOWN_ISSUER,
@@ -25,9 +26,13 @@ use crate::reason::Reason;
 
 use super::{Request, Vm};
 
-/// Result label of a JWKS fetch.
+/// Result label of a JWKS or revocation-feed fetch.
 pub const FETCH_SUCCESS: &str = "success";
 pub const FETCH_FAILURE: &str = "failure";
+/// Result labels of a TokenReview.
+pub const REVIEW_ALIVE: &str = "alive";
+pub const REVIEW_GONE: &str = "gone";
+pub const REVIEW_UNAVAILABLE: &str = "unavailable";
 
 /// One VM's metric ids and identity bound.
 pub struct Observer {
@@ -42,6 +47,8 @@ pub struct Observer {
     started_ms: u64,
     /// Varies the sampling of requests without an `x-request-id`.
     sequence: Cell<u64>,
+    /// The revocation list was seen stale on the last tick (logged once per episode).
+    feed_stale: Cell<bool>,
 }
 
 impl Observer {
@@ -56,6 +63,7 @@ impl Observer {
             filter_state: Cell::new(config.filter_state),
             started_ms: now_ms,
             sequence: Cell::new(now_ms),
+            feed_stale: Cell::new(false),
         };
         if observer.metrics.get() {
             if let Err(err) = IdentityBound::prepare(store) {
@@ -91,6 +99,16 @@ impl Observer {
         if let Some(partners) = &config.partners {
             for (partner, key) in partners.key_labels() {
                 self.id(host, Family::PartnerKeyRequests, &[partner, key]);
+            }
+        }
+        for issuer in config.issuers.iter().filter(|i| i.profile.liveness().is_some()) {
+            for result in [REVIEW_ALIVE, REVIEW_GONE, REVIEW_UNAVAILABLE] {
+                self.id(host, Family::LivenessReviews, &[&issuer.name, result]);
+            }
+        }
+        if config.revocation.is_some() {
+            for result in [FETCH_SUCCESS, FETCH_FAILURE] {
+                self.id(host, Family::RevocationFetches, &[result]);
             }
         }
     }
@@ -195,10 +213,21 @@ fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
     }
 }
 
-/// The request was forwarded (`replied == false`) or answered: counts it and
-/// publishes the decision as filter state. Does nothing the second time.
-pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: bool) {
+/// The request was forwarded (`replied == false`) or answered: counts it, notes a
+/// verified identity in the inventory and publishes the decision as filter state.
+/// Does nothing the second time.
+pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: bool, now_ms: u64) {
     let Some(decided) = request.observed.finish(replied) else { return };
+    counted(vm, host, request, decided);
+    if vm.config.inventory.is_some() {
+        if let Some(identity) = request.observed.identity.clone() {
+            let issuer = issuer_label(&vm.config, &request.observed).to_owned();
+            super::inventory::note(vm, host, request, &issuer, &identity, now_ms);
+        }
+    }
+}
+
+fn counted(vm: &Vm, host: &mut dyn Host, request: &Request, decided: crate::observe::decision_log::Decided) {
     let config = &vm.config;
     let observer = &vm.observer;
     let record = &request.observed;
@@ -356,11 +385,103 @@ fn outcome(vm: &Vm, host: &mut dyn Host, request: &mut Request, status: Option<u
     }
 }
 
-/// A JWKS fetch of issuer `index` ended (or could not start).
-pub fn jwks_fetched(vm: &Vm, host: &mut dyn Host, index: usize, success: bool) {
+/// A fetch ended (or could not start): a JWKS or the revocation feed.
+pub fn fetched(vm: &Vm, host: &mut dyn Host, done: Done) {
+    let result = if done.success { FETCH_SUCCESS } else { FETCH_FAILURE };
+    match done.document {
+        Document::Jwks(index) => {
+            if let Some(issuer) = vm.config.issuers.get(index) {
+                vm.observer.increment(host, Family::JwksFetches, &[&issuer.name, result]);
+            }
+        }
+        Document::Revocations => vm.observer.increment(host, Family::RevocationFetches, &[result]),
+    }
+}
+
+/// A TokenReview of a token of issuer `index` ended: `Some(alive)` as the API
+/// server answered, `None` unavailable.
+pub fn reviewed(vm: &Vm, host: &mut dyn Host, index: usize, outcome: Option<bool>) {
     if let Some(issuer) = vm.config.issuers.get(index) {
-        let result = if success { FETCH_SUCCESS } else { FETCH_FAILURE };
-        vm.observer.increment(host, Family::JwksFetches, &[&issuer.name, result]);
+        let result = match outcome {
+            Some(true) => REVIEW_ALIVE,
+            Some(false) => REVIEW_GONE,
+            None => REVIEW_UNAVAILABLE,
+        };
+        vm.observer.increment(host, Family::LivenessReviews, &[&issuer.name, result]);
+    }
+}
+
+/// The inventory merged these identities: their last-seen gauges, under the
+/// identity label the metrics bound gives them (`other` takes the latest).
+pub fn last_seen(vm: &Vm, host: &mut dyn Host, merged: &[crate::observe::inventory::Seen]) {
+    if !vm.observer.metrics.get() {
+        return;
+    }
+    let mut other: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
+    for seen in merged {
+        let label = match vm.observer.identities.try_borrow_mut() {
+            Ok(mut bound) => bound.label(vm.store.as_ref(), &seen.issuer, &seen.identity),
+            Err(_) => IdentityLabel::Other,
+        };
+        match label {
+            IdentityLabel::Own(label) => vm.observer.record(
+                host,
+                Family::IdentityLastSeen,
+                &[&seen.issuer, &label],
+                seen.last_ms / 1_000,
+            ),
+            IdentityLabel::Other => {
+                let latest = other.entry(seen.issuer.as_str()).or_default();
+                *latest = (*latest).max(seen.last_ms / 1_000);
+            }
+        }
+    }
+    for (issuer, latest) in other {
+        vm.observer.record(host, Family::IdentityLastSeen, &[issuer, IdentityLabel::Other.as_str()], latest);
+    }
+}
+
+/// On every tick: the JWKS and revocation-feed gauges.
+pub fn gauges(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
+    jwks_gauges(vm, host, now_ms);
+    revocation_gauges(vm, host, now_ms);
+}
+
+/// The revocation list's age, staleness and size; a list turning stale (or still
+/// missing past `max_stale_seconds` after start) is logged once.
+fn revocation_gauges(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
+    let Some(feed) = &vm.config.revocation else { return };
+    let Ok(local) = vm.revocations.try_borrow() else { return };
+    let Some(local) = local.as_ref() else { return };
+    let since = local.fetched_at_ms().unwrap_or(vm.observer.started_ms);
+    let age_ms = now_ms.saturating_sub(since);
+    let stale = age_ms > feed.remote.max_stale_seconds.saturating_mul(1_000);
+    if stale != vm.observer.feed_stale.replace(stale) {
+        if stale {
+            warn!(
+                "the revocation list is {} s old, over max_stale_seconds ({}): {}",
+                age_ms / 1_000,
+                feed.remote.max_stale_seconds,
+                match feed.on_stale {
+                    crate::policy::revocation::OnStale::Keep => "still deciding with it (on_stale: keep)",
+                    crate::policy::revocation::OnStale::Deny => {
+                        "refusing machine requests with 503 revocations_unavailable (on_stale: deny)"
+                    }
+                }
+            );
+        } else {
+            info!("the revocation list is fresh again");
+        }
+    }
+    if !vm.observer.metrics.get() {
+        return;
+    }
+    vm.observer.record(host, Family::RevocationAge, &[], age_ms / 1_000);
+    vm.observer.record(host, Family::RevocationStale, &[], u64::from(stale));
+    if let Some(counts) = local.counts() {
+        for (kind, count) in counts.by_kind() {
+            vm.observer.record(host, Family::RevocationEntries, &[kind], count as u64);
+        }
     }
 }
 

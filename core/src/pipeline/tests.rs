@@ -295,6 +295,8 @@ fn every_failing_host_call_fails_closed_or_harmlessly() {
         // Read only when a VM starts with partners, and by signed requests' body phase.
         (Call::Environment, Expect::Unaffected),
         (Call::ReadBody, Expect::Unaffected),
+        // Only TokenReview liveness makes callouts through the host (see the liveness tests).
+        (Call::HttpCall, Expect::Unaffected),
     ];
     assert_eq!(table.len(), Call::ALL.len(), "every kind of call has a row");
     for (call, expect) in table {
@@ -671,4 +673,195 @@ fn a_dpop_request_with_a_cached_token_makes_few_host_calls() {
     // around the proof check, the key header, the proof's removal, its histogram.
     // In a proxy, shared data is host calls too: quota and replay table, 2 each.
     assert_eq!(cached.host.total_calls(), 13, "{:?}", cached.host.calls);
+}
+
+const K8S: &str = "https://kubernetes.default.svc.cluster.local";
+const SA_UID: &str = "6f1a7c1e-0000-4000-8000-000000000003";
+
+fn k8s_plugin(on_unavailable: &str) -> Value {
+    json!({
+        "issuers": [{
+            "name": "cluster", "issuer": K8S, "audiences": ["gw"],
+            "jwks": {"inline": testkit::jwks()},
+            "algorithms": ["ES256"],
+            "profile": {
+                "type": "kubernetes",
+                "service_accounts": [{"name": "payments/api", "uid": SA_UID}, "ci/*"],
+                "liveness": {"cluster": "kube_api", "authority": "kubernetes.default.svc",
+                             "path": "/apis/authentication.k8s.io/v1/tokenreviews",
+                             "cache_seconds": 10, "timeout_ms": 1000,
+                             "on_unavailable": on_unavailable, "max_stale_seconds": 60}
+            }
+        }],
+        "filter_state": false,
+        "decision_log": {"enabled": false}
+    })
+}
+
+fn k8s_token(ns: &str, name: &str, uid: &str, jti: &str) -> String {
+    testkit::token(
+        Alg::Es256,
+        &json!({"alg": "ES256", "kid": "ec-1"}),
+        &json!({
+            "iss": K8S, "aud": ["gw"], "iat": NOW - 60, "nbf": NOW - 60, "exp": NOW + 3000, "jti": jti,
+            "sub": format!("system:serviceaccount:{ns}:{name}"),
+            "kubernetes.io": {
+                "namespace": ns,
+                "node": {"name": "worker-2", "uid": "6f1a7c1e-0000-4000-8000-000000000001"},
+                "pod": {"name": "api-7d9f8-x2kqv", "uid": "6f1a7c1e-0000-4000-8000-000000000002"},
+                "serviceaccount": {"name": name, "uid": uid}
+            }
+        }),
+    )
+}
+
+/// A TokenReview answer as the API server writes it.
+fn review_answer(authenticated: bool, username: &str) -> crate::keys::fetch::Response {
+    let body = json!({
+        "kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": {"audiences": ["gw"]},
+        "status": if authenticated {
+            json!({"authenticated": true, "user": {"username": username}, "audiences": ["gw"]})
+        } else {
+            json!({"user": {}, "error": "pod not found"})
+        }
+    });
+    crate::keys::fetch::Response { status: Some(201), body: Ok(body.to_string().into_bytes()) }
+}
+
+/// Runs a request up to its TokenReview callout, answers it with `answer`, and
+/// returns the outcome (with the callout the host saw).
+fn send_reviewed(
+    fx: &Fixture,
+    mut host: MemoryHost,
+    answer: crate::keys::fetch::Response,
+) -> (Outcome, Vec<(u32, crate::host::HttpCall)>) {
+    let mut request = Request::new(1);
+    let step = start(&fx.vm, &mut host, &mut request);
+    let Step::Called { token } = step else { panic!("no TokenReview callout: {step:?} {:?}", host.reply) };
+    let callouts = std::mem::take(&mut host.callouts);
+    let step = answered(&fx.vm, &mut host, &mut request, token, answer, NOW * 1000).unwrap();
+    finish(&fx.vm, &mut host, &mut request);
+    let status = host.reply.as_ref().map(|r| r.status);
+    let reason = host.reply.as_ref().and_then(|r| {
+        serde_json::from_str::<Value>(&r.body).ok()?.get("reason")?.as_str().map(str::to_owned)
+    });
+    (Outcome { step, status, reason, host }, callouts)
+}
+
+#[test]
+fn a_live_token_is_reviewed_once_then_served_from_the_cache() {
+    let fx = fixture(k8s_plugin("deny"));
+    let t = k8s_token("payments", "api", SA_UID, "j-1");
+    let (first, callouts) = send_reviewed(
+        &fx,
+        bearer(request("GET", "/api/x"), &t),
+        review_answer(true, "system:serviceaccount:payments:api"),
+    );
+    assert_eq!(first.step, Step::Continue, "{:?}", first.host.reply);
+    assert_eq!(callouts.len(), 1);
+    let call = &callouts[0].1;
+    assert_eq!(call.cluster, "kube_api");
+    let sent: Value = serde_json::from_slice(&call.body).unwrap();
+    assert_eq!(sent["kind"], "TokenReview");
+    assert_eq!(sent["apiVersion"], "authentication.k8s.io/v1");
+    assert_eq!(sent["spec"]["token"], t.as_str());
+    assert_eq!(sent["spec"]["audiences"], json!(["gw"]));
+    // The same token again: no callout, forwarded from this worker's entry.
+    let cached = send(&fx, bearer(request("GET", "/api/x"), &t));
+    assert_eq!(cached.step, Step::Continue);
+    assert!(cached.host.callouts.is_empty());
+    assert_eq!(cached.host.calls.get(&Call::HttpCall), None);
+}
+
+#[test]
+fn a_token_the_api_server_no_longer_authenticates_is_workload_gone() {
+    let fx = fixture(k8s_plugin("deny"));
+    let t = k8s_token("payments", "api", SA_UID, "j-2");
+    let (gone, _) = send_reviewed(&fx, bearer(request("GET", "/api/x"), &t), review_answer(false, ""));
+    assert_eq!(
+        (gone.step, gone.status, gone.reason.as_deref()),
+        (Step::Replied, Some(401), Some("workload_gone"))
+    );
+    // The negative answer is cached too: refused again without a callout.
+    let again = send(&fx, bearer(request("GET", "/api/x"), &t));
+    assert_eq!((again.status, again.reason.as_deref()), (Some(401), Some("workload_gone")));
+    assert!(again.host.callouts.is_empty());
+}
+
+#[test]
+fn an_unavailable_api_server_is_503_under_deny() {
+    let fx = fixture(k8s_plugin("deny"));
+    let t = k8s_token("payments", "api", SA_UID, "j-3");
+    let down = crate::keys::fetch::Response { status: None, body: Ok(Vec::new()) };
+    let (out, _) = send_reviewed(&fx, bearer(request("GET", "/api/x"), &t), down);
+    assert_eq!((out.status, out.reason.as_deref()), (Some(503), Some("liveness_unavailable")));
+    assert!(
+        out.host.reply.as_ref().unwrap().headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("retry-after")),
+        "{:?}",
+        out.host.reply
+    );
+}
+
+#[test]
+fn allow_recent_never_passes_a_token_never_reviewed() {
+    let fx = fixture(k8s_plugin("allow_recent"));
+    let t = k8s_token("payments", "api", SA_UID, "j-4");
+    let error = crate::keys::fetch::Response { status: Some(500), body: Ok(b"{}".to_vec()) };
+    let (out, _) = send_reviewed(&fx, bearer(request("GET", "/api/x"), &t), error);
+    assert_eq!((out.status, out.reason.as_deref()), (Some(503), Some("liveness_unavailable")));
+}
+
+#[test]
+fn a_recreated_service_account_is_refused_by_its_uid() {
+    let fx = fixture(k8s_plugin("deny"));
+    let t = k8s_token("payments", "api", "6f1a7c1e-0000-4000-8000-0000000000ff", "j-5");
+    let out = send(&fx, bearer(request("GET", "/api/x"), &t));
+    assert_eq!((out.status, out.reason.as_deref()), (Some(401), Some("service_account_replaced")));
+    assert!(out.host.callouts.is_empty(), "refused before any TokenReview");
+}
+
+/// Fetches the revocation feed once (the tick's callout answered with `body`);
+/// returns whether the fetch machine asked for it.
+fn serve_feed(fx: &Fixture, now_ms: u64, body: Vec<u8>) -> bool {
+    let tick = fx.vm.fetch_tick(now_ms);
+    let Some(callout) = tick.callouts.into_iter().find(|c| c.path == "/revocations.json") else {
+        return false;
+    };
+    fx.vm.fetch_dispatched(callout.ticket, Ok(77), now_ms, 0.0);
+    fx.vm.fetch_answered(77, crate::keys::fetch::Response { status: Some(200), body: Ok(body) }, now_ms, 0.0);
+    true
+}
+
+#[test]
+fn the_revocation_feed_revokes_by_jti_and_by_issue_time_without_a_reload() {
+    let mut config = plugin();
+    config["revocation"] = json!({"cluster": "revocations", "authority": "nhi-revocations.internal",
+                                  "path": "/revocations.json", "refresh_seconds": 30});
+    let fx = fixture(config);
+    let old = token("robot", json!({"jti": "j-old", "iat": NOW - 10}));
+    let stolen = token("other", json!({"jti": "j-stolen"}));
+    let fresh = token("robot", json!({"jti": "j-new", "iat": NOW - 1}));
+    assert!(serve_feed(&fx, NOW * 1000, br#"{"jti": [], "subjects": []}"#.to_vec()));
+    assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &old)).step, Step::Continue);
+    assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &stolen)).step, Step::Continue);
+    // The next fetch, refresh_seconds later: the new list applies to the next request.
+    let later = (NOW + 31) * 1000;
+    let feed = json!({"jti": ["j-stolen"], "issued_before": {"robot": NOW - 5}});
+    assert!(serve_feed(&fx, later, feed.to_string().into_bytes()));
+    for (name, t, expected) in [
+        ("jti", &stolen, Some("token_revoked")),
+        ("issued before", &old, Some("token_revoked")),
+        ("issued after", &fresh, None),
+    ] {
+        let out = send(&fx, bearer(request("GET", "/api/x"), t));
+        assert_eq!(out.reason.as_deref(), expected, "{name}");
+        if expected.is_some() {
+            assert_eq!(out.status, Some(401), "{name}");
+        }
+    }
+    // A feed that is not a list keeps the last good one.
+    assert!(serve_feed(&fx, (NOW + 62) * 1000, b"not json".to_vec()));
+    assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &stolen)).reason.as_deref(), Some("token_revoked"));
 }

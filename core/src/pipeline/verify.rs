@@ -16,8 +16,11 @@ use crate::reason::{Check, Reason, Rejection};
 use crate::verify::cache;
 use crate::verify::Verified;
 
+use crate::keys::fetch::Document;
+use crate::verify::liveness::Review;
+
 use super::extract::{connection_property, Presented};
-use super::{Request, Step, Vm};
+use super::{Awaited, Request, Step, Vm};
 
 /// Extra wait beyond the JWKS fetch timeout before a waiting request is answered anyway.
 const WAIT_MARGIN_MS: u64 = 500;
@@ -49,17 +52,23 @@ pub struct Verification {
     /// Whether a lenient reading attributed the credential to one of our issuers,
     /// when it was already computed.
     pub attributed: Option<bool>,
+    /// The liveness answer this worker keeps with the token's entry (a local hit).
+    pub review: Option<Review>,
 }
 
 pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Verification {
     let config = &vm.config;
     let now_secs = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
     let now_secs_u = u64::try_from(now_secs).unwrap_or_default();
-    let local_hit = request.credential.token().and_then(|raw| {
-        let keys = vm.keys.borrow();
-        let view = KeyView { keys: &keys, now_ms };
-        vm.local_tokens.borrow().get(config.trust(), &view, raw, now_secs)
-    });
+    let (local_hit, review) = request
+        .credential
+        .token()
+        .and_then(|raw| {
+            let keys = vm.keys.borrow();
+            let view = KeyView { keys: &keys, now_ms };
+            vm.local_tokens.borrow().get_with_review(config.trust(), &view, raw, now_secs)
+        })
+        .map_or((None, None), |(verified, review)| (Some(verified), review));
     // Timed only when a verification runs: not without a token, not on a local hit.
     let verify_started_ns =
         (request.credential.token().is_some() && local_hit.is_none()).then(|| host.now_ns());
@@ -152,7 +161,7 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
     if let Some(trace) = request.trace.as_deref_mut() {
         trace.verification = result.clone();
     }
-    Verification { result, blocked_for, attributed }
+    Verification { result, blocked_for, attributed, review }
 }
 
 /// Whether a credential that did not verify belongs to one of our issuers (a
@@ -191,5 +200,8 @@ pub fn await_keys(vm: &Vm, request: &Request, rejection: &Rejection, now_ms: u64
     }
     local.kid_miss = true;
     let timeout = vm.config.issuers.get(issuer).and_then(|i| i.fetch_timeout_ms()).unwrap_or(0);
-    Some(Step::Wait { issuer, deadline_ms: now_ms.saturating_add(timeout).saturating_add(WAIT_MARGIN_MS) })
+    Some(Step::Wait {
+        awaiting: Awaited::Document(Document::Jwks(issuer)),
+        deadline_ms: now_ms.saturating_add(timeout).saturating_add(WAIT_MARGIN_MS),
+    })
 }

@@ -17,20 +17,45 @@
 //! `max_token_lifetime_seconds` bounds `exp - iat`: API servers may extend tokens
 //! to a year for old clients (`--service-account-extend-token-expiration`, on by
 //! default), and such a token is a long-lived secret.
+//!
+//! A `service_accounts` entry may pin the account's UID (`{"name": "ns/name",
+//! "uid": "…"}`): a token of that name whose `kubernetes.io.serviceaccount.uid` is
+//! another is refused `service_account_replaced` — the account was deleted and
+//! recreated under the same name, and its old tokens (or a new owner's) are not the
+//! ones the allowlist meant.
+//!
+//! `liveness` asks the API server whether a verified token still authenticates (a
+//! TokenReview, see [`crate::verify::liveness`]): a token outlives the pod, service
+//! account or node it was bound to until `exp`; the API server knows at once.
 
 use serde::Deserialize;
 
 use crate::claims::matcher::Pattern;
 use crate::claims::matcher::RawClaim;
+use crate::claims::path::claim;
 use crate::error::ConfigError;
 use crate::reason::{Reason, Rejection};
 
-use super::{any_matches, invalid, mismatch, not_allowed, patterns, TokenFacts};
+use super::{any_matches, invalid, mismatch, not_allowed, patterns, TokenFacts, MAX_ALLOWLIST};
 
 /// The `sub` prefix of a service-account token.
 pub const SERVICE_ACCOUNT_PREFIX: &str = "system:serviceaccount:";
 /// The claim with the token's namespace, service account, pod and node.
 pub const KUBERNETES_CLAIM: &str = "kubernetes.io";
+/// The claim path of the service account's UID in a projected token.
+pub const SERVICE_ACCOUNT_UID_CLAIM: &str = "kubernetes.io.serviceaccount.uid";
+/// Where the TokenReview API is, unless `liveness.path` says otherwise.
+pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+/// The API server's in-cluster name, unless `liveness.authority` says otherwise.
+pub const DEFAULT_API_AUTHORITY: &str = "kubernetes.default.svc";
+pub const DEFAULT_LIVENESS_CACHE_SECONDS: u64 = 10;
+pub const MAX_LIVENESS_CACHE_SECONDS: u64 = 60;
+pub const DEFAULT_LIVENESS_TIMEOUT_MS: u64 = 1_000;
+pub const MAX_LIVENESS_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_LIVENESS_MAX_STALE_SECONDS: u64 = 60;
+pub const MAX_LIVENESS_MAX_STALE_SECONDS: u64 = 3_600;
+/// Longest UID in a pin (Kubernetes UIDs are 36-character UUIDs).
+pub const MAX_UID_LEN: usize = 64;
 /// Kubernetes' shortest token (TokenRequest `expirationSeconds` minimum).
 pub const MIN_LIFETIME_SECONDS: u64 = 600;
 /// A bound of a year and a day: longer than any token worth bounding.
@@ -62,22 +87,109 @@ pub struct RawKubernetes {
     /// Namespaces admitted (exact, or a prefix with a trailing `*`).
     #[serde(default)]
     pub namespaces: Option<Vec<String>>,
-    /// Service accounts admitted as `NS/NAME` (or a prefix such as `ci/*`).
+    /// Service accounts admitted as `NS/NAME` (or a prefix such as `ci/*`), or
+    /// `{"name": "NS/NAME", "uid": "…"}` to pin the account's UID.
     #[serde(default)]
-    pub service_accounts: Option<Vec<String>>,
+    pub service_accounts: Option<Vec<RawServiceAccount>>,
     /// Longest `exp - iat` accepted.
     #[serde(default)]
     pub max_token_lifetime_seconds: Option<u64>,
     #[serde(default)]
     pub claims: Option<Vec<RawClaim>>,
+    /// Ask the API server whether a verified token still authenticates (TokenReview).
+    #[serde(default)]
+    pub liveness: Option<RawLiveness>,
+}
+
+/// One `service_accounts` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(untagged)]
+pub enum RawServiceAccount {
+    /// `NS/NAME`, or a prefix such as `ci/*`.
+    Name(String),
+    /// An exact account whose UID must be this one.
+    Pinned(RawPinnedAccount),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawPinnedAccount {
+    /// `NS/NAME`, exactly.
+    pub name: String,
+    /// The account's `metadata.uid` (`kubectl get sa NAME -n NS -o jsonpath='{.metadata.uid}'`).
+    pub uid: String,
+}
+
+/// `profile.liveness`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RawLiveness {
+    /// The Envoy cluster that reaches the API server (on APISIX: `host:port`).
+    pub cluster: String,
+    /// `:authority` of the review; default `kubernetes.default.svc`.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Default `/apis/authentication.k8s.io/v1/tokenreviews`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// How long a review's answer (either way) is trusted: 1–60, default 10.
+    #[serde(default)]
+    pub cache_seconds: Option<u64>,
+    /// How long a review may take, and how long requests wait for one: default 1000.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// What an unanswerable review means: `deny` (default) or `allow_recent`.
+    #[serde(default)]
+    pub on_unavailable: Option<OnUnavailable>,
+    /// `allow_recent`: how long after its last positive review a token still passes
+    /// while the API server cannot answer. Default 60.
+    #[serde(default)]
+    pub max_stale_seconds: Option<u64>,
+}
+
+/// `liveness.on_unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// `503 liveness_unavailable` with `Retry-After`.
+    Deny,
+    /// Allowed while the token's last positive review is younger than
+    /// `max_stale_seconds`, then `503`. Never for a token never reviewed.
+    AllowRecent,
+}
+
+/// The validated `liveness` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Liveness {
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub cache_ms: u64,
+    pub timeout_ms: u64,
+    pub on_unavailable: OnUnavailable,
+    pub max_stale_ms: u64,
+}
+
+/// A service account whose UID is pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pin {
+    /// `NS/NAME`.
+    pub name: String,
+    pub uid: String,
 }
 
 /// The validated `kubernetes` profile.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Kubernetes {
     namespaces: Option<Vec<Pattern>>,
-    service_accounts: Option<Vec<Pattern>>,
+    /// `None`: no allowlist. Otherwise the unpinned entries and the pins.
+    service_accounts: Option<(Vec<Pattern>, Vec<Pin>)>,
     max_lifetime_seconds: Option<u64>,
+    liveness: Option<Liveness>,
 }
 
 /// Namespace and name of a service account, agreed on by `sub` and `kubernetes.io`.
@@ -117,20 +229,10 @@ pub fn compile(
             Err("must be a namespace name (a-z, 0-9, '-', at most 63), optionally ending in '*'")
         }
     })?;
-    let service_accounts = patterns(raw.service_accounts, &at("profile.service_accounts"), |sa| {
-        let Some((ns, name)) = sa.split_once('/') else {
-            return Err("must be NAMESPACE/NAME (or NAMESPACE/* )");
-        };
-        let dns = |s: &str, max: usize| {
-            s.len() <= max
-                && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
-        };
-        if !ns.is_empty() && dns(ns, 63) && !ns.contains('.') && dns(name, 253) && !name.contains('/') {
-            Ok(())
-        } else {
-            Err("must be NAMESPACE/NAME with Kubernetes names (or NAMESPACE/* )")
-        }
-    })?;
+    let service_accounts = match raw.service_accounts {
+        None => None,
+        Some(entries) => Some(compile_service_accounts(entries, &at("profile.service_accounts"))?),
+    };
     let max_lifetime_seconds = match raw.max_token_lifetime_seconds {
         Some(s) if !(MIN_LIFETIME_SECONDS..=MAX_LIFETIME_SECONDS).contains(&s) => {
             return Err(invalid(
@@ -140,7 +242,114 @@ pub fn compile(
         }
         other => other,
     };
-    Ok(Kubernetes { namespaces, service_accounts, max_lifetime_seconds })
+    let liveness = raw.liveness.map(|raw| compile_liveness(raw, &at("profile.liveness"))).transpose()?;
+    Ok(Kubernetes { namespaces, service_accounts, max_lifetime_seconds, liveness })
+}
+
+/// A service-account name (or prefix) as `service_accounts` takes it.
+fn valid_service_account(sa: &str) -> Result<(), &'static str> {
+    let Some((ns, name)) = sa.split_once('/') else {
+        return Err("must be NAMESPACE/NAME (or NAMESPACE/* )");
+    };
+    let dns = |s: &str, max: usize| {
+        s.len() <= max && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-.".contains(c))
+    };
+    if !ns.is_empty() && dns(ns, 63) && !ns.contains('.') && dns(name, 253) && !name.contains('/') {
+        Ok(())
+    } else {
+        Err("must be NAMESPACE/NAME with Kubernetes names (or NAMESPACE/* )")
+    }
+}
+
+fn compile_service_accounts(
+    entries: Vec<RawServiceAccount>,
+    field: &str,
+) -> Result<(Vec<Pattern>, Vec<Pin>), ConfigError> {
+    let (mut names, mut pins) = (Vec::new(), Vec::<Pin>::new());
+    let mut numbered = Vec::new();
+    for (i, entry) in entries.into_iter().enumerate() {
+        match entry {
+            RawServiceAccount::Name(name) => numbered.push((i, name)),
+            RawServiceAccount::Pinned(RawPinnedAccount { name, uid }) => {
+                let at = format!("{field}[{i}]");
+                if name.contains('*') || valid_service_account(&name).is_err() || name.ends_with('/') {
+                    return Err(invalid(
+                        format!("{at}.name"),
+                        "must be NAMESPACE/NAME exactly (a pin names one account)",
+                    ));
+                }
+                if uid.is_empty()
+                    || uid.len() > MAX_UID_LEN
+                    || !uid.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                {
+                    return Err(invalid(
+                        format!("{at}.uid"),
+                        format!("must be the account's metadata.uid (1-{MAX_UID_LEN} of A-Z a-z 0-9 -)"),
+                    ));
+                }
+                if pins.iter().any(|p| p.name == name) {
+                    return Err(invalid(format!("{at}.name"), format!("{name:?} is pinned twice")));
+                }
+                pins.push(Pin { name, uid });
+            }
+        }
+    }
+    let total = numbered.len() + pins.len();
+    if total == 0 || total > MAX_ALLOWLIST {
+        return Err(invalid(field, format!("must list 1 to {MAX_ALLOWLIST} entries; omit it to allow any")));
+    }
+    for (i, name) in numbered {
+        // One entry at a time, so that an error names the entry's own index.
+        let compiled = patterns(Some(vec![name]), field, valid_service_account).map_err(|err| match err {
+            ConfigError::Invalid { reason, .. } => invalid(format!("{field}[{i}]"), reason),
+            other => other,
+        })?;
+        names.extend(compiled.into_iter().flatten());
+    }
+    Ok((names, pins))
+}
+
+fn compile_liveness(raw: RawLiveness, at: &str) -> Result<Liveness, ConfigError> {
+    let field = |name: &str| format!("{at}.{name}");
+    if raw.cluster.is_empty() || raw.cluster.chars().any(char::is_whitespace) {
+        return Err(invalid(field("cluster"), "must name the Envoy cluster that reaches the API server"));
+    }
+    let authority = raw.authority.unwrap_or_else(|| DEFAULT_API_AUTHORITY.to_owned());
+    if authority.is_empty() || authority.chars().any(|c| c.is_whitespace() || c == '/' || c.is_control()) {
+        return Err(invalid(field("authority"), "must be a host[:port]"));
+    }
+    let path = raw.path.unwrap_or_else(|| TOKEN_REVIEW_PATH.to_owned());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(field("path"), "must start with '/' and contain no spaces"));
+    }
+    let cache_seconds = raw.cache_seconds.unwrap_or(DEFAULT_LIVENESS_CACHE_SECONDS);
+    if !(1..=MAX_LIVENESS_CACHE_SECONDS).contains(&cache_seconds) {
+        return Err(invalid(
+            field("cache_seconds"),
+            format!("must be between 1 and {MAX_LIVENESS_CACHE_SECONDS}"),
+        ));
+    }
+    let timeout_ms = raw.timeout_ms.unwrap_or(DEFAULT_LIVENESS_TIMEOUT_MS);
+    if !(1..=MAX_LIVENESS_TIMEOUT_MS).contains(&timeout_ms) {
+        return Err(invalid(field("timeout_ms"), format!("must be between 1 and {MAX_LIVENESS_TIMEOUT_MS}")));
+    }
+    let max_stale_seconds =
+        raw.max_stale_seconds.unwrap_or(DEFAULT_LIVENESS_MAX_STALE_SECONDS.max(cache_seconds));
+    if !(cache_seconds..=MAX_LIVENESS_MAX_STALE_SECONDS).contains(&max_stale_seconds) {
+        return Err(invalid(
+            field("max_stale_seconds"),
+            format!("must be between cache_seconds and {MAX_LIVENESS_MAX_STALE_SECONDS}"),
+        ));
+    }
+    Ok(Liveness {
+        cluster: raw.cluster,
+        authority,
+        path,
+        cache_ms: cache_seconds * 1_000,
+        timeout_ms,
+        on_unavailable: raw.on_unavailable.unwrap_or(OnUnavailable::Deny),
+        max_stale_ms: max_stale_seconds * 1_000,
+    })
 }
 
 impl Kubernetes {
@@ -162,7 +371,9 @@ impl Kubernetes {
         Ok(format!("{}/{}", sa.namespace, sa.name))
     }
 
-    /// The `namespaces` and `service_accounts` allowlists; each configured one must admit.
+    /// The `namespaces` and `service_accounts` allowlists; each configured one must
+    /// admit. A pinned account admits only the UID it pins, whatever other entries
+    /// (a prefix) would admit by name.
     pub fn admit(&self, facts: &TokenFacts<'_>) -> Result<(), Rejection> {
         let sa = service_account(facts)?;
         if let Some(namespaces) = &self.namespaces {
@@ -170,12 +381,44 @@ impl Kubernetes {
                 return Err(not_allowed("service-account namespace is not allowed"));
             }
         }
-        if let Some(accounts) = &self.service_accounts {
-            if !any_matches(accounts, &format!("{}/{}", sa.namespace, sa.name)) {
+        if let Some((names, pins)) = &self.service_accounts {
+            let name = format!("{}/{}", sa.namespace, sa.name);
+            if let Some(pin) = pins.iter().find(|p| p.name == name) {
+                return match claim(facts.claims, SERVICE_ACCOUNT_UID_CLAIM)
+                    .and_then(serde_json::Value::as_str)
+                {
+                    Some(uid) if uid == pin.uid => Ok(()),
+                    Some(_) => Err(Rejection::new(
+                        Reason::ServiceAccountReplaced,
+                        "the service account was recreated: its UID is not the pinned one",
+                    )),
+                    None => Err(Rejection::new(
+                        Reason::MissingClaim,
+                        "token has no kubernetes.io.serviceaccount.uid (the account is pinned)",
+                    )),
+                };
+            }
+            if !any_matches(names, &name) {
                 return Err(not_allowed("service account is not allowed"));
             }
         }
         Ok(())
+    }
+
+    /// The `liveness` block, if configured.
+    pub fn liveness(&self) -> Option<&Liveness> {
+        self.liveness.as_ref()
+    }
+
+    /// The `service_accounts` entries as written (pins by name), for the inventory's
+    /// "never used" list.
+    pub fn allowlisted_accounts(&self) -> Vec<String> {
+        let Some((names, pins)) = &self.service_accounts else { return Vec::new() };
+        let written = names.iter().map(|p| match p {
+            Pattern::Exact(s) => s.clone(),
+            Pattern::Prefix(p) => format!("{p}*"),
+        });
+        written.chain(pins.iter().map(|p| p.name.clone())).collect()
     }
 }
 
@@ -350,5 +593,117 @@ mod tests {
             k(json!({"max_token_lifetime_seconds": MAX_LIFETIME_SECONDS + 1})),
             "issuers[0].profile.max_token_lifetime_seconds"
         );
+    }
+
+    #[test]
+    fn a_pinned_account_admits_only_its_uid() {
+        let uid = "6f1a7c1e-0000-4000-8000-000000000003";
+        let p = profile(json!({
+            "issuer": "https://kubernetes.default.svc.cluster.local",
+            "profile": {"type": "kubernetes",
+                        "service_accounts": ["payments/*", {"name": "ci/deployer", "uid": uid},
+                                             {"name": "payments/api", "uid": "11111111-0000-4000-8000-000000000000"}]}
+        }));
+        assert_eq!(outcome(&p, token("ci", "deployer")), Ok("ci/deployer".into()), "the pinned UID");
+        // Deleted and recreated under the same name: a new UID.
+        let mut t = token("ci", "deployer");
+        t["kubernetes.io"]["serviceaccount"]["uid"] = json!("6f1a7c1e-0000-4000-8000-0000000000ff");
+        assert_eq!(outcome(&p, t), Err(Reason::ServiceAccountReplaced));
+        // The pin wins over a prefix that would admit the name.
+        assert_eq!(outcome(&p, token("payments", "api")), Err(Reason::ServiceAccountReplaced));
+        assert_eq!(
+            outcome(&p, token("payments", "worker")),
+            Ok("payments/worker".into()),
+            "unpinned by prefix"
+        );
+        let mut t = token("ci", "deployer");
+        t["kubernetes.io"]["serviceaccount"].as_object_mut().unwrap().remove("uid");
+        assert_eq!(outcome(&p, t), Err(Reason::MissingClaim), "a pinned account needs the UID claim");
+        assert_eq!(outcome(&p, token("ci", "other")), Err(Reason::ClaimNotAllowed));
+        assert_eq!(
+            p.allowlisted_accounts(),
+            ["payments/*", "ci/deployer", "payments/api"].map(str::to_owned).to_vec()
+        );
+    }
+
+    #[test]
+    fn pins_and_liveness_are_validated_naming_the_field() {
+        let k = |extra: Value| {
+            let mut profile = json!({"type": "kubernetes"});
+            for (key, v) in extra.as_object().unwrap() {
+                profile[key] = v.clone();
+            }
+            invalid_field(json!({ "profile": profile }))
+        };
+        let uid = "6f1a7c1e-0000-4000-8000-000000000003";
+        assert_eq!(
+            k(json!({"service_accounts": ["ci/a", {"name": "ci/*", "uid": uid}]})),
+            "issuers[0].profile.service_accounts[1].name"
+        );
+        assert_eq!(
+            k(json!({"service_accounts": [{"name": "ci/a", "uid": "not a uid"}]})),
+            "issuers[0].profile.service_accounts[0].uid"
+        );
+        assert_eq!(
+            k(json!({"service_accounts": [{"name": "ci/a", "uid": uid}, {"name": "ci/a", "uid": uid}]})),
+            "issuers[0].profile.service_accounts[1].name"
+        );
+        assert_eq!(
+            k(json!({"service_accounts": [{"name": "ci/a", "uid": uid}, "Bad"]})),
+            "issuers[0].profile.service_accounts[1]"
+        );
+        assert!(matches!(
+            config(
+                json!({"profile": {"type": "kubernetes", "service_accounts": [{"name": "ci/a", "uid": uid, "x": 1}]}})
+            ),
+            Err(ConfigError::Syntax(_))
+        ));
+        let live = |extra: Value| {
+            let mut liveness = json!({"cluster": "kube_api"});
+            for (key, v) in extra.as_object().unwrap() {
+                liveness[key] = v.clone();
+            }
+            k(json!({ "liveness": liveness }))
+        };
+        assert_eq!(live(json!({"cluster": ""})), "issuers[0].profile.liveness.cluster");
+        assert_eq!(live(json!({"cache_seconds": 0})), "issuers[0].profile.liveness.cache_seconds");
+        assert_eq!(live(json!({"cache_seconds": 61})), "issuers[0].profile.liveness.cache_seconds");
+        assert_eq!(live(json!({"timeout_ms": 0})), "issuers[0].profile.liveness.timeout_ms");
+        assert_eq!(live(json!({"path": "apis"})), "issuers[0].profile.liveness.path");
+        assert_eq!(live(json!({"authority": "a/b"})), "issuers[0].profile.liveness.authority");
+        assert_eq!(
+            live(json!({"cache_seconds": 30, "max_stale_seconds": 10})),
+            "issuers[0].profile.liveness.max_stale_seconds"
+        );
+        assert!(matches!(
+            config(
+                json!({"profile": {"type": "kubernetes", "liveness": {"cluster": "k", "on_unavailable": "allow"}}})
+            ),
+            Err(ConfigError::Syntax(_))
+        ));
+    }
+
+    #[test]
+    fn liveness_defaults_and_the_issues_example() {
+        let p = profile(json!({"profile": {"type": "kubernetes", "liveness": {"cluster": "kube_api"}}}));
+        assert_eq!(
+            p.liveness(),
+            Some(&Liveness {
+                cluster: "kube_api".into(),
+                authority: "kubernetes.default.svc".into(),
+                path: "/apis/authentication.k8s.io/v1/tokenreviews".into(),
+                cache_ms: 10_000,
+                timeout_ms: 1_000,
+                on_unavailable: OnUnavailable::Deny,
+                max_stale_ms: 60_000,
+            })
+        );
+        let p = profile(json!({"profile": {"type": "kubernetes", "liveness": {
+            "cluster": "kube_api", "authority": "kubernetes.default.svc",
+            "path": "/apis/authentication.k8s.io/v1/tokenreviews",
+            "cache_seconds": 10, "timeout_ms": 1000,
+            "on_unavailable": "allow_recent", "max_stale_seconds": 60}}}));
+        assert_eq!(p.liveness().map(|l| l.on_unavailable), Some(OnUnavailable::AllowRecent));
+        assert!(profile(json!({})).liveness().is_none());
     }
 }

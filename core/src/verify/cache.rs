@@ -26,6 +26,7 @@ use crate::host::store::Store;
 use crate::keys::jwks::KeyFingerprint;
 use crate::keys::KeyLookup;
 use crate::reason::{Reason, Rejection};
+use crate::verify::liveness::Review;
 use crate::verify::{self, Trust, Verified};
 
 const VERSION: u8 = 2;
@@ -140,11 +141,21 @@ pub const LOCAL_CAPACITY: usize = 256;
 /// the token itself (this is VM memory, never shared), revalidated at every use
 /// exactly like a shared entry, and emptied when full (bounded, and a busy VM
 /// refills it from the shared cache at the cost of one read per token).
+///
+/// An entry also keeps the API server's last answer about the token (TokenReview
+/// liveness, [`crate::verify::liveness`]): while it is fresh, a reused token of an
+/// issuer with liveness costs no more host calls than one without.
 #[derive(Debug, Default)]
 pub struct LocalCache {
-    entries: std::collections::HashMap<String, Rc<Verified>, crate::hash::seeded::Seeded>,
+    entries: std::collections::HashMap<String, LocalEntry, crate::hash::seeded::Seeded>,
     /// [`Config::fingerprint`] the entries were verified under.
     config: u64,
+}
+
+#[derive(Debug)]
+struct LocalEntry {
+    verified: Rc<Verified>,
+    review: std::cell::Cell<Option<Review>>,
 }
 
 impl LocalCache {
@@ -164,13 +175,34 @@ impl LocalCache {
         raw: &str,
         now: i64,
     ) -> Option<Rc<Verified>> {
+        self.get_with_review(trust, keys, raw, now).map(|(verified, _)| verified)
+    }
+
+    /// Like [`LocalCache::get`], with the last liveness answer this VM keeps for the token.
+    pub fn get_with_review<K: KeyLookup + ?Sized>(
+        &self,
+        trust: Trust<'_>,
+        keys: &K,
+        raw: &str,
+        now: i64,
+    ) -> Option<(Rc<Verified>, Option<Review>)> {
         if self.config != trust.fingerprint {
             return None;
         }
-        let verified = self.entries.get(raw)?;
+        let entry = self.entries.get(raw)?;
+        let verified = &entry.verified;
         let signed_by =
             SignedBy { issuer: verified.issuer, kid: verified.kid.as_deref()?, key: &verified.key };
-        signed_by.still_holds(trust, keys, verified.expires_at, now).then(|| Rc::clone(verified))
+        signed_by
+            .still_holds(trust, keys, verified.expires_at, now)
+            .then(|| (Rc::clone(verified), entry.review.get()))
+    }
+
+    /// Keeps `review` with `raw`'s entry, if this VM holds one.
+    pub fn remember_review(&self, raw: &str, review: Review) {
+        if let Some(entry) = self.entries.get(raw) {
+            entry.review.set(Some(review));
+        }
     }
 
     fn insert(&mut self, trust: Trust<'_>, raw: &str, verified: &Rc<Verified>) {
@@ -181,7 +213,8 @@ impl LocalCache {
             self.entries.clear();
             self.config = trust.fingerprint;
         }
-        self.entries.insert(raw.to_owned(), Rc::clone(verified));
+        let entry = LocalEntry { verified: Rc::clone(verified), review: std::cell::Cell::new(None) };
+        self.entries.insert(raw.to_owned(), entry);
     }
 }
 
@@ -572,5 +605,28 @@ mod tests {
         let mut fresh = LocalCache::default();
         fresh.insert(config.trust(), "t", &Rc::new(Verified { kid: None, ..(*verified).clone() }));
         assert!(fresh.is_empty());
+    }
+
+    #[test]
+    fn the_local_entry_keeps_the_liveness_answer_while_it_holds() {
+        use crate::crypto::alg::Alg;
+        let now = 1_800_000_000;
+        let config = config();
+        let claims = json!({"iss": "https://i", "sub": "robot", "aud": "a", "exp": now + 60});
+        let token = testkit::token(Alg::Es256, &json!({"alg": "ES256", "kid": "ec-1"}), &claims);
+        let mut local = LocalCache::default();
+        let store = MemoryStore::new();
+        local.remember_review(&token, Review { answered_at_ms: 1, alive: true, alive_at_ms: Some(1) });
+        assert!(local.is_empty(), "no entry, nothing remembered");
+        verify_and_remember(config.trust(), keys().as_slice(), &store, &mut local, &token, now, || true)
+            .unwrap();
+        let (_, review) = local.get_with_review(config.trust(), keys().as_slice(), &token, now).unwrap();
+        assert_eq!(review, None, "not reviewed yet");
+        let answer = Review { answered_at_ms: 5, alive: false, alive_at_ms: None };
+        local.remember_review(&token, answer);
+        let (_, review) = local.get_with_review(config.trust(), keys().as_slice(), &token, now).unwrap();
+        assert_eq!(review, Some(answer));
+        // The answer goes with the entry: not served once the verification no longer holds.
+        assert!(local.get_with_review(config.trust(), keys().as_slice(), &token, now + 3_600).is_none());
     }
 }
