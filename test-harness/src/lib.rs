@@ -18,6 +18,7 @@ pub mod httpsig;
 pub mod istio;
 pub mod jwks_server;
 pub mod keys;
+pub mod kube_api;
 pub mod mint;
 pub mod native;
 pub mod oci;
