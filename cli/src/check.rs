@@ -485,10 +485,12 @@ fn kubernetes_object(doc: &Value, api_version: &str, kind: &str, label: &str, ou
             let before = out.configs.len() + out.problems.len();
             wasm_filters(doc, &what, None, out);
             let hardening = istio_underscore_patches(doc, &what, out);
-            if out.configs.len() + out.problems.len() == before && hardening == 0 {
+            let credentials = istio_credential_clusters(doc, &what, out);
+            if out.configs.len() + out.problems.len() == before && hardening + credentials == 0 {
                 out.problems.push(problem(
                     "spec.configPatches",
-                    "patches in no nhi-guard Wasm filter and no headers_with_underscores_action",
+                    "patches in no nhi-guard Wasm filter, no headers_with_underscores_action and no \
+                     credential-injecting cluster",
                 ));
             }
         }
@@ -795,6 +797,54 @@ fn connection_managers(object: &Map<String, Value>) -> Vec<ConnectionManager<'_>
 /// that merges `headers_with_underscores_action` into the HTTP connection managers.
 /// Notes each one that refuses or drops them, warns about one that allows them, and
 /// returns how many there are.
+/// CLUSTER patches adding a cluster whose requests carry the gateway's own
+/// credential through Envoy's credential injector (an upstream HTTP filter): how
+/// `kube_api` reaches the API server for TokenReviews. Noted, with the SDS secret
+/// named; a credential written into the patch itself is an error.
+fn istio_credential_clusters(doc: &Value, what: &str, out: &mut Extracted) -> usize {
+    const INJECTOR: &str = "envoy.filters.http.credential_injector";
+    let patches = doc.pointer("/spec/configPatches").and_then(Value::as_array).into_iter().flatten();
+    let mut count = 0;
+    for (i, patch) in patches.enumerate() {
+        if patch.get("applyTo").and_then(Value::as_str) != Some("CLUSTER") {
+            continue;
+        }
+        let Some(cluster) = patch.pointer("/patch/value") else { continue };
+        let filters = cluster
+            .pointer("/typed_extension_protocol_options/envoy.extensions.upstreams.http.v3.HttpProtocolOptions/http_filters")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten();
+        for filter in filters.filter(|f| f.get("name").and_then(Value::as_str) == Some(INJECTOR)) {
+            count += 1;
+            let path = format!("spec.configPatches[{i}].patch.value");
+            let name = cluster.get("name").and_then(Value::as_str).unwrap_or("?");
+            let credential = filter.pointer("/typed_config/credential/typed_config/credential");
+            let inline = serde_json::to_string(filter)
+                .is_ok_and(|t| t.contains("inline_string") || t.contains("inline_bytes"));
+            match credential.and_then(|c| c.get("sds_config").map(|_| c.get("name"))) {
+                Some(secret) if !inline => out.notes.push(located(
+                    what,
+                    &path,
+                    &format!(
+                        "cluster {name}: Envoy attaches the gateway's credential from SDS secret {}",
+                        secret.and_then(Value::as_str).unwrap_or("?")
+                    ),
+                )),
+                _ => out.problems.push(Problem {
+                    what: what.to_owned(),
+                    path,
+                    reason:
+                        "a credential injector must read its credential from SDS (a file Envoy manages), \
+                             never inline"
+                            .to_owned(),
+                }),
+            }
+        }
+    }
+    count
+}
+
 fn istio_underscore_patches(doc: &Value, what: &str, out: &mut Extracted) -> usize {
     let patches = doc.pointer("/spec/configPatches").and_then(Value::as_array).into_iter().flatten();
     let mut count = 0;
@@ -1286,6 +1336,34 @@ mod tests {
             bootstraps += usize::from(text.contains("static_resources:"));
         }
         assert!(bootstraps >= 6, "the shipped Envoy bootstraps were not found: {files:?}");
+    }
+
+    #[test]
+    fn a_credential_cluster_is_noted_and_an_inline_credential_refused() {
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy/istio/kube-api-credential.yaml"),
+        )
+        .unwrap();
+        let report = check_text("k.yaml", &shipped);
+        assert!(report.passed(), "{report:?}");
+        assert!(report.ok.iter().any(|n| n.contains("cluster kube_api: Envoy attaches the gateway's credential")));
+        let inline = shipped.replace(
+            "filename: /var/run/secrets/kubernetes.io/serviceaccount/token",
+            "inline_string: a-token",
+        );
+        // The ConfigMap's copy is not the patch: write the secret into the patch itself.
+        let inline: String = inline
+            .lines()
+            .map(|line| match line.find("sds_config:") {
+                Some(indent) => format!("{}inline_string: a-token\n{line}\n", " ".repeat(indent)),
+                None => format!("{line}\n"),
+            })
+            .collect();
+        let report = check_text("k.yaml", &inline);
+        assert!(
+            report.errors.iter().any(|e| e.contains("must read its credential from SDS")),
+            "{report:?}"
+        );
     }
 
     #[test]
