@@ -1346,7 +1346,10 @@ mod tests {
         .unwrap();
         let report = check_text("k.yaml", &shipped);
         assert!(report.passed(), "{report:?}");
-        assert!(report.ok.iter().any(|n| n.contains("cluster kube_api: Envoy attaches the gateway's credential")));
+        assert!(report
+            .ok
+            .iter()
+            .any(|n| n.contains("cluster kube_api: Envoy attaches the gateway's credential")));
         let inline = shipped.replace(
             "filename: /var/run/secrets/kubernetes.io/serviceaccount/token",
             "inline_string: a-token",
@@ -1360,10 +1363,7 @@ mod tests {
             })
             .collect();
         let report = check_text("k.yaml", &inline);
-        assert!(
-            report.errors.iter().any(|e| e.contains("must read its credential from SDS")),
-            "{report:?}"
-        );
+        assert!(report.errors.iter().any(|e| e.contains("must read its credential from SDS")), "{report:?}");
     }
 
     #[test]
