@@ -64,6 +64,23 @@ impl Document {
         }
     }
 
+    /// How log lines name the copy of `name` (the issuer's, or the feed's): as they
+    /// did before the feed existed for keys, so operators' log searches keep working.
+    pub fn subject(self, name: &str) -> String {
+        match self {
+            Document::Jwks(_) => format!("issuer {name}: JWKS"),
+            Document::Revocations => "revocation feed".to_owned(),
+        }
+    }
+
+    /// The prefix of log lines about the copy of `name`.
+    pub fn prefix(self, name: &str) -> String {
+        match self {
+            Document::Jwks(_) => format!("issuer {name}:"),
+            Document::Revocations => "revocation feed:".to_owned(),
+        }
+    }
+
     /// The shared-data namespace of its copy and lease.
     fn kind(self) -> &'static str {
         match self {
@@ -483,9 +500,9 @@ impl Fetcher {
         Some(Next::Done(match outcome {
             Ok((body, loaded, name, _)) => {
                 for warning in &loaded.warnings {
-                    warn!("{} {name}: {warning}: skipped", ticket.document.what());
+                    warn!("{} {warning}: skipped", ticket.document.prefix(&name));
                 }
-                info!("{} {name}: {}", ticket.document.what(), loaded.summary);
+                info!("{} {}", ticket.document.prefix(&name), loaded.summary);
                 self.succeeded(sources, ticket.document, body, store, now_ms);
                 Done { document: ticket.document, success: true }
             }
@@ -559,9 +576,8 @@ impl Fetcher {
             Mode::PerVm => state.retry_at_ms = now_ms.saturating_add(backoff),
         }
         warn!(
-            "{} {}: refresh failed ({failures} in a row): {why}; {}; retry in {backoff} ms",
-            document.what(),
-            source.name,
+            "{} refresh failed ({failures} in a row): {why}; {}; retry in {backoff} ms",
+            document.subject(source.name),
             if local.usable(now_ms) { "keeping the last good copy" } else { "no usable copy" },
         );
         done
