@@ -500,7 +500,7 @@ impl Fetcher {
         Some(Next::Done(match outcome {
             Ok((body, loaded, name, _)) => {
                 for warning in &loaded.warnings {
-                    warn!("{} {warning}: skipped", ticket.document.prefix(&name));
+                    warn!("{} {warning}: skipped", ticket.document.subject(&name));
                 }
                 info!("{} {}", ticket.document.prefix(&name), loaded.summary);
                 self.succeeded(sources, ticket.document, body, store, now_ms);
