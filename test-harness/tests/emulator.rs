@@ -997,3 +997,188 @@ fn every_host_call_of_a_machine_request_fails_closed_in_the_emulator() {
     }
     assert!(checked >= 20, "only {checked} calls were failed in turn");
 }
+
+// ---------------------------------------------------------------------------------
+// Credential lifecycle under APISIX: the review and the feed are callouts from the
+// request that needs them, their answers cached per VM (no shared data).
+
+const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
+const API_SERVER: &str = "127.0.0.1:6443";
+const FEED: &str = "127.0.0.1:8090";
+
+fn lifecycle_plugin() -> serde_json::Value {
+    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
+    json!({
+        "host": "apisix",
+        "issuers": [{
+            "name": "cluster", "issuer": K8S_ISS, "audiences": ["nhi-gateway"],
+            "jwks": {"inline": test_harness::keys::jwks([key])}, "algorithms": ["ES256"],
+            "profile": {"type": "kubernetes",
+                        "service_accounts": [{"name": "payments/api", "uid": "uid-api-1"}, "ci/*"],
+                        "liveness": {"cluster": API_SERVER, "cache_seconds": 10, "timeout_ms": 1000,
+                                     "on_unavailable": "deny"}}
+        }],
+        "revocation": {"cluster": FEED, "authority": "feed", "path": "/revocations.json", "refresh_seconds": 5},
+        "inventory": {"path": "/inventory", "source_cidrs": ["127.0.0.1/32"]},
+        "routes": [{"name": "api", "match": {"prefix": "/api/"}}]
+    })
+}
+
+fn k8s_token(ns: &str, name: &str, uid: &str, jti: &str) -> String {
+    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
+    let now = mint::now();
+    Token::new(Alg::Es256)
+        .claims(json!({
+            "iss": K8S_ISS, "aud": ["nhi-gateway"], "iat": now, "exp": now + 3600, "jti": jti,
+            "sub": format!("system:serviceaccount:{ns}:{name}"),
+            "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": name, "uid": uid},
+                              "pod": {"name": "p", "uid": "pod-uid"}}
+        }))
+        .sign(key)
+        .unwrap()
+}
+
+/// The API server and the feed as the test has them: which tokens are live, what
+/// the feed lists. Answers every callout of request `id` until it has none, then
+/// finishes it; returns the exchange and the callouts' paths.
+struct World {
+    live: Vec<String>,
+    feed: serde_json::Value,
+}
+
+impl World {
+    fn answer(&self, callout: &test_harness::emulator::Callout) -> CalloutReply {
+        match (callout.upstream.as_str(), callout.header(":path")) {
+            (API_SERVER, Some("/apis/authentication.k8s.io/v1/tokenreviews")) => {
+                let review: serde_json::Value = serde_json::from_slice(&callout.body).unwrap();
+                let token = review["spec"]["token"].as_str().unwrap();
+                // Authenticated as the service account its `sub` names, while it is live.
+                let status = if self.live.iter().any(|t| t == token) {
+                    json!({"authenticated": true, "audiences": review["spec"]["audiences"],
+                           "user": {"username": subject_of(token)}})
+                } else {
+                    json!({"user": {}, "error": "pod not found"})
+                };
+                let mut answer = review.clone();
+                answer["status"] = status;
+                CalloutReply::new(201, answer.to_string())
+            }
+            (FEED, Some("/revocations.json")) => CalloutReply::new(200, self.feed.to_string()),
+            other => panic!("unexpected callout {other:?}"),
+        }
+    }
+
+    fn send(
+        &self,
+        worker: &mut test_harness::emulator::Worker,
+        request: &Request,
+    ) -> (u16, Option<String>, Vec<String>) {
+        let id = worker.start_request(request).unwrap();
+        let mut paths = Vec::new();
+        while let Some(callout) = worker.callouts().into_iter().find(|c| c.context == id) {
+            assert_eq!(
+                callout.context, id,
+                "the callout belongs to the request (APISIX has no root callouts)"
+            );
+            paths.push(callout.header(":path").unwrap_or_default().to_owned());
+            worker.answer_callout(callout.token, Some(self.answer(&callout))).unwrap();
+        }
+        let exchange = worker.finish(id, &UpstreamResponse::ok()).unwrap();
+        (exchange.status, exchange.reason(), paths)
+    }
+}
+
+fn subject_of(token: &str) -> String {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value =
+        serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap())
+            .unwrap();
+    claims["sub"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn lifecycle_under_the_apisix_profiles_reviews_from_the_request_and_caches_per_vm() {
+    const REVIEW: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
+    for profile in [Profile::ApisixLike, Profile::ApisixNoop] {
+        let mut host = Host::new(profile).unwrap();
+        let a = host.start_worker_json(&lifecycle_plugin()).unwrap();
+        let b = host.start_worker_json(&lifecycle_plugin()).unwrap();
+        let api = k8s_token("payments", "api", "uid-api-1", "api-1");
+        let mut world = World { live: vec![api.clone()], feed: json!({"jti": []}) };
+
+        // The first request reviews its token and loads the feed, from itself.
+        let (status, reason, paths) =
+            world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&api));
+        assert_eq!((status, reason.as_deref()), (200, None), "{profile}");
+        assert!(
+            paths.iter().any(|p| p == REVIEW) && paths.iter().any(|p| p == "/revocations.json"),
+            "{profile}: {paths:?}"
+        );
+        // The VM's cached verdict: no callout. Another VM reviews for itself (per-VM caches).
+        let (status, _, paths) = world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&api));
+        assert_eq!((status, paths.len()), (200, 0), "{profile}: {paths:?}");
+        let (status, _, paths) = world.send(host.worker(b).unwrap(), &Request::get("/api/x").bearer(&api));
+        assert_eq!(status, 200, "{profile}");
+        assert!(paths.iter().any(|p| p == REVIEW), "{profile}: VM b has its own cache: {paths:?}");
+
+        // The pod is deleted: once the cached answer is older than cache_seconds, refused.
+        world.live.clear();
+        let (status, _, paths) = world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&api));
+        assert_eq!((status, paths.len()), (200, 0), "{profile}: within cache_seconds, the cached verdict");
+        host.advance(Duration::from_secs(11)).unwrap();
+        let (status, reason, _) = world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&api));
+        assert_eq!((status, reason.as_deref()), (401, Some("workload_gone")), "{profile}");
+
+        // A recreated account: refused by its UID, before any review.
+        let recreated = k8s_token("payments", "api", "uid-api-2", "api-2");
+        world.live.push(recreated.clone());
+        let (status, reason, paths) =
+            world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&recreated));
+        assert_eq!((status, reason.as_deref()), (401, Some("service_account_replaced")), "{profile}");
+        assert!(!paths.iter().any(|p| p == REVIEW), "{profile}: {paths:?}");
+
+        // The feed names a jti: applied on the request that refreshes it, no reload.
+        let ci = k8s_token("ci", "deployer", "uid-ci", "ci-jti-1");
+        world.live.push(ci.clone());
+        assert_eq!(
+            world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&ci)).0,
+            200,
+            "{profile}"
+        );
+        world.feed = json!({"jti": ["ci-jti-1"]});
+        host.advance(Duration::from_secs(6)).unwrap();
+        let (status, reason, paths) =
+            world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&ci));
+        let refreshed = paths.iter().any(|p| p == "/revocations.json");
+        let (status, reason) = if refreshed && status == 200 {
+            // The refresh came after the decision (an allowed request refreshes what is due).
+            let (s, r, _) = world.send(host.worker(a).unwrap(), &Request::get("/api/x").bearer(&ci));
+            (s, r)
+        } else {
+            (status, reason)
+        };
+        assert_eq!((status, reason.as_deref()), (401, Some("token_revoked")), "{profile}: {paths:?}");
+
+        // The inventory: this VM's identities, to an allowed source only.
+        let inventory = host.worker(a).unwrap().send(&Request::get("/inventory")).unwrap();
+        assert_eq!(inventory.status, 200, "{profile}");
+        let listed = inventory.body_json().unwrap();
+        let ci_entry =
+            listed["identities"].as_array().unwrap().iter().find(|i| i["identity"] == "ci/deployer");
+        assert!(ci_entry.is_some_and(|e| e["requests"].as_u64() >= Some(1)), "{profile}: {listed}");
+        let other = host
+            .worker(a)
+            .unwrap()
+            .send(&Request::get("/inventory").source(std::net::SocketAddr::from(([10, 9, 9, 9], 4000))))
+            .unwrap();
+        assert_eq!(other.status, 403, "{profile}");
+        for worker in host.workers() {
+            assert!(
+                worker.trap().is_none() && worker.violations().is_empty(),
+                "{profile}: {:?}",
+                worker.violations()
+            );
+        }
+    }
+}
