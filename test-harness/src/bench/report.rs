@@ -133,7 +133,7 @@ fn results_table(out: &mut String, run: &Run) {
             _ => String::new(),
         };
         let target = match (case.target(), run.ratio(case)) {
-            (Some(target), Some(ratio)) => format!("≥ {target:.1}×: {}", verdict(ratio >= target)),
+            (Some(target), Some(ratio)) => format!("≥ {target}×: {}", verdict(ratio >= target)),
             _ => String::new(),
         };
         let _ = writeln!(
@@ -222,6 +222,9 @@ fn targets_table(out: &mut String, run: &Run) {
         let case = result.case;
         let (Some(target), Some(ratio)) = (case.target(), run.ratio(case)) else { continue };
         let what = match case.traffic {
+            Traffic::Reused if case.stack == Stack::NhiGuardLiveness => {
+                format!("token reused, TokenReview liveness on (cached verdict): ≥ {target}× nhi-guard without it")
+            }
             Traffic::Reused if case.stack == Stack::NhiGuardBehaviour => {
                 format!("token reused, behaviour detection on: ≥ {target}× nhi-guard without it")
             }

@@ -50,7 +50,21 @@ pub enum Stack {
     /// `nhi-guard.yaml` with DPoP `optional` for the issuer: bearer tokens as before,
     /// DPoP-bound tokens with a proof on every request (see [`DPOP_SETTINGS`]).
     NhiGuardDpop,
+    /// `nhi-guard.yaml` with the issuer read as Kubernetes service-account tokens and
+    /// TokenReview liveness on (`cache_seconds` 60, see [`LIVENESS`]), against an API
+    /// server double that authenticates every token: after the first review of the
+    /// reused token, each request decides with the worker's cached verdict.
+    NhiGuardLiveness,
 }
+
+/// The bench issuer's `profile` in [`Stack::NhiGuardLiveness`] (its `kube_api` cluster
+/// is added to the config, pointed at the double).
+pub fn liveness_profile() -> Json {
+    json!({"type": "kubernetes",
+           "liveness": {"cluster": "kube_api", "cache_seconds": 60, "timeout_ms": 1000}})
+}
+/// See [`liveness_profile`].
+pub const LIVENESS: &str = "kubernetes profile, liveness cache_seconds 60";
 
 /// The `behaviour` block of [`Stack::NhiGuardBehaviour`]: every request-time anomaly
 /// kind watched (`new_source` reads the source address on every request).
@@ -75,6 +89,7 @@ impl Stack {
             Stack::NhiGuardSmallCache => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardBehaviour => "nhi-guard + behaviour anomaly detection",
             Stack::NhiGuardDpop => "nhi-guard (verify + DPoP proof + quota + routes)",
+            Stack::NhiGuardLiveness => "nhi-guard + TokenReview liveness (cached)",
         }
     }
 
@@ -88,6 +103,7 @@ impl Stack {
             Stack::NhiGuardSmallCache => "nhi-guard-small-cache",
             Stack::NhiGuardBehaviour => "nhi-guard-behaviour",
             Stack::NhiGuardDpop => "nhi-guard-dpop",
+            Stack::NhiGuardLiveness => "nhi-guard-liveness",
         }
     }
 
@@ -95,9 +111,11 @@ impl Stack {
         let file = match self {
             Stack::Router => "router.yaml",
             Stack::NativeJwt | Stack::NativeStack => "native.yaml",
-            Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour | Stack::NhiGuardDpop => {
-                "nhi-guard.yaml"
-            }
+            Stack::NhiGuard
+            | Stack::NhiGuardSmallCache
+            | Stack::NhiGuardBehaviour
+            | Stack::NhiGuardDpop
+            | Stack::NhiGuardLiveness => "nhi-guard.yaml",
         };
         repo_root().join("envoy").join("bench").join(file)
     }
@@ -105,12 +123,27 @@ impl Stack {
     pub fn uses_wasm(self) -> bool {
         matches!(
             self,
-            Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour | Stack::NhiGuardDpop
+            Stack::NhiGuard
+                | Stack::NhiGuardSmallCache
+                | Stack::NhiGuardBehaviour
+                | Stack::NhiGuardDpop
+                | Stack::NhiGuardLiveness
         )
     }
 
     /// The config to run: the template with the run's JWKS (and the wasm path).
+    /// [`Stack::NhiGuardLiveness`] also needs its API server: see [`Stack::render_with_api`].
     pub fn render(self, jwks: &Json, wasm: &Path) -> Result<String> {
+        self.render_with_api(jwks, wasm, None)
+    }
+
+    /// [`Stack::render`], with the address of the API server the liveness stack asks.
+    pub fn render_with_api(
+        self,
+        jwks: &Json,
+        wasm: &Path,
+        api: Option<std::net::SocketAddr>,
+    ) -> Result<String> {
         let template = self.template();
         let text =
             fs::read_to_string(&template).with_context(|| format!("reading {}", template.display()))?;
@@ -123,6 +156,11 @@ impl Stack {
             }
             Stack::NhiGuardBehaviour => render_nhi_guard(&text, jwks, wasm, None, Some(BEHAVIOUR), false),
             Stack::NhiGuardDpop => render_nhi_guard(&text, jwks, wasm, None, None, true),
+            Stack::NhiGuardLiveness => {
+                let api = api.context("the liveness stack needs its API server's address")?;
+                render_nhi_guard(&text, jwks, wasm, None, None, false)
+                    .and_then(|yaml| render_liveness(&yaml, api))
+            }
         };
         rendered.with_context(|| format!("rendering {}", template.display()))
     }
@@ -206,6 +244,41 @@ fn render_nhi_guard(
     config.set_plugin_configuration(&plugin)?;
     config.set_wasm_filename(wasm)?;
     config.to_yaml()
+}
+
+/// The liveness stack: the issuer read as Kubernetes tokens (so identities become
+/// `NS/NAME`, and the allow and quota rules follow), TokenReview liveness on, and the
+/// `kube_api` cluster pointed at `api`.
+fn render_liveness(yaml: &str, api: std::net::SocketAddr) -> Result<String> {
+    let mut config = EnvoyConfig::parse(yaml)?;
+    let mut plugin = config.plugin_configuration()?;
+    plugin
+        .pointer_mut("/issuers/0")
+        .and_then(Json::as_object_mut)
+        .context("no issuers[0]")?
+        .insert("profile".into(), liveness_profile());
+    let text = plugin
+        .to_string()
+        .replace("system:serviceaccount:bench:quota-probe", "bench/quota-probe")
+        .replace("system:serviceaccount:bench:*", "bench/*");
+    config.set_plugin_configuration(&serde_json::from_str(&text)?)?;
+    let mut doc: Yaml = serde_yaml::from_str(&config.to_yaml()?)?;
+    // The bench configs answer from the route (no upstream): the cluster list may not exist.
+    let resources =
+        doc.get_mut("static_resources").and_then(Yaml::as_mapping_mut).context("no static_resources")?;
+    let clusters = resources
+        .entry(Yaml::from("clusters"))
+        .or_insert_with(|| Yaml::Sequence(Vec::new()))
+        .as_sequence_mut()
+        .context("static_resources.clusters is not a list")?;
+    let cluster = format!(
+        "name: kube_api\ntype: STATIC\nconnect_timeout: 2s\nload_assignment:\n  cluster_name: kube_api\n  \
+         endpoints:\n  - lb_endpoints:\n    - endpoint: {{ address: {{ socket_address: {{ address: {}, port_value: {} }} }} }}\n",
+        api.ip(),
+        api.port()
+    );
+    clusters.push(serde_yaml::from_str(&cluster)?);
+    serde_yaml::to_string(&doc).context("serialising YAML")
 }
 
 /// One request a stack must answer in a known way.

@@ -180,7 +180,17 @@ fn rotation(rotations: &[Rotation], alg: Alg) -> Result<&Rotation> {
 
 fn sign(alg: Alg, key: &TestKey, subject: &str, jti: &str) -> Result<String> {
     let now = mint::now();
+    // Shaped like projected service-account tokens, so the liveness stack's
+    // `kubernetes` profile reads them too; every other stack ignores the claim.
+    let (namespace, name) = subject
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+        .unwrap_or(("", subject));
     Token::new(alg)
+        .claim(
+            "kubernetes.io",
+            serde_json::json!({ "namespace": namespace, "serviceaccount": { "name": name, "uid": "bench-uid" } }),
+        )
         .claim("sub", subject)
         .claim("jti", jti)
         .claim("iat", now)

@@ -64,7 +64,7 @@ fn run() -> Result<()> {
         if let (Some(target), Some(ratio)) = (case.target(), run.ratio(case)) {
             let verdict = if ratio >= target { "met" } else { "MISSED" };
             println!(
-                "  {:<44} {:<60} {ratio:.2}× (target {target:.1}×) {verdict}",
+                "  {:<44} {:<60} {ratio:.2}× (target {target}×) {verdict}",
                 case.stack.label(),
                 case.traffic_label(&run.settings)
             );
