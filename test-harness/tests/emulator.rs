@@ -1182,3 +1182,44 @@ fn lifecycle_under_the_apisix_profiles_reviews_from_the_request_and_caches_per_v
         }
     }
 }
+
+/// A token whose liveness verdict is fresh costs no host call beyond the ordinary
+/// cached path (Envoy profile, shared data counted): the verdict is kept with the
+/// worker's cached token.
+#[test]
+fn a_fresh_liveness_verdict_adds_no_host_call_to_a_cached_request() {
+    let mut with = lifecycle_plugin();
+    with["host"] = json!("envoy");
+    with["issuers"][0]["profile"]["liveness"]["cluster"] = json!("kube_api");
+    for block in ["revocation", "inventory"] {
+        with.as_object_mut().unwrap().remove(block);
+    }
+    with["decision_log"] = json!({"enabled": false});
+    let mut without = with.clone();
+    without["issuers"][0]["profile"].as_object_mut().unwrap().remove("liveness");
+    let api = k8s_token("payments", "api", "uid-api-1", "api-1");
+    let mut calls = Vec::new();
+    for plugin in [&without, &with] {
+        let mut host = Host::new(Profile::Full).unwrap();
+        let w = host.start_worker_json(plugin).unwrap();
+        let worker = host.worker(w).unwrap();
+        let request = Request::get("/api/x").bearer(&api);
+        let id = worker.start_request(&request).unwrap();
+        let reviews: Vec<_> = worker.callouts().into_iter().filter(|c| c.context == id).collect();
+        assert_eq!(reviews.len(), usize::from(plugin.pointer("/issuers/0/profile/liveness").is_some()));
+        for callout in reviews {
+            assert_eq!(callout.upstream, "kube_api");
+            let mut answer: serde_json::Value = serde_json::from_slice(&callout.body).unwrap();
+            answer["status"] = json!({"authenticated": true, "audiences": ["nhi-gateway"],
+                                      "user": {"username": "system:serviceaccount:payments:api"}});
+            worker.answer_callout(callout.token, Some(CalloutReply::new(201, answer.to_string()))).unwrap();
+        }
+        assert_eq!(worker.finish(id, &UpstreamResponse::ok()).unwrap().status, 200);
+        worker.reset_host_calls();
+        let cached = worker.send(&request).unwrap();
+        assert_eq!(cached.status, 200);
+        assert!(worker.callouts().is_empty());
+        calls.push(worker.host_calls().clone());
+    }
+    assert_eq!(calls[1], calls[0], "with liveness (right) against without (left)");
+}
