@@ -53,24 +53,53 @@ pub struct Configured {
     pub plugin: Value,
 }
 
-/// The identity inventory the lifecycle issue's filter exports (its JSON path), or
-/// any tool that writes the same shape:
+/// The identity inventory the filter answers on `inventory.path` (its JSON, as
+/// `curl` saves it), or any tool that writes the same shape:
 ///
 /// ```json
-/// { "generated_at": 1800000000,
+/// { "generated_at": "2027-01-15T08:01:30.000Z",
 ///   "identities": [ { "issuer": "kubernetes", "identity": "ci/deployer",
-///                     "first_seen": 1799990000, "last_seen": 1800000000, "requests": 42,
+///                     "first_seen": "2027-01-15T08:00:00.000Z",
+///                     "last_seen": "2027-01-15T08:01:00.000Z", "requests": 42,
 ///                     "last_route": "machine-api", "last_source": "10.1.2.3" } ] }
 /// ```
 ///
-/// Times are Unix seconds. Only `issuer`, `identity` and `last_seen` are required;
-/// a bare array of identities is accepted too.
+/// Times are RFC 3339 (as the filter writes them) or Unix seconds. Only `issuer`,
+/// `identity` and `last_seen` are required; other members (`idle_seconds`,
+/// `unused_allow_entries`, …) are ignored; a bare array of identities is accepted too.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Inventory {
     /// When the inventory was taken (default: now).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_time")]
     pub generated_at: Option<u64>,
     pub identities: Vec<Seen>,
+}
+
+/// A time as Unix seconds or RFC 3339 text.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Time {
+    Unix(u64),
+    Text(String),
+}
+
+impl Time {
+    fn seconds<E: serde::de::Error>(self) -> Result<u64, E> {
+        match self {
+            Time::Unix(seconds) => Ok(seconds),
+            Time::Text(text) => nhi_guard_core::partners::time::parse_rfc3339(&text)
+                .and_then(|seconds| u64::try_from(seconds).ok())
+                .ok_or_else(|| E::custom(format!("{text:?} is neither Unix seconds nor an RFC 3339 time"))),
+        }
+    }
+}
+
+fn time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    Time::deserialize(d)?.seconds()
+}
+
+fn optional_time<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    Option::<Time>::deserialize(d)?.map(Time::seconds).transpose()
 }
 
 /// One identity of the inventory.
@@ -80,8 +109,9 @@ pub struct Seen {
     pub issuer: String,
     /// The forwarded identity (`ci/deployer` for a `kubernetes` issuer).
     pub identity: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_time")]
     pub first_seen: Option<u64>,
+    #[serde(deserialize_with = "time")]
     pub last_seen: u64,
     #[serde(default)]
     pub requests: Option<u64>,
@@ -858,4 +888,46 @@ fn reachability(
         }
     }
     (Some(gateway), backends.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use nhi_guard_core::observe::inventory::{self, InventoryConfig, Seen as Tracked};
+
+    use super::Inventory;
+
+    /// `check --cluster --inventory` reads what the filter itself answers on
+    /// `inventory.path` (RFC 3339 times), as well as Unix seconds.
+    #[test]
+    fn the_filters_own_inventory_json_is_read() {
+        let config: InventoryConfig = inventory::compile(
+            serde_json::from_value(serde_json::json!({"path": "/inv", "source_cidrs": ["10.0.0.0/8"]}))
+                .unwrap(),
+            "inventory",
+        )
+        .unwrap();
+        let seen = [Tracked {
+            issuer: "k8s".into(),
+            identity: "ci/deployer".into(),
+            first_ms: 1_800_000_000_000,
+            last_ms: 1_800_000_060_500,
+            requests: 7,
+            route: Some("api".into()),
+            source: Some("10.0.0.7".into()),
+        }];
+        let text = inventory::render(&config, &seen, &[], 1_800_000_090_000);
+        let read = Inventory::parse(&text).unwrap();
+        assert_eq!(read.generated_at, Some(1_800_000_090));
+        let one = &read.identities[0];
+        assert_eq!((one.issuer.as_str(), one.identity.as_str()), ("k8s", "ci/deployer"));
+        assert_eq!(
+            (one.first_seen, one.last_seen, one.requests),
+            (Some(1_800_000_000), 1_800_000_060, Some(7))
+        );
+        let unix =
+            Inventory::parse(r#"[{"issuer": "k8s", "identity": "a/b", "last_seen": 1800000000}]"#).unwrap();
+        assert_eq!(unix.identities[0].last_seen, 1_800_000_000);
+        let bad = Inventory::parse(r#"[{"issuer": "k8s", "identity": "a/b", "last_seen": "yesterday"}]"#);
+        assert!(bad.unwrap_err().contains("neither Unix seconds nor an RFC 3339 time"));
+    }
 }
