@@ -865,3 +865,46 @@ fn the_revocation_feed_revokes_by_jti_and_by_issue_time_without_a_reload() {
     assert!(serve_feed(&fx, (NOW + 62) * 1000, b"not json".to_vec()));
     assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &stolen)).reason.as_deref(), Some("token_revoked"));
 }
+
+#[test]
+fn a_stale_or_missing_revocation_list_is_refused_with_on_stale_deny_and_used_with_keep() {
+    for on_stale in ["deny", "keep"] {
+        let mut config = plugin();
+        config["revocation"] = json!({"cluster": "revocations", "authority": "nhi-revocations.internal",
+                                      "path": "/revocations.json", "refresh_seconds": 30,
+                                      "max_stale_seconds": 60, "on_stale": on_stale});
+        let fx = fixture(config);
+        let stolen = token("robot", json!({"jti": "j-stolen"}));
+        // Never loaded: the request waits for the first list once, then is decided.
+        let mut host = bearer(request("GET", "/api/x"), &stolen).metrics_of(&fx.metrics);
+        let mut req = Request::new(1);
+        let step = start(&fx.vm, &mut host, &mut req);
+        assert!(matches!(step, Step::Wait { .. }), "{on_stale}: {step:?}");
+        req.waited = true;
+        let step = run(&fx.vm, &mut host, &mut req, NOW * 1000);
+        let reason = host.reply.as_ref().and_then(|r| {
+            serde_json::from_str::<Value>(&r.body).ok()?.get("reason")?.as_str().map(str::to_owned)
+        });
+        match on_stale {
+            "deny" => {
+                assert_eq!(step, Step::Replied, "{on_stale}");
+                assert_eq!(host.reply.as_ref().map(|r| r.status), Some(503));
+                assert_eq!(reason.as_deref(), Some("revocations_unavailable"));
+            }
+            _ => assert_eq!(step, Step::Continue, "{on_stale}: no list, nothing revoked"),
+        }
+        // Loaded, then older than max_stale_seconds (the feed server stopped answering).
+        assert!(serve_feed(&fx, NOW * 1000, br#"{"jti": ["j-stolen"]}"#.to_vec()));
+        let mut late = bearer(request("GET", "/api/x"), &stolen);
+        late.now_ns = (NOW + 61) * 1_000_000_000;
+        let out = send(&fx, late);
+        match on_stale {
+            "deny" => {
+                assert_eq!((out.status, out.reason.as_deref()), (Some(503), Some("revocations_unavailable")))
+            }
+            _ => {
+                assert_eq!(out.reason.as_deref(), Some("token_revoked"), "keep: the last list still applies")
+            }
+        }
+    }
+}
