@@ -31,7 +31,7 @@ fn envoy_plugin() -> Value {
         "anomalies": {
             "burst": { "mode": "enforce", "factor": 3, "floor": 12 },
             "new_route": {}, "new_source": {},
-            "error_spike": { "ratio": 0.5, "min_requests": 5 }
+            "error_spike": { "ratio": 0.5, "min_requests": 3 }
         }
     });
     plugin["decision_log"] = json!({ "allowed_sample_rate": 0.0 });
@@ -122,17 +122,18 @@ fn signals_and_enforcement_in_real_envoy() {
     }
 
     // The partner's upstream goes away: 503s, an error spike in the metrics. Evenly
-    // paced at six a second, so every one-second interval holds five to seven of them:
-    // enough for `min_requests`, never a burst (the floor is 12), however the intervals
-    // fall against the pacing and however slow the machine (CI once saw 20 sent back
-    // to back count as a burst of a caller it had measured at a lower rate).
+    // paced at eight a second: every one-second interval holds eight or nine of them,
+    // well over `min_requests` (3) even as a worker sees the other's counts only at the
+    // next merge, and under the burst floor (more than 12) with room for a late request
+    // or two catching up. (Twenty sent back to back once counted as a burst on CI; six
+    // a second once left an interval's merged count short of the minimum.)
     let replaced = std::mem::replace(&mut stack.upstream, EchoUpstream::start().unwrap());
     drop(replaced);
     let start = Instant::now();
-    for i in 0..18u32 {
+    for i in 0..16u32 {
         let (status, reason, _) = send(&stack, 1, "/api/partner", &partner);
         assert_eq!(status, 503, "{reason}");
-        let next = Duration::from_millis(170) * (i + 1);
+        let next = Duration::from_millis(125) * (i + 1);
         std::thread::sleep(next.saturating_sub(start.elapsed()));
     }
     let scrape = stack.envoy.admin_text("/stats/prometheus").unwrap();
