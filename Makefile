@@ -209,17 +209,30 @@ bench-verify: wasm-target
 # Each target runs FUZZ_SECONDS (default 60) with libFuzzer on nightly. New inputs go
 # to target/fuzz-corpus/; the committed seeds in test-harness/fuzz/corpus/ are read only.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := token_verify jwks_parse config_parse route_decide dpop_proof signature_fields content_digest
+FUZZ_TARGETS := token_verify jwks_parse config_parse route_decide dpop_proof signature_fields content_digest \
+	revocation_feed token_review
+FUZZ_LOGS := $(CURDIR)/target/fuzz-logs
 
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
-	@set -e; cd test-harness/fuzz; for t in $(FUZZ_TARGETS); do \
+	@set -e; cd test-harness/fuzz; mkdir -p $(FUZZ_LOGS); \
+	cargo +nightly fuzz build --fuzz-dir . || { echo "fuzz targets do not build" >&2; exit 1; }; \
+	for t in $(FUZZ_TARGETS); do \
 	  mkdir -p $(CURDIR)/target/fuzz-corpus/$$t; \
-	  echo "== fuzz $$t for $(FUZZ_SECONDS) s"; \
-	  cargo +nightly fuzz run --fuzz-dir . $$t $(CURDIR)/target/fuzz-corpus/$$t corpus/$$t -- \
-	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+[[:space:]]+DONE|stat::|==|INFO: seed|SUMMARY)" || true; \
-	  test ! -d artifacts/$$t || test -z "$$(ls -A artifacts/$$t 2>/dev/null)" || { echo "crash inputs in test-harness/fuzz/artifacts/$$t"; exit 1; }; \
+	  test ! -d artifacts/$$t || test -z "$$(ls -A artifacts/$$t)" || \
+	    { echo "old crash inputs in test-harness/fuzz/artifacts/$$t: fix them (or remove them) first" >&2; exit 1; }; \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS) s (log: $(FUZZ_LOGS)/$$t.log)"; \
+	  if ! cargo +nightly fuzz run --fuzz-dir . $$t $(CURDIR)/target/fuzz-corpus/$$t corpus/$$t -- \
+	      -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 > $(FUZZ_LOGS)/$$t.log 2>&1; then \
+	    tail -n 40 $(FUZZ_LOGS)/$$t.log >&2; \
+	    echo "fuzz $$t FAILED (crash inputs, if any, in test-harness/fuzz/artifacts/$$t)" >&2; exit 1; \
+	  fi; \
+	  done_line=$$(grep -E "^#[0-9]+[[:space:]]+DONE" $(FUZZ_LOGS)/$$t.log | tail -n 1); \
+	  execs=$$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_LOGS)/$$t.log); \
+	  rate=$$(sed -n 's/^stat::average_exec_per_sec: *//p' $(FUZZ_LOGS)/$$t.log); \
+	  test -n "$$done_line" && test -n "$$execs" || { echo "fuzz $$t: no final stats in its log" >&2; exit 1; }; \
+	  echo "$$t: $$execs execs ($$rate/s), $$(echo "$$done_line" | grep -oE 'cov: [0-9]+ ft: [0-9]+ corp: [0-9]+/[0-9]+[a-zA-Z]*')"; \
 	done
 
 ## Demo ----------------------------------------------------------------------

@@ -432,8 +432,12 @@ pub fn read_answer(response: &Response, subject: &str, audiences: &[String]) -> 
     if body.len() > MAX_REVIEW_BYTES {
         return Err(format!("the answer is {} bytes, over the {MAX_REVIEW_BYTES}-byte limit", body.len()));
     }
+    // Parsed whole first: a member the TokenReview type ignores is still checked to be
+    // JSON (UTF-8, valid escapes). An answer that is not JSON is no answer.
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_owned())?;
     let review: TokenReview =
-        serde_json::from_slice(body).map_err(|_| "the answer is not a TokenReview".to_owned())?;
+        serde_json::from_value(value).map_err(|_| "the answer is not a TokenReview".to_owned())?;
     if review.kind.as_deref() != Some("TokenReview") || review.api_version.as_deref() != Some(API_VERSION) {
         return Err(format!("the answer is not a {API_VERSION} TokenReview"));
     }
@@ -653,6 +657,13 @@ mod tests {
             ("not JSON", Response { status: Some(201), body: Ok(b"<html>".to_vec()) }),
             ("another kind", ok(201, json!({"apiVersion": "v1", "kind": "Status", "status": "Success"}))),
             ("no status", ok(201, json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview"}))),
+            // Found by the token_review fuzz target: bytes that are not UTF-8 in a member
+            // the type ignores were accepted before the answer was parsed whole.
+            ("not UTF-8 where ignored", {
+                let mut body = alive.to_string().into_bytes();
+                body.splice(1..1, b"\"spec\":{\"k\xff\xfe\":1},".iter().copied());
+                Response { status: Some(201), body: Ok(body) }
+            }),
         ] {
             assert!(read_answer(&response, sub, &aud).is_err(), "{what}");
         }
