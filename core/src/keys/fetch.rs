@@ -112,8 +112,10 @@ pub trait LocalDocument {
     /// When the current copy was fetched (by whichever worker).
     fn fetched_at_ms(&self) -> Option<u64>;
     /// Whether a refetch was asked for before the interval (a token named an
-    /// unknown `kid`), throttled by `min_refetch`.
-    fn early(&self) -> bool;
+    /// unknown `kid`), throttled by `min_refetch`. Only keys are ever asked for early.
+    fn early(&self) -> bool {
+        false
+    }
     /// CAS of the shared record the copy was loaded from: re-read only on change.
     fn seen_cas(&self) -> Option<u32>;
     fn set_seen_cas(&mut self, cas: Option<u32>);
@@ -1013,9 +1015,6 @@ mod tests {
         }
         fn fetched_at_ms(&self) -> Option<u64> {
             self.fetched_at_ms
-        }
-        fn early(&self) -> bool {
-            false
         }
         fn seen_cas(&self) -> Option<u32> {
             self.seen_cas

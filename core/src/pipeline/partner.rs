@@ -129,14 +129,7 @@ pub fn proceed(
             // hosts that cannot pause headers for the body) has every body refused.
             if max_bytes == 0 || content_length(request).is_some_and(|length| length > max_bytes) {
                 fail(vm, request, &mut verification, &signed, too_large(&signed));
-                return authorize::authorize(
-                    vm,
-                    host,
-                    request,
-                    verification,
-                    documents::current_revocations(vm, now_ms).as_deref(),
-                    now_ms,
-                );
+                return authorized(vm, host, request, verification, now_ms);
             }
             request.pending = Some(Pending { verification, signed });
             return Step::Body { max_bytes };
@@ -145,6 +138,18 @@ pub fn proceed(
             fail(vm, request, &mut verification, &signed, refusal);
         }
     }
+    authorized(vm, host, request, verification, now_ms)
+}
+
+/// The authorize stage for a partner: decided with the revocation list as it
+/// stands (a partner's request carries no token to wait for a first list with).
+fn authorized(
+    vm: &Vm,
+    host: &mut dyn Host,
+    request: &mut Request,
+    verification: Verification,
+    now_ms: u64,
+) -> Step {
     authorize::authorize(
         vm,
         host,
@@ -192,14 +197,7 @@ pub fn body(
     if let Some(refusal) = refusal {
         fail(vm, request, &mut verification, &signed, refusal);
     }
-    let step = authorize::authorize(
-        vm,
-        host,
-        request,
-        verification,
-        documents::current_revocations(vm, now_ms).as_deref(),
-        now_ms,
-    );
+    let step = authorized(vm, host, request, verification, now_ms);
     record::decided(vm, host, request, step == Step::Replied, now_ms);
     step
 }

@@ -347,10 +347,6 @@ impl LocalDocument for LocalRevocations {
         self.fetched_at_ms
     }
 
-    fn early(&self) -> bool {
-        false
-    }
-
     fn seen_cas(&self) -> Option<u32> {
         self.seen_cas
     }
