@@ -272,6 +272,8 @@ pub struct Envoy {
     log_path: PathBuf,
     config_path: PathBuf,
     work_dir: WorkDir,
+    /// `--concurrency`: the number of workers.
+    concurrency: u32,
 }
 
 impl Envoy {
@@ -323,6 +325,7 @@ impl Envoy {
             log_path,
             config_path,
             work_dir,
+            concurrency: options.concurrency,
         };
         let deadline = Instant::now() + options.startup_timeout;
         let primary = config.listener_names().into_iter().next();
@@ -447,6 +450,27 @@ impl Envoy {
     }
 
     /// The admin endpoint's body for `path`, failing on a non-200 status.
+    /// Connections each worker accepted on the listener, from the per-worker stats
+    /// (`listener.<addr>.worker_<n>.downstream_cx_total`): how a test shows both
+    /// workers served it. One entry per worker of `--concurrency`.
+    pub fn worker_connections(&self) -> Result<Vec<u64>> {
+        let stats = self.admin_text("/stats?filter=worker_.*downstream_cx_total")?;
+        let mut counts = vec![0; self.concurrency as usize];
+        // One listener (its stats are named for the configured address, port 0).
+        for line in stats.lines().filter(|l| l.starts_with("listener.") && !l.starts_with("listener.admin")) {
+            let worker = line
+                .split(".worker_")
+                .nth(1)
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            let value = line.rsplit(": ").next().and_then(|v| v.trim().parse::<u64>().ok());
+            if let (Some(slot), Some(value)) = (worker.and_then(|w| counts.get_mut(w)), value) {
+                *slot = value;
+            }
+        }
+        Ok(counts)
+    }
+
     pub fn admin_text(&self, path: &str) -> Result<String> {
         let response = self.admin_get(path)?;
         if response.status != 200 {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use test_harness::dpop_client::{DpopClient, ProofKey};
-use test_harness::envoy::{Envoy, EnvoyOptions};
+use test_harness::envoy::EnvoyOptions;
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::{self, Response};
 use test_harness::jwks_server::JwksBehaviour;
@@ -79,28 +79,6 @@ fn reason(response: &Response) -> String {
 fn echo(response: &Response) -> Value {
     assert_eq!(response.status, 200, "{}", response.body_text());
     response.body_json().unwrap()
-}
-
-/// Per-worker accepted connections on the listener (`listener.<addr>.worker_<n>.downstream_cx_total`):
-/// which worker took a connection.
-fn worker_connections(envoy: &Envoy) -> Vec<u64> {
-    let stats = envoy.admin_text("/stats?filter=worker_.*downstream_cx_total").unwrap();
-    let mut counts = vec![0; 2];
-    // One listener (its stats are named for the configured address, port 0).
-    for line in stats.lines().filter(|l| l.starts_with("listener.") && !l.starts_with("listener.admin")) {
-        let worker = line
-            .split(".worker_")
-            .nth(1)
-            .and_then(|r| r.split('.').next())
-            .and_then(|n| n.parse::<usize>().ok());
-        let value = line.rsplit(": ").next().and_then(|v| v.trim().parse::<u64>().ok());
-        if let (Some(worker), Some(value)) = (worker, value) {
-            if worker < counts.len() {
-                counts[worker] = value;
-            }
-        }
-    }
-    counts
 }
 
 #[test]
@@ -310,11 +288,11 @@ fn dpop_against_an_independent_client() {
         let mut streams: Vec<(usize, TcpStream)> = Vec::new();
         let mut seen = [false; 2];
         for _ in 0..40 {
-            let before = worker_connections(&w.stack.envoy);
+            let before = w.stack.envoy.worker_connections().unwrap();
             let stream = TcpStream::connect(addr).unwrap();
             let deadline = Instant::now() + Duration::from_secs(2);
             let worker = loop {
-                let after = worker_connections(&w.stack.envoy);
+                let after = w.stack.envoy.worker_connections().unwrap();
                 if let Some(i) = (0..2).find(|&i| after[i] > before[i]) {
                     break i;
                 }

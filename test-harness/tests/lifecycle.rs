@@ -179,26 +179,6 @@ fn within(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) -> Durat
     }
 }
 
-/// Per-worker accepted connections on the listener.
-fn worker_connections(envoy: &Envoy) -> Vec<u64> {
-    let stats = envoy.admin_text("/stats?filter=worker_.*downstream_cx_total").unwrap();
-    let mut counts = vec![0; 2];
-    for line in stats.lines().filter(|l| l.starts_with("listener.") && !l.starts_with("listener.admin")) {
-        let worker = line
-            .split(".worker_")
-            .nth(1)
-            .and_then(|r| r.split('.').next())
-            .and_then(|n| n.parse::<usize>().ok());
-        let value = line.rsplit(": ").next().and_then(|v| v.trim().parse::<u64>().ok());
-        if let (Some(worker), Some(value)) = (worker, value) {
-            if worker < counts.len() {
-                counts[worker] = value;
-            }
-        }
-    }
-    counts
-}
-
 fn metric(envoy: &Envoy, needles: &[&str]) -> Option<u64> {
     let scrape = envoy.admin_text("/stats/prometheus").unwrap();
     scrape
@@ -273,7 +253,7 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     // 16 connections at a time, both workers, inside one window.
     let busy = token(key, STRICT, "ci", "runner", "u-runner", "busy-1", now());
     kube.make_live(&busy, "system:serviceaccount:ci:runner");
-    let before = worker_connections(envoy);
+    let before = envoy.worker_connections().unwrap();
     let sent = AtomicUsize::new(0);
     let started = Instant::now();
     let statuses: Vec<u16> = std::thread::scope(|scope| {
@@ -294,7 +274,7 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     assert_eq!(statuses.len(), 1000);
     assert!(statuses.iter().all(|s| *s == 200), "{:?}", statuses.iter().filter(|s| **s != 200).count());
     assert!(burst < Duration::from_secs(3), "the burst took {burst:?}, longer than cache_seconds");
-    let after = worker_connections(envoy);
+    let after = envoy.worker_connections().unwrap();
     assert!(after[0] > before[0] && after[1] > before[1], "both workers served: {before:?} -> {after:?}");
     assert_eq!(kube.reviews_of(&busy), 1, "1,000 requests in {burst:?}");
 
