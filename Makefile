@@ -163,6 +163,8 @@ lint: wasm-target
 	$(CARGO) test -q -p nhi-guard-core --test layers
 	$(CARGO) clippy -p nhi-guard -p nhi-guard-core --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p nhi-guard --features fault-injection --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p nhi-guard-core --features verify-bench --bin nhi-verify-bench -- -D warnings
+	$(CARGO) clippy --manifest-path test-harness/fuzz/Cargo.toml --target-dir $(CURDIR)/target --bins -- -D warnings
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
 	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
@@ -208,6 +210,8 @@ bench-verify: wasm-target
 
 # Each target runs FUZZ_SECONDS (default 60) with libFuzzer on nightly. New inputs go
 # to target/fuzz-corpus/; the committed seeds in test-harness/fuzz/corpus/ are read only.
+# `make lint` compiles every target on stable (clippy, no run), so a target a core
+# change broke fails `make test`, not the next fuzzing session.
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := token_verify jwks_parse config_parse route_decide dpop_proof signature_fields content_digest \
 	revocation_feed token_review

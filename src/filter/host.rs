@@ -184,6 +184,18 @@ pub fn probe() -> Probed {
     Probed { shared_data, timers, clock }
 }
 
+/// This VM's linear memory (memory 0), in bytes; 0 when not built for wasm.
+pub fn memory_bytes() -> u64 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        (core::arch::wasm32::memory_size(0) as u64).saturating_mul(65_536)
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        0
+    }
+}
+
 pub fn log_critical(message: &str) {
     log(LogLevel::Critical, message);
 }

@@ -5,6 +5,7 @@
 //! woken here that makes its own review does it from this context, so its answer
 //! arrives here too, and is handed to that request.
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -32,6 +33,23 @@ const FAST_TICK: Duration = Duration::from_millis(50);
 /// the callout's timeout (the host answers every callout; this only bounds a host
 /// that does not).
 const ANSWER_MARGIN_MS: u64 = 2_000;
+
+thread_local! {
+    /// The VM's memory size as last added to `nhi_vm_memory_bytes`. One per VM, not
+    /// per root context: plugins sharing a VM must not count its memory twice.
+    static MEMORY_REPORTED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Adds the change of this VM's memory size since the last report to the gauge
+/// (which sums every VM's; see `Family::VmMemory`).
+fn report_memory(vm: &Vm) {
+    let now = host::memory_bytes();
+    let before = MEMORY_REPORTED.with(Cell::get);
+    let delta = i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(i64::try_from(before).unwrap_or(0));
+    if delta != 0 && record::vm_memory(vm, &mut ProxyHost, delta) {
+        MEMORY_REPORTED.with(|reported| reported.set(now));
+    }
+}
 
 pub struct Root {
     context_id: u32,
@@ -103,6 +121,7 @@ impl Root {
             // Requests fetch their own documents; never call out from here (on
             // APISIX a callout outside a request crashes nginx).
             pipeline::on_tick(&vm, &mut ProxyHost, now);
+            report_memory(&vm);
             return;
         }
         let tick = vm.fetch_tick(now);
@@ -114,6 +133,7 @@ impl Root {
         }
         self.wake(&vm, |w| now >= w.deadline_ms || pipeline::ready(&vm, w, now), now);
         pipeline::on_tick(&vm, &mut ProxyHost, now);
+        report_memory(&vm);
         let fast = !vm.waiters.borrow().is_empty();
         if fast != self.fast_ticking && host::set_tick_period(if fast { FAST_TICK } else { TICK }).is_ok() {
             self.fast_ticking = fast;
@@ -217,6 +237,19 @@ impl Root {
 }
 
 impl Context for Root {
+    /// The plugin is going away (a configuration change): take this VM's memory out
+    /// of the sum; a root context still running in the VM adds it again on its tick.
+    fn on_done(&mut self) -> bool {
+        let reported = MEMORY_REPORTED.with(Cell::get);
+        if let (Some(vm), true) = (&self.vm, reported > 0) {
+            let withdrawn = i64::try_from(reported).unwrap_or(i64::MAX);
+            if record::vm_memory(vm, &mut ProxyHost, -withdrawn) {
+                MEMORY_REPORTED.with(|r| r.set(0));
+            }
+        }
+        true
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,

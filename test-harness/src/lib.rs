@@ -23,6 +23,7 @@ pub mod mint;
 pub mod native;
 pub mod oci;
 pub mod process;
+pub mod prometheus;
 pub mod rls;
 pub mod roca;
 pub mod scenarios;

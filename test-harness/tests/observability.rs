@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -17,6 +17,7 @@ use test_harness::http::Response;
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKeys};
 use test_harness::mint;
+use test_harness::prometheus::Scrape;
 use test_harness::stack::Stack;
 
 const MAX_IDENTITIES: usize = 5;
@@ -80,88 +81,6 @@ fn send(stack: &Stack, path: &str, token: Option<&str>) -> Response {
 fn request_id(response: &Response) -> String {
     let body = response.body_json().unwrap();
     body["headers"]["x-request-id"].as_str().or(body["request_id"].as_str()).unwrap().to_owned()
-}
-
-/// One sample of the Prometheus text format.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-fn parse_prometheus(text: &str) -> Vec<Sample> {
-    let mut samples = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let (series, value) = line.rsplit_once(' ').unwrap();
-        let (name, labels) = match series.split_once('{') {
-            Some((name, rest)) => (name, parse_labels(rest.strip_suffix('}').unwrap())),
-            None => (series, BTreeMap::new()),
-        };
-        samples.push(Sample { name: name.to_owned(), labels, value: value.parse().unwrap() });
-    }
-    samples
-}
-
-/// `a="x",b="y\"z"` (the exporter escapes `\`, `"` and newlines).
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        assert_eq!(chars.next(), Some('"'), "label {key} in {text}");
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some('n') => value.push('\n'),
-                    Some(other) => value.push(other),
-                    None => break,
-                },
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').to_owned(), value);
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
-    }
-    labels
-}
-
-struct Scrape(Vec<Sample>);
-
-impl Scrape {
-    fn take(stack: &Stack) -> Scrape {
-        Scrape(parse_prometheus(&stack.envoy.admin_text("/stats/prometheus").unwrap()))
-    }
-
-    /// Samples of `name` whose labels include `labels`.
-    fn matching(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
-        self.0
-            .iter()
-            .filter(|s| {
-                s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(v))
-            })
-            .collect()
-    }
-
-    /// The value of the one series of `name` with exactly these labels (0 if absent).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let found: Vec<_> =
-            self.matching(name, labels).into_iter().filter(|s| s.labels.len() == labels.len()).collect();
-        assert!(found.len() <= 1, "several series for {name} {labels:?}: {found:?}");
-        found.first().map_or(0.0, |s| s.value)
-    }
-
-    fn names(&self) -> BTreeSet<&str> {
-        self.0.iter().map(|s| s.name.as_str()).collect()
-    }
-
-    fn label_names(&self) -> BTreeSet<&str> {
-        self.0.iter().flat_map(|s| s.labels.keys().map(String::as_str)).collect()
-    }
 }
 
 /// The JSON payloads of the decision-log lines in Envoy's log.
@@ -276,15 +195,15 @@ fn metrics_decision_log_access_log_and_dashboard_in_real_envoy() {
 
     // ---- Metrics --------------------------------------------------------------------
     // Histograms reach /stats/prometheus at Envoy's stats flush (every 5 s).
-    let mut scrape = Scrape::take(&stack);
+    let mut scrape = Scrape::take(&stack.envoy).unwrap();
     stack
         .envoy
         .wait_until("the verification histogram to be flushed", Duration::from_secs(15), |envoy| {
-            scrape = Scrape(parse_prometheus(&envoy.admin_text("/stats/prometheus")?));
+            scrape = Scrape::take(envoy)?;
             // One sample per verification this VM could not answer from its own cache:
             // at least one per distinct token (the FLOOD cards, warmup, alice).
             Ok(scrape.value("nhi_verification_duration_us_count", &[("nhi_issuer", "demo")])
-                >= (FLOOD + 2) as f64)
+                >= Some((FLOOD + 2) as f64))
         })
         .unwrap();
 
@@ -299,31 +218,31 @@ fn metrics_decision_log_access_log_and_dashboard_in_real_envoy() {
             ],
         )
     };
-    assert_eq!(requests("demo", "machine-api", "allowed", "allow"), (3 + 2 + FLOOD) as f64);
-    assert_eq!(requests("none", "machine-api", "denied", "missing_token"), 2.0);
-    assert_eq!(requests("demo", "machine-api", "denied", "expired"), 1.0);
-    assert_eq!(requests("unknown", "machine-api", "denied", "malformed_token"), 1.0);
-    assert_eq!(requests("demo", "machine-api", "denied", "quota_exceeded"), 3.0);
-    assert_eq!(requests("demo", "web", "denied", "machine_on_human_route"), 1.0);
-    assert_eq!(requests("demo", "canary", "allowed", "allow"), 1.0);
-    assert_eq!(requests("none", "web", "allowed", "allow"), 1.0);
+    assert_eq!(requests("demo", "machine-api", "allowed", "allow"), Some((3 + 2 + FLOOD) as f64));
+    assert_eq!(requests("none", "machine-api", "denied", "missing_token"), Some(2.0));
+    assert_eq!(requests("demo", "machine-api", "denied", "expired"), Some(1.0));
+    assert_eq!(requests("unknown", "machine-api", "denied", "malformed_token"), Some(1.0));
+    assert_eq!(requests("demo", "machine-api", "denied", "quota_exceeded"), Some(3.0));
+    assert_eq!(requests("demo", "web", "denied", "machine_on_human_route"), Some(1.0));
+    assert_eq!(requests("demo", "canary", "allowed", "allow"), Some(1.0));
+    assert_eq!(requests("none", "web", "allowed", "allow"), Some(1.0));
     let shadow = &[("nhi_issuer", "demo"), ("nhi_route", "canary"), ("nhi_reason", "not_allowed")];
-    assert_eq!(scrape.value("nhi_shadow_denials_total", shadow), 1.0);
+    assert_eq!(scrape.value("nhi_shadow_denials_total", shadow), Some(1.0));
 
     let identity = |name, identity| scrape.value(name, &[("nhi_issuer", "demo"), ("nhi_identity", identity)]);
-    assert_eq!(identity("nhi_identity_requests_total", "alice"), 5.0);
-    assert_eq!(identity("nhi_identity_requests_total", "limited"), 5.0);
+    assert_eq!(identity("nhi_identity_requests_total", "alice"), Some(5.0));
+    assert_eq!(identity("nhi_identity_requests_total", "limited"), Some(5.0));
     let denials = |who, reason| {
         scrape.value(
             "nhi_identity_denials_total",
             &[("nhi_issuer", "demo"), ("nhi_identity", who), ("nhi_reason", reason)],
         )
     };
-    assert_eq!(denials("limited", "quota_exceeded"), 3.0);
-    assert_eq!(denials("alice", "machine_on_human_route"), 1.0);
+    assert_eq!(denials("limited", "quota_exceeded"), Some(3.0));
+    assert_eq!(denials("alice", "machine_on_human_route"), Some(1.0));
     let rejections = &[("nhi_issuer", "demo"), ("nhi_identity", "limited"), ("nhi_policy", "tight")];
-    assert_eq!(scrape.value("nhi_quota_rejections_total", rejections), 3.0);
-    assert_eq!(scrape.value("nhi_quota_overflow_total", &[("nhi_policy", "tight")]), 0.0);
+    assert_eq!(scrape.value("nhi_quota_rejections_total", rejections), Some(3.0));
+    assert_eq!(scrape.value("nhi_quota_overflow_total", &[("nhi_policy", "tight")]), Some(0.0));
 
     // The bound: five identities with their own label Envoy-wide (both workers), the rest `other`.
     let labelled: BTreeSet<&str> = scrape
@@ -333,15 +252,15 @@ fn metrics_decision_log_access_log_and_dashboard_in_real_envoy() {
         .collect();
     let expected: BTreeSet<&str> = ["warmup", "alice", "limited", "card-0", "card-1", "other"].into();
     assert_eq!(labelled, expected);
-    assert_eq!(identity("nhi_identity_requests_total", "other"), (FLOOD - 2) as f64);
+    assert_eq!(identity("nhi_identity_requests_total", "other"), Some((FLOOD - 2) as f64));
 
     // JWKS: one fetch for the whole Envoy, its key, a fresh age.
     let demo = ("nhi_issuer", "demo");
-    assert_eq!(scrape.value("nhi_jwks_fetches_total", &[demo, ("nhi_result", "success")]), 1.0);
-    assert_eq!(scrape.value("nhi_jwks_fetches_total", &[demo, ("nhi_result", "failure")]), 0.0);
-    assert_eq!(scrape.value("nhi_jwks_keys", &[demo]), 1.0);
-    assert!(scrape.value("nhi_jwks_last_success_age_seconds", &[demo]) < 60.0);
-    let verified_or_matched = scrape.value("nhi_verification_duration_us_count", &[demo]);
+    assert_eq!(scrape.value("nhi_jwks_fetches_total", &[demo, ("nhi_result", "success")]), Some(1.0));
+    assert_eq!(scrape.value("nhi_jwks_fetches_total", &[demo, ("nhi_result", "failure")]), Some(0.0));
+    assert_eq!(scrape.value("nhi_jwks_keys", &[demo]), Some(1.0));
+    assert!(scrape.value("nhi_jwks_last_success_age_seconds", &[demo]).is_some_and(|age| age < 60.0));
+    let verified_or_matched = scrape.value("nhi_verification_duration_us_count", &[demo]).unwrap();
     let buckets = scrape.matching("nhi_verification_duration_us_bucket", &[demo]);
     assert!(buckets.iter().any(|b| b.labels["le"] == "+Inf" && b.value == verified_or_matched));
 

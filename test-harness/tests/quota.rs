@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Instant;
 
 use serde_json::{json, Value};
 use test_harness::envoy::EnvoyOptions;
@@ -62,6 +63,7 @@ fn quotas_are_exact_across_workers_and_per_identity() {
 
     // 400 requests from 16 parallel connections for one identity: exactly 40 pass.
     let a = token(&stack, "robot-a", &[]);
+    let started = Instant::now();
     let counts = hammer(addr, &a, 16, 400);
     println!("robot-a, limit 40, 400 requests over 16 connections, 2 workers: {counts:?}");
     assert_eq!(counts.get(&200), Some(&40), "admitted must equal the limit: {counts:?}");
@@ -69,10 +71,30 @@ fn quotas_are_exact_across_workers_and_per_identity() {
 
     // The refusal: 429, Retry-After, IETF headers, reason code.
     let refused = get(addr, &a);
+    let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(refused.status, 429);
-    assert_eq!(refused.header("retry-after"), Some("90"));
     assert_eq!(refused.header("ratelimit-policy"), Some(r#""default";q=40;w=3600"#));
-    assert_eq!(refused.header("ratelimit"), Some(r#""default";r=0;t=3600"#));
+    // GCRA with T = 3600 s / 40 = 90 s: the first admission set the identity's
+    // theoretical arrival time to its instant + 90 s, each of the 40 moved it 90 s,
+    // so it is 3600 s after the first admission. Refused `e` seconds after that
+    // admission, the whole burst is back in 3600 - e s (`t`) and one request in
+    // 90 - e s (`Retry-After`), both rounded up. `e` lies between 0 and the time
+    // this test observed from before the burst to after the refusal: the window
+    // comes from that, not from assuming the burst took under a second.
+    let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    let reset: u64 = refused
+        .header("ratelimit")
+        .and_then(|v| v.strip_prefix(r#""default";r=0;t="#))
+        .unwrap_or_else(|| panic!("ratelimit: {:?}", refused.header("ratelimit")))
+        .parse()
+        .unwrap();
+    let earliest = |full: f64| (full - elapsed).ceil().max(1.0) as u64;
+    assert!(
+        (earliest(90.0)..=90).contains(&retry_after),
+        "retry-after {retry_after}, {elapsed:.2} s after the burst began"
+    );
+    assert!((earliest(3600.0)..=3600).contains(&reset), "t={reset}, {elapsed:.2} s after the burst began");
+    assert_eq!(reset - retry_after, 3600 - 90, "the two differ by the burst tolerance, whatever e is");
     let body = refused.body_json().unwrap();
     assert_eq!(body["error"], "rate_limited");
     assert_eq!(body["reason"], "quota_exceeded");

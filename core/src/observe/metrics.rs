@@ -221,10 +221,15 @@ pub enum Family {
     RevocationEntries,
     /// When a verified identity last made a request (the inventory), Unix seconds.
     IdentityLastSeen,
+    /// Linear memory of the proxy's nhi-guard VMs, bytes, summed over VMs: each VM
+    /// adds the change of its own size, so the host's one gauge is the total (a
+    /// gauge every VM *set* would show whichever VM wrote last). Wasm memory never
+    /// shrinks, so this is each VM's high-water mark: what per-VM state costs.
+    VmMemory,
 }
 
 impl Family {
-    pub const ALL: [Family; 25] = [
+    pub const ALL: [Family; 26] = [
         Family::Requests,
         Family::IdentityRequests,
         Family::IdentityDenials,
@@ -250,6 +255,7 @@ impl Family {
         Family::RevocationStale,
         Family::RevocationEntries,
         Family::IdentityLastSeen,
+        Family::VmMemory,
     ];
 
     pub fn name(self) -> &'static str {
@@ -279,6 +285,7 @@ impl Family {
             Family::RevocationStale => "nhi_revocation_stale",
             Family::RevocationEntries => "nhi_revocation_entries",
             Family::IdentityLastSeen => "nhi_identity_last_seen_timestamp_seconds",
+            Family::VmMemory => "nhi_vm_memory_bytes",
         }
     }
 
@@ -290,7 +297,8 @@ impl Family {
             | Family::RevocationAge
             | Family::RevocationStale
             | Family::RevocationEntries
-            | Family::IdentityLastSeen => Kind::Gauge,
+            | Family::IdentityLastSeen
+            | Family::VmMemory => Kind::Gauge,
             Family::VerificationDuration
             | Family::IdentityDuration
             | Family::RouteDuration
@@ -321,7 +329,7 @@ impl Family {
             Family::PartnerKeyRequests | Family::PartnerKeyLastUsed => &[Partner, Key],
             Family::LivenessReviews => &[Issuer, Result],
             Family::RevocationFetches => &[Result],
-            Family::RevocationAge | Family::RevocationStale => &[],
+            Family::RevocationAge | Family::RevocationStale | Family::VmMemory => &[],
             Family::RevocationEntries => &[Label::Kind],
             Family::IdentityLastSeen => &[Issuer, Identity],
         }

@@ -502,3 +502,15 @@ pub fn jwks_gauges(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
         vm.observer.record(host, Family::JwksAge, &[&issuer.name], now_ms.saturating_sub(since) / 1_000);
     }
 }
+
+/// On every tick: this VM's linear memory changed by `delta` bytes since the VM
+/// last reported it. The gauge is the sum over the proxy's VMs (see
+/// [`Family::VmMemory`]); the shell keeps what its VM reported, and withdraws it
+/// (a negative `delta`) when the plugin is removed. Returns whether the change
+/// reached the host, so that the shell only counts what was added.
+pub fn vm_memory(vm: &Vm, host: &mut dyn Host, delta: i64) -> bool {
+    match vm.observer.id(host, Family::VmMemory, &[]) {
+        Some(id) => host.increment_metric(id, delta).is_ok(),
+        None => false,
+    }
+}

@@ -908,3 +908,23 @@ fn a_stale_or_missing_revocation_list_is_refused_with_on_stale_deny_and_used_wit
         }
     }
 }
+
+/// `nhi_vm_memory_bytes`: each VM adds the change of its own size, so the one gauge
+/// the host keeps is the sum over VMs; a VM withdraws what it added. A change the
+/// host refused is reported as not made (the shell then does not count it).
+#[test]
+fn vm_memory_changes_add_up_to_the_sum_over_vms() {
+    let (worker_a, worker_b) = (fixture(plugin()), fixture(plugin()));
+    let mut host = MemoryHost::new(NOW * 1_000_000_000);
+    let gauge = |host: &MemoryHost| host.metrics.borrow().values.get("nhi_vm_memory_bytes").copied();
+    assert_eq!(gauge(&host), None, "defined on first report");
+    assert!(record::vm_memory(&worker_a.vm, &mut host, 1_114_112));
+    assert!(record::vm_memory(&worker_b.vm, &mut host, 1_114_112));
+    assert!(record::vm_memory(&worker_a.vm, &mut host, 65_536));
+    assert_eq!(gauge(&host), Some((crate::host::MetricKind::Gauge, 2 * 1_114_112 + 65_536)));
+    assert!(record::vm_memory(&worker_a.vm, &mut host, -(1_114_112 + 65_536)));
+    assert_eq!(gauge(&host), Some((crate::host::MetricKind::Gauge, 1_114_112)));
+    host.fail(Call::IncrementMetric, HostError::INTERNAL_FAILURE);
+    assert!(!record::vm_memory(&worker_b.vm, &mut host, 65_536));
+    assert_eq!(gauge(&host), Some((crate::host::MetricKind::Gauge, 1_114_112)));
+}
