@@ -118,6 +118,23 @@ fn table_rows(markdown: &str) -> Vec<(usize, Vec<String>)> {
         .collect()
 }
 
+/// The rows of every table whose header's first cell is `first` (header and
+/// separator excluded).
+fn table_under(markdown: &str, first: &str) -> Vec<(usize, Vec<String>)> {
+    let mut rows = Vec::new();
+    let mut inside = false;
+    let mut previous = 0;
+    for (line, cells) in table_rows(markdown) {
+        if line != previous + 1 {
+            inside = cells.first().is_some_and(|cell| cell == first);
+        } else if inside && !cells.iter().all(|cell| cell.chars().all(|c| c == '-' || c == ':')) {
+            rows.push((line, cells));
+        }
+        previous = line;
+    }
+    rows
+}
+
 /// The `code spans` of a cell, in order.
 fn code_spans(cell: &str) -> Vec<&str> {
     cell.split('`').skip(1).step_by(2).collect()
@@ -261,7 +278,7 @@ fn every_metric_family_is_in_the_metrics_table_with_its_type_and_labels() {
 #[test]
 fn every_e2e_suite_is_in_the_testing_table() {
     let page = "docs/testing.md";
-    let named: Vec<String> = table_rows(&read(page))
+    let named: Vec<String> = table_under(&read(page), "suite")
         .into_iter()
         .filter_map(|(_, cells)| cells.into_iter().next())
         .flat_map(|cell| code_spans(&cell).into_iter().map(str::to_owned).collect::<Vec<_>>())
@@ -389,4 +406,57 @@ fn every_relative_link_in_the_docs_resolves() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// docs/testing.md says which real-Envoy suites run each reason code: exactly the
+/// suites whose source holds the code as a string literal (the scenario table in
+/// `test-harness/src/scenarios.rs` counts for `scenarios_envoy`, which runs it in
+/// Envoy; the emulator and the native run do not count), and where a code no suite
+/// names is tested instead.
+#[test]
+fn every_reason_code_says_which_suites_run_it() {
+    let page = "docs/testing.md";
+    let suites: Vec<(String, String)> = fs::read_dir(repo_root().join("test-harness/tests"))
+        .expect("test-harness/tests exists")
+        .map(|entry| entry.unwrap().path())
+        .filter_map(|path| Some((path.file_stem()?.to_str()?.to_owned(), fs::read_to_string(&path).ok()?)))
+        .filter(|(name, _)| name != "emulator" && name != "scenarios_native")
+        .chain([("scenarios_envoy".to_owned(), read("test-harness/src/scenarios.rs"))])
+        .collect();
+    let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    codes.extend(RouteDenial::ALL.iter().map(|r| r.code()));
+    let rows = table_under(&read(page), "reason");
+    let mut failures = Vec::new();
+    for code in &codes {
+        let found: Vec<&(usize, Vec<String>)> =
+            rows.iter().filter(|(_, cells)| code_spans(&cells[0]) == [*code]).collect();
+        let [(line, cells)] = found.as_slice() else {
+            failures.push(format!("{code}: {} rows", found.len()));
+            continue;
+        };
+        let literal = format!("\"{code}\"");
+        let mut running: Vec<&str> = suites
+            .iter()
+            .filter(|(_, source)| source.contains(&literal))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        running.sort_unstable();
+        running.dedup();
+        let mut listed = code_spans(&cells[1]);
+        listed.sort_unstable();
+        if listed != running {
+            failures.push(format!(
+                "{code} (line {line}): the table lists {listed:?}, the suites naming it are {running:?}"
+            ));
+        }
+        if running.is_empty() && cells.get(2).is_none_or(|cell| cell.is_empty()) {
+            failures.push(format!("{code} (line {line}): no suite runs it, and the row says nowhere else"));
+        }
+    }
+    for (line, cells) in &rows {
+        if !code_spans(&cells[0]).iter().all(|name| codes.contains(name)) {
+            failures.push(format!("line {line}: {} is no reason code", cells[0]));
+        }
+    }
+    assert!(failures.is_empty(), "{page}:\n{}", failures.join("\n"));
 }
