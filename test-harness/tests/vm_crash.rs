@@ -85,9 +85,15 @@ fn a_crashed_vm_never_passes_requests() {
         );
 
         // After the crash: forged tokens never pass, whatever state the VMs are in.
+        // Watched for 3 s, and under FAIL_RELOAD until a rebuilt VM has answered a valid
+        // token (how long V8 takes to rebuild it depends on the machine's load: that is
+        // printed, not asserted; 60 s only stops a test that would otherwise never end).
         let started = Instant::now();
+        let reloads = policy.ends_with("FAIL_RELOAD");
         let mut valid_ok = 0;
-        while started.elapsed() < Duration::from_secs(3) {
+        let mut first_valid: Option<Duration> = None;
+        while started.elapsed() < Duration::from_secs(3) || (reloads && valid_ok == 0) {
+            assert!(started.elapsed() < Duration::from_secs(60), "{policy}: no valid request served in 60 s");
             let forged_status = get(&stack, &forged, false);
             assert!(
                 forged_status == 401 || forged_status >= 500,
@@ -95,12 +101,16 @@ fn a_crashed_vm_never_passes_requests() {
             );
             if get(&stack, &valid, false) == 200 {
                 valid_ok += 1;
+                first_valid.get_or_insert(started.elapsed());
             }
             thread::sleep(Duration::from_millis(50));
         }
         nothing_unverified(&stack);
-        println!("{policy}: valid requests answered 200 after the crash: {valid_ok}");
-        if policy.ends_with("FAIL_RELOAD") {
+        println!(
+            "{policy}: valid requests answered 200 after the crash: {valid_ok} (the first after {:?})",
+            first_valid
+        );
+        if reloads {
             assert!(valid_ok > 0, "FAIL_RELOAD rebuilds the VM and verifies again");
         }
     }
