@@ -60,7 +60,10 @@ pub const ROOT_CONTEXT_ID: u32 = 1;
 const MAX_EVENTS_PER_ADVANCE: usize = 1_000_000;
 
 /// A compiled module, shared by every host of the process (compiling the filter with
-/// Cranelift takes a while; instantiating it is cheap).
+/// Cranelift takes a while; instantiating it is cheap). Threads asking at once wait
+/// for one compilation, and the compiled code is kept on disk
+/// (`target/emulator-modules/`, by the module's SHA-256) for the next test process:
+/// on 2 cores an unoptimised Cranelift takes ~30 s for the filter, per process.
 fn compiled(path: &Path) -> Result<(Engine, Module)> {
     type Compiled = HashMap<(PathBuf, SystemTime), (Engine, Module)>;
     static CACHE: OnceLock<Mutex<Compiled>> = OnceLock::new();
@@ -68,15 +71,46 @@ fn compiled(path: &Path) -> Result<(Engine, Module)> {
         .and_then(|m| m.modified())
         .with_context(|| format!("reading {}", path.display()))?;
     let key = (path.to_path_buf(), modified);
-    let cache = CACHE.get_or_init(|| Mutex::new(HashMap::new()));
-    if let Some(found) = cache.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+    // Held while compiling: a second thread waits for the module instead of
+    // compiling it again beside the first.
+    let mut cache =
+        CACHE.get_or_init(|| Mutex::new(HashMap::new())).lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(found) = cache.get(&key) {
         return Ok(found.clone());
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let engine = Engine::default();
-    let module = Module::new(&engine, &bytes).map_err(|e| anyhow!("compiling {}: {e:#}", path.display()))?;
-    cache.lock().unwrap_or_else(PoisonError::into_inner).insert(key, (engine.clone(), module.clone()));
+    let module =
+        compile_or_load(&engine, &bytes).map_err(|e| anyhow!("compiling {}: {e:#}", path.display()))?;
+    cache.insert(key, (engine.clone(), module.clone()));
     Ok((engine, module))
+}
+
+/// `bytes` compiled, from the on-disk copy when an earlier process left one.
+fn compile_or_load(engine: &Engine, bytes: &[u8]) -> Result<Module> {
+    use sha2::{Digest, Sha256};
+    let dir = crate::envoy_config::repo_root().join("target/emulator-modules");
+    let digest: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let file = dir.join(format!("{digest}.cwasm"));
+    if file.is_file() {
+        // SAFETY: `deserialize_file` runs native code from the file. The file is one
+        // this function wrote (below) into the workspace's own target directory,
+        // named by the SHA-256 of the module it was compiled from; wasmtime refuses
+        // one written by another wasmtime version or engine configuration (then we
+        // compile again).
+        if let Ok(module) = unsafe { Module::deserialize_file(engine, &file) } {
+            return Ok(module);
+        }
+    }
+    let module = Module::new(engine, bytes).map_err(|e| anyhow!("{e:#}"))?;
+    // Best effort: a cache that cannot be written only costs the next process time.
+    if let Ok(serialized) = module.serialize() {
+        let partial = dir.join(format!("{digest}.{}.partial", std::process::id()));
+        if std::fs::create_dir_all(&dir).is_ok() && std::fs::write(&partial, serialized).is_ok() {
+            let _ = std::fs::rename(&partial, &file);
+        }
+    }
+    Ok(module)
 }
 
 /// An HTTP request as the downstream client sends it.
