@@ -168,8 +168,12 @@ lint: wasm-target
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
 	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
+# Two suites at a time, each suite's tests one at a time (test-harness/python/run_suites.py):
+# never more than E2E_JOBS tests at once, as with `--test-threads`, but drawn from
+# different suites, so one suite's waits on Envoy do not idle the machine.
+E2E_JOBS ?= 2
 e2e: envoy wasm fault-wasm cli node-tools promtool py-tools httpsig
-	$(CARGO) test -p test-harness --tests -- --test-threads 2
+	python3 test-harness/python/run_suites.py --jobs $(E2E_JOBS)
 
 fmt:
 	$(CARGO) fmt --all
