@@ -28,9 +28,10 @@ fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-fn plugin(jwks: &Value) -> Value {
+fn plugin(jwks: &Value, revoked_jkt: &str) -> Value {
     let mut plugin = EnvoyConfig::shipped().unwrap().plugin_configuration().unwrap();
     plugin["issuers"][0]["dpop"] = json!({"mode": "required", "max_age_seconds": 60});
+    plugin["deny"] = json!({"jkt": [revoked_jkt]});
     let extra = |name: &str, dpop: Value| {
         json!({"name": name, "issuer": format!("https://{name}.example"), "audiences": [AUDIENCE],
                "jwks": {"inline": jwks}, "algorithms": ["ES256"], "dpop": dpop})
@@ -86,9 +87,11 @@ fn dpop_against_an_independent_client() {
     let started = Instant::now();
     let mut client = DpopClient::start().unwrap();
     let jwks = client.issuer("py-issuer").unwrap();
+    // A key revoked in the configuration (`deny.jkt`) before Envoy starts.
+    let revoked = client.key("EC").unwrap();
     let mut stack = Stack::start_with(
         JwksBehaviour::serve(&jwks),
-        EnvoyOptions::new().plugin_configuration(plugin(&jwks)),
+        EnvoyOptions::new().plugin_configuration(plugin(&jwks, &revoked.jkt)),
     )
     .unwrap();
     let addr = stack.envoy.listener_addr();
@@ -116,6 +119,12 @@ fn dpop_against_an_independent_client() {
         let again = w.dpop("/api/x?page=1", &token, &proof);
         assert_eq!((again.status, reason(&again).as_str()), (401, "dpop_replay"));
     }
+
+    // deny.jkt: a valid token and proof for a revoked key are refused, by the key.
+    let token = w.token(&iss, "robot", Some(&revoked));
+    let proof = w.proof(&revoked, "GET", "/api/x", &token, json!({}));
+    let response = w.dpop("/api/x", &token, &proof);
+    assert_eq!((response.status, reason(&response).as_str()), (401, "dpop_key_revoked"));
 
     // Each check of RFC 9449 §4.3 violated in turn.
     let token = w.token(&iss, "robot", Some(&ec));

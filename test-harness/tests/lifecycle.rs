@@ -98,6 +98,11 @@ struct Gateway {
 
 /// The shipped plugin configuration with shorter timings, and a second issuer whose
 /// liveness admits recently reviewed tokens while the API server is down.
+///
+/// The revocation list is refused (`on_stale: deny`) after this long without a
+/// successful fetch.
+const FEED_MAX_STALE: u64 = 10;
+
 fn plugin(shipped: &EnvoyConfig) -> Value {
     let mut plugin = shipped.plugin_configuration().unwrap();
     let liveness = &mut plugin["issuers"][0]["profile"]["liveness"];
@@ -112,6 +117,10 @@ fn plugin(shipped: &EnvoyConfig) -> Value {
     plugin["issuers"].as_array_mut().unwrap().push(lenient);
     plugin["revocation"]["refresh_seconds"] = json!(1);
     plugin["revocation"]["timeout_ms"] = json!(1000);
+    // The shipped file keeps the last list for an hour; here it is refused after
+    // FEED_MAX_STALE seconds without a successful fetch.
+    plugin["revocation"]["on_stale"] = json!("deny");
+    plugin["revocation"]["max_stale_seconds"] = json!(FEED_MAX_STALE);
     plugin["decision_log"] = json!({ "allowed_sample_rate": 0.0 });
     plugin
 }
@@ -394,13 +403,31 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
 
     // Feed down: the last list stays in force. A 10 MB feed is refused, same.
     let failures = || metric(envoy, &["nhi_revocation_fetches_total", "nhi_result=\"failure\""]).unwrap_or(0);
+    let down = Instant::now();
     for (status, body) in [(500, b"down".to_vec()), (200, vec![b' '; 10 * 1024 * 1024])] {
         let before = failures();
         feed.set(status, body);
         within(Duration::from_secs(4), "a failed feed fetch", || failures() > before);
-        assert_eq!(get(envoy, "/api/deploy", &revoked).1, "token_revoked", "last list kept after {status}");
-        assert_eq!(get(envoy, "/api/batch", &old).1, "token_revoked");
+        let (kept, kept_old) = (get(envoy, "/api/deploy", &revoked).1, get(envoy, "/api/batch", &old).1);
+        // The list was fetched at most refresh_seconds (1) before the feed went down:
+        // until FEED_MAX_STALE - 1 s after that, it must still be the one in force.
+        if down.elapsed() < Duration::from_secs(FEED_MAX_STALE - 1) {
+            assert_eq!(kept, "token_revoked", "last list kept after {status}");
+            assert_eq!(kept_old, "token_revoked");
+        }
     }
+    // on_stale deny: once the list is FEED_MAX_STALE old, every request is refused
+    // 503 revocations_unavailable (not before), even a token no list names.
+    within(Duration::from_secs(FEED_MAX_STALE + 5), "the stale list refused", || {
+        get(envoy, "/api/batch", &new).1 == "revocations_unavailable"
+    });
+    let refused_after = down.elapsed();
+    assert!(refused_after >= Duration::from_secs(FEED_MAX_STALE - 1), "refused after {refused_after:?}");
+    assert_eq!(get(envoy, "/api/batch", &new).0, 503);
+    eprintln!(
+        "feed down to revocations_unavailable: {:.2} s (max_stale_seconds {FEED_MAX_STALE})",
+        refused_after.as_secs_f64()
+    );
     feed.serve(&json!({ "jti": [] }));
     within(Duration::from_secs(3), "the emptied list applies", || {
         get(envoy, "/api/deploy", &revoked).0 == 200
