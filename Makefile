@@ -164,7 +164,7 @@ lint: wasm-target
 	$(CARGO) clippy -p nhi-guard -p nhi-guard-core --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p nhi-guard --features fault-injection --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p nhi-guard-core --features verify-bench --bin nhi-verify-bench -- -D warnings
-	$(CARGO) clippy --manifest-path test-harness/fuzz/Cargo.toml --target-dir $(CURDIR)/target --bins -- -D warnings
+	$(CARGO) clippy --manifest-path test-harness/fuzz/Cargo.toml --target-dir $(CURDIR)/target --bins --no-default-features --locked -- -D warnings
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
 	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
