@@ -126,13 +126,35 @@ impl Tracker {
             local.flagged_interval = interval;
         }
         let mut observation = Observation::default();
+        let bit = route_bit(seen.route);
+        let source = seen.source.map(|s| network(s, b));
+        // The snapshot is this worker's copy as of its last merge of the identity. If
+        // the identity's requests went to other workers since (a keep-alive connection
+        // pins a client to one worker), the copy is old: it may not know a route or a
+        // network the identity has used there, nor that it was seen there. Before
+        // flagging any of those, take the shared baseline (one read and one
+        // compare-and-swap, at most once per `merge_seconds`, and only for a request
+        // the copy finds new or dormant: rare, unlike a merge per request).
+        // (A worker's first sight of an identity read the baseline just now.)
+        let copy_age_ms = seen.now_ms.saturating_sub(local.merged_at_ms);
+        if b.detect && local.tracked && local.merged_at_ms > 0 && copy_age_ms >= b.merge_ms {
+            let copy = &local.snapshot;
+            let last_seen = copy.last_seen.max(local.last_seen);
+            let dormant = b.watches(Kind::DormantReturned)
+                && last_seen > 0
+                && now.saturating_sub(last_seen) > b.dormant_after_seconds;
+            let new_route = b.watches(Kind::NewRoute) && !copy.knows_route(bit) && local.routes & bit == 0;
+            let new_source = b.watches(Kind::NewSource)
+                && source.is_some_and(|n| !copy.knows_source(n) && !local.sources.contains(&n));
+            if dormant || new_route || new_source {
+                merge(&table, b, store, fingerprint, local, seen.now_ms);
+            }
+        }
         let snapshot = {
             let mut s = local.snapshot;
             s.roll(interval, b);
             s
         };
-        let bit = route_bit(seen.route);
-        let source = seen.source.map(|s| network(s, b));
         if b.detect && local.tracked {
             let mut flag = |kind: Kind| {
                 if b.watches(kind) && !b.expected(seen.identity, kind) {
@@ -485,6 +507,32 @@ mod tests {
         assert_eq!(spike.map(|(k, _)| k), Some(Kind::ErrorSpike));
         let back = T0 + 3 * 86_400_000;
         assert!(t.observe(&b, &store, &seen(back, 0, "203.0.113.7")).flagged.contains(Kind::DormantReturned));
+    }
+
+    /// A worker that has not seen an identity for longer than `after_seconds` while
+    /// another worker served it (one keep-alive connection) does not call it dormant,
+    /// nor new on a route or network it used there; real silence still is dormant.
+    #[test]
+    fn an_identity_another_worker_served_is_not_dormant() {
+        let b = behaviour(json!({"anomalies": {"new_route": {}, "new_source": {},
+                                               "dormant_returned": {"after_seconds": 600, "mode": "enforce"}}}));
+        let store = MemoryStore::new();
+        let (mut a, mut c) = (Tracker::new(&b), Tracker::new(&b));
+        steady(&mut a, &b, &store, T0, 10, 20);
+        // Worker `c` alone serves the identity for an hour, on a second route and from
+        // a second network too (flagged there once, then learned: observe mode).
+        let flagged = steady(&mut c, &b, &store, T0 + 10 * MINUTE, 60, 20);
+        assert!(flagged.is_empty(), "{flagged:?}");
+        let later = T0 + 70 * MINUTE;
+        assert!(!c.observe(&b, &store, &seen(later, 1, "198.51.100.7")).flagged.is_empty());
+        assert!(c.observe(&b, &store, &seen(later + 1_000, 1, "198.51.100.7")).flagged.is_empty());
+        let o = a.observe(&b, &store, &seen(later + 2_000, 0, "203.0.113.7"));
+        assert!(o.flagged.is_empty() && o.refuse.is_none(), "{o:?}");
+        let o = a.observe(&b, &store, &seen(later + 3_000, 1, "198.51.100.7"));
+        assert!(o.flagged.is_empty(), "route 1 and 198.51.100.0/24 were learned on the other worker: {o:?}");
+        // An hour of silence everywhere: dormant on either worker.
+        let o = c.observe(&b, &store, &seen(T0 + 131 * MINUTE, 0, "203.0.113.7"));
+        assert_eq!(o.refuse.map(|(kind, _)| kind), Some(Kind::DormantReturned));
     }
 
     #[test]
