@@ -2,7 +2,8 @@
 //! exercises end to end, in one real Envoy (`--concurrency 2`): `token.header`,
 //! `token.prefix`, `token.max_bytes`, `realm`, `client_header`, `routes[].match.exact`,
 //! `routes[].match.route_name`, `routes[].deny_status`, `default_audience`,
-//! `flood_guard.max_sources` and `quotas.default.burst`.
+//! `flood_guard.max_sources` and `quotas.default.burst`; and the behaviour anomalies
+//! in `enforce` mode with their status.
 //!
 //! Each field is set away from its default, and each case is chosen so that the
 //! default would give another answer (noted beside the case).
@@ -23,6 +24,11 @@ use test_harness::stack::Stack;
 const TOKEN_HEADER: &str = "x-machine-token";
 const CLIENT_HEADER: &str = "x-caller-kind";
 const MAX_BYTES: usize = 1024;
+/// `behaviour.warmup_intervals` (of 1 s): intervals with requests before an identity's
+/// anomalies count. The learners below are given twice as many.
+const WARMUP_INTERVALS: u64 = 3;
+/// `behaviour.anomalies.dormant_returned.after_seconds`.
+const DORMANT_AFTER: u64 = 3;
 
 /// The shipped bootstrap with one more Envoy route, `reports` (prefix `/reports/`, to
 /// the machine upstream), for `match.route_name`; and the machine route selected by
@@ -54,6 +60,16 @@ fn plugin() -> Value {
     ]);
     plugin["default_audience"] = json!("human");
     plugin["flood_guard"] = json!({ "max_failures": 3, "window_seconds": 3600, "max_sources": 1 });
+    // Enforced anomalies (the behaviour suite only flags them): one identity is taught
+    // a route and a network, then refused on another of each.
+    plugin["behaviour"] = json!({
+        "interval_seconds": 1, "warmup_intervals": WARMUP_INTERVALS, "merge_seconds": 0.2,
+        "anomalies": {
+            "new_route": { "mode": "enforce" },
+            "new_source": { "mode": "enforce", "status": 409 },
+            "dormant_returned": { "mode": "enforce", "after_seconds": DORMANT_AFTER }
+        }
+    });
     plugin["quotas"] = json!({
         "default": { "requests": 10, "per_seconds": 3600, "burst": 3 },
         "rules": [{ "name": "bulk", "identities": ["bulk-*"], "requests": 10, "per_seconds": 3600 }]
@@ -260,4 +276,46 @@ fn every_algorithm_and_the_fields_no_other_suite_sets_in_real_envoy() {
     let second: Vec<_> = (0..6).map(|_| from(2)).collect();
     assert!(second.iter().all(|answer| *answer == bad), "the untracked source: {second:?}");
     assert_eq!(from(1), flooded, "the flooder keeps its slot");
+
+    // ---- behaviour.anomalies.<kind>.mode enforce, and status ---------------------------
+    // `bulk-learner` (the bulk quota: room for its 9 requests) calls machine-api from
+    // 127.0.0.1 in twice the warm-up's intervals; a request to a route class it never
+    // used is then refused (403 anomaly_new_route), as is one from a network it never
+    // came from (the configured 409). Nothing is learned before the warm-up ends
+    // without being flagged, so the learner never touches /status before.
+    // `bulk-sleeper` learns beside it, then stays silent for longer than
+    // DORMANT_AFTER seconds: its next request is refused (403 anomaly_dormant_returned).
+    let (learner, sleeper) = (fields.ec("bulk-learner"), fields.ec("bulk-sleeper"));
+    let mut sleeper_seen = std::time::Instant::now();
+    for _ in 0..2 * WARMUP_INTERVALS {
+        assert_eq!(fields.send("/api/learn", &learner).status, 200);
+        let response = fields.send("/api/learn", &sleeper);
+        assert_eq!(response.status, 200, "{}", response.body_text());
+        sleeper_seen = std::time::Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(1_050));
+    }
+    let response = fields.send("/status", &learner);
+    assert_eq!(
+        (response.status, reason(&response).as_str()),
+        (403, "anomaly_new_route"),
+        "{}",
+        response.body_text()
+    );
+    let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 32, 0, 1));
+    let response = http::request_from(
+        elsewhere,
+        fields.stack.envoy.listener_addr(),
+        "GET",
+        "/api/learn",
+        &[(TOKEN_HEADER, &format!("Token {learner}"))],
+    )
+    .unwrap();
+    assert_eq!((response.status, reason(&response).as_str()), (409, "anomaly_new_source"));
+    assert_eq!(fields.send("/api/learn", &learner).status, 200, "its own route and network still pass");
+    // Silent for DORMANT_AFTER seconds and one interval more (the baseline's last-seen
+    // time is kept at the merge).
+    let silence = std::time::Duration::from_secs(DORMANT_AFTER + 1);
+    std::thread::sleep(silence.saturating_sub(sleeper_seen.elapsed()));
+    let response = fields.send("/api/learn", &sleeper);
+    assert_eq!((response.status, reason(&response).as_str()), (403, "anomaly_dormant_returned"));
 }
