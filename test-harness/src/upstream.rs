@@ -91,6 +91,19 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Every value of header `name` (lower-case) in an echo made by [`echo`], in the order
+/// the upstream received them: what a test reads to see exactly what reached the
+/// backend (`headers` joins repeated headers; this keeps them apart).
+pub fn echoed(echo: &Value, name: &str) -> Vec<String> {
+    echo["header_list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|pair| pair[0] == name)
+        .filter_map(|pair| pair[1].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The JSON echo of `request`.
 pub fn echo(request: &Request) -> Value {
     let mut joined: BTreeMap<&str, String> = BTreeMap::new();

@@ -20,6 +20,7 @@ use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKey, TestKeys};
 use test_harness::mint::{self, Alg, Token};
 use test_harness::stack::Stack;
+use test_harness::upstream;
 
 const TOKEN_HEADER: &str = "x-machine-token";
 const CLIENT_HEADER: &str = "x-caller-kind";
@@ -115,14 +116,7 @@ fn reason(response: &Response) -> String {
 
 /// The values of `name` the upstream (machine or web) echoed.
 fn upstream_saw(response: &Response, name: &str) -> Vec<String> {
-    let echo = response.body_json().unwrap();
-    echo["header_list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|pair| pair[0] == name)
-        .filter_map(|pair| pair[1].as_str().map(str::to_owned))
-        .collect()
+    upstream::echoed(&response.body_json().unwrap(), name)
 }
 
 #[test]

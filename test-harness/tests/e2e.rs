@@ -22,6 +22,7 @@ use test_harness::keys::{self, TestKey, TestKeys};
 use test_harness::mint::{self, Alg, ConfusionSecret, Token};
 use test_harness::roca;
 use test_harness::stack::Stack;
+use test_harness::upstream;
 
 const REALM: &str = r#"Bearer realm="nhi-guard""#;
 const INVALID_TOKEN_PREFIX: &str = r#"Bearer realm="nhi-guard", error="invalid_token", error_description=""#;
@@ -274,15 +275,7 @@ fn check_allowed(stack: &Stack, response: &Response, identity: &str, problems: &
         problems.push("upstream echo is not JSON".into());
         return;
     };
-    let values = |name: &str| -> Vec<String> {
-        echo["header_list"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|pair| pair[0] == name)
-            .filter_map(|pair| pair[1].as_str().map(str::to_owned))
-            .collect()
-    };
+    let values = |name: &str| upstream::echoed(&echo, name);
     let identities = values(FORWARDED_IDENTITY);
     if identities != [identity] {
         problems.push(format!(

@@ -19,6 +19,7 @@ use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKey, TestKeys};
 use test_harness::mint::{self, Alg, Token};
 use test_harness::stack::Stack;
+use test_harness::upstream;
 
 const K8S_ISS: &str = "https://kubernetes.default.svc.cluster.local";
 const SPIFFE_ISS: &str = "https://spire.prod.example.org";
@@ -498,15 +499,7 @@ fn check(stack: &Stack, case: &Case) -> Result<(), String> {
                 ));
             } else {
                 let echo = response.body_json().map_err(|e| e.to_string())?;
-                let values = |name: &str| -> Vec<String> {
-                    echo["header_list"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter(|pair| pair[0] == name)
-                        .filter_map(|pair| pair[1].as_str().map(str::to_owned))
-                        .collect()
-                };
+                let values = |name: &str| upstream::echoed(&echo, name);
                 let expected: Vec<(&str, Option<&str>)> =
                     [("x-nhi-identity", Some(identity.as_str())), ("x-nhi-issuer", Some(*issuer))]
                         .into_iter()
