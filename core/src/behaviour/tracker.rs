@@ -128,6 +128,11 @@ impl Tracker {
         let mut observation = Observation::default();
         let bit = route_bit(seen.route);
         let source = seen.source.map(|s| network(s, b));
+        let rolled = |local: &Local| {
+            let mut s = local.snapshot;
+            s.roll(interval, b);
+            s
+        };
         // The snapshot is this worker's copy as of its last merge of the identity. If
         // the identity's requests went to other workers since (a keep-alive connection
         // pins a client to one worker), the copy is old: it may not know a route or a
@@ -137,24 +142,15 @@ impl Tracker {
         // the copy finds new or dormant: rare, unlike a merge per request).
         // (A worker's first sight of an identity read the baseline just now.)
         let copy_age_ms = seen.now_ms.saturating_sub(local.merged_at_ms);
-        if b.detect && local.tracked && local.merged_at_ms > 0 && copy_age_ms >= b.merge_ms {
-            let copy = &local.snapshot;
-            let last_seen = copy.last_seen.max(local.last_seen);
-            let dormant = b.watches(Kind::DormantReturned)
-                && last_seen > 0
-                && now.saturating_sub(last_seen) > b.dormant_after_seconds;
-            let new_route = b.watches(Kind::NewRoute) && !copy.knows_route(bit) && local.routes & bit == 0;
-            let new_source = b.watches(Kind::NewSource)
-                && source.is_some_and(|n| !copy.knows_source(n) && !local.sources.contains(&n));
-            if dormant || new_route || new_source {
-                merge(&table, b, store, fingerprint, local, seen.now_ms);
-            }
+        if b.detect
+            && local.tracked
+            && local.merged_at_ms > 0
+            && copy_age_ms >= b.merge_ms
+            && unfamiliar(b, &rolled(local), local, now, bit, source).kinds().any(|kind| b.watches(kind))
+        {
+            merge(&table, b, store, fingerprint, local, seen.now_ms);
         }
-        let snapshot = {
-            let mut s = local.snapshot;
-            s.roll(interval, b);
-            s
-        };
+        let snapshot = rolled(local);
         if b.detect && local.tracked {
             let mut flag = |kind: Kind| {
                 if b.watches(kind) && !b.expected(seen.identity, kind) {
@@ -164,8 +160,8 @@ impl Tracker {
                     }
                 }
             };
-            let last_seen = snapshot.last_seen.max(local.last_seen);
-            if last_seen > 0 && now.saturating_sub(last_seen) > b.dormant_after_seconds {
+            let news = unfamiliar(b, &snapshot, local, now, bit, source);
+            if news.contains(Kind::DormantReturned) {
                 flag(Kind::DormantReturned);
             }
             if snapshot.warmed(b) {
@@ -173,12 +169,9 @@ impl Tracker {
                 if snapshot.is_burst(total, b) {
                     flag(Kind::Burst);
                 }
-                if !snapshot.knows_route(bit) && local.routes & bit == 0 {
-                    flag(Kind::NewRoute);
-                }
-                if let Some(network) = source {
-                    if !snapshot.knows_source(network) && !local.sources.contains(&network) {
-                        flag(Kind::NewSource);
+                for kind in [Kind::NewRoute, Kind::NewSource] {
+                    if news.contains(kind) {
+                        flag(kind);
                     }
                 }
                 if local.spiking_interval == Some(interval) {
@@ -313,6 +306,34 @@ fn remember(sources: &mut [u32; SOURCES], network: u32) {
     if let Some(slot) = sources.iter_mut().find(|s| **s == 0) {
         *slot = network;
     }
+}
+
+/// What `snapshot` (the baseline as this worker knows it) and the worker's own counts
+/// since find unfamiliar about a request: the identity back after `after_seconds` of
+/// silence, and — once warmed up — a route class or a network it never used.
+fn unfamiliar(
+    b: &Behaviour,
+    snapshot: &Entry,
+    local: &Local,
+    now: u64,
+    bit: u64,
+    source: Option<u32>,
+) -> Flags {
+    let mut news = Flags::default();
+    let last_seen = snapshot.last_seen.max(local.last_seen);
+    if last_seen > 0 && now.saturating_sub(last_seen) > b.dormant_after_seconds {
+        news.insert(Kind::DormantReturned);
+    }
+    if snapshot.warmed(b) {
+        if !snapshot.knows_route(bit) && local.routes & bit == 0 {
+            news.insert(Kind::NewRoute);
+        }
+        if source.is_some_and(|network| !snapshot.knows_source(network) && !local.sources.contains(&network))
+        {
+            news.insert(Kind::NewSource);
+        }
+    }
+    news
 }
 
 /// Folds what the worker counted into the shared baseline and takes the result as
