@@ -30,3 +30,10 @@ pub mod scenarios;
 pub mod stack;
 pub mod tls;
 pub mod upstream;
+
+/// Lower-case hex SHA-256 of `bytes` (OCI digests, certificate thumbprints, file and
+/// module identities).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

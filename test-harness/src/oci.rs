@@ -22,7 +22,6 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use flate2::{Compression, GzBuilder};
 use serde_json::{json, Value};
-use sha2::{Digest as _, Sha256};
 
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -50,9 +49,7 @@ pub struct Image {
 
 /// `sha256:<hex>` of `bytes`.
 pub fn digest(bytes: &[u8]) -> String {
-    let hash = Sha256::digest(bytes);
-    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256:{hex}")
+    format!("sha256:{}", crate::sha256_hex(bytes))
 }
 
 /// The layer: a tar with `plugin.wasm` (mode 0644, owner 0:0, mtime 0), gzipped

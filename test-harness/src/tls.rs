@@ -56,7 +56,7 @@ impl Leaf {
 
     /// The hex SHA-256 Envoy reports as `connection.sha256_peer_certificate_digest`.
     pub fn sha256_hex(&self) -> String {
-        Sha256::digest(self.cert_der.as_ref()).iter().map(|b| format!("{b:02x}")).collect()
+        crate::sha256_hex(self.cert_der.as_ref())
     }
 
     fn private_key(&self) -> PrivateKeyDer<'static> {

@@ -6,7 +6,6 @@ use std::process::Command;
 use std::thread;
 
 use anyhow::{Context, Result};
-use sha2::{Digest, Sha256};
 
 /// The machine, the tools and the filter build of a run.
 #[derive(Clone, Debug)]
@@ -65,8 +64,7 @@ pub fn load_average() -> String {
 /// The size and SHA-256 of a file (the wasm).
 pub fn file_digest(path: &Path) -> Result<(u64, String)> {
     let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let digest = Sha256::digest(&bytes).iter().map(|byte| format!("{byte:02x}")).collect();
-    Ok((bytes.len() as u64, digest))
+    Ok((bytes.len() as u64, crate::sha256_hex(&bytes)))
 }
 
 fn read(path: &str) -> String {

@@ -88,9 +88,8 @@ fn compiled(path: &Path) -> Result<(Engine, Module)> {
 
 /// `bytes` compiled, from the on-disk copy when an earlier process left one.
 fn compile_or_load(engine: &Engine, bytes: &[u8]) -> Result<Module> {
-    use sha2::{Digest, Sha256};
     let dir = crate::envoy_config::repo_root().join("target/emulator-modules");
-    let digest: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    let digest = crate::sha256_hex(bytes);
     let file = dir.join(format!("{digest}.cwasm"));
     if file.is_file() {
         // SAFETY: `deserialize_file` runs native code from the file. The file is one
