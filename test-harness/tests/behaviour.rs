@@ -16,6 +16,7 @@ use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http;
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::keys::{self, KeyType, TestKeys};
+use test_harness::prometheus::Scrape;
 use test_harness::stack::Stack;
 use test_harness::upstream::EchoUpstream;
 
@@ -136,19 +137,17 @@ fn signals_and_enforcement_in_real_envoy() {
         let next = Duration::from_millis(125) * (i + 1);
         std::thread::sleep(next.saturating_sub(start.elapsed()));
     }
-    let scrape = stack.envoy.admin_text("/stats/prometheus").unwrap();
-    let has =
-        |needle: &[&str]| scrape.lines().any(|l| !l.starts_with('#') && needle.iter().all(|n| l.contains(n)));
+    let scrape = Scrape::take(&stack.envoy).unwrap();
+    let has = |name: &str, labels: &[(&str, &str)]| !scrape.matching(name, labels).is_empty();
     assert!(
-        has(&["nhi_anomalies_total{", "nhi_identity=\"partner-robot\"", "nhi_anomaly=\"error_spike\""]),
-        "{scrape}"
+        has("nhi_anomalies_total", &[("nhi_identity", "partner-robot"), ("nhi_anomaly", "error_spike")]),
+        "{scrape:?}"
     );
-    assert!(has(&["nhi_anomalies_total{", "nhi_identity=\"steady-robot\"", "nhi_anomaly=\"new_route\""]));
-    assert!(has(&[
-        "nhi_identity_responses_total{",
-        "nhi_identity=\"partner-robot\"",
-        "nhi_status_class=\"5xx\""
-    ]));
-    assert!(has(&["nhi_identity_request_duration_ms_bucket{", "nhi_identity=\"steady-robot\""]));
-    assert!(has(&["nhi_route_responses_total{", "nhi_route=\"machine-api\"", "nhi_status_class=\"2xx\""]));
+    assert!(has("nhi_anomalies_total", &[("nhi_identity", "steady-robot"), ("nhi_anomaly", "new_route")]));
+    assert!(has(
+        "nhi_identity_responses_total",
+        &[("nhi_identity", "partner-robot"), ("nhi_status_class", "5xx")]
+    ));
+    assert!(has("nhi_identity_request_duration_ms_bucket", &[("nhi_identity", "steady-robot")]));
+    assert!(has("nhi_route_responses_total", &[("nhi_route", "machine-api"), ("nhi_status_class", "2xx")]));
 }

@@ -23,6 +23,7 @@ use test_harness::http::{self, Request, Response, Server};
 use test_harness::keys::{self, KeyType, TestKey, TestKeys};
 use test_harness::kube_api::{Availability, KubeApi};
 use test_harness::mint::{self, Alg, Token};
+use test_harness::prometheus::Scrape;
 use test_harness::upstream::EchoUpstream;
 
 const STRICT: &str = "https://kubernetes.default.svc.cluster.local";
@@ -188,13 +189,10 @@ fn within(limit: Duration, what: &str, mut probe: impl FnMut() -> bool) -> Durat
     }
 }
 
-fn metric(envoy: &Envoy, needles: &[&str]) -> Option<u64> {
-    let scrape = envoy.admin_text("/stats/prometheus").unwrap();
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && needles.iter().all(|n| l.contains(n)))
-        .find_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
+/// The value of `name`'s one series with exactly these labels; `None` when the scrape
+/// has none.
+fn metric(envoy: &Envoy, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    Scrape::take(envoy).unwrap().value(name, labels).map(|v| v as u64)
 }
 
 #[test]
@@ -307,10 +305,10 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     // Every review made is counted: alive ones (the 100, the burst's one, the warm-up,
     // the deleted pod's first) and the deleted pod's `gone`.
     let alive =
-        metric(envoy, &["nhi_liveness_reviews_total", "nhi_issuer=\"cluster\"", "nhi_result=\"alive\""]);
+        metric(envoy, "nhi_liveness_reviews_total", &[("nhi_issuer", "cluster"), ("nhi_result", "alive")]);
     assert!(alive.is_some_and(|n| n >= 103), "{alive:?}");
     let gone =
-        metric(envoy, &["nhi_liveness_reviews_total", "nhi_issuer=\"cluster\"", "nhi_result=\"gone\""]);
+        metric(envoy, "nhi_liveness_reviews_total", &[("nhi_issuer", "cluster"), ("nhi_result", "gone")]);
     assert!(gone.is_some_and(|n| n >= 1), "{gone:?}");
 
     // --- UID pin: the account deleted and recreated under its name has a new UID.
@@ -402,7 +400,8 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     assert_eq!(get(envoy, "/api/batch", &new).0, 200);
 
     // Feed down: the last list stays in force. A 10 MB feed is refused, same.
-    let failures = || metric(envoy, &["nhi_revocation_fetches_total", "nhi_result=\"failure\""]).unwrap_or(0);
+    let failures =
+        || metric(envoy, "nhi_revocation_fetches_total", &[("nhi_result", "failure")]).unwrap_or(0);
     let down = Instant::now();
     for (status, body) in [(500, b"down".to_vec()), (200, vec![b' '; 10 * 1024 * 1024])] {
         let before = failures();
@@ -470,8 +469,11 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     assert_eq!(other.status, 403);
     assert!(!other.body_text().contains("ci/counted"));
     // Last-seen gauges within the identity-label bound (the early identities have labels).
-    let last_seen =
-        metric(envoy, &["nhi_identity_last_seen_timestamp_seconds", "nhi_identity=\"ci/runner\""]);
+    let last_seen = metric(
+        envoy,
+        "nhi_identity_last_seen_timestamp_seconds",
+        &[("nhi_issuer", "cluster"), ("nhi_identity", "ci/runner")],
+    );
     assert!(last_seen.is_some_and(|t| t + 120 >= now() && t <= now()), "{last_seen:?}");
 
     let _ = fs::remove_dir_all(&work);

@@ -21,6 +21,7 @@ use test_harness::envoy::{Envoy, EnvoyOptions};
 use test_harness::envoy_config::{repo_root, EnvoyConfig};
 use test_harness::http::{self, Response};
 use test_harness::httpsig::{self, Job, Key};
+use test_harness::prometheus::Scrape;
 use test_harness::upstream::EchoUpstream;
 
 /// 32 random bytes, base64: the HMAC key the Secret would hold.
@@ -270,23 +271,15 @@ fn partners_sign_with_an_independent_client_and_every_rule_has_its_reason() {
     );
 
     // Metrics: per key id, bounded by the configuration.
-    let stats = gateway.envoy.admin_text("/stats/prometheus").unwrap();
+    let scrape = Scrape::take(&gateway.envoy).unwrap();
     for key in [HMAC_KEY_ID, ED_KEY_ID, "globex-2026"] {
-        let line = stats
-            .lines()
-            .find(|l| {
-                l.starts_with("nhi_partner_key_requests_total{") && l.contains(&format!("nhi_key=\"{key}\""))
-            })
-            .unwrap_or_else(|| panic!("no series for {key}:\n{stats}"));
-        let count: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
-        assert!(count >= 1.0, "{line}");
+        let series = scrape.matching("nhi_partner_key_requests_total", &[("nhi_key", key)]);
+        let [sample] = series.as_slice() else { panic!("{} series for {key}: {series:?}", series.len()) };
+        assert!(sample.value >= 1.0, "{sample:?}");
     }
-    assert!(
-        stats.lines().any(|l| l.starts_with("nhi_requests_total{")
-            && l.contains("nhi_issuer=\"partners\"")
-            && l.contains("nhi_reason=\"signature_replay\"")),
-        "{stats}"
-    );
+    let replays = scrape
+        .matching("nhi_requests_total", &[("nhi_issuer", "partners"), ("nhi_reason", "signature_replay")]);
+    assert!(!replays.is_empty(), "{scrape:?}");
 
     // The HMAC key's not_after passes: the old key is refused, the new one goes on.
     let wait = not_after - now() + 1;
