@@ -108,6 +108,19 @@ impl Fields {
     fn send(&self, path: &str, token: &str) -> Response {
         self.get(path, &[(TOKEN_HEADER, &format!("Token {token}"))])
     }
+
+    /// [`Fields::send`] from another loopback address.
+    fn send_from(&self, source: Ipv4Addr, path: &str, token: &str) -> Response {
+        let auth = format!("Token {token}");
+        http::request_from(
+            IpAddr::V4(source),
+            self.stack.envoy.listener_addr(),
+            "GET",
+            path,
+            &[(TOKEN_HEADER, &auth)],
+        )
+        .unwrap()
+    }
 }
 
 fn reason(response: &Response) -> String {
@@ -255,12 +268,8 @@ fn every_algorithm_and_the_fields_no_other_suite_sets_in_real_envoy() {
     // tracked while the flooder holds it, so it is never blocked (with the default
     // 4096 slots it would have its own, and be refused after 3 like the first).
     let forged = mint::tamper_signature(&fields.ec("forger")).unwrap();
-    let auth = format!("Token {forged}");
     let from = |last: u8| {
-        let source = IpAddr::V4(Ipv4Addr::new(127, 31, 0, last));
-        let addr = fields.stack.envoy.listener_addr();
-        let response =
-            http::request_from(source, addr, "GET", "/api/forged", &[(TOKEN_HEADER, &auth)]).unwrap();
+        let response = fields.send_from(Ipv4Addr::new(127, 31, 0, last), "/api/forged", &forged);
         (response.status, reason(&response))
     };
     let bad = (401, "bad_signature".to_owned());
@@ -295,15 +304,7 @@ fn every_algorithm_and_the_fields_no_other_suite_sets_in_real_envoy() {
         "{}",
         response.body_text()
     );
-    let elsewhere = IpAddr::V4(Ipv4Addr::new(127, 32, 0, 1));
-    let response = http::request_from(
-        elsewhere,
-        fields.stack.envoy.listener_addr(),
-        "GET",
-        "/api/learn",
-        &[(TOKEN_HEADER, &format!("Token {learner}"))],
-    )
-    .unwrap();
+    let response = fields.send_from(Ipv4Addr::new(127, 32, 0, 1), "/api/learn", &learner);
     assert_eq!((response.status, reason(&response).as_str()), (409, "anomaly_new_source"));
     assert_eq!(fields.send("/api/learn", &learner).status, 200, "its own route and network still pass");
     // Silent for DORMANT_AFTER seconds and one interval more (the baseline's last-seen
