@@ -213,6 +213,11 @@ impl RevocationList {
                 body.len()
             )));
         }
+        // serde reads a struct from a JSON array too (member by position): `[]` would
+        // be an empty list, every revocation lifted. A feed is an object.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(FeedError("not a revocation feed: not a JSON object".into()));
+        }
         let raw: RawFeed = serde_json::from_slice(body).map_err(|e| {
             // serde's message names members and positions, never the values.
             FeedError(format!("not a revocation feed: {e}"))
