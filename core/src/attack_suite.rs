@@ -276,3 +276,174 @@ fn the_baseline_token_is_accepted() {
     let token = rs256(json!({}), claims());
     assert_eq!(verify(config().trust(), keys().as_slice(), &token, NOW).unwrap().subject, "robot");
 }
+
+// ---- The other inputs a request or a callout brings ------------------------------
+// Hostile bytes, sizes and duplicates for the parsers added beside the JWT verifier:
+// each is refused whole (replays of proofs and signatures are refused by their
+// tables: `dpop::replay`, `partners::replay`, and in real Envoy on both workers).
+
+/// A DPoP proof (RFC 9449) with this header and payload; the signature bytes do not
+/// matter to parsing.
+fn proof(header: &str, payload: &str) -> String {
+    format!("{}.{}.{}", b64(header.as_bytes()), b64(payload.as_bytes()), b64([7; 64]))
+}
+
+fn ec_jwk() -> Value {
+    let jwks = testkit::jwks();
+    let keys = jwks["keys"].as_array().cloned().unwrap_or_default();
+    keys.into_iter().find(|k| k["kty"] == "EC").expect("testkit publishes an EC key")
+}
+
+#[test]
+fn hostile_dpop_proofs_are_refused_before_any_signature_check() {
+    use crate::dpop::{proof::parse, DpopSettings};
+    let settings = DpopSettings::default();
+    let jwk = ec_jwk().to_string();
+    let payload = r#"{"jti":"j-1","htm":"GET","htu":"https://gw.example/api","iat":1800000000,"ath":"x"}"#;
+    let header = |extra: &str| format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{jwk}{extra}}}"#);
+    assert!(parse(&proof(&header(""), payload), &settings).is_ok(), "the baseline proof parses");
+    let private = {
+        let mut jwk = ec_jwk();
+        jwk["d"] = json!(b64([1; 32]));
+        jwk.to_string()
+    };
+    let cases: Vec<(&str, String)> = vec![
+        ("not a JWS", "not-a-proof".into()),
+        ("two segments", format!("{}.{}", b64(header("").as_bytes()), b64(payload.as_bytes()))),
+        (
+            "bytes that are not base64url",
+            format!("{}.{}.***", b64(header("").as_bytes()), b64(payload.as_bytes())),
+        ),
+        ("typ JWT", proof(&header("").replace("dpop+jwt", "JWT"), payload)),
+        ("alg none", proof(&header("").replace("ES256", "none"), payload)),
+        ("alg HS256", proof(&header("").replace("ES256", "HS256"), payload)),
+        ("no jwk", proof(r#"{"typ":"dpop+jwt","alg":"ES256"}"#, payload)),
+        (
+            "a private key in jwk",
+            proof(&format!(r#"{{"typ":"dpop+jwt","alg":"ES256","jwk":{private}}}"#), payload),
+        ),
+        (
+            "a symmetric jwk",
+            proof(r#"{"typ":"dpop+jwt","alg":"ES256","jwk":{"kty":"oct","k":"AAAA"}}"#, payload),
+        ),
+        ("a duplicate alg", proof(&header(r#","alg":"none""#), payload)),
+        (
+            "a duplicate claim",
+            proof(&header(""), &payload.replace(r#""jti":"j-1""#, r#""jti":"j-1","jti":"j-2""#)),
+        ),
+        ("a payload that is an array", proof(&header(""), "[]")),
+        ("no jti", proof(&header(""), &payload.replace(r#""jti":"j-1","#, ""))),
+        ("iat a string", proof(&header(""), &payload.replace("1800000000", r#""1800000000""#))),
+        ("oversized", proof(&header(""), &payload.replace("j-1", &"j".repeat(64 * 1024)))),
+    ];
+    for (name, value) in cases {
+        assert!(parse(&value, &settings).is_err(), "{name}: parsed");
+    }
+}
+
+#[test]
+fn hostile_signature_fields_are_refused() {
+    use crate::partners::signature::parse;
+    let input =
+        r#"sig1=("@method" "@authority" "@path");created=1800000000;keyid="k";alg="hmac-sha256";nonce="n""#;
+    let with = |from: &str, to: &str| input.replacen(from, to, 1).into_bytes();
+    let value = b"sig1=:AAAA:";
+    assert!(parse(input.as_bytes(), value).is_ok(), "the baseline fields parse");
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>)> = vec![
+        ("not a dictionary", b"sig1".to_vec(), value.to_vec()),
+        ("bytes that are not ASCII", b"sig1=(\"@method\xff\")".to_vec(), value.to_vec()),
+        ("a signature that is not bytes", input.into(), b"sig1=\"AAAA\"".to_vec()),
+        ("no signature for the label", input.into(), b"other=:AAAA:".to_vec()),
+        ("a duplicate component", with("\"@path\"", "\"@path\" \"@path\""), value.to_vec()),
+        ("an unknown parameter", with(";nonce", ";foo=1;nonce"), value.to_vec()),
+        ("@status in a request", with("\"@path\"", "\"@status\""), value.to_vec()),
+        ("created a string", with("created=1800000000", "created=\"1800000000\""), value.to_vec()),
+        ("oversized", with(";nonce", &format!(";nonce=\"{}\";x", "a".repeat(16 * 1024))), value.to_vec()),
+    ];
+    for (name, input, value) in cases {
+        assert!(parse(&input, &value).is_err(), "{name}: parsed");
+    }
+}
+
+#[test]
+fn hostile_revocation_feeds_are_refused_whole() {
+    use crate::policy::revocation::RevocationList;
+    assert!(RevocationList::parse(br#"{"jti": ["j-1"]}"#).is_ok(), "the baseline feed parses");
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("not JSON", b"\xff\xfe{".to_vec()),
+        ("an array", b"[]".to_vec()),
+        ("the members by position", br#"[["j-1"]]"#.to_vec()),
+        ("jti not a list", br#"{"jti": "j-1"}"#.to_vec()),
+        ("a number for a jti", br#"{"jti": [1]}"#.to_vec()),
+        ("an empty jti", br#"{"jti": [""]}"#.to_vec()),
+        ("a control character", br#"{"jti": ["j\u0000"]}"#.to_vec()),
+        ("a duplicate member", br#"{"jti": [], "jti": ["j-1"]}"#.to_vec()),
+        ("every identity", br#"{"subjects": ["*"]}"#.to_vec()),
+        ("issued_before not a time", br#"{"issued_before": {"ci/deployer": "yesterday"}}"#.to_vec()),
+        (
+            "over the size limit",
+            [br#"{"jti": [""#.as_slice(), &vec![b'j'; crate::policy::revocation::MAX_FEED_BYTES], br#""]}"#]
+                .concat(),
+        ),
+    ];
+    for (name, body) in cases {
+        assert!(RevocationList::parse(&body).is_err(), "{name}: parsed");
+    }
+}
+
+#[test]
+fn hostile_token_review_answers_never_say_alive() {
+    use crate::keys::fetch::Response;
+    use crate::verify::liveness::read_answer;
+    let subject = "system:serviceaccount:payments:api";
+    let audiences = ["gw".to_owned()];
+    let answer = |status: Value| {
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "status": status}).to_string()
+    };
+    let alive = answer(json!({"authenticated": true, "user": {"username": subject}, "audiences": ["gw"]}));
+    let read = |status: Option<u16>, body: &[u8]| {
+        read_answer(&Response { status, body: Ok(body.to_vec()) }, subject, &audiences)
+    };
+    assert_eq!(read(Some(201), alive.as_bytes()), Ok(true), "the baseline answer is alive");
+    let cases: Vec<(&str, Option<u16>, Vec<u8>)> = vec![
+        ("no answer", None, alive.clone().into_bytes()),
+        ("an error status", Some(500), alive.clone().into_bytes()),
+        ("not JSON", Some(201), b"\xff".to_vec()),
+        (
+            "bytes that are not UTF-8 in an ignored member",
+            Some(201),
+            [&b"{\"x\":\"\xff\","[..], &alive.as_bytes()[1..]].concat(),
+        ),
+        ("another kind", Some(201), alive.replace("TokenReview", "SubjectAccessReview").into_bytes()),
+        (
+            "authenticated a string",
+            Some(201),
+            answer(json!({"authenticated": "true", "user": {"username": subject}})).into_bytes(),
+        ),
+        (
+            "another user",
+            Some(201),
+            answer(json!({"authenticated": true, "user": {"username": "system:serviceaccount:x:y"}}))
+                .into_bytes(),
+        ),
+        (
+            "another audience",
+            Some(201),
+            answer(json!({"authenticated": true, "user": {"username": subject}, "audiences": ["other"]}))
+                .into_bytes(),
+        ),
+        (
+            "no status",
+            Some(201),
+            br#"{"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview"}"#.to_vec(),
+        ),
+        (
+            "over the size limit",
+            Some(201),
+            [alive.as_bytes(), &vec![b' '; crate::verify::liveness::MAX_REVIEW_BYTES]].concat(),
+        ),
+    ];
+    for (name, status, body) in cases {
+        assert_ne!(read(status, &body), Ok(true), "{name}: alive");
+    }
+}
