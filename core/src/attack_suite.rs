@@ -432,6 +432,11 @@ fn hostile_token_review_answers_never_say_alive() {
             answer(json!({"authenticated": true, "user": {"username": subject}, "audiences": ["other"]}))
                 .into_bytes(),
         ),
+        ("a duplicate status, the last alive", Some(201), {
+            let gone = answer(json!({"authenticated": false}));
+            let last = alive.find("\"status\"").expect("the answer has a status");
+            format!("{},{}", &gone[..gone.len() - 1], &alive[last..]).into_bytes()
+        }),
         (
             "no status",
             Some(201),

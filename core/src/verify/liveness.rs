@@ -434,10 +434,12 @@ pub fn read_answer(response: &Response, subject: &str, audiences: &[String]) -> 
     }
     // Parsed whole first: a member the TokenReview type ignores is still checked to be
     // JSON (UTF-8, valid escapes). An answer that is not JSON is no answer.
-    let value: serde_json::Value =
+    let _: serde_json::Value =
         serde_json::from_slice(body).map_err(|_| "the answer is not JSON".to_owned())?;
+    // Read from the bytes, not from that value: a JSON object keeps only the last of
+    // duplicate members, the typed read refuses a duplicate `status` or `authenticated`.
     let review: TokenReview =
-        serde_json::from_value(value).map_err(|_| "the answer is not a TokenReview".to_owned())?;
+        serde_json::from_slice(body).map_err(|_| "the answer is not a TokenReview".to_owned())?;
     if review.kind.as_deref() != Some("TokenReview") || review.api_version.as_deref() != Some(API_VERSION) {
         return Err(format!("the answer is not a {API_VERSION} TokenReview"));
     }
