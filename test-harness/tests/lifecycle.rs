@@ -350,8 +350,10 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     let never = token(key, LENIENT, "lenient", "newcomer", "u-lenient", "lenient-2", now());
     kube.make_live(&recent, "system:serviceaccount:lenient:worker");
     kube.make_live(&never, "system:serviceaccount:lenient:newcomer");
-    assert_eq!(get(envoy, "/api/builds", &recent).0, 200);
+    // The review is answered during this request: not before this instant, so the
+    // refusal below may not come sooner than max_stale_seconds after it.
     let reviewed = Instant::now();
+    assert_eq!(get(envoy, "/api/builds", &recent).0, 200);
     kube.set_availability(Availability::Failing(500));
     std::thread::sleep(Duration::from_millis(1500)); // past cache_seconds (1)
     assert_eq!(get(envoy, "/api/builds", &recent).0, 200, "recently reviewed, API server failing");
