@@ -191,6 +191,7 @@ fmt:
 SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 
 bench: envoy wasm py-tools httpsig
+	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-minimal-filter
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
 	    { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(CARGO) run --quiet -p test-harness --bin nhi-bench -- --out $(CURDIR)/BENCHMARKS.md

@@ -13,6 +13,7 @@
 pub mod cases;
 pub mod envoy;
 pub mod machine;
+pub mod paced;
 pub mod partners;
 pub mod report;
 pub mod stacks;
@@ -184,7 +185,9 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
         settings.work_dir.display()
     );
 
-    let mut runner = Runner::new(&settings, envoy_binary, wasm.clone(), keys.jwks(), &tokens, script);
+    let minimal_wasm = minimal_wasm_path(&plan)?;
+    let mut runner =
+        Runner::new(&settings, envoy_binary, wasm.clone(), minimal_wasm, keys.jwks(), &tokens, script);
     // Every config is validated up front: a broken one fails in seconds, not minutes in.
     let mut stacks = HashSet::new();
     for case in &plan {
@@ -234,6 +237,21 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
     let out = &run.settings.out;
     fs::write(out, report::render(&run)).with_context(|| format!("writing {}", out.display()))?;
     Ok(run)
+}
+
+/// The minimal filter's build (`make bench` builds it), checked if the plan runs it.
+fn minimal_wasm_path(plan: &[Case]) -> Result<PathBuf> {
+    let path = env::var_os("NHI_MINIMAL_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/wasm32-wasip1/release/nhi_minimal_filter.wasm"));
+    if plan.iter().any(|case| case.stack == stacks::Stack::Minimal) && !path.is_file() {
+        bail!(
+            "no minimal filter build: {} does not exist. Build it with `cargo build --release --target \
+             wasm32-wasip1 -p nhi-minimal-filter` (`make bench` does)",
+            path.display()
+        );
+    }
+    Ok(path)
 }
 
 fn check_tool(name: &str, hint: &str) -> Result<()> {

@@ -166,6 +166,7 @@ fn envoy_validates_the_benchmark_configs() {
         BenchStack::NativeJwt,
         BenchStack::NativeStack,
         BenchStack::NhiGuard,
+        BenchStack::NhiGuardShipped,
         BenchStack::NhiGuardSmallCache,
     ] {
         let rendered = stack.render(&jwks, &wasm).unwrap();
@@ -247,6 +248,7 @@ fn every_shipped_bootstrap_keeps_admin_on_loopback_and_refuses_underscored_heade
         "bench/router.yaml",
         "bench/native.yaml",
         "bench/nhi-guard.yaml",
+        "bench/minimal.yaml",
     ] {
         assert!(names.contains(expected), "{expected} is not among the shipped bootstraps {names:?}");
     }

@@ -35,10 +35,21 @@ pub enum Traffic {
     /// [`Traffic::ValidAlone`] plus, at the same time, the other half of the connections
     /// sending forged tokens (one signature bit flipped) from [`FLOOD_SOURCE`].
     Flood,
+    /// Every connection sending requests without a token from [`FLOOD_SOURCE`], nothing
+    /// else: how many of the cheapest refusals one core gives a second. The paced
+    /// floods are offered a share of it ([`PACED_SHARE`]).
+    TokenlessAlone,
+    /// [`Traffic::ValidAlone`] plus an open-loop flood ([`super::paced`]) at a fixed rate
+    /// from [`FLOOD_SOURCE`]: forged tokens, or none.
+    Paced { forged: bool },
     /// One DPoP-bound token (a cache hit after the first) with a fresh proof of this
     /// algorithm on every request: one proof check per request.
     Dpop(Alg),
 }
+
+/// The paced floods' rate as a share of [`Traffic::TokenlessAlone`]'s: what the flood
+/// would take of the core if every refusal cost as little as one without a token.
+pub const PACED_SHARE: f64 = 0.5;
 
 /// One line of the results table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -58,7 +69,9 @@ impl Case {
             Case::new(Stack::Router, Traffic::Reused),
             Case::new(Stack::NativeJwt, Traffic::Reused),
             Case::new(Stack::NativeStack, Traffic::Reused),
+            Case::new(Stack::Minimal, Traffic::Reused),
             Case::new(Stack::NhiGuard, Traffic::Reused),
+            Case::new(Stack::NhiGuardShipped, Traffic::Reused),
             Case::new(Stack::NhiGuardBehaviour, Traffic::Reused),
             Case::new(Stack::NhiGuardLiveness, Traffic::Reused),
         ];
@@ -72,21 +85,31 @@ impl Case {
         plan.push(Case::new(Stack::NhiGuard, Traffic::ValidAlone));
         plan.push(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood));
         plan.push(Case::new(Stack::NhiGuard, Traffic::Flood));
+        plan.push(Case::new(Stack::NhiGuard, Traffic::TokenlessAlone));
+        plan.push(Case::new(Stack::NhiGuard, Traffic::Paced { forged: false }));
+        plan.push(Case::new(Stack::NhiGuard, Traffic::Paced { forged: true }));
         plan
     }
 
     /// What the case's ratio is taken against, if anything.
     pub fn reference(&self) -> Option<Case> {
         match (self.stack, self.traffic) {
-            (Stack::NhiGuard, Traffic::Reused) => Some(Case::new(Stack::NativeStack, Traffic::Reused)),
+            (Stack::NhiGuard | Stack::NhiGuardShipped | Stack::Minimal, Traffic::Reused) => {
+                Some(Case::new(Stack::NativeStack, Traffic::Reused))
+            }
             (Stack::NhiGuardBehaviour | Stack::NhiGuardLiveness, Traffic::Reused) => {
                 Some(Case::new(Stack::NhiGuard, Traffic::Reused))
             }
             (Stack::NhiGuardSmallCache, Traffic::Rotating(alg)) => {
                 Some(Case::new(Stack::NativeJwt, Traffic::Rotating(alg)))
             }
-            (Stack::NhiGuard, Traffic::Flood | Traffic::TokenlessFlood) => {
+            (Stack::NhiGuard, Traffic::TokenlessFlood | Traffic::Paced { forged: false }) => {
                 Some(Case::new(Stack::NhiGuard, Traffic::ValidAlone))
+            }
+            // Issue 21: a forged token must cost no more than no token.
+            (Stack::NhiGuard, Traffic::Flood) => Some(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood)),
+            (Stack::NhiGuard, Traffic::Paced { forged: true }) => {
+                Some(Case::new(Stack::NhiGuard, Traffic::Paced { forged: false }))
             }
             (Stack::NhiGuardDpop, Traffic::Dpop(_)) => Some(Case::new(Stack::NhiGuard, Traffic::Reused)),
             _ => None,
@@ -102,7 +125,7 @@ impl Case {
             // Issue 16: a cached liveness verdict within 5% of no liveness.
             (Stack::NhiGuardLiveness, Traffic::Reused) => Some(0.95),
             (Stack::NhiGuardSmallCache, Traffic::Rotating(Alg::Rs256 | Alg::Es256)) => Some(0.5),
-            (Stack::NhiGuard, Traffic::Flood) => Some(0.9),
+            (Stack::NhiGuard, Traffic::Flood) => Some(0.95),
             _ => None,
         }
     }
@@ -122,6 +145,15 @@ impl Case {
                 settings.connections - half
             ),
             Traffic::Dpop(alg) => format!("one DPoP-bound token reused, a fresh {alg} proof on every request"),
+            Traffic::TokenlessAlone => format!(
+                "requests without a token alone ({} conn.): the cheapest refusal's capacity",
+                settings.connections
+            ),
+            Traffic::Paced { forged } => format!(
+                "valid callers ({half} conn.) during an open-loop flood {} at {:.0}% of that capacity",
+                if forged { format!("of forged {FLOOD_ALG} tokens") } else { "without tokens".to_owned() },
+                PACED_SHARE * 100.0
+            ),
         }
     }
 
@@ -134,6 +166,9 @@ impl Case {
             Traffic::TokenlessFlood => "tokenless-flood".to_owned(),
             Traffic::Flood => "flood".to_owned(),
             Traffic::Dpop(alg) => format!("dpop-{}", alg.name().to_ascii_lowercase()),
+            Traffic::TokenlessAlone => "tokenless-alone".to_owned(),
+            Traffic::Paced { forged: false } => "paced-tokenless-flood".to_owned(),
+            Traffic::Paced { forged: true } => "paced-flood".to_owned(),
         };
         format!("{:02}-{}-{traffic}", index + 1, self.stack.slug())
     }
@@ -164,6 +199,17 @@ pub struct CaseResult {
 }
 
 impl CaseResult {
+    /// How far apart the runs were: (fastest − slowest) / median req/s; none for one run.
+    pub fn spread(&self) -> Option<f64> {
+        if self.runs.len() < 2 {
+            return None;
+        }
+        let rates = self.runs.iter().map(|o| o.requests_per_sec);
+        let (low, high) = rates.fold((f64::MAX, 0.0f64), |(low, high), r| (low.min(r), high.max(r)));
+        let median = self.median()?.requests_per_sec;
+        (median > 0.0).then(|| (high - low) / median)
+    }
+
     /// The run with the median req/s (the lower one of the middle two for an even count).
     pub fn median(&self) -> Option<&Outcome> {
         let mut sorted: Vec<&Outcome> = self.runs.iter().collect();
@@ -185,6 +231,8 @@ pub struct Runner<'a> {
     pub settings: &'a Settings,
     pub envoy_binary: PathBuf,
     pub wasm: PathBuf,
+    /// The minimal filter's build ([`Stack::Minimal`]).
+    pub minimal_wasm: PathBuf,
     pub jwks: Value,
     pub tokens: &'a Tokens,
     pub script: PathBuf,
@@ -196,6 +244,8 @@ pub struct Runner<'a> {
     validated: HashSet<Stack>,
     /// The API server the liveness stack asks, started when that stack is prepared.
     kube_api: Option<crate::kube_api::KubeApi>,
+    /// [`Traffic::TokenlessAlone`]'s median req/s, once measured: the paced floods' base.
+    refusal_capacity: std::cell::Cell<Option<f64>>,
 }
 
 impl<'a> Runner<'a> {
@@ -203,6 +253,7 @@ impl<'a> Runner<'a> {
         settings: &'a Settings,
         envoy_binary: PathBuf,
         wasm: PathBuf,
+        minimal_wasm: PathBuf,
         jwks: Value,
         tokens: &'a Tokens,
         script: PathBuf,
@@ -212,6 +263,7 @@ impl<'a> Runner<'a> {
             settings,
             envoy_binary,
             wasm,
+            minimal_wasm,
             jwks,
             tokens,
             script,
@@ -219,6 +271,7 @@ impl<'a> Runner<'a> {
             dpop_sent: Default::default(),
             validated: HashSet::new(),
             kube_api: None,
+            refusal_capacity: std::cell::Cell::new(None),
         }
     }
 
@@ -236,7 +289,8 @@ impl<'a> Runner<'a> {
         } else {
             None
         };
-        fs::write(&path, stack.render_with_api(&self.jwks, &self.wasm, api)?)
+        let wasm = if stack == Stack::Minimal { &self.minimal_wasm } else { &self.wasm };
+        fs::write(&path, stack.render_with_api(&self.jwks, wasm, api)?)
             .with_context(|| format!("writing {}", path.display()))?;
         if self.validated.insert(stack) {
             envoy::validate(&self.envoy_binary, &path).with_context(|| format!("validating {stack}"))?;
@@ -291,6 +345,9 @@ impl<'a> Runner<'a> {
             }
             result.runs.push(measured);
         }
+        if case.traffic == Traffic::TokenlessAlone {
+            self.refusal_capacity.set(result.median().map(|m| m.requests_per_sec));
+        }
         if case.traffic == Traffic::Flood {
             result.flood_answer = Some(stacks::answer_to_flood_source(&envoy, self.tokens)?);
         }
@@ -326,7 +383,10 @@ impl<'a> Runner<'a> {
             tokens,
             source: source.map(str::to_owned),
             cpu: settings.wrk_cpu,
+            rate: None,
         };
+        let forged =
+            || wrk::Tokens::Rotate { file: self.tokens.forged.file.clone(), script: self.script.clone() };
         let reused = wrk::Tokens::One(self.tokens.reused.clone());
         let half = settings.connections / 2;
         let (measured, flood) = match case.traffic {
@@ -354,13 +414,34 @@ impl<'a> Runner<'a> {
                 (outcome, None)
             }
             Traffic::TokenlessFlood | Traffic::Flood => {
-                let flood_tokens = if case.traffic == Traffic::Flood {
-                    wrk::Tokens::Rotate { file: self.tokens.forged.file.clone(), script: self.script.clone() }
-                } else {
-                    wrk::Tokens::None
-                };
+                let flood_tokens = if case.traffic == Traffic::Flood { forged() } else { wrk::Tokens::None };
                 let valid = load(half, reused, Some(VALID_SOURCE));
                 let flood = load(settings.connections - half, flood_tokens, Some(FLOOD_SOURCE));
+                let (valid, flood) = wrk::run_pair(&valid, &flood)?;
+                (valid, Some(flood))
+            }
+            Traffic::TokenlessAlone => {
+                let refusals = wrk::run(&load(settings.connections, wrk::Tokens::None, Some(FLOOD_SOURCE)))?;
+                if refusals.requests == 0 || refusals.successes() > 0 {
+                    bail!(
+                        "{}: requests without a token were admitted; wrk said:\n{}",
+                        case.stack,
+                        refusals.raw
+                    );
+                }
+                return Ok((refusals, None));
+            }
+            Traffic::Paced { forged: with_tokens } => {
+                let capacity = self
+                    .refusal_capacity
+                    .get()
+                    .context("the paced floods need the token-less capacity case first (BENCH_ONLY?)")?;
+                let valid = load(half, reused, Some(VALID_SOURCE));
+                let flood_tokens = if with_tokens { forged() } else { wrk::Tokens::None };
+                let flood = Load {
+                    rate: Some(capacity * PACED_SHARE),
+                    ..load(super::paced::PACED_CONNECTIONS, flood_tokens, Some(FLOOD_SOURCE))
+                };
                 let (valid, flood) = wrk::run_pair(&valid, &flood)?;
                 (valid, Some(flood))
             }
@@ -408,6 +489,7 @@ impl<'a> Runner<'a> {
                     tokens,
                     source: None,
                     cpu: self.settings.wrk_cpu,
+                    rate: None,
                 })
                 .with_context(|| format!("loading {stack} for the memory measurement"))?;
                 points.push(MemoryPoint { stack, workers, memory: envoy.memory()? });
@@ -445,6 +527,10 @@ mod tests {
         let targets: Vec<(Case, f64)> =
             Case::plan().into_iter().filter_map(|case| case.target().map(|t| (case, t))).collect();
         assert_eq!(targets.len(), 6, "{targets:?}");
+        // The forged flood is held against the token-less one (issue 21), not against no flood.
+        let flood = Case::new(Stack::NhiGuard, Traffic::Flood);
+        assert_eq!(flood.reference(), Some(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood)));
+        assert_eq!(flood.target(), Some(0.95));
         assert!(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood).reference().is_some());
         assert!(targets.iter().all(|(case, _)| case.reference().is_some()));
     }
@@ -464,5 +550,6 @@ mod tests {
             dpop_heap_growth: None,
         };
         assert_eq!(result.median().unwrap().requests_per_sec, 2.0);
+        assert_eq!(result.spread(), Some(1.0));
     }
 }

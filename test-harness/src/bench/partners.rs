@@ -215,6 +215,7 @@ pub fn run(settings: &Settings, envoy_binary: &Path, wasm: &Path) -> Result<Vec<
             tokens: Tokens::Script { script: script.clone() },
             source: None,
             cpu: settings.wrk_cpu,
+            rate: None,
         };
         if !settings.warmup().is_zero() {
             wrk::run(&load(settings.warmup()))?;

@@ -41,8 +41,14 @@ pub enum Stack {
     NativeJwt,
     /// `native.yaml`: jwt_authn + local_ratelimit + RBAC on `sub`.
     NativeStack,
+    /// `minimal.yaml`: the smallest proxy-wasm JWT filter (test-harness/bench/minimal-filter),
+    /// the host's floor beside nhi-guard.
+    Minimal,
     /// `nhi-guard.yaml`: verification + quota + route classification.
     NhiGuard,
+    /// `nhi-guard.yaml` with the options the shipped `envoy/envoy.yaml` and docs turn on
+    /// ([`SHIPPED_OPTIONS`]).
+    NhiGuardShipped,
     /// `nhi-guard.yaml` with the token cache cut to [`DEFEATED_CACHE_ENTRIES`].
     NhiGuardSmallCache,
     /// `nhi-guard.yaml` with behaviour anomaly detection on ([`BEHAVIOUR`]).
@@ -66,6 +72,11 @@ pub fn liveness_profile() -> Json {
 /// See [`liveness_profile`].
 pub const LIVENESS: &str = "kubernetes profile, liveness cache_seconds 60";
 
+/// What [`Stack::NhiGuardShipped`] adds to the bench config: filter state as in
+/// `envoy/envoy.yaml`, the decision log at its default (refusals logged, allowed
+/// requests sampled) and the IETF RateLimit headers on allowed responses.
+pub const SHIPPED_OPTIONS: &str = "filter_state on, decision log at its defaults, RateLimit headers";
+
 /// The `behaviour` block of [`Stack::NhiGuardBehaviour`]: every request-time anomaly
 /// kind watched (`new_source` reads the source address on every request).
 pub const BEHAVIOUR: &str =
@@ -85,7 +96,11 @@ impl Stack {
             Stack::Router => "Envoy router only",
             Stack::NativeJwt => "native jwt_authn",
             Stack::NativeStack => "native jwt_authn + local_ratelimit + RBAC",
+            Stack::Minimal => "minimal proxy-wasm JWT filter (the host's floor)",
             Stack::NhiGuard => "nhi-guard (verify + quota + routes)",
+            Stack::NhiGuardShipped => {
+                "nhi-guard, shipped options (filter state, decision log, RateLimit headers)"
+            }
             Stack::NhiGuardSmallCache => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardBehaviour => "nhi-guard + behaviour anomaly detection",
             Stack::NhiGuardDpop => "nhi-guard (verify + DPoP proof + quota + routes)",
@@ -99,7 +114,9 @@ impl Stack {
             Stack::Router => "router",
             Stack::NativeJwt => "native-jwt",
             Stack::NativeStack => "native-stack",
+            Stack::Minimal => "minimal",
             Stack::NhiGuard => "nhi-guard",
+            Stack::NhiGuardShipped => "nhi-guard-shipped",
             Stack::NhiGuardSmallCache => "nhi-guard-small-cache",
             Stack::NhiGuardBehaviour => "nhi-guard-behaviour",
             Stack::NhiGuardDpop => "nhi-guard-dpop",
@@ -111,7 +128,9 @@ impl Stack {
         let file = match self {
             Stack::Router => "router.yaml",
             Stack::NativeJwt | Stack::NativeStack => "native.yaml",
+            Stack::Minimal => "minimal.yaml",
             Stack::NhiGuard
+            | Stack::NhiGuardShipped
             | Stack::NhiGuardSmallCache
             | Stack::NhiGuardBehaviour
             | Stack::NhiGuardDpop
@@ -120,10 +139,12 @@ impl Stack {
         repo_root().join("envoy").join("bench").join(file)
     }
 
-    pub fn uses_wasm(self) -> bool {
+    /// nhi-guard in any configuration (its probes, its histograms).
+    pub fn is_nhi_guard(self) -> bool {
         matches!(
             self,
             Stack::NhiGuard
+                | Stack::NhiGuardShipped
                 | Stack::NhiGuardSmallCache
                 | Stack::NhiGuardBehaviour
                 | Stack::NhiGuardDpop
@@ -150,7 +171,11 @@ impl Stack {
         let rendered = match self {
             Stack::Router => Ok(text),
             Stack::NativeJwt | Stack::NativeStack => render_native(&text, jwks, self == Stack::NativeJwt),
+            Stack::Minimal => render_minimal(&text, jwks, wasm),
             Stack::NhiGuard => render_nhi_guard(&text, jwks, wasm, None, None, false),
+            Stack::NhiGuardShipped => {
+                render_nhi_guard(&text, jwks, wasm, None, None, false).and_then(|y| render_shipped(&y))
+            }
             Stack::NhiGuardSmallCache => {
                 render_nhi_guard(&text, jwks, wasm, Some(DEFEATED_CACHE_ENTRIES), None, false)
             }
@@ -244,6 +269,45 @@ fn render_nhi_guard(
     config.set_plugin_configuration(&plugin)?;
     config.set_wasm_filename(wasm)?;
     config.to_yaml()
+}
+
+/// The shipped options ([`SHIPPED_OPTIONS`]) on top of the bench config.
+fn render_shipped(yaml: &str) -> Result<String> {
+    let mut config = EnvoyConfig::parse(yaml)?;
+    let mut plugin = config.plugin_configuration()?;
+    let members = plugin.as_object_mut().context("the plugin configuration is not an object")?;
+    members.insert("filter_state".into(), json!(true));
+    members.remove("decision_log");
+    members
+        .get_mut("quotas")
+        .and_then(Json::as_object_mut)
+        .context("no quotas")?
+        .insert("response_headers".into(), json!(true));
+    config.set_plugin_configuration(&plugin)?;
+    config.to_yaml()
+}
+
+/// The minimal filter: the run's JWKS in its configuration, the wasm path at its build.
+fn render_minimal(text: &str, jwks: &Json, wasm: &Path) -> Result<String> {
+    let mut doc: Yaml = serde_yaml::from_str(text).context("parsing YAML")?;
+    let config = http_filters_mut(&mut doc)?
+        .first_mut()
+        .and_then(|filter| filter.get_mut("typed_config"))
+        .and_then(|typed| typed.get_mut("config"))
+        .context("no wasm filter first in http_filters")?;
+    let value =
+        config.get_mut("configuration").and_then(|c| c.get_mut("value")).context("no configuration.value")?;
+    let mut plugin: Json = serde_json::from_str(value.as_str().context("configuration.value")?)?;
+    *plugin.get_mut("jwks").context("no jwks")? = jwks.clone();
+    *value = Yaml::String(plugin.to_string());
+    let filename = config
+        .get_mut("vm_config")
+        .and_then(|vm| vm.get_mut("code"))
+        .and_then(|code| code.get_mut("local"))
+        .and_then(|local| local.get_mut("filename"))
+        .context("no vm_config.code.local.filename")?;
+    *filename = Yaml::String(wasm.display().to_string());
+    serde_yaml::to_string(&doc).context("serialising YAML")
 }
 
 /// The liveness stack: the issuer read as Kubernetes tokens (so identities become
@@ -342,7 +406,7 @@ impl<'a> Probe<'a> {
 /// Checks that `stack`, running in `envoy`, accepts what it must accept and refuses what
 /// it must refuse. An error here means its numbers would be worthless.
 pub fn probe(stack: Stack, envoy: &BenchEnvoy, tokens: &Tokens) -> Result<()> {
-    if stack.uses_wasm() {
+    if stack.is_nhi_guard() {
         wait_for_keys(envoy, &tokens.reused)?;
     }
     let forged = tokens.forged_reused()?;
@@ -357,13 +421,14 @@ pub fn probe(stack: Stack, envoy: &BenchEnvoy, tokens: &Tokens) -> Result<()> {
             Probe::new("a forged token of the flood", Some(forged_flood), 401),
             Probe::new("a valid token for another service account", Some(&tokens.foreign), foreign_status),
         ]);
-        for alg in ALGS {
+        // The minimal filter verifies RS256 only: it is measured on the reused token.
+        for alg in ALGS.into_iter().filter(|alg| stack != Stack::Minimal || *alg == crate::mint::Alg::Rs256) {
             let first = tokens.rotation(alg)?.tokens.first().context("no rotating tokens")?;
             probes
                 .push(Probe::new(format!("the first rotating {alg} token"), Some(first), 200).body(MACHINE));
         }
     }
-    if stack.uses_wasm() {
+    if stack.is_nhi_guard() {
         probes.extend([
             Probe::new("no token on the human route", None, 200).path("/web/page").body("human"),
             Probe::new("the flood's source on a route only it may use", None, 200)
@@ -496,5 +561,23 @@ mod tests {
         assert!(shipped.get("token_cache").is_none());
         assert_eq!(plugin(Stack::NhiGuardSmallCache)["token_cache"]["max_entries"], DEFEATED_CACHE_ENTRIES);
         assert!(Stack::NhiGuard.render(&jwks(), wasm).unwrap().contains("/x/nhi_guard.wasm"));
+        let shipped = plugin(Stack::NhiGuardShipped);
+        assert_eq!(shipped["filter_state"], true);
+        assert_eq!(shipped["quotas"]["response_headers"], true);
+        assert!(shipped.get("decision_log").is_none(), "the decision log at its defaults");
+    }
+
+    #[test]
+    fn the_minimal_filter_gets_the_keys_and_its_own_wasm() {
+        let yaml = Stack::Minimal.render(&jwks(), Path::new("/x/nhi_minimal_filter.wasm")).unwrap();
+        let mut doc: Yaml = serde_yaml::from_str(&yaml).unwrap();
+        let config = &http_filters_mut(&mut doc).unwrap()[0]["typed_config"]["config"];
+        let plugin: Json = serde_json::from_str(config["configuration"]["value"].as_str().unwrap()).unwrap();
+        assert_eq!(plugin["jwks"], jwks());
+        assert_eq!(plugin["subject_prefix"], "system:serviceaccount:bench:");
+        assert_eq!(
+            config["vm_config"]["code"]["local"]["filename"].as_str(),
+            Some("/x/nhi_minimal_filter.wasm")
+        );
     }
 }

@@ -97,10 +97,16 @@ pub struct Load {
     /// `x-forwarded-for`: the source Envoy (one trusted hop) reports to the filters.
     pub source: Option<String>,
     pub cpu: u32,
+    /// Open loop at this many requests a second ([`super::paced`]) instead of wrk's
+    /// closed loop. Only [`Tokens::None`] and [`Tokens::Rotate`] (the file) apply.
+    pub rate: Option<f64>,
 }
 
 impl Load {
-    fn command(&self) -> Command {
+    fn command(&self) -> Result<Command> {
+        if let Some(rate) = self.rate {
+            return self.paced_command(rate);
+        }
         let mut command = Command::new("taskset");
         command
             .args(["-c", &self.cpu.to_string(), "wrk", "--threads", "1", "--latency", "--timeout", "5s"])
@@ -129,7 +135,30 @@ impl Load {
             }
         }
         command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-        command
+        Ok(command)
+    }
+
+    /// `taskset -c CPU nhi-bench paced ...` (this very binary).
+    fn paced_command(&self, rate: f64) -> Result<Command> {
+        let tokens = match &self.tokens {
+            Tokens::None => None,
+            Tokens::Rotate { file, .. } => Some(file.clone()),
+            other => bail!("a paced load sends no token or a file of them, not {other:?}"),
+        };
+        let paced = super::paced::Paced {
+            target: self.target,
+            path: self.path.clone(),
+            rate,
+            connections: self.connections,
+            duration: self.duration,
+            source: self.source.clone(),
+            tokens,
+        };
+        let me = std::env::current_exe().context("locating nhi-bench for the paced load")?;
+        let mut command = Command::new("taskset");
+        command.args(["-c", &self.cpu.to_string()]).arg(me).arg("paced").args(paced.args());
+        command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Ok(command)
     }
 
     fn url(&self) -> String {
@@ -137,7 +166,7 @@ impl Load {
     }
 
     fn spawn(&self) -> Result<Child> {
-        self.command()
+        self.command()?
             .spawn()
             .context("starting `taskset ... wrk` (is wrk installed? `make bench` installs it)")
     }

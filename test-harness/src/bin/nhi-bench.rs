@@ -36,6 +36,12 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<()> {
+    // The open-loop flood driver, started by the bench itself under `taskset`.
+    if env::args().nth(1).as_deref() == Some("paced") {
+        let args: Vec<String> = env::args().skip(2).collect();
+        print!("{}", bench::paced::Paced::parse(&args)?.run()?);
+        return Ok(());
+    }
     let mut settings = Settings::from_env()?;
     let mut args = env::args().skip(1);
     while let Some(flag) = args.next() {
