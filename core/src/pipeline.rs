@@ -381,6 +381,7 @@ pub fn body(
 /// What the root context does on every tick besides fetching: merge this worker's
 /// inventory into the shared table, update the gauges.
 pub fn on_tick(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
+    vm.observer.flush(host);
     inventory::flush(vm, host);
     record::gauges(vm, host, now_ms);
 }

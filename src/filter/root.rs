@@ -98,20 +98,29 @@ impl Root {
                 return false;
             }
         };
-        let needs_ticks = vm.plan.key_fetch == KeyFetch::Background
+        let background = vm.plan.key_fetch == KeyFetch::Background;
+        let needs_ticks = background
             && (vm.fetches()
                 || vm.config.inventory.is_some()
                 || vm.config.issuers.iter().any(|i| i.profile.liveness().is_some()));
-        self.vm = Some(Rc::new(vm));
-        if needs_ticks {
+        // Counters go to the host on the tick, not one call per increment — only on
+        // the Envoy-grade plan: a host that accepts a tick period and never ticks
+        // (some APISIX builds) would never see them.
+        let counts_on_tick = background && vm.config.metrics.enabled;
+        if needs_ticks || counts_on_tick {
             // The first fetch waits for the first tick: Envoy may build and destroy a
             // VM right after configuring it, and a fetch started here would die with
             // it while still holding the shared lease.
-            if let Err(err) = host::set_tick_period(TICK) {
-                error!("the host has no timers ({err}); JWKS cannot be refreshed, refusing to start");
-                return false;
+            match host::set_tick_period(TICK) {
+                Ok(()) => vm.observer.count_on_tick(counts_on_tick),
+                Err(err) if needs_ticks => {
+                    error!("the host has no timers ({err}); JWKS cannot be refreshed, refusing to start");
+                    return false;
+                }
+                Err(err) => warn!("the host has no timers ({err}); each count is a host call"),
             }
         }
+        self.vm = Some(Rc::new(vm));
         true
     }
 
@@ -237,9 +246,13 @@ impl Root {
 }
 
 impl Context for Root {
-    /// The plugin is going away (a configuration change): take this VM's memory out
-    /// of the sum; a root context still running in the VM adds it again on its tick.
+    /// The plugin is going away (a configuration change): hand over the counts still
+    /// waiting for a tick, and take this VM's memory out of the sum; a root context
+    /// still running in the VM adds it again on its tick.
     fn on_done(&mut self) -> bool {
+        if let Some(vm) = &self.vm {
+            vm.observer.flush(&mut ProxyHost);
+        }
         let reported = MEMORY_REPORTED.with(Cell::get);
         if let (Some(vm), true) = (&self.vm, reported > 0) {
             let withdrawn = i64::try_from(reported).unwrap_or(i64::MAX);

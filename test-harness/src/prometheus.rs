@@ -5,6 +5,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::time::Duration;
+
 use anyhow::{bail, Context, Result};
 
 use crate::envoy::Envoy;
@@ -21,9 +23,16 @@ pub struct Sample {
 #[derive(Debug, Clone, Default)]
 pub struct Scrape(pub Vec<Sample>);
 
+/// How long the filter's counters may wait before they reach Envoy: each VM hands
+/// its counts over on its tick (500 ms; see `Observer::count_on_tick` in the core),
+/// plus a margin for a loaded machine.
+pub const COUNTER_FLUSH: Duration = Duration::from_millis(800);
+
 impl Scrape {
-    /// Scrapes `envoy`'s admin endpoint.
+    /// Scrapes `envoy`'s admin endpoint once every request sent before the call is
+    /// counted (after [`COUNTER_FLUSH`]).
     pub fn take(envoy: &Envoy) -> Result<Scrape> {
+        std::thread::sleep(COUNTER_FLUSH);
         Scrape::parse(&envoy.admin_text("/stats/prometheus")?)
     }
 

@@ -193,8 +193,43 @@ fn a_cached_request_makes_few_host_calls() {
     send(&fx, bearer(request("GET", "/api/x"), &t));
     let cached = send(&fx, bearer(request("GET", "/api/x"), &t));
     assert_eq!(cached.step, Step::Continue);
-    // clock, header map, 3 header writes, token removal, 2 metric increments.
+    // clock, header map, quota read and write, 3 header writes, token removal, and
+    // (without ticks) 2 metric increments.
     assert!(cached.host.total_calls() <= 10, "{:?}", cached.host.calls);
+}
+
+/// Where ticks run, counters wait for the tick: a request makes no increment call,
+/// the tick hands over the exact sums, and a series beyond the pending bound is
+/// counted at once rather than dropped.
+#[test]
+fn counters_wait_for_the_tick_and_stay_exact() {
+    let mut quiet = plugin();
+    quiet["filter_state"] = json!(false);
+    quiet["decision_log"] = json!({"enabled": false});
+    let fx = fixture(quiet);
+    fx.vm.observer.count_on_tick(true);
+    let t = token("robot", json!({}));
+    let requests = |fx: &Fixture| fx.metrics.borrow().find(&["nhi_requests_total", "nhi_decision=allowed"]);
+    send(&fx, bearer(request("GET", "/api/x"), &t));
+    let cached = send(&fx, bearer(request("GET", "/api/x"), &t));
+    assert_eq!(cached.host.calls.get(&Call::IncrementMetric), None, "{:?}", cached.host.calls);
+    assert!(cached.host.total_calls() <= 8, "{:?}", cached.host.calls);
+    let refused = send(&fx, request("GET", "/api/x"));
+    assert_eq!(refused.status, Some(401));
+    assert_eq!(requests(&fx), Some(0), "defined at zero, counted on the tick");
+    let mut tick = MemoryHost::new(NOW * 1_000_000_000).metrics_of(&fx.metrics);
+    on_tick(&fx.vm, &mut tick, NOW * 1000);
+    assert_eq!(requests(&fx), Some(2));
+    let metrics = fx.metrics.borrow();
+    assert_eq!(metrics.find(&["nhi_identity_requests_total", "nhi_identity=robot"]), Some(2));
+    assert_eq!(metrics.find(&["nhi_requests_total", "nhi_reason=missing_token"]), Some(1));
+    drop(metrics);
+    // Each series is handed over once per tick, with its sum: three series, three calls.
+    assert_eq!(tick.calls.get(&Call::IncrementMetric).copied(), Some(3), "{:?}", tick.calls);
+    let mut again = MemoryHost::new(NOW * 1_000_000_000).metrics_of(&fx.metrics);
+    on_tick(&fx.vm, &mut again, NOW * 1000);
+    assert_eq!(again.calls.get(&Call::IncrementMetric), None, "nothing pending");
+    assert_eq!(requests(&fx), Some(2));
 }
 
 /// Runs one request with a trace and returns it with the outcome.
