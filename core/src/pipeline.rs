@@ -99,6 +99,8 @@ pub struct Vm {
     pub plan: Plan,
     /// This VM's front of the verified-token cache.
     pub local_tokens: RefCell<LocalCache>,
+    /// Sources this VM saw the flood guard block, until their blocks end.
+    pub blocked_sources: RefCell<crate::verify::flood_guard::BlockedSources>,
     /// The fetch state machine of this VM: JWKS and the revocation feed (see
     /// [`crate::keys::fetch`]).
     pub fetcher: RefCell<Fetcher>,
@@ -204,6 +206,7 @@ impl Vm {
             observer,
             plan,
             local_tokens: RefCell::new(LocalCache::default()),
+            blocked_sources: RefCell::new(Default::default()),
             fetcher,
             tracker,
             dpop,

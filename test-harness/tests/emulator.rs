@@ -393,6 +393,57 @@ fn a_cached_allowed_request_makes_eight_host_calls_without_filter_state_or_decis
     assert!(total <= 8, "{total} host calls: {calls:?}");
 }
 
+/// A forged token from a source the flood guard has blocked is refused for about what
+/// a request without a token costs (issue 21: a forged flood must cost no more than a
+/// token-less one). Both host-call counts are printed for the record (`--nocapture`).
+#[test]
+fn a_blocked_sources_forged_token_costs_about_what_no_token_costs() {
+    let mut table = Table::new(jwks_upstream(Profile::Full)).unwrap();
+    table.plugin["flood_guard"] = serde_json::json!({ "max_failures": 2 });
+    table.plugin["decision_log"] = serde_json::json!({ "enabled": false });
+    let mut host = Host::new(Profile::Full).unwrap();
+    table.start(&mut host).unwrap();
+    let worker = host.worker(0).unwrap();
+    let source: std::net::SocketAddr = "203.0.113.66:4000".parse().unwrap();
+    let (head, signature) = table.warmup_token.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{head}.{flipped}{}", &signature[1..]);
+    let calls_of = |worker: &mut test_harness::emulator::Worker, request: &Request| {
+        worker.reset_host_calls();
+        let exchange = worker.send(request).unwrap();
+        (
+            exchange.status,
+            exchange.reason(),
+            worker.host_calls().values().sum::<u64>(),
+            worker.host_calls().clone(),
+        )
+    };
+    calls_of(worker, &Request::get("/api/x").source(source));
+    let tokenless = calls_of(worker, &Request::get("/api/x").source(source));
+    assert_eq!((tokenless.0, tokenless.1.as_deref()), (401, Some("missing_token")));
+    for _ in 0..2 {
+        let failed = calls_of(worker, &Request::get("/api/x").bearer(&forged).source(source));
+        assert_eq!(failed.1.as_deref(), Some("bad_signature"));
+    }
+    let blocked = calls_of(worker, &Request::get("/api/x").bearer(&forged).source(source));
+    assert_eq!((blocked.0, blocked.1.as_deref()), (429, Some("too_many_failures")));
+    let again = calls_of(worker, &Request::get("/api/x").bearer(&forged).source(source));
+    println!("host calls, no token: {} {:?}", tokenless.2, tokenless.3);
+    println!("host calls, forged token from a blocked source: {} {:?}", again.2, again.3);
+    // Beyond what no token costs: the source address (whose block it is) and the shared
+    // token cache (a token another worker verified still passes). Not the guard's slot
+    // (this VM knows the block), not the clock twice, not the verification histogram.
+    let mut extra = again.3.clone();
+    for (name, count) in &tokenless.3 {
+        let left = extra.get(name).copied().unwrap_or(0).saturating_sub(*count);
+        extra.insert(name.clone(), left);
+    }
+    extra.retain(|_, count| *count > 0);
+    let expected: std::collections::BTreeMap<String, u64> =
+        [("proxy_get_property".to_owned(), 1), ("proxy_get_shared_data".to_owned(), 1)].into();
+    assert_eq!(extra, expected, "{} against {}: {:?}", again.2, tokenless.2, again.3);
+}
+
 /// The filter built with `fault-injection` panics on demand: under every profile
 /// the panic is logged at critical level and the trap ends that VM only.
 /// Needs `target/nhi_guard_fault_injection.wasm` (`make fault-wasm`, or `NHI_FAULT_WASM`).

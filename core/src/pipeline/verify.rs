@@ -69,9 +69,12 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
             vm.local_tokens.borrow().get_with_review(config.trust(), &view, raw, now_secs)
         })
         .map_or((None, None), |(verified, review)| (Some(verified), review));
-    // Timed only when a verification runs: not without a token, not on a local hit.
-    let verify_started_ns =
-        (request.credential.token().is_some() && local_hit.is_none()).then(|| host.now_ns());
+    // Timed only when a verification runs: not without a token, not on a local hit,
+    // not when the flood guard refuses without one (below). From the request's own
+    // clock reading (its headers' arrival: only the header map read comes between),
+    // which saves a host call, unless the request waited for keys meanwhile.
+    let verify_started_ns = (request.credential.token().is_some() && local_hit.is_none())
+        .then(|| request.observed.started_ns.filter(|_| !request.waited).unwrap_or_else(|| host.now_ns()));
     // The flood guard: a source over its budget of failed signature checks gets no
     // more crypto until its window ends (cached verifications still pass). Asked
     // only when a token needs crypto, which is also when the source is read.
@@ -89,7 +92,20 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
                         *source = source_text.as_deref().and_then(policy::parse_source_address);
                     }
                     if let Some(source) = *source {
-                        blocked_for = guard.blocked_for(vm.store.as_ref(), source, now_secs_u);
+                        // A block this VM already saw ends with its window: no need
+                        // to read the shared slot again until then.
+                        let known = vm
+                            .blocked_sources
+                            .try_borrow()
+                            .ok()
+                            .and_then(|b| b.blocked_for(source, now_secs_u));
+                        blocked_for = known.or_else(|| {
+                            let seconds = guard.blocked_for(vm.store.as_ref(), source, now_secs_u)?;
+                            if let Ok(mut memo) = vm.blocked_sources.try_borrow_mut() {
+                                memo.remember(source, now_secs_u, seconds);
+                            }
+                            Some(seconds)
+                        });
                     }
                 }
                 blocked_for.is_none()
@@ -155,7 +171,9 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
         }
         (result, _) => result,
     };
-    let verify_ns = verify_started_ns.map(|started| host.now_ns().saturating_sub(started));
+    let verify_ns = verify_started_ns
+        .filter(|_| blocked_for.is_none())
+        .map(|started| host.now_ns().saturating_sub(started));
     request.observed.note_verification(result.as_ref().map(|r| r.as_ref().map(|v| &**v)), verify_ns);
     let result = result.map(|r| r.map(Authenticated::Token));
     if let Some(trace) = request.trace.as_deref_mut() {

@@ -178,6 +178,40 @@ impl FloodGuard {
     }
 }
 
+/// Sources this VM has seen the guard block, with the second their block ends: a
+/// blocked flooder's next tokens are refused without reading the shared slot again
+/// (one host call fewer per refused token, so a forged token costs about what no
+/// token does). Exact: a block lasts until its window ends and nothing lifts it
+/// earlier. Holds only sources the shared guard already blocked, at most
+/// [`BlockedSources::CAPACITY`]; when full, the block that ends first makes room.
+#[derive(Debug, Default)]
+pub struct BlockedSources {
+    blocked: Vec<(IpAddr, u64)>,
+}
+
+impl BlockedSources {
+    pub const CAPACITY: usize = 64;
+
+    /// Seconds until `source`'s known block ends, if this VM knows of one.
+    pub fn blocked_for(&self, source: IpAddr, now: u64) -> Option<u64> {
+        self.blocked.iter().find(|(ip, ends)| *ip == source && now < *ends).map(|(_, ends)| ends - now)
+    }
+
+    /// Remembers that `source` is blocked for `seconds` from `now`.
+    pub fn remember(&mut self, source: IpAddr, now: u64, seconds: u64) {
+        let ends = now.saturating_add(seconds);
+        self.blocked.retain(|(ip, until)| *ip != source && now < *until);
+        if self.blocked.len() >= Self::CAPACITY {
+            if let Some(first) =
+                self.blocked.iter().enumerate().min_by_key(|(_, (_, until))| *until).map(|(i, _)| i)
+            {
+                self.blocked.swap_remove(first);
+            }
+        }
+        self.blocked.push((source, ends));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,5 +299,24 @@ mod tests {
         let s = Slot { source: 7, window_start: 9, failures: 3 };
         assert_eq!(Slot::decode(&s.encode()), Some(s));
         assert_eq!(Slot::decode(&[2, 0]), None);
+    }
+
+    #[test]
+    fn a_known_block_is_answered_locally_until_it_ends_and_the_list_is_bounded() {
+        let mut memo = BlockedSources::default();
+        let a: IpAddr = "203.0.113.66".parse().unwrap();
+        assert_eq!(memo.blocked_for(a, 100), None);
+        memo.remember(a, 100, 7);
+        assert_eq!(memo.blocked_for(a, 100), Some(7));
+        assert_eq!(memo.blocked_for(a, 106), Some(1));
+        assert_eq!(memo.blocked_for(a, 107), None, "the block ends with its window");
+        assert_eq!(memo.blocked_for("203.0.113.67".parse().unwrap(), 100), None);
+        for i in 0..200u32 {
+            memo.remember(IpAddr::from(i.to_be_bytes()), 100, 10 + u64::from(i));
+        }
+        assert_eq!(memo.blocked.len(), BlockedSources::CAPACITY);
+        // The blocks that end first made room; the latest are kept.
+        assert_eq!(memo.blocked_for(IpAddr::from(199u32.to_be_bytes()), 100), Some(209));
+        assert_eq!(memo.blocked_for(IpAddr::from(0u32.to_be_bytes()), 100), None);
     }
 }
