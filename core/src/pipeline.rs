@@ -99,6 +99,8 @@ pub struct Vm {
     pub plan: Plan,
     /// This VM's front of the verified-token cache.
     pub local_tokens: RefCell<LocalCache>,
+    /// Quota admissions this VM charged ahead of use (see [`crate::quota::Leases`]).
+    pub quota_leases: RefCell<crate::quota::Leases>,
     /// Sources this VM saw the flood guard block, until their blocks end.
     pub blocked_sources: RefCell<crate::verify::flood_guard::BlockedSources>,
     /// The fetch state machine of this VM: JWKS and the revocation feed (see
@@ -206,6 +208,7 @@ impl Vm {
             observer,
             plan,
             local_tokens: RefCell::new(LocalCache::default()),
+            quota_leases: RefCell::new(Default::default()),
             blocked_sources: RefCell::new(Default::default()),
             fetcher,
             tracker,
@@ -385,6 +388,9 @@ pub fn body(
 /// inventory into the shared table, update the gauges.
 pub fn on_tick(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
     vm.observer.flush(host);
+    if let (Some(quotas), Ok(mut leases)) = (&vm.config.quotas, vm.quota_leases.try_borrow_mut()) {
+        quotas.refund_expired(vm.store.as_ref(), &mut leases, std::time::Duration::from_millis(now_ms));
+    }
     inventory::flush(vm, host);
     record::gauges(vm, host, now_ms);
 }

@@ -274,21 +274,67 @@ impl Quotas {
         jkt: Option<&str>,
         now: Duration,
     ) -> Result<QuotaOutcome, QuotaError> {
+        self.check_leased(store, None, policy, issuer, subject, jkt, now)
+    }
+
+    /// [`Quotas::check_keyed`], first from this VM's `leases` if it holds one for the
+    /// identity, and taking a new lease when the identity is far from its limit (see
+    /// [`Leases`]). `None`: never leased (every request charges the store).
+    #[allow(clippy::too_many_arguments)]
+    pub fn check_leased<S: Store + ?Sized>(
+        &self,
+        store: &S,
+        mut leases: Option<&mut Leases>,
+        policy: &Policy,
+        issuer: &str,
+        subject: &str,
+        jkt: Option<&str>,
+        now: Duration,
+    ) -> Result<QuotaOutcome, QuotaError> {
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         let fp = match jkt {
             Some(jkt) => Fingerprint::identity_key(issuer, subject, jkt, &policy.name),
             None => Fingerprint::identity(issuer, subject, &policy.name),
         };
+        // RateLimit headers on allowed responses report the bucket itself: no leases.
+        if self.response_headers {
+            leases = None;
+        }
+        if let Some(remaining) = leases.as_deref_mut().and_then(|leases| leases.take(fp)) {
+            return Ok(QuotaOutcome {
+                allowed: true,
+                policy: policy.clone(),
+                remaining,
+                reset_after: Duration::ZERO,
+                retry_after: None,
+                tracking: Tracking::Identity,
+                anomaly: None,
+            });
+        }
+        let can_lease = leases.as_deref().is_some_and(Leases::has_room);
         let bucket = self.geometry.bucket_of(fp);
-        let charged = table::charge(
-            store,
-            &table::bucket_key(bucket),
-            self.geometry.capacity(bucket),
-            fp,
-            policy.rate,
-            now,
-        )
-        .map_err(|_| QuotaError::StoreUnavailable)?;
+        let key = table::bucket_key(bucket);
+        let charged =
+            table::charge(store, &key, self.geometry.capacity(bucket), fp, policy.rate, now, |left| {
+                if can_lease {
+                    lease_size(left)
+                } else {
+                    0
+                }
+            })
+            .map_err(|_| QuotaError::StoreUnavailable)?;
+        if let (Charged::Decided { decision, leased, .. }, Some(leases)) = (&charged, leases) {
+            if *leased > 0 {
+                leases.hold(Lease {
+                    fp,
+                    bucket: key,
+                    rate: policy.rate,
+                    left: *leased,
+                    remaining: decision.remaining,
+                    taken_ns: now,
+                });
+            }
+        }
         if charged != Charged::Full {
             return Ok(QuotaOutcome::new(policy, charged, Tracking::Identity));
         }
@@ -299,9 +345,101 @@ impl Quotas {
             Fingerprint::overflow(&policy.name),
             policy.rate,
             now,
+            |_| 0,
         )
         .map_err(|_| QuotaError::StoreUnavailable)?;
         Ok(QuotaOutcome::new(policy, charged, Tracking::Overflow))
+    }
+
+    /// Gives back what leases older than [`LEASE_NANOS`] still hold (on the tick).
+    pub fn refund_expired<S: Store + ?Sized>(&self, store: &S, leases: &mut Leases, now: Duration) {
+        let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        for lease in leases.expire(now) {
+            table::refund(store, &lease.bucket, lease.fp, lease.rate, lease.left);
+        }
+    }
+}
+
+/// Admissions one lease holds at most, beyond the request that takes it.
+pub const LEASE_EXTRA: u64 = 15;
+/// Requests an identity must still have after a lease for one to be taken.
+pub const LEASE_FLOOR: u64 = 64;
+/// Leases a VM holds at once.
+pub const MAX_LEASES: usize = 64;
+/// A lease not used up within this is given back (checked on the tick).
+pub const LEASE_NANOS: u64 = 200_000_000;
+
+/// How many extra admissions to charge when `left` more would be admitted now.
+fn lease_size(left: u64) -> u64 {
+    left.saturating_sub(LEASE_FLOOR).min(LEASE_EXTRA)
+}
+
+/// One VM's leases: admissions charged to the shared bucket ahead of use, so that
+/// an identity far from its limit touches shared data once per [`LEASE_EXTRA`] + 1
+/// requests instead of twice per request (a read and a compare-and-swap write:
+/// about 6 µs of a cached request in Envoy, measured by `make bench`).
+///
+/// Never more than the limit: every leased admission was charged, and GCRA admits a
+/// request later than charged just the same. A lease is only taken while the
+/// identity has more than [`LEASE_FLOOR`] requests left after it, so small limits
+/// (and an identity close to any limit) are charged one request at a time exactly as
+/// without leases. What is given up: near the limit, another worker may refuse while
+/// this one still holds up to [`LEASE_EXTRA`] prepaid admissions, until it uses them or
+/// gives them back ([`LEASE_NANOS`], on the tick); and the decision log's
+/// `quota_remaining` of a leased admission is what the lease's charge left.
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: Vec<Lease>,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    fp: Fingerprint,
+    bucket: String,
+    rate: Rate,
+    /// Admissions left to hand out.
+    left: u64,
+    /// Requests the bucket had left for the identity when the lease was charged.
+    remaining: u64,
+    taken_ns: u64,
+}
+
+impl Leases {
+    /// One admission from `fp`'s lease, if this VM holds one: the remaining count to
+    /// report.
+    fn take(&mut self, fp: Fingerprint) -> Option<u64> {
+        let at = self.held.iter().position(|lease| lease.fp == fp)?;
+        let lease = self.held.get_mut(at)?;
+        lease.left -= 1;
+        let remaining = lease.remaining;
+        if lease.left == 0 {
+            self.held.swap_remove(at);
+        }
+        Some(remaining)
+    }
+
+    fn has_room(&self) -> bool {
+        self.held.len() < MAX_LEASES
+    }
+
+    fn hold(&mut self, lease: Lease) {
+        if self.has_room() {
+            self.held.push(lease);
+        }
+    }
+
+    /// Removes and returns the leases taken more than [`LEASE_NANOS`] before `now`.
+    fn expire(&mut self, now: u64) -> Vec<Lease> {
+        let (expired, kept) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|l| now.saturating_sub(l.taken_ns) >= LEASE_NANOS);
+        self.held = kept;
+        expired
+    }
+
+    /// Admissions held, over all leases.
+    pub fn held(&self) -> u64 {
+        self.held.iter().map(|lease| lease.left).sum()
     }
 }
 
@@ -362,7 +500,7 @@ pub struct QuotaOutcome {
 impl QuotaOutcome {
     fn new(policy: &Policy, charged: Charged, tracking: Tracking) -> QuotaOutcome {
         let (decision, anomaly) = match charged {
-            Charged::Decided { decision, reset_corrupt } => {
+            Charged::Decided { decision, reset_corrupt, .. } => {
                 (decision, reset_corrupt.then_some(Anomaly::CorruptStateReset))
             }
             // Refused; retry once the budget could have moved by one request.
@@ -913,5 +1051,86 @@ mod tests {
         let out = named.check(&store, gold, "ci", "x", at(0)).unwrap();
         assert_eq!(out.headers()[0].1, "\"gold\";q=7;w=2");
         assert_eq!(out.headers()[1].1, "\"gold\";r=6;t=1");
+    }
+
+    // ---- leases --------------------------------------------------------------
+
+    fn leased(q: &Quotas, store: &dyn Store, leases: &mut Leases, subject: &str, now: Duration) -> bool {
+        q.check_leased(store, Some(leases), q.default_policy(), "ci", subject, None, now).unwrap().allowed
+    }
+
+    /// A limit the floor keeps from leasing is charged one request at a time, as
+    /// without leases: the same admissions, a store call pair per request.
+    #[test]
+    fn small_limits_are_never_leased() {
+        let q = quotas(json!({ "default": { "requests": 40, "per_seconds": 3600 } }));
+        let store = crate::host::memory::FaultyStore::<MemoryStore>::default();
+        let mut leases = Leases::default();
+        let n = (0..60).filter(|_| leased(&q, &store, &mut leases, "a", T0)).count();
+        assert_eq!(n, 40);
+        assert_eq!(leases.held(), 0);
+        assert!(store.calls.get() >= 100, "{} store calls", store.calls.get());
+    }
+
+    /// Far from its limit an identity touches the store once per lease; the lease's
+    /// admissions are charged up front, so the bucket sees them at once.
+    #[test]
+    fn far_from_the_limit_one_charge_serves_a_lease() {
+        let q = quotas(json!({ "default": { "requests": 1000, "per_seconds": 3600 } }));
+        let store = crate::host::memory::FaultyStore::<MemoryStore>::default();
+        let mut leases = Leases::default();
+        assert!(leased(&q, &store, &mut leases, "a", T0));
+        assert_eq!(leases.held(), LEASE_EXTRA);
+        let after_first = store.calls.get();
+        for _ in 0..LEASE_EXTRA {
+            assert!(leased(&q, &store, &mut leases, "a", T0));
+        }
+        assert_eq!(store.calls.get(), after_first, "served from the lease");
+        assert_eq!(leases.held(), 0);
+        // Another VM sees the whole lease charged: 1000 − 16 left.
+        let outcome = q.check(&store, q.default_policy(), "ci", "a", T0).unwrap();
+        assert_eq!(outcome.remaining, 1000 - 16 - 1);
+    }
+
+    /// Two VMs sharing one store, with leases, never admit more than the limit at
+    /// once; refunds on the tick give back what a VM did not use, so together they
+    /// admit exactly the limit.
+    #[test]
+    fn leases_never_admit_more_than_the_limit_and_refunds_lose_nothing() {
+        let q = quotas(json!({ "default": { "requests": 300, "per_seconds": 3600 } }));
+        let store = MemoryStore::new();
+        let (mut a, mut b) = (Leases::default(), Leases::default());
+        let mut admitted = 0;
+        // A takes a lease and stops; B runs the identity dry.
+        admitted += usize::from(leased(&q, &store, &mut a, "id", T0));
+        assert_eq!(a.held(), LEASE_EXTRA);
+        admitted += (0..400).filter(|_| leased(&q, &store, &mut b, "id", T0)).count();
+        assert_eq!(admitted + a.held() as usize, 300, "B got all but A's lease");
+        assert!(!leased(&q, &store, &mut b, "id", T0), "B is refused while A holds its lease");
+        // A's lease expires and goes back on the tick: B gets it.
+        q.refund_expired(&store, &mut a, T0 + Duration::from_nanos(LEASE_NANOS));
+        assert_eq!(a.held(), 0);
+        admitted += (0..40).filter(|_| leased(&q, &store, &mut b, "id", T0)).count();
+        assert_eq!(admitted, 300, "exactly the limit in all");
+        // Interleaved from the start on a fresh identity: never above the limit.
+        let mut total = 0;
+        for i in 0..700 {
+            let vm = if i % 3 == 0 { &mut a } else { &mut b };
+            total += usize::from(leased(&q, &store, vm, "other", T0));
+        }
+        assert!(total + a.held() as usize + b.held() as usize <= 300);
+        assert!(total + a.held() as usize + b.held() as usize >= 300 - 2 * LEASE_EXTRA as usize);
+    }
+
+    /// With RateLimit headers on allowed responses the bucket itself is reported:
+    /// no leases.
+    #[test]
+    fn response_headers_turn_leases_off() {
+        let q =
+            quotas(json!({ "default": { "requests": 1000, "per_seconds": 3600 }, "response_headers": true }));
+        let store = MemoryStore::new();
+        let mut leases = Leases::default();
+        assert!(leased(&q, &store, &mut leases, "a", T0));
+        assert_eq!(leases.held(), 0);
     }
 }

@@ -103,11 +103,13 @@ impl Root {
             && (vm.fetches()
                 || vm.config.inventory.is_some()
                 || vm.config.issuers.iter().any(|i| i.profile.liveness().is_some()));
-        // Counters go to the host on the tick, not one call per increment — only on
-        // the Envoy-grade plan: a host that accepts a tick period and never ticks
-        // (some APISIX builds) would never see them.
+        // Counters go to the host on the tick, not one call per increment, and quota
+        // leases a VM did not use go back on it — only on the Envoy-grade plan: a host
+        // that accepts a tick period and never ticks (some APISIX builds) would
+        // never see them.
         let counts_on_tick = background && vm.config.metrics.enabled;
-        if needs_ticks || counts_on_tick {
+        let leases_quota = background && vm.config.quotas.is_some();
+        if needs_ticks || counts_on_tick || leases_quota {
             // The first fetch waits for the first tick: Envoy may build and destroy a
             // VM right after configuring it, and a fetch started here would die with
             // it while still holding the shared lease.

@@ -198,6 +198,34 @@ fn a_cached_request_makes_few_host_calls() {
     assert!(cached.host.total_calls() <= 10, "{:?}", cached.host.calls);
 }
 
+/// An identity far from its quota charges a lease once, then its cached requests
+/// touch no shared data until the lease is used up (see `crate::quota::Leases`); the
+/// tick gives an unused lease back.
+#[test]
+fn cached_requests_far_from_the_quota_are_served_from_a_lease() {
+    let fx = fixture(plugin());
+    let t = token("robot", json!({}));
+    assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &t)).step, Step::Continue);
+    let before = fx.store.calls.get();
+    for _ in 0..crate::quota::LEASE_EXTRA {
+        assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &t)).step, Step::Continue);
+    }
+    assert_eq!(fx.store.calls.get(), before, "no shared data while the lease lasts");
+    assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &t)).step, Step::Continue);
+    assert!(fx.store.calls.get() > before, "a new lease is charged");
+    assert_eq!(fx.vm.quota_leases.borrow().held(), crate::quota::LEASE_EXTRA);
+    let mut tick = MemoryHost::new(NOW * 1_000_000_000).metrics_of(&fx.metrics);
+    on_tick(&fx.vm, &mut tick, NOW * 1000 + crate::quota::LEASE_NANOS / 1_000_000);
+    assert_eq!(fx.vm.quota_leases.borrow().held(), 0, "given back on the tick");
+    // The tight rule (2 a day) is never leased: its third request is refused.
+    let tight = token("quota-1", json!({}));
+    for _ in 0..2 {
+        assert_eq!(send(&fx, bearer(request("GET", "/api/q"), &tight)).step, Step::Continue);
+    }
+    let refused = send(&fx, bearer(request("GET", "/api/q"), &tight));
+    assert_eq!(refused.reason.as_deref(), Some("quota_exceeded"));
+}
+
 /// Where ticks run, counters wait for the tick: a request makes no increment call,
 /// the tick hands over the exact sums, and a series beyond the pending bound is
 /// counted at once rather than dropped.

@@ -186,6 +186,10 @@ pub enum Charged {
         decision: Decision,
         /// The key held something this version cannot read; it was replaced.
         reset_corrupt: bool,
+        /// Admissions charged beyond this request's, for the caller to hand out
+        /// later ([`crate::quota::Leases`]); already in `decision`'s TAT and
+        /// `remaining`.
+        leased: u64,
     },
     /// The identity has no entry and every entry of its bucket is active.
     Full,
@@ -215,6 +219,7 @@ pub fn charge<S: Store + ?Sized>(
     fp: Fingerprint,
     rate: Rate,
     now: u64,
+    lease: impl Fn(u64) -> u64,
 ) -> Result<Charged, StoreError> {
     let mut last = None;
     for _ in 0..MAX_ATTEMPTS {
@@ -235,10 +240,14 @@ pub fn charge<S: Store + ?Sized>(
         entries.retain(|e| !gcra::is_idle(e.tat, now));
         let mine = entries.iter().position(|e| e.fp == fp);
         let stored = mine.and_then(|i| entries.get(i)).map(|e| e.tat);
-        let decision = gcra::decide(rate, stored, now);
+        let mut decision = gcra::decide(rate, stored, now);
         if !decision.persist {
-            return Ok(Charged::Decided { decision, reset_corrupt });
+            return Ok(Charged::Decided { decision, reset_corrupt, leased: 0 });
         }
+        // More admissions charged at once (each conforms now: `remaining` counts them).
+        let leased = if decision.allowed { lease(decision.remaining).min(decision.remaining) } else { 0 };
+        decision.tat = decision.tat.saturating_add(leased.saturating_mul(rate.emission_ns()));
+        decision.remaining -= leased;
         let full = entries.len() >= capacity;
         match mine.and_then(|i| entries.get_mut(i)) {
             Some(entry) => entry.tat = decision.tat,
@@ -246,7 +255,7 @@ pub fn charge<S: Store + ?Sized>(
             None => entries.push(Entry { fp, tat: decision.tat }),
         }
         match store.set(key, &encode(&entries), Some(cas)) {
-            Ok(()) => return Ok(Charged::Decided { decision, reset_corrupt }),
+            Ok(()) => return Ok(Charged::Decided { decision, reset_corrupt, leased }),
             Err(StoreError::CasMismatch) => last = Some(decision),
             Err(StoreError::Unavailable) => return Err(StoreError::Unavailable),
         }
@@ -256,6 +265,23 @@ pub fn charge<S: Store + ?Sized>(
         // Every attempt found the key missing and created it, yet never saw it:
         // the store is not keeping what it is given.
         None => Err(StoreError::Unavailable),
+    }
+}
+
+/// Gives `n` admissions charged to `fp` and never used back: moves its TAT `n`
+/// emission intervals earlier, exactly undoing their charge. A few compare-and-swap
+/// tries; losing them all, or finding the entry gone, leaves the budget spent (the
+/// identity gets less than its limit for a moment, never more).
+pub fn refund<S: Store + ?Sized>(store: &S, key: &str, fp: Fingerprint, rate: Rate, n: u64) {
+    for _ in 0..MAX_ATTEMPTS {
+        let Ok((Some(value), Some(cas))) = store.get(key) else { return };
+        let Some(mut entries) = decode(&value) else { return };
+        let Some(entry) = entries.iter_mut().find(|e| e.fp == fp) else { return };
+        entry.tat = entry.tat.saturating_sub(n.saturating_mul(rate.emission_ns()));
+        match store.set(key, &encode(&entries), Some(cas)) {
+            Err(StoreError::CasMismatch) => continue,
+            _ => return,
+        }
     }
 }
 
@@ -354,8 +380,8 @@ mod tests {
         let store = MemoryStore::new();
         let rate = Rate::new(10, 1, 5);
         let fp = Fingerprint(42);
-        let out = charge(&store, "k", 4, fp, rate, T0).unwrap();
-        assert!(matches!(out, Charged::Decided { decision, reset_corrupt: false } if decision.allowed));
+        let out = charge(&store, "k", 4, fp, rate, T0, |_| 0).unwrap();
+        assert!(matches!(out, Charged::Decided { decision, reset_corrupt: false, .. } if decision.allowed));
         assert_eq!(stored(&store, "k"), [Entry { fp, tat: T0 + 100 * MS }]);
         assert!(!create(&store, "k").unwrap());
         assert!(create(&store, "other").unwrap());
@@ -366,22 +392,22 @@ mod tests {
     fn an_unreadable_value_is_replaced_and_reported() {
         let store = MemoryStore::new();
         store.set("k", b"garbage", None).unwrap();
-        let out = charge(&store, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0).unwrap();
-        assert!(matches!(out, Charged::Decided { decision, reset_corrupt: true } if decision.allowed));
+        let out = charge(&store, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0, |_| 0).unwrap();
+        assert!(matches!(out, Charged::Decided { decision, reset_corrupt: true, .. } if decision.allowed));
         assert_eq!(stored(&store, "k").len(), 1);
         // The next request reads our own bytes again.
-        let out = charge(&store, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0).unwrap();
-        assert!(matches!(out, Charged::Decided { decision, reset_corrupt: false } if !decision.allowed));
+        let out = charge(&store, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0, |_| 0).unwrap();
+        assert!(matches!(out, Charged::Decided { decision, reset_corrupt: false, .. } if !decision.allowed));
     }
 
     #[test]
     fn idle_entries_are_dropped_on_write() {
         let store = MemoryStore::new();
         let rate = Rate::new(10, 1, 1);
-        charge(&store, "k", 2, Fingerprint(1), rate, T0).unwrap();
-        charge(&store, "k", 2, Fingerprint(2), rate, T0 + 50 * MS).unwrap();
+        charge(&store, "k", 2, Fingerprint(1), rate, T0, |_| 0).unwrap();
+        charge(&store, "k", 2, Fingerprint(2), rate, T0 + 50 * MS, |_| 0).unwrap();
         // Fingerprint 1 is idle at T0 + 100 ms; 2 is not.
-        charge(&store, "k", 2, Fingerprint(3), rate, T0 + 100 * MS).unwrap();
+        charge(&store, "k", 2, Fingerprint(3), rate, T0 + 100 * MS, |_| 0).unwrap();
         let fps: Vec<u128> = stored(&store, "k").iter().map(|e| e.fp.0).collect();
         assert_eq!(fps, [2, 3]);
     }
@@ -397,7 +423,7 @@ mod tests {
                 Ok(())
             }
         }
-        let out = charge(&NoCas, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0);
+        let out = charge(&NoCas, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0, |_| 0);
         assert_eq!(out, Err(StoreError::Unavailable));
     }
 
@@ -412,7 +438,7 @@ mod tests {
                 Ok(())
             }
         }
-        let out = charge(&Forgetful, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0);
+        let out = charge(&Forgetful, "k", 4, Fingerprint(1), Rate::new(1, 1, 1), T0, |_| 0);
         assert_eq!(out, Err(StoreError::Unavailable));
     }
 }
