@@ -29,7 +29,7 @@ export ENVOY_BIN
 export NHI_WASM := $(WASM)
 
 .PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
-	node-tools promtool py-tools httpsig cli schema oci bench bench-verify
+	node-tools promtool py-tools httpsig cli schema oci bench bench-verify wasm-size
 
 all: build
 
@@ -210,6 +210,18 @@ bench-verify: wasm-target
 	$(CARGO) build $(VERIFY_BENCH) --target $(WASM_TARGET)
 	node --no-warnings test-harness/bench/verify-bench.mjs $(VERIFY_BENCH_OUT)/verify-bench/nhi-verify-bench \
 	    $(VERIFY_BENCH_OUT)/$(WASM_TARGET)/verify-bench/nhi-verify-bench.wasm $(VERIFY_BENCH_SECONDS)
+
+# What each crate (and each module of nhi-guard-core) costs in the release wasm: the
+# release build with its name section kept, in target/wasm-size, read by twiggy
+# (installed with cargo when missing) and added up by test-harness/python/wasm_sizes.py.
+# Not part of `make test`; about two minutes.
+wasm-size: wasm-target
+	@command -v twiggy >/dev/null || $(CARGO) install --locked twiggy
+	CARGO_PROFILE_RELEASE_STRIP=none $(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard \
+	    --target-dir $(CURDIR)/target/wasm-size
+	twiggy top -n 100000 -f csv $(CURDIR)/target/wasm-size/$(WASM_TARGET)/release/nhi_guard.wasm \
+	    > $(CURDIR)/target/wasm-size/top.csv
+	python3 test-harness/python/wasm_sizes.py $(CURDIR)/target/wasm-size/top.csv
 
 ## Fuzzing ---------------------------------------------------------------------
 
