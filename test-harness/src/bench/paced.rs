@@ -264,21 +264,29 @@ mod tests {
         assert_eq!(Paced::parse(&bare.args()).unwrap(), bare);
     }
 
-    /// Against a real server: the offered rate is kept (not the server's speed), every
-    /// token is sent, and the summary reads as wrk's.
+    /// Against a real server: never more than the schedule offers (an open loop does
+    /// not speed up when answers come fast), every token in turn, refusals counted,
+    /// and the summary reads as wrk's. No timing is asserted beyond the schedule's own
+    /// bound: how many answers arrive depends on the machine.
     #[test]
-    fn keeps_its_rate_against_a_fast_server() {
-        let server = Server::start(|request| {
-            let status = if request.header("authorization").is_some() { 401 } else { 200 };
-            Response::new(status).with_body("no")
-        })
-        .unwrap();
+    fn sends_on_its_schedule_and_reports_as_wrk_does() {
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let server = {
+            let seen = std::sync::Arc::clone(&seen);
+            Server::start(move |request| {
+                let token = request.header("authorization").map(str::to_owned);
+                let status = if token.is_some() { 401 } else { 200 };
+                seen.lock().unwrap().insert(token.unwrap_or_default());
+                Response::new(status).with_body("no")
+            })
+            .unwrap()
+        };
         let tokens = std::env::temp_dir().join(format!("nhi-paced-tokens-{}", std::process::id()));
         std::fs::write(&tokens, "a\nb\n").unwrap();
         let paced = Paced {
             target: server.addr(),
             path: "/x".into(),
-            rate: 400.0,
+            rate: 40.0,
             connections: 2,
             duration: Duration::from_secs(1),
             source: None,
@@ -287,8 +295,10 @@ mod tests {
         let report = paced.run();
         std::fs::remove_file(&tokens).unwrap();
         let outcome = super::super::wrk::Outcome::parse(&report.unwrap()).unwrap();
-        assert!((360..=400).contains(&outcome.requests), "{}", outcome.raw);
-        assert_eq!(outcome.non_2xx, outcome.requests);
-        assert_eq!(server.total_hits(), outcome.requests);
+        assert!((1..=40).contains(&outcome.requests), "{}", outcome.raw);
+        assert_eq!(outcome.non_2xx, outcome.requests, "every answer was a 401");
+        assert!(server.total_hits() >= outcome.requests);
+        let seen = seen.lock().unwrap().clone();
+        assert!(seen.contains("Bearer a") && seen.contains("Bearer b"), "{seen:?}");
     }
 }
