@@ -10,12 +10,11 @@
 //! Only then is the nonce remembered ([`crate::partners::replay`]) and the request
 //! authorized. Requests that need no body never enter the body phase.
 
-use crate::host::{self, Host};
+use crate::host::Host;
 use crate::partners::check::{self, Signed};
 use crate::partners::digest::{self, Expected};
 use crate::partners::replay::Seen;
 use crate::partners::{Method, PartnerKey};
-use crate::policy;
 use crate::reason::{Reason, Rejection};
 
 use super::extract::Presented;
@@ -46,16 +45,8 @@ pub fn verify(
         Presented::Signature(headers) => {
             let (source, source_text) = (&mut request.info.source, &mut request.observed.source);
             let mut crypto_allowed = || {
-                if let Some(guard) = &vm.config.flood_guard {
-                    if source_text.is_none() {
-                        *source_text = host::source_address(host);
-                        *source = source_text.as_deref().and_then(policy::parse_source_address);
-                    }
-                    if let Some(source) = *source {
-                        blocked_for =
-                            guard.blocked_for(vm.store.as_ref(), source, u64::try_from(now).unwrap_or(0));
-                    }
-                }
+                let now = u64::try_from(now).unwrap_or(0);
+                blocked_for = super::verify::source_blocked_for(vm, host, source, source_text, now);
                 blocked_for.is_none()
             };
             match check::signature(

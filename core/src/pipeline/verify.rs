@@ -86,28 +86,7 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
             let view = KeyView { keys: &keys, now_ms };
             let (source, source_text) = (&mut request.info.source, &mut request.observed.source);
             let crypto_allowed = || {
-                if let Some(guard) = &config.flood_guard {
-                    if source_text.is_none() {
-                        *source_text = host::source_address(host);
-                        *source = source_text.as_deref().and_then(policy::parse_source_address);
-                    }
-                    if let Some(source) = *source {
-                        // A block this VM already saw ends with its window: no need
-                        // to read the shared slot again until then.
-                        let known = vm
-                            .blocked_sources
-                            .try_borrow()
-                            .ok()
-                            .and_then(|b| b.blocked_for(source, now_secs_u));
-                        blocked_for = known.or_else(|| {
-                            let seconds = guard.blocked_for(vm.store.as_ref(), source, now_secs_u)?;
-                            if let Ok(mut memo) = vm.blocked_sources.try_borrow_mut() {
-                                memo.remember(source, now_secs_u, seconds);
-                            }
-                            Some(seconds)
-                        });
-                    }
-                }
+                blocked_for = source_blocked_for(vm, host, source, source_text, now_secs_u);
                 blocked_for.is_none()
             };
             let mut local = vm.local_tokens.borrow_mut();
@@ -180,6 +159,26 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
         trace.verification = result.clone();
     }
     Verification { result, blocked_for, attributed, review }
+}
+
+/// The flood guard, asked before a signature check (a token's or a partner's): seconds
+/// until the request's source may cause one again, `None` while it may (or without a
+/// guard). Reads the source address only when a guard needs it.
+/// `source` and `source_text` are the request's parsed address and its text (for the
+/// decision log).
+pub(super) fn source_blocked_for(
+    vm: &Vm,
+    host: &mut dyn Host,
+    source: &mut Option<std::net::IpAddr>,
+    source_text: &mut Option<String>,
+    now_secs: u64,
+) -> Option<u64> {
+    let guard = vm.config.flood_guard.as_ref()?;
+    if source_text.is_none() {
+        *source_text = host::source_address(host);
+        *source = source_text.as_deref().and_then(policy::parse_source_address);
+    }
+    guard.blocked_for_known(vm.store.as_ref(), &vm.blocked_sources, (*source)?, now_secs)
 }
 
 /// Whether a credential that did not verify belongs to one of our issuers (a

@@ -16,6 +16,7 @@
 //! shares a slot with a blocked flooder is simply not tracked (never blocked in
 //! its place). Behind a NAT all clients share one address: size the budget for it.
 
+use std::cell::RefCell;
 use std::net::IpAddr;
 
 use serde::Deserialize;
@@ -145,6 +146,26 @@ impl FloodGuard {
         let ends = self.window_ends(&slot);
         (slot.source == fp && now < ends && slot.failures >= self.max_failures)
             .then(|| ends.saturating_sub(now).max(1))
+    }
+
+    /// [`FloodGuard::blocked_for`], answered from `known` while this VM knows of the
+    /// block (a block ends with its window and nothing lifts it earlier), and
+    /// remembered there when the shared slot shows one.
+    pub fn blocked_for_known(
+        &self,
+        store: &dyn Store,
+        known: &RefCell<BlockedSources>,
+        source: IpAddr,
+        now: u64,
+    ) -> Option<u64> {
+        if let Some(seconds) = known.try_borrow().ok().and_then(|k| k.blocked_for(source, now)) {
+            return Some(seconds);
+        }
+        let seconds = self.blocked_for(store, source, now)?;
+        if let Ok(mut known) = known.try_borrow_mut() {
+            known.remember(source, now, seconds);
+        }
+        Some(seconds)
     }
 
     /// Counts one failed signature check by `source` (compare-and-swap, a few tries;
@@ -318,5 +339,22 @@ mod tests {
         // The blocks that end first made room; the latest are kept.
         assert_eq!(memo.blocked_for(IpAddr::from(199u32.to_be_bytes()), 100), Some(209));
         assert_eq!(memo.blocked_for(IpAddr::from(0u32.to_be_bytes()), 100), None);
+    }
+
+    /// A block read from the shared slot once is then answered by the VM until it ends,
+    /// with the same seconds the slot would give.
+    #[test]
+    fn a_known_block_needs_no_second_read_of_the_slot() {
+        let g = guard(1);
+        let store = crate::host::memory::FaultyStore::<MemoryStore>::default();
+        let known = RefCell::new(BlockedSources::default());
+        let a = ip("203.0.113.66");
+        assert_eq!(g.blocked_for_known(&store, &known, a, 100), None);
+        g.record_failure(&store, a, 100).unwrap();
+        assert_eq!(g.blocked_for_known(&store, &known, a, 101), g.blocked_for(&store, a, 101));
+        let reads = store.calls.get();
+        assert_eq!(g.blocked_for_known(&store, &known, a, 105), Some(5));
+        assert_eq!(store.calls.get(), reads, "answered by the VM");
+        assert_eq!(g.blocked_for_known(&store, &known, a, 110), None, "the window ended");
     }
 }
