@@ -99,8 +99,11 @@ pub struct Vm {
     pub plan: Plan,
     /// This VM's front of the verified-token cache.
     pub local_tokens: RefCell<LocalCache>,
-    /// Quota admissions this VM charged ahead of use (see [`crate::quota::Leases`]).
-    pub quota_leases: RefCell<crate::quota::Leases>,
+    /// Quota admissions this VM charged ahead of use (see [`crate::quota::Leases`]);
+    /// `None` where leases are not taken: no quotas, or no ticks to give unused ones
+    /// back (not the Envoy-grade plan, or the shell found no timers:
+    /// [`Vm::without_ticks`]).
+    pub quota_leases: RefCell<Option<crate::quota::Leases>>,
     /// Sources this VM saw the flood guard block, until their blocks end.
     pub blocked_sources: RefCell<crate::verify::flood_guard::BlockedSources>,
     /// The fetch state machine of this VM: JWKS and the revocation feed (see
@@ -197,6 +200,9 @@ impl Vm {
         };
         let tracker = RefCell::new(config.behaviour.as_ref().filter(|b| b.detect).map(Tracker::new));
         let dpop = crate::dpop::VmState::new(config.issuers.len());
+        // Leases need the tick that gives unused ones back: the Envoy-grade plan.
+        let leases = (config.quotas.is_some() && plan.key_fetch == KeyFetch::Background)
+            .then(crate::quota::Leases::default);
         let dpop_issuers =
             config.issuers.iter().map(|i| crate::dpop::IssuerState::new(&i.name, &i.dpop)).collect();
         Vm {
@@ -208,7 +214,7 @@ impl Vm {
             observer,
             plan,
             local_tokens: RefCell::new(LocalCache::default()),
-            quota_leases: RefCell::new(Default::default()),
+            quota_leases: RefCell::new(leases),
             blocked_sources: RefCell::new(Default::default()),
             fetcher,
             tracker,
@@ -384,12 +390,25 @@ pub fn body(
     partner::body(vm, host, request, buffered, end_of_stream)
 }
 
+impl Vm {
+    /// The shell could not set a tick period although the plan expected ticks: take
+    /// no quota leases, which only the tick gives back when unused. (Counters wait
+    /// for the tick only once the shell turns that on.)
+    pub fn without_ticks(&self) {
+        if let Ok(mut leases) = self.quota_leases.try_borrow_mut() {
+            *leases = None;
+        }
+    }
+}
+
 /// What the root context does on every tick besides fetching: merge this worker's
 /// inventory into the shared table, update the gauges.
 pub fn on_tick(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
     vm.observer.flush(host);
     if let (Some(quotas), Ok(mut leases)) = (&vm.config.quotas, vm.quota_leases.try_borrow_mut()) {
-        quotas.refund_expired(vm.store.as_ref(), &mut leases, std::time::Duration::from_millis(now_ms));
+        if let Some(leases) = leases.as_mut() {
+            quotas.refund_expired(vm.store.as_ref(), leases, std::time::Duration::from_millis(now_ms));
+        }
     }
     inventory::flush(vm, host);
     record::gauges(vm, host, now_ms);

@@ -119,7 +119,10 @@ impl Root {
                     error!("the host has no timers ({err}); JWKS cannot be refreshed, refusing to start");
                     return false;
                 }
-                Err(err) => warn!("the host has no timers ({err}); each count is a host call"),
+                Err(err) => {
+                    warn!("the host has no timers ({err}); each count is a host call, each quota charge too");
+                    vm.without_ticks();
+                }
             }
         }
         self.vm = Some(Rc::new(vm));

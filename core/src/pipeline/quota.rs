@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use crate::host::capabilities::KeyFetch;
 use crate::policy::IdentityInfo;
 
 use super::{Request, Vm};
@@ -25,11 +24,9 @@ pub fn charge(
     let policy = quotas.policy_for(identity, who.claims, route);
     let now = Duration::from_millis(now_ms);
     let jkt = who.jkt.filter(|_| quotas.per_dpop_key);
-    // Leases only where ticks give back what a lease did not use (the Envoy-grade plan).
-    let mut leases =
-        vm.quota_leases.try_borrow_mut().ok().filter(|_| vm.plan.key_fetch == KeyFetch::Background);
-    let charged =
-        quotas.check_leased(vm.store.as_ref(), leases.as_deref_mut(), policy, issuer, identity, jkt, now);
+    let mut leases = vm.quota_leases.try_borrow_mut().ok();
+    let held = leases.as_deref_mut().and_then(Option::as_mut);
+    let charged = quotas.check_leased(vm.store.as_ref(), held, policy, issuer, identity, jkt, now);
     drop(leases);
     let outcome = match charged {
         Ok(outcome) => outcome,
