@@ -57,6 +57,14 @@ fn fixture(plugin: Value) -> Fixture {
     Fixture { vm, store, metrics: Rc::clone(&host.metrics) }
 }
 
+/// `plugin` without the calls a request makes only to publish its decision (filter
+/// state, the decision log): what host-call counts are measured on.
+fn quiet(mut plugin: Value) -> Value {
+    plugin["filter_state"] = json!(false);
+    plugin["decision_log"] = json!({"enabled": false});
+    plugin
+}
+
 fn token(sub: &str, extra: Value) -> String {
     let mut claims = json!({"iss": ISS, "sub": sub, "aud": "gw", "iat": NOW - 10, "exp": NOW + 300});
     for (k, v) in extra.as_object().unwrap() {
@@ -185,10 +193,7 @@ fn quotas_are_charged_natively() {
 
 #[test]
 fn a_cached_request_makes_few_host_calls() {
-    let mut quiet = plugin();
-    quiet["filter_state"] = json!(false);
-    quiet["decision_log"] = json!({"enabled": false});
-    let fx = fixture(quiet);
+    let fx = fixture(quiet(plugin()));
     let t = token("robot", json!({}));
     send(&fx, bearer(request("GET", "/api/x"), &t));
     let cached = send(&fx, bearer(request("GET", "/api/x"), &t));
@@ -232,10 +237,7 @@ fn cached_requests_far_from_the_quota_are_served_from_a_lease() {
 /// counted at once rather than dropped.
 #[test]
 fn counters_wait_for_the_tick_and_stay_exact() {
-    let mut quiet = plugin();
-    quiet["filter_state"] = json!(false);
-    quiet["decision_log"] = json!({"enabled": false});
-    let fx = fixture(quiet);
+    let fx = fixture(quiet(plugin()));
     fx.vm.observer.count_on_tick(true);
     let t = token("robot", json!({}));
     let requests = |fx: &Fixture| fx.metrics.borrow().find(&["nhi_requests_total", "nhi_decision=allowed"]);
@@ -491,11 +493,9 @@ fn an_enforced_anomaly_is_refused_with_its_status_and_reason() {
 
 #[test]
 fn detection_adds_no_host_call_to_a_cached_request_between_merges() {
-    let mut quiet = with_behaviour(json!({"burst": {}, "new_route": {}}));
+    let mut quiet = quiet(with_behaviour(json!({"burst": {}, "new_route": {}})));
     quiet["behaviour"]["outcome_metrics"] = json!(false);
     quiet["behaviour"]["forward_header"] = json!(false);
-    quiet["filter_state"] = json!(false);
-    quiet["decision_log"] = json!({"enabled": false});
     quiet["quotas"] = Value::Null;
     quiet.as_object_mut().unwrap().remove("quotas");
     let fx = fixture(quiet.clone());

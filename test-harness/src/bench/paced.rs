@@ -173,10 +173,7 @@ fn connection(
     end: Instant,
 ) -> Result<Totals> {
     let mut totals = Totals::default();
-    let mut stream = TcpStream::connect(target).with_context(|| format!("connecting to {target}"))?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let (mut stream, mut reader) = open(target)?;
     let mut scheduled = first;
     for request in requests.iter().cycle() {
         // Past the end by the schedule or by the clock (a proxy that fell behind):
@@ -202,15 +199,21 @@ fn connection(
             }
             Err(_) => {
                 totals.errors += 1;
-                stream = TcpStream::connect(target)?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-                reader = BufReader::new(stream.try_clone()?);
+                (stream, reader) = open(target)?;
             }
         }
         scheduled += interval;
     }
     Ok(totals)
+}
+
+/// A keep-alive connection to `target` and a reader over it.
+fn open(target: SocketAddr) -> Result<(TcpStream, BufReader<TcpStream>)> {
+    let stream = TcpStream::connect(target).with_context(|| format!("connecting to {target}"))?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let reader = BufReader::new(stream.try_clone()?);
+    Ok((stream, reader))
 }
 
 /// Reads one response (status line, headers, a `content-length` body) and returns its status.
