@@ -58,8 +58,13 @@ impl EnvoyConfig {
 
     /// The nhi-guard plugin configuration (the JSON inside `configuration.value`).
     pub fn plugin_configuration(&self) -> Result<Json> {
+        self.filter_configuration(PLUGIN_FILTER_NAME)
+    }
+
+    /// The configuration JSON of the wasm http filter `filter`.
+    pub fn filter_configuration(&self, filter: &str) -> Result<Json> {
         let mut doc = self.doc.clone();
-        let value = plugin_config_mut(&mut doc)?;
+        let value = plugin_config_mut(&mut doc, filter)?;
         let text = child_mut(value, &["configuration", "value"])?
             .as_str()
             .context("plugin `configuration.value` is not a string")?;
@@ -68,15 +73,29 @@ impl EnvoyConfig {
 
     /// Replaces the plugin configuration JSON string.
     pub fn set_plugin_configuration(&mut self, configuration: &Json) -> Result<()> {
+        self.set_filter_configuration(PLUGIN_FILTER_NAME, configuration)
+    }
+
+    /// Replaces the configuration JSON string of the wasm http filter `filter` (the
+    /// nhi-guard plugin, or another wasm filter such as the bench's minimal one).
+    pub fn set_filter_configuration(&mut self, filter: &str, configuration: &Json) -> Result<()> {
         let text = serde_json::to_string_pretty(configuration).context("serialising plugin config")?;
-        *child_mut(plugin_config_mut(&mut self.doc)?, &["configuration", "value"])? = Yaml::String(text);
+        *child_mut(plugin_config_mut(&mut self.doc, filter)?, &["configuration", "value"])? =
+            Yaml::String(text);
         Ok(())
     }
 
     /// Points the plugin's `vm_config.code.local.filename` at `wasm`.
     pub fn set_wasm_filename(&mut self, wasm: &Path) -> Result<()> {
-        let filename =
-            child_mut(plugin_config_mut(&mut self.doc)?, &["vm_config", "code", "local", "filename"])?;
+        self.set_filter_wasm_filename(PLUGIN_FILTER_NAME, wasm)
+    }
+
+    /// Points wasm http filter `filter`'s `vm_config.code.local.filename` at `wasm`.
+    pub fn set_filter_wasm_filename(&mut self, filter: &str, wasm: &Path) -> Result<()> {
+        let filename = child_mut(
+            plugin_config_mut(&mut self.doc, filter)?,
+            &["vm_config", "code", "local", "filename"],
+        )?;
         *filename = Yaml::String(wasm.display().to_string());
         Ok(())
     }
@@ -188,7 +207,7 @@ fn named_mut<'a>(doc: &'a mut Yaml, list_path: &[&str], name: &str) -> Result<&'
 
 /// The `typed_config.config` of the nhi-guard wasm filter, searched in every HTTP
 /// connection manager of every static listener.
-fn plugin_config_mut(doc: &mut Yaml) -> Result<&mut Yaml> {
+fn plugin_config_mut<'a>(doc: &'a mut Yaml, name: &str) -> Result<&'a mut Yaml> {
     let listeners = sequence_mut(child_mut(doc, &["static_resources", "listeners"])?)?;
     for listener in listeners {
         let Some(chains) = listener.get_mut("filter_chains").and_then(Yaml::as_sequence_mut) else {
@@ -206,15 +225,16 @@ fn plugin_config_mut(doc: &mut Yaml) -> Result<&mut Yaml> {
                 else {
                     continue;
                 };
-                if let Some(plugin) = http_filters.iter_mut().find(|http_filter| {
-                    http_filter.get("name").and_then(Yaml::as_str) == Some(PLUGIN_FILTER_NAME)
-                }) {
+                if let Some(plugin) = http_filters
+                    .iter_mut()
+                    .find(|http_filter| http_filter.get("name").and_then(Yaml::as_str) == Some(name))
+                {
                     return child_mut(plugin, &["typed_config", "config"]);
                 }
             }
         }
     }
-    bail!("Envoy config has no http filter named {PLUGIN_FILTER_NAME:?}")
+    bail!("Envoy config has no http filter named {name:?}")
 }
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ pub const FLOOD_SOURCE: &str = "203.0.113.66";
 pub const DEFEATED_CACHE_ENTRIES: u32 = 100;
 
 const JWT_AUTHN: &str = "envoy.filters.http.jwt_authn";
+/// The minimal filter's http filter name in `minimal.yaml`.
+const MINIMAL_FILTER: &str = "minimal-jwt";
 const NATIVE_EXTRAS: [&str; 2] = ["envoy.filters.http.local_ratelimit", "envoy.filters.http.rbac"];
 const KEYS_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -289,25 +291,12 @@ fn render_shipped(yaml: &str) -> Result<String> {
 
 /// The minimal filter: the run's JWKS in its configuration, the wasm path at its build.
 fn render_minimal(text: &str, jwks: &Json, wasm: &Path) -> Result<String> {
-    let mut doc: Yaml = serde_yaml::from_str(text).context("parsing YAML")?;
-    let config = http_filters_mut(&mut doc)?
-        .first_mut()
-        .and_then(|filter| filter.get_mut("typed_config"))
-        .and_then(|typed| typed.get_mut("config"))
-        .context("no wasm filter first in http_filters")?;
-    let value =
-        config.get_mut("configuration").and_then(|c| c.get_mut("value")).context("no configuration.value")?;
-    let mut plugin: Json = serde_json::from_str(value.as_str().context("configuration.value")?)?;
+    let mut config = EnvoyConfig::parse(text)?;
+    let mut plugin = config.filter_configuration(MINIMAL_FILTER)?;
     *plugin.get_mut("jwks").context("no jwks")? = jwks.clone();
-    *value = Yaml::String(plugin.to_string());
-    let filename = config
-        .get_mut("vm_config")
-        .and_then(|vm| vm.get_mut("code"))
-        .and_then(|code| code.get_mut("local"))
-        .and_then(|local| local.get_mut("filename"))
-        .context("no vm_config.code.local.filename")?;
-    *filename = Yaml::String(wasm.display().to_string());
-    serde_yaml::to_string(&doc).context("serialising YAML")
+    config.set_filter_configuration(MINIMAL_FILTER, &plugin)?;
+    config.set_filter_wasm_filename(MINIMAL_FILTER, wasm)?;
+    config.to_yaml()
 }
 
 /// The liveness stack: the issuer read as Kubernetes tokens (so identities become
