@@ -59,17 +59,15 @@ impl EnvoyConfig {
     /// The nhi-guard plugin configuration (the JSON inside `configuration.value`).
     pub fn plugin_configuration(&self) -> Result<Json> {
         let mut doc = self.doc.clone();
-        let value = plugin_config_mut(&mut doc)?;
-        let text = child_mut(value, &["configuration", "value"])?
-            .as_str()
-            .context("plugin `configuration.value` is not a string")?;
+        let text =
+            plugin_json_mut(&mut doc)?.as_str().context("plugin `configuration.value` is not a string")?;
         serde_json::from_str(text).context("plugin `configuration.value` is not valid JSON")
     }
 
     /// Replaces the plugin configuration JSON string.
     pub fn set_plugin_configuration(&mut self, configuration: &Json) -> Result<()> {
         let text = serde_json::to_string_pretty(configuration).context("serialising plugin config")?;
-        *child_mut(plugin_config_mut(&mut self.doc)?, &["configuration", "value"])? = Yaml::String(text);
+        *plugin_json_mut(&mut self.doc)? = Yaml::String(text);
         Ok(())
     }
 
@@ -78,6 +76,15 @@ impl EnvoyConfig {
         let filename =
             child_mut(plugin_config_mut(&mut self.doc)?, &["vm_config", "code", "local", "filename"])?;
         *filename = Yaml::String(wasm.display().to_string());
+        Ok(())
+    }
+
+    /// Points the native shell's `dynamic_module_config.module.local.filename` at
+    /// `module` (envoy-native.yaml).
+    pub fn set_native_module(&mut self, module: &Path) -> Result<()> {
+        let typed_config = child_mut(plugin_filter_mut(&mut self.doc)?, &["typed_config"])?;
+        let filename = child_mut(typed_config, &["dynamic_module_config", "module", "local", "filename"])?;
+        *filename = Yaml::String(module.display().to_string());
         Ok(())
     }
 
@@ -189,6 +196,21 @@ fn named_mut<'a>(doc: &'a mut Yaml, list_path: &[&str], name: &str) -> Result<&'
 /// The `typed_config.config` of the nhi-guard wasm filter, searched in every HTTP
 /// connection manager of every static listener.
 fn plugin_config_mut(doc: &mut Yaml) -> Result<&mut Yaml> {
+    child_mut(plugin_filter_mut(doc)?, &["typed_config", "config"])
+}
+
+/// The plugin configuration JSON string: the wasm's `config.configuration.value`, or
+/// the native module's `filter_config.value`.
+fn plugin_json_mut(doc: &mut Yaml) -> Result<&mut Yaml> {
+    let typed_config = child_mut(plugin_filter_mut(doc)?, &["typed_config"])?;
+    if typed_config.get("filter_config").is_some() {
+        return child_mut(typed_config, &["filter_config", "value"]);
+    }
+    child_mut(typed_config, &["config", "configuration", "value"])
+}
+
+/// The `http_filters` entry named [`PLUGIN_FILTER_NAME`].
+fn plugin_filter_mut(doc: &mut Yaml) -> Result<&mut Yaml> {
     let listeners = sequence_mut(child_mut(doc, &["static_resources", "listeners"])?)?;
     for listener in listeners {
         let Some(chains) = listener.get_mut("filter_chains").and_then(Yaml::as_sequence_mut) else {
@@ -209,7 +231,7 @@ fn plugin_config_mut(doc: &mut Yaml) -> Result<&mut Yaml> {
                 if let Some(plugin) = http_filters.iter_mut().find(|http_filter| {
                     http_filter.get("name").and_then(Yaml::as_str) == Some(PLUGIN_FILTER_NAME)
                 }) {
-                    return child_mut(plugin, &["typed_config", "config"]);
+                    return Ok(plugin);
                 }
             }
         }
