@@ -4,8 +4,10 @@
 #   make test    unit tests, lints (native and wasm32), and the e2e suite against real Envoy
 #
 # Crates: core/ (nhi-guard-core, every decision, no proxy-wasm), . (nhi-guard, the
-# proxy-wasm shell: the .wasm), cli/ (nhi-guard-cli: the `nhi-guard` command),
-# test-harness/ (emulator, e2e, bench, demo).
+# proxy-wasm shell: the .wasm), native/ (nhi-guard-envoy, the same core as an Envoy
+# dynamic module), cli/ (nhi-guard-cli: the `nhi-guard` command), test-harness/
+# (emulator, e2e, bench, demo).
+#   make native  the Envoy dynamic module (target/release/libnhi_guard_envoy.so, envoy-native.yaml)
 #   make oci     a reproducible OCI image of the wasm (target/oci/nhi-guard) for Istio/Envoy Gateway
 #   make schema  regenerates envoy/schema/nhi-guard.schema.json from the config types
 #   make bench   nhi-guard against Envoy's native filters, side by side -> BENCHMARKS.md (not in `test`)
@@ -25,10 +27,13 @@ DEMO_DIR := $(CURDIR)/.demo
 CARGO ?= cargo
 PYTHON ?= python3
 
+NATIVE_MODULE := $(CURDIR)/target/release/libnhi_guard_envoy.so
+
 export ENVOY_BIN
 export NHI_WASM := $(WASM)
+export NHI_NATIVE_MODULE := $(NATIVE_MODULE)
 
-.PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
+.PHONY: all tools wasm-target envoy build wasm native fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
 	node-tools promtool py-tools httpsig cli schema oci bench bench-verify
 
 all: build
@@ -121,6 +126,12 @@ wasm: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard
 	@ls -l $(WASM) | awk '{print "nhi_guard.wasm:", $$5, "bytes"}'
 
+# The native shell: the core as an Envoy dynamic module, loaded by envoy/envoy-native.yaml
+# (`dynamic_module_config.module.local.filename`). Built for the host (x86_64 Linux).
+native:
+	$(CARGO) build --release -p nhi-guard-envoy
+	@ls -l $(NATIVE_MODULE) | awk '{print "libnhi_guard_envoy.so:", $$5, "bytes"}'
+
 # The same filter with the `fault-injection` feature, for the VM-crash e2e test only.
 FAULT_WASM := $(CURDIR)/target/nhi_guard_fault_injection.wasm
 export NHI_FAULT_WASM := $(FAULT_WASM)
@@ -154,7 +165,7 @@ oci: wasm
 test: unit lint e2e
 
 unit:
-	$(CARGO) test -p nhi-guard-core -p nhi-guard-cli
+	$(CARGO) test -p nhi-guard-core -p nhi-guard-cli -p nhi-guard-envoy
 	$(CARGO) test -p test-harness --lib --bins
 
 lint: wasm-target
@@ -166,7 +177,7 @@ lint: wasm-target
 	@n=$$($(CARGO) tree -p nhi-guard-core -e normal,build | grep -c proxy-wasm || true); \
 	  test "$$n" = 0 || { echo "nhi-guard-core depends on proxy-wasm ($$n)" >&2; exit 1; }
 
-e2e: envoy wasm fault-wasm cli node-tools promtool py-tools httpsig
+e2e: envoy wasm fault-wasm native cli node-tools promtool py-tools httpsig
 	$(CARGO) test -p test-harness --tests -- --test-threads 2
 
 fmt:
