@@ -195,7 +195,7 @@ fmt:
 # (marked as such in the report). wrk comes from the distribution's packages.
 SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 
-bench: envoy wasm py-tools httpsig
+bench: envoy wasm native py-tools httpsig
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
 	    { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
 	$(CARGO) run --quiet -p test-harness --bin nhi-bench -- --out $(CURDIR)/BENCHMARKS.md

@@ -50,6 +50,10 @@ pub enum Stack {
     /// `nhi-guard.yaml` with DPoP `optional` for the issuer: bearer tokens as before,
     /// DPoP-bound tokens with a proof on every request (see [`DPOP_SETTINGS`]).
     NhiGuardDpop,
+    /// `nhi-guard.yaml` with the native shell (an Envoy dynamic module, native/) in
+    /// place of the wasm: the same plugin configuration, minus `filter_state` (which
+    /// the native shell refuses, not yet written there).
+    NhiGuardNative,
 }
 
 /// The `behaviour` block of [`Stack::NhiGuardBehaviour`]: every request-time anomaly
@@ -75,6 +79,7 @@ impl Stack {
             Stack::NhiGuardSmallCache => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardBehaviour => "nhi-guard + behaviour anomaly detection",
             Stack::NhiGuardDpop => "nhi-guard (verify + DPoP proof + quota + routes)",
+            Stack::NhiGuardNative => "nhi-guard native module (verify + quota + routes)",
         }
     }
 
@@ -88,6 +93,7 @@ impl Stack {
             Stack::NhiGuardSmallCache => "nhi-guard-small-cache",
             Stack::NhiGuardBehaviour => "nhi-guard-behaviour",
             Stack::NhiGuardDpop => "nhi-guard-dpop",
+            Stack::NhiGuardNative => "nhi-guard-native",
         }
     }
 
@@ -95,9 +101,11 @@ impl Stack {
         let file = match self {
             Stack::Router => "router.yaml",
             Stack::NativeJwt | Stack::NativeStack => "native.yaml",
-            Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour | Stack::NhiGuardDpop => {
-                "nhi-guard.yaml"
-            }
+            Stack::NhiGuard
+            | Stack::NhiGuardSmallCache
+            | Stack::NhiGuardBehaviour
+            | Stack::NhiGuardDpop
+            | Stack::NhiGuardNative => "nhi-guard.yaml",
         };
         repo_root().join("envoy").join("bench").join(file)
     }
@@ -107,6 +115,11 @@ impl Stack {
             self,
             Stack::NhiGuard | Stack::NhiGuardSmallCache | Stack::NhiGuardBehaviour | Stack::NhiGuardDpop
         )
+    }
+
+    /// Runs nhi-guard, in either shell (the probes of its routes and quota apply).
+    pub fn runs_nhi_guard(self) -> bool {
+        self.uses_wasm() || self == Stack::NhiGuardNative
     }
 
     /// The config to run: the template with the run's JWKS (and the wasm path).
@@ -123,6 +136,8 @@ impl Stack {
             }
             Stack::NhiGuardBehaviour => render_nhi_guard(&text, jwks, wasm, None, Some(BEHAVIOUR), false),
             Stack::NhiGuardDpop => render_nhi_guard(&text, jwks, wasm, None, None, true),
+            Stack::NhiGuardNative => render_nhi_guard(&text, jwks, wasm, None, None, false)
+                .and_then(|yaml| render_native_module(&yaml, &crate::envoy::native_module_path()?)),
         };
         rendered.with_context(|| format!("rendering {}", template.display()))
     }
@@ -208,6 +223,34 @@ fn render_nhi_guard(
     config.to_yaml()
 }
 
+/// The rendered wasm stack with the native module in the wasm's place: the same
+/// filter name and plugin JSON (`filter_state` dropped), a `dynamic_modules` filter.
+fn render_native_module(text: &str, module: &Path) -> Result<String> {
+    let wasm = EnvoyConfig::parse(text)?;
+    let mut plugin = wasm.plugin_configuration()?;
+    if let Some(members) = plugin.as_object_mut() {
+        members.remove("filter_state");
+    }
+    let mut doc: Yaml = serde_yaml::from_str(text).context("parsing YAML")?;
+    let filter = http_filters_mut(&mut doc)?
+        .iter_mut()
+        .find(|f| f.get("name").and_then(Yaml::as_str) == Some(crate::envoy_config::PLUGIN_FILTER_NAME))
+        .context("no nhi-guard http filter")?;
+    let typed_config: Yaml = serde_yaml::to_value(json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": { "module": { "local": { "filename": module.display().to_string() } }, "do_not_close": true },
+        "filter_name": "nhi-guard",
+        "filter_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": serde_json::to_string(&plugin)?,
+        },
+    }))?;
+    if let Yaml::Mapping(members) = filter {
+        members.insert("typed_config".into(), typed_config);
+    }
+    serde_yaml::to_string(&doc).context("serialising YAML")
+}
+
 /// One request a stack must answer in a known way.
 struct Probe<'a> {
     what: String,
@@ -290,7 +333,7 @@ pub fn probe(stack: Stack, envoy: &BenchEnvoy, tokens: &Tokens) -> Result<()> {
                 .push(Probe::new(format!("the first rotating {alg} token"), Some(first), 200).body(MACHINE));
         }
     }
-    if stack.uses_wasm() {
+    if stack.runs_nhi_guard() {
         probes.extend([
             Probe::new("no token on the human route", None, 200).path("/web/page").body("human"),
             Probe::new("the flood's source on a route only it may use", None, 200)
