@@ -4,8 +4,10 @@
 #   make test    unit tests, lints (native and wasm32), and the e2e suite against real Envoy
 #
 # Crates: core/ (nhi-guard-core, every decision, no proxy-wasm), . (nhi-guard, the
-# proxy-wasm shell: the .wasm), cli/ (nhi-guard-cli: the `nhi-guard` command),
-# test-harness/ (emulator, e2e, bench, demo).
+# proxy-wasm shell: the .wasm), native/ (nhi-guard-envoy, the same core as an Envoy
+# dynamic module), cli/ (nhi-guard-cli: the `nhi-guard` command), test-harness/
+# (emulator, e2e, bench, demo).
+#   make native  the Envoy dynamic module (target/release/libnhi_guard_envoy.so, envoy-native.yaml)
 #   make oci     a reproducible OCI image of the wasm (target/oci/nhi-guard) for Istio/Envoy Gateway
 #   make schema  regenerates envoy/schema/nhi-guard.schema.json from the config types
 #   make bench   nhi-guard against Envoy's native filters, side by side -> BENCHMARKS.md (not in `test`)
@@ -25,10 +27,13 @@ DEMO_DIR := $(CURDIR)/.demo
 CARGO ?= cargo
 PYTHON ?= python3
 
+NATIVE_MODULE := $(CURDIR)/target/release/libnhi_guard_envoy.so
+
 export ENVOY_BIN
 export NHI_WASM := $(WASM)
+export NHI_NATIVE_MODULE := $(NATIVE_MODULE)
 
-.PHONY: all tools wasm-target envoy build wasm fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
+.PHONY: all tools wasm-target envoy build wasm native native-test fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
 	node-tools promtool py-tools httpsig cli schema oci bench bench-verify wasm-size
 
 all: build
@@ -121,6 +126,19 @@ wasm: wasm-target
 	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard
 	@ls -l $(WASM) | awk '{print "nhi_guard.wasm:", $$5, "bytes"}'
 
+# The native shell: the core as an Envoy dynamic module, loaded by envoy/envoy-native.yaml
+# (`dynamic_module_config.module.local.filename`). Built for the host (x86_64 Linux).
+native:
+	$(CARGO) build --release -p nhi-guard-envoy
+	@ls -l $(NATIVE_MODULE) | awk '{print "libnhi_guard_envoy.so:", $$5, "bytes"}'
+
+# The e2e suite's build of it: the test profile, whose dependencies `make unit` has
+# already compiled (a release build would compile the core and its crypto again, about
+# a minute on 2 cores, for tests that check behaviour, not speed).
+NATIVE_TEST_MODULE := $(CURDIR)/target/debug/libnhi_guard_envoy.so
+native-test:
+	$(CARGO) build -p nhi-guard-envoy
+
 # The same filter with the `fault-injection` feature, for the VM-crash e2e test only.
 FAULT_WASM := $(CURDIR)/target/nhi_guard_fault_injection.wasm
 export NHI_FAULT_WASM := $(FAULT_WASM)
@@ -154,7 +172,7 @@ oci: wasm
 test: unit lint e2e
 
 unit:
-	$(CARGO) test -p nhi-guard-core -p nhi-guard-cli
+	$(CARGO) test -p nhi-guard-core -p nhi-guard-cli -p nhi-guard-envoy
 	$(CARGO) test -p test-harness --lib --bins
 
 lint: wasm-target
@@ -172,8 +190,8 @@ lint: wasm-target
 # never more than E2E_JOBS tests at once, as with `--test-threads`, but drawn from
 # different suites, so one suite's waits on Envoy do not idle the machine.
 E2E_JOBS ?= 2
-e2e: envoy wasm fault-wasm cli node-tools promtool py-tools httpsig
-	python3 test-harness/python/run_suites.py --jobs $(E2E_JOBS)
+e2e: envoy wasm fault-wasm native-test cli node-tools promtool py-tools httpsig
+	NHI_NATIVE_MODULE=$(NATIVE_TEST_MODULE) python3 test-harness/python/run_suites.py --jobs $(E2E_JOBS)
 
 fmt:
 	$(CARGO) fmt --all
@@ -190,7 +208,7 @@ fmt:
 # (marked as such in the report). wrk comes from the distribution's packages.
 SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
 
-bench: envoy wasm py-tools httpsig
+bench: envoy wasm native py-tools httpsig
 	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-minimal-filter
 	@command -v wrk >/dev/null || $(SUDO) apt-get install -y wrk || \
 	    { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }

@@ -35,6 +35,9 @@ use nhi_guard_core::config::{Config, ConfigError};
 
 /// The type URL of Envoy's Wasm HTTP filter configuration.
 pub const WASM_FILTER_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+/// The type URL of Envoy's dynamic-modules HTTP filter (the native shell, envoy-native.yaml).
+pub const DYNAMIC_MODULE_FILTER_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter";
 const STRING_VALUE_TYPE: &str = "type.googleapis.com/google.protobuf.StringValue";
 /// The type URL of Envoy's HTTP connection manager configuration.
 pub const HCM_TYPE: &str =
@@ -153,7 +156,7 @@ pub fn check_text(name: &str, text: &str) -> FileReport {
     }
     if extracted.configs.is_empty() && extracted.notes.is_empty() && report.errors.is_empty() {
         report.errors.push(
-            "no nhi-guard plugin configuration found (looked for a plugin JSON, Envoy Wasm filters, \
+            "no nhi-guard plugin configuration found (looked for a plugin JSON, Envoy Wasm and dynamic module filters, \
              WasmPlugin, EnvoyFilter, EnvoyExtensionPolicy and APISIX plugin entries)"
                 .to_owned(),
         );
@@ -419,6 +422,7 @@ fn document(doc: &Value, label: &str, out: &mut Extracted) {
         };
         let what = format!("{label}{what}");
         wasm_filters(doc, &what, static_clusters(object), out);
+        dynamic_module_filters(doc, &what, static_clusters(object), out);
         if bootstrap {
             envoy_bootstrap_warnings(object, &what, out);
         }
@@ -654,20 +658,69 @@ fn envoy_vm_settings(plugin: &Value, path: &str) -> VmSettings {
     }
 }
 
+/// nhi-guard's native shell (a `dynamic_modules` filter whose `filter_name` is
+/// nhi-guard) anywhere below `value`: its `filter_config` is the same plugin JSON.
+/// What only the native shell refuses (remote JWKS, mtls, partners, filter_state) is
+/// refused when Envoy loads it, not here.
+fn dynamic_module_filters(
+    value: &Value,
+    what: &str,
+    static_clusters: Option<Vec<String>>,
+    out: &mut Extracted,
+) {
+    let mut filters = Vec::new();
+    collect_filters(value, DYNAMIC_MODULE_FILTER_TYPE, String::new(), &mut filters);
+    for (path, filter) in filters {
+        let name = filter.get("filter_name").and_then(Value::as_str).unwrap_or_default();
+        if !(name.contains("nhi-guard") || name.contains("nhi_guard")) {
+            out.notes
+                .push(format!("{what}: {path}: a dynamic module filter that is not nhi-guard (skipped)"));
+            continue;
+        }
+        let config = filter.get("filter_config");
+        match config.filter(|c| c.get("@type").and_then(Value::as_str) == Some(STRING_VALUE_TYPE)) {
+            Some(config) => match config.get("value").and_then(Value::as_str) {
+                Some(text) => out.configs.push(Found {
+                    what: what.to_owned(),
+                    path: format!("{path}.filter_config.value"),
+                    source: Source::Text(text.to_owned()),
+                    static_clusters: static_clusters.clone(),
+                    vm: None,
+                }),
+                None => out.problems.push(Problem {
+                    what: what.to_owned(),
+                    path: format!("{path}.filter_config.value"),
+                    reason: "is missing: nhi-guard refuses to start without a configuration".into(),
+                }),
+            },
+            None => out.problems.push(Problem {
+                what: what.to_owned(),
+                path: format!("{path}.filter_config"),
+                reason: format!("must be a {STRING_VALUE_TYPE} holding the JSON"),
+            }),
+        }
+    }
+}
+
 fn collect_wasm_filters(value: &Value, path: String, found: &mut Vec<(String, Value)>) {
+    collect_filters(value, WASM_FILTER_TYPE, path, found);
+}
+
+/// Objects whose `@type` is `filter_type` anywhere below `value`, with their paths.
+fn collect_filters(value: &Value, filter_type: &str, path: String, found: &mut Vec<(String, Value)>) {
     match value {
         Value::Object(members) => {
-            if members.get("@type").and_then(Value::as_str) == Some(WASM_FILTER_TYPE) {
+            if members.get("@type").and_then(Value::as_str) == Some(filter_type) {
                 found.push((path, value.clone()));
                 return;
             }
             for (key, child) in members {
-                collect_wasm_filters(child, member_path(&path, key), found);
+                collect_filters(child, filter_type, member_path(&path, key), found);
             }
         }
         Value::Array(items) => {
             for (i, child) in items.iter().enumerate() {
-                collect_wasm_filters(child, format!("{path}[{i}]"), found);
+                collect_filters(child, filter_type, format!("{path}[{i}]"), found);
             }
         }
         _ => {}

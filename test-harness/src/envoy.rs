@@ -26,6 +26,9 @@ pub const ENVOY_BIN_ENV: &str = "ENVOY_BIN";
 /// Overrides the filter (otherwise `<repo>/target/wasm32-wasip1/release/nhi_guard.wasm`).
 pub const WASM_ENV: &str = "NHI_WASM";
 
+/// Overrides the native module (otherwise `<repo>/target/release/libnhi_guard_envoy.so`).
+pub const NATIVE_MODULE_ENV: &str = "NHI_NATIVE_MODULE";
+
 const POLL: Duration = Duration::from_millis(50);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 const LOG_TAIL_LINES: usize = 80;
@@ -68,6 +71,32 @@ pub fn wasm_path() -> Result<PathBuf> {
         );
     }
     Ok(path)
+}
+
+/// The native shell to load: `$NHI_NATIVE_MODULE`, else the release build in the
+/// workspace target dir. Missing is an error (never a skip) that says how to build it.
+pub fn native_module_path() -> Result<PathBuf> {
+    if let Some(path) = env::var_os(NATIVE_MODULE_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("{NATIVE_MODULE_ENV}={} does not exist", path.display());
+        }
+        return Ok(path);
+    }
+    let path = repo_root().join("target/release/libnhi_guard_envoy.so");
+    if !path.is_file() {
+        bail!(
+            "no native module build: {} does not exist and {NATIVE_MODULE_ENV} is not set. Build it with \
+             `make native` (cargo build --release -p nhi-guard-envoy)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// `<root>/envoy/envoy-native.yaml`: the shipped config of the native shell.
+pub fn native_config_path() -> PathBuf {
+    repo_root().join("envoy").join("envoy-native.yaml")
 }
 
 /// What `envoy --mode validate` makes of `config` (with the wasm path already set):
@@ -127,6 +156,9 @@ pub struct EnvoyOptions {
     /// Kubernetes gateway's pod gets them from a Secret. The plugin sees those its
     /// `vm_config.environment_variables.host_env_keys` lists.
     pub environment: BTreeMap<String, String>,
+    /// Load the native shell (a dynamic module at this path) instead of the wasm:
+    /// `config` must then be a native config (envoy-native.yaml).
+    pub native_module: Option<PathBuf>,
 }
 
 impl Default for EnvoyOptions {
@@ -145,6 +177,7 @@ impl Default for EnvoyOptions {
             startup_timeout: Duration::from_secs(20),
             own_process_group: false,
             environment: BTreeMap::new(),
+            native_module: None,
         }
     }
 }
@@ -201,7 +234,14 @@ impl EnvoyOptions {
         self
     }
 
-    /// The config these options describe, for `wasm`.
+    /// The shipped native config (envoy-native.yaml) with the module at `module`.
+    pub fn native(mut self, module: &Path) -> Result<Self> {
+        self.config = Some(EnvoyConfig::load(&native_config_path())?);
+        self.native_module = Some(module.to_path_buf());
+        Ok(self)
+    }
+
+    /// The config these options describe, for `wasm` (or the native module, when set).
     pub fn render(&self, wasm: &Path) -> Result<EnvoyConfig> {
         let mut config = match &self.config {
             Some(config) => config.clone(),
@@ -220,7 +260,10 @@ impl EnvoyOptions {
             }
             return Ok(config);
         }
-        config.set_wasm_filename(wasm)?;
+        match &self.native_module {
+            Some(module) => config.set_native_module(module)?,
+            None => config.set_wasm_filename(wasm)?,
+        }
         if let Some(plugin) = &self.plugin_configuration {
             config.set_plugin_configuration(plugin)?;
         }
@@ -282,7 +325,11 @@ impl Envoy {
     /// keys is for the caller to probe with [`Envoy::wait_until`].
     pub fn start(options: &EnvoyOptions) -> Result<Self> {
         let binary = envoy_binary()?;
-        let wasm = wasm_path()?;
+        // The native shell needs no wasm (and must not fail for the want of one).
+        let wasm = match &options.native_module {
+            Some(_) => PathBuf::new(),
+            None => wasm_path()?,
+        };
         let config = options.render(&wasm)?;
         let work_dir = WorkDir::create(options.work_dir.as_deref())?;
         let config_path = work_dir.path.join("envoy.yaml");

@@ -64,8 +64,7 @@ impl EnvoyConfig {
     /// The configuration JSON of the wasm http filter `filter`.
     pub fn filter_configuration(&self, filter: &str) -> Result<Json> {
         let mut doc = self.doc.clone();
-        let value = plugin_config_mut(&mut doc, filter)?;
-        let text = child_mut(value, &["configuration", "value"])?
+        let text = plugin_json_mut(&mut doc, filter)?
             .as_str()
             .context("plugin `configuration.value` is not a string")?;
         serde_json::from_str(text).context("plugin `configuration.value` is not valid JSON")
@@ -80,8 +79,7 @@ impl EnvoyConfig {
     /// nhi-guard plugin, or another wasm filter such as the bench's minimal one).
     pub fn set_filter_configuration(&mut self, filter: &str, configuration: &Json) -> Result<()> {
         let text = serde_json::to_string_pretty(configuration).context("serialising plugin config")?;
-        *child_mut(plugin_config_mut(&mut self.doc, filter)?, &["configuration", "value"])? =
-            Yaml::String(text);
+        *plugin_json_mut(&mut self.doc, filter)? = Yaml::String(text);
         Ok(())
     }
 
@@ -97,6 +95,16 @@ impl EnvoyConfig {
             &["vm_config", "code", "local", "filename"],
         )?;
         *filename = Yaml::String(wasm.display().to_string());
+        Ok(())
+    }
+
+    /// Points the native shell's `dynamic_module_config.module.local.filename` at
+    /// `module` (envoy-native.yaml).
+    pub fn set_native_module(&mut self, module: &Path) -> Result<()> {
+        let typed_config =
+            child_mut(plugin_filter_mut(&mut self.doc, PLUGIN_FILTER_NAME)?, &["typed_config"])?;
+        let filename = child_mut(typed_config, &["dynamic_module_config", "module", "local", "filename"])?;
+        *filename = Yaml::String(module.display().to_string());
         Ok(())
     }
 
@@ -208,6 +216,21 @@ fn named_mut<'a>(doc: &'a mut Yaml, list_path: &[&str], name: &str) -> Result<&'
 /// The `typed_config.config` of the nhi-guard wasm filter, searched in every HTTP
 /// connection manager of every static listener.
 fn plugin_config_mut<'a>(doc: &'a mut Yaml, name: &str) -> Result<&'a mut Yaml> {
+    child_mut(plugin_filter_mut(doc, name)?, &["typed_config", "config"])
+}
+
+/// The configuration JSON string of http filter `name`: the wasm's
+/// `config.configuration.value`, or the native module's `filter_config.value`.
+fn plugin_json_mut<'a>(doc: &'a mut Yaml, name: &str) -> Result<&'a mut Yaml> {
+    let typed_config = child_mut(plugin_filter_mut(doc, name)?, &["typed_config"])?;
+    if typed_config.get("filter_config").is_some() {
+        return child_mut(typed_config, &["filter_config", "value"]);
+    }
+    child_mut(typed_config, &["config", "configuration", "value"])
+}
+
+/// The `http_filters` entry named `name`.
+fn plugin_filter_mut<'a>(doc: &'a mut Yaml, name: &str) -> Result<&'a mut Yaml> {
     let listeners = sequence_mut(child_mut(doc, &["static_resources", "listeners"])?)?;
     for listener in listeners {
         let Some(chains) = listener.get_mut("filter_chains").and_then(Yaml::as_sequence_mut) else {
@@ -229,7 +252,7 @@ fn plugin_config_mut<'a>(doc: &'a mut Yaml, name: &str) -> Result<&'a mut Yaml> 
                     .iter_mut()
                     .find(|http_filter| http_filter.get("name").and_then(Yaml::as_str) == Some(name))
                 {
-                    return child_mut(plugin, &["typed_config", "config"]);
+                    return Ok(plugin);
                 }
             }
         }

@@ -58,6 +58,10 @@ pub enum Stack {
     /// `nhi-guard.yaml` with DPoP `optional` for the issuer: bearer tokens as before,
     /// DPoP-bound tokens with a proof on every request (see [`DPOP_SETTINGS`]).
     NhiGuardDpop,
+    /// `nhi-guard.yaml` with the native shell (an Envoy dynamic module, native/) in
+    /// place of the wasm: the same plugin configuration, minus `filter_state` (which
+    /// the native shell refuses, not yet written there).
+    NhiGuardNative,
     /// `nhi-guard.yaml` with the issuer read as Kubernetes service-account tokens and
     /// TokenReview liveness on (`cache_seconds` 60, see [`LIVENESS`]), against an API
     /// server double that authenticates every token: after the first review of the
@@ -106,6 +110,7 @@ impl Stack {
             Stack::NhiGuardSmallCache => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardBehaviour => "nhi-guard + behaviour anomaly detection",
             Stack::NhiGuardDpop => "nhi-guard (verify + DPoP proof + quota + routes)",
+            Stack::NhiGuardNative => "nhi-guard native module (verify + quota + routes)",
             Stack::NhiGuardLiveness => "nhi-guard + TokenReview liveness (cached)",
         }
     }
@@ -122,6 +127,7 @@ impl Stack {
             Stack::NhiGuardSmallCache => "nhi-guard-small-cache",
             Stack::NhiGuardBehaviour => "nhi-guard-behaviour",
             Stack::NhiGuardDpop => "nhi-guard-dpop",
+            Stack::NhiGuardNative => "nhi-guard-native",
             Stack::NhiGuardLiveness => "nhi-guard-liveness",
         }
     }
@@ -136,7 +142,8 @@ impl Stack {
             | Stack::NhiGuardSmallCache
             | Stack::NhiGuardBehaviour
             | Stack::NhiGuardDpop
-            | Stack::NhiGuardLiveness => "nhi-guard.yaml",
+            | Stack::NhiGuardLiveness
+            | Stack::NhiGuardNative => "nhi-guard.yaml",
         };
         repo_root().join("envoy").join("bench").join(file)
     }
@@ -151,6 +158,7 @@ impl Stack {
                 | Stack::NhiGuardBehaviour
                 | Stack::NhiGuardDpop
                 | Stack::NhiGuardLiveness
+                | Stack::NhiGuardNative
         )
     }
 
@@ -183,6 +191,8 @@ impl Stack {
             }
             Stack::NhiGuardBehaviour => render_nhi_guard(&text, jwks, wasm, None, Some(BEHAVIOUR), false),
             Stack::NhiGuardDpop => render_nhi_guard(&text, jwks, wasm, None, None, true),
+            Stack::NhiGuardNative => render_nhi_guard(&text, jwks, wasm, None, None, false)
+                .and_then(|yaml| render_native_module(&yaml, &crate::envoy::native_module_path()?)),
             Stack::NhiGuardLiveness => {
                 let api = api.context("the liveness stack needs its API server's address")?;
                 render_nhi_guard(&text, jwks, wasm, None, None, false)
@@ -271,6 +281,34 @@ fn render_nhi_guard(
     config.set_plugin_configuration(&plugin)?;
     config.set_wasm_filename(wasm)?;
     config.to_yaml()
+}
+
+/// The rendered wasm stack with the native module in the wasm's place: the same
+/// filter name and plugin JSON (`filter_state` dropped), a `dynamic_modules` filter.
+fn render_native_module(text: &str, module: &Path) -> Result<String> {
+    let wasm = EnvoyConfig::parse(text)?;
+    let mut plugin = wasm.plugin_configuration()?;
+    if let Some(members) = plugin.as_object_mut() {
+        members.remove("filter_state");
+    }
+    let mut doc: Yaml = serde_yaml::from_str(text).context("parsing YAML")?;
+    let filter = http_filters_mut(&mut doc)?
+        .iter_mut()
+        .find(|f| f.get("name").and_then(Yaml::as_str) == Some(crate::envoy_config::PLUGIN_FILTER_NAME))
+        .context("no nhi-guard http filter")?;
+    let typed_config: Yaml = serde_yaml::to_value(json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": { "module": { "local": { "filename": module.display().to_string() } }, "do_not_close": true },
+        "filter_name": "nhi-guard",
+        "filter_config": {
+            "@type": "type.googleapis.com/google.protobuf.StringValue",
+            "value": serde_json::to_string(&plugin)?,
+        },
+    }))?;
+    if let Yaml::Mapping(members) = filter {
+        members.insert("typed_config".into(), typed_config);
+    }
+    serde_yaml::to_string(&doc).context("serialising YAML")
 }
 
 /// The shipped options ([`SHIPPED_OPTIONS`]) on top of the bench config.

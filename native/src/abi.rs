@@ -1,0 +1,129 @@
+//! Envoy's dynamic-modules ABI, the part of it this module uses, declared by hand
+//! from `source/extensions/dynamic_modules/abi/abi.h` of Envoy 1.40 (ABI v0.2.0).
+//!
+//! Envoy owns `*_envoy_ptr` objects and `EnvoyBuffer` memory (valid for the call
+//! that handed them out); we own `*_module_ptr` objects and `ModuleBuffer` memory
+//! (Envoy copies it before the call returns). Enums are C `int`s.
+
+use std::ffi::{c_char, c_void};
+
+/// The ABI version this module was written against. Envoy 1.40 compares it with its
+/// own and logs `Dynamic module ABI version v0.2.0 matched.` — or, on a mismatch, a
+/// warning that the module is deprecated (1.40 warns, it does not refuse).
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+/// `envoy_dynamic_module_type_envoy_buffer`: bytes owned by Envoy.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct EnvoyBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl EnvoyBuffer {
+    pub const EMPTY: EnvoyBuffer = EnvoyBuffer { ptr: std::ptr::null(), length: 0 };
+
+    /// The bytes, copied out (empty for a null pointer).
+    ///
+    /// # Safety
+    /// `ptr` must be null or valid for reads of `length` bytes.
+    pub unsafe fn to_vec(self) -> Vec<u8> {
+        if self.ptr.is_null() || self.length == 0 {
+            return Vec::new();
+        }
+        // SAFETY: the caller vouches for the pointer and length.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }.to_vec()
+    }
+}
+
+/// `envoy_dynamic_module_type_module_buffer`: bytes owned by this module.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ModuleBuffer {
+    pub ptr: *const u8,
+    pub length: usize,
+}
+
+impl ModuleBuffer {
+    pub fn of(bytes: &[u8]) -> ModuleBuffer {
+        ModuleBuffer { ptr: bytes.as_ptr(), length: bytes.len() }
+    }
+
+    /// A null buffer: to `set_header` it means "remove".
+    pub const NULL: ModuleBuffer = ModuleBuffer { ptr: std::ptr::null(), length: 0 };
+}
+
+/// `envoy_dynamic_module_type_envoy_http_header` (and `module_http_header`, the same
+/// layout): a name and a value.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct HttpHeader {
+    pub key_ptr: *const u8,
+    pub key_length: usize,
+    pub value_ptr: *const u8,
+    pub value_length: usize,
+}
+
+impl HttpHeader {
+    pub const EMPTY: HttpHeader =
+        HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
+}
+
+/// `envoy_dynamic_module_type_http_header_type`.
+pub const REQUEST_HEADER: u32 = 0;
+pub const RESPONSE_HEADER: u32 = 2;
+
+/// `envoy_dynamic_module_type_attribute_id` values used here.
+pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
+pub const ATTRIBUTE_XDS_ROUTE_NAME: u32 = 61;
+
+/// `envoy_dynamic_module_type_on_http_filter_request_headers_status` (the body,
+/// trailers and response statuses number `Continue` and `StopIteration` alike).
+pub const STATUS_CONTINUE: u32 = 0;
+pub const STATUS_STOP_ITERATION: u32 = 1;
+
+/// `envoy_dynamic_module_type_log_level`.
+pub const LOG_DEBUG: u32 = 1;
+pub const LOG_INFO: u32 = 2;
+pub const LOG_WARN: u32 = 3;
+pub const LOG_ERROR: u32 = 4;
+
+// The callbacks Envoy implements (resolved from the Envoy binary when it loads us).
+extern "C" {
+    pub fn envoy_dynamic_module_callback_http_get_headers_size(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_headers(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        result_headers: *mut HttpHeader,
+    ) -> bool;
+    /// Replaces every value of `key`; a null `value` removes the header.
+    pub fn envoy_dynamic_module_callback_http_set_header(
+        filter_envoy_ptr: *mut c_void,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_send_response(
+        filter_envoy_ptr: *mut c_void,
+        status_code: u32,
+        headers_vector: *const HttpHeader,
+        headers_vector_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter_envoy_ptr: *mut c_void,
+        attribute_id: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    /// Makes Envoy select the route again (after this filter changed the headers).
+    pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: *mut c_void);
+    pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    pub fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
+}
+
+/// Keeps `c_char` in use for the init hook's signature.
+pub type AbiVersion = *const c_char;

@@ -1,0 +1,148 @@
+//! The filter configuration Envoy hands the module: the same JSON as the wasm's
+//! `configuration`, parsed and validated by the core — then held to what this shell
+//! can do. Anything it cannot do yet is refused at load with the field and why,
+//! never accepted and silently ignored.
+
+use std::fmt;
+use std::sync::Arc;
+
+use nhi_guard_core::config::{Config, ConfigError, JwksSource};
+use nhi_guard_core::host::capabilities::{HostSetting, KeyFetch, Plan, Probed, StateScope};
+
+use crate::store::SharedStore;
+
+/// One `dynamic_modules` filter configuration: the validated configuration and the
+/// table its workers share. Created on Envoy's main thread, read from every worker.
+#[derive(Debug)]
+pub struct FilterConfig {
+    pub config: Config,
+    pub store: Arc<SharedStore>,
+    /// Distinguishes this configuration's per-worker VMs from those of another
+    /// (a reload, a second listener).
+    pub id: u64,
+}
+
+/// Why a configuration is refused.
+#[derive(Debug)]
+pub enum LoadError {
+    /// Not a valid nhi-guard configuration (the core's error names the JSON path).
+    Config(ConfigError),
+    /// Valid, but uses something this shell cannot do yet.
+    Unsupported { field: String, reason: &'static str },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Config(err) => write!(f, "{err}"),
+            LoadError::Unsupported { field, reason } => {
+                write!(f, "{field}: not supported by the native (dynamic module) shell yet: {reason}")
+            }
+        }
+    }
+}
+
+impl FilterConfig {
+    pub fn load(json: &[u8], id: u64) -> Result<FilterConfig, LoadError> {
+        let config = Config::from_json(json).map_err(LoadError::Config)?;
+        refuse_unsupported(&config)?;
+        Ok(FilterConfig { config, store: Arc::default(), id })
+    }
+
+    /// How the core runs here: one table for every worker (so quotas, the token cache
+    /// and replay tables are exact across workers, as with Envoy's shared data), keys
+    /// only inline (no fetcher to drive).
+    pub fn plan(&self) -> Plan {
+        Plan {
+            setting: self.config.host,
+            probed: Probed { shared_data: true, timers: false, clock: true },
+            state: StateScope::Shared,
+            key_fetch: KeyFetch::Background,
+        }
+    }
+}
+
+fn unsupported(field: impl Into<String>, reason: &'static str) -> Result<(), LoadError> {
+    Err(LoadError::Unsupported { field: field.into(), reason })
+}
+
+fn refuse_unsupported(config: &Config) -> Result<(), LoadError> {
+    for (i, issuer) in config.issuers.iter().enumerate() {
+        if let JwksSource::Remote(_) = issuer.jwks {
+            return unsupported(
+                format!("issuers[{i}].jwks"),
+                "remote JWKS (cluster, uri or discovery) needs Envoy's HTTP callout, not wired in this shell; \
+                 give the keys as jwks.inline",
+            );
+        }
+        if issuer.profile.liveness().is_some() {
+            return unsupported(
+                format!("issuers[{i}].profile.liveness"),
+                "the TokenReview is an HTTP callout from the request, not wired in this shell",
+            );
+        }
+    }
+    if config.revocation.is_some() {
+        return unsupported(
+            "revocation",
+            "the feed is fetched over Envoy's HTTP callout, not wired in this shell",
+        );
+    }
+    if config.host == HostSetting::Apisix {
+        return unsupported("host", "\"apisix\" is a proxy-wasm host; this module only runs in Envoy");
+    }
+    if config.mtls.is_some() {
+        return unsupported("mtls", "the client certificate's connection attributes are not read yet");
+    }
+    if config.partners.is_some() {
+        return unsupported(
+            "partners",
+            "signatures over the request body need the body, which is not read yet",
+        );
+    }
+    if config.filter_state {
+        return unsupported("filter_state", "Envoy filter state is not written yet");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INLINE: &str = r#"{"issuers": [{"name": "a", "issuer": "https://a", "audiences": ["x"],
+        "jwks": {"inline": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}, "algorithms": ["EdDSA"]}]}"#;
+
+    #[test]
+    fn inline_keys_load() {
+        let loaded = FilterConfig::load(INLINE.as_bytes(), 1).unwrap();
+        assert_eq!(loaded.plan().state, StateScope::Shared);
+    }
+
+    #[test]
+    fn remote_keys_are_refused_naming_the_field() {
+        let json = INLINE.replace(
+            r#""jwks": {"inline": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}"#,
+            r#""jwks": {"cluster": "jwks", "authority": "jwks", "path": "/jwks.json"}"#,
+        );
+        assert_ne!(json, INLINE);
+        let err = FilterConfig::load(json.as_bytes(), 1).unwrap_err().to_string();
+        assert!(err.starts_with("issuers[0].jwks: not supported by the native"), "{err}");
+        assert!(err.contains("jwks.inline"), "{err}");
+    }
+
+    #[test]
+    fn filter_state_is_refused() {
+        let json = INLINE.replacen('{', r#"{"filter_state": true, "#, 1);
+        let err = FilterConfig::load(json.as_bytes(), 1).unwrap_err().to_string();
+        assert!(err.starts_with("filter_state: "), "{err}");
+    }
+
+    #[test]
+    fn invalid_configuration_names_its_path() {
+        let err = FilterConfig::load(br#"{"issuers": []}"#, 1).unwrap_err().to_string();
+        assert!(err.contains("issuers"), "{err}");
+    }
+}

@@ -1,0 +1,249 @@
+//! The native shell (native/, an Envoy dynamic module) in a real Envoy with two
+//! workers, loaded by the shipped envoy/envoy-native.yaml: the same core, the same
+//! configuration JSON as the wasm, the same answers.
+//!
+//! Needs the module built (`make native`); a missing module fails, never skips.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use test_harness::envoy::{self, native_config_path, native_module_path, Envoy, EnvoyOptions};
+use test_harness::envoy_config::EnvoyConfig;
+use test_harness::http::{self, Response};
+use test_harness::keys::{KeyType, TestKey, TestKeys};
+use test_harness::mint::{self, Alg, Token};
+use test_harness::upstream::EchoUpstream;
+
+/// Requests `robot-quota` may make in the test (the window never refills during it).
+const QUOTA: usize = 30;
+
+struct Native {
+    envoy: Envoy,
+    upstream: EchoUpstream,
+    web: EchoUpstream,
+    plugin: Value,
+}
+
+/// The shipped plugin configuration, with the test keys inline and a quota.
+fn plugin() -> Value {
+    let mut plugin = EnvoyConfig::load(&native_config_path()).unwrap().plugin_configuration().unwrap();
+    plugin["issuers"][0]["jwks"] = json!({ "inline": TestKeys::shared().unwrap().jwks() });
+    plugin["quotas"] = json!({
+        "default": { "requests": 1000, "per_seconds": 3600 },
+        "rules": [{ "name": "tight", "identities": ["robot-quota"], "requests": QUOTA, "per_seconds": 3600 }],
+        "max_tracked_identities": 1000,
+        "response_headers": true
+    });
+    plugin
+}
+
+fn start() -> Native {
+    let module = native_module_path().unwrap();
+    let upstream = EchoUpstream::start_named("upstream").unwrap();
+    let web = EchoUpstream::start_named("web").unwrap();
+    let plugin = plugin();
+    let options = EnvoyOptions::new()
+        .native(&module)
+        .unwrap()
+        .cluster("upstream", upstream.addr())
+        .cluster("web", web.addr())
+        .plugin_configuration(plugin.clone());
+    assert_eq!(options.concurrency, 2);
+    let envoy = Envoy::start(&options).unwrap();
+    let log = envoy.log();
+    assert!(log.contains("Dynamic module ABI version v0.2.0 matched."), "{log}");
+    Native { envoy, upstream, web, plugin }
+}
+
+impl Native {
+    fn addr(&self) -> SocketAddr {
+        self.envoy.listener_addr()
+    }
+
+    fn key(&self) -> &'static TestKey {
+        TestKeys::shared().unwrap().by_type(KeyType::P256)
+    }
+
+    /// A valid ES256 token for `sub`, with `claims` on top.
+    fn token(&self, sub: &str, claims: &[(&str, Value)]) -> String {
+        let mut token = Token::new(Alg::Es256)
+            .kid(self.key().kid())
+            .claim("iss", self.plugin["issuers"][0]["issuer"].clone())
+            .claim("aud", self.plugin["issuers"][0]["audiences"][0].clone())
+            .claim("sub", sub);
+        for (name, value) in claims {
+            token = token.claim(name, value.clone());
+        }
+        token.sign(self.key()).unwrap()
+    }
+
+    fn get(&self, path: &str, token: Option<&str>, extra: &[(&str, &[u8])]) -> Response {
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut headers: Vec<(&str, &[u8])> = extra.to_vec();
+        if let Some(bearer) = &bearer {
+            headers.push(("authorization", bearer.as_bytes()));
+        }
+        http::request_raw(self.addr(), "GET", path, &headers).unwrap()
+    }
+}
+
+fn reason(response: &Response) -> String {
+    response.body_json().map(|b| b["reason"].as_str().unwrap_or_default().to_owned()).unwrap_or_default()
+}
+
+fn echo(response: &Response) -> Value {
+    response.body_json().unwrap()
+}
+
+#[test]
+fn the_native_shell_decides_as_the_wasm_does() {
+    let native = start();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        a_valid_token_is_forwarded_with_its_identity(&native);
+        refusals_carry_their_reason_codes(&native);
+        forged_identity_headers_never_reach_a_backend(&native);
+        a_machine_token_on_the_human_route_is_refused(&native);
+        a_quota_is_exact_across_both_workers(&native);
+    }));
+    if let Err(panic) = result {
+        eprintln!("--- Envoy log (tail) ---\n{}", native.envoy.log_tail(60));
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn a_valid_token_is_forwarded_with_its_identity(native: &Native) {
+    let token = native.token("robot-a", &[]);
+    let response = native.get("/api/orders", Some(&token), &[]);
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let echoed = echo(&response);
+    assert_eq!(echoed["backend"], "upstream", "a verified machine identity is routed to the machine backend");
+    assert_eq!(echoed["headers"]["x-nhi-identity"], "robot-a");
+    assert_eq!(echoed["headers"]["x-nhi-issuer"], native.plugin["issuers"][0]["name"]);
+    assert!(echoed["headers"].get("authorization").is_none(), "the token is not forwarded: {echoed}");
+    // The quota headers come back on the response (set in the response phase).
+    assert_eq!(response.header("ratelimit-policy"), Some(r#""default";q=1000;w=3600"#));
+}
+
+fn refusals_carry_their_reason_codes(native: &Native) {
+    let hits = native.upstream.hits();
+    let missing = native.get("/api/orders", None, &[]);
+    assert_eq!((missing.status, reason(&missing).as_str()), (401, "missing_token"));
+
+    let token = native.token("robot-a", &[]);
+    let (rest, signature) = token.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{rest}.{flipped}{}", &signature[1..]);
+    let bad = native.get("/api/orders", Some(&forged), &[]);
+    assert_eq!((bad.status, reason(&bad).as_str()), (401, "bad_signature"));
+
+    let expired =
+        native.token("robot-a", &[("exp", json!(mint::now() - 3_600)), ("iat", json!(mint::now() - 7_200))]);
+    let expired = native.get("/api/orders", Some(&expired), &[]);
+    assert_eq!((expired.status, reason(&expired).as_str()), (401, "expired"));
+
+    let elsewhere = native.token("robot-a", &[("aud", json!("someone-else"))]);
+    let elsewhere = native.get("/api/orders", Some(&elsewhere), &[]);
+    assert_eq!((elsewhere.status, reason(&elsewhere).as_str()), (401, "wrong_audience"));
+
+    assert_eq!(native.upstream.hits(), hits, "no refused request reached the backend");
+}
+
+fn forged_identity_headers_never_reach_a_backend(native: &Native) {
+    let not_utf8: &[u8] = b"admin-bot\xa0";
+    // A person's request (no token) on the human route, with forged identity headers
+    // (one of them not UTF-8) and a forged machine class: served by the web backend,
+    // without the forged values.
+    let before = native.web.received_for("/web/forged").len();
+    let response = native.get(
+        "/web/forged",
+        None,
+        &[("x-nhi-identity", b"admin-bot"), ("x-nhi-issuer", not_utf8), ("x-nhi-client", b"machine")],
+    );
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    assert_eq!(echo(&response)["backend"], "web", "a forged x-nhi-client must not pick the machine route");
+    let received = native.web.received_for("/web/forged");
+    assert_eq!(received.len(), before + 1);
+    let request = received.last().unwrap();
+    for name in ["x-nhi-identity", "x-nhi-issuer"] {
+        assert!(
+            request.header_values(name).is_empty(),
+            "{name} reached the backend: {:?}",
+            request.header_values(name)
+        );
+    }
+    // The client class is nhi-guard's own, never the client's.
+    assert_eq!(request.header_values("x-nhi-client"), vec!["human"]);
+
+    // With a valid token, a forged non-UTF-8 copy is replaced by the verified identity.
+    let token = native.token("robot-b", &[]);
+    let response = native.get("/api/forged", Some(&token), &[("x-nhi-identity", not_utf8)]);
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let request = native.upstream.received_for("/api/forged").pop().unwrap();
+    assert_eq!(request.header_values("x-nhi-identity"), vec!["robot-b"]);
+}
+
+fn a_machine_token_on_the_human_route_is_refused(native: &Native) {
+    let hits = native.web.hits();
+    let token = native.token("robot-a", &[]);
+    let response = native.get("/web/index.html", Some(&token), &[]);
+    assert_eq!(response.status, 403, "{}", response.body_text());
+    assert_eq!(native.web.hits(), hits);
+}
+
+/// Workers' listener connection counters, from Envoy's admin stats.
+fn connections_per_worker(envoy: &Envoy) -> BTreeMap<String, u64> {
+    let stats = envoy.admin_text("/stats?filter=worker_.*downstream_cx_total").unwrap();
+    stats
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.split_once(": ")?;
+            let worker = name.split('.').find(|part| part.starts_with("worker_"))?;
+            Some((worker.to_owned(), value.trim().parse::<u64>().ok()?))
+        })
+        .fold(BTreeMap::new(), |mut acc, (worker, n)| {
+            *acc.entry(worker).or_default() += n;
+            acc
+        })
+}
+
+fn a_quota_is_exact_across_both_workers(native: &Native) {
+    let token = native.token("robot-quota", &[]);
+    let before = connections_per_worker(&native.envoy);
+    // 16 clients of 20 requests, each on a connection of its own.
+    let total = 16 * 20;
+    let counts = http::bearer_status_counts(native.addr(), "/api/quota", &token, 16, total).unwrap();
+    let after = connections_per_worker(&native.envoy);
+    println!("robot-quota, limit {QUOTA}, {total} requests from 16 clients: {counts:?}");
+    println!("connections per worker before {before:?}, after {after:?}");
+    assert_eq!(counts.get(&200), Some(&QUOTA), "admitted must equal the limit: {counts:?}");
+    assert_eq!(counts.get(&429), Some(&(total - QUOTA)), "{counts:?}");
+    // Both workers took connections in the burst: the count was shared, not per worker.
+    let served: Vec<_> =
+        after.iter().filter(|(worker, n)| **n > before.get(*worker).copied().unwrap_or(0)).collect();
+    assert_eq!(served.len(), 2, "both workers must serve the burst: before {before:?}, after {after:?}");
+    let refused = native.get("/api/quota", Some(&token), &[]);
+    assert_eq!((refused.status, reason(&refused).as_str()), (429, "quota_exceeded"));
+}
+
+/// What the native shell cannot do yet is refused when Envoy loads the config, with
+/// the field and why in Envoy's log — never accepted and ignored.
+#[test]
+fn remote_jwks_are_refused_at_load_with_the_reason() {
+    let module = native_module_path().unwrap();
+    let mut plugin = plugin();
+    plugin["issuers"][0]["jwks"] =
+        json!({ "cluster": "upstream", "authority": "jwks", "path": "/jwks.json" });
+    let options = EnvoyOptions::new().native(&module).unwrap().plugin_configuration(plugin);
+    let config = options.render(std::path::Path::new("")).unwrap();
+    let log = envoy::validate(&config).unwrap().expect_err("Envoy must refuse the configuration");
+    assert!(log.contains("issuers[0].jwks: not supported by the native (dynamic module) shell yet"), "{log}");
+    assert!(log.contains("give the keys as jwks.inline"), "{log}");
+
+    // And the shipped file, as it is, validates.
+    let options = EnvoyOptions::new().native(&module).unwrap();
+    let config = options.render(std::path::Path::new("")).unwrap();
+    envoy::validate(&config).unwrap().expect("the shipped envoy-native.yaml validates");
+}
