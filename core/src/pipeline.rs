@@ -121,6 +121,9 @@ pub struct Vm {
     pub inventory: RefCell<crate::observe::inventory::Pending>,
     /// This VM's id as a lease holder (fetches, reviews): non-zero, random.
     pub me: u64,
+    /// The shell wakes a request parked on another request's TokenReview when that
+    /// review ends, without a tick (the native shell: see [`Vm::shell_wakes_reviews`]).
+    wakes_reviews: std::cell::Cell<bool>,
 }
 
 impl Vm {
@@ -223,13 +226,29 @@ impl Vm {
             partner_keys: crate::partners::Keyring::default(),
             inventory: RefCell::new(crate::observe::inventory::Pending::default()),
             me,
+            wakes_reviews: std::cell::Cell::new(false),
         }
     }
 
-    /// Whether the host wakes parked requests (a tick): otherwise a request that
-    /// would wait for another's work is decided at once.
-    pub fn can_park(&self) -> bool {
+    /// Whether the host ticks (the background fetcher's plan): what is batched per
+    /// worker is then merged on the tick, otherwise at once.
+    pub fn ticks(&self) -> bool {
         self.plan.key_fetch == KeyFetch::Background
+    }
+
+    /// Whether a request may wait for another request's TokenReview: the tick polls
+    /// for its answer, or the shell wakes it when the review ends. Otherwise it is
+    /// decided at once (by `on_unavailable`).
+    pub fn can_park(&self) -> bool {
+        self.ticks() || self.wakes_reviews.get()
+    }
+
+    /// The shell wakes a request parked on a review ([`Awaited::Review`]) when that
+    /// review ends on any worker — its answer recorded, or its request gone — by
+    /// running it again: the native shell, which has no tick but can post to any
+    /// request's worker.
+    pub fn shell_wakes_reviews(&self) {
+        self.wakes_reviews.set(true);
     }
 }
 

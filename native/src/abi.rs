@@ -82,6 +82,16 @@ pub const ATTRIBUTE_XDS_ROUTE_NAME: u32 = 61;
 pub const STATUS_CONTINUE: u32 = 0;
 pub const STATUS_STOP_ITERATION: u32 = 1;
 
+/// `envoy_dynamic_module_type_http_callout_init_result`: `Success`,
+/// `MissingRequiredHeaders`, `ClusterNotFound` (then `DuplicateCalloutId`,
+/// `CannotCreateRequest`).
+pub const CALLOUT_INIT_SUCCESS: u32 = 0;
+pub const CALLOUT_INIT_MISSING_HEADERS: u32 = 1;
+pub const CALLOUT_INIT_CLUSTER_NOT_FOUND: u32 = 2;
+/// `envoy_dynamic_module_type_http_callout_result_Success` (the others: `Reset`,
+/// `ExceedResponseBufferLimit`).
+pub const CALLOUT_SUCCESS: u32 = 0;
+
 /// `envoy_dynamic_module_type_log_level`.
 pub const LOG_DEBUG: u32 = 1;
 pub const LOG_INFO: u32 = 2;
@@ -121,6 +131,28 @@ extern "C" {
     ) -> bool;
     /// Makes Envoy select the route again (after this filter changed the headers).
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: *mut c_void);
+    /// Starts an HTTP request to `cluster_name` on behalf of this filter; Envoy writes
+    /// the callout's id (unique per filter) to `callout_id` and later calls
+    /// `envoy_dynamic_module_on_http_filter_http_callout_done` with it, on this
+    /// filter's worker. `headers` must hold `:method`, `:path` and `:authority`.
+    pub fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter_envoy_ptr: *mut c_void,
+        callout_id: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *const HttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    /// A scheduler for this filter: events committed to it (from any thread) run on the
+    /// filter's worker, as `envoy_dynamic_module_on_http_filter_scheduled`.
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_new(
+        filter_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+    pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
+    /// Resumes a request whose headers hook returned `StopIteration`.
+    pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr: *mut c_void);
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
 }

@@ -50,14 +50,15 @@ impl FilterConfig {
     }
 
     /// How the core runs here: one table for every worker (so quotas, the token cache
-    /// and replay tables are exact across workers, as with Envoy's shared data), keys
-    /// only inline (no fetcher to drive).
+    /// and replay tables are exact across workers, as with Envoy's shared data), and
+    /// documents (keys, the revocation list) fetched by the requests that need them,
+    /// through Envoy's HTTP callout: this shell has no tick to fetch from.
     pub fn plan(&self) -> Plan {
         Plan {
             setting: self.config.host,
             probed: Probed { shared_data: true, timers: false, clock: true },
             state: StateScope::Shared,
-            key_fetch: KeyFetch::Background,
+            key_fetch: KeyFetch::OnRequest,
         }
     }
 }
@@ -68,25 +69,16 @@ fn unsupported(field: impl Into<String>, reason: &'static str) -> Result<(), Loa
 
 fn refuse_unsupported(config: &Config) -> Result<(), LoadError> {
     for (i, issuer) in config.issuers.iter().enumerate() {
-        if let JwksSource::Remote(_) = issuer.jwks {
-            return unsupported(
-                format!("issuers[{i}].jwks"),
-                "remote JWKS (cluster, uri or discovery) needs Envoy's HTTP callout, not wired in this shell; \
-                 give the keys as jwks.inline",
-            );
+        if let JwksSource::Remote(remote) = &issuer.jwks {
+            if remote.discovery.is_some() {
+                return unsupported(
+                    format!("issuers[{i}].discovery"),
+                    "keys are fetched by the requests that need them (no background fetcher), and a \
+                     discovery document would put two callouts in a request's path; give the jwks_uri's \
+                     cluster and path",
+                );
+            }
         }
-        if issuer.profile.liveness().is_some() {
-            return unsupported(
-                format!("issuers[{i}].profile.liveness"),
-                "the TokenReview is an HTTP callout from the request, not wired in this shell",
-            );
-        }
-    }
-    if config.revocation.is_some() {
-        return unsupported(
-            "revocation",
-            "the feed is fetched over Envoy's HTTP callout, not wired in this shell",
-        );
     }
     if config.host == HostSetting::Apisix {
         return unsupported("host", "\"apisix\" is a proxy-wasm host; this module only runs in Envoy");
@@ -121,16 +113,24 @@ mod tests {
     }
 
     #[test]
-    fn remote_keys_are_refused_naming_the_field() {
-        let json = INLINE.replace(
+    fn remote_keys_load_and_discovery_is_refused_naming_the_field() {
+        let remote = INLINE.replace(
             r#""jwks": {"inline": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k",
         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}"#,
             r#""jwks": {"cluster": "jwks", "authority": "jwks", "path": "/jwks.json"}"#,
         );
-        assert_ne!(json, INLINE);
-        let err = FilterConfig::load(json.as_bytes(), 1).unwrap_err().to_string();
-        assert!(err.starts_with("issuers[0].jwks: not supported by the native"), "{err}");
-        assert!(err.contains("jwks.inline"), "{err}");
+        assert_ne!(remote, INLINE);
+        let loaded = FilterConfig::load(remote.as_bytes(), 1).unwrap();
+        assert_eq!(loaded.plan().key_fetch, KeyFetch::OnRequest);
+
+        let discovering = INLINE.replace(
+            r#""jwks": {"inline": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k",
+        "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}"#,
+            r#""discovery": {"cluster": "idp", "authority": "idp.example"}, "jwks": {}"#,
+        );
+        let err = FilterConfig::load(discovering.as_bytes(), 1).unwrap_err().to_string();
+        assert!(err.starts_with("issuers[0].discovery: not supported by the native"), "{err}");
+        assert!(err.contains("give the jwks_uri's cluster and path"), "{err}");
     }
 
     #[test]

@@ -13,15 +13,22 @@ use std::ffi::c_void;
 use std::rc::Rc;
 
 use nhi_guard_core::host::HostError;
-use nhi_guard_core::pipeline::{self, Request, Step, Vm};
+use nhi_guard_core::keys::fetch::{Document, Next};
+use nhi_guard_core::pipeline::{self, record, Awaited, Request, Step, Vm};
 use nhi_guard_core::reason::{LocalReply, Reason, Rejection};
+use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
 use crate::abi;
 use crate::config::FilterConfig;
-use crate::host::{self, NativeHost};
+use crate::host::{self, next_token, Callout, NativeHost};
 use crate::store::SharedHandle;
+use crate::wake;
 
 thread_local! {
+    /// Fetches this worker's requests have in flight, each with the requests parked
+    /// until it ends (a second request that needs the same document waits for the
+    /// first one's callout rather than being decided without it).
+    static FETCHES: RefCell<Vec<InFlight>> = const { RefCell::new(Vec::new()) };
     /// This worker's VM per configuration id.
     static VMS: RefCell<HashMap<u64, Rc<Vm>>> = RefCell::new(HashMap::new());
     /// Request ids of this worker (the core's "context id"), for its logs.
@@ -46,6 +53,7 @@ fn worker_vm(config: &FilterConfig) -> Option<Rc<Vm>> {
         match Vm::start(config.config.clone(), config.plan(), store, &mut NativeHost::detached(), now_ms, me)
         {
             Ok(vm) => {
+                vm.shell_wakes_reviews();
                 let vm = Rc::new(vm);
                 vms.insert(config.id, Rc::clone(&vm));
                 Some(vm)
@@ -58,6 +66,76 @@ fn worker_vm(config: &FilterConfig) -> Option<Rc<Vm>> {
     })
 }
 
+/// A fetch in flight on this worker and the requests waiting for it.
+struct InFlight {
+    config: u64,
+    document: Document,
+    parked: Vec<Parked>,
+}
+
+/// A request paused until a fetch ends: Envoy's filter and ours (boxed by
+/// `filter_new`, so its address is stable; it leaves the list when it is dropped).
+struct Parked {
+    envoy: *mut c_void,
+    filter: *mut Filter,
+}
+
+fn fetch_started(config: u64, document: Document) {
+    FETCHES.with(|fetches| {
+        if let Ok(mut fetches) = fetches.try_borrow_mut() {
+            fetches.push(InFlight { config, document, parked: Vec::new() });
+        }
+    });
+}
+
+/// Parks `filter` on the fetch of `document` in flight, if there is one.
+fn park(config: u64, document: Document, parked: Parked) -> bool {
+    FETCHES.with(|fetches| {
+        let Ok(mut fetches) = fetches.try_borrow_mut() else { return false };
+        match fetches.iter_mut().find(|f| f.config == config && f.document == document) {
+            Some(fetch) => {
+                fetch.parked.push(parked);
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// The fetch of `document` ended: the requests that waited for it.
+fn fetch_ended(config: u64, document: Document) -> Vec<Parked> {
+    FETCHES.with(|fetches| {
+        let Ok(mut fetches) = fetches.try_borrow_mut() else { return Vec::new() };
+        let Some(at) = fetches.iter().position(|f| f.config == config && f.document == document) else {
+            return Vec::new();
+        };
+        fetches.swap_remove(at).parked
+    })
+}
+
+fn unpark(filter: *mut Filter) {
+    FETCHES.with(|fetches| {
+        if let Ok(mut fetches) = fetches.try_borrow_mut() {
+            for fetch in fetches.iter_mut() {
+                fetch.parked.retain(|p| p.filter != filter);
+            }
+        }
+    });
+}
+
+/// Decides the requests that waited for a fetch that ended, now that its document is
+/// in (or is not: they are then decided without it).
+fn wake(parked: Vec<Parked>) {
+    for request in parked {
+        // SAFETY: a parked filter leaves the list when dropped (see `unpark`), and
+        // Envoy destroys filters deferred, never inside another stream's hook: the
+        // pointer is live. It is a different filter from the one whose hook runs.
+        if let Some(filter) = unsafe { request.filter.as_mut() } {
+            filter.resume(request.envoy);
+        }
+    }
+}
+
 /// Forgets this thread's VM of a configuration Envoy destroyed (the main thread's
 /// table; workers' VMs of an old configuration stay until their thread ends).
 pub fn forget(config_id: u64) {
@@ -68,11 +146,51 @@ pub fn forget(config_id: u64) {
     });
 }
 
+/// What a paused request's callout is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Keys or the revocation list it had no usable copy of: decide it with them.
+    Decide(Document),
+    /// A copy due for refresh, fetched before the allowed request goes on.
+    Refresh(Document),
+    /// Its token's TokenReview.
+    Review,
+}
+
+impl Purpose {
+    fn fetched(self) -> Option<Document> {
+        match self {
+            Purpose::Decide(document) | Purpose::Refresh(document) => Some(document),
+            Purpose::Review => None,
+        }
+    }
+}
+
+/// A callout this request waits for.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    call: Callout,
+    purpose: Purpose,
+}
+
+/// Whether the request goes on, or stays paused (refused, or waiting for a callout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Paused,
+}
+
 /// A request, from `on_http_filter_new` to `on_http_filter_destroy`.
 pub struct Filter {
     vm: Option<Rc<Vm>>,
+    config: u64,
     request: Request,
     logged: bool,
+    pending: Option<Pending>,
+    /// Registered to be woken when the review it waits for ends (on any worker).
+    parking: Option<wake::Parking>,
+    /// Paused on another request's review (until `review_ended`).
+    parked_on_review: bool,
 }
 
 impl Filter {
@@ -82,7 +200,15 @@ impl Filter {
             n.set(id.wrapping_add(1).max(1));
             id
         });
-        Filter { vm: worker_vm(config), request: Request::new(id), logged: false }
+        Filter {
+            vm: worker_vm(config),
+            config: config.id,
+            request: Request::new(id),
+            logged: false,
+            pending: None,
+            parking: None,
+            parked_on_review: false,
+        }
     }
 
     /// The request headers: decide. Returns the hook's status.
@@ -95,27 +221,195 @@ impl Filter {
             return abi::STATUS_STOP_ITERATION;
         };
         self.request.has_body = !end_of_stream;
-        let mut step = pipeline::start(&vm, &mut host, &mut self.request);
-        if let Step::Wait { .. } = step {
-            // Keys are only inline here: nothing would wake a parked request, so it is
-            // decided at once with the keys there are (as a request that waited).
-            self.request.waited = true;
-            let now_ms = host::now_ns() / 1_000_000;
-            step = pipeline::run(&vm, &mut host, &mut self.request, now_ms);
-        }
-        match step {
-            Step::Continue => {
+        let step = pipeline::start(&vm, &mut host, &mut self.request);
+        let now_ms = self.request.observed.started_ns.unwrap_or_else(host::now_ns) / 1_000_000;
+        match self.act(&vm, &mut host, step, now_ms) {
+            Flow::Continue => {
                 host::clear_route_cache(envoy);
                 abi::STATUS_CONTINUE
             }
-            Step::Replied | Step::Wait { .. } => abi::STATUS_STOP_ITERATION,
-            Step::Body { .. } | Step::Called { .. } => {
-                // Unreachable with `partners` and liveness refused at load; refuse rather
-                // than forward.
-                let reply = pipeline::reply::internal(HostError::UNIMPLEMENTED);
-                pipeline::reply::refuse(&vm, &mut host, &self.request, &reply);
-                abi::STATUS_STOP_ITERATION
+            Flow::Paused => abi::STATUS_STOP_ITERATION,
+        }
+    }
+
+    /// What the request does after a step of the pipeline. Documents are fetched on
+    /// request here (each worker's VM fetches its own, as on hosts without a
+    /// background tick): a request waiting for keys or the revocation list fetches
+    /// them, or, with a fetch already in flight or backing off, is decided without;
+    /// an allowed request whose copy is due refreshes it before it goes on.
+    fn act(&mut self, vm: &Vm, host: &mut NativeHost, mut step: Step, now_ms: u64) -> Flow {
+        loop {
+            match step {
+                Step::Continue => {
+                    let keys = self.request.verified_issuer.map(Document::Jwks);
+                    let feed = vm.config.revocation.as_ref().map(|_| Document::Revocations);
+                    let due = keys.into_iter().chain(feed).find(|&d| vm.fetch_due(d, now_ms));
+                    return match due.and_then(|d| self.fetch(vm, host, Purpose::Refresh(d), now_ms)) {
+                        Some(()) => Flow::Paused,
+                        None => Flow::Continue,
+                    };
+                }
+                Step::Replied => return Flow::Paused,
+                Step::Called { token } => {
+                    // This request's TokenReview: its answer comes to `callout_done`.
+                    match host.calls.iter().find(|c| c.token == token) {
+                        Some(call) => {
+                            self.pending = Some(Pending { call: *call, purpose: Purpose::Review });
+                            return Flow::Paused;
+                        }
+                        None => {
+                            self.refuse(vm, host, HostError::INTERNAL_FAILURE);
+                            return Flow::Paused;
+                        }
+                    }
+                }
+                Step::Wait { awaiting: Awaited::Review(key), .. } => {
+                    // Another request (on any worker) is reviewing this token: wait for
+                    // its answer, woken by `wake` (the core waits at most once).
+                    if let Some(parking) = wake::park(self.config, key, host.filter_ptr()) {
+                        self.parking = Some(parking);
+                        self.parked_on_review = true;
+                        return Flow::Paused;
+                    }
+                    step = pipeline::run(vm, host, &mut self.request, now_ms);
+                }
+                Step::Wait { awaiting: Awaited::Document(document), .. } if !self.request.waited => {
+                    if self.fetch(vm, host, Purpose::Decide(document), now_ms).is_some() {
+                        return Flow::Paused;
+                    }
+                    let me = Parked { envoy: host.filter_ptr(), filter: std::ptr::from_mut(self) };
+                    if park(self.config, document, me) {
+                        return Flow::Paused;
+                    }
+                    // Backing off after a failure: decided without the document.
+                    self.request.waited = true;
+                    step = pipeline::run(vm, host, &mut self.request, now_ms);
+                }
+                Step::Wait { .. } if !self.request.waited => {
+                    // The core never parks for another request's review where documents
+                    // are fetched on request; decide it as a request that waited.
+                    self.request.waited = true;
+                    step = pipeline::run(vm, host, &mut self.request, now_ms);
+                }
+                Step::Wait { .. } | Step::Body { .. } => {
+                    // A second wait, or a body (`partners` is refused at load): refuse
+                    // rather than forward.
+                    self.refuse(vm, host, HostError::UNIMPLEMENTED);
+                    return Flow::Paused;
+                }
             }
+        }
+    }
+
+    /// Starts fetching `document` from this request, unless the fetch machine says a
+    /// fetch is in flight or backing off. `Some` when the request now waits for it.
+    fn fetch(&mut self, vm: &Vm, host: &mut NativeHost, purpose: Purpose, now_ms: u64) -> Option<()> {
+        let document = purpose.fetched()?;
+        let callout = vm.fetch_on_request(document, now_ms)?;
+        let headers = [
+            (":method", "GET"),
+            (":path", callout.path.as_str()),
+            (":authority", callout.authority.as_str()),
+            (":scheme", "http"),
+            ("accept", "application/json"),
+            ("user-agent", "nhi-guard"),
+        ];
+        let token = next_token();
+        let made = host
+            .callout(&callout.cluster, &headers, &[], callout.timeout_ms)
+            .map_err(|err| format!("cluster {:?}: {err}", callout.cluster));
+        let envoy_id = made.as_ref().ok().copied();
+        if let Some(done) = vm.fetch_dispatched(callout.ticket, made.map(|_| token), now_ms, jitter()) {
+            record::fetched(vm, host, done);
+        }
+        let envoy_id = envoy_id?;
+        self.pending = Some(Pending { call: Callout { envoy_id, token }, purpose });
+        fetch_started(self.config, document);
+        Some(())
+    }
+
+    /// The review this request waited for ended (Envoy ran the event `wake` posted).
+    pub fn review_ended(&mut self, envoy: *mut c_void) {
+        if std::mem::replace(&mut self.parked_on_review, false) {
+            self.resume(envoy);
+        }
+    }
+
+    /// A request parked on another request's fetch, which ended: decide it.
+    fn resume(&mut self, envoy: *mut c_void) {
+        let Some(vm) = self.vm.clone() else { return };
+        let mut host = NativeHost::new(envoy);
+        let now_ms = host::now_ns() / 1_000_000;
+        self.request.waited = true;
+        let step = pipeline::run(&vm, &mut host, &mut self.request, now_ms);
+        if self.act(&vm, &mut host, step, now_ms) == Flow::Continue {
+            host::clear_route_cache(envoy);
+            host::continue_decoding(envoy);
+        }
+    }
+
+    fn refuse(&self, vm: &Vm, host: &mut NativeHost, err: HostError) {
+        let reply = pipeline::reply::internal(err);
+        pipeline::reply::refuse(vm, host, &self.request, &reply);
+    }
+
+    /// The answer to callout `envoy_id` of this request (Envoy's callout-done hook).
+    ///
+    /// # Safety
+    /// As [`host::callout_response`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn callout_done(
+        &mut self,
+        envoy: *mut c_void,
+        envoy_id: u64,
+        result: u32,
+        headers: *const abi::HttpHeader,
+        headers_size: usize,
+        chunks: *const abi::EnvoyBuffer,
+        chunks_size: usize,
+    ) {
+        let Some(vm) = self.vm.clone() else { return };
+        let Some(pending) = self.pending.take_if(|p| p.call.envoy_id == envoy_id) else { return };
+        let mut host = NativeHost::new(envoy);
+        let now_ms = host::now_ns() / 1_000_000;
+        let token = pending.call.token;
+        let max_body = match pending.purpose {
+            Purpose::Review => MAX_REVIEW_BYTES,
+            Purpose::Decide(_) | Purpose::Refresh(_) => vm.fetch_max_body(token),
+        };
+        // SAFETY: the caller vouches for Envoy's buffers.
+        let response =
+            unsafe { host::callout_response(result, headers, headers_size, chunks, chunks_size, max_body) };
+        let flow = match pending.purpose {
+            Purpose::Refresh(document) | Purpose::Decide(document) => {
+                if let Some(Next::Done(done)) = vm.fetch_answered(token, response, now_ms, jitter()) {
+                    record::fetched(&vm, &mut host, done);
+                }
+                wake(fetch_ended(self.config, document));
+                if let Purpose::Refresh(_) = pending.purpose {
+                    Flow::Continue
+                } else {
+                    self.request.waited = true;
+                    let step = pipeline::run(&vm, &mut host, &mut self.request, now_ms);
+                    self.act(&vm, &mut host, step, now_ms)
+                }
+            }
+            Purpose::Review => {
+                let key = self.request.liveness.pending.as_ref().map(|p| p.key);
+                let step = pipeline::answered(&vm, &mut host, &mut self.request, token, response, now_ms);
+                // The answer is recorded for everyone: those waiting for it run again.
+                if let Some(key) = key {
+                    wake::review_ended(self.config, &key);
+                }
+                match step {
+                    Some(step) => self.act(&vm, &mut host, step, now_ms),
+                    None => Flow::Paused,
+                }
+            }
+        };
+        if flow == Flow::Continue {
+            host::clear_route_cache(envoy);
+            host::continue_decoding(envoy);
         }
     }
 
@@ -134,4 +428,33 @@ impl Filter {
             pipeline::finish(&vm, &mut NativeHost::new(envoy), &mut self.request);
         }
     }
+}
+
+impl Drop for Filter {
+    /// A request that ends while its callout is in flight (the client went away)
+    /// frees the fetch (or the review's lease) for the next request.
+    fn drop(&mut self) {
+        unpark(std::ptr::from_mut(self));
+        let Some(vm) = self.vm.clone() else { return };
+        if let Some(pending) = self.pending.take() {
+            if let Some(document) = pending.purpose.fetched() {
+                vm.fetch_abandoned(pending.call.token);
+                // Those parked on this fetch are decided without it.
+                wake(fetch_ended(self.config, document));
+            }
+        }
+        let reviewing = self.request.liveness.pending.as_ref().map(|p| p.key);
+        pipeline::abandoned(&vm, &mut self.request);
+        // Its review will not be answered: those waiting for it decide without.
+        if let Some(key) = reviewing {
+            wake::review_ended(self.config, &key);
+        }
+    }
+}
+
+/// A value in `0..=1` to spread fetch retries; not security-relevant.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 8];
+    let random = getrandom::getrandom(&mut bytes).map_or(0, |()| u64::from_le_bytes(bytes));
+    (random % 1_000) as f64 / 999.0
 }

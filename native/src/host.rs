@@ -12,6 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use nhi_guard_core::host::header_map::HeaderMap;
 use nhi_guard_core::host::{Host, HostError, HttpCall, MetricKind};
+use nhi_guard_core::keys::fetch::Response;
 use nhi_guard_core::reason::LocalReply;
 
 use crate::abi::{self, EnvoyBuffer, HttpHeader, ModuleBuffer};
@@ -21,17 +22,87 @@ const REPLY_DETAILS: &str = "nhi_guard";
 
 pub struct NativeHost {
     filter: *mut c_void,
+    /// Callouts made through [`Host::http_call`] in this hook: Envoy's id and the
+    /// token the core was given for it. The filter keeps them to route the answer.
+    pub calls: Vec<Callout>,
+}
+
+/// A callout in flight: Envoy's id for it (unique per filter, so not per worker) and
+/// the token the core knows it by (unique per worker: see [`next_token`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Callout {
+    pub envoy_id: u64,
+    pub token: u32,
+}
+
+thread_local! {
+    static NEXT_TOKEN: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+}
+
+/// A callout token no other callout of this worker holds (the core's fetch machine and
+/// review leases tell answers apart by it; Envoy's ids restart with every request).
+pub fn next_token() -> u32 {
+    NEXT_TOKEN.with(|next| {
+        let token = next.get();
+        next.set(token.checked_add(1).unwrap_or(1));
+        token
+    })
 }
 
 impl NativeHost {
     /// The host for one hook of the filter Envoy calls `filter`.
     pub fn new(filter: *mut c_void) -> Self {
-        NativeHost { filter }
+        NativeHost { filter, calls: Vec::new() }
     }
 
     /// A host for work outside any request (a worker's VM starting).
     pub fn detached() -> Self {
-        NativeHost { filter: std::ptr::null_mut() }
+        NativeHost::new(std::ptr::null_mut())
+    }
+
+    /// Envoy's filter this host calls (null when detached).
+    pub fn filter_ptr(&self) -> *mut c_void {
+        self.filter
+    }
+
+    /// Starts an HTTP request to `cluster` for this filter: Envoy's id for it.
+    pub fn callout(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Result<u64, HostError> {
+        let filter = self.filter()?;
+        let headers: Vec<HttpHeader> = headers
+            .iter()
+            .map(|(name, value)| HttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect();
+        let mut id = 0u64;
+        // SAFETY: live filter; every buffer outlives the call (Envoy copies them).
+        let result = unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_http_callout(
+                filter,
+                &mut id,
+                ModuleBuffer::of(cluster.as_bytes()),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(body),
+                timeout_ms,
+            )
+        };
+        match result {
+            abi::CALLOUT_INIT_SUCCESS => Ok(id),
+            abi::CALLOUT_INIT_MISSING_HEADERS => Err(HostError::BAD_ARGUMENT),
+            abi::CALLOUT_INIT_CLUSTER_NOT_FOUND => Err(HostError::NOT_FOUND),
+            // A duplicate id, or no request could be made (no healthy host).
+            _ => Err(HostError::INTERNAL_FAILURE),
+        }
     }
 
     fn filter(&self) -> Result<*mut c_void, HostError> {
@@ -101,6 +172,65 @@ pub fn clear_route_cache(filter: *mut c_void) {
         // SAFETY: the live filter of this hook.
         unsafe { abi::envoy_dynamic_module_callback_http_clear_route_cache(filter) };
     }
+}
+
+/// Resumes the request a hook paused (after its callout was answered).
+pub fn continue_decoding(filter: *mut c_void) {
+    if !filter.is_null() {
+        // SAFETY: the live filter of this hook.
+        unsafe { abi::envoy_dynamic_module_callback_http_filter_continue_decoding(filter) };
+    }
+}
+
+/// A callout's answer as the core reads one: the `:status` header, and the body
+/// (its chunks joined) unless it is over `max_body` bytes (then `Err(its size)`).
+/// A callout that failed (reset, over Envoy's buffer) has neither.
+///
+/// # Safety
+/// `headers` and `chunks` are null or valid for `headers_size` and `chunks_size`
+/// entries whose buffers are valid (Envoy's, for the hook that handed them over).
+pub unsafe fn callout_response(
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+    max_body: usize,
+) -> Response {
+    if result != abi::CALLOUT_SUCCESS {
+        return Response { status: None, body: Ok(Vec::new()) };
+    }
+    let headers: &[HttpHeader] = if headers.is_null() {
+        &[]
+    } else {
+        // SAFETY: the caller vouches for the pointer and length.
+        unsafe { std::slice::from_raw_parts(headers, headers_size) }
+    };
+    let status = headers.iter().find_map(|h| {
+        // SAFETY: Envoy's buffers, valid for this hook.
+        let name = unsafe { EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.to_vec() };
+        if name != b":status" {
+            return None;
+        }
+        let value = unsafe { EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.to_vec() };
+        std::str::from_utf8(&value).ok()?.parse::<u16>().ok()
+    });
+    let chunks: &[EnvoyBuffer] = if chunks.is_null() {
+        &[]
+    } else {
+        // SAFETY: the caller vouches for the pointer and length.
+        unsafe { std::slice::from_raw_parts(chunks, chunks_size) }
+    };
+    let size: usize = chunks.iter().map(|c| c.length).sum();
+    if size > max_body {
+        return Response { status, body: Err(size) };
+    }
+    let mut body = Vec::with_capacity(size);
+    for chunk in chunks {
+        // SAFETY: Envoy's buffers, valid for this hook.
+        body.extend_from_slice(&unsafe { chunk.to_vec() });
+    }
+    Response { status, body: Ok(body) }
 }
 
 /// Unix time in nanoseconds (the module runs in Envoy's process: its clock is ours).
@@ -203,8 +333,12 @@ impl Host for NativeHost {
         Err(HostError::UNIMPLEMENTED)
     }
 
-    /// No callouts yet: liveness and the revocation feed are refused at load.
-    fn http_call(&mut self, _call: &HttpCall) -> Result<u32, HostError> {
-        Err(HostError::UNIMPLEMENTED)
+    /// A TokenReview: Envoy's HTTP callout from this request.
+    fn http_call(&mut self, call: &HttpCall) -> Result<u32, HostError> {
+        let headers: Vec<(&str, &str)> = call.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        let envoy_id = self.callout(&call.cluster, &headers, &call.body, call.timeout_ms)?;
+        let token = next_token();
+        self.calls.push(Callout { envoy_id, token });
+        Ok(token)
     }
 }

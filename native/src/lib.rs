@@ -14,6 +14,7 @@ mod filter;
 mod host;
 mod logger;
 mod store;
+mod wake;
 
 use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,9 +154,53 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *co
     }
 }
 
+/// The answer to a callout the request made (its keys, the revocation list, its
+/// TokenReview), on the request's worker.
+///
+/// # Safety
+/// Envoy's hook contract (see [`filter_mut`]); `headers` and `chunks` are valid for
+/// their sizes until the hook returns.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    envoy: *mut c_void,
+    filter: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const abi::HttpHeader,
+    headers_size: usize,
+    chunks: *const abi::EnvoyBuffer,
+    chunks_size: usize,
+) {
+    // SAFETY: Envoy's hook contract.
+    if let Some(filter) = unsafe { filter_mut(filter) } {
+        // SAFETY: Envoy's buffers, valid for this hook.
+        unsafe { filter.callout_done(envoy, callout_id, result, headers, headers_size, chunks, chunks_size) };
+    }
+}
+
+/// An event this module posted to the request's scheduler: the review it waited
+/// for ended (see [`wake`]).
+///
+/// # Safety
+/// Envoy's hook contract (see [`filter_mut`]).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
+    envoy: *mut c_void,
+    filter: *const c_void,
+    event_id: u64,
+) {
+    // SAFETY: Envoy's hook contract.
+    if let Some(filter) = unsafe { filter_mut(filter) } {
+        if event_id == wake::REVIEW_ENDED {
+            filter.review_ended(envoy);
+        }
+    }
+}
+
 // The hooks Envoy requires of every HTTP filter module that this one has no use for:
-// bodies and trailers pass, and no callout, stream or timer is ever started (so the
-// callout, stream and scheduler hooks are never called).
+// bodies and trailers pass, and no stream is ever started (so the stream hooks are
+// never called).
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
@@ -192,9 +237,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done() {}
-
-#[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers() {}
 
 #[no_mangle]
@@ -208,9 +250,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete() {}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset() {}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled() {}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark() {}

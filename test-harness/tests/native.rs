@@ -8,12 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use test_harness::envoy::{self, native_config_path, native_module_path, Envoy, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::{self, Response};
 use test_harness::keys::{KeyType, TestKey, TestKeys};
+use test_harness::kube_api::{self, Availability, KubeApi};
 use test_harness::mint::{self, Alg, Token};
 use test_harness::upstream::EchoUpstream;
 
@@ -228,19 +230,151 @@ fn a_quota_is_exact_across_both_workers(native: &Native) {
     assert_eq!((refused.status, reason(&refused).as_str()), (429, "quota_exceeded"));
 }
 
+const CLUSTER_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A Kubernetes issuer whose keys and TokenReviews both come from the API server
+/// double, through Envoy's HTTP callout from the requests that need them.
+fn kubernetes_issuer() -> Value {
+    json!({
+        "name": "cluster",
+        "issuer": CLUSTER_ISSUER,
+        "audiences": ["nhi-gateway"],
+        "jwks": { "cluster": "kube_api", "authority": "kubernetes.default.svc",
+                  "path": kube_api::JWKS_PATH, "refresh_seconds": 300, "timeout_ms": 2000 },
+        "algorithms": ["ES256"],
+        "profile": {
+            "type": "kubernetes",
+            "service_accounts": ["ci/*"],
+            "liveness": { "cluster": "kube_api", "authority": "kubernetes.default.svc",
+                          "path": kube_api::TOKEN_REVIEW_PATH, "cache_seconds": 60,
+                          "timeout_ms": 1000, "on_unavailable": "deny" }
+        }
+    })
+}
+
+/// A projected service-account token of `ci/NAME`, signed by the cluster's key.
+fn service_account_token(name: &str) -> String {
+    let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
+    let now = mint::now();
+    Token::new(Alg::Es256)
+        .kid(key.kid())
+        .claims(json!({
+            "iss": CLUSTER_ISSUER, "aud": ["nhi-gateway"], "iat": now, "nbf": now, "exp": now + 3600,
+            "sub": format!("system:serviceaccount:ci:{name}"),
+            "kubernetes.io": {
+                "namespace": "ci",
+                "pod": {"name": format!("{name}-7d9f8-x2kqv"), "uid": "6f1a7c1e-0000-4000-8000-000000000002"},
+                "serviceaccount": {"name": name, "uid": "6f1a7c1e-0000-4000-8000-000000000003"}
+            }
+        }))
+        .sign(key)
+        .unwrap()
+}
+
+/// Remote keys and TokenReview liveness in the native shell: both are Envoy HTTP
+/// callouts (`envoy_dynamic_module_callback_http_filter_http_callout`) made by the
+/// request that needs the answer, which waits for it and is then decided.
+#[test]
+fn keys_and_token_reviews_come_through_envoys_http_callout() {
+    let module = native_module_path().unwrap();
+    let kube = KubeApi::start(&TestKeys::shared().unwrap().jwks()).unwrap();
+    let upstream = EchoUpstream::start_named("upstream").unwrap();
+    let web = EchoUpstream::start_named("web").unwrap();
+    let mut plugin = plugin();
+    plugin["issuers"].as_array_mut().unwrap().push(kubernetes_issuer());
+    let mut config = EnvoyConfig::load(&native_config_path()).unwrap();
+    config.add_cluster_like("kube_api", "upstream").unwrap();
+    let options = EnvoyOptions::new()
+        .native(&module)
+        .unwrap()
+        .config(config)
+        .cluster("upstream", upstream.addr())
+        .cluster("web", web.addr())
+        .cluster("kube_api", kube.addr())
+        .plugin_configuration(plugin);
+    let envoy = Envoy::start(&options).unwrap();
+    let get = |token: &str| {
+        let bearer = format!("Bearer {token}");
+        http::request_raw(
+            envoy.listener_addr(),
+            "GET",
+            "/api/builds",
+            &[("authorization", bearer.as_bytes())],
+        )
+        .unwrap()
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(kube.jwks_authorizations().is_empty(), "no fetch before a request needs the keys");
+
+        // The first request fetches the keys, then asks for its token's review.
+        let live = service_account_token("builder");
+        kube.make_live(&live, "system:serviceaccount:ci:builder");
+        let response = get(&live);
+        assert_eq!(response.status, 200, "{}", response.body_text());
+        assert_eq!(echo(&response)["headers"]["x-nhi-identity"], "ci/builder");
+        assert_eq!(kube.reviews_of(&live), 1);
+        let review = kube.reviews().pop().unwrap();
+        assert_eq!(review.audiences, vec!["nhi-gateway".to_owned()]);
+
+        // Many more, on connections of their own (both workers): the keys are fetched
+        // at most once per worker, the review's verdict is shared by every worker.
+        let counts = http::bearer_status_counts(envoy.listener_addr(), "/api/builds", &live, 8, 40).unwrap();
+        assert_eq!(counts.get(&200), Some(&40), "{counts:?}");
+        assert_eq!(kube.reviews_of(&live), 1, "one review per token per cache_seconds, for the whole Envoy");
+        let fetches = kube.jwks_authorizations().len();
+        assert!((1..=2).contains(&fetches), "keys fetched {fetches} times");
+
+        // A token the API server no longer authenticates (its pod or account is gone).
+        let gone = service_account_token("deleted");
+        let response = get(&gone);
+        assert_eq!((response.status, reason(&response).as_str()), (401, "workload_gone"));
+        assert_eq!(kube.reviews_of(&gone), 1);
+
+        // A fresh token in a burst over both workers while the API server is slow: one
+        // review; the other requests wait for its answer (woken on their own worker
+        // when it is recorded) instead of being decided by `on_unavailable`.
+        let burst = service_account_token("burst");
+        kube.make_live(&burst, "system:serviceaccount:ci:burst");
+        kube.set_availability(Availability::Stalled(Duration::from_millis(300)));
+        let before = connections_per_worker(&envoy);
+        let counts = http::bearer_status_counts(envoy.listener_addr(), "/api/builds", &burst, 8, 8).unwrap();
+        let after = connections_per_worker(&envoy);
+        kube.set_availability(Availability::Answering);
+        assert_eq!(counts.get(&200), Some(&8), "{counts:?}");
+        assert_eq!(kube.reviews_of(&burst), 1, "the burst made one review");
+        let served = after.iter().filter(|(w, n)| **n > before.get(*w).copied().unwrap_or(0)).count();
+        assert_eq!(served, 2, "both workers took part: before {before:?}, after {after:?}");
+
+        // The API server failing: a token never reviewed is refused (`on_unavailable: deny`).
+        let unreviewed = service_account_token("new-job");
+        kube.make_live(&unreviewed, "system:serviceaccount:ci:new-job");
+        kube.set_availability(Availability::Failing(503));
+        let response = get(&unreviewed);
+        assert_eq!((response.status, reason(&response).as_str()), (503, "liveness_unavailable"));
+        assert_eq!(upstream.received_for("/api/builds").len(), 49, "only live tokens' requests got through");
+    }));
+    if let Err(panic) = result {
+        eprintln!("--- Envoy log (tail) ---\n{}", envoy.log_tail(60));
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// What the native shell cannot do yet is refused when Envoy loads the config, with
 /// the field and why in Envoy's log — never accepted and ignored.
 #[test]
-fn remote_jwks_are_refused_at_load_with_the_reason() {
+fn discovery_is_refused_at_load_with_the_reason() {
     let module = native_module_path().unwrap();
     let mut plugin = plugin();
-    plugin["issuers"][0]["jwks"] =
-        json!({ "cluster": "upstream", "authority": "jwks", "path": "/jwks.json" });
+    plugin["issuers"][0]["jwks"] = json!({});
+    plugin["issuers"][0]["discovery"] = json!({ "cluster": "upstream", "authority": "idp.example" });
     let options = EnvoyOptions::new().native(&module).unwrap().plugin_configuration(plugin);
     let config = options.render(std::path::Path::new("")).unwrap();
     let log = envoy::validate(&config).unwrap().expect_err("Envoy must refuse the configuration");
-    assert!(log.contains("issuers[0].jwks: not supported by the native (dynamic module) shell yet"), "{log}");
-    assert!(log.contains("give the keys as jwks.inline"), "{log}");
+    assert!(
+        log.contains("issuers[0].discovery: not supported by the native (dynamic module) shell yet"),
+        "{log}"
+    );
+    assert!(log.contains("give the jwks_uri's cluster and path"), "{log}");
 
     // And the shipped file, as it is, validates.
     let options = EnvoyOptions::new().native(&module).unwrap();

@@ -31,7 +31,7 @@ pub fn note(vm: &Vm, host: &mut dyn Host, request: &mut Request, issuer: &str, i
     });
     pending.note(config.max_tracked, issuer, identity, request.observed.route.as_deref(), source, now_ms);
     drop(pending);
-    if !vm.can_park() {
+    if !vm.ticks() {
         // No tick on this host: the table is this VM's own memory, merge now.
         flush(vm, host);
     }
