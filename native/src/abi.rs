@@ -92,6 +92,10 @@ pub const CALLOUT_INIT_CLUSTER_NOT_FOUND: u32 = 2;
 /// `ExceedResponseBufferLimit`).
 pub const CALLOUT_SUCCESS: u32 = 0;
 
+/// `envoy_dynamic_module_type_metrics_result_Success` (then `MetricNotFound`,
+/// `InvalidLabels`, `Frozen`).
+pub const METRICS_SUCCESS: u32 = 0;
+
 /// `envoy_dynamic_module_type_log_level`.
 pub const LOG_DEBUG: u32 = 1;
 pub const LOG_INFO: u32 = 2;
@@ -153,6 +157,66 @@ extern "C" {
     pub fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
     /// Resumes a request whose headers hook returned `StopIteration`.
     pub fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter_envoy_ptr: *mut c_void);
+    /// Defines a metric with these label names on a configuration, while Envoy creates
+    /// it (`Frozen` afterwards); `id` then names it in the filter calls below.
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_config_define_histogram(
+        config_envoy_ptr: *mut c_void,
+        name: ModuleBuffer,
+        label_names: *const ModuleBuffer,
+        label_names_length: usize,
+        id: *mut usize,
+    ) -> u32;
+    /// Updates the series of metric `id` with these label values (as many as it has
+    /// label names).
+    pub fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_increment_gauge(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_decrement_gauge(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_set_gauge(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    pub fn envoy_dynamic_module_callback_http_filter_record_histogram_value(
+        filter_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
 }

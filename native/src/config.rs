@@ -9,6 +9,7 @@ use std::sync::Arc;
 use nhi_guard_core::config::{Config, ConfigError, JwksSource};
 use nhi_guard_core::host::capabilities::{HostSetting, KeyFetch, Plan, Probed, StateScope};
 
+use crate::metrics::Families;
 use crate::store::SharedStore;
 
 /// One `dynamic_modules` filter configuration: the validated configuration and the
@@ -17,6 +18,8 @@ use crate::store::SharedStore;
 pub struct FilterConfig {
     pub config: Config,
     pub store: Arc<SharedStore>,
+    /// The metric families, defined on Envoy's configuration when it was created.
+    pub families: Arc<Families>,
     /// Distinguishes this configuration's per-worker VMs from those of another
     /// (a reload, a second listener).
     pub id: u64,
@@ -43,10 +46,16 @@ impl fmt::Display for LoadError {
 }
 
 impl FilterConfig {
-    pub fn load(json: &[u8], id: u64) -> Result<FilterConfig, LoadError> {
+    /// Validates `json`; `families` are the metric families defined on Envoy's
+    /// configuration (by `config_new`: [`Families::define`]).
+    pub fn load(
+        json: &[u8],
+        id: u64,
+        families: impl FnOnce() -> Families,
+    ) -> Result<FilterConfig, LoadError> {
         let config = Config::from_json(json).map_err(LoadError::Config)?;
         refuse_unsupported(&config)?;
-        Ok(FilterConfig { config, store: Arc::default(), id })
+        Ok(FilterConfig { config, store: Arc::default(), families: Arc::new(families()), id })
     }
 
     /// How the core runs here: one table for every worker (so quotas, the token cache
@@ -108,7 +117,7 @@ mod tests {
 
     #[test]
     fn inline_keys_load() {
-        let loaded = FilterConfig::load(INLINE.as_bytes(), 1).unwrap();
+        let loaded = FilterConfig::load(INLINE.as_bytes(), 1, Families::default).unwrap();
         assert_eq!(loaded.plan().state, StateScope::Shared);
     }
 
@@ -120,7 +129,7 @@ mod tests {
             r#""jwks": {"cluster": "jwks", "authority": "jwks", "path": "/jwks.json"}"#,
         );
         assert_ne!(remote, INLINE);
-        let loaded = FilterConfig::load(remote.as_bytes(), 1).unwrap();
+        let loaded = FilterConfig::load(remote.as_bytes(), 1, Families::default).unwrap();
         assert_eq!(loaded.plan().key_fetch, KeyFetch::OnRequest);
 
         let discovering = INLINE.replace(
@@ -128,7 +137,7 @@ mod tests {
         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}"#,
             r#""discovery": {"cluster": "idp", "authority": "idp.example"}, "jwks": {}"#,
         );
-        let err = FilterConfig::load(discovering.as_bytes(), 1).unwrap_err().to_string();
+        let err = FilterConfig::load(discovering.as_bytes(), 1, Families::default).unwrap_err().to_string();
         assert!(err.starts_with("issuers[0].discovery: not supported by the native"), "{err}");
         assert!(err.contains("give the jwks_uri's cluster and path"), "{err}");
     }
@@ -136,13 +145,13 @@ mod tests {
     #[test]
     fn filter_state_is_refused() {
         let json = INLINE.replacen('{', r#"{"filter_state": true, "#, 1);
-        let err = FilterConfig::load(json.as_bytes(), 1).unwrap_err().to_string();
+        let err = FilterConfig::load(json.as_bytes(), 1, Families::default).unwrap_err().to_string();
         assert!(err.starts_with("filter_state: "), "{err}");
     }
 
     #[test]
     fn invalid_configuration_names_its_path() {
-        let err = FilterConfig::load(br#"{"issuers": []}"#, 1).unwrap_err().to_string();
+        let err = FilterConfig::load(br#"{"issuers": []}"#, 1, Families::default).unwrap_err().to_string();
         assert!(err.contains("issuers"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use nhi_guard_core::host::HostError;
 use nhi_guard_core::keys::fetch::{Document, Next};
@@ -21,6 +22,7 @@ use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 use crate::abi;
 use crate::config::FilterConfig;
 use crate::host::{self, next_token, Callout, NativeHost};
+use crate::metrics::{self, Families};
 use crate::store::SharedHandle;
 use crate::wake;
 
@@ -50,8 +52,14 @@ fn worker_vm(config: &FilterConfig) -> Option<Rc<Vm>> {
         };
         let store = Box::new(SharedHandle(std::sync::Arc::clone(&config.store)));
         let now_ms = host::now_ns() / 1_000_000;
-        match Vm::start(config.config.clone(), config.plan(), store, &mut NativeHost::detached(), now_ms, me)
-        {
+        match Vm::start(
+            config.config.clone(),
+            config.plan(),
+            store,
+            &mut NativeHost::detached(&config.families),
+            now_ms,
+            me,
+        ) {
             Ok(vm) => {
                 vm.shell_wakes_reviews();
                 let vm = Rc::new(vm);
@@ -183,6 +191,7 @@ enum Flow {
 /// A request, from `on_http_filter_new` to `on_http_filter_destroy`.
 pub struct Filter {
     vm: Option<Rc<Vm>>,
+    families: Arc<Families>,
     config: u64,
     request: Request,
     logged: bool,
@@ -202,6 +211,7 @@ impl Filter {
         });
         Filter {
             vm: worker_vm(config),
+            families: Arc::clone(&config.families),
             config: config.id,
             request: Request::new(id),
             logged: false,
@@ -213,7 +223,7 @@ impl Filter {
 
     /// The request headers: decide. Returns the hook's status.
     pub fn request_headers(&mut self, envoy: *mut c_void, end_of_stream: bool) -> u32 {
-        let mut host = NativeHost::new(envoy);
+        let mut host = NativeHost::new(envoy, &self.families);
         let Some(vm) = self.vm.clone() else {
             // No VM (logged when it failed to start): fail closed.
             let rejection = Rejection::new(Reason::InternalError, "nhi-guard is not running on this worker");
@@ -221,6 +231,7 @@ impl Filter {
             return abi::STATUS_STOP_ITERATION;
         };
         self.request.has_body = !end_of_stream;
+        metrics::show_defined(envoy);
         let step = pipeline::start(&vm, &mut host, &mut self.request);
         let now_ms = self.request.observed.started_ns.unwrap_or_else(host::now_ns) / 1_000_000;
         match self.act(&vm, &mut host, step, now_ms) {
@@ -338,7 +349,7 @@ impl Filter {
     /// A request parked on another request's fetch, which ended: decide it.
     fn resume(&mut self, envoy: *mut c_void) {
         let Some(vm) = self.vm.clone() else { return };
-        let mut host = NativeHost::new(envoy);
+        let mut host = NativeHost::new(envoy, &self.families);
         let now_ms = host::now_ns() / 1_000_000;
         self.request.waited = true;
         let step = pipeline::run(&vm, &mut host, &mut self.request, now_ms);
@@ -370,7 +381,7 @@ impl Filter {
     ) {
         let Some(vm) = self.vm.clone() else { return };
         let Some(pending) = self.pending.take_if(|p| p.call.envoy_id == envoy_id) else { return };
-        let mut host = NativeHost::new(envoy);
+        let mut host = NativeHost::new(envoy, &self.families);
         let now_ms = host::now_ns() / 1_000_000;
         let token = pending.call.token;
         let max_body = match pending.purpose {
@@ -415,7 +426,7 @@ impl Filter {
 
     /// The response headers of a forwarded request: the quota headers.
     pub fn response_headers(&mut self, envoy: *mut c_void) -> u32 {
-        pipeline::respond(&mut NativeHost::new(envoy), &self.request);
+        pipeline::respond(&mut NativeHost::new(envoy, &self.families), &self.request);
         abi::STATUS_CONTINUE
     }
 
@@ -425,7 +436,7 @@ impl Filter {
             return;
         }
         if let Some(vm) = self.vm.clone() {
-            pipeline::finish(&vm, &mut NativeHost::new(envoy), &mut self.request);
+            pipeline::finish(&vm, &mut NativeHost::new(envoy, &self.families), &mut self.request);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! nothing here decodes them.
 
 use std::ffi::c_void;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nhi_guard_core::host::header_map::HeaderMap;
@@ -16,12 +17,15 @@ use nhi_guard_core::keys::fetch::Response;
 use nhi_guard_core::reason::LocalReply;
 
 use crate::abi::{self, EnvoyBuffer, HttpHeader, ModuleBuffer};
+use crate::metrics::{self, Families};
 
 /// Local replies say who answered in Envoy's `%RESPONSE_CODE_DETAILS%`.
 const REPLY_DETAILS: &str = "nhi_guard";
 
 pub struct NativeHost {
     filter: *mut c_void,
+    /// The configuration's metric families (none: metrics are not counted).
+    families: Option<Arc<Families>>,
     /// Callouts made through [`Host::http_call`] in this hook: Envoy's id and the
     /// token the core was given for it. The filter keeps them to route the answer.
     pub calls: Vec<Callout>,
@@ -51,13 +55,14 @@ pub fn next_token() -> u32 {
 
 impl NativeHost {
     /// The host for one hook of the filter Envoy calls `filter`.
-    pub fn new(filter: *mut c_void) -> Self {
-        NativeHost { filter, calls: Vec::new() }
+    pub fn new(filter: *mut c_void, families: &Arc<Families>) -> Self {
+        NativeHost { filter, families: Some(Arc::clone(families)), calls: Vec::new() }
     }
 
-    /// A host for work outside any request (a worker's VM starting).
-    pub fn detached() -> Self {
-        NativeHost::new(std::ptr::null_mut())
+    /// A host for work outside any request (a worker's VM starting): series may be
+    /// defined, nothing written.
+    pub fn detached(families: &Arc<Families>) -> Self {
+        NativeHost::new(std::ptr::null_mut(), families)
     }
 
     /// Envoy's filter this host calls (null when detached).
@@ -303,19 +308,18 @@ impl Host for NativeHost {
         Ok(())
     }
 
-    /// Metrics are not wired yet: Envoy freezes a dynamic module's metric definitions
-    /// when its configuration is created, and the core defines per-identity series as
-    /// identities appear. The pipeline treats metrics as observation only.
-    fn define_metric(&mut self, _kind: MetricKind, _name: &str) -> Result<u32, HostError> {
-        Err(HostError::UNIMPLEMENTED)
+    /// Metric families defined on the configuration; see [`crate::metrics`].
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        let families = self.families.as_ref().ok_or(HostError::UNIMPLEMENTED)?;
+        metrics::define(families, kind, name)
     }
 
-    fn increment_metric(&mut self, _id: u32, _offset: i64) -> Result<(), HostError> {
-        Err(HostError::UNIMPLEMENTED)
+    fn increment_metric(&mut self, id: u32, offset: i64) -> Result<(), HostError> {
+        metrics::increment(self.filter, id, offset)
     }
 
-    fn record_metric(&mut self, _id: u32, _value: u64) -> Result<(), HostError> {
-        Err(HostError::UNIMPLEMENTED)
+    fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {
+        metrics::record(self.filter, id, value)
     }
 
     fn random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {

@@ -13,6 +13,7 @@ mod config;
 mod filter;
 mod host;
 mod logger;
+mod metrics;
 mod store;
 mod wake;
 
@@ -40,14 +41,14 @@ pub extern "C" fn envoy_dynamic_module_on_program_init() -> abi::AbiVersion {
 /// Envoy passes buffers valid for the call.
 #[no_mangle]
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
-    _config_envoy_ptr: *mut c_void,
+    config_envoy_ptr: *mut c_void,
     name: abi::EnvoyBuffer,
     config: abi::EnvoyBuffer,
 ) -> *const c_void {
     // SAFETY: Envoy's buffers, valid for this call.
     let (name, json) = unsafe { (name.to_vec(), config.to_vec()) };
     let id = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
-    match FilterConfig::load(&json, id) {
+    match FilterConfig::load(&json, id, || metrics::Families::define(config_envoy_ptr)) {
         Ok(loaded) => {
             log::info!(
                 "nhi-guard (native) configured as {:?}: {} issuer(s), state shared by every worker in process",

@@ -17,6 +17,7 @@ use test_harness::http::{self, Response};
 use test_harness::keys::{KeyType, TestKey, TestKeys};
 use test_harness::kube_api::{self, Availability, KubeApi};
 use test_harness::mint::{self, Alg, Token};
+use test_harness::prometheus::Scrape;
 use test_harness::upstream::EchoUpstream;
 
 /// Requests `robot-quota` may make in the test (the window never refills during it).
@@ -109,6 +110,7 @@ fn the_native_shell_decides_as_the_wasm_does() {
         forged_identity_headers_never_reach_a_backend(&native);
         a_machine_token_on_the_human_route_is_refused(&native);
         a_quota_is_exact_across_both_workers(&native);
+        the_metrics_are_the_wasms_under_envoys_module_prefix(&native);
     }));
     if let Err(panic) = result {
         eprintln!("--- Envoy log (tail) ---\n{}", native.envoy.log_tail(60));
@@ -352,11 +354,77 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
         let response = get(&unreviewed);
         assert_eq!((response.status, reason(&response).as_str()), (503, "liveness_unavailable"));
         assert_eq!(upstream.received_for("/api/builds").len(), 49, "only live tokens' requests got through");
+
+        let scrape = scrape(&envoy);
+        let reviews = |result: &str| {
+            metric(
+                &scrape,
+                "nhi_liveness_reviews_total",
+                &[("nhi_issuer", "cluster"), ("nhi_result", result)],
+            )
+        };
+        assert_eq!(
+            (reviews("alive"), reviews("gone"), reviews("unavailable")),
+            (Some(2.0), Some(1.0), Some(1.0))
+        );
+        let fetches = metric(
+            &scrape,
+            "nhi_jwks_fetches_total",
+            &[("nhi_issuer", "cluster"), ("nhi_result", "success")],
+        );
+        assert_eq!(fetches, Some(kube.jwks_authorizations().len() as f64));
     }));
     if let Err(panic) = result {
         eprintln!("--- Envoy log (tail) ---\n{}", envoy.log_tail(60));
         std::panic::resume_unwind(panic);
     }
+}
+
+/// Envoy's name prefix for a dynamic module's metrics (`/stats/prometheus` keeps it;
+/// the wasm's `wasmcustom.` is removed): the families and labels after it are the wasm's.
+const MODULE_PREFIX: &str = "envoy_dynamicmodulescustom_";
+
+/// Envoy's Prometheus endpoint, read at once: the native shell counts as it goes.
+fn scrape(envoy: &Envoy) -> Scrape {
+    Scrape::parse(&envoy.admin_text("/stats/prometheus").unwrap()).unwrap()
+}
+
+fn metric(scrape: &Scrape, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.value(&format!("{MODULE_PREFIX}{family}"), labels)
+}
+
+fn the_metrics_are_the_wasms_under_envoys_module_prefix(native: &Native) {
+    let scrape = scrape(&native.envoy);
+    let issuer = native.plugin["issuers"][0]["name"].as_str().unwrap();
+    let requests = |decision: &str, reason: &str| {
+        metric(
+            &scrape,
+            "nhi_requests_total",
+            &[
+                ("nhi_issuer", issuer),
+                ("nhi_route", "machine-api"),
+                ("nhi_decision", decision),
+                ("nhi_reason", reason),
+            ],
+        )
+    };
+    assert_eq!(requests("denied", "bad_signature"), Some(1.0));
+    assert_eq!(requests("denied", "wrong_audience"), Some(1.0));
+    // The quota test's burst and the one refused after it.
+    let refused = (16 * 20 - QUOTA + 1) as f64;
+    assert_eq!(requests("denied", "quota_exceeded"), Some(refused));
+    let quota = [("nhi_issuer", issuer), ("nhi_identity", "robot-quota"), ("nhi_policy", "tight")];
+    assert_eq!(metric(&scrape, "nhi_quota_rejections_total", &quota), Some(refused));
+    assert_eq!(
+        metric(
+            &scrape,
+            "nhi_identity_requests_total",
+            &[("nhi_issuer", issuer), ("nhi_identity", "robot-quota")]
+        ),
+        Some((16 * 20 + 1) as f64)
+    );
+    // Defined when the VM starts, shown at zero before anything happens to them.
+    assert_eq!(metric(&scrape, "nhi_quota_overflow_total", &[("nhi_policy", "default")]), Some(0.0));
 }
 
 /// What the native shell cannot do yet is refused when Envoy loads the config, with
