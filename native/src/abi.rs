@@ -74,7 +74,11 @@ pub const REQUEST_HEADER: u32 = 0;
 pub const RESPONSE_HEADER: u32 = 2;
 
 /// `envoy_dynamic_module_type_attribute_id` values used here.
+pub const ATTRIBUTE_RESPONSE_CODE: u32 = 15;
 pub const ATTRIBUTE_SOURCE_ADDRESS: u32 = 24;
+pub const ATTRIBUTE_SUBJECT_PEER_CERTIFICATE: u32 = 33;
+pub const ATTRIBUTE_URI_SAN_PEER_CERTIFICATE: u32 = 37;
+pub const ATTRIBUTE_SHA256_PEER_CERTIFICATE_DIGEST: u32 = 38;
 pub const ATTRIBUTE_XDS_ROUTE_NAME: u32 = 61;
 
 /// `envoy_dynamic_module_type_on_http_filter_request_headers_status` (the body,
@@ -132,6 +136,18 @@ extern "C" {
         filter_envoy_ptr: *mut c_void,
         attribute_id: u32,
         result: *mut EnvoyBuffer,
+    ) -> bool;
+    pub fn envoy_dynamic_module_callback_http_filter_get_attribute_int(
+        filter_envoy_ptr: *mut c_void,
+        attribute_id: u32,
+        result: *mut u64,
+    ) -> bool;
+    /// Sets filter state `key` (a plain string object, printable in access logs with
+    /// `%FILTER_STATE(key:PLAIN)%`).
+    pub fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter_envoy_ptr: *mut c_void,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
     ) -> bool;
     /// Makes Envoy select the route again (after this filter changed the headers).
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: *mut c_void);

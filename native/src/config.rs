@@ -92,17 +92,11 @@ fn refuse_unsupported(config: &Config) -> Result<(), LoadError> {
     if config.host == HostSetting::Apisix {
         return unsupported("host", "\"apisix\" is a proxy-wasm host; this module only runs in Envoy");
     }
-    if config.mtls.is_some() {
-        return unsupported("mtls", "the client certificate's connection attributes are not read yet");
-    }
     if config.partners.is_some() {
         return unsupported(
             "partners",
             "signatures over the request body need the body, which is not read yet",
         );
-    }
-    if config.filter_state {
-        return unsupported("filter_state", "Envoy filter state is not written yet");
     }
     Ok(())
 }
@@ -143,10 +137,12 @@ mod tests {
     }
 
     #[test]
-    fn filter_state_is_refused() {
-        let json = INLINE.replacen('{', r#"{"filter_state": true, "#, 1);
+    fn filter_state_and_mtls_load_and_apisix_is_refused() {
+        let json = INLINE.replacen('{', r#"{"filter_state": true, "mtls": {"trust_domains": ["td"]}, "#, 1);
+        FilterConfig::load(json.as_bytes(), 1, Families::default).unwrap();
+        let json = INLINE.replacen('{', r#"{"host": "apisix", "#, 1);
         let err = FilterConfig::load(json.as_bytes(), 1, Families::default).unwrap_err().to_string();
-        assert!(err.starts_with("filter_state: "), "{err}");
+        assert!(err.starts_with("host: "), "{err}");
     }
 
     #[test]

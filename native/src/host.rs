@@ -169,6 +169,21 @@ impl NativeHost {
     }
 }
 
+impl NativeHost {
+    /// An integer attribute, as the decimal text the wasm's property holds.
+    fn attribute_int(&self, id: u32) -> Option<Vec<u8>> {
+        let filter = self.filter().ok()?;
+        let mut value = 0u64;
+        // SAFETY: live filter; `value` is written by Envoy.
+        if !unsafe {
+            abi::envoy_dynamic_module_callback_http_filter_get_attribute_int(filter, id, &mut value)
+        } {
+            return None;
+        }
+        Some(value.to_string().into_bytes())
+    }
+}
+
 /// The route is selected again once this filter is done with the headers: the wasm
 /// gets this from Envoy for free (a proxy-wasm header write clears the route cache);
 /// the routes of the shipped config match on `x-nhi-client`, which the pipeline sets.
@@ -266,20 +281,40 @@ impl Host for NativeHost {
         self.set_header(abi::RESPONSE_HEADER, name.as_bytes(), ModuleBuffer::of(value.as_bytes()))
     }
 
-    /// The attributes the pipeline asks for that the ABI has as strings; anything
-    /// else is unknown here (the connection's certificate among them: `mtls` is
-    /// refused at load).
+    /// The properties the pipeline reads, as Envoy's attributes of the same names
+    /// (the wasm's `connection.*` are the downstream TLS connection's); anything else
+    /// is unknown here.
     fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
-        match path {
-            ["source", "address"] => self.attribute(abi::ATTRIBUTE_SOURCE_ADDRESS),
-            ["xds", "route_name"] => self.attribute(abi::ATTRIBUTE_XDS_ROUTE_NAME),
-            _ => None,
-        }
+        let id = match path {
+            ["source", "address"] => abi::ATTRIBUTE_SOURCE_ADDRESS,
+            ["xds", "route_name"] => abi::ATTRIBUTE_XDS_ROUTE_NAME,
+            ["connection", "sha256_peer_certificate_digest"] => abi::ATTRIBUTE_SHA256_PEER_CERTIFICATE_DIGEST,
+            ["connection", "uri_san_peer_certificate"] => abi::ATTRIBUTE_URI_SAN_PEER_CERTIFICATE,
+            ["connection", "subject_peer_certificate"] => abi::ATTRIBUTE_SUBJECT_PEER_CERTIFICATE,
+            ["response", "code"] => return self.attribute_int(abi::ATTRIBUTE_RESPONSE_CODE),
+            _ => return None,
+        };
+        self.attribute(id)
     }
 
-    /// Filter state is not wired yet (`filter_state` is refused at load).
-    fn set_property(&mut self, _name: &str, _value: &[u8]) -> Result<(), HostError> {
-        Err(HostError::UNIMPLEMENTED)
+    /// Filter state `wasm.<name>`: the key the wasm's `proxy_set_property` writes, so
+    /// access-log formats and rate-limit descriptors read both shells alike.
+    fn set_property(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        let filter = self.filter()?;
+        let key = format!("wasm.{name}");
+        // SAFETY: live filter; both buffers valid for the call (Envoy copies them).
+        let set = unsafe {
+            abi::envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                filter,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        };
+        if set {
+            Ok(())
+        } else {
+            Err(HostError::NOT_FOUND)
+        }
     }
 
     fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), HostError> {

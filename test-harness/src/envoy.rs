@@ -241,6 +241,18 @@ impl EnvoyOptions {
         Ok(self)
     }
 
+    /// The config given so far (or the shipped one), with its nhi-guard filter as the
+    /// native shell at `module`: the same test against the other shell.
+    pub fn native_filter(mut self, module: &Path) -> Result<Self> {
+        let config = match &self.config {
+            Some(config) => config.clone(),
+            None => EnvoyConfig::shipped()?,
+        };
+        self.config = Some(config.with_native_filter(module)?);
+        self.native_module = Some(module.to_path_buf());
+        Ok(self)
+    }
+
     /// The config these options describe, for `wasm` (or the native module, when set).
     pub fn render(&self, wasm: &Path) -> Result<EnvoyConfig> {
         let mut config = match &self.config {

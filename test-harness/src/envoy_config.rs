@@ -108,6 +108,34 @@ impl EnvoyConfig {
         Ok(())
     }
 
+    /// This configuration with the nhi-guard http filter as the native shell (the
+    /// Envoy dynamic module at `module`) instead of the wasm: the same filter name and
+    /// plugin JSON, so a wasm config and its native twin differ in that filter only.
+    pub fn with_native_filter(&self, module: &Path) -> Result<EnvoyConfig> {
+        let plugin = self.plugin_configuration()?;
+        let mut native = self.clone();
+        let typed_config: Yaml = serde_yaml::to_value(serde_json::json!({
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {
+                "module": { "local": { "filename": module.display().to_string() } },
+                "do_not_close": true
+            },
+            "filter_name": PLUGIN_FILTER_NAME,
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": serde_json::to_string(&plugin)?,
+            },
+        }))
+        .context("the native filter's typed_config")?;
+        match plugin_filter_mut(&mut native.doc, PLUGIN_FILTER_NAME)? {
+            Yaml::Mapping(members) => {
+                members.insert("typed_config".into(), typed_config);
+            }
+            _ => bail!("the nhi-guard http filter is not a mapping"),
+        }
+        Ok(native)
+    }
+
     /// Names of the static listeners, in order.
     pub fn listener_names(&self) -> Vec<String> {
         names(self.doc.get("static_resources").and_then(|r| r.get("listeners")))

@@ -1,6 +1,7 @@
 //! mTLS in a real Envoy: the shipped `envoy/envoy-mtls.yaml` (a TLS listener asking
 //! for client certificates), a CA, server and SPIFFE client certificates made here,
-//! and a TLS client presenting them. Certificate-bound tokens (RFC 8705), trust
+//! and a TLS client presenting them; the behaviour tests run with the wasm and again
+//! with the native shell in its place. Certificate-bound tokens (RFC 8705), trust
 //! domains, certificate-only identities, and subject binding.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use serde_yaml::Value as Yaml;
-use test_harness::envoy::{wasm_path, EnvoyOptions};
+use test_harness::envoy::{native_module_path, wasm_path, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::Response;
 use test_harness::jwks_server::JwksBehaviour;
@@ -60,8 +61,16 @@ struct Mtls {
     _certs: TempDir,
 }
 
+/// Which nhi-guard runs in Envoy: the wasm, or the native shell (the Envoy dynamic
+/// module, `make native`) in its place with the same plugin configuration.
+#[derive(Clone, Copy, PartialEq)]
+enum Shell {
+    Wasm,
+    Native,
+}
+
 impl Mtls {
-    fn start() -> Self {
+    fn start(shell: Shell) -> Self {
         let keys = TestKeys::shared().unwrap();
         let jwks = keys::jwks([keys.by_type(KeyType::P256)]);
         let ca = TestCa::generate("nhi-guard e2e CA").unwrap();
@@ -74,7 +83,10 @@ impl Mtls {
         bound["require_bound_tokens"] = json!(true);
         bound["bind_subject_to_certificate"] = json!(true);
         plugin["issuers"].as_array_mut().unwrap().push(bound);
-        let options = EnvoyOptions::new().config(config).plugin_configuration(plugin);
+        let mut options = EnvoyOptions::new().config(config).plugin_configuration(plugin);
+        if shell == Shell::Native {
+            options = options.native_filter(&native_module_path().unwrap()).unwrap();
+        }
         let mut stack = Stack::start_with(JwksBehaviour::serve(&jwks), options).unwrap();
 
         let client = TlsClient::new(&ca, None).unwrap();
@@ -143,7 +155,16 @@ fn refused(r: &Response, status: u16, reason: &str) {
 
 #[test]
 fn certificate_bound_tokens_in_real_envoy() {
-    let m = Mtls::start();
+    certificate_bound_tokens(Shell::Wasm);
+}
+
+#[test]
+fn certificate_bound_tokens_in_the_native_shell() {
+    certificate_bound_tokens(Shell::Native);
+}
+
+fn certificate_bound_tokens(shell: Shell) {
+    let m = Mtls::start(shell);
     let s = &m.stack;
     let demo = s.issuer().unwrap();
     let ci = m.client(CI);
@@ -189,7 +210,16 @@ fn certificate_bound_tokens_in_real_envoy() {
 
 #[test]
 fn certificate_identities_and_subject_binding_in_real_envoy() {
-    let mut m = Mtls::start();
+    certificate_identities_and_subject_binding(Shell::Wasm);
+}
+
+#[test]
+fn certificate_identities_and_subject_binding_in_the_native_shell() {
+    certificate_identities_and_subject_binding(Shell::Native);
+}
+
+fn certificate_identities_and_subject_binding(shell: Shell) {
+    let mut m = Mtls::start(shell);
     let s = &m.stack;
     let ci = m.client(CI);
     let payments = m.client(PAYMENTS);
@@ -281,7 +311,7 @@ fn certificate_identities_and_subject_binding_in_real_envoy() {
 
 #[test]
 fn a_certificate_from_another_ca_fails_the_handshake() {
-    let m = Mtls::start();
+    let m = Mtls::start(Shell::Wasm);
     let stranger = TestCa::generate("someone else's CA").unwrap().client("x", Some(PAYMENTS)).unwrap();
     let client = TlsClient::new(&m.ca, Some(&stranger)).unwrap();
     let result = client.request(m.stack.envoy.listener_addr(), "GET", "/workloads/x", &[]);

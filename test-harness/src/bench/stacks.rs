@@ -284,31 +284,9 @@ fn render_nhi_guard(
 }
 
 /// The rendered wasm stack with the native module in the wasm's place: the same
-/// filter name and plugin JSON (`filter_state` dropped), a `dynamic_modules` filter.
+/// filter name and plugin JSON, a `dynamic_modules` filter.
 fn render_native_module(text: &str, module: &Path) -> Result<String> {
-    let wasm = EnvoyConfig::parse(text)?;
-    let mut plugin = wasm.plugin_configuration()?;
-    if let Some(members) = plugin.as_object_mut() {
-        members.remove("filter_state");
-    }
-    let mut doc: Yaml = serde_yaml::from_str(text).context("parsing YAML")?;
-    let filter = http_filters_mut(&mut doc)?
-        .iter_mut()
-        .find(|f| f.get("name").and_then(Yaml::as_str) == Some(crate::envoy_config::PLUGIN_FILTER_NAME))
-        .context("no nhi-guard http filter")?;
-    let typed_config: Yaml = serde_yaml::to_value(json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-        "dynamic_module_config": { "module": { "local": { "filename": module.display().to_string() } }, "do_not_close": true },
-        "filter_name": "nhi-guard",
-        "filter_config": {
-            "@type": "type.googleapis.com/google.protobuf.StringValue",
-            "value": serde_json::to_string(&plugin)?,
-        },
-    }))?;
-    if let Yaml::Mapping(members) = filter {
-        members.insert("typed_config".into(), typed_config);
-    }
-    serde_yaml::to_string(&doc).context("serialising YAML")
+    EnvoyConfig::parse(text)?.with_native_filter(module)?.to_yaml()
 }
 
 /// The shipped options ([`SHIPPED_OPTIONS`]) on top of the bench config.
