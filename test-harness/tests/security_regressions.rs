@@ -1,6 +1,6 @@
-//! Regressions of the outside attack run (issue 23), in one real Envoy: the shipped
-//! `envoy/envoy.yaml` with its plugin configuration plus a `claims_to_headers` rule
-//! and a JWKS refreshed every 2 s.
+//! Regressions of the outside attack run (issue 23), in one real Envoy per shell (the
+//! wasm, then the native shell in its place): the shipped `envoy/envoy.yaml` with its
+//! plugin configuration plus a `claims_to_headers` rule and a JWKS refreshed every 2 s.
 //!
 //! - Forged `x-nhi-*` headers whose values are not UTF-8 (HTTP/1 and HTTP/2), and
 //!   underscore spellings of them, never reach a backend.
@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use test_harness::envoy::EnvoyOptions;
+use test_harness::envoy::{native_module_path, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::h2c;
 use test_harness::http::{self, Response};
@@ -44,7 +44,14 @@ fn bootstrap_allowing_underscores() -> EnvoyConfig {
     EnvoyConfig::parse(&serde_yaml::to_string(&yaml).unwrap()).unwrap()
 }
 
-fn start() -> (Stack, TestKey) {
+/// Which nhi-guard runs in Envoy: the wasm, or the native shell in its place.
+#[derive(Clone, Copy, PartialEq)]
+enum Shell {
+    Wasm,
+    Native,
+}
+
+fn start(shell: Shell) -> (Stack, TestKey) {
     let config = bootstrap_allowing_underscores();
     let mut plugin = config.plugin_configuration().unwrap();
     plugin["issuers"][0]["claims_to_headers"] = json!({ "scope": SCOPE_HEADER });
@@ -53,7 +60,10 @@ fn start() -> (Stack, TestKey) {
     let shared = TestKeys::shared().unwrap();
     let rotating = TestKey::generate(KeyType::P256, ROTATED_KID).unwrap();
     let jwks = keys::jwks([shared.by_type(KeyType::P256), &rotating]);
-    let options = EnvoyOptions::new().config(config).plugin_configuration(plugin);
+    let mut options = EnvoyOptions::new().config(config).plugin_configuration(plugin);
+    if shell == Shell::Native {
+        options = options.native_filter(&native_module_path().unwrap()).unwrap();
+    }
     let mut stack = Stack::start_with(JwksBehaviour::serve(&jwks), options).unwrap();
     let warmup = token(&stack, shared.by_type(KeyType::P256), "warmup", &[]);
     stack.wait_for_keys(&warmup).unwrap();
@@ -99,7 +109,17 @@ struct Forged {
 
 #[test]
 fn the_outside_attack_run_no_longer_gets_through() {
-    let (stack, rotating) = start();
+    the_outside_attack_run(Shell::Wasm);
+}
+
+/// The same run against the native shell (the Envoy dynamic module, `make native`).
+#[test]
+fn the_outside_attack_run_does_not_get_through_the_native_shell() {
+    the_outside_attack_run(Shell::Native);
+}
+
+fn the_outside_attack_run(shell: Shell) {
+    let (stack, rotating) = start(shell);
     let mut failures = Vec::new();
     forged_headers_never_reach_a_backend(&stack, &mut failures);
     lenient_readings_of_machine_tokens_stay_off_the_human_route(&stack, &mut failures);
