@@ -280,8 +280,9 @@ fuzz:
 # nhi-guard told it (the x-nhi-* headers, plus whether a token was passed on).
 ECHO_SUMMARY := $(PYTHON) -c 'import json,sys; raw=sys.stdin.read(); body,_,status=raw.rpartition("\n-> "); b=json.loads(body); h=b["headers"]; print(json.dumps({"backend": b["backend"], "path": b["path"], **{k: v for k, v in sorted(h.items()) if k.startswith("x-nhi-")}, "authorization forwarded": "authorization" in h})); print("-> " + status)'
 
-demo: envoy wasm harness
-	@$(CARGO) run --quiet -p test-harness --bin nhi-demo -- up --state-dir $(DEMO_DIR)
+# `make demo NATIVE=1`: the same demo with the native shell (make native) in the wasm's place.
+demo: envoy wasm harness $(if $(NATIVE),native)
+	@$(CARGO) run --quiet -p test-harness --bin nhi-demo -- up --state-dir $(DEMO_DIR) $(if $(NATIVE),--native)
 	@echo
 	@echo '## A machine with a valid token on a machine route: allowed, routed to the machine backend'
 	@echo '$$ curl -s -H "Authorization: Bearer $$(cat .demo/token)" http://127.0.0.1:10000/api/hello'

@@ -33,6 +33,8 @@ thread_local! {
     static FETCHES: RefCell<Vec<InFlight>> = const { RefCell::new(Vec::new()) };
     /// This worker's VM per configuration id.
     static VMS: RefCell<HashMap<u64, Rc<Vm>>> = RefCell::new(HashMap::new());
+    /// Requests of this worker between `filter_new` and the end of their stream.
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
     /// Request ids of this worker (the core's "context id"), for its logs.
     static NEXT_REQUEST: Cell<u32> = const { Cell::new(1) };
 }
@@ -204,6 +206,7 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(config: &FilterConfig) -> Filter {
+        IN_FLIGHT.with(|n| n.set(n.get().saturating_add(1)));
         let id = NEXT_REQUEST.with(|n| {
             let id = n.get();
             n.set(id.wrapping_add(1).max(1));
@@ -231,7 +234,6 @@ impl Filter {
             return abi::STATUS_STOP_ITERATION;
         };
         self.request.has_body = !end_of_stream;
-        metrics::show_defined(envoy);
         let step = pipeline::start(&vm, &mut host, &mut self.request);
         let now_ms = self.request.observed.started_ns.unwrap_or_else(host::now_ns) / 1_000_000;
         match self.act(&vm, &mut host, step, now_ms) {
@@ -438,6 +440,11 @@ impl Filter {
         if let Some(vm) = self.vm.clone() {
             pipeline::finish(&vm, &mut NativeHost::new(envoy, &self.families), &mut self.request);
         }
+        let left = IN_FLIGHT.with(|n| {
+            n.set(n.get().saturating_sub(1));
+            n.get()
+        });
+        metrics::flush_if_due(envoy, left == 0, host::now_ns());
     }
 }
 
@@ -445,6 +452,10 @@ impl Drop for Filter {
     /// A request that ends while its callout is in flight (the client went away)
     /// frees the fetch (or the review's lease) for the next request.
     fn drop(&mut self) {
+        if !self.logged {
+            // Never completed (the stream was reset): no longer in flight either.
+            IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
+        }
         unpark(std::ptr::from_mut(self));
         let Some(vm) = self.vm.clone() else { return };
         if let Some(pending) = self.pending.take() {

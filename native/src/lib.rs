@@ -10,6 +10,7 @@
 
 mod abi;
 mod config;
+mod crypto;
 mod filter;
 mod host;
 mod logger;
@@ -31,6 +32,9 @@ static NEXT_CONFIG: AtomicU64 = AtomicU64::new(1);
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> abi::AbiVersion {
     logger::install();
+    if nhi_guard_core::crypto::backend::install(Box::new(crypto::Ring)).is_err() {
+        log::warn!("nhi-guard: a signature backend was installed already; keeping it");
+    }
     abi::ABI_VERSION.as_ptr().cast::<c_char>()
 }
 

@@ -9,8 +9,18 @@
 //! metric with the family's label names; a series is then the family's id plus its
 //! label values, given on every update. The core's bounds (identities per Envoy,
 //! sanitised label values) hold unchanged, so cardinality is what it is in the wasm.
+//!
+//! # Counters are batched per worker
+//! An update of a labelled stat makes Envoy build the stat's name from its labels and
+//! look it up (measured: the counters of a cached allowed request cost about a tenth
+//! of the native shell's throughput when written one by one). So counter increments
+//! accumulate in this worker's table and reach Envoy in one call per series when a
+//! request ends and the worker has no other request in flight, or at the latest once
+//! per [`FLUSH_EVERY_NS`] under load ([`flush_if_due`]). No count is lost or
+//! delayed past the end of the traffic that made it: the last request a worker
+//! finishes always flushes. Gauges and histograms are written at once.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 
 use nhi_guard_core::host::{HostError, MetricKind};
@@ -60,20 +70,29 @@ impl Families {
     }
 }
 
+/// Under load, a worker hands its counts to Envoy at least this often.
+pub const FLUSH_EVERY_NS: u64 = 1_000_000_000;
+
 /// One series this worker defined: the family's Envoy id and its label values.
 struct Series {
     kind: Kind,
     envoy_id: usize,
     values: Vec<String>,
-    /// Shown at zero yet (a series the core defines before any request, e.g. at VM
-    /// start, appears once a request's filter can write it).
+    /// Written to Envoy yet: a series the core defines before any request (e.g. at VM
+    /// start) appears at zero with the next flush.
     shown: bool,
+    /// A counter's increments not handed to Envoy yet.
+    pending: u64,
 }
 
 thread_local! {
     /// This worker's series; the core's metric id is the index + 1. The core defines
     /// each series once per VM and bounds how many there are.
     static SERIES: RefCell<Vec<Series>> = const { RefCell::new(Vec::new()) };
+    /// Something to flush (a pending count, or a series never shown).
+    static DIRTY: Cell<bool> = const { Cell::new(false) };
+    /// When this worker last flushed (ns since the epoch).
+    static FLUSHED_AT: Cell<u64> = const { Cell::new(0) };
 }
 
 /// The family and label values of a series the core names `k=v;…;family`.
@@ -96,13 +115,29 @@ pub fn define(families: &Families, kind: MetricKind, name: &str) -> Result<u32, 
     }
     SERIES.with(|series| {
         let mut series = series.try_borrow_mut().map_err(|_| HostError::INTERNAL_FAILURE)?;
-        series.push(Series { kind: family_kind, envoy_id, values, shown: false });
+        series.push(Series { kind: family_kind, envoy_id, values, shown: false, pending: 0 });
+        DIRTY.with(|dirty| dirty.set(true));
         u32::try_from(series.len()).map_err(|_| HostError::INTERNAL_FAILURE)
     })
 }
 
-/// Adds `offset` to series `id` (a counter, or a gauge either way).
+/// Adds `offset` to series `id`: a counter's is kept for the next flush, a gauge is
+/// moved either way at once.
 pub fn increment(filter: *mut c_void, id: u32, offset: i64) -> Result<(), HostError> {
+    let index = index(id)?;
+    let counted = SERIES.with(|series| {
+        let mut series = series.try_borrow_mut().map_err(|_| HostError::INTERNAL_FAILURE)?;
+        let entry = series.get_mut(index).ok_or(HostError::NOT_FOUND)?;
+        if entry.kind != Kind::Counter {
+            return Ok(false);
+        }
+        entry.pending = entry.pending.saturating_add(offset.unsigned_abs());
+        DIRTY.with(|dirty| dirty.set(true));
+        Ok(true)
+    })?;
+    if counted {
+        return Ok(());
+    }
     update(filter, id, |kind| match kind {
         Kind::Counter => (Op::AddCounter, offset.unsigned_abs()),
         Kind::Gauge if offset < 0 => (Op::SubGauge, offset.unsigned_abs()),
@@ -120,26 +155,48 @@ pub fn record(filter: *mut c_void, id: u32, value: u64) -> Result<(), HostError>
     })
 }
 
-/// Shows every series defined so far and never written at zero (counters and gauges;
-/// a histogram only exists with a value), through this request's `filter`.
-pub fn show_defined(filter: *mut c_void) {
+/// A request ends on this worker: hands the pending counts to Envoy through its
+/// `filter` if no other request of this worker is in flight (`last`), or if the last
+/// flush is [`FLUSH_EVERY_NS`] old.
+pub fn flush_if_due(filter: *mut c_void, last: bool, now_ns: u64) {
+    if !DIRTY.with(Cell::get) {
+        return;
+    }
+    if !last && now_ns.saturating_sub(FLUSHED_AT.with(Cell::get)) < FLUSH_EVERY_NS {
+        return;
+    }
+    flush(filter, now_ns);
+}
+
+/// Hands every pending count to Envoy, and shows every series not shown yet at zero
+/// (a histogram only exists with a value), through this request's `filter`.
+pub fn flush(filter: *mut c_void, now_ns: u64) {
     if filter.is_null() {
         return;
     }
-    let hidden: Vec<u32> = SERIES.with(|series| {
+    let due: Vec<(u32, u64)> = SERIES.with(|series| {
         let Ok(mut series) = series.try_borrow_mut() else { return Vec::new() };
-        let mut hidden = Vec::new();
+        let mut due = Vec::new();
         for (at, s) in series.iter_mut().enumerate() {
-            if !s.shown && s.kind != Kind::Histogram {
-                s.shown = true;
-                hidden.extend(u32::try_from(at + 1).ok());
+            let unshown = !s.shown && s.kind != Kind::Histogram;
+            if s.pending > 0 || unshown {
+                due.extend(u32::try_from(at + 1).ok().map(|id| (id, std::mem::take(&mut s.pending))));
             }
         }
-        hidden
+        due
     });
-    for id in hidden {
-        let _ = increment(filter, id, 0);
+    DIRTY.with(|dirty| dirty.set(false));
+    FLUSHED_AT.with(|at| at.set(now_ns));
+    for (id, count) in due {
+        let _ = update(filter, id, |kind| match kind {
+            Kind::Gauge => (Op::AddGauge, 0),
+            Kind::Counter | Kind::Histogram => (Op::AddCounter, count),
+        });
     }
+}
+
+fn index(id: u32) -> Result<usize, HostError> {
+    usize::try_from(id).ok().and_then(|id| id.checked_sub(1)).ok_or(HostError::NOT_FOUND)
 }
 
 #[derive(Clone, Copy)]
@@ -155,7 +212,7 @@ fn update(filter: *mut c_void, id: u32, op: impl FnOnce(Kind) -> (Op, u64)) -> R
     if filter.is_null() {
         return Err(HostError::BAD_ARGUMENT);
     }
-    let index = usize::try_from(id).ok().and_then(|id| id.checked_sub(1)).ok_or(HostError::NOT_FOUND)?;
+    let index = index(id)?;
     SERIES.with(|series| {
         let mut series = series.try_borrow_mut().map_err(|_| HostError::INTERNAL_FAILURE)?;
         let entry = series.get_mut(index).ok_or(HostError::NOT_FOUND)?;

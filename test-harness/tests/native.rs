@@ -384,8 +384,11 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
 /// the wasm's `wasmcustom.` is removed): the families and labels after it are the wasm's.
 const MODULE_PREFIX: &str = "envoy_dynamicmodulescustom_";
 
-/// Envoy's Prometheus endpoint, read at once: the native shell counts as it goes.
+/// Envoy's Prometheus endpoint. A worker hands its counts to Envoy when its last
+/// request in flight ends (`native/src/metrics.rs`), which is when the client already
+/// has the response: give it a moment.
 fn scrape(envoy: &Envoy) -> Scrape {
+    std::thread::sleep(Duration::from_millis(100));
     Scrape::parse(&envoy.admin_text("/stats/prometheus").unwrap()).unwrap()
 }
 

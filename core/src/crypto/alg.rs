@@ -69,11 +69,26 @@ impl Alg {
         )
     }
 
-    /// Verifies `signature` over `signing_input` with `key`.
+    /// Verifies `signature` over `signing_input` with `key`: with the process's
+    /// installed [`backend`](crate::crypto::backend) if it answers, else with
+    /// nhi-guard's own verifier ([`Alg::verify_builtin`]).
     ///
     /// Returns false for a key that does not fit the algorithm, a signature of
     /// the wrong encoding or length, and of course a signature that does not verify.
     pub fn verify(self, key: &PublicKey, signing_input: &[u8], signature: &[u8]) -> bool {
+        if !self.fits(key) {
+            return false;
+        }
+        if let Some(verdict) = crate::crypto::backend::installed()
+            .and_then(|backend| backend.verify(self, key, signing_input, signature))
+        {
+            return verdict;
+        }
+        self.verify_builtin(key, signing_input, signature)
+    }
+
+    /// [`Alg::verify`] with nhi-guard's own verifiers, whatever is installed.
+    pub fn verify_builtin(self, key: &PublicKey, signing_input: &[u8], signature: &[u8]) -> bool {
         match (self, key) {
             (Alg::Rs256, PublicKey::Rsa(k)) => verify_with(&RsaVerify::RS256, k, signing_input, signature),
             (Alg::Rs384, PublicKey::Rsa(k)) => verify_with(&RsaVerify::RS384, k, signing_input, signature),
@@ -138,6 +153,16 @@ pub enum PublicKey {
 }
 
 impl PublicKey {
+    /// The SEC1 uncompressed point of an EC key (`04 || x || y`).
+    pub fn sec1_uncompressed(&self) -> Option<Vec<u8>> {
+        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+        match self {
+            PublicKey::P256(key) => Some(key.as_affine().to_encoded_point(false).as_bytes().to_vec()),
+            PublicKey::P384(key) => Some(key.to_encoded_point(false).as_bytes().to_vec()),
+            PublicKey::Rsa(_) | PublicKey::Ed25519(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             PublicKey::Rsa(_) => "RSA",

@@ -34,6 +34,9 @@ pub const MAX_EXPONENT: u64 = (1 << 33) - 1;
 pub struct RsaPublicKey {
     modulus: Arc<Modulus>,
     e: u64,
+    /// `n`, big-endian without leading zeros: what another verifier imports
+    /// ([`crate::crypto::backend`]).
+    n: Arc<[u8]>,
 }
 
 /// Why an RSA public key was refused at import.
@@ -77,7 +80,19 @@ impl RsaPublicKey {
             return Err(RsaKeyError::InvalidExponent);
         }
         let modulus = Modulus::new(n).ok_or(RsaKeyError::InvalidModulus)?;
-        Ok(RsaPublicKey { modulus: Arc::new(modulus), e })
+        let start = n.iter().position(|&b| b != 0).unwrap_or(n.len());
+        let n = n.get(start..).unwrap_or_default().into();
+        Ok(RsaPublicKey { modulus: Arc::new(modulus), e, n })
+    }
+
+    /// The modulus, big-endian, without leading zeros.
+    pub fn modulus_be(&self) -> &[u8] {
+        &self.n
+    }
+
+    /// The public exponent.
+    pub fn exponent(&self) -> u64 {
+        self.e
     }
 
     /// Size of the modulus in bits.

@@ -526,7 +526,9 @@ fn runs_table(out: &mut String, run: &Run) {
 
 fn stack_label(stack: Stack) -> String {
     match stack {
-        Stack::NhiGuardSmallCache => format!("{} (cache {DEFEATED_CACHE_ENTRIES})", stack.label()),
+        Stack::NhiGuardSmallCache | Stack::NhiGuardNativeSmallCache => {
+            format!("{} (cache {DEFEATED_CACHE_ENTRIES})", stack.label())
+        }
         _ => stack.label().to_owned(),
     }
 }

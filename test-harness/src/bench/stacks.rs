@@ -62,6 +62,9 @@ pub enum Stack {
     /// place of the wasm: the same plugin configuration, minus `filter_state` (which
     /// the native shell refuses, not yet written there).
     NhiGuardNative,
+    /// [`Stack::NhiGuardSmallCache`] with the native shell in the wasm's place: every
+    /// new token's signature checked by native code (issue 22's first-seen case).
+    NhiGuardNativeSmallCache,
     /// `nhi-guard.yaml` with the issuer read as Kubernetes service-account tokens and
     /// TokenReview liveness on (`cache_seconds` 60, see [`LIVENESS`]), against an API
     /// server double that authenticates every token: after the first review of the
@@ -110,7 +113,9 @@ impl Stack {
             Stack::NhiGuardSmallCache => "nhi-guard (verify + quota + routes)",
             Stack::NhiGuardBehaviour => "nhi-guard + behaviour anomaly detection",
             Stack::NhiGuardDpop => "nhi-guard (verify + DPoP proof + quota + routes)",
-            Stack::NhiGuardNative => "nhi-guard native module (verify + quota + routes)",
+            Stack::NhiGuardNative | Stack::NhiGuardNativeSmallCache => {
+                "nhi-guard native module (verify + quota + routes)"
+            }
             Stack::NhiGuardLiveness => "nhi-guard + TokenReview liveness (cached)",
         }
     }
@@ -128,6 +133,7 @@ impl Stack {
             Stack::NhiGuardBehaviour => "nhi-guard-behaviour",
             Stack::NhiGuardDpop => "nhi-guard-dpop",
             Stack::NhiGuardNative => "nhi-guard-native",
+            Stack::NhiGuardNativeSmallCache => "nhi-guard-native-small-cache",
             Stack::NhiGuardLiveness => "nhi-guard-liveness",
         }
     }
@@ -143,7 +149,8 @@ impl Stack {
             | Stack::NhiGuardBehaviour
             | Stack::NhiGuardDpop
             | Stack::NhiGuardLiveness
-            | Stack::NhiGuardNative => "nhi-guard.yaml",
+            | Stack::NhiGuardNative
+            | Stack::NhiGuardNativeSmallCache => "nhi-guard.yaml",
         };
         repo_root().join("envoy").join("bench").join(file)
     }
@@ -159,6 +166,7 @@ impl Stack {
                 | Stack::NhiGuardDpop
                 | Stack::NhiGuardLiveness
                 | Stack::NhiGuardNative
+                | Stack::NhiGuardNativeSmallCache
         )
     }
 
@@ -193,6 +201,10 @@ impl Stack {
             Stack::NhiGuardDpop => render_nhi_guard(&text, jwks, wasm, None, None, true),
             Stack::NhiGuardNative => render_nhi_guard(&text, jwks, wasm, None, None, false)
                 .and_then(|yaml| render_native_module(&yaml, &crate::envoy::native_module_path()?)),
+            Stack::NhiGuardNativeSmallCache => {
+                render_nhi_guard(&text, jwks, wasm, Some(DEFEATED_CACHE_ENTRIES), None, false)
+                    .and_then(|yaml| render_native_module(&yaml, &crate::envoy::native_module_path()?))
+            }
             Stack::NhiGuardLiveness => {
                 let api = api.context("the liveness stack needs its API server's address")?;
                 render_nhi_guard(&text, jwks, wasm, None, None, false)

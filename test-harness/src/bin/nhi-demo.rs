@@ -12,7 +12,7 @@ use std::os::unix::process::CommandExt as _;
 
 use anyhow::{bail, Context, Result};
 use test_harness::demo::{self, ADMIN_ADDR, JWKS_ADDR, LISTENER_ADDR, UPSTREAM_ADDR, WEB_ADDR};
-use test_harness::envoy::{Envoy, EnvoyOptions};
+use test_harness::envoy::{self, Envoy, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http;
 use test_harness::jwks_server::{JwksBehaviour, JwksServer, JWKS_PATH};
@@ -25,7 +25,9 @@ const USAGE: &str = "\
 nhi-demo: run the nhi-guard demo locally (Envoy + filter + JWKS server + echo upstream)
 
 usage:
-  nhi-demo up   [--state-dir .demo]   start everything in the background
+  nhi-demo up   [--state-dir .demo] [--native]
+                                      start everything in the background (--native: the
+                                      native shell, an Envoy dynamic module, in the wasm's place)
   nhi-demo down [--state-dir .demo]   stop what `up` started
   nhi-demo gen-demo-keys DIR [--force]
                                       write a new demo key pair (demo-signing-key.jwk.json,
@@ -34,7 +36,8 @@ usage:
                                       foreground
 
 Envoy comes from $ENVOY_BIN or .tools/envoy/bin/envoy, the filter from $NHI_WASM or
-target/wasm32-wasip1/release/nhi_guard.wasm.";
+target/wasm32-wasip1/release/nhi_guard.wasm (with --native: $NHI_NATIVE_MODULE or
+target/release/libnhi_guard_envoy.so).";
 
 const PIDS_FILE: &str = "pids";
 const TOKEN_FILE: &str = "token";
@@ -56,7 +59,7 @@ struct Recorded {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("up") => state_dir(&args).and_then(|dir| up(&dir)),
+        Some("up") => state_dir(&args).and_then(|dir| up(&dir, args.iter().any(|arg| arg == "--native"))),
         Some("down") => state_dir(&args).and_then(|dir| down(&dir)),
         Some("serve") => flag_value(&args, "--jwks").and_then(|jwks| serve(Path::new(&jwks))),
         Some("gen-demo-keys") => gen_demo_keys(&args),
@@ -114,7 +117,7 @@ fn serve(jwks_path: &Path) -> Result<()> {
     }
 }
 
-fn up(state_dir: &Path) -> Result<()> {
+fn up(state_dir: &Path, native: bool) -> Result<()> {
     fs::create_dir_all(state_dir).with_context(|| format!("creating {}", state_dir.display()))?;
     let running: Vec<Recorded> =
         read_pids(state_dir)?.into_iter().filter(|recorded| process::is_alive(recorded.pid)).collect();
@@ -131,7 +134,7 @@ fn up(state_dir: &Path) -> Result<()> {
     let mut servers = spawn_servers(state_dir, &jwks_path)?;
     let mut recorded = vec![Recorded { role: "servers".into(), pid: servers.id() }];
     write_pids(state_dir, &recorded)?;
-    let started = start_envoy(state_dir, &mut servers).and_then(|envoy| {
+    let started = start_envoy(state_dir, &mut servers, native).and_then(|envoy| {
         recorded.push(Recorded { role: "envoy".into(), pid: envoy.pid().context("Envoy has no PID")? });
         write_pids(state_dir, &recorded)?;
         let now = mint::now();
@@ -211,7 +214,7 @@ fn spawn_servers(state_dir: &Path, jwks_path: &Path) -> Result<Child> {
     }
 }
 
-fn start_envoy(state_dir: &Path, servers: &mut Child) -> Result<Envoy> {
+fn start_envoy(state_dir: &Path, servers: &mut Child, native: bool) -> Result<Envoy> {
     let plugin = EnvoyConfig::shipped()?.plugin_configuration()?;
     let jwks_cluster = plugin
         .pointer("/issuers/0/jwks/cluster")
@@ -225,6 +228,9 @@ fn start_envoy(state_dir: &Path, servers: &mut Child) -> Result<Envoy> {
         .cluster(jwks_cluster, JWKS_ADDR)
         .work_dir(state_dir.canonicalize()?);
     options.own_process_group = true;
+    if native {
+        options = options.native_filter(&envoy::native_module_path()?)?;
+    }
     if let Some(status) = servers.try_wait()? {
         bail!("`nhi-demo serve` exited with {status}");
     }

@@ -1,0 +1,176 @@
+//! Signatures checked by `ring` (BoringSSL's assembly and C, compiled for the host):
+//! installed as the core's [`Backend`] when Envoy loads the module, for RSA
+//! (PKCS#1 v1.5 and PSS) and ECDSA P-256/P-384. EdDSA stays with the core's verifier
+//! (`ed25519-dalek`'s strict verification, natively compiled: already faster than
+//! Envoy's `jwt_authn`, and with exactly the Wycheproof verdicts the wasm has).
+//!
+//! The tests hold `ring` to the Wycheproof vectors the core's verifiers pass, and to
+//! the core's own verdict on every one of them and on damaged copies.
+
+use nhi_guard_core::crypto::alg::{Alg, PublicKey};
+use nhi_guard_core::crypto::backend::Backend;
+use ring::signature::{self, RsaParameters, RsaPublicKeyComponents, UnparsedPublicKey};
+
+/// `ring`'s RSA takes moduli of 2048 to 8192 bits and exponents below 2^33.
+const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
+const RSA_MAX_EXPONENT: u64 = (1 << 33) - 1;
+
+pub struct Ring;
+
+impl Backend for Ring {
+    fn verify(&self, alg: Alg, key: &PublicKey, signing_input: &[u8], signature: &[u8]) -> Option<bool> {
+        match key {
+            PublicKey::Rsa(rsa) => {
+                let params: &RsaParameters = match alg {
+                    Alg::Rs256 => &signature::RSA_PKCS1_2048_8192_SHA256,
+                    Alg::Rs384 => &signature::RSA_PKCS1_2048_8192_SHA384,
+                    Alg::Rs512 => &signature::RSA_PKCS1_2048_8192_SHA512,
+                    // JWS's PSS: MGF1 with the same hash, salt as long as the hash (RFC
+                    // 7518 §3.5), which is ring's.
+                    Alg::Ps256 => &signature::RSA_PSS_2048_8192_SHA256,
+                    Alg::Ps384 => &signature::RSA_PSS_2048_8192_SHA384,
+                    Alg::Ps512 => &signature::RSA_PSS_2048_8192_SHA512,
+                    Alg::Es256 | Alg::Es384 | Alg::EdDsa => return None,
+                };
+                if !RSA_BITS.contains(&rsa.bits()) || rsa.exponent() > RSA_MAX_EXPONENT {
+                    return None;
+                }
+                let e = rsa.exponent().to_be_bytes();
+                let e = e.get(e.iter().position(|&b| b != 0).unwrap_or(e.len())..).unwrap_or_default();
+                let components = RsaPublicKeyComponents { n: rsa.modulus_be(), e };
+                Some(components.verify(params, signing_input, signature).is_ok())
+            }
+            PublicKey::P256(_) | PublicKey::P384(_) => {
+                let algorithm: &signature::EcdsaVerificationAlgorithm = match alg {
+                    Alg::Es256 => &signature::ECDSA_P256_SHA256_FIXED,
+                    Alg::Es384 => &signature::ECDSA_P384_SHA384_FIXED,
+                    _ => return None,
+                };
+                let point = key.sec1_uncompressed()?;
+                Some(UnparsedPublicKey::new(algorithm, point).verify(signing_input, signature).is_ok())
+            }
+            PublicKey::Ed25519(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use nhi_guard_core::keys::jwks;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn vectors(file: &str) -> Value {
+        let dir = std::env::var_os("WYCHEPROOF_DIR").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata/wycheproof")
+        });
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!("{}: {e} (the vectors are required; set WYCHEPROOF_DIR)", path.display())
+        });
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::Engine::encode(&nhi_guard_core::b64::URL_SAFE_STRICT, bytes)
+    }
+
+    /// The group's key imported as a JWKS key is (`None`: refused at import).
+    fn import(group: &Value) -> Option<PublicKey> {
+        let mut jwk = match group.get("publicKeyJwk").or_else(|| group.get("keyJwk")) {
+            Some(jwk) => jwk.clone(),
+            None => {
+                let point = hex(group["publicKey"]["uncompressed"].as_str()?);
+                let (crv, len) = match group["publicKey"]["curve"].as_str()? {
+                    "secp256r1" => ("P-256", 32),
+                    "secp384r1" => ("P-384", 48),
+                    _ => return None,
+                };
+                json!({ "kty": "EC", "crv": crv, "x": b64(&point[1..=len]), "y": b64(&point[1 + len..]) })
+            }
+        };
+        jwk["kid"] = json!("w");
+        let parsed = jwks::parse(json!({ "keys": [jwk] }).to_string().as_bytes()).ok()?;
+        parsed.keys.by_kid("w").map(|k| k.key.clone())
+    }
+
+    /// Every vector of `file`: ring answers (the backend declines nothing here), its
+    /// verdict is Wycheproof's for `valid` and `invalid` vectors and the core's own on
+    /// every vector; and on copies with one flipped bit in the signature, then in the
+    /// message, ring and the core agree too.
+    fn agree(file: &str, alg: Alg) {
+        let doc = vectors(file);
+        let (mut checked, mut damaged) = (0, 0);
+        for group in doc["testGroups"].as_array().unwrap() {
+            let Some(key) = import(group) else { continue };
+            for test in group["tests"].as_array().unwrap() {
+                let id = &test["tcId"];
+                let msg = hex(test["msg"].as_str().unwrap());
+                let sig = hex(test["sig"].as_str().unwrap());
+                let ring =
+                    Ring.verify(alg, &key, &msg, &sig).unwrap_or_else(|| panic!("{file} {id}: declined"));
+                let own = alg.verify_builtin(&key, &msg, &sig);
+                assert_eq!(ring, own, "{file} tcId {id}: ring {ring}, nhi-guard {own}");
+                match test["result"].as_str().unwrap() {
+                    "valid" => assert!(ring, "{file} tcId {id}: a valid vector refused"),
+                    "invalid" => assert!(!ring, "{file} tcId {id}: an invalid vector accepted"),
+                    _ => {}
+                }
+                checked += 1;
+                // One flipped bit, at a position that depends on the vector.
+                let id = id.as_u64().unwrap() as usize;
+                for (which, mut bytes) in [(0, sig.clone()), (1, msg.clone())] {
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    let at = (id * 7919 + which * 104_729) % (bytes.len() * 8);
+                    bytes[at / 8] ^= 1 << (at % 8);
+                    let (m, s) = if which == 0 { (&msg, &bytes) } else { (&bytes, &sig) };
+                    assert_eq!(
+                        Ring.verify(alg, &key, m, s),
+                        Some(alg.verify_builtin(&key, m, s)),
+                        "{file} tcId {id}: damaged copy {which}"
+                    );
+                    damaged += 1;
+                }
+            }
+        }
+        println!("{file} as {alg}: {checked} vectors and {damaged} damaged copies agree");
+        assert!(checked > 100, "{file}: only {checked} vectors");
+    }
+
+    #[test]
+    fn rsa_pkcs1_as_rs256() {
+        agree("rsa_signature_2048_sha256_test.json", Alg::Rs256);
+    }
+
+    #[test]
+    fn rsa_pss_as_ps256() {
+        agree("rsa_pss_2048_sha256_mgf1_32_test.json", Alg::Ps256);
+    }
+
+    #[test]
+    fn ecdsa_p256_as_es256() {
+        agree("ecdsa_secp256r1_sha256_p1363_test.json", Alg::Es256);
+    }
+
+    #[test]
+    fn ecdsa_p384_as_es384() {
+        agree("ecdsa_secp384r1_sha384_p1363_test.json", Alg::Es384);
+    }
+
+    #[test]
+    fn eddsa_is_left_to_the_core() {
+        let key = import(&json!({ "publicKeyJwk": {
+            "kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo" } }))
+        .unwrap();
+        assert_eq!(Ring.verify(Alg::EdDsa, &key, b"m", &[0; 64]), None);
+    }
+}
