@@ -98,16 +98,17 @@ fn fetch_started(config: u64, document: Document) {
     });
 }
 
-/// Parks `filter` on the fetch of `document` in flight, if there is one.
+/// Parks `filter` on the fetch of `document` in flight, if there is one and fewer
+/// than [`pipeline::MAX_WAITERS`] requests wait for it.
 fn park(config: u64, document: Document, parked: Parked) -> bool {
     FETCHES.with(|fetches| {
         let Ok(mut fetches) = fetches.try_borrow_mut() else { return false };
         match fetches.iter_mut().find(|f| f.config == config && f.document == document) {
-            Some(fetch) => {
+            Some(fetch) if fetch.parked.len() < pipeline::MAX_WAITERS => {
                 fetch.parked.push(parked);
                 true
             }
-            None => false,
+            _ => false,
         }
     })
 }

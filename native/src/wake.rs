@@ -42,10 +42,15 @@ pub struct Parking {
     scheduler: *mut c_void,
 }
 
+/// At most this many requests wait for reviews at once, in the whole Envoy; more are
+/// decided without waiting (by `on_unavailable`).
+pub const MAX_SLEEPERS: usize = 4 * nhi_guard_core::pipeline::MAX_WAITERS;
+
 /// Parks the request of `filter` (Envoy's) on review `key` of configuration `config`.
-/// `None` if Envoy gives it no scheduler (it is then decided without waiting).
+/// `None` if Envoy gives it no scheduler, or [`MAX_SLEEPERS`] wait already (it is
+/// then decided without waiting).
 pub fn park(config: u64, key: ReviewKey, filter: *mut c_void) -> Option<Parking> {
-    if filter.is_null() {
+    if filter.is_null() || SLEEPERS.lock().unwrap_or_else(PoisonError::into_inner).len() >= MAX_SLEEPERS {
         return None;
     }
     // SAFETY: the live filter of the current hook.
