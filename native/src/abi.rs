@@ -85,6 +85,16 @@ pub const ATTRIBUTE_XDS_ROUTE_NAME: u32 = 61;
 /// trailers and response statuses number `Continue` and `StopIteration` alike).
 pub const STATUS_CONTINUE: u32 = 0;
 pub const STATUS_STOP_ITERATION: u32 = 1;
+/// `..._request_body_status_StopIterationAndBuffer`: Envoy keeps the chunk with the
+/// body buffered so far (up to its buffer limit, else 413) and asks for more.
+pub const BODY_STOP_AND_BUFFER: u32 = 1;
+/// `..._request_body_status_StopIterationNoBuffer`.
+pub const BODY_STOP_NO_BUFFER: u32 = 3;
+
+/// `envoy_dynamic_module_type_http_body_type`: the chunk of this hook, and what was
+/// buffered before it.
+pub const RECEIVED_REQUEST_BODY: u32 = 0;
+pub const BUFFERED_REQUEST_BODY: u32 = 1;
 
 /// `envoy_dynamic_module_type_http_callout_init_result`: `Success`,
 /// `MissingRequiredHeaders`, `ClusterNotFound` (then `DuplicateCalloutId`,
@@ -148,6 +158,21 @@ extern "C" {
         filter_envoy_ptr: *mut c_void,
         key: ModuleBuffer,
         value: ModuleBuffer,
+    ) -> bool;
+    /// Bytes of `body_type` (a request body buffer).
+    pub fn envoy_dynamic_module_callback_http_get_body_size(
+        filter_envoy_ptr: *mut c_void,
+        body_type: u32,
+    ) -> usize;
+    /// How many chunks `body_type` has; `get_body_chunks` writes that many.
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks_size(
+        filter_envoy_ptr: *mut c_void,
+        body_type: u32,
+    ) -> usize;
+    pub fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter_envoy_ptr: *mut c_void,
+        body_type: u32,
+        result_buffer_vector: *mut EnvoyBuffer,
     ) -> bool;
     /// Makes Envoy select the route again (after this filter changed the headers).
     pub fn envoy_dynamic_module_callback_http_clear_route_cache(filter_envoy_ptr: *mut c_void);

@@ -32,6 +32,9 @@ pub enum LoadError {
     Config(ConfigError),
     /// Valid, but uses something this shell cannot do yet.
     Unsupported { field: String, reason: &'static str },
+    /// A partner secret is not in Envoy's environment (checked here, when Envoy loads
+    /// the configuration, so that Envoy refuses it as it refuses the wasm's).
+    Secret(nhi_guard_core::partners::SecretError),
 }
 
 impl fmt::Display for LoadError {
@@ -41,6 +44,7 @@ impl fmt::Display for LoadError {
             LoadError::Unsupported { field, reason } => {
                 write!(f, "{field}: not supported by the native (dynamic module) shell yet: {reason}")
             }
+            LoadError::Secret(err) => write!(f, "partner secret unavailable: {err}"),
         }
     }
 }
@@ -55,6 +59,12 @@ impl FilterConfig {
     ) -> Result<FilterConfig, LoadError> {
         let config = Config::from_json(json).map_err(LoadError::Config)?;
         refuse_unsupported(&config)?;
+        if let Some(partners) = &config.partners {
+            use std::os::unix::ffi::OsStringExt as _;
+            partners
+                .resolve(&mut |name| std::env::var_os(name).map(|v| v.into_vec()))
+                .map_err(LoadError::Secret)?;
+        }
         Ok(FilterConfig { config, store: Arc::default(), families: Arc::new(families()), id })
     }
 
@@ -91,12 +101,6 @@ fn refuse_unsupported(config: &Config) -> Result<(), LoadError> {
     }
     if config.host == HostSetting::Apisix {
         return unsupported("host", "\"apisix\" is a proxy-wasm host; this module only runs in Envoy");
-    }
-    if config.partners.is_some() {
-        return unsupported(
-            "partners",
-            "signatures over the request body need the body, which is not read yet",
-        );
     }
     Ok(())
 }

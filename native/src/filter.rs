@@ -203,6 +203,8 @@ pub struct Filter {
     parking: Option<wake::Parking>,
     /// Paused on another request's review (until `review_ended`).
     parked_on_review: bool,
+    /// The pipeline asked for the body (a partner's signature covers it).
+    awaiting_body: bool,
 }
 
 impl Filter {
@@ -222,6 +224,7 @@ impl Filter {
             pending: None,
             parking: None,
             parked_on_review: false,
+            awaiting_body: false,
         }
     }
 
@@ -305,9 +308,13 @@ impl Filter {
                     self.request.waited = true;
                     step = pipeline::run(vm, host, &mut self.request, now_ms);
                 }
-                Step::Wait { .. } | Step::Body { .. } => {
-                    // A second wait, or a body (`partners` is refused at load): refuse
-                    // rather than forward.
+                Step::Body { .. } => {
+                    // A signature covers the body: Envoy buffers it for the body hooks.
+                    self.awaiting_body = true;
+                    return Flow::Paused;
+                }
+                Step::Wait { .. } => {
+                    // A second wait: refuse rather than forward.
                     self.refuse(vm, host, HostError::UNIMPLEMENTED);
                     return Flow::Paused;
                 }
@@ -424,6 +431,38 @@ impl Filter {
         if flow == Flow::Continue {
             host::clear_route_cache(envoy);
             host::continue_decoding(envoy);
+        }
+    }
+
+    /// More of the body the pipeline waits for (`end_of_stream` once it is whole;
+    /// trailers end it too). Returns the body (or trailers) hook's status.
+    pub fn request_body(&mut self, envoy: *mut c_void, end_of_stream: bool) -> u32 {
+        if !self.awaiting_body {
+            return abi::STATUS_CONTINUE;
+        }
+        let Some(vm) = self.vm.clone() else { return abi::BODY_STOP_NO_BUFFER };
+        let mut host = NativeHost::new(envoy, &self.families);
+        let buffered = host::request_body_len(envoy);
+        match pipeline::body(&vm, &mut host, &mut self.request, buffered, end_of_stream) {
+            Step::Continue => {
+                self.awaiting_body = false;
+                host::clear_route_cache(envoy);
+                abi::STATUS_CONTINUE
+            }
+            Step::Body { .. } => abi::BODY_STOP_AND_BUFFER,
+            // Refused (the reply is sent), or a step a body never leads to.
+            Step::Replied | Step::Wait { .. } | Step::Called { .. } => abi::BODY_STOP_NO_BUFFER,
+        }
+    }
+
+    /// Trailers end the body.
+    pub fn request_trailers(&mut self, envoy: *mut c_void) -> u32 {
+        if !self.awaiting_body {
+            return abi::STATUS_CONTINUE;
+        }
+        match self.request_body(envoy, true) {
+            abi::STATUS_CONTINUE => abi::STATUS_CONTINUE,
+            _ => abi::STATUS_STOP_ITERATION,
         }
     }
 

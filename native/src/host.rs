@@ -194,6 +194,18 @@ pub fn clear_route_cache(filter: *mut c_void) {
     }
 }
 
+/// Bytes of the request body so far: what Envoy buffered and this hook's chunk.
+pub fn request_body_len(filter: *mut c_void) -> usize {
+    if filter.is_null() {
+        return 0;
+    }
+    // SAFETY: the live filter of this hook.
+    unsafe {
+        abi::envoy_dynamic_module_callback_http_get_body_size(filter, abi::BUFFERED_REQUEST_BODY)
+            + abi::envoy_dynamic_module_callback_http_get_body_size(filter, abi::RECEIVED_REQUEST_BODY)
+    }
+}
+
 /// Resumes the request a hook paused (after its callout was answered).
 pub fn continue_decoding(filter: *mut c_void) {
     if !filter.is_null() {
@@ -367,9 +379,38 @@ impl Host for NativeHost {
         std::env::var_os(name).map(|v| v.into_vec())
     }
 
-    /// Bodies are not read yet (`partners`, the only user, is refused at load).
-    fn request_body(&mut self, _max: usize) -> Result<Vec<u8>, HostError> {
-        Err(HostError::UNIMPLEMENTED)
+    /// The body buffered so far and this hook's chunk, at most `max` bytes.
+    fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError> {
+        let filter = self.filter()?;
+        let mut body = Vec::new();
+        for body_type in [abi::BUFFERED_REQUEST_BODY, abi::RECEIVED_REQUEST_BODY] {
+            // SAFETY: live filter; `chunks` has room for the count Envoy gave.
+            let count =
+                unsafe { abi::envoy_dynamic_module_callback_http_get_body_chunks_size(filter, body_type) };
+            if count == 0 {
+                continue;
+            }
+            let mut chunks = vec![EnvoyBuffer::EMPTY; count];
+            if !unsafe {
+                abi::envoy_dynamic_module_callback_http_get_body_chunks(
+                    filter,
+                    body_type,
+                    chunks.as_mut_ptr(),
+                )
+            } {
+                continue;
+            }
+            for chunk in chunks {
+                if body.len() >= max {
+                    return Ok(body);
+                }
+                // SAFETY: Envoy's buffer, valid for this hook; copied now.
+                let bytes = unsafe { chunk.to_vec() };
+                let room = max.saturating_sub(body.len());
+                body.extend_from_slice(bytes.get(..room.min(bytes.len())).unwrap_or_default());
+            }
+        }
+        Ok(body)
     }
 
     /// A TokenReview: Envoy's HTTP callout from this request.

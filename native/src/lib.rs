@@ -184,6 +184,39 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     }
 }
 
+/// A chunk of the request body: buffered while a signature over it is checked.
+///
+/// # Safety
+/// Envoy's hook contract (see [`filter_mut`]).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    envoy: *mut c_void,
+    filter: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    // SAFETY: Envoy's hook contract.
+    match unsafe { filter_mut(filter) } {
+        Some(filter) => filter.request_body(envoy, end_of_stream),
+        None => abi::BODY_STOP_NO_BUFFER,
+    }
+}
+
+/// The request trailers: the end of a body being checked.
+///
+/// # Safety
+/// Envoy's hook contract (see [`filter_mut`]).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
+    envoy: *mut c_void,
+    filter: *const c_void,
+) -> u32 {
+    // SAFETY: Envoy's hook contract.
+    match unsafe { filter_mut(filter) } {
+        Some(filter) => filter.request_trailers(envoy),
+        None => abi::STATUS_STOP_ITERATION,
+    }
+}
+
 /// An event this module posted to the request's scheduler: the review it waited
 /// for ended (see [`wake`]).
 ///
@@ -204,25 +237,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(
 }
 
 // The hooks Envoy requires of every HTTP filter module that this one has no use for:
-// bodies and trailers pass, and no stream is ever started (so the stream hooks are
-// never called).
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
-    _: *mut c_void,
-    _: *const c_void,
-    _: bool,
-) -> u32 {
-    abi::STATUS_CONTINUE
-}
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _: *mut c_void,
-    _: *const c_void,
-) -> u32 {
-    abi::STATUS_CONTINUE
-}
+// response bodies and trailers pass, and no stream is ever started (so the stream
+// hooks are never called).
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(

@@ -17,7 +17,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use test_harness::envoy::{Envoy, EnvoyOptions};
+use test_harness::envoy::{native_module_path, Envoy, EnvoyOptions};
 use test_harness::envoy_config::{repo_root, EnvoyConfig};
 use test_harness::http::{self, Response};
 use test_harness::httpsig::{self, Job, Key};
@@ -56,6 +56,11 @@ struct Gateway {
 }
 
 fn start(plugin: Value, env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
+    start_shell(plugin, env, false)
+}
+
+/// `native`: the native shell (the Envoy dynamic module) in the wasm's place.
+fn start_shell(plugin: Value, env: &[(&str, &str)], native: bool) -> anyhow::Result<Gateway> {
     let upstream = EchoUpstream::start()?;
     let web = EchoUpstream::start_named("web")?;
     let mut options = EnvoyOptions::new()
@@ -63,6 +68,9 @@ fn start(plugin: Value, env: &[(&str, &str)]) -> anyhow::Result<Gateway> {
         .plugin_configuration(plugin)
         .cluster("upstream", upstream.addr())
         .cluster("web", web.addr());
+    if native {
+        options = options.native_filter(&native_module_path()?)?;
+    }
     for (name, value) in env {
         options = options.env(name, value);
     }
@@ -317,6 +325,90 @@ fn a_missing_secret_stops_the_plugin_and_envoy_names_the_variable() {
             "partner secret unavailable: environment variable NHI_PARTNER_ACME_HMAC_2026_01 \
              (`partners.clients[0].keys[0].secret_env`) is not set; refusing to start"
         ),
+        "{text}"
+    );
+}
+
+/// The native shell (`make native`) in the wasm's place, same configuration: signed
+/// requests from the independent client, a signed body buffered by Envoy and checked,
+/// a replay across workers caught once, API keys; and a missing secret refused when
+/// Envoy loads the configuration.
+#[test]
+fn partners_in_the_native_shell() {
+    let mut plugin = shipped().plugin_configuration().unwrap();
+    plugin["partners"]["clients"][0]["signature"]["max_body_bytes"] = json!(4096);
+    let env = [
+        ("NHI_PARTNER_ACME_HMAC_2026_01", ACME_SECRET),
+        ("NHI_PARTNER_GLOBEX_API_KEY_SHA256", &sha256_hex(GLOBEX_API_KEY) as &str),
+    ];
+    let gateway = start_shell(plugin.clone(), &env, true).unwrap();
+    let addr = gateway.envoy.listener_addr();
+    let at = |path: &str| url(addr, path);
+    let t = now();
+    let mut body = Job::new("POST", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-body");
+    body.body = Some(r#"{"order": 42}"#.to_owned());
+    body.headers.push(("content-type".into(), "application/json".into()));
+    let jobs = vec![
+        ("hmac", Job::new("GET", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-hmac")),
+        ("ed25519", Job::new("GET", &at("/partner/orders"), ed25519(), ED_KEY_ID, t, "n-ed")),
+        ("replayed", Job::new("GET", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-replayed")),
+        ("body", body.clone()),
+        ("tampered", Job { nonce: Some("n-tampered".into()), ..body.clone() }),
+        ("too-large", Job { nonce: Some("n-large".into()), body: Some("x".repeat(5000)), ..body.clone() }),
+    ];
+    let signed = httpsig::sign(&jobs.iter().map(|(_, j)| j.clone()).collect::<Vec<_>>()).unwrap();
+    let signed: BTreeMap<&str, Signed> =
+        jobs.into_iter().zip(signed).map(|((name, job), headers)| (name, (job, headers))).collect();
+    let send = |name: &str| {
+        let (job, headers) = &signed[name];
+        send_signed(addr, job, headers, job.body.as_deref())
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        for name in ["hmac", "ed25519"] {
+            let response = send(name);
+            assert_eq!(response.status, 200, "{name}: {}", response.body_text());
+            let echo = response.body_json().unwrap();
+            assert_eq!(echo["headers"]["x-nhi-identity"], "partner:acme", "{name}");
+        }
+        let (job, headers) = signed["replayed"].clone();
+        let replays: Vec<_> = (0..24)
+            .map(|_| {
+                let (job, headers) = (job.clone(), headers.clone());
+                thread::spawn(move || send_signed(addr, &job, &headers, None).status)
+            })
+            .collect();
+        let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+        for handle in replays {
+            *statuses.entry(handle.join().unwrap()).or_default() += 1;
+        }
+        assert_eq!(statuses, BTreeMap::from([(200, 1), (401, 23)]), "one request, many copies");
+
+        let response = send("body");
+        assert_eq!(response.status, 200, "{}", response.body_text());
+        let arrived = gateway.upstream.received_for("/partner/orders");
+        assert!(arrived.iter().any(|r| r.body == br#"{"order": 42}"#), "the body reached the upstream");
+        let (job, headers) = &signed["tampered"];
+        let tampered = send_signed(addr, job, headers, Some(r#"{"order": 43}"#));
+        assert_eq!(status_reason(&tampered), (401, Some("digest_mismatch".into())));
+        assert_eq!(status_reason(&send("too-large")), (413, Some("body_too_large".into())));
+
+        let ok = http::request(addr, "GET", "/partner/a", &[("x-api-key", GLOBEX_API_KEY)]).unwrap();
+        assert_eq!(ok.status, 200, "{}", ok.body_text());
+        assert!(ok.body_json().unwrap()["headers"].get("x-api-key").is_none());
+        let wrong = http::request(addr, "GET", "/partner/a", &[("x-api-key", "z")]).unwrap();
+        assert_eq!(status_reason(&wrong), (401, Some("invalid_api_key".into())));
+        let log = gateway.envoy.log();
+        assert!(!log.contains(ACME_SECRET) && !log.contains(GLOBEX_API_KEY), "a secret in Envoy's log");
+    }));
+    if let Err(panic) = result {
+        eprintln!("--- Envoy log (tail) ---\n{}", gateway.envoy.log_tail(40));
+        std::panic::resume_unwind(panic);
+    }
+
+    let err = start_shell(plugin, &env[1..], true).err().expect("Envoy started without the HMAC secret");
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("partner secret unavailable: environment variable NHI_PARTNER_ACME_HMAC_2026_01"),
         "{text}"
     );
 }
