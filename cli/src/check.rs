@@ -499,50 +499,62 @@ fn kubernetes_object(doc: &Value, api_version: &str, kind: &str, label: &str, ou
             }
         }
         ("gateway.envoyproxy.io", "EnvoyExtensionPolicy") => {
-            let entries = doc.pointer("/spec/wasm").and_then(Value::as_array).cloned().unwrap_or_default();
+            // The wasm (`spec.wasm`) or the native shell (`spec.dynamicModules`, a module
+            // the EnvoyProxy's allowlist names): the same configuration either way.
             let mut any = false;
-            for (i, entry) in entries.iter().enumerate() {
-                let at = format!("spec.wasm[{i}]");
-                let config = entry.get("config");
-                let ours = mentions_nhi_guard(entry) || config.is_some_and(|c| c.get("issuers").is_some());
-                if !ours {
-                    continue;
-                }
-                any = true;
-                if entry.get("failOpen").and_then(Value::as_bool) == Some(true) {
-                    out.problems.push(problem(
-                        &format!("{at}.failOpen"),
-                        "true passes requests without verification when the plugin fails",
-                    ));
-                }
-                match config {
-                    Some(config @ Value::Object(_)) => out.configs.push(Found {
-                        what: what.clone(),
-                        path: format!("{at}.config"),
-                        source: Source::Structured(config.clone()),
-                        static_clusters: None,
-                        vm: Some(VmSettings {
-                            host_keys: entry
-                                .pointer("/env/hostKeys")
-                                .and_then(Value::as_array)
-                                .into_iter()
-                                .flatten()
-                                .filter_map(Value::as_str)
-                                .map(str::to_owned)
-                                .collect(),
-                            inline_keys: Vec::new(),
-                            stop_iteration: None,
-                            path: format!("{at}.env.hostKeys"),
+            for (list, wasm) in [("wasm", true), ("dynamicModules", false)] {
+                let entries = doc
+                    .pointer(&format!("/spec/{list}"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for (i, entry) in entries.iter().enumerate() {
+                    let at = format!("spec.{list}[{i}]");
+                    let config = entry.get("config");
+                    let ours =
+                        mentions_nhi_guard(entry) || config.is_some_and(|c| c.get("issuers").is_some());
+                    if !ours {
+                        continue;
+                    }
+                    any = true;
+                    if entry.get("failOpen").and_then(Value::as_bool) == Some(true) {
+                        out.problems.push(problem(
+                            &format!("{at}.failOpen"),
+                            "true passes requests without verification when the plugin fails",
+                        ));
+                    }
+                    // The native shell reads Envoy's own environment: no VM settings.
+                    let vm = wasm.then(|| VmSettings {
+                        host_keys: entry
+                            .pointer("/env/hostKeys")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned)
+                            .collect(),
+                        inline_keys: Vec::new(),
+                        stop_iteration: None,
+                        path: format!("{at}.env.hostKeys"),
+                    });
+                    match config {
+                        Some(config @ Value::Object(_)) => out.configs.push(Found {
+                            what: what.clone(),
+                            path: format!("{at}.config"),
+                            source: Source::Structured(config.clone()),
+                            static_clusters: None,
+                            vm,
                         }),
-                    }),
-                    _ => out.problems.push(problem(
-                        &format!("{at}.config"),
-                        "must be a mapping: nhi-guard refuses to start without a configuration",
-                    )),
+                        _ => out.problems.push(problem(
+                            &format!("{at}.config"),
+                            "must be a mapping: nhi-guard refuses to start without a configuration",
+                        )),
+                    }
                 }
             }
             if !any {
-                out.problems.push(problem("spec.wasm", "lists no nhi-guard Wasm extension"));
+                out.problems
+                    .push(problem("spec.wasm", "lists no nhi-guard Wasm extension or dynamic module"));
             }
         }
         ("", "ConfigMap") => {
@@ -1447,6 +1459,26 @@ mod tests {
         assert_eq!(
             errs[1],
             "EnvoyExtensionPolicy p: spec.wasm[0].config.issuers: must list at least one issuer"
+        );
+
+        // The native shell as a dynamic module: the same configuration, checked alike.
+        let native = |config: &Value| {
+            format!(
+                "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyExtensionPolicy\nmetadata: {{name: p}}\n\
+                 spec:\n  dynamicModules:\n  - name: nhi-guard\n    filterName: nhi-guard\n    config: {config}\n"
+            )
+        };
+        assert!(check_text("p.yaml", &native(&plugin())).passed());
+        assert_eq!(
+            errors("p.yaml", &native(&json!({"issuers": []}))),
+            ["EnvoyExtensionPolicy p: spec.dynamicModules[0].config.issuers: must list at least one issuer"]
+        );
+        let neither =
+            "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: EnvoyExtensionPolicy\nmetadata: {name: p}\n\
+                       spec:\n  dynamicModules:\n  - name: coraza\n";
+        assert_eq!(
+            errors("p.yaml", neither),
+            ["EnvoyExtensionPolicy p: spec.wasm: lists no nhi-guard Wasm extension or dynamic module"]
         );
     }
 

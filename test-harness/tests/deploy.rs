@@ -712,6 +712,41 @@ fn envoy_accepts_what_istio_the_envoyfilter_and_envoy_gateway_configure() {
     envoy_validate(&bootstrap_with(&eg_filter, &eg_clusters), "envoy-gateway");
 }
 
+/// The native shell on Envoy Gateway (`gateway/native.yaml`): the policy names a module
+/// the EnvoyProxy allows, at the path the pod mounts, with extension-policy.yaml's wasm
+/// configuration; assembled as Envoy Gateway renders a dynamic module (the module at its
+/// path, `filter_name`, the configuration as a JSON string), Envoy and the built module
+/// accept it.
+#[test]
+fn envoy_gateway_loads_the_native_shell_with_the_wasms_configuration() {
+    let path = envoy_dir().join("gateway/native.yaml");
+    let proxy = the_document(&path, "EnvoyProxy").unwrap();
+    let policy = the_document(&path, "EnvoyExtensionPolicy").unwrap();
+    let module = &policy["spec"]["dynamicModules"][0];
+    assert_eq!(module["filterName"], PLUGIN_FILTER_NAME);
+    let allowed = proxy["spec"]["dynamicModules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|entry| entry["name"] == module["name"])
+        .expect("the module the policy uses is on the EnvoyProxy's allowlist");
+    assert_eq!(allowed["doNotClose"], true, "workers keep thread-local state in the module");
+    let so = allowed["source"]["local"]["path"].as_str().unwrap();
+    let deployment = &proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"];
+    let mount = &deployment["container"]["volumeMounts"][0];
+    assert_eq!(Path::new(so).parent().unwrap(), Path::new(mount["mountPath"].as_str().unwrap()));
+    assert_eq!(deployment["pod"]["volumes"][0]["name"], mount["name"]);
+    let wasm_policy =
+        the_document(&envoy_dir().join("gateway/extension-policy.yaml"), "EnvoyExtensionPolicy").unwrap();
+    assert_eq!(module["config"], wasm_policy["spec"]["wasm"][0]["config"], "one configuration, two shells");
+    assert_eq!(policy["spec"]["targetRefs"], wasm_policy["spec"]["targetRefs"]);
+
+    let mut config = EnvoyConfig::load(&test_harness::envoy::native_config_path()).unwrap();
+    config.set_native_module(&test_harness::envoy::native_module_path().unwrap()).unwrap();
+    config.set_plugin_configuration(&module["config"]).unwrap();
+    envoy_validate(&config, "envoy-gateway-native");
+}
+
 // ---------------------------------------------------------------------------------
 // make oci
 
