@@ -67,6 +67,19 @@ pub struct HttpHeader {
 impl HttpHeader {
     pub const EMPTY: HttpHeader =
         HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
+
+    /// Headers for Envoy to copy, pointing into `pairs` (which must outlive the call
+    /// they are handed to).
+    pub fn borrowing<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<HttpHeader> {
+        pairs
+            .map(|(name, value)| HttpHeader {
+                key_ptr: name.as_ptr(),
+                key_length: name.len(),
+                value_ptr: value.as_ptr(),
+                value_length: value.len(),
+            })
+            .collect()
+    }
 }
 
 /// `envoy_dynamic_module_type_http_header_type`.

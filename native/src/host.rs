@@ -79,15 +79,7 @@ impl NativeHost {
         timeout_ms: u64,
     ) -> Result<u64, HostError> {
         let filter = self.filter()?;
-        let headers: Vec<HttpHeader> = headers
-            .iter()
-            .map(|(name, value)| HttpHeader {
-                key_ptr: name.as_ptr(),
-                key_length: name.len(),
-                value_ptr: value.as_ptr(),
-                value_length: value.len(),
-            })
-            .collect();
+        let headers = HttpHeader::borrowing(headers.iter().map(|(n, v)| (*n, *v)));
         let mut id = 0u64;
         // SAFETY: live filter; every buffer outlives the call (Envoy copies them).
         let result = unsafe {
@@ -331,16 +323,7 @@ impl Host for NativeHost {
 
     fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), HostError> {
         let filter = self.filter()?;
-        let headers: Vec<HttpHeader> = reply
-            .headers
-            .iter()
-            .map(|(name, value)| HttpHeader {
-                key_ptr: name.as_ptr(),
-                key_length: name.len(),
-                value_ptr: value.as_ptr(),
-                value_length: value.len(),
-            })
-            .collect();
+        let headers = HttpHeader::borrowing(reply.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
         // SAFETY: live filter; every buffer outlives the call (Envoy copies them).
         unsafe {
             abi::envoy_dynamic_module_callback_http_send_response(

@@ -97,6 +97,22 @@ fn send_signed(addr: SocketAddr, job: &Job, headers: &[(String, String)], body: 
     http::request_with_body(addr, &job.method, &path, &headers, body.unwrap_or_default().as_bytes()).unwrap()
 }
 
+/// The same signed request sent `copies` times at once, each over a connection of its
+/// own (so spread over both workers): how many got each status.
+fn fired_at_once(addr: SocketAddr, (job, headers): &Signed, copies: usize) -> BTreeMap<u16, usize> {
+    let sends: Vec<_> = (0..copies)
+        .map(|_| {
+            let (job, headers) = (job.clone(), headers.clone());
+            thread::spawn(move || send_signed(addr, &job, &headers, None).status)
+        })
+        .collect();
+    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
+    for send in sends {
+        *statuses.entry(send.join().unwrap()).or_default() += 1;
+    }
+    statuses
+}
+
 fn reason(response: &Response) -> Option<String> {
     response.body_json().ok()?.get("reason")?.as_str().map(str::to_owned)
 }
@@ -184,17 +200,7 @@ fn partners_sign_with_an_independent_client_and_every_rule_has_its_reason() {
 
     // The same signed request fired 24 times at once over 24 connections, spread over
     // both workers: the nonce cache is shared, so exactly one is admitted.
-    let (job, headers) = signed["replayed"].clone();
-    let replays: Vec<_> = (0..24)
-        .map(|_| {
-            let (job, headers) = (job.clone(), headers.clone());
-            thread::spawn(move || send_signed(addr, &job, &headers, None).status)
-        })
-        .collect();
-    let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-    for handle in replays {
-        *statuses.entry(handle.join().unwrap()).or_default() += 1;
-    }
+    let statuses = fired_at_once(addr, &signed["replayed"], 24);
     assert_eq!(statuses, BTreeMap::from([(200, 1), (401, 23)]), "one request, many copies");
     assert_eq!(status_reason(&send("replayed")), (401, Some("signature_replay".into())));
 
@@ -370,17 +376,7 @@ fn partners_in_the_native_shell() {
             let echo = response.body_json().unwrap();
             assert_eq!(echo["headers"]["x-nhi-identity"], "partner:acme", "{name}");
         }
-        let (job, headers) = signed["replayed"].clone();
-        let replays: Vec<_> = (0..24)
-            .map(|_| {
-                let (job, headers) = (job.clone(), headers.clone());
-                thread::spawn(move || send_signed(addr, &job, &headers, None).status)
-            })
-            .collect();
-        let mut statuses: BTreeMap<u16, usize> = BTreeMap::new();
-        for handle in replays {
-            *statuses.entry(handle.join().unwrap()).or_default() += 1;
-        }
+        let statuses = fired_at_once(addr, &signed["replayed"], 24);
         assert_eq!(statuses, BTreeMap::from([(200, 1), (401, 23)]), "one request, many copies");
 
         let response = send("body");
