@@ -134,10 +134,12 @@ native:
 
 # The e2e suite's build of it: the test profile, whose dependencies `make unit` has
 # already compiled (a release build would compile the core and its crypto again, about
-# a minute on 2 cores, for tests that check behaviour, not speed).
+# a minute on 2 cores, for tests that check behaviour, not speed). Built with the CLI,
+# as `make unit` builds it: the core's features are then the same (the CLI's `schema`),
+# so the core compiled there is reused rather than compiled once more without it.
 NATIVE_TEST_MODULE := $(CURDIR)/target/debug/libnhi_guard_envoy.so
 native-test:
-	$(CARGO) build -p nhi-guard-envoy
+	$(CARGO) build -p nhi-guard-envoy -p nhi-guard-cli
 
 # The same filter with the `fault-injection` feature, for the VM-crash e2e test only.
 FAULT_WASM := $(CURDIR)/target/nhi_guard_fault_injection.wasm
