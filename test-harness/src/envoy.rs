@@ -33,65 +33,52 @@ const POLL: Duration = Duration::from_millis(50);
 const STOP_GRACE: Duration = Duration::from_secs(3);
 const LOG_TAIL_LINES: usize = 80;
 
-/// The Envoy binary to run: `$ENVOY_BIN`, else `<repo>/.tools/envoy/bin/envoy`.
-pub fn envoy_binary() -> Result<PathBuf> {
-    if let Some(path) = env::var_os(ENVOY_BIN_ENV) {
+/// `$env_var` if set (it must exist), else `<repo>/default`; a missing file is an
+/// error (never a skip) naming `what` and `how` to get it.
+fn built_file(env_var: &str, default: &str, what: &str, how: &str) -> Result<PathBuf> {
+    if let Some(path) = env::var_os(env_var) {
         let path = PathBuf::from(path);
         if !path.is_file() {
-            bail!("{ENVOY_BIN_ENV}={} does not exist", path.display());
+            bail!("{env_var}={} does not exist", path.display());
         }
         return Ok(path);
     }
-    let path = repo_root().join(".tools/envoy/bin/envoy");
+    let path = repo_root().join(default);
     if !path.is_file() {
-        bail!(
-            "no Envoy binary: {} does not exist and {ENVOY_BIN_ENV} is not set. \
-             Run `make tools` or set {ENVOY_BIN_ENV}=/path/to/envoy",
-            path.display()
-        );
+        bail!("no {what}: {} does not exist and {env_var} is not set. {how}", path.display());
     }
     Ok(path)
+}
+
+/// The Envoy binary to run: `$ENVOY_BIN`, else `<repo>/.tools/envoy/bin/envoy`.
+pub fn envoy_binary() -> Result<PathBuf> {
+    built_file(
+        ENVOY_BIN_ENV,
+        ".tools/envoy/bin/envoy",
+        "Envoy binary",
+        &format!("Run `make tools` or set {ENVOY_BIN_ENV}=/path/to/envoy"),
+    )
 }
 
 /// The filter to load: `$NHI_WASM`, else the release build in the workspace target dir.
 pub fn wasm_path() -> Result<PathBuf> {
-    if let Some(path) = env::var_os(WASM_ENV) {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!("{WASM_ENV}={} does not exist", path.display());
-        }
-        return Ok(path);
-    }
-    let path = repo_root().join("target/wasm32-wasip1/release/nhi_guard.wasm");
-    if !path.is_file() {
-        bail!(
-            "no filter build: {} does not exist and {WASM_ENV} is not set. Build it with \
-             `cargo build --release --target wasm32-wasip1 -p nhi-guard`",
-            path.display()
-        );
-    }
-    Ok(path)
+    built_file(
+        WASM_ENV,
+        "target/wasm32-wasip1/release/nhi_guard.wasm",
+        "filter build",
+        "Build it with `cargo build --release --target wasm32-wasip1 -p nhi-guard`",
+    )
 }
 
 /// The native shell to load: `$NHI_NATIVE_MODULE`, else the release build in the
-/// workspace target dir. Missing is an error (never a skip) that says how to build it.
+/// workspace target dir.
 pub fn native_module_path() -> Result<PathBuf> {
-    if let Some(path) = env::var_os(NATIVE_MODULE_ENV) {
-        let path = PathBuf::from(path);
-        if !path.is_file() {
-            bail!("{NATIVE_MODULE_ENV}={} does not exist", path.display());
-        }
-        return Ok(path);
-    }
-    let path = repo_root().join("target/release/libnhi_guard_envoy.so");
-    if !path.is_file() {
-        bail!(
-            "no native module build: {} does not exist and {NATIVE_MODULE_ENV} is not set. Build it with \
-             `make native` (cargo build --release -p nhi-guard-envoy)",
-            path.display()
-        );
-    }
-    Ok(path)
+    built_file(
+        NATIVE_MODULE_ENV,
+        "target/release/libnhi_guard_envoy.so",
+        "native module build",
+        "Build it with `make native` (cargo build --release -p nhi-guard-envoy)",
+    )
 }
 
 /// `<root>/envoy/envoy-native.yaml`: the shipped config of the native shell.
@@ -555,6 +542,18 @@ impl Envoy {
         fs::read(&self.log_path)
             .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
             .unwrap_or_else(|err| format!("<cannot read {}: {err}>", self.log_path.display()))
+    }
+
+    /// Runs `checks`; if one panics, prints the tail of Envoy's log before the panic
+    /// goes on (what the filter said is usually why).
+    pub fn showing_log_on_panic<R>(&self, checks: impl FnOnce() -> R) -> R {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks)) {
+            Ok(value) => value,
+            Err(panic) => {
+                eprintln!("--- Envoy log (tail) ---\n{}", self.log_tail(60));
+                std::panic::resume_unwind(panic)
+            }
+        }
     }
 
     pub fn log_tail(&self, lines: usize) -> String {

@@ -104,18 +104,14 @@ fn echo(response: &Response) -> Value {
 #[test]
 fn the_native_shell_decides_as_the_wasm_does() {
     let native = start();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    native.envoy.showing_log_on_panic(|| {
         a_valid_token_is_forwarded_with_its_identity(&native);
         refusals_carry_their_reason_codes(&native);
         forged_identity_headers_never_reach_a_backend(&native);
         a_machine_token_on_the_human_route_is_refused(&native);
         a_quota_is_exact_across_both_workers(&native);
         the_metrics_are_the_wasms_under_envoys_module_prefix(&native);
-    }));
-    if let Err(panic) = result {
-        eprintln!("--- Envoy log (tail) ---\n{}", native.envoy.log_tail(60));
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 fn a_valid_token_is_forwarded_with_its_identity(native: &Native) {
@@ -305,7 +301,7 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
         )
         .unwrap()
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    envoy.showing_log_on_panic(|| {
         assert!(kube.jwks_authorizations().is_empty(), "no fetch before a request needs the keys");
 
         // The first request fetches the keys, then asks for its token's review.
@@ -373,11 +369,7 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
             &[("nhi_issuer", "cluster"), ("nhi_result", "success")],
         );
         assert_eq!(fetches, Some(kube.jwks_authorizations().len() as f64));
-    }));
-    if let Err(panic) = result {
-        eprintln!("--- Envoy log (tail) ---\n{}", envoy.log_tail(60));
-        std::panic::resume_unwind(panic);
-    }
+    });
 }
 
 /// Envoy's name prefix for a dynamic module's metrics (`/stats/prometheus` keeps it;

@@ -97,6 +97,46 @@ fn send_signed(addr: SocketAddr, job: &Job, headers: &[(String, String)], body: 
     http::request_with_body(addr, &job.method, &path, &headers, body.unwrap_or_default().as_bytes()).unwrap()
 }
 
+/// Every job signed in one batch by the independent client, by name.
+fn sign_all(jobs: BTreeMap<&'static str, Job>) -> BTreeMap<&'static str, Signed> {
+    let jobs: Vec<(&str, Job)> = jobs.into_iter().collect();
+    let signed = httpsig::sign(&jobs.iter().map(|(_, j)| j.clone()).collect::<Vec<_>>()).unwrap();
+    jobs.into_iter().zip(signed).map(|((name, job), headers)| (name, (job, headers))).collect()
+}
+
+/// The signed-body requests to `url`: `body` (its Content-Digest matches), `tampered`
+/// (the same signature, sent with another body by [`signed_bodies_are_checked`]) and
+/// `too-large` (over the 4096 `max_body_bytes` the tests configure).
+fn body_jobs(url: &str, t: i64) -> [(&'static str, Job); 3] {
+    let mut body = Job::new("POST", url, hmac(), HMAC_KEY_ID, t, "n-body");
+    body.body = Some(r#"{"order": 42}"#.to_owned());
+    body.headers.push(("content-type".into(), "application/json".into()));
+    [
+        ("tampered", Job { nonce: Some("n-tampered".into()), ..body.clone() }),
+        ("too-large", Job { nonce: Some("n-large".into()), body: Some("x".repeat(5000)), ..body.clone() }),
+        ("body", body),
+    ]
+}
+
+/// [`body_jobs`] sent: the signed body is buffered, checked against the Content-Digest
+/// the signer added and forwarded whole; another body under its signature is refused
+/// with the digests wanted, and a body over the limit with 413.
+fn signed_bodies_are_checked(gateway: &Gateway, signed: &BTreeMap<&str, Signed>) {
+    let addr = gateway.envoy.listener_addr();
+    let (job, headers) = &signed["body"];
+    let response = send_signed(addr, job, headers, job.body.as_deref());
+    assert_eq!(response.status, 200, "{}", response.body_text());
+    let arrived = gateway.upstream.received_for("/partner/orders");
+    assert!(arrived.iter().any(|r| r.body == br#"{"order": 42}"#), "the body reached the upstream");
+    let (job, headers) = &signed["tampered"];
+    let tampered = send_signed(addr, job, headers, Some(r#"{"order": 43}"#));
+    assert_eq!(status_reason(&tampered), (401, Some("digest_mismatch".into())));
+    assert_eq!(tampered.header("want-content-digest"), Some("sha-256=10, sha-512=5"));
+    let (job, headers) = &signed["too-large"];
+    let too_large = send_signed(addr, job, headers, job.body.as_deref());
+    assert_eq!(status_reason(&too_large), (413, Some("body_too_large".into())));
+}
+
 /// The same signed request sent `copies` times at once, each over a connection of its
 /// own (so spread over both workers): how many got each status.
 fn fired_at_once(addr: SocketAddr, (job, headers): &Signed, copies: usize) -> BTreeMap<u16, usize> {
@@ -151,12 +191,9 @@ fn partners_sign_with_an_independent_client_and_every_rule_has_its_reason() {
     job("hmac", Job::new("GET", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-hmac"));
     job("ed25519", Job::new("GET", &at("/partner/orders"), ed25519(), ED_KEY_ID, t, "n-ed"));
     job("replayed", Job::new("GET", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-replayed"));
-    let mut body = Job::new("POST", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-body");
-    body.body = Some(r#"{"order": 42}"#.to_owned());
-    body.headers.push(("content-type".into(), "application/json".into()));
-    job("body", body.clone());
-    job("tampered", Job { nonce: Some("n-tampered".into()), ..body.clone() });
-    job("too-large", Job { nonce: Some("n-large".into()), body: Some("x".repeat(5000)), ..body.clone() });
+    for (name, body_job) in body_jobs(&at("/partner/orders"), t) {
+        job(name, body_job);
+    }
     job("no-nonce", Job { nonce: None, ..Job::new("GET", &at("/partner/a"), hmac(), HMAC_KEY_ID, t, "-") });
     job("old", Job::new("GET", &at("/partner/a"), hmac(), HMAC_KEY_ID, t - 1000, "n-old"));
     job(
@@ -179,10 +216,7 @@ fn partners_sign_with_an_independent_client_and_every_rule_has_its_reason() {
     target.components = vec!["@method".into(), "@target-uri".into()];
     job("target-uri", target);
     job("webhook", Job::new("POST", &at("/hooks/order"), ed25519(), ED_KEY_ID, t, "n-hook"));
-    let jobs_in_order: Vec<(&str, Job)> = jobs.into_iter().collect();
-    let signed = httpsig::sign(&jobs_in_order.iter().map(|(_, j)| j.clone()).collect::<Vec<_>>()).unwrap();
-    let signed: BTreeMap<&str, Signed> =
-        jobs_in_order.into_iter().zip(signed).map(|((name, job), headers)| (name, (job, headers))).collect();
+    let signed = sign_all(jobs);
     let send = |name: &str| {
         let (job, headers) = &signed[name];
         send_signed(addr, job, headers, job.body.as_deref())
@@ -204,17 +238,7 @@ fn partners_sign_with_an_independent_client_and_every_rule_has_its_reason() {
     assert_eq!(statuses, BTreeMap::from([(200, 1), (401, 23)]), "one request, many copies");
     assert_eq!(status_reason(&send("replayed")), (401, Some("signature_replay".into())));
 
-    // A signed body: buffered, checked against the Content-Digest the signer added,
-    // forwarded whole.
-    let response = send("body");
-    assert_eq!(response.status, 200, "{}", response.body_text());
-    let arrived = gateway.upstream.received_for("/partner/orders");
-    assert!(arrived.iter().any(|r| r.body == br#"{"order": 42}"#), "the body reached the upstream");
-    let (job, headers) = &signed["tampered"];
-    let tampered = send_signed(addr, job, headers, Some(r#"{"order": 43}"#));
-    assert_eq!(status_reason(&tampered), (401, Some("digest_mismatch".into())));
-    assert_eq!(tampered.header("want-content-digest"), Some("sha-256=10, sha-512=5"));
-    assert_eq!(status_reason(&send("too-large")), (413, Some("body_too_large".into())));
+    signed_bodies_are_checked(&gateway, &signed);
 
     // Each violated rule, its reason.
     for (name, status, expected) in [
@@ -351,25 +375,18 @@ fn partners_in_the_native_shell() {
     let addr = gateway.envoy.listener_addr();
     let at = |path: &str| url(addr, path);
     let t = now();
-    let mut body = Job::new("POST", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-body");
-    body.body = Some(r#"{"order": 42}"#.to_owned());
-    body.headers.push(("content-type".into(), "application/json".into()));
-    let jobs = vec![
+    let mut jobs = BTreeMap::from([
         ("hmac", Job::new("GET", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-hmac")),
         ("ed25519", Job::new("GET", &at("/partner/orders"), ed25519(), ED_KEY_ID, t, "n-ed")),
         ("replayed", Job::new("GET", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, "n-replayed")),
-        ("body", body.clone()),
-        ("tampered", Job { nonce: Some("n-tampered".into()), ..body.clone() }),
-        ("too-large", Job { nonce: Some("n-large".into()), body: Some("x".repeat(5000)), ..body.clone() }),
-    ];
-    let signed = httpsig::sign(&jobs.iter().map(|(_, j)| j.clone()).collect::<Vec<_>>()).unwrap();
-    let signed: BTreeMap<&str, Signed> =
-        jobs.into_iter().zip(signed).map(|((name, job), headers)| (name, (job, headers))).collect();
+    ]);
+    jobs.extend(body_jobs(&at("/partner/orders"), t));
+    let signed = sign_all(jobs);
     let send = |name: &str| {
         let (job, headers) = &signed[name];
         send_signed(addr, job, headers, job.body.as_deref())
     };
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    gateway.envoy.showing_log_on_panic(|| {
         for name in ["hmac", "ed25519"] {
             let response = send(name);
             assert_eq!(response.status, 200, "{name}: {}", response.body_text());
@@ -379,14 +396,7 @@ fn partners_in_the_native_shell() {
         let statuses = fired_at_once(addr, &signed["replayed"], 24);
         assert_eq!(statuses, BTreeMap::from([(200, 1), (401, 23)]), "one request, many copies");
 
-        let response = send("body");
-        assert_eq!(response.status, 200, "{}", response.body_text());
-        let arrived = gateway.upstream.received_for("/partner/orders");
-        assert!(arrived.iter().any(|r| r.body == br#"{"order": 42}"#), "the body reached the upstream");
-        let (job, headers) = &signed["tampered"];
-        let tampered = send_signed(addr, job, headers, Some(r#"{"order": 43}"#));
-        assert_eq!(status_reason(&tampered), (401, Some("digest_mismatch".into())));
-        assert_eq!(status_reason(&send("too-large")), (413, Some("body_too_large".into())));
+        signed_bodies_are_checked(&gateway, &signed);
 
         let ok = http::request(addr, "GET", "/partner/a", &[("x-api-key", GLOBEX_API_KEY)]).unwrap();
         assert_eq!(ok.status, 200, "{}", ok.body_text());
@@ -395,11 +405,7 @@ fn partners_in_the_native_shell() {
         assert_eq!(status_reason(&wrong), (401, Some("invalid_api_key".into())));
         let log = gateway.envoy.log();
         assert!(!log.contains(ACME_SECRET) && !log.contains(GLOBEX_API_KEY), "a secret in Envoy's log");
-    }));
-    if let Err(panic) = result {
-        eprintln!("--- Envoy log (tail) ---\n{}", gateway.envoy.log_tail(40));
-        std::panic::resume_unwind(panic);
-    }
+    });
 
     let err = start_shell(plugin, &env[1..], true).err().expect("Envoy started without the HMAC secret");
     let text = format!("{err:#}");
