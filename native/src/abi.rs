@@ -68,6 +68,21 @@ impl HttpHeader {
     pub const EMPTY: HttpHeader =
         HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
 
+    /// The name and the value, copied out.
+    ///
+    /// # Safety
+    /// Both pointers are null or valid for reads of their lengths (Envoy's buffers,
+    /// for the hook that handed them over).
+    pub unsafe fn to_pair(self) -> (Vec<u8>, Vec<u8>) {
+        // SAFETY: the caller vouches for both buffers.
+        unsafe {
+            (
+                EnvoyBuffer { ptr: self.key_ptr, length: self.key_length }.to_vec(),
+                EnvoyBuffer { ptr: self.value_ptr, length: self.value_length }.to_vec(),
+            )
+        }
+    }
+
     /// Headers for Envoy to copy, pointing into `pairs` (which must outlive the call
     /// they are handed to).
     pub fn borrowing<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<HttpHeader> {

@@ -21,7 +21,7 @@ use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
 use crate::abi;
 use crate::config::FilterConfig;
-use crate::host::{self, next_token, Callout, NativeHost};
+use crate::host::{self, next_token, Callout, CalloutAnswer, NativeHost};
 use crate::metrics::{self, Families};
 use crate::store::SharedHandle;
 use crate::wake;
@@ -377,18 +377,8 @@ impl Filter {
     /// The answer to callout `envoy_id` of this request (Envoy's callout-done hook).
     ///
     /// # Safety
-    /// As [`host::callout_response`].
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn callout_done(
-        &mut self,
-        envoy: *mut c_void,
-        envoy_id: u64,
-        result: u32,
-        headers: *const abi::HttpHeader,
-        headers_size: usize,
-        chunks: *const abi::EnvoyBuffer,
-        chunks_size: usize,
-    ) {
+    /// As [`CalloutAnswer::response`].
+    pub unsafe fn callout_done(&mut self, envoy: *mut c_void, envoy_id: u64, answer: &CalloutAnswer) {
         let Some(vm) = self.vm.clone() else { return };
         let Some(pending) = self.pending.take_if(|p| p.call.envoy_id == envoy_id) else { return };
         let mut host = NativeHost::new(envoy, &self.families);
@@ -399,8 +389,7 @@ impl Filter {
             Purpose::Decide(_) | Purpose::Refresh(_) => vm.fetch_max_body(token),
         };
         // SAFETY: the caller vouches for Envoy's buffers.
-        let response =
-            unsafe { host::callout_response(result, headers, headers_size, chunks, chunks_size, max_body) };
+        let response = unsafe { answer.response(max_body) };
         let flow = match pending.purpose {
             Purpose::Refresh(document) | Purpose::Decide(document) => {
                 if let Some(Next::Done(done)) = vm.fetch_answered(token, response, now_ms, jitter()) {

@@ -121,12 +121,8 @@ impl NativeHost {
         } {
             return Err(HostError::NOT_FOUND);
         }
-        let pairs = raw.into_iter().map(|h| {
-            // SAFETY: Envoy's buffers, valid until this hook returns; copied now.
-            let name = unsafe { EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.to_vec() };
-            let value = unsafe { EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.to_vec() };
-            (name, value)
-        });
+        // SAFETY: Envoy's buffers, valid until this hook returns; copied now.
+        let pairs = raw.into_iter().map(|h| unsafe { h.to_pair() });
         Ok(HeaderMap::from_pairs(pairs))
     }
 
@@ -206,55 +202,61 @@ pub fn continue_decoding(filter: *mut c_void) {
     }
 }
 
-/// A callout's answer as the core reads one: the `:status` header, and the body
-/// (its chunks joined) unless it is over `max_body` bytes (then `Err(its size)`).
-/// A callout that failed (reset, over Envoy's buffer) has neither.
+/// A callout's answer as Envoy's callout-done hook hands it over: the result, and
+/// the response's headers and body chunks (null on a failed callout).
+pub struct CalloutAnswer {
+    pub result: u32,
+    pub headers: *const HttpHeader,
+    pub headers_size: usize,
+    pub chunks: *const EnvoyBuffer,
+    pub chunks_size: usize,
+}
+
+impl CalloutAnswer {
+    /// The answer as the core reads one: the `:status` header, and the body (its
+    /// chunks joined) unless it is over `max_body` bytes (then `Err(its size)`). A
+    /// callout that failed (reset, over Envoy's buffer) has neither.
+    ///
+    /// # Safety
+    /// `headers` and `chunks` are null or valid for `headers_size` and `chunks_size`
+    /// entries whose buffers are valid (Envoy's, for the hook that handed them over).
+    pub unsafe fn response(&self, max_body: usize) -> Response {
+        if self.result != abi::CALLOUT_SUCCESS {
+            return Response { status: None, body: Ok(Vec::new()) };
+        }
+        // SAFETY: the caller vouches for the pointers and lengths.
+        let headers = unsafe { entries(self.headers, self.headers_size) };
+        let status = headers.iter().find_map(|h| {
+            // SAFETY: Envoy's buffers, valid for this hook.
+            let (name, value) = unsafe { h.to_pair() };
+            (name == b":status").then_some(())?;
+            std::str::from_utf8(&value).ok()?.parse::<u16>().ok()
+        });
+        // SAFETY: as above.
+        let chunks = unsafe { entries(self.chunks, self.chunks_size) };
+        let size: usize = chunks.iter().map(|c| c.length).sum();
+        if size > max_body {
+            return Response { status, body: Err(size) };
+        }
+        let mut body = Vec::with_capacity(size);
+        for chunk in chunks {
+            // SAFETY: Envoy's buffers, valid for this hook.
+            body.extend_from_slice(&unsafe { chunk.to_vec() });
+        }
+        Response { status, body: Ok(body) }
+    }
+}
+
+/// `len` entries at `ptr`, none for a null pointer.
 ///
 /// # Safety
-/// `headers` and `chunks` are null or valid for `headers_size` and `chunks_size`
-/// entries whose buffers are valid (Envoy's, for the hook that handed them over).
-pub unsafe fn callout_response(
-    result: u32,
-    headers: *const HttpHeader,
-    headers_size: usize,
-    chunks: *const EnvoyBuffer,
-    chunks_size: usize,
-    max_body: usize,
-) -> Response {
-    if result != abi::CALLOUT_SUCCESS {
-        return Response { status: None, body: Ok(Vec::new()) };
+/// `ptr` is null or valid for reads of `len` entries for the lifetime chosen.
+unsafe fn entries<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
+    if ptr.is_null() {
+        return &[];
     }
-    let headers: &[HttpHeader] = if headers.is_null() {
-        &[]
-    } else {
-        // SAFETY: the caller vouches for the pointer and length.
-        unsafe { std::slice::from_raw_parts(headers, headers_size) }
-    };
-    let status = headers.iter().find_map(|h| {
-        // SAFETY: Envoy's buffers, valid for this hook.
-        let name = unsafe { EnvoyBuffer { ptr: h.key_ptr, length: h.key_length }.to_vec() };
-        if name != b":status" {
-            return None;
-        }
-        let value = unsafe { EnvoyBuffer { ptr: h.value_ptr, length: h.value_length }.to_vec() };
-        std::str::from_utf8(&value).ok()?.parse::<u16>().ok()
-    });
-    let chunks: &[EnvoyBuffer] = if chunks.is_null() {
-        &[]
-    } else {
-        // SAFETY: the caller vouches for the pointer and length.
-        unsafe { std::slice::from_raw_parts(chunks, chunks_size) }
-    };
-    let size: usize = chunks.iter().map(|c| c.length).sum();
-    if size > max_body {
-        return Response { status, body: Err(size) };
-    }
-    let mut body = Vec::with_capacity(size);
-    for chunk in chunks {
-        // SAFETY: Envoy's buffers, valid for this hook.
-        body.extend_from_slice(&unsafe { chunk.to_vec() });
-    }
-    Response { status, body: Ok(body) }
+    // SAFETY: the caller vouches for the pointer and length.
+    unsafe { std::slice::from_raw_parts(ptr, len) }
 }
 
 /// Unix time in nanoseconds (the module runs in Envoy's process: its clock is ours).

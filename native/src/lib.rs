@@ -166,7 +166,7 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *co
 /// Envoy's hook contract (see [`filter_mut`]); `headers` and `chunks` are valid for
 /// their sizes until the hook returns.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the ABI's signature
 pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     envoy: *mut c_void,
     filter: *const c_void,
@@ -179,8 +179,9 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 ) {
     // SAFETY: Envoy's hook contract.
     if let Some(filter) = unsafe { filter_mut(filter) } {
+        let answer = host::CalloutAnswer { result, headers, headers_size, chunks, chunks_size };
         // SAFETY: Envoy's buffers, valid for this hook.
-        unsafe { filter.callout_done(envoy, callout_id, result, headers, headers_size, chunks, chunks_size) };
+        unsafe { filter.callout_done(envoy, callout_id, &answer) };
     }
 }
 
