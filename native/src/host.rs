@@ -407,3 +407,69 @@ impl Host for NativeHost {
         Ok(token)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(name: &'static [u8], value: &'static [u8]) -> HttpHeader {
+        HttpHeader {
+            key_ptr: name.as_ptr(),
+            key_length: name.len(),
+            value_ptr: value.as_ptr(),
+            value_length: value.len(),
+        }
+    }
+
+    fn chunk(bytes: &'static [u8]) -> EnvoyBuffer {
+        EnvoyBuffer { ptr: bytes.as_ptr(), length: bytes.len() }
+    }
+
+    fn answer(result: u32, headers: &[HttpHeader], chunks: &[EnvoyBuffer], max_body: usize) -> Response {
+        let answer = CalloutAnswer {
+            result,
+            headers: headers.as_ptr(),
+            headers_size: headers.len(),
+            chunks: chunks.as_ptr(),
+            chunks_size: chunks.len(),
+        };
+        // SAFETY: the slices outlive the call.
+        unsafe { answer.response(max_body) }
+    }
+
+    /// What a key server, feed or API server answers — or a hostile one, or a failed
+    /// callout — as the core reads it.
+    #[test]
+    fn callout_answers_are_read_as_bytes_with_their_bounds() {
+        let ok = [header(b":status", b"200"), header(b"content-type", b"application/json")];
+        let body = [chunk(b"{\"keys\":"), chunk(b"[]}")];
+        let read = answer(abi::CALLOUT_SUCCESS, &ok, &body, 64);
+        assert_eq!((read.status, read.body), (Some(200), Ok(b"{\"keys\":[]}".to_vec())));
+
+        // Over the bound: its size, nothing copied.
+        assert_eq!(answer(abi::CALLOUT_SUCCESS, &ok, &body, 10).body, Err(11));
+        // A reset or an answer over Envoy's buffer: no status, no body.
+        let failed = answer(1, &ok, &body, 64);
+        assert_eq!((failed.status, failed.body), (None, Ok(Vec::new())));
+        // No headers or chunks at all (null pointers).
+        let empty = CalloutAnswer {
+            result: 0,
+            headers: std::ptr::null(),
+            headers_size: 3,
+            chunks: std::ptr::null(),
+            chunks_size: 2,
+        };
+        // SAFETY: null pointers are never read.
+        let read = unsafe { empty.response(64) };
+        assert_eq!((read.status, read.body), (None, Ok(Vec::new())));
+        // A status that is not a number, not UTF-8, or out of range: none.
+        for bad in [&b"2OO"[..], b"\xff200", b"99999", b""] {
+            let headers =
+                [HttpHeader { value_ptr: bad.as_ptr(), value_length: bad.len(), ..header(b":status", b"") }];
+            assert_eq!(answer(abi::CALLOUT_SUCCESS, &headers, &[], 64).status, None, "{bad:?}");
+        }
+        // Two statuses: the first counts.
+        let twice = [header(b":status", b"503"), header(b":status", b"200")];
+        assert_eq!(answer(abi::CALLOUT_SUCCESS, &twice, &[], 64).status, Some(503));
+    }
+}
