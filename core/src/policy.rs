@@ -314,7 +314,8 @@ pub enum Credential<'a> {
     Rejected {
         rejection: &'a Rejection,
         /// [`names_machine_issuer`] of the token; `false` when there is no token to
-        /// look at (a host failure).
+        /// look at (a host failure) or where it cannot change the verdict
+        /// ([`attribution_matters`]).
         machine_issuer: bool,
     },
 }
@@ -490,6 +491,18 @@ impl fmt::Display for Verdict<'_> {
 /// and applies the mode. See the module docs for the order and the reasons.
 pub fn decide<'r>(routes: &'r Routes, req: &RequestInfo, credential: &Credential<'_>) -> Verdict<'r> {
     decide_with(routes, req, credential, None)
+}
+
+/// Whether [`Credential::Rejected::machine_issuer`] can change `req`'s verdict: only
+/// where the route (or the default) admits people. A machine route refuses a rejected
+/// credential whoever issued it, and an ambiguous path is refused before anyone asks;
+/// there the lenient reading (a token parse) is skipped: a forged-token flood on a
+/// machine route costs no more than its refusal.
+pub fn attribution_matters(routes: &Routes, req: &RequestInfo) -> bool {
+    match classify(routes, req) {
+        Ok(route) => route.map_or(routes.default_audience, |r| r.audience) != Audience::Machine,
+        Err(AmbiguousPath) => false,
+    }
 }
 
 /// [`decide`] with the revocation feed's list beside the static deny lists.
@@ -865,6 +878,40 @@ mod tests {
             assert_eq!(got, want, "{path} {credential:?}");
             assert_eq!(v.client_class, class, "{path} {credential:?}");
             assert!(!v.shadow);
+        }
+    }
+
+    /// Where [`attribution_matters`] says no, whose token it was cannot change the
+    /// verdict (the pipeline skips the lenient reading there); where it says yes, it can.
+    #[test]
+    fn attribution_matters_only_where_people_are_admitted() {
+        let expired = Rejection::new(Reason::Expired, "token expired");
+        let with = |machine_issuer| Credential::Rejected { rejection: &expired, machine_issuer };
+        let answer = |r: &Routes, path: &str, machine_issuer| {
+            let v = decide(r, &req("GET", path), &with(machine_issuer));
+            (v.route.map(str::to_owned), v.decision, v.rule, v.client_class)
+        };
+        for default in ["machine", "human", "any"] {
+            let r = routes(json!({"default_audience": default, "routes": [
+                {"name": "m", "match": {"prefix": "/m/"}, "audience": "machine"},
+                {"name": "h", "match": {"prefix": "/h/"}, "audience": "human"},
+                {"name": "a", "match": {"prefix": "/a/"}, "audience": "any"},
+                {"name": "m2", "match": {"prefix": "/m/x"}, "audience": "machine"}
+            ]}));
+            for (path, matters) in [
+                ("/m/y", false),
+                ("/h/y", true),
+                ("/a/y", true),
+                ("/m/%2e%2e/h/y", false),
+                ("/elsewhere", default != "machine"),
+            ] {
+                assert_eq!(attribution_matters(&r, &req("GET", path)), matters, "{default} {path}");
+                let same = answer(&r, path, true) == answer(&r, path, false);
+                assert_eq!(
+                    same, !matters,
+                    "{default} {path}: only where it matters may it change the verdict"
+                );
+            }
         }
     }
 

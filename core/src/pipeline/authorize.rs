@@ -28,11 +28,12 @@ pub fn authorize(
     let Verification { result: verification, blocked_for, attributed, .. } = verification;
     // Only a failed credential needs this: a verified one is ours by definition. What
     // the verifier read of a token that parsed says it; anything else gets the
-    // lenient reading.
+    // lenient reading, where the route's audience lets it matter.
     let machine_issuer = match &verification {
         Some(Err(rejection)) => {
             attributed.or(rejection.token.as_ref().and_then(|t| t.ours)).unwrap_or_else(|| {
-                request.credential.bytes().is_some_and(|value| names_machine_issuer(vm, value, now_ms))
+                policy::attribution_matters(&config.routes, &request.info)
+                    && request.credential.bytes().is_some_and(|value| names_machine_issuer(vm, value, now_ms))
             })
         }
         _ => false,

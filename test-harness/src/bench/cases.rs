@@ -84,9 +84,11 @@ impl Case {
             plan.push(Case::new(Stack::NhiGuardSmallCache, Traffic::Rotating(alg)));
             plan.push(Case::new(Stack::NhiGuardNativeSmallCache, Traffic::Rotating(alg)));
         }
-        plan.push(Case::new(Stack::NhiGuard, Traffic::ValidAlone));
-        plan.push(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood));
-        plan.push(Case::new(Stack::NhiGuard, Traffic::Flood));
+        for stack in [Stack::NhiGuard, Stack::NhiGuardNative] {
+            plan.push(Case::new(stack, Traffic::ValidAlone));
+            plan.push(Case::new(stack, Traffic::TokenlessFlood));
+            plan.push(Case::new(stack, Traffic::Flood));
+        }
         plan.push(Case::new(Stack::NhiGuard, Traffic::TokenlessAlone));
         plan.push(Case::new(Stack::NhiGuard, Traffic::Paced { forged: false }));
         plan.push(Case::new(Stack::NhiGuard, Traffic::Paced { forged: true }));
@@ -106,11 +108,16 @@ impl Case {
             (Stack::NhiGuardSmallCache | Stack::NhiGuardNativeSmallCache, Traffic::Rotating(alg)) => {
                 Some(Case::new(Stack::NativeJwt, Traffic::Rotating(alg)))
             }
-            (Stack::NhiGuard, Traffic::TokenlessFlood | Traffic::Paced { forged: false }) => {
+            (Stack::NhiGuard, Traffic::Paced { forged: false }) => {
                 Some(Case::new(Stack::NhiGuard, Traffic::ValidAlone))
             }
-            // Issue 21: a forged token must cost no more than no token.
-            (Stack::NhiGuard, Traffic::Flood) => Some(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood)),
+            (Stack::NhiGuard | Stack::NhiGuardNative, Traffic::TokenlessFlood) => {
+                Some(Case::new(self.stack, Traffic::ValidAlone))
+            }
+            // Issues 21 and 22: a forged token must cost no more than no token.
+            (Stack::NhiGuard | Stack::NhiGuardNative, Traffic::Flood) => {
+                Some(Case::new(self.stack, Traffic::TokenlessFlood))
+            }
             (Stack::NhiGuard, Traffic::Paced { forged: true }) => {
                 Some(Case::new(Stack::NhiGuard, Traffic::Paced { forged: false }))
             }
@@ -132,7 +139,7 @@ impl Case {
             (Stack::NhiGuardSmallCache, Traffic::Rotating(Alg::Rs256 | Alg::Es256)) => Some(0.5),
             // Issue 22: native code checks a new token at least as fast as jwt_authn.
             (Stack::NhiGuardNativeSmallCache, Traffic::Rotating(Alg::Rs256 | Alg::Es256)) => Some(1.0),
-            (Stack::NhiGuard, Traffic::Flood) => Some(0.95),
+            (Stack::NhiGuard | Stack::NhiGuardNative, Traffic::Flood) => Some(0.95),
             _ => None,
         }
     }
@@ -534,13 +541,17 @@ mod tests {
         let targets: Vec<(Case, f64)> =
             Case::plan().into_iter().filter_map(|case| case.target().map(|t| (case, t))).collect();
         // The five of issues 10 and 21, liveness (issue 16), and issue 22's native shell
-        // against the native stack and (RS256, ES256) against jwt_authn.
-        assert_eq!(targets.len(), 9, "{targets:?}");
-        // The forged flood is held against the token-less one (issue 21), not against no flood.
-        let flood = Case::new(Stack::NhiGuard, Traffic::Flood);
-        assert_eq!(flood.reference(), Some(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood)));
-        assert_eq!(flood.target(), Some(0.95));
-        assert!(Case::new(Stack::NhiGuard, Traffic::TokenlessFlood).reference().is_some());
+        // against the native stack, (RS256, ES256) against jwt_authn and under the flood.
+        assert_eq!(targets.len(), 10, "{targets:?}");
+        // The forged flood is held against the token-less one of the same shell (issues 21
+        // and 22), not against no flood.
+        for stack in [Stack::NhiGuard, Stack::NhiGuardNative] {
+            let flood = Case::new(stack, Traffic::Flood);
+            assert_eq!(flood.reference(), Some(Case::new(stack, Traffic::TokenlessFlood)));
+            assert_eq!(flood.target(), Some(0.95));
+            let tokenless = Case::new(stack, Traffic::TokenlessFlood).reference();
+            assert_eq!(tokenless, Some(Case::new(stack, Traffic::ValidAlone)));
+        }
         assert!(targets.iter().all(|(case, _)| case.reference().is_some()));
     }
 

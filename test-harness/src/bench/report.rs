@@ -152,7 +152,7 @@ fn results_table(out: &mut String, run: &Run) {
         .results
         .iter()
         .filter_map(|r| match (r.case.traffic, r.verify_mean_us) {
-            (Traffic::Rotating(alg), Some(us)) => Some(format!("{alg} {us:.0} µs")),
+            (Traffic::Rotating(alg), Some(us)) => Some(format!("{alg} {us:.0} µs ({})", shell(r.case.stack))),
             _ => None,
         })
         .collect();
@@ -198,11 +198,12 @@ fn results_table(out: &mut String, run: &Run) {
             }
         }
     }
-    if let Some(flood) = run.results.iter().find(|r| r.case.traffic == Traffic::Flood) {
+    for flood in run.results.iter().filter(|r| r.case.traffic == Traffic::Flood) {
         let forged: Vec<String> = flood.flood_runs.iter().map(|o| rate(o.requests_per_sec)).collect();
         let _ = write!(
             out,
-            "\nDuring the flood the forged stream was answered at {} req/s, every answer a refusal",
+            "\nDuring the flood ({}) the forged stream was answered at {} req/s, every answer a refusal",
+            shell(flood.case.stack),
             forged.join(", ")
         );
         match &flood.flood_answer {
@@ -219,7 +220,7 @@ fn results_table(out: &mut String, run: &Run) {
 }
 
 fn targets_table(out: &mut String, run: &Run) -> Option<()> {
-    out.push_str("## Targets (issues 10, 19 and 21)\n\n| target | measured | |\n|---|---|---|\n");
+    out.push_str("## Targets (issues 10, 16, 19, 21 and 22)\n\n| target | measured | |\n|---|---|---|\n");
     for result in &run.results {
         let case = result.case;
         let (Some(target), Some(ratio)) = (case.target(), run.ratio(case)) else { continue };
@@ -232,13 +233,17 @@ fn targets_table(out: &mut String, run: &Run) -> Option<()> {
             }
             Traffic::Reused => {
                 format!(
-                    "token reused: nhi-guard ≥ {target}× the native jwt_authn + local_ratelimit + RBAC stack"
+                    "token reused: nhi-guard ({}) ≥ {target}× the native jwt_authn + local_ratelimit + RBAC stack",
+                    shell(case.stack)
                 )
             }
-            Traffic::Rotating(alg) => format!("every token new, {alg}: nhi-guard ≥ 0.5× native jwt_authn"),
+            Traffic::Rotating(alg) => {
+                format!("every token new, {alg}: nhi-guard ({}) ≥ {target}× native jwt_authn", shell(case.stack))
+            }
             Traffic::Flood => format!(
-                "forged-token flood from one source: valid callers' throughput ≥ {target}× theirs during a \
-                 token-less flood of the same shape"
+                "forged-token flood from one source, nhi-guard ({}): valid callers' throughput ≥ {target}× theirs \
+                 during a token-less flood of the same shape",
+                shell(case.stack)
             ),
             Traffic::ValidAlone
             | Traffic::TokenlessFlood
@@ -521,6 +526,14 @@ fn runs_table(out: &mut String, run: &Run) {
             rates.join(", "),
             mib(result.memory_after.rss_bytes)
         );
+    }
+}
+
+/// Which of nhi-guard's two shells a stack runs.
+fn shell(stack: Stack) -> &'static str {
+    match stack {
+        Stack::NhiGuardNative | Stack::NhiGuardNativeSmallCache => "native module",
+        _ => "wasm",
     }
 }
 
