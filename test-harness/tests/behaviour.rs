@@ -1,8 +1,9 @@
 //! Each machine's normal (`behaviour`) in a real Envoy (`--concurrency 2`, one-second
 //! intervals): a stolen token's new route and network forwarded upstream in
 //! `x-nhi-anomaly`, an enforced burst refused with 429 `anomaly_burst`, and a partner
-//! whose upstream starts failing flagged as an `error_spike` in the metrics, together
-//! with per-identity status and latency. The long, clock-driven run (a day and a half
+//! whose upstream starts failing flagged as an `error_spike` in the metrics and, the
+//! spike enforced, cut off with 503 `anomaly_error_spike` for the rest of the interval,
+//! together with per-identity status and latency. The long, clock-driven run (a day and a half
 //! of traffic, no false positives) is in `tests/emulator.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
@@ -32,7 +33,7 @@ fn envoy_plugin() -> Value {
         "anomalies": {
             "burst": { "mode": "enforce", "factor": 3, "floor": 12 },
             "new_route": {}, "new_source": {},
-            "error_spike": { "ratio": 0.5, "min_requests": 3 }
+            "error_spike": { "mode": "enforce", "ratio": 0.5, "min_requests": 3 }
         }
     });
     plugin["decision_log"] = json!({ "allowed_sample_rate": 0.0 });
@@ -127,16 +128,30 @@ fn signals_and_enforcement_in_real_envoy() {
     // well over `min_requests` (3) even as a worker sees the other's counts only at the
     // next merge, and under the burst floor (more than 12) with room for a late request
     // or two catching up. (Twenty sent back to back once counted as a burst on CI; six
-    // a second once left an interval's merged count short of the minimum.)
+    // a second once left an interval's merged count short of the minimum.) The spike is
+    // enforced: once a worker has flagged it, that worker answers the partner's next
+    // requests of the interval itself (503 `anomaly_error_spike`) instead of the dead
+    // upstream's 503 (no reason). At least two seconds; up to four until one is cut off.
     let replaced = std::mem::replace(&mut stack.upstream, EchoUpstream::start().unwrap());
     drop(replaced);
     let start = Instant::now();
-    for i in 0..16u32 {
+    let mut reasons = Vec::new();
+    for i in 0..32u32 {
         let (status, reason, _) = send(&stack, 1, "/api/partner", &partner);
         assert_eq!(status, 503, "{reason}");
+        assert!(reason.is_empty() || reason == "anomaly_error_spike", "{reason}");
+        reasons.push(reason);
+        if i >= 15 && reasons.iter().any(|r| !r.is_empty()) {
+            break;
+        }
         let next = Duration::from_millis(125) * (i + 1);
         std::thread::sleep(next.saturating_sub(start.elapsed()));
     }
+    assert!(reasons.iter().any(|r| r == "anomaly_error_spike"), "never cut off: {reasons:?}");
+    assert!(
+        reasons.first().is_some_and(String::is_empty),
+        "the first failures reach the upstream: {reasons:?}"
+    );
     let scrape = Scrape::take(&stack.envoy).unwrap();
     let has = |name: &str, labels: &[(&str, &str)]| !scrape.matching(name, labels).is_empty();
     assert!(
