@@ -2,7 +2,9 @@
 //! precomputed tables: one for the base point G (built once per VM, at the first
 //! P-256 key import) and one per public key Q (built when the JWKS key is imported).
 //!
-//! A check computes `R = u1·G + u2·Q` with p256's own point arithmetic. Each 256-bit
+//! A check computes `R = u1·G + u2·Q` on p256's field with our own point arithmetic
+//! ([`point`]: p256's formulas, but coordinates we can read, so R is never converted
+//! to affine). Each 256-bit
 //! scalar is cut into [`PIECES`] pieces of [`PIECE_BITS`] bits, so that
 //! `u·P = Σ u_j·(2^(32j)·P)`; the tables hold odd multiples of every `2^(32j)·P`
 //! (affine, for mixed additions), and all the pieces of both scalars share one run of
@@ -24,7 +26,6 @@ use std::sync::{Arc, OnceLock};
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use p256::elliptic_curve::group::Group as _;
 use p256::elliptic_curve::ops::{Invert as _, Reduce};
-use p256::elliptic_curve::point::AffineCoordinates as _;
 use p256::elliptic_curve::sec1::FromEncodedPoint as _;
 use p256::elliptic_curve::{Field as _, PrimeField as _};
 use p256::{AffinePoint, EncodedPoint, FieldBytes, ProjectivePoint, Scalar, U256};
@@ -43,17 +44,22 @@ const BASE_POINTS: usize = PIECES << (W_BASE - 2);
 const W_KEY: u32 = 5;
 const KEY_POINTS: usize = PIECES << (W_KEY - 2);
 
+mod point;
+
+use point::{Affine, Projective};
+
 /// Odd multiples `1, 3, …, 2^(w−1)−1` of `2^(PIECE_BITS·j)·P` for every piece j, affine,
 /// piece after piece.
 #[derive(Clone)]
 struct Table {
-    points: Arc<[AffinePoint]>,
+    points: Arc<[Affine]>,
     per_piece: usize,
 }
 
 impl Table {
-    /// `N` = [`PIECES`] × 2^(window−2) points.
-    fn new<const N: usize>(point: ProjectivePoint) -> Table {
+    /// `N` = [`PIECES`] × 2^(window−2) points; `None` if one is the identity (never,
+    /// for a point of prime order: every entry is a multiple below n).
+    fn new<const N: usize>(point: ProjectivePoint) -> Option<Table> {
         let per_piece = N / PIECES;
         let mut all = [ProjectivePoint::IDENTITY; N];
         let mut base = point;
@@ -70,20 +76,23 @@ impl Table {
         }
         // p256 0.13's field type lacks the `Invert` impl its `BatchNormalize` needs, so
         // one inversion per point: the import cost `make bench-verify` reports.
-        Table { points: all.iter().map(ProjectivePoint::to_affine).collect(), per_piece }
+        let points =
+            all.iter().map(|p| Affine::from_point(&p.to_affine())).collect::<Option<Arc<[Affine]>>>()?;
+        Some(Table { points, per_piece })
     }
 
     /// `digit · 2^(PIECE_BITS·piece) · P` for an odd digit in `±[1, 2^(w−1))`.
-    fn get(&self, piece: usize, digit: i8) -> Option<AffinePoint> {
+    fn get(&self, piece: usize, digit: i8) -> Option<Affine> {
         let index = piece * self.per_piece + usize::from(digit.unsigned_abs() / 2);
         let point = *self.points.get(index)?;
-        Some(if digit < 0 { -point } else { point })
+        Some(if digit < 0 { point.neg() } else { point })
     }
 }
 
-fn base_table() -> &'static Table {
-    static TABLE: OnceLock<Table> = OnceLock::new();
-    TABLE.get_or_init(|| Table::new::<BASE_POINTS>(ProjectivePoint::GENERATOR))
+/// `None` only if the generator's table could not be built (it always can).
+fn base_table() -> Option<&'static Table> {
+    static TABLE: OnceLock<Option<Table>> = OnceLock::new();
+    TABLE.get_or_init(|| Table::new::<BASE_POINTS>(ProjectivePoint::GENERATOR)).as_ref()
 }
 
 /// A P-256 public key, validated at import (on the curve, not the identity), with its
@@ -107,8 +116,8 @@ impl Es256Key {
             return None;
         }
         // Build the shared base-point table now rather than on the first request.
-        base_table();
-        Some(Es256Key { point: *point, table: Table::new::<KEY_POINTS>(ProjectivePoint::from(*point)) })
+        base_table()?;
+        Some(Es256Key { point: *point, table: Table::new::<KEY_POINTS>(ProjectivePoint::from(*point))? })
     }
 
     pub fn as_affine(&self) -> &AffinePoint {
@@ -165,10 +174,10 @@ fn recode(scalar: &Scalar, window: u32) -> [[i8; PIECE_BITS + 1]; PIECES] {
 }
 
 /// `u1·G + u2·Q`, all pieces of both scalars sharing one run of doublings.
-fn lincomb(u1: &Scalar, u2: &Scalar, key: &Es256Key) -> Option<ProjectivePoint> {
-    let (g, q) = (base_table(), &key.table);
+fn lincomb(u1: &Scalar, u2: &Scalar, key: &Es256Key) -> Option<Projective> {
+    let (g, q) = (base_table()?, &key.table);
     let (d1, d2) = (recode(u1, W_BASE), recode(u2, W_KEY));
-    let mut acc = ProjectivePoint::IDENTITY;
+    let mut acc = Projective::IDENTITY;
     let mut started = false;
     for bit in (0..=PIECE_BITS).rev() {
         if started {
@@ -178,7 +187,7 @@ fn lincomb(u1: &Scalar, u2: &Scalar, key: &Es256Key) -> Option<ProjectivePoint> 
             for (piece, piece_digits) in digits.iter().enumerate() {
                 let digit = piece_digits.get(bit).copied().unwrap_or(0);
                 if digit != 0 {
-                    acc += table.get(piece, digit)?;
+                    acc = acc.add_affine(&table.get(piece, digit)?);
                     started = true;
                 }
             }
@@ -231,11 +240,8 @@ impl Es256 {
         let Some(point) = lincomb(&(z * s_inv), &(r * s_inv), key) else {
             return false;
         };
-        if bool::from(point.is_identity()) {
-            return false;
-        }
-        let x = point.to_affine().x();
-        <Scalar as Reduce<U256>>::reduce_bytes(&x) == r
+        // R must not be the identity; x(R) mod n must be r (in R's own coordinates).
+        point.x_mod_n_is(&r)
     }
 }
 

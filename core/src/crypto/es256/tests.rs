@@ -2,6 +2,7 @@
 //! verify with tables) and hostile signatures.
 
 use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::point::AffineCoordinates as _;
 use p256::elliptic_curve::Field as _;
 use rand::{RngCore, SeedableRng};
 
@@ -57,13 +58,78 @@ fn lincomb_matches_plain_scalar_multiplication() {
     for u1 in &scalars {
         for u2 in scalars.iter().step_by(3) {
             let want = ProjectivePoint::GENERATOR * u1 + ProjectivePoint::from(q) * u2;
-            assert_eq!(lincomb(u1, u2, &key).unwrap(), want);
+            let got = lincomb(u1, u2, &key).unwrap();
+            assert_eq!(got.to_affine(), want.to_affine());
+            // The verifier's last step, in R's own coordinates, against p256's.
+            let r = <Scalar as Reduce<U256>>::reduce_bytes(&want.to_affine().x());
+            assert_eq!(got.x_mod_n_is(&r), !bool::from(want.is_identity()));
+            assert!(!got.x_mod_n_is(&(r + Scalar::ONE)));
         }
     }
     // u1·G + u2·Q at infinity: Q = G·q, u1 = −u2·q.
     let u2 = Scalar::random(&mut rng);
     let u1 = -(u2 * q_secret);
-    assert!(bool::from(lincomb(&u1, &u2, &key).unwrap().is_identity()));
+    let infinity = lincomb(&u1, &u2, &key).unwrap();
+    assert!(infinity.is_identity());
+    assert!(!infinity.x_mod_n_is(&Scalar::ZERO), "the identity has no x");
+}
+
+/// The complete formulas agree with p256's points everywhere they could break: the
+/// identity on either side of a doubling or an addition, a point added to itself or
+/// to its negation, and long random chains.
+#[test]
+fn point_formulas_agree_with_p256() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9421);
+    let as_ours = |p: &ProjectivePoint| point::Affine::from_point(&p.to_affine());
+    assert_eq!(as_ours(&ProjectivePoint::IDENTITY), None, "the identity has no affine coordinates");
+    assert!(point::Projective::IDENTITY.double().is_identity());
+    let g = ProjectivePoint::GENERATOR;
+    let g_ours = as_ours(&g).unwrap();
+    assert_eq!(point::Projective::IDENTITY.add_affine(&g_ours).to_affine(), g.to_affine());
+    let mut ours = point::Projective::IDENTITY.add_affine(&g_ours);
+    let mut theirs = g;
+    for round in 0..200 {
+        let k = Scalar::random(&mut rng);
+        let p = g * k;
+        let p_ours = as_ours(&p).unwrap();
+        // P + P through the addition formula, and P − P.
+        let single = point::Projective::IDENTITY.add_affine(&p_ours);
+        assert_eq!(single.add_affine(&p_ours).to_affine(), p.double().to_affine(), "{round}");
+        assert!(single.add_affine(&p_ours.neg()).is_identity(), "{round}");
+        // A running chain of doublings and additions.
+        if round % 3 == 0 {
+            ours = ours.double();
+            theirs = theirs.double();
+        }
+        ours = ours.add_affine(&p_ours);
+        theirs += p;
+        assert_eq!(ours.to_affine(), theirs.to_affine(), "{round}");
+    }
+}
+
+/// `x mod n == r` read off X and Z, including the `r + n` case no random point reaches
+/// (x in [n, p) has probability about 2^-128).
+#[test]
+fn x_mod_n_is_checked_without_an_inversion() {
+    use p256::FieldElement;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let fe =
+        |hex: &str| Option::<FieldElement>::from(FieldElement::from_uint(U256::from_be_hex(hex))).unwrap();
+    let n = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
+    // r = 5: x = r + n = n + 5 (below p), at two different Z.
+    let r = Scalar::from(5u64);
+    let n_plus_5 = fe("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632556");
+    for _ in 0..4 {
+        let z = FieldElement::random(&mut rng);
+        assert!(point::Projective::from_xz(n_plus_5 * z, z).x_mod_n_is(&r));
+        assert!(point::Projective::from_xz(fe(&format!("{:0>64}", "5")) * z, z).x_mod_n_is(&r));
+        assert!(!point::Projective::from_xz(n_plus_5 * z, z).x_mod_n_is(&Scalar::from(6u64)));
+    }
+    // An r at or above p − n has no second candidate: x = r + n would pass p.
+    let big_r = -Scalar::ONE;
+    let x = fe(n) - FieldElement::ONE; // n − 1 = r itself
+    assert!(point::Projective::from_xz(x, FieldElement::ONE).x_mod_n_is(&big_r));
+    assert!(!point::Projective::from_xz(x + FieldElement::ONE, FieldElement::ONE).x_mod_n_is(&big_r));
 }
 
 #[test]
