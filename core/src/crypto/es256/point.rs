@@ -19,6 +19,8 @@ use p256::{AffinePoint, FieldBytes, FieldElement, Scalar, U256};
 const P: U256 = U256::from_be_hex("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff");
 /// n, the group's order.
 const N: U256 = U256::from_be_hex("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551");
+/// Below this, `r + n` is a field element too: the second candidate for x(R).
+const P_MINUS_N: U256 = P.wrapping_sub(&N);
 /// b, the curve's constant term.
 const B: U256 = U256::from_be_hex("5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b");
 
@@ -131,7 +133,7 @@ impl Projective {
                 .is_some_and(|c| c * self.z == self.x)
         };
         // r < n < p is a field element; r + n is one only when it stays below p.
-        times_z(r) || (r < P.wrapping_sub(&N) && times_z(r.wrapping_add(&N)))
+        times_z(r) || (r < P_MINUS_N && times_z(r.wrapping_add(&N)))
     }
 
     /// The affine point, by one inversion (tests compare with p256's points).
