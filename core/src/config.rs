@@ -512,8 +512,8 @@ fn check_partner_routes(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// What `host: apisix` cannot do: APISIX's proxy-wasm host exposes no client
-/// certificate to filters, and OIDC discovery needs the background fetcher (two
-/// dependent callouts) that only an Envoy-grade host runs.
+/// certificate to filters, and DPoP nonces need shared data. (OIDC discovery works
+/// there as the keys do: the request that needs them makes both callouts.)
 fn check_host(
     host: crate::host::capabilities::HostSetting,
     issuers: &[Issuer],
@@ -533,12 +533,6 @@ fn check_host(
             return Err(ConfigError::invalid(
                 format!("issuers[{i}].dpop.nonce"),
                 "is not available with `host: apisix`: nonces are shared across workers through shared data, which its host lacks",
-            ));
-        }
-        if matches!(&issuer.jwks, JwksSource::Remote(r) if r.discovery.is_some()) {
-            return Err(ConfigError::invalid(
-                format!("issuers[{i}].jwks.discovery"),
-                "is not available with `host: apisix`: configure the JWKS location (`cluster` as host:port, `path`)",
             ));
         }
     }
@@ -1076,9 +1070,7 @@ mod tests {
         let mut with_discovery = v.clone();
         with_discovery["issuers"][0]["discovery"] = json!({"cluster": "idp:443", "authority": "idp.example"});
         with_discovery["issuers"][0]["jwks"] = json!({"refresh_seconds": 600});
-        assert_eq!(invalid_field(with_discovery.clone()), "issuers[0].jwks.discovery");
-        // Discovery itself is valid: only `host: apisix` refuses it.
-        with_discovery["host"] = json!("auto");
+        // Discovery works on APISIX too (the request fetches the document, then the keys).
         assert!(compile_value(with_discovery).is_ok());
         v["mtls"] = json!({ "trust_domains": ["example.org"] });
         assert_eq!(invalid_field(v.clone()), "mtls");

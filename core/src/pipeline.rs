@@ -139,15 +139,6 @@ impl Vm {
         now_ms: u64,
         me: u64,
     ) -> Result<Vm, StartError> {
-        if plan.key_fetch == KeyFetch::OnRequest {
-            let discovering = config
-                .issuers
-                .iter()
-                .find(|i| matches!(&i.jwks, JwksSource::Remote(r) if r.discovery.is_some()));
-            if let Some(issuer) = discovering {
-                return Err(StartError::DiscoveryNeedsBackground { issuer: issuer.name.clone() });
-            }
-        }
         if let Some(quotas) = &config.quotas {
             quotas.prepare(store.as_ref()).map_err(StartError::Quota)?;
         }
@@ -255,8 +246,6 @@ impl Vm {
 /// Why a VM cannot start on this host with this configuration.
 #[derive(Debug)]
 pub enum StartError {
-    /// OIDC discovery needs the background fetcher, which this host cannot run.
-    DiscoveryNeedsBackground { issuer: String },
     /// The quota table could not be created.
     Quota(crate::quota::QuotaError),
     /// The DPoP replay table or nonce key could not be created.
@@ -274,11 +263,6 @@ pub enum StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::DiscoveryNeedsBackground { issuer } => write!(
-                f,
-                "issuer {issuer}: OIDC discovery needs the background fetcher, which this host cannot run; \
-                 configure the JWKS location instead"
-            ),
             StartError::Quota(err) => write!(f, "cannot prepare the quota table: {err}"),
             StartError::Dpop(err) => write!(f, "cannot prepare the DPoP replay table: {err}"),
             StartError::NonceNeedsSharedData { issuer } => write!(

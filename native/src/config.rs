@@ -6,7 +6,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use nhi_guard_core::config::{Config, ConfigError, JwksSource};
+use nhi_guard_core::config::{Config, ConfigError};
 use nhi_guard_core::host::capabilities::{HostSetting, KeyFetch, Plan, Probed, StateScope};
 
 use crate::metrics::Families;
@@ -30,7 +30,7 @@ pub struct FilterConfig {
 pub enum LoadError {
     /// Not a valid nhi-guard configuration (the core's error names the JSON path).
     Config(ConfigError),
-    /// Valid, but uses something this shell cannot do yet.
+    /// Valid, but uses something this shell cannot do.
     Unsupported { field: String, reason: &'static str },
     /// A partner secret is not in Envoy's environment (checked here, when Envoy loads
     /// the configuration, so that Envoy refuses it as it refuses the wasm's).
@@ -42,7 +42,7 @@ impl fmt::Display for LoadError {
         match self {
             LoadError::Config(err) => write!(f, "{err}"),
             LoadError::Unsupported { field, reason } => {
-                write!(f, "{field}: not supported by the native (dynamic module) shell yet: {reason}")
+                write!(f, "{field}: not supported by the native (dynamic module) shell: {reason}")
             }
             LoadError::Secret(err) => write!(f, "partner secret unavailable: {err}"),
         }
@@ -87,18 +87,6 @@ fn unsupported(field: impl Into<String>, reason: &'static str) -> Result<(), Loa
 }
 
 fn refuse_unsupported(config: &Config) -> Result<(), LoadError> {
-    for (i, issuer) in config.issuers.iter().enumerate() {
-        if let JwksSource::Remote(remote) = &issuer.jwks {
-            if remote.discovery.is_some() {
-                return unsupported(
-                    format!("issuers[{i}].discovery"),
-                    "keys are fetched by the requests that need them (no background fetcher), and a \
-                     discovery document would put two callouts in a request's path; give the jwks_uri's \
-                     cluster and path",
-                );
-            }
-        }
-    }
     if config.host == HostSetting::Apisix {
         return unsupported("host", "\"apisix\" is a proxy-wasm host; this module only runs in Envoy");
     }
@@ -120,7 +108,7 @@ mod tests {
     }
 
     #[test]
-    fn remote_keys_load_and_discovery_is_refused_naming_the_field() {
+    fn remote_and_discovered_keys_load_fetched_on_request() {
         let remote = INLINE.replace(
             r#""jwks": {"inline": {"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k",
         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}"#,
@@ -135,9 +123,9 @@ mod tests {
         "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}}"#,
             r#""discovery": {"cluster": "idp", "authority": "idp.example"}, "jwks": {}"#,
         );
-        let err = FilterConfig::load(discovering.as_bytes(), 1, Families::default).unwrap_err().to_string();
-        assert!(err.starts_with("issuers[0].discovery: not supported by the native"), "{err}");
-        assert!(err.contains("give the jwks_uri's cluster and path"), "{err}");
+        assert_ne!(discovering, INLINE);
+        let loaded = FilterConfig::load(discovering.as_bytes(), 1, Families::default).unwrap();
+        assert_eq!(loaded.plan().key_fetch, KeyFetch::OnRequest);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use nhi_guard_core::host::HostError;
-use nhi_guard_core::keys::fetch::{Document, Next};
+use nhi_guard_core::keys::fetch::{Callout as FetchCallout, Document, Next};
 use nhi_guard_core::pipeline::{self, record, Awaited, Request, Step, Vm};
 use nhi_guard_core::reason::{LocalReply, Reason, Rejection};
 use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
@@ -327,6 +327,21 @@ impl Filter {
     fn fetch(&mut self, vm: &Vm, host: &mut NativeHost, purpose: Purpose, now_ms: u64) -> Option<()> {
         let document = purpose.fetched()?;
         let callout = vm.fetch_on_request(document, now_ms)?;
+        self.call(vm, host, callout, purpose, now_ms)?;
+        fetch_started(self.config, document);
+        Some(())
+    }
+
+    /// Makes a callout the fetch machine asked for. `Some` when the request now waits
+    /// for it; `None` when it could not be made (the fetch has ended, and is recorded).
+    fn call(
+        &mut self,
+        vm: &Vm,
+        host: &mut NativeHost,
+        callout: FetchCallout,
+        purpose: Purpose,
+        now_ms: u64,
+    ) -> Option<()> {
         let headers = [
             (":method", "GET"),
             (":path", callout.path.as_str()),
@@ -345,7 +360,6 @@ impl Filter {
         }
         let envoy_id = envoy_id?;
         self.pending = Some(Pending { call: Callout { envoy_id, token }, purpose });
-        fetch_started(self.config, document);
         Some(())
     }
 
@@ -392,8 +406,20 @@ impl Filter {
         let response = unsafe { answer.response(max_body) };
         let flow = match pending.purpose {
             Purpose::Refresh(document) | Purpose::Decide(document) => {
-                if let Some(Next::Done(done)) = vm.fetch_answered(token, response, now_ms, jitter()) {
-                    record::fetched(&vm, &mut host, done);
+                let fetching_on = match vm.fetch_answered(token, response, now_ms, jitter()) {
+                    Some(Next::Done(done)) => {
+                        record::fetched(&vm, &mut host, done);
+                        false
+                    }
+                    // A discovery document gave the keys' location: this request fetches
+                    // them too, and the requests parked on the document go on waiting.
+                    Some(Next::Call(next)) => {
+                        self.call(&vm, &mut host, next, pending.purpose, now_ms).is_some()
+                    }
+                    None => false,
+                };
+                if fetching_on {
+                    return;
                 }
                 wake(fetch_ended(self.config, document));
                 if let Purpose::Refresh(_) = pending.purpose {

@@ -11,7 +11,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use nhi_guard_core::host::capabilities::KeyFetch;
-use nhi_guard_core::keys::fetch::{Document, Next};
+use nhi_guard_core::keys::fetch::{Callout, Document, Next};
 use nhi_guard_core::pipeline::{self, record, Awaited, Request, Step, Vm, Waiter};
 use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
@@ -170,7 +170,12 @@ impl Http {
 /// Starts fetching `document` from the current request, unless the fetch machine
 /// says a fetch is in flight or backing off.
 fn fetch_document(vm: &Vm, document: Document, purpose: Purpose, now: u64) -> Option<Pending> {
-    let callout = vm.fetch_on_request(document, now)?;
+    call(vm, vm.fetch_on_request(document, now)?, purpose, now)
+}
+
+/// Makes a callout the fetch machine asked for: the request now waits for it
+/// (`Some`), or it could not be made and the fetch has ended.
+fn call(vm: &Vm, callout: Callout, purpose: Purpose, now: u64) -> Option<Pending> {
     let result = keys::dispatch(&callout);
     let token = result.as_ref().ok().copied();
     if let Some(done) = vm.fetch_dispatched(callout.ticket, result, now, keys::jitter()) {
@@ -207,8 +212,14 @@ impl Context for Http {
         let vm = Rc::clone(&self.vm);
         let now = host::now_ms();
         if let Some(pending) = self.fetch.take_if(|p| p.token == token_id) {
-            if let Some(Next::Done(done)) = keys::answered(&vm, token_id, body_size, now) {
-                record::fetched(&vm, &mut ProxyHost, done);
+            match keys::answered(&vm, token_id, body_size, now) {
+                Some(Next::Done(done)) => record::fetched(&vm, &mut ProxyHost, done),
+                // A discovery document gave the keys' location: fetch them, still waiting.
+                Some(Next::Call(callout)) => self.fetch = call(&vm, callout, pending.purpose, now),
+                None => {}
+            }
+            if self.fetch.is_some() {
+                return;
             }
             match pending.purpose {
                 Purpose::Refresh => Self::resume("refreshing a document"),

@@ -1,7 +1,9 @@
 //! A Kubernetes API server double for TokenReview (`authentication.k8s.io/v1`): it
 //! reads and writes the real API objects (`k8s-openapi`'s `TokenReview`), and the
 //! test decides which tokens are live — "deleting" a pod is removing its token — and
-//! whether the server answers at all.
+//! whether the server answers at all. It also publishes the service-account issuer's
+//! keys, and its OIDC discovery document once told the issuer's name, as the API
+//! server does (`--service-account-issuer`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +20,8 @@ use crate::http::{Request, Response, Server};
 pub const TOKEN_REVIEW_PATH: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 /// Where the API server publishes its service-account issuer's keys.
 pub const JWKS_PATH: &str = "/openid/v1/jwks";
+/// Where the API server publishes its service-account issuer's discovery document.
+pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 
 /// How the API server answers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,6 +57,10 @@ struct State {
     jwks_authorizations: Vec<Option<String>>,
     /// Every token authenticates as the user its `sub` names (the bench's API server).
     accept_all: bool,
+    /// The issuer a discovery document names (`None`: 404, as with no discovery).
+    issuer: Option<String>,
+    /// Discovery documents served.
+    discoveries: usize,
 }
 
 /// A running double on an ephemeral 127.0.0.1 port.
@@ -73,6 +81,8 @@ impl KubeApi {
             jwks: jwks.to_string(),
             jwks_authorizations: Vec::new(),
             accept_all: false,
+            issuer: None,
+            discoveries: 0,
         }));
         let server = serve(&state, SocketAddr::from(([127, 0, 0, 1], 0)))?;
         Ok(Self { state, addr: server.addr(), server: Some(server) })
@@ -131,6 +141,17 @@ impl KubeApi {
         lock(&self.state).jwks_authorizations.clone()
     }
 
+    /// Serves the discovery document of `issuer` from now on: its `jwks_uri` is
+    /// [`JWKS_PATH`] on the host the request named, as the API server's default.
+    pub fn publish_discovery(&self, issuer: &str) {
+        lock(&self.state).issuer = Some(issuer.to_owned());
+    }
+
+    /// How many discovery documents were served.
+    pub fn discoveries(&self) -> usize {
+        lock(&self.state).discoveries
+    }
+
     pub fn clear_reviews(&self) {
         lock(&self.state).reviews.clear();
     }
@@ -152,6 +173,25 @@ fn answer(state: &Mutex<State>, request: &Request) -> Response {
         return Response::new(200)
             .with_header("content-type", "application/json")
             .with_body(state.jwks.clone());
+    }
+    if request.method == "GET" && request.path() == DISCOVERY_PATH {
+        let mut state = lock(state);
+        let Some(issuer) = state.issuer.clone() else {
+            return status(404, "NotFound", "the server could not find the requested resource");
+        };
+        state.discoveries += 1;
+        let host = request.header("host").unwrap_or_default();
+        // The fields the API server's document has (pkg/serviceaccount/openidmetadata.go).
+        let document = serde_json::json!({
+            "issuer": issuer,
+            "jwks_uri": format!("https://{host}{JWKS_PATH}"),
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256", "RS256"],
+        });
+        return Response::new(200)
+            .with_header("content-type", "application/json")
+            .with_body(document.to_string());
     }
     if request.method != "POST" || request.path() != TOKEN_REVIEW_PATH {
         return status(404, "NotFound", "the server could not find the requested resource");

@@ -117,6 +117,53 @@ fn apisix_fetches_keys_from_the_request_and_refuses_others_meanwhile() {
     }
 }
 
+/// APISIX (no tick): an issuer located by OIDC discovery is fetched by the request
+/// that needs its keys — the discovery document, then the JWKS it names, both
+/// callouts of that request, which waits for both — and the keys then serve the
+/// requests after it.
+#[test]
+fn apisix_discovers_the_keys_from_the_request() {
+    for profile in [Profile::ApisixLike, Profile::ApisixNoop] {
+        let mut table = Table::new(jwks_upstream(profile)).unwrap();
+        let upstream = jwks_upstream(profile);
+        let iss = table.plugin["issuers"][0]["issuer"].as_str().unwrap().to_owned();
+        table.plugin["host"] = json!("apisix");
+        table.plugin["issuers"][0]["jwks"] = json!({ "refresh_seconds": 300, "timeout_ms": 1000 });
+        table.plugin["issuers"][0]["discovery"] = json!({ "cluster": upstream, "authority": "idp.example" });
+        let mut host = Host::new(profile).unwrap();
+        let w = host.start_worker_json(&table.plugin).unwrap();
+        let worker = host.worker(w).unwrap();
+        assert!(worker.configured(), "{profile}: {}", worker.log_text());
+
+        let first = worker.start_request(&Request::get("/api/first").bearer(&token("first"))).unwrap();
+        assert_eq!(worker.stream(first).unwrap().flow, Flow::Paused, "{profile}");
+        let discovery = worker.callouts().pop().unwrap();
+        assert_eq!(discovery.context, first, "{profile}: the callout belongs to the request");
+        assert_eq!(discovery.upstream, upstream);
+        assert_eq!(discovery.header(":path"), Some("/.well-known/openid-configuration"));
+        assert_eq!(discovery.header(":authority"), Some("idp.example"));
+        let document = json!({ "issuer": iss, "jwks_uri": "https://idp.example/jwks.json" });
+        let reply = CalloutReply::new(200, document.to_string()).header("content-type", "application/json");
+        worker.answer_callout(discovery.token, Some(reply)).unwrap();
+
+        assert_eq!(worker.stream(first).unwrap().flow, Flow::Paused, "{profile}: waits for the keys too");
+        let callouts = worker.callouts();
+        assert_eq!(callouts.len(), 1, "{profile}: {callouts:?}");
+        let jwks = &callouts[0];
+        assert_eq!((jwks.context, jwks.upstream.as_str()), (first, upstream), "{profile}");
+        assert_eq!(jwks.header(":path"), Some("/jwks.json"));
+        worker.answer_callout(jwks.token, Some(table.answer(&jwks.upstream, jwks.header(":path")))).unwrap();
+        let first = worker.finish(first, &UpstreamResponse::ok()).unwrap();
+        assert_eq!(first.status, 200, "{profile}: {:?}", String::from_utf8_lossy(&first.body));
+        assert_eq!(first.upstream_header("x-nhi-identity"), Some("first"));
+
+        let second = worker.send(&Request::get("/api/second").bearer(&token("second"))).unwrap();
+        assert_eq!(second.status, 200, "{profile}");
+        assert!(worker.callouts().is_empty(), "{profile}: keys are cached in the VM");
+        assert!(worker.violations().is_empty(), "{profile}: {:?}", worker.violations());
+    }
+}
+
 /// A failed fetch answers the waiting request (503), and the next request may try
 /// again once the backoff passes.
 #[test]

@@ -230,15 +230,15 @@ fn a_quota_is_exact_across_both_workers(native: &Native) {
 
 const CLUSTER_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
-/// A Kubernetes issuer whose keys and TokenReviews both come from the API server
-/// double, through Envoy's HTTP callout from the requests that need them.
+/// A Kubernetes issuer whose discovery document, keys and TokenReviews all come from
+/// the API server double, through Envoy's HTTP callout from the requests that need them.
 fn kubernetes_issuer() -> Value {
     json!({
         "name": "cluster",
         "issuer": CLUSTER_ISSUER,
         "audiences": ["nhi-gateway"],
-        "jwks": { "cluster": "kube_api", "authority": "kubernetes.default.svc",
-                  "path": kube_api::JWKS_PATH, "refresh_seconds": 300, "timeout_ms": 2000 },
+        "discovery": { "cluster": "kube_api", "authority": "kubernetes.default.svc" },
+        "jwks": { "refresh_seconds": 300, "timeout_ms": 2000 },
         "algorithms": ["ES256"],
         "profile": {
             "type": "kubernetes",
@@ -269,13 +269,14 @@ fn service_account_token(name: &str) -> String {
         .unwrap()
 }
 
-/// Remote keys and TokenReview liveness in the native shell: both are Envoy HTTP
-/// callouts (`envoy_dynamic_module_callback_http_filter_http_callout`) made by the
-/// request that needs the answer, which waits for it and is then decided.
+/// Remote keys (located by OIDC discovery) and TokenReview liveness in the native
+/// shell: Envoy HTTP callouts (`envoy_dynamic_module_callback_http_filter_http_callout`)
+/// made by the request that needs the answer, which waits for them and is then decided.
 #[test]
 fn keys_and_token_reviews_come_through_envoys_http_callout() {
     let module = native_module_path().unwrap();
     let kube = KubeApi::start(&TestKeys::shared().unwrap().jwks()).unwrap();
+    kube.publish_discovery(CLUSTER_ISSUER);
     let upstream = EchoUpstream::start_named("upstream").unwrap();
     let web = EchoUpstream::start_named("web").unwrap();
     let mut plugin = plugin();
@@ -303,8 +304,10 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
     };
     envoy.showing_log_on_panic(|| {
         assert!(kube.jwks_authorizations().is_empty(), "no fetch before a request needs the keys");
+        assert_eq!(kube.discoveries(), 0);
 
-        // The first request fetches the keys, then asks for its token's review.
+        // The first request reads the discovery document, fetches the keys it names,
+        // then asks for its token's review.
         let live = service_account_token("builder");
         kube.make_live(&live, "system:serviceaccount:ci:builder");
         let response = get(&live);
@@ -321,6 +324,7 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
         assert_eq!(kube.reviews_of(&live), 1, "one review per token per cache_seconds, for the whole Envoy");
         let fetches = kube.jwks_authorizations().len();
         assert!((1..=2).contains(&fetches), "keys fetched {fetches} times");
+        assert_eq!(kube.discoveries(), 1, "the location found is shared by both workers");
 
         // A token the API server no longer authenticates (its pod or account is gone).
         let gone = service_account_token("deleted");
@@ -422,22 +426,18 @@ fn the_metrics_are_the_wasms_under_envoys_module_prefix(native: &Native) {
     assert_eq!(metric(&scrape, "nhi_quota_overflow_total", &[("nhi_policy", "default")]), Some(0.0));
 }
 
-/// What the native shell cannot do yet is refused when Envoy loads the config, with
-/// the field and why in Envoy's log — never accepted and ignored.
+/// What the native shell cannot do is refused when Envoy loads the config, with the
+/// field and why in Envoy's log — never accepted and ignored.
 #[test]
-fn discovery_is_refused_at_load_with_the_reason() {
+fn what_the_module_cannot_do_is_refused_at_load_with_the_reason() {
     let module = native_module_path().unwrap();
     let mut plugin = plugin();
-    plugin["issuers"][0]["jwks"] = json!({});
-    plugin["issuers"][0]["discovery"] = json!({ "cluster": "upstream", "authority": "idp.example" });
+    plugin["host"] = json!("apisix");
     let options = EnvoyOptions::new().native(&module).unwrap().plugin_configuration(plugin);
     let config = options.render(std::path::Path::new("")).unwrap();
     let log = envoy::validate(&config).unwrap().expect_err("Envoy must refuse the configuration");
-    assert!(
-        log.contains("issuers[0].discovery: not supported by the native (dynamic module) shell yet"),
-        "{log}"
-    );
-    assert!(log.contains("give the jwks_uri's cluster and path"), "{log}");
+    assert!(log.contains("host: not supported by the native (dynamic module) shell"), "{log}");
+    assert!(log.contains("this module only runs in Envoy"), "{log}");
 
     // And the shipped file, as it is, validates.
     let options = EnvoyOptions::new().native(&module).unwrap();

@@ -25,9 +25,10 @@
 //!   for the whole proxy ([`super::keyshare`]).
 //! - **per VM** (hosts without timers or shared data, such as APISIX): the request
 //!   that needs a document asks for it ([`Fetcher::on_request`]); one fetch per
-//!   document is in flight per VM, and failures back off per VM. OIDC discovery
-//!   needs the background fetcher, so configurations with it are refused on such
-//!   hosts.
+//!   document is in flight per VM, and failures back off per VM. With OIDC
+//!   discovery that request makes both callouts, the discovery document's and then
+//!   the JWKS's, and waits for both; the location found is kept in the VM's store
+//!   (shared by the workers where the host shares one) like the tick's.
 //!
 //! The machine decides; the shell only makes the callouts it returns ([`Callout`])
 //! and reports what happened ([`Fetcher::dispatched`], [`Fetcher::answered`]).
@@ -401,30 +402,28 @@ impl Fetcher {
     }
 
     /// Per-VM mode: a request needs `document` (to be decided, or because the copy
-    /// it was decided with is due). The callout to make, unless one is in flight or
-    /// the last failure is still backing off.
+    /// it was decided with is due). The callout to make — the discovery document's,
+    /// when the JWKS location is not known yet — unless one is in flight or the last
+    /// failure is still backing off.
     pub fn on_request(
         &mut self,
         sources: &mut dyn Sources,
         document: Document,
+        store: &dyn Store,
         now_ms: u64,
     ) -> Option<Callout> {
         let (source, _) = sources.get(document)?;
         let state = self.documents.get_mut(&document)?;
-        let stuck_after = source.remote.timeout_ms.saturating_add(ABANDON_MARGIN_MS);
+        // With discovery, one fetch is two callouts in a row.
+        let stuck_after = source.fetch_timeout_ms.saturating_add(ABANDON_MARGIN_MS);
         if state.busy_since_ms.is_some_and(|since| now_ms.saturating_sub(since) < stuck_after)
             || now_ms < state.retry_at_ms
         {
             return None;
         }
         state.busy_since_ms = Some(now_ms);
-        let location = configured_location(source.remote);
-        let ticket = Ticket {
-            document,
-            stage: Stage::Document { discovered: false },
-            failures: state.failures,
-            max_body: 0,
-        };
+        let (location, stage) = first_target(&source, store, now_ms);
+        let ticket = Ticket { document, stage, failures: state.failures, max_body: 0 };
         Some(callout(&source, location, ticket))
     }
 
@@ -471,10 +470,8 @@ impl Fetcher {
         jitter: f64,
     ) -> Option<Next> {
         let ticket = self.in_flight.remove(&token)?;
-        if let Some(state) = self.documents.get_mut(&ticket.document) {
-            state.busy_since_ms = None;
-        }
         if ticket.stage == Stage::Discovery {
+            // The JWKS callout follows: the document stays busy (per VM) until it ends.
             let discovered = {
                 let (source, _) = sources.get(ticket.document)?;
                 discovered(&source, response, store, now_ms).map(|location| {
@@ -489,6 +486,9 @@ impl Fetcher {
                 Ok(next) => Next::Call(next),
                 Err(why) => Next::Done(self.failed(sources, ticket, &why, store, now_ms, jitter)),
             });
+        }
+        if let Some(state) = self.documents.get_mut(&ticket.document) {
+            state.busy_since_ms = None;
         }
         let outcome = {
             let (source, local) = sources.get(ticket.document)?;
@@ -849,8 +849,8 @@ mod tests {
             self.answered(config, token, response, store, now).unwrap()
         }
 
-        fn on_request(&mut self, config: &Config, now: u64) -> Option<Callout> {
-            self.fetcher.on_request(&mut Self::sources(config, &mut self.keys), ISSUER, now)
+        fn on_request(&mut self, config: &Config, store: &MemoryStore, now: u64) -> Option<Callout> {
+            self.fetcher.on_request(&mut Self::sources(config, &mut self.keys), ISSUER, store, now)
         }
     }
 
@@ -961,13 +961,13 @@ mod tests {
         let store = MemoryStore::new();
         let mut w = Worker::per_vm(&config);
         assert!(w.tick(&config, &store, 0).callouts.is_empty(), "never from the tick");
-        let callout = w.on_request(&config, 0).unwrap();
-        assert!(w.on_request(&config, 10).is_none(), "one in flight per VM");
+        let callout = w.on_request(&config, &store, 0).unwrap();
+        assert!(w.on_request(&config, &store, 10).is_none(), "one in flight per VM");
         w.dispatched(&config, callout.ticket, Ok(5), &store, 0);
         let failed = w.answered(&config, 5, Response { status: None, body: Ok(vec![]) }, &store, 50);
         assert_eq!(failed, Some(Next::Done(Done { document: ISSUER, success: false })));
-        assert!(w.on_request(&config, 100).is_none(), "backing off");
-        let retry = w.on_request(&config, 600).unwrap();
+        assert!(w.on_request(&config, &store, 100).is_none(), "backing off");
+        let retry = w.on_request(&config, &store, 600).unwrap();
         w.dispatched(&config, retry.ticket, Ok(6), &store, 600);
         let ok = w.answered(&config, 6, ok_response(), &store, 700);
         assert_eq!(ok, Some(Next::Done(Done { document: ISSUER, success: true })));
@@ -978,10 +978,71 @@ mod tests {
         assert!(refresh_due(&mut Worker::sources(&config, &mut w.keys), ISSUER, 60_700));
         // A request that goes away frees the document for the next one.
         w.keys[0].kid_miss = true;
-        let third = w.on_request(&config, 10_000).unwrap();
+        let third = w.on_request(&config, &store, 10_000).unwrap();
         w.dispatched(&config, third.ticket, Ok(9), &store, 10_000);
         w.fetcher.abandoned(9);
-        assert!(w.on_request(&config, 10_001).is_some());
+        assert!(w.on_request(&config, &store, 10_001).is_some());
+    }
+
+    #[test]
+    fn per_vm_discovery_is_two_callouts_of_one_request_and_its_location_is_kept() {
+        let config = Config::from_json(
+            json!({"issuers": [{"name": "ci", "issuer": "https://idp.example", "audiences": ["a"],
+                   "discovery": {"cluster": "idp", "authority": "idp.example"},
+                   "jwks": {"timeout_ms": 1000}}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let store = MemoryStore::new();
+        let mut w = Worker::per_vm(&config);
+        let callout = w.on_request(&config, &store, 0).unwrap();
+        assert_eq!(
+            (callout.path.as_str(), callout.ticket.stage),
+            ("/.well-known/openid-configuration", Stage::Discovery)
+        );
+        w.dispatched(&config, callout.ticket, Ok(1), &store, 0);
+        let document = json!({"issuer": "https://idp.example", "jwks_uri": "https://idp.example/keys"});
+        let response = Response { status: Some(200), body: Ok(document.to_string().into_bytes()) };
+        let Some(Next::Call(jwks)) = w.answered(&config, 1, response, &store, 100) else {
+            panic!("expected the JWKS callout")
+        };
+        assert_eq!((jwks.path.as_str(), jwks.ticket.stage), ("/keys", Stage::Document { discovered: true }));
+        // Between the two callouts the document is still being fetched: no second fetch,
+        // for as long as both callouts may take (twice the timeout) and a margin.
+        assert!(w.on_request(&config, &store, 200).is_none(), "one fetch in flight per VM");
+        assert!(w.on_request(&config, &store, 2_900).is_none(), "within both callouts' time");
+        w.dispatched(&config, jwks.ticket, Ok(2), &store, 100);
+        assert_eq!(
+            w.answered(&config, 2, ok_response(), &store, 150),
+            Some(Next::Done(Done { document: ISSUER, success: true }))
+        );
+        assert!(w.keys[0].usable(150).is_some());
+        // The next fetch (this VM's, or another's sharing the store) goes straight to the keys.
+        w.keys[0].kid_miss = true;
+        let again = w.on_request(&config, &store, 10_000).unwrap();
+        assert_eq!(
+            (again.path.as_str(), again.ticket.stage),
+            ("/keys", Stage::Document { discovered: true })
+        );
+        let mut other = Worker::per_vm(&config);
+        let theirs = other.on_request(&config, &store, 10_000).unwrap();
+        assert_eq!(theirs.path, "/keys");
+
+        // A discovery document that fails ends the fetch: the request is answered, and
+        // the next attempt waits for the backoff.
+        let store = MemoryStore::new();
+        let mut w = Worker::per_vm(&config);
+        let callout = w.on_request(&config, &store, 0).unwrap();
+        w.dispatched(&config, callout.ticket, Ok(3), &store, 0);
+        let mixup = json!({"issuer": "https://evil.example", "jwks_uri": "https://idp.example/keys"});
+        let response = Response { status: Some(200), body: Ok(mixup.to_string().into_bytes()) };
+        assert_eq!(
+            w.answered(&config, 3, response, &store, 10),
+            Some(Next::Done(Done { document: ISSUER, success: false }))
+        );
+        assert!(w.on_request(&config, &store, 20).is_none(), "backing off");
+        assert!(w.on_request(&config, &store, 600).is_some());
     }
 
     #[test]

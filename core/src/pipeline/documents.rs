@@ -88,9 +88,13 @@ impl Vm {
             .unwrap_or_default()
     }
 
-    /// Per-VM mode: the callout to make for `document`, if one may start now.
+    /// Per-VM mode: the callout to make for `document`, if one may start now (with
+    /// discovery, the first of two: [`Vm::fetch_answered`] gives the second).
     pub fn fetch_on_request(&self, document: Document, now_ms: u64) -> Option<Callout> {
-        self.with_sources(|fetcher, sources| fetcher.on_request(sources, document, now_ms)).flatten()
+        self.with_sources(|fetcher, sources| {
+            fetcher.on_request(sources, document, self.store.as_ref(), now_ms)
+        })
+        .flatten()
     }
 
     /// The shell made (or could not make) a callout the machine asked for.
