@@ -359,14 +359,20 @@ fn a_missing_secret_stops_the_plugin_and_envoy_names_the_variable() {
     );
 }
 
+/// `partners.replay_cache.max_entries` in the native shell's test: one bucket.
+const FILL_CACHE: u32 = 64;
+
 /// The native shell (`make native`) in the wasm's place, same configuration: signed
 /// requests from the independent client, a signed body buffered by Envoy and checked,
-/// a replay across workers caught once, API keys; and a missing secret refused when
-/// Envoy loads the configuration.
+/// a replay across workers caught once, API keys; a nonce cache that fills up refuses
+/// new signatures and still catches replays; and a missing secret refused when Envoy
+/// loads the configuration.
 #[test]
 fn partners_in_the_native_shell() {
     let mut plugin = shipped().plugin_configuration().unwrap();
     plugin["partners"]["clients"][0]["signature"]["max_body_bytes"] = json!(4096);
+    // One bucket of 64 nonces, filled at the end of the test.
+    plugin["partners"]["replay_cache"]["max_entries"] = json!(FILL_CACHE);
     let env = [
         ("NHI_PARTNER_ACME_HMAC_2026_01", ACME_SECRET),
         ("NHI_PARTNER_GLOBEX_API_KEY_SHA256", &sha256_hex(GLOBEX_API_KEY) as &str),
@@ -386,6 +392,10 @@ fn partners_in_the_native_shell() {
         let (job, headers) = &signed[name];
         send_signed(addr, job, headers, job.body.as_deref())
     };
+    let fill: Vec<Job> = (0..FILL_CACHE + 8)
+        .map(|i| Job::new("GET", &at("/partner/orders"), hmac(), HMAC_KEY_ID, t, &format!("n-fill-{i}")))
+        .collect();
+    let fill_signed = httpsig::sign(&fill).unwrap();
     gateway.envoy.showing_log_on_panic(|| {
         for name in ["hmac", "ed25519"] {
             let response = send(name);
@@ -403,6 +413,27 @@ fn partners_in_the_native_shell() {
         assert!(ok.body_json().unwrap()["headers"].get("x-api-key").is_none());
         let wrong = http::request(addr, "GET", "/partner/a", &[("x-api-key", "z")]).unwrap();
         assert_eq!(status_reason(&wrong), (401, Some("invalid_api_key".into())));
+
+        // The nonce cache fills up: new signatures are admitted until its one bucket
+        // holds 64 live nonces, then refused `503 replay_cache_full` — a live nonce is
+        // never forgotten to make room, so the replays it remembers are still caught.
+        let outcomes: Vec<(u16, Option<String>)> = fill
+            .iter()
+            .zip(&fill_signed)
+            .map(|(job, headers)| status_reason(&send_signed(addr, job, headers, None)))
+            .collect();
+        let admitted = outcomes.iter().take_while(|(status, _)| *status == 200).count();
+        assert!((1..FILL_CACHE as usize).contains(&admitted), "{outcomes:?}");
+        assert!(
+            outcomes[admitted..].iter().all(|o| *o == (503, Some("replay_cache_full".to_owned()))),
+            "{outcomes:?}"
+        );
+        let (first, first_headers) = (&fill[0], &fill_signed[0]);
+        assert_eq!(
+            status_reason(&send_signed(addr, first, first_headers, None)),
+            (401, Some("signature_replay".into()))
+        );
+        assert_eq!(status_reason(&send("replayed")), (401, Some("signature_replay".into())));
         let log = gateway.envoy.log();
         assert!(!log.contains(ACME_SECRET) && !log.contains(GLOBEX_API_KEY), "a secret in Envoy's log");
     });
