@@ -149,12 +149,13 @@ native-test:
 	$(CARGO) build -p nhi-guard-envoy -p nhi-guard-cli
 
 # The same filter with the `fault-injection` feature, for the VM-crash e2e test only.
+# Built under its own profile (Cargo.toml: no LTO, parallel codegen), in a directory of
+# its own: the release .wasm is never replaced, so it need not be built again after.
 FAULT_WASM := $(CURDIR)/target/nhi_guard_fault_injection.wasm
 export NHI_FAULT_WASM := $(FAULT_WASM)
 fault-wasm: wasm-target
-	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard --lib --features fault-injection
-	cp $(WASM) $(FAULT_WASM)
-	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard --lib
+	$(CARGO) build --profile fault-injection --target $(WASM_TARGET) -p nhi-guard --lib --features fault-injection
+	cp $(CURDIR)/target/$(WASM_TARGET)/fault-injection/nhi_guard.wasm $(FAULT_WASM)
 
 harness:
 	$(CARGO) build -p test-harness --bins
