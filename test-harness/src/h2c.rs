@@ -47,14 +47,19 @@ async fn exchange(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, 
             (name.as_str().to_owned(), String::from_utf8_lossy(value.as_bytes()).into_owned())
         })
         .collect();
-    let mut stream = response.into_body();
-    let mut body = Vec::new();
-    while let Some(chunk) = stream.data().await {
-        let chunk = chunk.context("HTTP/2 body")?;
-        let _ = stream.flow_control().release_capacity(chunk.len());
-        body.extend_from_slice(&chunk);
-    }
+    let body = read_body(&mut response.into_body()).await.context("HTTP/2 body")?;
     drop(client);
     driver.abort();
     Ok(Response { status, headers, body })
+}
+
+/// A stream's body read to the end, its flow-control window given back as it comes.
+pub(crate) async fn read_body(stream: &mut h2::RecvStream) -> Result<Vec<u8>, h2::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.data().await {
+        let chunk = chunk?;
+        let _ = stream.flow_control().release_capacity(chunk.len());
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }

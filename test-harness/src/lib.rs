@@ -4,7 +4,7 @@
 //! built filter.
 //!
 //! Every server is a handful of threads on `std::net`, except the rate limit service
-//! double (`rls`): gRPC needs tonic, which runs on a tokio runtime of its own thread.
+//! double (`rls`): gRPC over `h2`, which runs on a tokio runtime of its own thread.
 
 pub mod bench;
 pub mod demo;
