@@ -342,7 +342,11 @@ fn unframe(body: &[u8]) -> Option<&[u8]> {
 /// Answers every call on every connection until the runtime is dropped.
 async fn serve(listener: tokio::net::TcpListener, state: Arc<Mutex<State>>) {
     loop {
-        let Ok((socket, _)) = listener.accept().await else { continue };
+        let Ok((socket, _)) = listener.accept().await else {
+            // Out of descriptors, say: try again shortly rather than spin.
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
             let Ok(mut connection) = h2::server::handshake(socket).await else { return };
