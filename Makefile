@@ -261,8 +261,9 @@ wasm-size: named-wasm
 # Where a cached allowed request's time goes inside the filter's own code: the release
 # filter (names kept) in the emulator (Cranelift), WASM_PROFILE_REQUESTS (200000)
 # requests with the bench's configuration, sampled by perf with wasmtime's perf map.
-# Prints µs a request inside the wasm, per export and per function. Needs `perf`
-# (linux-tools); not part of `make test`. About a minute plus the build.
+# Prints µs a request inside the wasm, per export and per function.
+# WASM_PROFILE_CASE=forged|tokenless profiles the forged flood's refusal instead.
+# Needs `perf` (linux-tools); not part of `make test`. About a minute plus the build.
 WASM_PROFILE_OUT := $(CURDIR)/target/wasm-profile
 
 wasm-profile: named-wasm

@@ -6,6 +6,11 @@
 //! `test-harness/bench/wasm-profile.py`: how much of a request is the filter's own
 //! code, and in which functions.
 //!
+//! `WASM_PROFILE_CASE` picks the request: `cached` (the default), `forged` (a token
+//! with a flipped signature bit from a source the flood guard has blocked: the forged
+//! flood's refusal) or `tokenless` (no token from that source: the refusal the forged
+//! one is held against).
+//!
 //! The emulator's host side (header maps, shared data, bookkeeping) is far slower than
 //! Envoy's, so the wall time per request says little; the time spent inside the wasm
 //! is what this is for.
@@ -49,18 +54,37 @@ fn run() -> Result<()> {
     for issuer in issuers.iter_mut().filter_map(Value::as_object_mut) {
         issuer.remove("claims_to_headers");
     }
+    let case = std::env::var("WASM_PROFILE_CASE").unwrap_or_else(|_| "cached".to_owned());
+    if case != "cached" {
+        plugin.insert("flood_guard".to_owned(), json!({ "max_failures": 2 }));
+    }
     let mut host = Host::new(Profile::Full)?;
     table.start(&mut host)?;
     let worker = host.worker(0)?;
-    let request = Request::get("/api/cached").bearer(&table.warmup_token);
+    let source: std::net::SocketAddr = "203.0.113.66:4000".parse()?;
+    let (head, signature) = table.warmup_token.rsplit_once('.').context("a token")?;
+    let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{head}.{flipped}{}", signature.get(1..).unwrap_or_default());
+    let (request, expected) = match case.as_str() {
+        "cached" => (Request::get("/api/cached").bearer(&table.warmup_token), 200),
+        // The flood guard has blocked the source (two failed checks below).
+        "forged" => (Request::get("/api/cached").bearer(&forged).source(source), 429),
+        "tokenless" => (Request::get("/api/cached").source(source), 401),
+        other => bail!("WASM_PROFILE_CASE: {other}? (cached, forged, tokenless)"),
+    };
+    if case != "cached" {
+        for _ in 0..2 {
+            worker.send(&Request::get("/api/cached").bearer(&forged).source(source))?;
+        }
+    }
     let first = worker.send(&request)?;
-    if first.status != 200 {
+    if first.status != expected {
         bail!("the first request got {} {:?}", first.status, first.reason());
     }
     let started = Instant::now();
     for sent in 0..requests {
         let exchange = worker.send(&request)?;
-        if exchange.status != 200 {
+        if exchange.status != expected {
             bail!("request {sent} got {} {:?}", exchange.status, exchange.reason());
         }
     }
