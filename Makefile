@@ -262,7 +262,8 @@ wasm-size: named-wasm
 # filter (names kept) in the emulator (Cranelift), WASM_PROFILE_REQUESTS (200000)
 # requests with the bench's configuration, sampled by perf with wasmtime's perf map.
 # Prints µs a request inside the wasm, per export and per function.
-# WASM_PROFILE_CASE=forged|tokenless profiles the forged flood's refusal instead.
+# WASM_PROFILE_CASE=forged|tokenless profiles the forged flood's refusal instead,
+# rotating-rs256|rotating-es256 first-seen tokens (every request verifies its token).
 # Needs `perf` (linux-tools); not part of `make test`. About a minute plus the build.
 WASM_PROFILE_OUT := $(CURDIR)/target/wasm-profile
 

@@ -15,6 +15,12 @@ FRAME = re.compile(r"^\s*[0-9a-f]+ (.+?)(\+0x[0-9a-f]+)? \((.*)\)$")
 WASM_PREFIX = re.compile(r"^wasm\[\d+\]::(function\[\d+\]::)?")
 
 
+def in_wasm(where):
+    """Compiled wasm: the emulator's on-disk module cache (`target/emulator-modules/*.cwasm`),
+    or code compiled in this process, which perf names through the perf map."""
+    return where.endswith(".cwasm") or re.fullmatch(r"/tmp/perf-\d+\.map", where) is not None
+
+
 def demangle(name):
     """Rust legacy mangling (`_ZN` length-prefixed segments, hash last) to a path;
     other names as they are."""
@@ -52,7 +58,7 @@ def main():
         for line in sample.strip().split("\n")[1:]:
             match = FRAME.match(line)
             if match:
-                frames.append((WASM_PREFIX.sub("", match.group(1)), match.group(3).endswith(".cwasm")))
+                frames.append((WASM_PREFIX.sub("", match.group(1)), in_wasm(match.group(3))))
         if not frames:
             continue
         total += 1
@@ -68,9 +74,9 @@ def main():
     if total == 0:
         sys.exit("wasm-profile.py: no samples")
     us = lambda count: count / total * ns_per_request / 1000
-    in_wasm = total - by_export["(host)"]
+    inside = total - by_export["(host)"]
     print(f"{total} samples; the loop took {ns_per_request / 1000:.1f} µs a request, "
-          f"{us(in_wasm):.2f} µs of it inside the wasm ({in_wasm / total:.1%})")
+          f"{us(inside):.2f} µs of it inside the wasm ({inside / total:.1%})")
     print("\nper export the host called (µs a request):")
     for export, count in by_export.most_common():
         if export != "(host)" and us(count) >= 0.005:
