@@ -2,9 +2,9 @@
 //! precomputed tables: one for the base point G (built once per VM, at the first
 //! P-256 key import) and one per public key Q (built when the JWKS key is imported).
 //!
-//! A check computes `R = u1·G + u2·Q` on p256's field with our own point arithmetic
-//! ([`point`]: p256's formulas, but coordinates we can read, so R is never converted
-//! to affine). Each 256-bit
+//! A check computes `R = u1·G + u2·Q` with our own point arithmetic ([`point`]:
+//! p256's formulas, but coordinates we can read, so R is never converted to affine)
+//! on our own field ([`field`]: 32-bit words, which wasm multiplies natively). Each 256-bit
 //! scalar is cut into [`PIECES`] pieces of [`PIECE_BITS`] bits, so that
 //! `u·P = Σ u_j·(2^(32j)·P)`; the tables hold odd multiples of every `2^(32j)·P`
 //! (affine, for mixed additions), and all the pieces of both scalars share one run of
@@ -44,6 +44,7 @@ const BASE_POINTS: usize = PIECES << (W_BASE - 2);
 const W_KEY: u32 = 5;
 const KEY_POINTS: usize = PIECES << (W_KEY - 2);
 
+mod field;
 mod point;
 
 use point::{Affine, Projective};

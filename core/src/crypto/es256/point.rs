@@ -1,4 +1,4 @@
-//! The verifier's point arithmetic, on p256's field: homogeneous projective
+//! The verifier's point arithmetic, on our own field ([`Fe`]): homogeneous projective
 //! coordinates (x = X/Z, y = Y/Z) and the complete formulas of Renes, Costello and
 //! Batina for a = −3 (eprint 2015/1060, algorithms 5 and 6), the ones p256's own
 //! points use.
@@ -11,9 +11,12 @@
 
 use std::sync::OnceLock;
 
+use p256::elliptic_curve::bigint::Encoding as _;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::elliptic_curve::PrimeField as _;
-use p256::{AffinePoint, FieldBytes, FieldElement, Scalar, U256};
+use p256::{AffinePoint, FieldBytes, Scalar, U256};
+
+use super::field::Fe;
 
 /// p, the field's modulus.
 const P: U256 = U256::from_be_hex("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff");
@@ -25,23 +28,23 @@ const P_MINUS_N: U256 = P.wrapping_sub(&N);
 const B: U256 = U256::from_be_hex("5ac635d8aa3a93e7b3ebbd55769886bc651d06b0cc53b0f63bce3c3e27d2604b");
 
 /// b as a field element (Montgomery form: one multiplication to make, so made once).
-fn b() -> FieldElement {
-    static B_FE: OnceLock<FieldElement> = OnceLock::new();
-    *B_FE.get_or_init(|| Option::from(FieldElement::from_uint(B)).unwrap_or(FieldElement::ZERO))
+fn b() -> Fe {
+    static B_FE: OnceLock<Fe> = OnceLock::new();
+    *B_FE.get_or_init(|| Fe::from_bytes(&B.to_be_bytes()).unwrap_or(Fe::ZERO))
 }
 
 /// A point other than the identity, in affine coordinates (table entries).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Affine {
-    x: FieldElement,
-    y: FieldElement,
+    x: Fe,
+    y: Fe,
 }
 
 impl Affine {
     /// `None` for the identity (it has no affine coordinates).
     pub fn from_point(point: &AffinePoint) -> Option<Affine> {
         let encoded = point.to_encoded_point(false);
-        let coordinate = |bytes: Option<&FieldBytes>| Option::from(FieldElement::from_bytes(bytes?));
+        let coordinate = |bytes: Option<&FieldBytes>| Fe::from_bytes(&(*bytes?).into());
         Some(Affine { x: coordinate(encoded.x())?, y: coordinate(encoded.y())? })
     }
 
@@ -53,17 +56,16 @@ impl Affine {
 /// A point in homogeneous projective coordinates; the identity is (0 : 1 : 0).
 #[derive(Clone, Copy, Debug)]
 pub struct Projective {
-    x: FieldElement,
-    y: FieldElement,
-    z: FieldElement,
+    x: Fe,
+    y: Fe,
+    z: Fe,
 }
 
 impl Projective {
-    pub const IDENTITY: Projective =
-        Projective { x: FieldElement::ZERO, y: FieldElement::ONE, z: FieldElement::ZERO };
+    pub const IDENTITY: Projective = Projective { x: Fe::ZERO, y: Fe::ONE, z: Fe::ZERO };
 
     pub fn is_identity(&self) -> bool {
-        bool::from(self.z.is_zero())
+        self.z.is_zero()
     }
 
     /// `2·self` (algorithm 6; exception-free).
@@ -128,10 +130,8 @@ impl Projective {
             return false;
         }
         let r = U256::from_be_slice(&r.to_repr());
-        let times_z = |candidate: U256| {
-            Option::<FieldElement>::from(FieldElement::from_uint(candidate))
-                .is_some_and(|c| c * self.z == self.x)
-        };
+        let times_z =
+            |candidate: U256| Fe::from_bytes(&candidate.to_be_bytes()).is_some_and(|c| c * self.z == self.x);
         // r < n < p is a field element; r + n is one only when it stays below p.
         times_z(r) || (r < P_MINUS_N && times_z(r.wrapping_add(&N)))
     }
@@ -140,10 +140,12 @@ impl Projective {
     #[cfg(test)]
     pub fn to_affine(self) -> AffinePoint {
         use p256::elliptic_curve::sec1::FromEncodedPoint as _;
-        let Some(z_inv) = Option::<FieldElement>::from(self.z.invert()) else {
+        use p256::FieldElement;
+        let p256 = |fe: Fe| FieldElement::from_bytes(&fe.to_bytes().into()).unwrap();
+        let Some(z_inv) = Option::<FieldElement>::from(p256(self.z).invert()) else {
             return AffinePoint::IDENTITY;
         };
-        let (x, y) = ((self.x * z_inv).to_bytes(), (self.y * z_inv).to_bytes());
+        let (x, y) = ((p256(self.x) * z_inv).to_bytes(), (p256(self.y) * z_inv).to_bytes());
         let encoded = p256::EncodedPoint::from_affine_coordinates(&x, &y, false);
         Option::from(AffinePoint::from_encoded_point(&encoded)).expect("a point of the curve")
     }
@@ -151,7 +153,7 @@ impl Projective {
     /// A point with these raw coordinates (tests of [`Projective::x_mod_n_is`], which
     /// reads only X and Z).
     #[cfg(test)]
-    pub fn from_xz(x: FieldElement, z: FieldElement) -> Projective {
-        Projective { x, y: FieldElement::ONE, z }
+    pub fn from_xz(x: Fe, z: Fe) -> Projective {
+        Projective { x, y: Fe::ONE, z }
     }
 }

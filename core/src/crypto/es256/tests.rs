@@ -2,6 +2,7 @@
 //! verify with tables) and hostile signatures.
 
 use p256::ecdsa::signature::Signer as _;
+use p256::elliptic_curve::bigint::Encoding as _;
 use p256::elliptic_curve::point::AffineCoordinates as _;
 use p256::elliptic_curve::Field as _;
 use rand::{RngCore, SeedableRng};
@@ -111,25 +112,86 @@ fn point_formulas_agree_with_p256() {
 /// (x in [n, p) has probability about 2^-128).
 #[test]
 fn x_mod_n_is_checked_without_an_inversion() {
-    use p256::FieldElement;
+    use field::Fe;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let fe =
-        |hex: &str| Option::<FieldElement>::from(FieldElement::from_uint(U256::from_be_hex(hex))).unwrap();
+    let fe = |hex: &str| Fe::from_bytes(&U256::from_be_hex(hex).to_be_bytes()).unwrap();
+    let random = |rng: &mut rand::rngs::StdRng| loop {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        if let Some(fe) = Fe::from_bytes(&bytes) {
+            break fe;
+        }
+    };
     let n = "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551";
     // r = 5: x = r + n = n + 5 (below p), at two different Z.
     let r = Scalar::from(5u64);
     let n_plus_5 = fe("ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632556");
     for _ in 0..4 {
-        let z = FieldElement::random(&mut rng);
+        let z = random(&mut rng);
         assert!(point::Projective::from_xz(n_plus_5 * z, z).x_mod_n_is(&r));
         assert!(point::Projective::from_xz(fe(&format!("{:0>64}", "5")) * z, z).x_mod_n_is(&r));
         assert!(!point::Projective::from_xz(n_plus_5 * z, z).x_mod_n_is(&Scalar::from(6u64)));
     }
     // An r at or above p − n has no second candidate: x = r + n would pass p.
     let big_r = -Scalar::ONE;
-    let x = fe(n) - FieldElement::ONE; // n − 1 = r itself
-    assert!(point::Projective::from_xz(x, FieldElement::ONE).x_mod_n_is(&big_r));
-    assert!(!point::Projective::from_xz(x + FieldElement::ONE, FieldElement::ONE).x_mod_n_is(&big_r));
+    let x = fe(n) - Fe::ONE; // n − 1 = r itself
+    assert!(point::Projective::from_xz(x, Fe::ONE).x_mod_n_is(&big_r));
+    assert!(!point::Projective::from_xz(x + Fe::ONE, Fe::ONE).x_mod_n_is(&big_r));
+}
+
+/// Our field against p256's on random elements and on the edges (0, 1, p − 1, values
+/// near 2^256): every operation, in and out of Montgomery form.
+#[test]
+fn the_field_agrees_with_p256s() {
+    use field::Fe;
+    use p256::FieldElement;
+    let p_minus = |k: u64| {
+        let p = U256::from_be_hex("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff");
+        p.wrapping_sub(&U256::from_u64(k)).to_be_bytes()
+    };
+    let mut edges: Vec<[u8; 32]> = vec![[0; 32], U256::ONE.to_be_bytes(), p_minus(1), p_minus(2)];
+    edges.push(
+        U256::from_be_hex("00000000ffffffffffffffffffffffffffffffffffffffffffffffffffffffff").to_be_bytes(),
+    );
+    edges.push(
+        U256::from_be_hex("fffffffeffffffffffffffffffffffffffffffffffffffffffffffffffffffff").to_be_bytes(),
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let mut values = edges.clone();
+    while values.len() < 2_000 {
+        let mut bytes = [0u8; 32];
+        rng.fill_bytes(&mut bytes);
+        values.push(bytes);
+    }
+    let theirs = |bytes: &[u8; 32]| Option::<FieldElement>::from(FieldElement::from_bytes(&(*bytes).into()));
+    // At and above p: refused by both.
+    for k in [0u64, 1] {
+        let mut at = p_minus(0);
+        if k == 1 {
+            at = [0xff; 32];
+        }
+        assert!(Fe::from_bytes(&at).is_none());
+        assert!(theirs(&at).is_none());
+    }
+    let pairs = values.iter().zip(values.iter().rev().chain(edges.iter().cycle()));
+    for (a_bytes, b_bytes) in pairs.take(values.len()) {
+        let (Some(a), Some(ta)) = (Fe::from_bytes(a_bytes), theirs(a_bytes)) else {
+            assert_eq!(Fe::from_bytes(a_bytes), None, "{a_bytes:02x?}");
+            assert!(theirs(a_bytes).is_none());
+            continue;
+        };
+        let (Some(b), Some(tb)) = (Fe::from_bytes(b_bytes), theirs(b_bytes)) else { continue };
+        let bytes = |fe: FieldElement| -> [u8; 32] { fe.to_bytes().into() };
+        assert_eq!(a.to_bytes(), *a_bytes);
+        assert_eq!((a * b).to_bytes(), bytes(ta * tb), "{a_bytes:02x?} × {b_bytes:02x?}");
+        assert_eq!(a.square().to_bytes(), bytes(ta.square()));
+        assert_eq!((a + b).to_bytes(), bytes(ta + tb));
+        assert_eq!((a - b).to_bytes(), bytes(ta - tb));
+        assert_eq!((-a).to_bytes(), bytes(-ta));
+        assert_eq!(a.double().to_bytes(), bytes(ta.double()));
+        assert_eq!(a.is_zero(), bool::from(ta.is_zero()));
+    }
+    assert_eq!(Fe::ONE.to_bytes(), U256::ONE.to_be_bytes());
 }
 
 #[test]
