@@ -68,6 +68,11 @@ pub struct Config {
     /// Test builds only: a request carrying this header crashes the VM.
     #[cfg(feature = "fault-injection")]
     pub panic_header: Option<String>,
+    /// Test builds only: the proxy-wasm shell fails the host call a request names in
+    /// this header (`set_request_header`, …), as a host might: the fail-closed path in
+    /// a real Envoy, which never fails those calls itself.
+    #[cfg(feature = "fault-injection")]
+    pub fail_header: Option<String>,
 }
 
 /// Headers the filter sets on allowed requests (and strips from every request).
@@ -141,7 +146,10 @@ pub struct RawConfig {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawFaultInjection {
-    panic_header: String,
+    #[serde(default)]
+    panic_header: Option<String>,
+    #[serde(default)]
+    fail_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -487,7 +495,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         fingerprint: 0,
         dpop_enabled: false,
         #[cfg(feature = "fault-injection")]
-        panic_header: raw.fault_injection.map(|f| f.panic_header),
+        panic_header: raw.fault_injection.as_ref().and_then(|f| f.panic_header.clone()),
+        #[cfg(feature = "fault-injection")]
+        fail_header: raw.fault_injection.and_then(|f| f.fail_header),
     };
     check_mtls(&config)?;
     check_partner_routes(&config)?;

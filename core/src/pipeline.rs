@@ -304,6 +304,10 @@ pub struct Request {
     pub observed: decision_log::Record,
     /// `Some`: the stages record what they decided (see [`trace`]). `None` in the filter.
     pub trace: Option<Box<trace::Trace>>,
+    /// Test builds only: the host call the shell fails for this request, wherever it
+    /// runs (`fault_injection.fail_header`).
+    #[cfg(feature = "fault-injection")]
+    pub fail_call: Option<String>,
 }
 
 impl Request {

@@ -524,3 +524,99 @@ impl Host for ProxyHost {
         http_call(call)
     }
 }
+
+/// Test builds only (`fault-injection`): the proxy-wasm host with one kind of call
+/// failing, named as the [`Host`] method is (`set_request_header`, …), so that a real
+/// Envoy, which never fails these calls, shows what the filter does when a host does.
+#[cfg(feature = "fault-injection")]
+pub struct FaultyHost {
+    pub fail: String,
+}
+
+#[cfg(feature = "fault-injection")]
+impl FaultyHost {
+    /// The call `name` fails with `InternalFailure`.
+    fn check(&self, name: &str) -> Result<(), HostError> {
+        if self.fail == name {
+            Err(HostError::INTERNAL_FAILURE)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl Host for FaultyHost {
+    fn now_ns(&mut self) -> u64 {
+        ProxyHost.now_ns()
+    }
+
+    fn request_headers(&mut self) -> Result<HeaderMap, HostError> {
+        self.check("request_headers")?;
+        ProxyHost.request_headers()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        self.check("set_request_header")?;
+        ProxyHost.set_request_header(name, value)
+    }
+
+    fn remove_request_header(&mut self, name: &[u8]) -> Result<(), HostError> {
+        self.check("remove_request_header")?;
+        ProxyHost.remove_request_header(name)
+    }
+
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        self.check("set_response_header")?;
+        ProxyHost.set_response_header(name, value)
+    }
+
+    fn property(&mut self, path: &[&str]) -> Option<Vec<u8>> {
+        self.check("property").ok()?;
+        ProxyHost.property(path)
+    }
+
+    fn set_property(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        self.check("set_property")?;
+        ProxyHost.set_property(name, value)
+    }
+
+    fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), HostError> {
+        self.check("send_local_reply")?;
+        ProxyHost.send_local_reply(reply)
+    }
+
+    fn define_metric(&mut self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.check("define_metric")?;
+        ProxyHost.define_metric(kind, name)
+    }
+
+    fn increment_metric(&mut self, id: u32, offset: i64) -> Result<(), HostError> {
+        self.check("increment_metric")?;
+        ProxyHost.increment_metric(id, offset)
+    }
+
+    fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {
+        self.check("record_metric")?;
+        ProxyHost.record_metric(id, value)
+    }
+
+    fn random(&mut self, buf: &mut [u8]) -> Result<(), HostError> {
+        self.check("random")?;
+        ProxyHost.random(buf)
+    }
+
+    fn environment_variable(&mut self, name: &str) -> Option<Vec<u8>> {
+        ProxyHost.environment_variable(name)
+    }
+
+    fn request_body(&mut self, max: usize) -> Result<Vec<u8>, HostError> {
+        self.check("request_body")?;
+        ProxyHost.request_body(max)
+    }
+
+    fn http_call(&mut self, call: &HttpCall) -> Result<u32, HostError> {
+        self.check("http_call")?;
+        ProxyHost.http_call(call)
+    }
+}

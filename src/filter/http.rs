@@ -66,6 +66,13 @@ impl Http {
         let shared_request = Rc::clone(&self.request);
         let Ok(mut request) = shared_request.try_borrow_mut() else { return Action::Pause };
         request.has_body = !end_of_stream;
+        #[cfg(feature = "fault-injection")]
+        if let Some(fail) = vm.config.fail_header.as_deref().and_then(named_failure) {
+            request.fail_call = Some(fail.clone());
+            let step = pipeline::start(&vm, &mut host::FaultyHost { fail }, &mut request);
+            let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
+            return self.act(&vm, &mut request, step, now);
+        }
         let step = pipeline::start(&vm, &mut ProxyHost, &mut request);
         let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
         self.act(&vm, &mut request, step, now)
@@ -165,6 +172,14 @@ impl Http {
             log::warn!("cannot resume a request after {what}: {err}");
         }
     }
+}
+
+/// Test builds only: the host call this request's `fault_injection.fail_header` names,
+/// read straight from the host (not through the host that will fail it).
+#[cfg(feature = "fault-injection")]
+fn named_failure(header: &str) -> Option<String> {
+    let headers = host::request_headers().ok()?;
+    headers.utf8(header).map(str::to_owned)
 }
 
 /// Starts fetching `document` from the current request, unless the fetch machine

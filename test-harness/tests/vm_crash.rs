@@ -2,6 +2,8 @@
 //! panics on a request carrying a chosen header. Whatever `failure_policy` says,
 //! nothing is passed unverified: with `FAIL_CLOSED` the crashed worker refuses its
 //! requests; with `FAIL_RELOAD` (shipped) the VM is rebuilt and verifies again.
+//! The same build fails a host call a request names: the filter refuses it `500
+//! internal_error`, which no call of a real Envoy would otherwise show.
 //!
 //! Needs `target/nhi_guard_fault_injection.wasm` (`make fault-wasm`, or `NHI_FAULT_WASM`).
 
@@ -19,6 +21,8 @@ use test_harness::mint;
 use test_harness::stack::Stack;
 
 const PANIC_HEADER: &str = "x-nhi-debug-panic";
+/// Names the host call the filter fails for this request (`fault_injection.fail_header`).
+const FAIL_HEADER: &str = "x-debug-fail-host-call";
 
 fn fault_wasm() -> PathBuf {
     let path = std::env::var_os("NHI_FAULT_WASM")
@@ -34,7 +38,8 @@ fn start(failure_policy: &str) -> Stack {
     let mut config =
         EnvoyConfig::parse(&text.replace("failure_policy: FAIL_RELOAD", failure_policy)).unwrap();
     let mut plugin = config.plugin_configuration().unwrap();
-    plugin["fault_injection"] = serde_json::json!({ "panic_header": PANIC_HEADER });
+    plugin["fault_injection"] =
+        serde_json::json!({ "panic_header": PANIC_HEADER, "fail_header": FAIL_HEADER });
     config.set_plugin_configuration(&plugin).unwrap();
     config.set_wasm_filename(&fault_wasm()).unwrap();
     let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
@@ -66,6 +71,32 @@ fn nothing_unverified(stack: &Stack) {
     }
 }
 
+/// A host call the decision depends on fails: the request is refused `500
+/// internal_error` by the filter itself, in a real Envoy, and never reaches the
+/// upstream; a failing metric call (counters wait for the tick) changes nothing.
+fn failing_host_calls_fail_closed(stack: &Stack, valid: &str) {
+    let authorization = format!("Bearer {valid}");
+    for call in ["request_headers", "set_request_header", "remove_request_header"] {
+        let before = stack.upstream.hits();
+        let response = stack
+            .get("/api/fail", &[("authorization", authorization.as_str()), (FAIL_HEADER, call)])
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(
+            (response.status, body["reason"].as_str()),
+            (500, Some("internal_error")),
+            "{call}: {body}"
+        );
+        assert_eq!(stack.upstream.hits(), before, "{call}: the upstream was reached");
+    }
+    let before = stack.upstream.hits();
+    let response = stack
+        .get("/api/fail", &[("authorization", authorization.as_str()), (FAIL_HEADER, "increment_metric")])
+        .unwrap();
+    assert_eq!(response.status, 200, "a failing counter refuses nothing");
+    assert_eq!(stack.upstream.hits(), before + 1);
+}
+
 #[test]
 fn a_crashed_vm_never_passes_requests() {
     for policy in ["failure_policy: FAIL_CLOSED", "failure_policy: FAIL_RELOAD"] {
@@ -73,6 +104,7 @@ fn a_crashed_vm_never_passes_requests() {
         let (valid, forged) = tokens(&stack);
         stack.wait_for_keys(&valid).unwrap();
         assert_eq!(get(&stack, &valid, false), 200, "{policy}: before the crash");
+        failing_host_calls_fail_closed(&stack, &valid);
 
         // Crash the VMs (each request lands on one of the two workers).
         for _ in 0..4 {
