@@ -240,23 +240,22 @@ bench-verify: wasm-target
 	node --no-warnings test-harness/bench/verify-bench.mjs $(VERIFY_BENCH_OUT)/verify-bench/nhi-verify-bench \
 	    $(VERIFY_BENCH_OUT)/$(WASM_TARGET)/verify-bench/nhi-verify-bench.wasm $(VERIFY_BENCH_SECONDS)
 
-# What each crate (and each module of nhi-guard-core) costs in the release wasm: the
-# release build with its name section kept, in target/wasm-size, read by twiggy
-# (installed with cargo when missing) and added up by test-harness/python/wasm_sizes.py.
-# Not part of `make test`; about two minutes.
 # The release filter with its function names kept (the `name` section), in a target
 # directory of its own: what `wasm-size` and `wasm-profile` read.
-NAMED_WASM := $(CURDIR)/target/wasm-size/$(WASM_TARGET)/release/nhi_guard.wasm
+NAMED_WASM_DIR := $(CURDIR)/target/wasm-size
+NAMED_WASM := $(NAMED_WASM_DIR)/$(WASM_TARGET)/release/nhi_guard.wasm
 
 named-wasm: wasm-target
 	CARGO_PROFILE_RELEASE_STRIP=none $(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard \
-	    --target-dir $(CURDIR)/target/wasm-size
+	    --target-dir $(NAMED_WASM_DIR)
 
+# What each crate (and each module of nhi-guard-core) costs in the release wasm: the
+# named build read by twiggy (installed with cargo when missing) and added up by
+# test-harness/python/wasm_sizes.py. Not part of `make test`; about two minutes.
 wasm-size: named-wasm
 	@command -v twiggy >/dev/null || $(CARGO) install --locked twiggy
-	twiggy top -n 100000 -f csv $(CURDIR)/target/wasm-size/$(WASM_TARGET)/release/nhi_guard.wasm \
-	    > $(CURDIR)/target/wasm-size/top.csv
-	python3 test-harness/python/wasm_sizes.py $(CURDIR)/target/wasm-size/top.csv
+	twiggy top -n 100000 -f csv $(NAMED_WASM) > $(NAMED_WASM_DIR)/top.csv
+	python3 test-harness/python/wasm_sizes.py $(NAMED_WASM_DIR)/top.csv
 
 # Where a cached allowed request's time goes inside the filter's own code: the release
 # filter (names kept) in the emulator (Cranelift), WASM_PROFILE_REQUESTS (200000)
