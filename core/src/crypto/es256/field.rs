@@ -92,7 +92,7 @@ impl Fe {
         let mut out = [0u32; 8];
         out.copy_from_slice(t.get(..8).unwrap_or(&[0; 8]));
         if t[8] != 0 || !less_than_p(&out) {
-            sub_p(&mut out);
+            out = sub_words(&out, &P).0;
         }
         Fe(out)
     }
@@ -103,38 +103,18 @@ impl Fe {
 
     /// `self + rhs mod p`.
     pub fn add(&self, rhs: &Fe) -> Fe {
-        let mut out = [0u32; 8];
-        let mut carry = 0u64;
-        for ((o, &a), &b) in out.iter_mut().zip(&self.0).zip(&rhs.0) {
-            let sum = u64::from(a) + u64::from(b) + carry;
-            *o = sum as u32;
-            carry = sum >> 32;
-        }
-        if carry != 0 || !less_than_p(&out) {
-            sub_p(&mut out);
+        let (mut out, carry) = add_words(&self.0, &rhs.0);
+        if carry || !less_than_p(&out) {
+            out = sub_words(&out, &P).0;
         }
         Fe(out)
     }
 
     /// `self − rhs mod p`.
     pub fn sub(&self, rhs: &Fe) -> Fe {
-        let mut out = [0u32; 8];
-        let mut borrow = 0u64;
-        for ((o, &a), &b) in out.iter_mut().zip(&self.0).zip(&rhs.0) {
-            let diff = u64::from(a).wrapping_sub(u64::from(b)).wrapping_sub(borrow);
-            *o = diff as u32;
-            borrow = diff >> 63;
-        }
-        if borrow != 0 {
-            // Below zero by less than p: adding p (mod 2^256) lands in [0, p).
-            let mut carry = 0u64;
-            for (o, &p) in out.iter_mut().zip(&P) {
-                let sum = u64::from(*o) + u64::from(p) + carry;
-                *o = sum as u32;
-                carry = sum >> 32;
-            }
-        }
-        Fe(out)
+        let (out, borrow) = sub_words(&self.0, &rhs.0);
+        // Below zero by less than p: adding p (mod 2^256) lands in [0, p).
+        Fe(if borrow { add_words(&out, &P).0 } else { out })
     }
 
     pub fn double(&self) -> Fe {
@@ -170,14 +150,29 @@ fn less_than_p(words: &[u32; 8]) -> bool {
     false
 }
 
-/// `words − p`, for `p ≤ words < 2p` (a carry out of the top word included).
-fn sub_p(words: &mut [u32; 8]) {
+/// `a + b` mod 2^256, and whether it carried out of the top word.
+fn add_words(a: &[u32; 8], b: &[u32; 8]) -> ([u32; 8], bool) {
+    let mut out = [0u32; 8];
+    let mut carry = 0u64;
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        let sum = u64::from(x) + u64::from(y) + carry;
+        *o = sum as u32;
+        carry = sum >> 32;
+    }
+    (out, carry != 0)
+}
+
+/// `a − b` mod 2^256, and whether it borrowed (`a < b`). With `b = p` and
+/// `p ≤ a < 2p` (a carry out of the top word included), the difference itself.
+fn sub_words(a: &[u32; 8], b: &[u32; 8]) -> ([u32; 8], bool) {
+    let mut out = [0u32; 8];
     let mut borrow = 0u64;
-    for (w, &p) in words.iter_mut().zip(&P) {
-        let diff = u64::from(*w).wrapping_sub(u64::from(p)).wrapping_sub(borrow);
-        *w = diff as u32;
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        let diff = u64::from(x).wrapping_sub(u64::from(y)).wrapping_sub(borrow);
+        *o = diff as u32;
         borrow = diff >> 63;
     }
+    (out, borrow != 0)
 }
 
 // Operators, so that the point formulas read like the paper's.
