@@ -525,6 +525,19 @@ impl Host for ProxyHost {
     }
 }
 
+/// Runs `run` against the host `request` uses: the proxy's, or in test builds
+/// (`fault-injection`) one failing the host call the request names.
+pub fn for_request<R>(
+    request: &mut nhi_guard_core::pipeline::Request,
+    run: impl FnOnce(&mut dyn Host, &mut nhi_guard_core::pipeline::Request) -> R,
+) -> R {
+    #[cfg(feature = "fault-injection")]
+    if let Some(fail) = request.fail_call.clone() {
+        return run(&mut FaultyHost { fail }, request);
+    }
+    run(&mut ProxyHost, request)
+}
+
 /// Test builds only (`fault-injection`): the proxy-wasm host with one kind of call
 /// failing, named as the [`Host`] method is (`set_request_header`, …), so that a real
 /// Envoy, which never fails these calls, shows what the filter does when a host does.

@@ -67,13 +67,10 @@ impl Http {
         let Ok(mut request) = shared_request.try_borrow_mut() else { return Action::Pause };
         request.has_body = !end_of_stream;
         #[cfg(feature = "fault-injection")]
-        if let Some(fail) = vm.config.fail_header.as_deref().and_then(named_failure) {
-            request.fail_call = Some(fail.clone());
-            let step = pipeline::start(&vm, &mut host::FaultyHost { fail }, &mut request);
-            let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
-            return self.act(&vm, &mut request, step, now);
+        {
+            request.fail_call = vm.config.fail_header.as_deref().and_then(named_failure);
         }
-        let step = pipeline::start(&vm, &mut ProxyHost, &mut request);
+        let step = host::for_request(&mut request, |host, request| pipeline::start(&vm, host, request));
         let now = request.observed.started_ns.unwrap_or_default() / 1_000_000;
         self.act(&vm, &mut request, step, now)
     }

@@ -17,7 +17,7 @@ use nhi_guard_core::config::Config;
 use nhi_guard_core::host::capabilities::{KeyFetch, Plan, StateScope};
 use nhi_guard_core::host::store::{MemoryStore, Store};
 use nhi_guard_core::keys::fetch::{Callout, Done, Next};
-use nhi_guard_core::pipeline::{self, record, Awaited, Request, Step, Vm, Waiter};
+use nhi_guard_core::pipeline::{self, record, Awaited, Step, Vm, Waiter};
 use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
 use super::host::{self, ProxyHost, SharedData};
@@ -191,7 +191,7 @@ impl Root {
                     let _ = request.liveness.pending.take_if(|p| p.token == token);
                 }
                 request.waited = true;
-                run_woken(vm, &mut request, now)
+                host::for_request(&mut request, |host, request| pipeline::run(vm, host, request, now))
             };
             self.settle(vm, waiter, step, now);
         }
@@ -319,14 +319,4 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
-}
-
-/// Runs a woken request against the host (in test builds, one failing the host call
-/// the request names: see `fault_injection.fail_header`).
-fn run_woken(vm: &Vm, request: &mut Request, now: u64) -> Step {
-    #[cfg(feature = "fault-injection")]
-    if let Some(fail) = request.fail_call.clone() {
-        return pipeline::run(vm, &mut host::FaultyHost { fail }, request, now);
-    }
-    pipeline::run(vm, &mut ProxyHost, request, now)
 }
