@@ -143,7 +143,7 @@ pub struct RawConfig {
 
 /// `fault_injection` (test builds only).
 #[cfg(feature = "fault-injection")]
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawFaultInjection {
     #[serde(default)]
@@ -474,6 +474,8 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
     let revocation =
         raw.revocation.map(|r| crate::policy::revocation::compile(r, "revocation")).transpose()?;
     let inventory = raw.inventory.map(|i| crate::observe::inventory::compile(i, "inventory")).transpose()?;
+    #[cfg(feature = "fault-injection")]
+    let fault_injection = raw.fault_injection.unwrap_or_default();
     let config = Config {
         issuers,
         token,
@@ -495,9 +497,9 @@ fn compile(raw: RawConfig) -> Result<Config, ConfigError> {
         fingerprint: 0,
         dpop_enabled: false,
         #[cfg(feature = "fault-injection")]
-        panic_header: raw.fault_injection.as_ref().and_then(|f| f.panic_header.clone()),
+        panic_header: fault_injection.panic_header,
         #[cfg(feature = "fault-injection")]
-        fail_header: raw.fault_injection.and_then(|f| f.fail_header),
+        fail_header: fault_injection.fail_header,
     };
     check_mtls(&config)?;
     check_partner_routes(&config)?;
