@@ -1,12 +1,12 @@
 //! Signature verification: the JWS algorithms nhi-guard accepts ([`alg`]) and the
 //! verifiers written for wasm (RSA with precomputed Montgomery constants,
-//! [`rsa_verify`]; P-256 with precomputed tables, [`es256`]). P-384 and Ed25519
-//! come from RustCrypto. A shell may install a faster verifier for the process
+//! [`rsa_verify`]; P-256 and P-384 with precomputed tables, [`ecdsa`]). Ed25519
+//! comes from RustCrypto. A shell may install a faster verifier for the process
 //! ([`backend`]).
 
 pub mod alg;
 pub mod backend;
-pub mod es256;
+pub mod ecdsa;
 pub mod roca;
 pub mod rsa_verify;
 

@@ -102,9 +102,17 @@ pub fn public_key(alg: Alg) -> PublicKey {
     let k = keys();
     match alg {
         Alg::Es256 => PublicKey::P256(
-            crate::crypto::es256::Es256Key::from_affine(k.p256.verifying_key().as_affine()).unwrap(),
+            crate::crypto::ecdsa::P256Key::from_sec1_bytes(
+                k.p256.verifying_key().to_encoded_point(false).as_bytes(),
+            )
+            .unwrap(),
         ),
-        Alg::Es384 => PublicKey::P384(*k.p384.verifying_key()),
+        Alg::Es384 => PublicKey::P384(
+            crate::crypto::ecdsa::P384Key::from_sec1_bytes(
+                k.p384.verifying_key().to_encoded_point(false).as_bytes(),
+            )
+            .unwrap(),
+        ),
         Alg::EdDsa => PublicKey::Ed25519(k.ed25519.verifying_key()),
         _ => {
             let (n, e) = rsa_parts(&RsaPublicKey::from(&k.rsa));

@@ -108,18 +108,18 @@ fn main() {
     row("ES256", "RustCrypto (p256 0.13)", time(budget, || RcEs256.verify_signature(&sig, &rc_p256, msg)));
     row("ES256", "nhi-guard", time(budget, || Alg::Es256.verify(&ours_p256, msg, &bytes)));
 
-    // ES384 and EdDSA: RustCrypto in both columns' senses (nhi-guard calls them).
     let p384_key = p384::ecdsa::SigningKey::from_slice(&[0x22; 48]).unwrap();
     let point = p384_key.verifying_key().to_encoded_point(false);
-    let ours_p384 = import(
-        json!({"kty": "EC", "crv": "P-384", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())}),
-    );
+    let p384_jwk =
+        json!({"kty": "EC", "crv": "P-384", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap())});
+    let ours_p384 = import(p384_jwk.clone());
     let sig: p384::ecdsa::Signature = p384_key.sign(msg);
     let rc_p384 = *p384_key.verifying_key();
     row("ES384", "RustCrypto (p384 0.13)", time(budget, || rc_p384.verify(msg, &sig).is_ok()));
     let bytes = sig.to_bytes().to_vec();
     row("ES384", "nhi-guard", time(budget, || Alg::Es384.verify(&ours_p384, msg, &bytes)));
 
+    // EdDSA: ed25519-dalek in both rows (nhi-guard calls it, with `verify_strict`).
     let ed_key = ed25519_dalek::SigningKey::from_bytes(&[0x33; 32]);
     let ours_ed =
         import(json!({"kty": "OKP", "crv": "Ed25519", "x": b64(ed_key.verifying_key().as_bytes())}));
@@ -143,6 +143,11 @@ fn main() {
         "P-256 key import",
         "nhi-guard",
         time(budget, || matches!(import(p256_jwk.clone()), PublicKey::P256(_))),
+    );
+    row(
+        "P-384 key import",
+        "nhi-guard",
+        time(budget, || matches!(import(p384_jwk.clone()), PublicKey::P384(_))),
     );
 }
 

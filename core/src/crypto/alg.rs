@@ -12,9 +12,8 @@ use std::str::FromStr;
 
 use jwt_compact::alg::Ed25519;
 use jwt_compact::{Algorithm, AlgorithmSignature};
-use p384::ecdsa::signature::Verifier as _;
 
-use crate::crypto::es256::{Es256, Es256Key};
+use crate::crypto::ecdsa::{P256Key, P384Key};
 use crate::crypto::rsa_verify::{RsaPublicKey, RsaVerify};
 
 /// A JWS algorithm nhi-guard can verify (RFC 7518 names).
@@ -96,8 +95,8 @@ impl Alg {
             (Alg::Ps256, PublicKey::Rsa(k)) => verify_with(&RsaVerify::PS256, k, signing_input, signature),
             (Alg::Ps384, PublicKey::Rsa(k)) => verify_with(&RsaVerify::PS384, k, signing_input, signature),
             (Alg::Ps512, PublicKey::Rsa(k)) => verify_with(&RsaVerify::PS512, k, signing_input, signature),
-            (Alg::Es256, PublicKey::P256(k)) => verify_with(&Es256, k, signing_input, signature),
-            (Alg::Es384, PublicKey::P384(k)) => verify_with(&Es384, k, signing_input, signature),
+            (Alg::Es256, PublicKey::P256(k)) => k.verify(signing_input, signature),
+            (Alg::Es384, PublicKey::P384(k)) => k.verify(signing_input, signature),
             (Alg::EdDsa, PublicKey::Ed25519(k)) => verify_with(&Ed25519Strict, k, signing_input, signature),
             _ => false,
         }
@@ -142,23 +141,22 @@ impl FromStr for Alg {
     }
 }
 
-/// A verified-import public key, ready to check signatures. RSA and P-256 keys carry
-/// what their verifiers precompute per key (see `rsa_verify`, `es256`).
+/// A verified-import public key, ready to check signatures. RSA and EC keys carry
+/// what their verifiers precompute per key (see `rsa_verify`, `ecdsa`).
 #[derive(Debug, Clone)]
 pub enum PublicKey {
     Rsa(RsaPublicKey),
-    P256(Es256Key),
-    P384(p384::ecdsa::VerifyingKey),
+    P256(P256Key),
+    P384(P384Key),
     Ed25519(ed25519_dalek::VerifyingKey),
 }
 
 impl PublicKey {
     /// The SEC1 uncompressed point of an EC key (`04 || x || y`).
     pub fn sec1_uncompressed(&self) -> Option<Vec<u8>> {
-        use p256::elliptic_curve::sec1::ToEncodedPoint as _;
         match self {
-            PublicKey::P256(key) => Some(key.as_affine().to_encoded_point(false).as_bytes().to_vec()),
-            PublicKey::P384(key) => Some(key.to_encoded_point(false).as_bytes().to_vec()),
+            PublicKey::P256(key) => Some(key.to_sec1_bytes()),
+            PublicKey::P384(key) => Some(key.to_sec1_bytes()),
             PublicKey::Rsa(_) | PublicKey::Ed25519(_) => None,
         }
     }
@@ -182,50 +180,6 @@ fn verify_with<A: Algorithm>(alg: &A, key: &A::VerifyingKey, message: &[u8], sig
     match A::Signature::try_from_slice(signature) {
         Ok(signature) => alg.verify_signature(&signature, key, message),
         Err(_) => false,
-    }
-}
-
-/// ES384 (ECDSA over P-384 with SHA-384), which jwt-compact 0.8 does not ship.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Es384;
-
-/// A P1363 (`r || s`) ECDSA P-384 signature.
-#[derive(Debug, Clone)]
-pub struct Es384Signature(p384::ecdsa::Signature);
-
-impl AlgorithmSignature for Es384Signature {
-    const LENGTH: Option<std::num::NonZeroUsize> = std::num::NonZeroUsize::new(96);
-
-    fn try_from_slice(slice: &[u8]) -> anyhow::Result<Self> {
-        p384::ecdsa::Signature::from_slice(slice).map(Es384Signature).map_err(|err| anyhow::anyhow!(err))
-    }
-
-    fn as_bytes(&self) -> Cow<'_, [u8]> {
-        Cow::Owned(self.0.to_bytes().to_vec())
-    }
-}
-
-impl Algorithm for Es384 {
-    /// Signing is not something a gateway filter does; the type is uninhabited.
-    type SigningKey = std::convert::Infallible;
-    type VerifyingKey = p384::ecdsa::VerifyingKey;
-    type Signature = Es384Signature;
-
-    fn name(&self) -> Cow<'static, str> {
-        Cow::Borrowed("ES384")
-    }
-
-    fn sign(&self, signing_key: &Self::SigningKey, _message: &[u8]) -> Self::Signature {
-        match *signing_key {}
-    }
-
-    fn verify_signature(
-        &self,
-        signature: &Self::Signature,
-        key: &Self::VerifyingKey,
-        message: &[u8],
-    ) -> bool {
-        key.verify(message, &signature.0).is_ok()
     }
 }
 

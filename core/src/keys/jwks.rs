@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::b64;
 use crate::crypto::alg::{Alg, PublicKey};
-use crate::crypto::es256::Es256Key;
+use crate::crypto::ecdsa::{P256Key, P384Key};
 use crate::crypto::roca;
 use crate::crypto::rsa_verify::{self, RsaPublicKey};
 
@@ -271,15 +271,15 @@ fn parse_key(value: serde_json::Value, key_use: KeyUse) -> Result<Jwk, String> {
         ("EC", Some("P-256")) => {
             let point = ec_point(&raw, 32)?;
             PublicKey::P256(
-                Es256Key::from_sec1_bytes(&point)
+                P256Key::from_sec1_bytes(&point)
                     .ok_or_else(|| "P-256 point is not on the curve".to_owned())?,
             )
         }
         ("EC", Some("P-384")) => {
             let point = ec_point(&raw, 48)?;
             PublicKey::P384(
-                p384::ecdsa::VerifyingKey::from_sec1_bytes(&point)
-                    .map_err(|_| "P-384 point is not on the curve".to_owned())?,
+                P384Key::from_sec1_bytes(&point)
+                    .ok_or_else(|| "P-384 point is not on the curve".to_owned())?,
             )
         }
         ("OKP", Some("Ed25519")) => {
