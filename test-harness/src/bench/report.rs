@@ -470,7 +470,7 @@ fn method_section(out: &mut String, run: &Run) {
          - Load: `taskset -c {wrk} wrk --threads 1 --connections {conns} --duration {secs}s --latency`, HTTP/1.1 \
          keep-alive, after {warmup} s of unmeasured warmup. One token goes in a static header; rotating tokens \
          come from a Lua script (round-robin over a file). req/s, p50 and p99 are wrk's, from the median run.\n\
-         - Keys generated for the run: RSA-2048, P-256, Ed25519; both stacks get the same JWKS (inline), \
+         - Keys generated for the run: RSA-2048, P-256, P-384, Ed25519; both stacks get the same JWKS (inline), \
          issuer, audience and `sub` policy (`system:serviceaccount:bench:*`), and see the same tokens.\n\
          - Native stack: `jwt_authn` (cache of 100 tokens per worker, payload in metadata, `sub` forwarded as a \
          header, token removed) + `local_ratelimit` (one global bucket that never refuses: it cannot key on a \

@@ -11,7 +11,7 @@ use crate::keys::{self, KeyType, TestKey};
 use crate::mint::{self, Alg, Token};
 
 /// The algorithms measured, one key each.
-pub const ALGS: [Alg; 3] = [Alg::Rs256, Alg::Es256, Alg::EdDsa];
+pub const ALGS: [Alg; 4] = [Alg::Rs256, Alg::Es256, Alg::Es384, Alg::EdDsa];
 
 /// Prefix of every subject the stacks admit (nhi-guard's allow rule, RBAC's principal).
 pub const SUBJECT_PREFIX: &str = "system:serviceaccount:bench:";
@@ -41,6 +41,7 @@ impl BenchKeys {
         let kinds = [
             (Alg::Rs256, KeyType::Rsa, "bench-rsa"),
             (Alg::Es256, KeyType::P256, "bench-ec"),
+            (Alg::Es384, KeyType::P384, "bench-ec384"),
             (Alg::EdDsa, KeyType::Ed25519, "bench-ed"),
         ];
         let keys = kinds
