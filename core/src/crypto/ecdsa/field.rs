@@ -90,11 +90,7 @@ impl<M: Modulus<N>, const N: usize> Elem<M, N> {
 
     /// The plain integer, little-endian words.
     pub fn to_words(self) -> [u32; N] {
-        let mut one = [0u32; N];
-        if let Some(low) = one.first_mut() {
-            *low = 1;
-        }
-        self.mul(&Elem::raw(one)).words
+        self.mul(&Elem::raw(one())).words
     }
 
     /// The plain integer, big-endian, `4·N` bytes.
@@ -188,13 +184,8 @@ impl<M: Modulus<N>, const N: usize> Elem<M, N> {
         // Invariants (Guide to Elliptic Curve Cryptography, algorithm 2.22):
         // x1·a ≡ u and x2·a ≡ v (mod p), with a = self's words; gcd(u, v) = 1.
         let (mut u, mut v) = (self.words, M::P);
-        let mut x1 = [0u32; N];
-        if let Some(low) = x1.first_mut() {
-            *low = 1;
-        }
-        let mut x2 = [0u32; N];
-        let is_one = |w: &[u32; N]| w.iter().enumerate().all(|(i, &word)| word == u32::from(i == 0));
-        while !is_one(&u) && !is_one(&v) {
+        let (mut x1, mut x2) = (one(), [0u32; N]);
+        while u != one() && v != one() {
             while is_even(&u) {
                 shift_right(&mut u, false);
                 halve_mod::<M, N>(&mut x1);
@@ -211,7 +202,7 @@ impl<M: Modulus<N>, const N: usize> Elem<M, N> {
                 x1 = Elem::<M, N>::raw(x1).sub(&Elem::raw(x2)).words;
             }
         }
-        let inverse = if is_one(&u) { x1 } else { x2 };
+        let inverse = if u == one() { x1 } else { x2 };
         Some(Elem::raw(inverse).mul(&Elem::raw(Self::R3)))
     }
 }
@@ -289,9 +280,7 @@ pub(super) fn sub_words<const N: usize>(a: &[u32; N], b: &[u32; N]) -> ([u32; N]
     (out, borrow != 0)
 }
 
-// Compile-time arithmetic: what a modulus's constants are derived from. Only ever
-// evaluated in constants, so an index out of range would fail the build, not a request.
-
+/// The integer 1 in `N` words.
 const fn one<const N: usize>() -> [u32; N] {
     let mut words = [0u32; N];
     if let Some(low) = words.first_mut() {
@@ -299,6 +288,9 @@ const fn one<const N: usize>() -> [u32; N] {
     }
     words
 }
+
+// Compile-time arithmetic: what a modulus's constants are derived from. Only ever
+// evaluated in constants, so an index out of range would fail the build, not a request.
 
 /// `x · 2^doublings mod p`, for `x` below p, by doubling: R mod p is 1 shifted 32·N
 /// times, and a constant's Montgomery form is the constant shifted as often.
