@@ -107,47 +107,63 @@ mod tests {
     /// verdict is Wycheproof's for `valid` and `invalid` vectors and the core's own on
     /// every vector; and every signature it accepts is refused once one bit of it, or of
     /// the message, is flipped.
-    fn agree(file: &str, alg: Alg) {
+    /// Calls `check(key, tcId, msg, sig)` for every vector of `file` whose key imports,
+    /// after asserting that `verdict` (the one that decides) is Wycheproof's for `valid`
+    /// and `invalid` vectors; fails unless more than 100 vectors ran.
+    fn each_vector(
+        file: &str,
+        mut verdict: impl FnMut(&PublicKey, &[u8], &[u8]) -> bool,
+        mut check: impl FnMut(&PublicKey, usize, &[u8], &[u8], bool),
+    ) -> usize {
         let doc = vectors(file);
-        let (mut checked, mut damaged) = (0, 0);
+        let mut checked = 0;
         for group in doc["testGroups"].as_array().unwrap() {
             let Some(key) = import(group) else { continue };
             for test in group["tests"].as_array().unwrap() {
-                let id = &test["tcId"];
+                let id = test["tcId"].as_u64().unwrap() as usize;
                 let msg = hex(test["msg"].as_str().unwrap());
                 let sig = hex(test["sig"].as_str().unwrap());
-                let ring =
-                    Ring.verify(alg, &key, &msg, &sig).unwrap_or_else(|| panic!("{file} {id}: declined"));
-                let own = alg.verify_builtin(&key, &msg, &sig);
-                assert_eq!(ring, own, "{file} tcId {id}: ring {ring}, nhi-guard {own}");
+                let accepted = verdict(&key, &msg, &sig);
                 match test["result"].as_str().unwrap() {
-                    "valid" => assert!(ring, "{file} tcId {id}: a valid vector refused"),
-                    "invalid" => assert!(!ring, "{file} tcId {id}: an invalid vector accepted"),
+                    "valid" => assert!(accepted, "{file} tcId {id}: a valid vector refused"),
+                    "invalid" => assert!(!accepted, "{file} tcId {id}: an invalid vector accepted"),
                     _ => {}
                 }
+                check(&key, id, &msg, &sig, accepted);
                 checked += 1;
-                // A copy with one flipped bit (at a position that depends on the vector) in
-                // the signature, then in the message: a signature that verified no longer
-                // does. (ring alone: the core's verifiers are unoptimised in test builds.)
-                let id = id.as_u64().unwrap() as usize;
-                for (which, mut bytes) in [(0, sig.clone()), (1, msg.clone())] {
-                    if bytes.is_empty() || !ring {
-                        continue;
-                    }
-                    let at = (id * 7919 + which * 104_729) % (bytes.len() * 8);
-                    bytes[at / 8] ^= 1 << (at % 8);
-                    let (m, s) = if which == 0 { (&msg, &bytes) } else { (&bytes, &sig) };
-                    assert_eq!(
-                        Ring.verify(alg, &key, m, s),
-                        Some(false),
-                        "{file} tcId {id}: damaged copy {which}"
-                    );
-                    damaged += 1;
-                }
             }
         }
-        println!("{file} as {alg}: {checked} vectors agree, {damaged} damaged copies refused");
         assert!(checked > 100, "{file}: only {checked} vectors");
+        checked
+    }
+
+    fn agree(file: &str, alg: Alg) {
+        let mut damaged = 0;
+        let ring = |key: &PublicKey, msg: &[u8], sig: &[u8]| {
+            Ring.verify(alg, key, msg, sig).unwrap_or_else(|| panic!("{file}: declined"))
+        };
+        let checked = each_vector(file, ring, |key, id, msg, sig, ring| {
+            let own = alg.verify_builtin(key, msg, sig);
+            assert_eq!(ring, own, "{file} tcId {id}: ring {ring}, nhi-guard {own}");
+            // A copy with one flipped bit (at a position that depends on the vector) in
+            // the signature, then in the message: a signature that verified no longer
+            // does. (ring alone: the core's verifiers are unoptimised in test builds.)
+            for (which, mut bytes) in [(0, sig.to_vec()), (1, msg.to_vec())] {
+                if bytes.is_empty() || !ring {
+                    continue;
+                }
+                let at = (id * 7919 + which * 104_729) % (bytes.len() * 8);
+                bytes[at / 8] ^= 1 << (at % 8);
+                let (m, s) = if which == 0 { (msg, bytes.as_slice()) } else { (bytes.as_slice(), sig) };
+                assert_eq!(
+                    Ring.verify(alg, key, m, s),
+                    Some(false),
+                    "{file} tcId {id}: damaged copy {which}"
+                );
+                damaged += 1;
+            }
+        });
+        println!("{file} as {alg}: {checked} vectors agree, {damaged} damaged copies refused");
     }
 
     #[test]
@@ -170,30 +186,15 @@ mod tests {
     #[test]
     fn ecdsa_p384_is_left_to_the_core_which_agrees_with_ring() {
         let file = "ecdsa_secp384r1_sha384_p1363_test.json";
-        let doc = vectors(file);
-        let mut checked = 0;
-        for group in doc["testGroups"].as_array().unwrap() {
-            let Some(key) = import(group) else { continue };
+        let own = |key: &PublicKey, msg: &[u8], sig: &[u8]| Alg::Es384.verify_builtin(key, msg, sig);
+        let checked = each_vector(file, own, |key, id, msg, sig, own| {
+            assert_eq!(Ring.verify(Alg::Es384, key, msg, sig), None, "{file} {id}: not declined");
             let point = key.sec1_uncompressed().unwrap();
-            let theirs = UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point);
-            for test in group["tests"].as_array().unwrap() {
-                let id = &test["tcId"];
-                let msg = hex(test["msg"].as_str().unwrap());
-                let sig = hex(test["sig"].as_str().unwrap());
-                assert_eq!(Ring.verify(Alg::Es384, &key, &msg, &sig), None, "{file} {id}: not declined");
-                let ring = theirs.verify(&msg, &sig).is_ok();
-                let own = Alg::Es384.verify_builtin(&key, &msg, &sig);
-                assert_eq!(own, ring, "{file} tcId {id}: nhi-guard {own}, ring {ring}");
-                match test["result"].as_str().unwrap() {
-                    "valid" => assert!(own, "{file} tcId {id}: a valid vector refused"),
-                    "invalid" => assert!(!own, "{file} tcId {id}: an invalid vector accepted"),
-                    _ => {}
-                }
-                checked += 1;
-            }
-        }
+            let ring =
+                UnparsedPublicKey::new(&signature::ECDSA_P384_SHA384_FIXED, point).verify(msg, sig).is_ok();
+            assert_eq!(own, ring, "{file} tcId {id}: nhi-guard {own}, ring {ring}");
+        });
         println!("{file} as ES384: {checked} vectors, the core's verdicts are ring's");
-        assert!(checked > 100, "{file}: only {checked} vectors");
     }
 
     #[test]
