@@ -1336,3 +1336,102 @@ fn a_fresh_liveness_verdict_adds_no_host_call_to_a_cached_request() {
     }
     assert_eq!(calls[1], calls[0], "with liveness (right) against without (left)");
 }
+
+/// Fixed primes of RSA-3072 and RSA-4096 test keys (`openssl genpkey`), for
+/// [`rsa_keys_of_every_size_verify_through_the_wasm_simd_kernel`]: generating keys that
+/// size in the test took 16 s. Test keys, used nowhere else.
+const RSA_3072_P: &str = concat!(
+    "bed1eab229a2df3d89fdcb77966be645c8c9ea20c23b97c4b7e38a31219fe9074bdb3b721b2fd6879f54f053c8d0578a",
+    "1083cbb3ab9847819b02befe9848d990283bc35ffc10351317da803edab51d481dcf3c58863d2becbd4203fc9ee3a3de",
+    "81ca53e62891056d01e7126e25e1b041da68a00bb24590eaa8d52106a33441d57607f07c4c455d232677b936af0f23b2",
+    "61ddb1972dfdf1e13adf4489b5a7380f5c76ed8bc51d3262729b4340a3f2f98a29d6d52a3204669c4961fda592ab0e21",
+);
+const RSA_3072_Q: &str = concat!(
+    "bb9a1973dd00d41abe64cd788f5eb6350776267feb8af4acbcf420553141e6e706d14df124e04497d94137ffe554eea8",
+    "2101ca8c2010a38a09e2303c1b2b083cabeaca3ee25616700cdb78b6f0c9bc9bd792b970535452d8146f178cfc6ccfe1",
+    "9227d0c9d3763db662a0ec9fa30a58509c7526b154e2098e0eba469ea09e44ef174d42a99fdbfceb295c840dc5eed16e",
+    "38c17c0e49637f39fd4bb6976e55671b0942a33b3175734acea6eed6d0667ed8e3aa77f663ac6ceeb87ce39bb0eab3df",
+);
+const RSA_4096_P: &str = concat!(
+    "edddcd748395bb8234257c0a6d3e97ce9592ec6a6ea4b3ec3ed112b534593f44cd253fc4a70d82890290ef868be6ba02",
+    "409049416c745239d4d6db21acf78a63dd4b0358ca2b5150a836fd6457e8631b5970018ce855a80f6851d548778cf052",
+    "3dd6dc99fad88b0a158fd79b938368e07d49ab8c47f8a8f74779e284ec8c4f1976736250c766689e0393fb6b56c81bf1",
+    "2698efce065b05539ac17f9191ae36585caef4bd31ad2440fcf6a96f40cb4e87cb121d0edf1fb316bd09b2baf5172e64",
+    "fb61538bf364f5f8ddc5b99842efb31f6804e0c6e1bddf3a9bf60b9f39e3f1bca768477d757d69325295b3dd6a203dad",
+    "823e920e0dfbbac92c77eaacb816a9ab",
+);
+const RSA_4096_Q: &str = concat!(
+    "c4aeec4e4057c361a31e0a9a48390b79f61a75d7160bbfe20df9360715d8ce46f49c74bfeadc742cc57368d3e310a191",
+    "24209aa1e9cc02d77e58cbb8b1e7a6f0fb9e8651576747dd4b356ffb0a74513274700ff13bf4f68d9d965ab34f71da8a",
+    "4d561cbd5f002f971876e3d0238c757c7861207f24c59c4fc05214be261d10beddd20673c0e6eec4849fcc572f3ad5ce",
+    "4e01905f1a5065dfb0181a5dddbccd5225a8f4c427ce6c54728c859fe52c647f01070412bbac7882a116b26dee6a1ac2",
+    "83d8c3126688a066f7e2315b53bd8e53040b1628c13471be2bd0b45c6985926dc7def9a542b88e12edd935a35a9a9b71",
+    "1988f75fba359210957f9e2c7030347f",
+);
+
+/// RSA keys of every size the filter takes, through the release wasm, where the
+/// Montgomery kernel's dot products run in wasm SIMD, four limbs at a time and a
+/// scalar tail (the native unit tests never reach that code): up to 74 limbs long for
+/// RSA-2048, 110 for RSA-3072 and 147 for RSA-4096. The keys and signatures come from
+/// the `rsa` crate; each token is accepted, and refused once one bit of its signature
+/// is flipped.
+#[test]
+fn rsa_keys_of_every_size_verify_through_the_wasm_simd_kernel() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use test_harness::keys::{KeyMaterial, TestKey};
+
+    const ISS: &str = "https://rsa-sizes.nhi-guard.test";
+    let from_primes = |bits: usize, p: &str, q: &str| {
+        let prime = |hex: &str| rsa::BigUint::parse_bytes(hex.as_bytes(), 16).unwrap();
+        let private =
+            rsa::RsaPrivateKey::from_p_q(prime(p), prime(q), rsa::BigUint::from(65_537u32)).unwrap();
+        TestKey::from_material(format!("rsa-{bits}"), KeyMaterial::Rsa(private))
+    };
+    let keys = [
+        TestKeys::shared().unwrap().by_type(KeyType::Rsa).with_kid("rsa-2048"),
+        from_primes(3072, RSA_3072_P, RSA_3072_Q),
+        from_primes(4096, RSA_4096_P, RSA_4096_Q),
+    ];
+    let plugin = json!({
+        "issuers": [{ "name": "sizes", "issuer": ISS, "audiences": ["gw"],
+                      "jwks": { "inline": test_harness::keys::jwks(&keys) },
+                      "algorithms": ["RS256", "RS512", "PS256"] }],
+        "routes": [{ "name": "api", "match": { "prefix": "/" }, "audience": "machine" }]
+    });
+    let mut host = Host::new(Profile::Full).unwrap();
+    host.start_worker_json(&plugin).unwrap();
+    let mut source = 0u8;
+    let mut send = |host: &mut Host, token: &str| {
+        // A fresh source for each: the flood guard never steps in.
+        source += 1;
+        let request = Request::get("/api/x")
+            .bearer(token)
+            .source(std::net::SocketAddr::from(([10, 0, 0, source], 40_000)));
+        host.worker(0).unwrap().send(&request).unwrap()
+    };
+    for key in &keys {
+        for alg in [Alg::Rs256, Alg::Rs512, Alg::Ps256] {
+            let token = Token::new(alg)
+                .claim("iss", ISS)
+                .claim("aud", "gw")
+                .claim("sub", key.kid())
+                .sign(key)
+                .unwrap();
+            let exchange = send(&mut host, &token);
+            assert_eq!(exchange.status, 200, "{} {}: {:?}", key.kid(), alg.name(), exchange.reason());
+            assert_eq!(exchange.upstream_header("x-nhi-identity"), Some(key.kid()));
+
+            let (signing_input, signature) = token.rsplit_once('.').unwrap();
+            let mut signature = URL_SAFE_NO_PAD.decode(signature).unwrap();
+            let middle = signature.len() / 2;
+            signature[middle] ^= 0x10;
+            let forged = format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(&signature));
+            let exchange = send(&mut host, &forged);
+            assert_eq!(exchange.status, 401, "{} {}", key.kid(), alg.name());
+            assert_eq!(exchange.reason().as_deref(), Some("bad_signature"), "{} {}", key.kid(), alg.name());
+        }
+    }
+    let worker = host.worker(0).unwrap();
+    assert!(worker.trap().is_none(), "{:?}", worker.trap());
+}
