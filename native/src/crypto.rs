@@ -103,11 +103,7 @@ mod tests {
         parsed.keys.by_kid("w").map(|k| k.key.clone())
     }
 
-    /// Every vector of `file`: ring answers (the backend declines nothing here), its
-    /// verdict is Wycheproof's for `valid` and `invalid` vectors and the core's own on
-    /// every vector; and every signature it accepts is refused once one bit of it, or of
-    /// the message, is flipped.
-    /// Calls `check(key, tcId, msg, sig)` for every vector of `file` whose key imports,
+    /// Calls `check(key, tcId, msg, sig, verdict)` for every vector of `file` whose key imports,
     /// after asserting that `verdict` (the one that decides) is Wycheproof's for `valid`
     /// and `invalid` vectors; fails unless more than 100 vectors ran.
     fn each_vector(
@@ -137,6 +133,10 @@ mod tests {
         checked
     }
 
+    /// Every vector of `file`: ring answers (the backend declines nothing here), its
+    /// verdict is Wycheproof's for `valid` and `invalid` vectors and the core's own on
+    /// every vector; and every signature it accepts is refused once one bit of it, or of
+    /// the message, is flipped.
     fn agree(file: &str, alg: Alg) {
         let mut damaged = 0;
         let ring = |key: &PublicKey, msg: &[u8], sig: &[u8]| {

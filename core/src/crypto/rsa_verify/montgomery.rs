@@ -24,6 +24,8 @@
 /// Bits per limb.
 pub const LIMB_BITS: u32 = 28;
 const MASK: u32 = (1 << LIMB_BITS) - 1;
+/// [`MASK`] for column sums.
+const MASK64: u64 = MASK as u64;
 
 /// The largest modulus supported, in bits: column sums of `len()` products of two
 /// 28-bit limbs must stay below 2^64 (147 × 2^56 < 2^63.2).
@@ -63,8 +65,8 @@ impl Modulus {
         for _ in 0..5 {
             inv = inv.wrapping_mul(2u64.wrapping_sub(n0.wrapping_mul(inv)));
         }
-        let n0_inv = inv.wrapping_neg() & u64::from(MASK);
-        let n_rev = n.iter().rev().copied().collect();
+        let n0_inv = inv.wrapping_neg() & MASK64;
+        let n_rev = reversed(&n);
         let mut modulus = Modulus { n, n_rev, n0_inv, r2: Vec::new(), bits };
         modulus.r2 = modulus.compute_r2()?;
         Some(modulus)
@@ -116,7 +118,7 @@ impl Modulus {
     #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
     pub fn mul(&self, a: &Mont, b: &Mont) -> Mont {
         let len = self.len();
-        let b_rev: Vec<u32> = b.0.iter().rev().copied().collect();
+        let b_rev = reversed(&b.0);
         let mut t = vec![0u64; 2 * len];
         // Product scanning: column k is Σ a[i]·b[k−i] over lo ≤ i ≤ hi, with
         // b[k−i] = b_rev[len−1−k+i]; at most `len` products < 2^56.
@@ -135,7 +137,7 @@ impl Modulus {
     #[cfg_attr(target_arch = "wasm32", target_feature(enable = "simd128"))]
     pub fn square(&self, a: &Mont) -> Mont {
         let len = self.len();
-        let a_rev: Vec<u32> = a.0.iter().rev().copied().collect();
+        let a_rev = reversed(&a.0);
         let mut t = vec![0u64; 2 * len];
         for (k, column) in t.iter_mut().enumerate() {
             let lo = k.saturating_sub(len - 1);
@@ -181,12 +183,12 @@ impl Modulus {
             let mut sum = t.get(k).copied().unwrap_or(0)
                 + carry
                 + dot(m.get(..k).unwrap_or_default(), self.n_rev.get(from..from + k).unwrap_or_default());
-            let digit = ((sum & u64::from(MASK)) * self.n0_inv) & u64::from(MASK);
+            let digit = ((sum & MASK64) * self.n0_inv) & MASK64;
             sum += digit * n0;
             if let Some(slot) = m.get_mut(k) {
                 *slot = digit as u32;
             }
-            debug_assert_eq!(sum & u64::from(MASK), 0);
+            debug_assert_eq!(sum & MASK64, 0);
             carry = sum >> LIMB_BITS;
         }
         let mut out = vec![0u32; len];
@@ -196,7 +198,7 @@ impl Modulus {
             let sum = t.get(k).copied().unwrap_or(0)
                 + carry
                 + dot(mm, self.n_rev.get(..mm.len()).unwrap_or_default());
-            *limb = (sum & u64::from(MASK)) as u32;
+            *limb = (sum & MASK64) as u32;
             carry = sum >> LIMB_BITS;
         }
         // The result is below 2n (t < n·R): one subtraction at most. `carry` is a bit
@@ -252,12 +254,19 @@ impl std::fmt::Debug for Modulus {
     }
 }
 
-/// Σ a[i]·b[i] over the shorter of the two. Limbs below 2^28 and at most 147 of
-/// them: no overflow.
-#[cfg(not(target_arch = "wasm32"))]
-fn dot(a: &[u32], b: &[u32]) -> u64 {
+/// `limbs` in reverse order.
+fn reversed(limbs: &[u32]) -> Vec<u32> {
+    limbs.iter().rev().copied().collect()
+}
+
+/// Σ a[i]·b[i] over the shorter of the two, one product at a time. Limbs below 2^28
+/// and at most 147 of them: no overflow.
+fn scalar_dot(a: &[u32], b: &[u32]) -> u64 {
     a.iter().zip(b).map(|(&x, &y)| u64::from(x) * u64::from(y)).sum()
 }
+
+#[cfg(not(target_arch = "wasm32"))]
+use self::scalar_dot as dot;
 
 #[cfg(target_arch = "wasm32")]
 use self::simd::dot;
@@ -304,12 +313,7 @@ mod simd {
             acc = i64x2_add(acc, u64x2_extmul_low_u32x4(x, y));
             acc = i64x2_add(acc, u64x2_extmul_high_u32x4(x, y));
         }
-        let tail: u64 = chunks_a
-            .remainder()
-            .iter()
-            .zip(chunks_b.remainder())
-            .map(|(&x, &y)| u64::from(x) * u64::from(y))
-            .sum();
+        let tail = super::scalar_dot(chunks_a.remainder(), chunks_b.remainder());
         u64x2_extract_lane::<0>(acc) + u64x2_extract_lane::<1>(acc) + tail
     }
 }
@@ -319,7 +323,7 @@ fn normalize(t: &mut [u64]) {
     let mut carry = 0u64;
     for limb in t.iter_mut() {
         let v = *limb + carry;
-        *limb = v & u64::from(MASK);
+        *limb = v & MASK64;
         carry = v >> LIMB_BITS;
     }
     debug_assert_eq!(carry, 0);
@@ -370,8 +374,8 @@ fn limbs_from_be(be: &[u8], len: usize) -> Option<Vec<u32>> {
         let bit = index * 8;
         let (limb, shift) = (bit / LIMB_BITS as usize, bit % LIMB_BITS as usize);
         let value = u64::from(byte) << shift;
-        *out.get_mut(limb)? |= (value & u64::from(MASK)) as u32;
-        if value > u64::from(MASK) {
+        *out.get_mut(limb)? |= (value & MASK64) as u32;
+        if value > MASK64 {
             *out.get_mut(limb + 1)? |= (value >> LIMB_BITS) as u32;
         }
     }
