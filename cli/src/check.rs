@@ -167,20 +167,15 @@ pub fn check_text(name: &str, text: &str) -> FileReport {
 /// Validates one configuration; on success a one-line summary.
 pub fn check_found(found: &Found) -> Result<String, Problem> {
     let problem = |path: String, reason: String| Problem { what: found.what.clone(), path, reason };
-    let (bytes, structured) = handed_over(found).map_err(|e| problem(found.path.clone(), e))?;
+    let (bytes, _) = handed_over(found).map_err(|e| problem(found.path.clone(), e))?;
     // The verdict comes from the exact bytes the host hands the filter.
     let config = match Config::from_json(&bytes) {
         Ok(config) => config,
         Err(ConfigError::Invalid { field, reason }) => {
             return Err(problem(join(&found.path, &found.source, &field), reason))
         }
-        Err(ConfigError::Syntax(message)) => {
-            let (field, reason) = match structured.as_ref().and_then(locate_syntax_error) {
-                Some((field, reason)) => (join(&found.path, &found.source, &field), reason),
-                None => (found.path.clone(), message),
-            };
-            return Err(problem(field, reason));
-        }
+        // Not JSON: serde's message gives the line and column.
+        Err(ConfigError::Syntax(message)) => return Err(problem(found.path.clone(), message)),
     };
     if let Some(clusters) = &found.static_clusters {
         for (i, issuer) in config.issuers.iter().enumerate() {
@@ -270,46 +265,6 @@ fn join(container: &str, source: &Source, field: &str) -> String {
         (true, _) => field.to_owned(),
         (false, Source::Structured(_)) => format!("{container}.{field}"),
         (false, Source::Text(_)) => format!("{container} -> {field}"),
-    }
-}
-
-/// serde reports a shape error (unknown field, wrong type, missing field) with a
-/// line and column of the text it read. Reading the same value pretty-printed, one
-/// member per line, turns the line into a JSON path.
-fn locate_syntax_error(value: &Value) -> Option<(String, String)> {
-    let pretty = serde_json::to_string_pretty(value).ok()?;
-    let Err(ConfigError::Syntax(message)) = Config::from_json(pretty.as_bytes()) else {
-        return None;
-    };
-    let (reason, position) = message.rsplit_once(" at line ")?;
-    let line: usize = position.split_whitespace().next()?.parse().ok()?;
-    let mut lines = vec![String::new()];
-    layout(value, "", &mut lines);
-    let path = lines.get(line.checked_sub(1)?)?.clone();
-    Some((if path.is_empty() { "(top level)".to_owned() } else { path }, reason.to_owned()))
-}
-
-/// Pushes, for each line `serde_json::to_string_pretty` prints after the line that
-/// opens `value`, the path that line belongs to.
-fn layout(value: &Value, path: &str, lines: &mut Vec<String>) {
-    match value {
-        Value::Object(members) if !members.is_empty() => {
-            for (key, child) in members {
-                let child_path = member_path(path, key);
-                lines.push(child_path.clone());
-                layout(child, &child_path, lines);
-            }
-            lines.push(path.to_owned());
-        }
-        Value::Array(items) if !items.is_empty() => {
-            for (i, child) in items.iter().enumerate() {
-                let child_path = format!("{path}[{i}]");
-                lines.push(child_path.clone());
-                layout(child, &child_path, lines);
-            }
-            lines.push(path.to_owned());
-        }
-        _ => {}
     }
 }
 
@@ -1120,31 +1075,24 @@ mod tests {
         bad["issuers"][0]["audience"] = json!("x");
         let err = &errors("p.json", &bad.to_string())[0];
         assert!(
-            err.starts_with("plugin configuration: issuers[0].audience: unknown field `audience`"),
+            err.starts_with(
+                "plugin configuration: issuers[0].audience: is not a known field (known: name, issuer,"
+            ),
             "{err}"
         );
 
         let mut bad = plugin();
         bad["issuers"][0]["jwks"]["timeout_ms"] = json!("soon");
         let err = &errors("p.json", &bad.to_string())[0];
-        assert!(err.starts_with("plugin configuration: issuers[0].jwks.timeout_ms: invalid type"), "{err}");
+        assert_eq!(
+            err,
+            r#"plugin configuration: issuers[0].jwks.timeout_ms: must be a whole number, 0 or more, not "soon""#
+        );
 
         let mut bad = plugin();
         bad["issuers"][0].as_object_mut().unwrap().remove("issuer");
         let err = &errors("p.json", &bad.to_string())[0];
-        assert!(err.starts_with("plugin configuration: issuers[0]: missing field `issuer`"), "{err}");
-    }
-
-    #[test]
-    fn layout_follows_the_pretty_printer() {
-        let value = json!({"a": [1, {"b": {}, "c": [true]}], "d": "x", "e f": null});
-        let pretty = serde_json::to_string_pretty(&value).unwrap();
-        let mut lines = vec![String::new()];
-        layout(&value, "", &mut lines);
-        assert_eq!(lines.len(), pretty.lines().count(), "{pretty}");
-        assert_eq!(lines[4], "a[1].b");
-        assert_eq!(lines[6], "a[1].c[0]");
-        assert_eq!(lines[11], "[\"e f\"]");
+        assert_eq!(err, "plugin configuration: issuers[0].issuer: is required");
     }
 
     fn wasm_plugin(config: &Value, fail: &str) -> String {

@@ -52,9 +52,11 @@ pub mod table;
 pub mod tracker;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 use crate::claims::matcher::Pattern;
 use crate::error::ConfigError;
+use crate::json::{self, FromJson};
 use crate::policy::RouteDenial;
 
 /// The anomaly kinds, in the order of [`Kind::ALL`].
@@ -163,6 +165,7 @@ pub const MAX_MAX_TRACKED_IDENTITIES: u32 = 1_000_000;
 
 /// `behaviour`, as written.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawBehaviour {
@@ -195,7 +198,27 @@ pub struct RawBehaviour {
     pub expected: Vec<RawExpected>,
 }
 
+impl FromJson for RawBehaviour {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawBehaviour {
+            outcome_metrics: o.or_default("outcome_metrics"),
+            interval_seconds: o.optional("interval_seconds"),
+            half_life_intervals: o.optional("half_life_intervals"),
+            peak_half_life_intervals: o.optional("peak_half_life_intervals"),
+            warmup_intervals: o.optional("warmup_intervals"),
+            merge_seconds: o.optional("merge_seconds"),
+            max_tracked_identities: o.optional("max_tracked_identities"),
+            source_prefix_v4: o.optional("source_prefix_v4"),
+            source_prefix_v6: o.optional("source_prefix_v6"),
+            forward_header: o.or_default("forward_header"),
+            anomalies: o.optional("anomalies"),
+            expected: o.or_default("expected"),
+        })
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawAnomalies {
@@ -211,8 +234,21 @@ pub struct RawAnomalies {
     pub dormant_returned: Option<RawKind>,
 }
 
+impl FromJson for RawAnomalies {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawAnomalies {
+            burst: o.optional("burst"),
+            new_route: o.optional("new_route"),
+            new_source: o.optional("new_source"),
+            error_spike: o.optional("error_spike"),
+            dormant_returned: o.optional("dormant_returned"),
+        })
+    }
+}
+
 /// One kind's settings; only the members that apply to the kind are accepted.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawKind {
@@ -239,7 +275,22 @@ pub struct RawKind {
     pub after_seconds: Option<u64>,
 }
 
+impl FromJson for RawKind {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawKind {
+            mode: o.optional("mode"),
+            status: o.optional("status"),
+            factor: o.optional("factor"),
+            floor: o.optional("floor"),
+            ratio: o.optional("ratio"),
+            min_requests: o.optional("min_requests"),
+            after_seconds: o.optional("after_seconds"),
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawExpected {
@@ -247,6 +298,15 @@ pub struct RawExpected {
     pub identity: String,
     /// The kinds expected of it.
     pub kinds: Vec<String>,
+}
+
+impl FromJson for RawExpected {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawExpected {
+            identity: o.required("identity"),
+            kinds: o.required("kinds"),
+        })
+    }
 }
 
 /// Validates the `behaviour` block found at `at`.
@@ -418,7 +478,7 @@ mod tests {
     use super::*;
 
     fn compiled(v: serde_json::Value) -> Result<Behaviour, ConfigError> {
-        compile(serde_json::from_value(v).unwrap(), "behaviour")
+        compile(RawBehaviour::from_json(v, "behaviour")?, "behaviour")
     }
 
     #[test]
@@ -454,5 +514,53 @@ mod tests {
         assert!(b.expected("ci/deployer", Kind::NewSource));
         assert!(!b.expected("ci/deployer", Kind::NewRoute));
         assert!(!b.expected("payments/api", Kind::Burst));
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused_naming_their_path() {
+        for (v, field, reason) in [
+            (json!({"outcome_metrics": null}), "behaviour.outcome_metrics", "must be true or false, not null"),
+            (json!({"forward_header": "yes"}), "behaviour.forward_header", r#"must be true or false, not "yes""#),
+            (json!({"source_prefix_v6": 256}), "behaviour.source_prefix_v6", "must be a whole number from 0 to 255, not 256"),
+            (json!({"half_life_intervals": "1h"}), "behaviour.half_life_intervals", r#"must be a number, not "1h""#),
+            (
+                json!({"anomalies": {"burst": {"status": 70_000}}}),
+                "behaviour.anomalies.burst.status",
+                "must be a whole number from 0 to 65535, not 70000",
+            ),
+            (
+                json!({"anomalies": {"bursts": {}}}),
+                "behaviour.anomalies.bursts",
+                "is not a known field (known: burst, new_route, new_source, error_spike, dormant_returned)",
+            ),
+            (
+                json!({"anomalies": {"burst": {"threshold": 3}}}),
+                "behaviour.anomalies.burst.threshold",
+                "is not a known field (known: mode, status, factor, floor, ratio, min_requests, after_seconds)",
+            ),
+            (json!({"expected": [{"identity": "a"}]}), "behaviour.expected[0].kinds", "is required"),
+            (json!({"expected": [{"kinds": []}]}), "behaviour.expected[0].identity", "is required"),
+            (json!({"expected": null}), "behaviour.expected", "must be an array, not null"),
+        ] {
+            let err = compiled(v.clone()).unwrap_err();
+            assert_eq!((err.field(), err.reason()), (field, reason), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_reader_and_serde_agree() {
+        for v in [
+            json!({}),
+            json!({"outcome_metrics": true, "interval_seconds": 30, "half_life_intervals": 2, "peak_half_life_intervals": 10.5,
+                   "warmup_intervals": 3, "merge_seconds": 0.5, "max_tracked_identities": 7, "source_prefix_v4": 16,
+                   "source_prefix_v6": 48, "forward_header": true, "expected": [{"identity": "ci/*", "kinds": ["burst"]}],
+                   "anomalies": {"burst": {"mode": "enforce", "status": 429, "factor": 3, "floor": 5}, "new_route": null,
+                                 "new_source": {}, "error_spike": {"ratio": 0.2, "min_requests": 4},
+                                 "dormant_returned": {"after_seconds": 60}}}),
+        ] {
+            let ours = RawBehaviour::from_json(v.clone(), "behaviour").unwrap();
+            let serdes: RawBehaviour = serde_json::from_value(v).unwrap();
+            assert_eq!(format!("{ours:?}"), format!("{serdes:?}"));
+        }
     }
 }

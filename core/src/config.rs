@@ -1,16 +1,20 @@
 //! The plugin configuration: raw JSON shapes, then validation into the runtime form.
 //!
-//! Parse, then compile: serde reads the JSON (unknown fields are errors, so a typo
-//! cannot silently disable a check), and [`Config::from_json`] checks meaning and
-//! produces types in which the checked invariants hold. Every error names the
-//! field, as a JSON path, and the reason.
+//! Parse, then compile: [`crate::json`] reads the JSON into the `Raw*` shapes (unknown
+//! fields are errors, so a typo cannot silently disable a check), and
+//! [`Config::from_json`] checks meaning and produces types in which the checked
+//! invariants hold. Every error but a JSON syntax error names the field, as a JSON
+//! path, and the reason.
 
 use std::collections::HashSet;
 
 use serde::Deserialize;
 
+use serde_json::Value;
+
 use crate::crypto::alg::Alg;
 pub use crate::error::{header_name, ConfigError};
+use crate::json::{self, FromJson};
 use crate::keys::jwks;
 pub use crate::keys::source::{JwksSource, RemoteJwks};
 use crate::token::source::TokenSource;
@@ -86,6 +90,7 @@ pub struct Forward {
 /// `schemars::JsonSchema` under the `cli` feature: `make schema` generates the shipped
 /// JSON Schema from them (`crate::schema`).
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -144,6 +149,7 @@ pub struct RawConfig {
 /// `fault_injection` (test builds only).
 #[cfg(feature = "fault-injection")]
 #[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields)]
 struct RawFaultInjection {
     #[serde(default)]
@@ -153,6 +159,7 @@ struct RawFaultInjection {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawIssuer {
@@ -187,6 +194,7 @@ struct RawIssuer {
 }
 
 #[derive(Deserialize, Default)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawJwks {
@@ -201,6 +209,7 @@ struct RawJwks {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawToken {
@@ -236,6 +245,7 @@ fn default_max_token_bytes() -> usize {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawForward {
@@ -256,6 +266,102 @@ fn default_identity_header() -> String {
 }
 fn default_issuer_header() -> String {
     "x-nhi-issuer".into()
+}
+
+impl FromJson for RawConfig {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawConfig {
+            issuers: o.required("issuers"),
+            token: o.or_default("token"),
+            forward: o.or_default("forward"),
+            realm: o.optional("realm"),
+            quotas: o.optional("quotas"),
+            routes: o.optional("routes"),
+            mode: o.optional("mode"),
+            deny: o.optional("deny"),
+            client_header: o.optional("client_header"),
+            default_audience: o.optional("default_audience"),
+            metrics: o.optional("metrics"),
+            decision_log: o.optional("decision_log"),
+            mtls: o.optional("mtls"),
+            partners: o.optional("partners"),
+            token_cache: o.optional("token_cache"),
+            flood_guard: o.optional("flood_guard"),
+            behaviour: o.optional("behaviour"),
+            host: o.or_default("host"),
+            filter_state: o.or_default("filter_state"),
+            revocation: o.optional("revocation"),
+            inventory: o.optional("inventory"),
+            #[cfg(feature = "fault-injection")]
+            fault_injection: o.optional("fault_injection"),
+        })
+    }
+}
+
+#[cfg(feature = "fault-injection")]
+impl FromJson for RawFaultInjection {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawFaultInjection {
+            panic_header: o.optional("panic_header"),
+            fail_header: o.optional("fail_header"),
+        })
+    }
+}
+
+impl FromJson for RawIssuer {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawIssuer {
+            name: o.required("name"),
+            issuer: o.required("issuer"),
+            audiences: o.required("audiences"),
+            jwks: o.optional("jwks"),
+            algorithms: o.optional("algorithms"),
+            clock_skew_seconds: o.optional("clock_skew_seconds"),
+            discovery: o.optional("discovery"),
+            profile: o.optional("profile"),
+            typ: o.optional("typ"),
+            claims_to_headers: o.optional("claims_to_headers"),
+            require_client_certificate: o.or_default("require_client_certificate"),
+            require_bound_tokens: o.or_default("require_bound_tokens"),
+            bind_subject_to_certificate: o.or_default("bind_subject_to_certificate"),
+            dpop: o.optional("dpop"),
+        })
+    }
+}
+
+impl FromJson for RawJwks {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawJwks {
+            cluster: o.optional("cluster"),
+            authority: o.optional("authority"),
+            path: o.optional("path"),
+            refresh_seconds: o.optional("refresh_seconds"),
+            timeout_ms: o.optional("timeout_ms"),
+            min_refetch_seconds: o.optional("min_refetch_seconds"),
+            max_stale_seconds: o.optional("max_stale_seconds"),
+            inline: o.optional("inline"),
+        })
+    }
+}
+
+impl FromJson for RawToken {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawToken {
+            header: o.or_else("header", default_token_header),
+            prefix: o.or_else("prefix", default_token_prefix),
+            max_bytes: o.or_else("max_bytes", default_max_token_bytes),
+            forward: o.or_default("forward"),
+        })
+    }
+}
+
+impl FromJson for RawForward {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawForward {
+            identity_header: o.or_else("identity_header", default_identity_header),
+            issuer_header: o.or_else("issuer_header", default_issuer_header),
+        })
+    }
 }
 
 impl Config {
@@ -303,7 +409,10 @@ impl Config {
 
     /// Parses and validates the plugin configuration bytes.
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
-        let raw: RawConfig = serde_json::from_slice(bytes).map_err(|e| ConfigError::Syntax(e.to_string()))?;
+        let value = json::parse(bytes)?;
+        #[cfg(test)]
+        tests::reads_as_serde_does(&value);
+        let raw = RawConfig::from_json(value, "")?;
         let mut config = compile(raw)?;
         config.fingerprint = crate::hash::fnv1a64(bytes);
         Ok(config)
@@ -873,6 +982,113 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Holds the configuration's reader to serde's derived one — whose attributes
+    /// `make schema` publishes — on every configuration any test of the core reads
+    /// through [`Config::from_json`] (hundreds, valid and not): both accept it, into
+    /// equal `Raw*` values, or both refuse it. So what the filter accepts and the schema
+    /// users validate against cannot drift apart.
+    pub(super) fn reads_as_serde_does(value: &Value) {
+        let ours = RawConfig::from_json(value.clone(), "");
+        let serde = serde_json::from_value::<RawConfig>(value.clone());
+        match (ours, serde) {
+            (Ok(ours), Ok(serde)) => assert_eq!(ours, serde, "{value}"),
+            (Err(_), Err(_)) => {}
+            (ours, serde) => panic!("the reader and serde disagree on {value}:\n{ours:?}\n{serde:?}"),
+        }
+    }
+
+    /// A document with every member `schema` allows (the published JSON Schema, which
+    /// serde's attributes generate), taking alternative `pick` (modulo their number)
+    /// wherever the schema offers several.
+    fn sample(schema: &Value, definitions: &Value, pick: usize) -> Value {
+        if let Some(name) = schema.get("$ref").and_then(Value::as_str).and_then(|r| r.rsplit('/').next()) {
+            return sample(&definitions[name], definitions, pick);
+        }
+        if let Some(value) = schema.get("const") {
+            return value.clone();
+        }
+        if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+            return values[pick % values.len()].clone();
+        }
+        for key in ["oneOf", "anyOf", "allOf"] {
+            if let Some(alternatives) = schema.get(key).and_then(Value::as_array) {
+                // `null` is how the schema says a member may be absent: not an alternative.
+                let present: Vec<&Value> = alternatives.iter().filter(|a| a["type"] != "null").collect();
+                return sample(present[pick % present.len()], definitions, pick);
+            }
+        }
+        let kind = match &schema["type"] {
+            Value::String(kind) => kind.as_str(),
+            Value::Array(kinds) => kinds.iter().filter_map(Value::as_str).find(|k| *k != "null").unwrap(),
+            // Any JSON value (`serde_json::Value` members).
+            _ => return json!({"any": [1]}),
+        };
+        match kind {
+            "object" => {
+                let mut members = serde_json::Map::new();
+                for (name, member) in schema["properties"].as_object().into_iter().flatten() {
+                    members.insert(name.clone(), sample(member, definitions, pick));
+                }
+                if let Some(values @ Value::Object(_)) = schema.get("additionalProperties") {
+                    members.insert("some-key".into(), sample(values, definitions, pick));
+                }
+                Value::Object(members)
+            }
+            "array" => json!([sample(&schema["items"], definitions, pick)]),
+            "string" => json!("x"),
+            "integer" => json!(7),
+            "number" => json!(0.5),
+            "boolean" => json!(true),
+            other => panic!("schema type {other}"),
+        }
+    }
+
+    #[test]
+    fn every_member_of_the_published_schema_is_read_as_serde_reads_it() {
+        // Tests that read a whole configuration are compared with serde's reader as they
+        // go (reads_as_serde_does), but many members only appear in tests of their own
+        // block. Here every member the schema publishes is present at once, in every
+        // alternative of each choice (profiles, `typ`, service accounts, times…): a
+        // member the reader misspelt, or forgot, would be refused where serde accepts it.
+        let schema: Value =
+            serde_json::from_str(include_str!("../../envoy/schema/nhi-guard.schema.json")).unwrap();
+        fn widest(schema: &Value) -> usize {
+            match schema {
+                Value::Object(members) => members
+                    .iter()
+                    .map(|(key, v)| match (key.as_str(), v) {
+                        ("oneOf" | "anyOf" | "enum", Value::Array(a)) => a.len().max(widest(v)),
+                        _ => widest(v),
+                    })
+                    .max()
+                    .unwrap_or(1),
+                Value::Array(items) => items.iter().map(widest).max().unwrap_or(1),
+                _ => 1,
+            }
+        }
+        assert!(widest(&schema) >= 4, "the profile alone has four alternatives");
+        for pick in 0..widest(&schema) {
+            let document = sample(&schema, &schema["definitions"], pick);
+            let ours = RawConfig::from_json(document.clone(), "");
+            let serde = serde_json::from_value::<RawConfig>(document.clone());
+            match (ours, serde) {
+                (Ok(ours), Ok(serde)) => assert_eq!(ours, serde, "{document}"),
+                (ours, serde) => panic!("{document}\nours: {ours:?}\nserde: {serde:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_comparison_with_serde_sees_a_member_read_wrongly() {
+        // A reader that dropped `realm` would be caught (tried on the real reader: the
+        // test that sets a realm then failed in reads_as_serde_does).
+        let v = json!({"issuers": [], "realm": "r"});
+        let mut ours = RawConfig::from_json(v.clone(), "").unwrap();
+        assert_eq!(ours, serde_json::from_value::<RawConfig>(v.clone()).unwrap());
+        ours.realm = None;
+        assert_ne!(ours, serde_json::from_value::<RawConfig>(v).unwrap());
+    }
+
     fn base() -> serde_json::Value {
         json!({
             "issuers": [{
@@ -943,13 +1159,44 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_syntax_errors_naming_the_field() {
+    fn unknown_fields_are_refused_by_their_path_listing_the_known_ones() {
         let mut v = base();
         v["issuers"][0]["audience"] = json!("typo");
-        match compile_value(v) {
-            Err(ConfigError::Syntax(msg)) => assert!(msg.contains("audience"), "{msg}"),
-            other => panic!("{other:?}"),
+        let err = compile_value(v).unwrap_err();
+        assert_eq!(err.field(), "issuers[0].audience");
+        assert!(
+            err.reason().starts_with("is not a known field (known: name, issuer, audiences, jwks,"),
+            "{err}"
+        );
+        let mut v = base();
+        v["tokens"] = json!({});
+        assert_eq!(compile_value(v).unwrap_err().field(), "tokens");
+    }
+
+    #[test]
+    fn wrong_shapes_and_missing_members_are_named_by_their_path() {
+        let cases = [
+            (json!({"issuers": {}}), "issuers", "must be an array, not an object"),
+            (json!({"token": {}}), "issuers", "is required"),
+            (json!([]), "", "must be an object, not an array"),
+        ];
+        for (v, field, reason) in cases {
+            let err = compile_value(v.clone()).unwrap_err();
+            assert_eq!((err.field(), err.reason()), (field, reason), "{v}");
         }
+        let mut v = base();
+        v["issuers"][0]["jwks"]["timeout_ms"] = json!("2s");
+        let err = compile_value(v).unwrap_err();
+        assert_eq!(
+            (err.field(), err.reason()),
+            ("issuers[0].jwks.timeout_ms", r#"must be a whole number, 0 or more, not "2s""#)
+        );
+        let mut v = base();
+        v["issuers"][0].as_object_mut().unwrap().remove("issuer");
+        assert_eq!(compile_value(v).unwrap_err().field(), "issuers[0].issuer");
+        let mut v = base();
+        v["token"] = json!({"forward": null});
+        assert_eq!(compile_value(v).unwrap_err().field(), "token.forward");
     }
 
     #[test]
@@ -1090,6 +1337,10 @@ mod tests {
         assert!(compile_value(v).is_ok());
         let mut bad = base();
         bad["host"] = json!("nginx");
-        assert!(matches!(compile_value(bad), Err(ConfigError::Syntax(_))));
+        let err = compile_value(bad).unwrap_err();
+        assert_eq!(
+            (err.field(), err.reason()),
+            ("host", r#"must be one of "auto", "envoy", "apisix", not "nginx""#)
+        );
     }
 }

@@ -7,9 +7,10 @@ use std::fmt;
 /// A configuration the filter refuses to run with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
-    /// Not JSON, or not the expected shape (serde's message names the field).
+    /// Not JSON (serde_json's message gives the line and column).
     Syntax(String),
-    /// Well-formed but meaningless or unsafe.
+    /// The wrong shape (an unknown or missing member, a wrong type), or well-formed but
+    /// meaningless or unsafe.
     Invalid { field: String, reason: String },
 }
 

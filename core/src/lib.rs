@@ -11,6 +11,7 @@
 //! | module | what it is |
 //! |---|---|
 //! | [`error`] | the one configuration error, and the header-name rule |
+//! | [`json`] | reading the configuration's JSON into its `Raw*` types, errors by JSON path |
 //! | [`b64`] | the base64url engines (strict for tokens, lenient for JWKS members) |
 //! | [`hash`] | stable hashes for shared-data names and buckets; a seeded fast hasher |
 //! | [`uri`] | request targets as route matching and DPoP `htu` read them |
@@ -35,6 +36,7 @@
 //! | [`native`] | the pipeline run natively: workers, a shared store, keys fetched |
 
 pub mod error;
+pub mod json;
 pub mod b64;
 pub mod hash;
 pub mod uri;

@@ -53,6 +53,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::error::{header_name, ConfigError};
+use crate::json::{self, FromJson};
 use crate::verify::identity::{IdentityInfo, Via};
 
 pub use replay::ReplayCache;
@@ -80,6 +81,7 @@ const SIGNATURE_HEADERS: [&str; 3] = ["signature", "signature-input", "content-d
 
 /// `partners` in the plugin configuration.
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawPartners {
@@ -99,7 +101,20 @@ pub struct RawPartners {
     clients: Vec<RawPartner>,
 }
 
+impl FromJson for RawPartners {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawPartners {
+            issuer_name: o.optional("issuer_name"),
+            api_key_header: o.optional("api_key_header"),
+            signature: o.optional("signature"),
+            replay_cache: o.optional("replay_cache"),
+            clients: o.required("clients"),
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawPartner {
@@ -118,7 +133,20 @@ struct RawPartner {
     signature: Option<RawSignaturePolicy>,
 }
 
+impl FromJson for RawPartner {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawPartner {
+            name: o.required("name"),
+            identity: o.optional("identity"),
+            keys: o.or_default("keys"),
+            api_keys: o.or_default("api_keys"),
+            signature: o.optional("signature"),
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawKey {
@@ -148,7 +176,24 @@ struct RawKey {
     value: Option<Value>,
 }
 
+impl FromJson for RawKey {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawKey {
+            id: o.required("id"),
+            alg: o.required("alg"),
+            secret_env: o.optional("secret_env"),
+            public_key: o.optional("public_key"),
+            not_before: o.optional("not_before"),
+            not_after: o.optional("not_after"),
+            secret: o.optional("secret"),
+            key: o.optional("key"),
+            value: o.optional("value"),
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawApiKey {
@@ -175,7 +220,23 @@ struct RawApiKey {
     value: Option<Value>,
 }
 
+impl FromJson for RawApiKey {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawApiKey {
+            id: o.required("id"),
+            sha256: o.optional("sha256"),
+            sha256_env: o.optional("sha256_env"),
+            not_before: o.optional("not_before"),
+            not_after: o.optional("not_after"),
+            key: o.optional("key"),
+            secret: o.optional("secret"),
+            value: o.optional("value"),
+        })
+    }
+}
+
 #[derive(Debug, Default, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawSignaturePolicy {
@@ -205,13 +266,34 @@ struct RawSignaturePolicy {
     tag: Option<String>,
 }
 
+impl FromJson for RawSignaturePolicy {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawSignaturePolicy {
+            components: o.optional("components"),
+            max_age_seconds: o.optional("max_age_seconds"),
+            clock_skew_seconds: o.optional("clock_skew_seconds"),
+            require_nonce: o.optional("require_nonce"),
+            max_body_bytes: o.optional("max_body_bytes"),
+            label: o.optional("label"),
+            tag: o.optional("tag"),
+        })
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 struct RawReplayCache {
     /// Nonces remembered at once, proxy-wide. Default 65536.
     #[serde(default)]
     max_entries: Option<u32>,
+}
+
+impl FromJson for RawReplayCache {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawReplayCache { max_entries: o.optional("max_entries") })
+    }
 }
 
 // ---------------------------------------------------------------------------------

@@ -638,7 +638,7 @@ mod tests {
     const ISSUERS: [&str; 3] = ["ci", "partner-idp", "k8s"];
 
     fn routes(v: Value) -> Routes {
-        compile(serde_json::from_value(v).unwrap(), &ISSUERS).unwrap()
+        compile(crate::json::FromJson::from_json(v, "").unwrap(), &ISSUERS).unwrap()
     }
 
     fn example() -> Routes {

@@ -18,6 +18,7 @@ pub mod github;
 pub mod kubernetes;
 pub mod spiffe;
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -40,6 +41,7 @@ pub const MAX_ALLOWLIST: usize = 256;
 
 /// `issuers[].profile`, tagged by `type`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum RawProfile {
@@ -49,7 +51,29 @@ pub enum RawProfile {
     GithubActions(github::RawGithubActions),
 }
 
+impl FromJson for RawProfile {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        let mut object = json::Object::new(value, at)?;
+        let kind: String = object.required("type");
+        // The other members belong to the chosen profile, which refuses any it does not know.
+        let rest = serde_json::Value::Object(object.into_rest()?);
+        match kind.as_str() {
+            "generic" => RawGeneric::from_json(rest, at).map(RawProfile::Generic),
+            "kubernetes" => kubernetes::RawKubernetes::from_json(rest, at).map(RawProfile::Kubernetes),
+            "spiffe" => spiffe::RawSpiffe::from_json(rest, at).map(RawProfile::Spiffe),
+            "github_actions" => github::RawGithubActions::from_json(rest, at).map(RawProfile::GithubActions),
+            _ => Err(ConfigError::invalid(
+                format!("{at}.type"),
+                format!(
+                    r#"must be one of "generic", "kubernetes", "spiffe", "github_actions", not {kind:?}"#
+                ),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawGeneric {
@@ -58,6 +82,15 @@ pub struct RawGeneric {
     /// A claim (or dotted path) whose string value is forwarded instead of `sub`.
     #[serde(default)]
     pub identity_claim: Option<String>,
+}
+
+impl FromJson for RawGeneric {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawGeneric {
+            claims: o.optional("claims"),
+            identity_claim: o.optional("identity_claim"),
+        })
+    }
 }
 
 /// A validated profile.
@@ -415,13 +448,25 @@ mod tests {
     }
 
     #[test]
-    fn unknown_profile_types_and_members_are_syntax_errors() {
-        for fields in [
-            json!({"profile": {"type": "k8s"}}),
-            json!({"profile": {"type": "kubernetes", "namespace": ["ci"]}}),
-            json!({"profile": {"namespaces": ["ci"]}}),
+    fn unknown_profile_types_and_members_are_refused_by_their_path() {
+        for (fields, field) in [
+            (json!({"profile": {"type": "k8s"}}), "issuers[0].profile.type"),
+            (json!({"profile": {"type": "kubernetes", "namespace": ["ci"]}}), "issuers[0].profile.namespace"),
+            (
+                json!({"profile": {"type": "generic", "trust_domains": ["a"]}}),
+                "issuers[0].profile.trust_domains",
+            ),
+            (json!({"profile": {"namespaces": ["ci"]}}), "issuers[0].profile.type"),
+            (json!({"profile": {"type": 7}}), "issuers[0].profile.type"),
+            (json!({"profile": "kubernetes"}), "issuers[0].profile"),
         ] {
-            assert!(matches!(config(fields.clone()), Err(ConfigError::Syntax(_))), "{fields}");
+            let err = config(fields.clone()).unwrap_err();
+            assert_eq!(err.field(), field, "{fields}: {err}");
         }
+        let err = config(json!({"profile": {"type": "k8s"}})).unwrap_err();
+        assert_eq!(
+            err.reason(),
+            r#"must be one of "generic", "kubernetes", "spiffe", "github_actions", not "k8s""#
+        );
     }
 }

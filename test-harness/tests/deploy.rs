@@ -218,7 +218,7 @@ fn nhi_guard_check_names_the_field_and_fails() {
         ),
         "{out}"
     );
-    assert!(out.contains("-> issuers[0].jwks.refresh_secs: unknown field `refresh_secs`"), "{out}");
+    assert!(out.contains("-> issuers[0].jwks.refresh_secs: is not a known field (known: cluster,"), "{out}");
 
     let missing =
         Command::new(nhi_guard_binary()).args(["check", "nope.yaml"]).current_dir(&dir).output().unwrap();

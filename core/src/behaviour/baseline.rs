@@ -219,8 +219,11 @@ mod tests {
 
     fn behaviour() -> Behaviour {
         super::super::compile(
-            serde_json::from_value(json!({"half_life_intervals": 10, "peak_half_life_intervals": 100,
-                                           "warmup_intervals": 3, "anomalies": {}}))
+            crate::json::FromJson::from_json(
+                json!({"half_life_intervals": 10, "peak_half_life_intervals": 100,
+                       "warmup_intervals": 3, "anomalies": {}}),
+                "b",
+            )
             .unwrap(),
             "b",
         )

@@ -397,7 +397,7 @@ mod tests {
         for (k, val) in extra.as_object().unwrap() {
             v[k] = val.clone();
         }
-        super::super::compile(serde_json::from_value(v).unwrap(), "b").unwrap()
+        super::super::compile(crate::json::FromJson::from_json(v, "b").unwrap(), "b").unwrap()
     }
 
     fn seen(at: u64, route: usize, source: &str) -> Seen<'static> {

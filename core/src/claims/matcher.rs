@@ -2,6 +2,7 @@
 //! verified claim (`contains`, `equals`, `one_of`, `prefix`), and the `*` patterns
 //! identities and subjects are matched with.
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -11,6 +12,7 @@ use super::path::{claim, valid_claim_path, MAX_CLAIM_PATH_DOTS, MAX_CLAIM_PATH_L
 
 /// A claim matcher as written: `claim` and exactly one operator.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawClaim {
@@ -23,6 +25,18 @@ pub struct RawClaim {
     pub one_of: Option<Vec<Value>>,
     #[serde(default)]
     pub prefix: Option<String>,
+}
+
+impl FromJson for RawClaim {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawClaim {
+            claim: o.required("claim"),
+            contains: o.optional("contains"),
+            equals: o.optional("equals"),
+            one_of: o.optional("one_of"),
+            prefix: o.optional("prefix"),
+        })
+    }
 }
 
 /// An exact string, or with a trailing `*` a prefix (`ci/*`; `*` alone: anything).

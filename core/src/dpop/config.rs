@@ -1,6 +1,7 @@
 //! The `dpop` block of an issuer, and a route's `dpop` override: raw JSON shape,
 //! then validation into [`DpopSettings`].
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::crypto::alg::Alg;
@@ -90,6 +91,7 @@ impl DpopSettings {
 
 /// An issuer's `dpop` block, as written.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDpop {
@@ -111,6 +113,19 @@ pub struct RawDpop {
     /// Size of the replay table (default 100000).
     #[serde(default)]
     pub max_tracked_proofs: Option<u64>,
+}
+
+impl FromJson for RawDpop {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawDpop {
+            mode: o.optional("mode"),
+            max_age_seconds: o.optional("max_age_seconds"),
+            algorithms: o.optional("algorithms"),
+            nonce: o.optional("nonce"),
+            nonce_rotation_seconds: o.optional("nonce_rotation_seconds"),
+            max_tracked_proofs: o.optional("max_tracked_proofs"),
+        })
+    }
 }
 
 /// Validates an issuer's `dpop` block; `at` names its fields (`issuers[0].dpop.mode`).
@@ -189,7 +204,7 @@ mod tests {
     use serde_json::json;
 
     fn compile_json(v: serde_json::Value) -> Result<DpopSettings, ConfigError> {
-        compile(Some(serde_json::from_value(v).unwrap()), &|f| format!("issuers[0].{f}"))
+        compile(Some(RawDpop::from_json(v, "issuers[0].dpop").unwrap()), &|f| format!("issuers[0].{f}"))
     }
 
     #[test]
@@ -218,6 +233,7 @@ mod tests {
         ] {
             assert_eq!(compile_json(v.clone()).unwrap_err().field(), field, "{v}");
         }
-        assert!(serde_json::from_value::<RawDpop>(json!({"mod": "required"})).is_err());
+        let err = RawDpop::from_json(json!({"mod": "required"}), "issuers[0].dpop").unwrap_err();
+        assert_eq!(err.field(), "issuers[0].dpop.mod");
     }
 }

@@ -15,6 +15,9 @@ use std::fmt;
 
 use serde::Deserialize;
 
+use crate::error::ConfigError;
+use crate::json::{self, FromJson};
+
 /// `host` in the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -28,6 +31,16 @@ pub enum HostSetting {
     /// Run as on APISIX even where more is available: per-VM state, keys fetched
     /// during requests, never a callout from the root context.
     Apisix,
+}
+
+impl FromJson for HostSetting {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::one_of(
+            value,
+            at,
+            &[("auto", HostSetting::Auto), ("envoy", HostSetting::Envoy), ("apisix", HostSetting::Apisix)],
+        )
+    }
 }
 
 impl HostSetting {

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
@@ -37,6 +38,7 @@ pub const REDISCOVER_EVERY_REFRESHES: u64 = 10;
 
 /// `issuers[].discovery`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDiscovery {
@@ -47,6 +49,17 @@ pub struct RawDiscovery {
     /// `jwks_uri` host (`host` or `host:port`) → the Envoy cluster that reaches it.
     #[serde(default)]
     pub allowed_jwks_hosts: Option<BTreeMap<String, String>>,
+}
+
+impl FromJson for RawDiscovery {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawDiscovery {
+            cluster: o.required("cluster"),
+            authority: o.required("authority"),
+            path: o.optional("path"),
+            allowed_jwks_hosts: o.optional("allowed_jwks_hosts"),
+        })
+    }
 }
 
 /// Where the discovery document is, validated.
@@ -537,7 +550,7 @@ mod tests {
     #[test]
     fn configuration() {
         let at = |f: &str| format!("issuers[0].{f}");
-        let raw = |v: serde_json::Value| serde_json::from_value::<RawDiscovery>(v).unwrap();
+        let raw = |v: serde_json::Value| RawDiscovery::from_json(v, "discovery").unwrap();
         let (endpoint, policy) = compile(
             raw(json!({"cluster": "idp", "authority": "idp.example",
                        "allowed_jwks_hosts": {"Keys.Example:443": "keys"}})),

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::error::{header_name, ConfigError};
@@ -19,6 +20,7 @@ pub const MAX_TRUST_DOMAINS: usize = 64;
 
 /// The `mtls` block as written.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawMtls {
@@ -36,6 +38,17 @@ pub struct RawMtls {
     /// Issuer name of certificate-only identities.
     #[serde(default)]
     pub issuer_name: Option<String>,
+}
+
+impl FromJson for RawMtls {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawMtls {
+            trust_domains: o.optional("trust_domains"),
+            identity: o.optional("identity"),
+            identity_header: o.optional("identity_header"),
+            issuer_name: o.optional("issuer_name"),
+        })
+    }
 }
 
 /// Where a certificate's identity is read from.
@@ -137,7 +150,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn raw(v: Value) -> RawMtls {
-        serde_json::from_value(v).unwrap()
+        RawMtls::from_json(v, "mtls").unwrap()
     }
 
     fn field_of(v: Value) -> String {
@@ -190,7 +203,9 @@ mod tests {
 
     #[test]
     fn unknown_members_are_refused() {
-        assert!(serde_json::from_value::<RawMtls>(json!({"trust_domain": ["a"]})).is_err());
+        let err = RawMtls::from_json(json!({"trust_domain": ["a"]}), "mtls").unwrap_err();
+        assert_eq!(err.field(), "mtls.trust_domain");
+        assert!(err.reason().starts_with("is not a known field"), "{err}");
     }
 
     #[test]

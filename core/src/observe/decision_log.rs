@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::behaviour::tracker::Flags;
 use crate::error::ConfigError;
+use crate::json::{self, FromJson};
 use crate::observe::metrics::Outcome;
 use crate::policy::{ClientClass, Decision, Verdict};
 use crate::quota::{QuotaOutcome, Tracking};
@@ -37,6 +38,7 @@ pub const MAX_KID_CHARS: usize = 128;
 
 /// The `decision_log` block, as written.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDecisionLog {
@@ -44,6 +46,15 @@ pub struct RawDecisionLog {
     enabled: Option<bool>,
     #[serde(default)]
     allowed_sample_rate: Option<f64>,
+}
+
+impl FromJson for RawDecisionLog {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawDecisionLog {
+            enabled: o.optional("enabled"),
+            allowed_sample_rate: o.optional("allowed_sample_rate"),
+        })
+    }
 }
 
 /// The validated `decision_log` block.
@@ -416,14 +427,13 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        match config_with(json!({"decision_log": {"sample_rate": 0.5}})) {
-            Err(ConfigError::Syntax(msg)) => assert!(msg.contains("sample_rate"), "{msg}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            config_with(json!({"decision_log": {"allowed_sample_rate": "all"}})),
-            Err(ConfigError::Syntax(_))
-        ));
+        let err = config_with(json!({"decision_log": {"sample_rate": 0.5}})).unwrap_err();
+        assert_eq!(err.field(), "decision_log.sample_rate");
+        let err = config_with(json!({"decision_log": {"allowed_sample_rate": "all"}})).unwrap_err();
+        assert_eq!(
+            (err.field(), err.reason()),
+            ("decision_log.allowed_sample_rate", r#"must be a number, not "all""#)
+        );
     }
 
     fn verified(sub: &str) -> Verified {

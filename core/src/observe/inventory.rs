@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ConfigError;
 use crate::hash::{fnv1a64_fields, mix64};
 use crate::host::store::{Store, StoreError};
+use crate::json::{self, FromJson};
 use crate::policy::cidr::Cidr;
 
 use super::decision_log::rfc3339_ms;
@@ -56,6 +57,7 @@ const VERSION: u8 = 1;
 
 /// `inventory` in the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawInventory {
@@ -69,6 +71,16 @@ pub struct RawInventory {
     /// Identities tracked for the whole Envoy (1–10000, default 1000).
     #[serde(default)]
     pub max_tracked_identities: Option<u64>,
+}
+
+impl FromJson for RawInventory {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawInventory {
+            path: o.optional("path"),
+            source_cidrs: o.optional("source_cidrs"),
+            max_tracked_identities: o.optional("max_tracked_identities"),
+        })
+    }
 }
 
 /// The validated `inventory` block.
@@ -466,8 +478,9 @@ mod tests {
 
     fn config(max: u64) -> InventoryConfig {
         compile(
-            serde_json::from_value(
+            RawInventory::from_json(
                 json!({"path": "/inv", "source_cidrs": ["10.0.0.0/8"], "max_tracked_identities": max}),
+                "inventory",
             )
             .unwrap(),
             "inventory",
@@ -627,7 +640,7 @@ mod tests {
 
     #[test]
     fn the_block_is_validated_naming_the_field() {
-        let field = |v: Value| match compile(serde_json::from_value(v).unwrap(), "inventory") {
+        let field = |v: Value| match compile(RawInventory::from_json(v, "inventory").unwrap(), "inventory") {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
         };

@@ -39,6 +39,7 @@
 
 use std::collections::HashSet;
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
@@ -64,6 +65,7 @@ const MAX_ATTEMPTS: usize = 8;
 
 /// The `metrics` block, as written.
 #[derive(Debug, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
@@ -71,6 +73,15 @@ pub struct RawMetrics {
     enabled: Option<bool>,
     #[serde(default)]
     max_identities: Option<u64>,
+}
+
+impl FromJson for RawMetrics {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawMetrics {
+            enabled: o.optional("enabled"),
+            max_identities: o.optional("max_identities"),
+        })
+    }
 }
 
 /// The validated `metrics` block.
@@ -521,14 +532,15 @@ mod tests {
             Err(ConfigError::Invalid { field, .. }) => assert_eq!(field, "metrics.max_identities"),
             other => panic!("{other:?}"),
         }
-        match config_with(json!({"metrics": {"max_identity": 5}})) {
-            Err(ConfigError::Syntax(msg)) => assert!(msg.contains("max_identity"), "{msg}"),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            config_with(json!({"metrics": {"max_identities": -1}})),
-            Err(ConfigError::Syntax(_))
-        ));
+        assert_eq!(
+            config_with(json!({"metrics": {"max_identity": 5}})).unwrap_err().field(),
+            "metrics.max_identity"
+        );
+        let err = config_with(json!({"metrics": {"max_identities": -1}})).unwrap_err();
+        assert_eq!(
+            (err.field(), err.reason()),
+            ("metrics.max_identities", "must be a whole number, 0 or more, not -1")
+        );
     }
 
     #[test]

@@ -21,11 +21,7 @@ fn block() -> Value {
 }
 
 fn compile_block(v: Value) -> Result<Partners, ConfigError> {
-    compile(
-        serde_json::from_value(v).map_err(|e| ConfigError::Syntax(e.to_string()))?,
-        "partners",
-        &[("token.header", "authorization")],
-    )
+    compile(RawPartners::from_json(v, "partners")?, "partners", &[("token.header", "authorization")])
 }
 
 fn invalid_field(v: Value) -> String {
@@ -262,4 +258,107 @@ fn ed25519_pem_must_be_an_ed25519_spki() {
     let p256 = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEqIVYZVLCrPZHGHjP17CTW0/+D9Lf\nw0EkjqF7xB4FivAxzic30tMM4GF+hR6Dxh71Z50VGGdldkkDXZCnTNnoXQ==\n-----END PUBLIC KEY-----";
     assert!(parse_ed25519_public_key(p256).unwrap_err().contains("not an Ed25519"));
     assert!(parse_ed25519_public_key("MCowBQYDK2VwAyEAJrQLj5P").is_err());
+}
+
+#[test]
+fn wrong_shapes_are_refused_naming_their_path() {
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, &str, Mutation)> = vec![
+        (
+            "partners.clients",
+            "is required",
+            Box::new(|v| {
+                v.as_object_mut().unwrap().remove("clients");
+            }),
+        ),
+        (
+            "partners.client",
+            "is not a known field (known: issuer_name, api_key_header, signature, replay_cache, clients)",
+            Box::new(|v| v["client"] = json!([])),
+        ),
+        ("partners.clients[0].name", "is required", Box::new(|v| v["clients"][0] = json!({}))),
+        (
+            "partners.clients[0].keys",
+            "must be an array, not null",
+            Box::new(|v| v["clients"][0]["keys"] = json!(null)),
+        ),
+        (
+            "partners.clients[0].keys[0].alg",
+            "is required",
+            Box::new(|v| v["clients"][0]["keys"][0] = json!({"id": "k"})),
+        ),
+        (
+            "partners.clients[0].keys[0].not_after",
+            "must be Unix seconds or an RFC 3339 date-time, not 1.5",
+            Box::new(|v| v["clients"][0]["keys"][0]["not_after"] = json!(1.5)),
+        ),
+        (
+            "partners.clients[0].api_keys[0].not_before",
+            "must be Unix seconds or an RFC 3339 date-time, not 18446744073709551615",
+            Box::new(|v| v["clients"][0]["api_keys"][0]["not_before"] = json!(u64::MAX)),
+        ),
+        (
+            "partners.clients[0].api_keys[0].sha_256",
+            "is not a known field (known: id, sha256, sha256_env, not_before, not_after, key, secret, value)",
+            Box::new(|v| v["clients"][0]["api_keys"][0]["sha_256"] = json!("x")),
+        ),
+        (
+            "partners.clients[0].signature.require_nonce",
+            "must be true or false, not \"no\"",
+            Box::new(|v| v["clients"][0]["signature"] = json!({"require_nonce": "no"})),
+        ),
+        (
+            "partners.replay_cache.max_entries",
+            "must be a whole number from 0 to 4294967295, not 4294967296",
+            Box::new(|v| v["replay_cache"] = json!({"max_entries": 4_294_967_296_u64})),
+        ),
+        (
+            "partners.replay_cache.size",
+            "is not a known field (known: max_entries)",
+            Box::new(|v| v["replay_cache"] = json!({"size": 1})),
+        ),
+    ];
+    for (field, reason, mutate) in cases {
+        let mut v = block();
+        mutate(&mut v);
+        let err = RawPartners::from_json(v.clone(), "partners").unwrap_err();
+        assert_eq!((err.field(), err.reason()), (field, reason), "{v}");
+    }
+}
+
+#[test]
+fn times_read_as_seconds_or_text_as_serde_reads_them() {
+    for (v, want) in [
+        (json!(-5), "Seconds(-5)"),
+        (json!(1_782_864_000), "Seconds(1782864000)"),
+        (json!("July"), "Rfc3339(\"July\")"),
+    ] {
+        let ours = time::RawTime::from_json(v.clone(), "t").unwrap();
+        let serdes: time::RawTime = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!((format!("{ours:?}"), format!("{serdes:?}")), (want.to_owned(), want.to_owned()), "{v}");
+    }
+    for v in [json!(1.5), json!(u64::MAX), json!(true), json!([1]), json!({})] {
+        assert!(time::RawTime::from_json(v.clone(), "t").is_err(), "{v}");
+        assert!(serde_json::from_value::<time::RawTime>(v.clone()).is_err(), "serde too: {v}");
+    }
+}
+
+#[test]
+fn the_reader_and_serde_agree() {
+    let mut full = block();
+    full["issuer_name"] = json!("acme-partners");
+    full["api_key_header"] = json!(null);
+    full["signature"] = json!({"components": ["@method"], "max_age_seconds": 60, "clock_skew_seconds": 5,
+                               "require_nonce": false, "max_body_bytes": 0, "label": "l", "tag": "t"});
+    full["replay_cache"] = json!({"max_entries": 10});
+    full["clients"][0]["identity"] = json!("partner/acme");
+    full["clients"][0]["signature"] = json!({});
+    full["clients"][0]["keys"][0]["secret"] = json!({"inline": true});
+    full["clients"][0]["keys"][1]["not_before"] = json!(0);
+    full["clients"][0]["api_keys"][0]["value"] = json!(null);
+    for v in [block(), full] {
+        let ours = RawPartners::from_json(v.clone(), "partners").unwrap();
+        let serdes: RawPartners = serde_json::from_value(v).unwrap();
+        assert_eq!(format!("{ours:?}"), format!("{serdes:?}"));
+    }
 }

@@ -2,9 +2,14 @@
 //! offset such as `+02:00` accepted) or Unix seconds.
 
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ConfigError;
+use crate::json::{self, FromJson};
 
 /// A point in time as written in the configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum RawTime {
@@ -12,6 +17,21 @@ pub enum RawTime {
     Seconds(i64),
     /// RFC 3339, e.g. `2026-06-01T00:00:00Z`.
     Rfc3339(String),
+}
+
+/// As serde's `untagged` reads it: a whole number that fits an `i64` is seconds, a
+/// string is RFC 3339 (checked later, by [`RawTime::unix_seconds`]); anything else is
+/// neither.
+impl FromJson for RawTime {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        match value {
+            Value::String(text) => Ok(RawTime::Rfc3339(text)),
+            other => other
+                .as_i64()
+                .map(RawTime::Seconds)
+                .ok_or_else(|| json::wrong_type(at, "Unix seconds or an RFC 3339 date-time", &other)),
+        }
+    }
 }
 
 impl RawTime {

@@ -11,6 +11,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::error::ConfigError;
+use crate::json::{self, FromJson};
 
 use crate::claims::matcher::{claim_matcher, Pattern, RawClaim};
 
@@ -27,6 +28,7 @@ const MAX_NAME_LEN: usize = 64;
 
 /// The route-related members of the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRoutes {
@@ -45,7 +47,20 @@ pub struct RawRoutes {
     pub default_audience: Option<String>,
 }
 
+impl FromJson for RawRoutes {
+    fn from_json(value: Value, at: &str) -> Result<Self> {
+        json::object(value, at, |o| RawRoutes {
+            routes: o.optional("routes"),
+            mode: o.optional("mode"),
+            deny: o.optional("deny"),
+            client_header: o.optional("client_header"),
+            default_audience: o.optional("default_audience"),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
@@ -83,7 +98,27 @@ pub struct RawRoute {
     pub require_signature: bool,
 }
 
+impl FromJson for RawRoute {
+    fn from_json(value: Value, at: &str) -> Result<Self> {
+        json::object(value, at, |o| RawRoute {
+            name: o.required("name"),
+            matcher: o.required("match"),
+            audience: o.optional("audience"),
+            allow: o.optional("allow"),
+            deny: o.optional("deny"),
+            source_cidrs: o.optional("source_cidrs"),
+            mode: o.optional("mode"),
+            deny_status: o.optional("deny_status"),
+            require_client_certificate: o.or_default("require_client_certificate"),
+            accept_certificate_identity: o.or_default("accept_certificate_identity"),
+            dpop: o.optional("dpop"),
+            require_signature: o.or_default("require_signature"),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawMatch {
@@ -99,7 +134,20 @@ pub struct RawMatch {
     pub route_name: Option<String>,
 }
 
+impl FromJson for RawMatch {
+    fn from_json(value: Value, at: &str) -> Result<Self> {
+        json::object(value, at, |o| RawMatch {
+            prefix: o.optional("prefix"),
+            exact: o.optional("exact"),
+            host: o.optional("host"),
+            methods: o.optional("methods"),
+            route_name: o.optional("route_name"),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawAllow {
@@ -132,7 +180,27 @@ pub struct RawAllow {
     pub jkt: Option<Vec<String>>,
 }
 
+impl FromJson for RawAllow {
+    fn from_json(value: Value, at: &str) -> Result<Self> {
+        json::object(value, at, |o| RawAllow {
+            identity: o.optional("identity"),
+            namespace: o.optional("namespace"),
+            issuer: o.optional("issuer"),
+            claim: o.optional("claim"),
+            contains: o.optional("contains"),
+            equals: o.optional("equals"),
+            one_of: o.optional("one_of"),
+            prefix: o.optional("prefix"),
+            claims: o.optional("claims"),
+            methods: o.optional("methods"),
+            source_cidrs: o.optional("source_cidrs"),
+            jkt: o.optional("jkt"),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawDeny {
@@ -145,6 +213,16 @@ pub struct RawDeny {
     /// Revoked DPoP keys, by thumbprint (`cnf.jkt`).
     #[serde(default)]
     pub jkt: Vec<String>,
+}
+
+impl FromJson for RawDeny {
+    fn from_json(value: Value, at: &str) -> Result<Self> {
+        json::object(value, at, |o| RawDeny {
+            subjects: o.or_default("subjects"),
+            jti: o.or_default("jti"),
+            jkt: o.or_default("jkt"),
+        })
+    }
 }
 
 type Result<T> = std::result::Result<T, ConfigError>;
@@ -546,8 +624,7 @@ mod tests {
     const ISSUERS: [&str; 3] = ["ci", "partner-idp", "k8s"];
 
     fn compile_value(v: Value) -> Result<Routes> {
-        let raw: RawRoutes = serde_json::from_value(v).unwrap();
-        compile(raw, &ISSUERS)
+        compile(RawRoutes::from_json(v, "")?, &ISSUERS)
     }
 
     fn example() -> Value {
@@ -595,15 +672,70 @@ mod tests {
     }
 
     #[test]
-    fn unknown_fields_are_syntax_errors() {
-        for v in [
-            json!({"routes": [{"name": "a", "match": {"prefx": "/"}}]}),
-            json!({"routes": [{"name": "a", "match": {}, "allow": [{"identity": "x", "scopes": "y"}]}]}),
-            json!({"deny": {"subject": ["x"]}}),
-            json!({"routez": []}),
+    fn unknown_fields_are_refused_naming_their_path() {
+        for (v, field, known) in [
+            (
+                json!({"routes": [{"name": "a", "match": {"prefx": "/"}}]}),
+                "routes[0].match.prefx",
+                "prefix, exact, host, methods, route_name",
+            ),
+            (
+                json!({"routes": [{"name": "a", "match": {}, "allow": [{"identity": "x", "scopes": "y"}]}]}),
+                "routes[0].allow[0].scopes",
+                "identity, namespace, issuer, claim, contains, equals, one_of, prefix, claims, methods, source_cidrs, jkt",
+            ),
+            (json!({"deny": {"subject": ["x"]}}), "deny.subject", "subjects, jti, jkt"),
+            (json!({"routez": []}), "routez", "routes, mode, deny, client_header, default_audience"),
         ] {
-            assert!(serde_json::from_value::<RawRoutes>(v.clone()).is_err(), "{v}");
+            let err = RawRoutes::from_json(v.clone(), "").unwrap_err();
+            assert_eq!(
+                (err.field(), err.reason()),
+                (field, format!("is not a known field (known: {known})").as_str()),
+                "{v}"
+            );
         }
+    }
+
+    #[test]
+    fn wrong_shapes_are_refused_naming_their_path() {
+        for (v, field, reason) in [
+            (json!({"routes": [{"match": {}}]}), "routes[0].name", "is required"),
+            (json!({"routes": [{"name": "a"}]}), "routes[0].match", "is required"),
+            (
+                json!({"routes": [{"name": "a", "match": null}]}),
+                "routes[0].match",
+                "must be an object, not null",
+            ),
+            (
+                json!({"routes": [{"name": "a", "match": {}, "require_signature": null}]}),
+                "routes[0].require_signature",
+                "must be true or false, not null",
+            ),
+            (
+                json!({"routes": [{"name": "a", "match": {}, "deny_status": -403}]}),
+                "routes[0].deny_status",
+                "must be a whole number, 0 or more, not -403",
+            ),
+            (json!({"deny": {"jti": null}}), "deny.jti", "must be an array, not null"),
+            (json!({"deny": {"jkt": "x"}}), "deny.jkt", "must be an array, not \"x\""),
+            (json!({"routes": {}}), "routes", "must be an array, not an object"),
+            (json!({"mode": 1}), "mode", "must be a string, not 1"),
+        ] {
+            let err = RawRoutes::from_json(v.clone(), "").unwrap_err();
+            assert_eq!((err.field(), err.reason()), (field, reason), "{v}");
+        }
+        let raw = RawRoutes::from_json(
+            json!({"routes": [{"name": "a", "match": {"host": null}, "audience": null}], "deny": {}}),
+            "",
+        )
+        .unwrap();
+        let route = &raw.routes.as_deref().unwrap()[0];
+        assert_eq!(
+            (route.matcher.host.as_deref(), route.audience.as_deref()),
+            (None, None),
+            "null is absent"
+        );
+        assert!(!route.require_signature && raw.deny.unwrap().subjects.is_empty(), "defaults");
     }
 
     #[test]
@@ -911,5 +1043,31 @@ mod tests {
         assert_eq!(a.deny_status, Some(404));
         assert_eq!(routes.routes()[1].audience, Audience::Machine, "audience defaults to machine");
         assert_eq!(routes.routes()[1].matcher.host, HostMatch::Exact("[2001:db8::1]".into()));
+    }
+
+    #[test]
+    fn the_reader_and_serde_agree() {
+        let mut full = example();
+        full["mode"] = json!("shadow");
+        full["deny"] = json!({"subjects": ["a"], "jti": ["j"], "jkt": []});
+        full["client_header"] = json!(null);
+        full["default_audience"] = json!("any");
+        full["routes"][0]["deny"] = json!({});
+        full["routes"][0]["deny_status"] = json!(404);
+        full["routes"][0]["require_client_certificate"] = json!(true);
+        full["routes"][0]["accept_certificate_identity"] = json!(false);
+        full["routes"][0]["require_signature"] = json!(true);
+        full["routes"][0]["dpop"] = json!("required");
+        full["routes"][0]["mode"] = json!("enforce");
+        full["routes"][0]["match"]["route_name"] = json!("r");
+        full["routes"][1]["allow"][0]["equals"] = json!({"a": [1, null]});
+        full["routes"][1]["allow"][0]["one_of"] = json!(["x", 1, null]);
+        full["routes"][1]["allow"][0]["claims"] = json!([{"claim": "azp", "equals": "acme"}]);
+        full["routes"][1]["allow"][0]["jkt"] = json!(["t"]);
+        for v in [json!({}), example(), full] {
+            let ours = RawRoutes::from_json(v.clone(), "").unwrap();
+            let serdes: RawRoutes = serde_json::from_value(v).unwrap();
+            assert_eq!(format!("{ours:?}"), format!("{serdes:?}"));
+        }
     }
 }

@@ -34,6 +34,7 @@ use serde::Deserialize;
 use crate::claims::matcher::Pattern;
 use crate::claims::path::claim;
 use crate::error::ConfigError;
+use crate::json::{self, FromJson};
 use crate::keys::fetch::{Loaded, LocalDocument};
 use crate::keys::refresh::Schedule;
 use crate::keys::source::RemoteJwks;
@@ -54,6 +55,7 @@ const SERVICE_ACCOUNT_UID: &str = "kubernetes.io.serviceaccount.uid";
 
 /// `revocation` in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRevocation {
@@ -79,6 +81,20 @@ pub struct RawRevocation {
     pub on_stale: Option<OnStale>,
 }
 
+impl FromJson for RawRevocation {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawRevocation {
+            cluster: o.required("cluster"),
+            authority: o.required("authority"),
+            path: o.required("path"),
+            refresh_seconds: o.optional("refresh_seconds"),
+            timeout_ms: o.optional("timeout_ms"),
+            max_stale_seconds: o.optional("max_stale_seconds"),
+            on_stale: o.optional("on_stale"),
+        })
+    }
+}
+
 /// `revocation.on_stale`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -86,6 +102,12 @@ pub struct RawRevocation {
 pub enum OnStale {
     Keep,
     Deny,
+}
+
+impl FromJson for OnStale {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::one_of(value, at, &[("keep", OnStale::Keep), ("deny", OnStale::Deny)])
+    }
 }
 
 /// The validated `revocation` block.
@@ -475,8 +497,11 @@ mod tests {
     #[test]
     fn the_local_copy_keeps_its_last_good_list_and_goes_stale() {
         let feed = compile(
-            serde_json::from_value(json!({"cluster": "c", "authority": "a", "path": "/r.json",
-                                          "refresh_seconds": 10, "max_stale_seconds": 60}))
+            RawRevocation::from_json(
+                json!({"cluster": "c", "authority": "a", "path": "/r.json",
+                       "refresh_seconds": 10, "max_stale_seconds": 60}),
+                "revocation",
+            )
             .unwrap(),
             "revocation",
         )
@@ -494,7 +519,8 @@ mod tests {
 
     #[test]
     fn the_block_is_validated_naming_the_field() {
-        let field = |v: Value| match compile(serde_json::from_value(v).unwrap(), "revocation") {
+        let raw = |v: Value| RawRevocation::from_json(v, "revocation").unwrap();
+        let field = |v: Value| match compile(raw(v), "revocation") {
             Err(ConfigError::Invalid { field, .. }) => field,
             other => panic!("{other:?}"),
         };
@@ -510,10 +536,47 @@ mod tests {
         assert_eq!(field(with("refresh_seconds", json!(0))), "revocation.refresh_seconds");
         assert_eq!(field(with("timeout_ms", json!(0))), "revocation.timeout_ms");
         assert_eq!(field(with("max_stale_seconds", json!(10))), "revocation.max_stale_seconds");
-        let ok = compile(serde_json::from_value(base).unwrap(), "revocation").unwrap();
+        let ok = compile(raw(base), "revocation").unwrap();
         assert_eq!(
             (ok.remote.refresh_seconds, ok.remote.max_stale_seconds, ok.on_stale),
             (30, 3_600, OnStale::Keep)
         );
+    }
+
+    #[test]
+    fn the_block_is_read_naming_the_member_at_fault() {
+        let base = json!({"cluster": "c", "authority": "a", "path": "/r.json"});
+        let with = |k: &str, v: Value| {
+            let mut b = base.clone();
+            b[k] = v;
+            b
+        };
+        let without = |k: &str| {
+            let mut b = base.clone();
+            b.as_object_mut().unwrap().remove(k);
+            b
+        };
+        for (v, field, reason) in [
+            (without("cluster"), "revocation.cluster", "is required"),
+            (without("path"), "revocation.path", "is required"),
+            (with("authority", json!(null)), "revocation.authority", "must be a string, not null"),
+            (with("on_stale", json!("drop")), "revocation.on_stale", r#"must be one of "keep", "deny", not "drop""#),
+            (with("timeout_ms", json!("1s")), "revocation.timeout_ms", r#"must be a whole number, 0 or more, not "1s""#),
+            (
+                with("refresh", json!(5)),
+                "revocation.refresh",
+                "is not a known field (known: cluster, authority, path, refresh_seconds, timeout_ms, max_stale_seconds, on_stale)",
+            ),
+        ] {
+            let err = RawRevocation::from_json(v.clone(), "revocation").unwrap_err();
+            assert_eq!((err.field(), err.reason()), (field, reason), "{v}");
+        }
+        for v in [with("on_stale", json!("deny")), with("on_stale", json!(null)), base.clone()] {
+            let ours = RawRevocation::from_json(v.clone(), "revocation").unwrap();
+            let serdes: RawRevocation = serde_json::from_value(v).unwrap();
+            assert_eq!(format!("{ours:?}"), format!("{serdes:?}"));
+        }
+        let deny = RawRevocation::from_json(with("on_stale", json!("deny")), "revocation").unwrap();
+        assert_eq!(compile(deny, "revocation").unwrap().on_stale, OnStale::Deny);
     }
 }

@@ -18,6 +18,7 @@
 //! The forwarded identity is `repository@ref` (`octo-org/octo-repo@refs/heads/main`)
 //! unless `identity_claim` names another claim (e.g. `job_workflow_ref`).
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -37,6 +38,7 @@ pub const FOREIGN_AUDIENCES: [&str; 2] = ["sts.amazonaws.com", "api://azureadtok
 pub const DEFAULT_AUDIENCE_PREFIX: &str = "https://github.com/";
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawGithubActions {
@@ -59,6 +61,21 @@ pub struct RawGithubActions {
     pub identity_claim: Option<String>,
     #[serde(default)]
     pub claims: Option<Vec<RawClaim>>,
+}
+
+impl FromJson for RawGithubActions {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawGithubActions {
+            repository_ids: o.optional("repository_ids"),
+            repository_owner_ids: o.optional("repository_owner_ids"),
+            refs: o.optional("refs"),
+            environments: o.optional("environments"),
+            job_workflow_refs: o.optional("job_workflow_refs"),
+            event_names: o.optional("event_names"),
+            identity_claim: o.optional("identity_claim"),
+            claims: o.optional("claims"),
+        })
+    }
 }
 
 /// The validated `github_actions` profile. `None`: that claim is not restricted.

@@ -28,6 +28,7 @@
 //! TokenReview, see [`crate::verify::liveness`]): a token outlives the pod, service
 //! account or node it was bound to until `exp`; the API server knows at once.
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::claims::matcher::Pattern;
@@ -81,6 +82,7 @@ pub const API_SERVER_AUDIENCES: [&str; 11] = [
 pub const GKE_AUDIENCE_PREFIX: &str = "https://container.googleapis.com/";
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawKubernetes {
@@ -101,8 +103,21 @@ pub struct RawKubernetes {
     pub liveness: Option<RawLiveness>,
 }
 
+impl FromJson for RawKubernetes {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawKubernetes {
+            namespaces: o.optional("namespaces"),
+            service_accounts: o.optional("service_accounts"),
+            max_token_lifetime_seconds: o.optional("max_token_lifetime_seconds"),
+            claims: o.optional("claims"),
+            liveness: o.optional("liveness"),
+        })
+    }
+}
+
 /// One `service_accounts` entry.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum RawServiceAccount {
@@ -112,7 +127,20 @@ pub enum RawServiceAccount {
     Pinned(RawPinnedAccount),
 }
 
+impl FromJson for RawServiceAccount {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        match value {
+            serde_json::Value::String(name) => Ok(RawServiceAccount::Name(name)),
+            object @ serde_json::Value::Object(_) => {
+                RawPinnedAccount::from_json(object, at).map(RawServiceAccount::Pinned)
+            }
+            other => Err(json::wrong_type(at, "a name or an object with `name` and `uid`", &other)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawPinnedAccount {
@@ -122,8 +150,15 @@ pub struct RawPinnedAccount {
     pub uid: String,
 }
 
+impl FromJson for RawPinnedAccount {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawPinnedAccount { name: o.required("name"), uid: o.required("uid") })
+    }
+}
+
 /// `profile.liveness`.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawLiveness {
@@ -150,6 +185,20 @@ pub struct RawLiveness {
     pub max_stale_seconds: Option<u64>,
 }
 
+impl FromJson for RawLiveness {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawLiveness {
+            cluster: o.required("cluster"),
+            authority: o.optional("authority"),
+            path: o.optional("path"),
+            cache_seconds: o.optional("cache_seconds"),
+            timeout_ms: o.optional("timeout_ms"),
+            on_unavailable: o.optional("on_unavailable"),
+            max_stale_seconds: o.optional("max_stale_seconds"),
+        })
+    }
+}
+
 /// `liveness.on_unavailable`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -160,6 +209,16 @@ pub enum OnUnavailable {
     /// Allowed while the token's last positive review is younger than
     /// `max_stale_seconds`, then `503`. Never for a token never reviewed.
     AllowRecent,
+}
+
+impl FromJson for OnUnavailable {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::one_of(
+            value,
+            at,
+            &[("deny", OnUnavailable::Deny), ("allow_recent", OnUnavailable::AllowRecent)],
+        )
+    }
 }
 
 /// The validated `liveness` block.
@@ -652,12 +711,11 @@ mod tests {
             k(json!({"service_accounts": [{"name": "ci/a", "uid": uid}, "Bad"]})),
             "issuers[0].profile.service_accounts[1]"
         );
-        assert!(matches!(
-            config(
-                json!({"profile": {"type": "kubernetes", "service_accounts": [{"name": "ci/a", "uid": uid, "x": 1}]}})
-            ),
-            Err(ConfigError::Syntax(_))
-        ));
+        assert_eq!(
+            k(json!({"service_accounts": [{"name": "ci/a", "uid": uid, "x": 1}]})),
+            "issuers[0].profile.service_accounts[0].x"
+        );
+        assert_eq!(k(json!({"service_accounts": [7]})), "issuers[0].profile.service_accounts[0]");
         let live = |extra: Value| {
             let mut liveness = json!({"cluster": "kube_api"});
             for (key, v) in extra.as_object().unwrap() {
@@ -675,12 +733,17 @@ mod tests {
             live(json!({"cache_seconds": 30, "max_stale_seconds": 10})),
             "issuers[0].profile.liveness.max_stale_seconds"
         );
-        assert!(matches!(
-            config(
-                json!({"profile": {"type": "kubernetes", "liveness": {"cluster": "k", "on_unavailable": "allow"}}})
-            ),
-            Err(ConfigError::Syntax(_))
-        ));
+        let err = config(
+            json!({"profile": {"type": "kubernetes", "liveness": {"cluster": "k", "on_unavailable": "allow"}}}),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (err.field(), err.reason()),
+            (
+                "issuers[0].profile.liveness.on_unavailable",
+                r#"must be one of "deny", "allow_recent", not "allow""#
+            )
+        );
     }
 
     #[test]

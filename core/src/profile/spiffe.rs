@@ -10,6 +10,7 @@
 //! nhi-guard selects issuers by `iss`, which the JWT-SVID format leaves optional:
 //! configure the SPIRE server's `jwt_issuer` (or your SPIFFE issuer's equivalent).
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::claims::matcher::RawClaim;
@@ -23,12 +24,22 @@ use crate::spiffe_id::{check_trust_domain, SpiffeId};
 use crate::spiffe_id::{SpiffeError, MAX_SPIFFE_ID_LEN};
 
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawSpiffe {
     pub trust_domains: Vec<String>,
     #[serde(default)]
     pub claims: Option<Vec<RawClaim>>,
+}
+
+impl FromJson for RawSpiffe {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawSpiffe {
+            trust_domains: o.required("trust_domains"),
+            claims: o.optional("claims"),
+        })
+    }
 }
 
 /// The validated `spiffe` profile.
@@ -157,6 +168,7 @@ mod tests {
                 "{bad}"
             );
         }
-        assert!(matches!(config(json!({"profile": {"type": "spiffe"}})), Err(ConfigError::Syntax(_))));
+        let err = config(json!({"profile": {"type": "spiffe"}})).unwrap_err();
+        assert_eq!((err.field(), err.reason()), ("issuers[0].profile.trust_domains", "is required"));
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
@@ -23,6 +24,7 @@ pub const DEFAULT_POLICY: &str = "default";
 
 /// `quotas` as written in the plugin configuration.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawQuotas {
@@ -37,7 +39,20 @@ pub struct RawQuotas {
     pub per_dpop_key: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl FromJson for RawQuotas {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawQuotas {
+            default: o.required("default"),
+            rules: o.or_default("rules"),
+            max_tracked_identities: o.optional("max_tracked_identities"),
+            response_headers: o.optional("response_headers"),
+            per_dpop_key: o.optional("per_dpop_key"),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawLimit {
@@ -46,9 +61,20 @@ pub struct RawLimit {
     pub burst: Option<u64>,
 }
 
+impl FromJson for RawLimit {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawLimit {
+            requests: o.required("requests"),
+            per_seconds: o.required("per_seconds"),
+            burst: o.optional("burst"),
+        })
+    }
+}
+
 /// One rule. The limit fields are spelled out rather than flattened from
 /// [`RawLimit`]: serde cannot deny unknown fields through a flatten.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawRule {
@@ -62,11 +88,24 @@ pub struct RawRule {
     pub burst: Option<u64>,
 }
 
+impl FromJson for RawRule {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawRule {
+            name: o.optional("name"),
+            identities: o.optional("identities"),
+            claim: o.optional("claim"),
+            equals: o.optional("equals"),
+            routes: o.optional("routes"),
+            requests: o.required("requests"),
+            per_seconds: o.required("per_seconds"),
+            burst: o.optional("burst"),
+        })
+    }
+}
+
 /// Parses and validates a `quotas` value found at `at` (e.g. `"quotas"`).
 pub fn from_value(value: serde_json::Value, at: &str) -> Result<Quotas, ConfigError> {
-    let raw: RawQuotas =
-        serde_json::from_value(value).map_err(|e| ConfigError::invalid(at, e.to_string()))?;
-    compile(raw, at)
+    compile(RawQuotas::from_json(value, at)?, at)
 }
 
 /// Validates a parsed `quotas` block found at `at`; error fields start with `at`.
@@ -294,10 +333,10 @@ mod tests {
         let mut v = issue_example();
         v["rules"][0]["limit"] = json!(3);
         let err = invalid(v);
-        assert_eq!(err.field(), "quotas");
-        assert!(err.reason().contains("unknown field `limit`"), "{err}");
+        assert_eq!(err.field(), "quotas.rules[0].limit");
+        assert!(err.reason().starts_with("is not a known field"), "{err}");
         let err = invalid(json!({ "rules": [] }));
-        assert!(err.reason().contains("missing field `default`"), "{err}");
+        assert_eq!((err.field(), err.reason()), ("quotas.default", "is required"));
     }
 
     #[test]

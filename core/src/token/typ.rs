@@ -7,6 +7,10 @@
 //! `application/at+jwt` are one value.
 
 use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::ConfigError;
+use crate::json::{self, FromJson};
 
 use crate::reason::{Reason, Rejection};
 
@@ -15,11 +19,22 @@ pub const MAX_TYP_LEN: usize = 64;
 
 /// `"typ": "at+jwt"` or `"typ": ["at+jwt", "application/at+jwt"]`.
 #[derive(Debug, Clone, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(untagged)]
 pub enum RawTyp {
     One(String),
     Many(Vec<String>),
+}
+
+impl FromJson for RawTyp {
+    fn from_json(value: Value, at: &str) -> Result<Self, ConfigError> {
+        match value {
+            Value::String(one) => Ok(RawTyp::One(one)),
+            many @ Value::Array(_) => Vec::from_json(many, at).map(RawTyp::Many),
+            other => Err(json::wrong_type(at, "a string or an array of strings", &other)),
+        }
+    }
 }
 
 impl RawTyp {
@@ -162,10 +177,13 @@ mod tests {
 
     #[test]
     fn raw_typ_is_a_string_or_a_list() {
-        let one: RawTyp = serde_json::from_str("\"at+jwt\"").unwrap();
+        let one = RawTyp::from_json(serde_json::json!("at+jwt"), "typ").unwrap();
         assert_eq!(one.into_vec(), ["at+jwt"]);
-        let many: RawTyp = serde_json::from_str("[\"a\", \"b\"]").unwrap();
+        let many = RawTyp::from_json(serde_json::json!(["a", "b"]), "typ").unwrap();
         assert_eq!(many.into_vec(), ["a", "b"]);
-        assert!(serde_json::from_str::<RawTyp>("7").is_err());
+        let err = RawTyp::from_json(serde_json::json!(7), "typ").unwrap_err();
+        assert_eq!((err.field(), err.reason()), ("typ", "must be a string or an array of strings, not 7"));
+        let err = RawTyp::from_json(serde_json::json!(["a", 7]), "typ").unwrap_err();
+        assert_eq!(err.field(), "typ[1]");
     }
 }

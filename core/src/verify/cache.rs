@@ -18,6 +18,7 @@
 use std::fmt;
 use std::rc::Rc;
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -254,12 +255,19 @@ impl fmt::Display for CacheUnavailable {
 
 /// `token_cache` in the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawTokenCache {
     /// Slots of shared data (0 turns the cache off). Default 4096.
     #[serde(default)]
     pub max_entries: Option<u32>,
+}
+
+impl FromJson for RawTokenCache {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawTokenCache { max_entries: o.optional("max_entries") })
+    }
 }
 
 /// Validates the `token_cache` block found at `at`.

@@ -19,6 +19,7 @@
 use std::cell::RefCell;
 use std::net::IpAddr;
 
+use crate::json::{self, FromJson};
 use serde::Deserialize;
 
 use crate::error::ConfigError;
@@ -34,6 +35,7 @@ const MAX_ATTEMPTS: usize = 4;
 
 /// `flood_guard` in the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
+#[cfg_attr(test, derive(PartialEq))]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawFloodGuard {
@@ -49,6 +51,17 @@ pub struct RawFloodGuard {
     /// Sources tracked at once (shared-data slots). Default 4096.
     #[serde(default)]
     pub max_sources: Option<u32>,
+}
+
+impl FromJson for RawFloodGuard {
+    fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        json::object(value, at, |o| RawFloodGuard {
+            enabled: o.optional("enabled"),
+            max_failures: o.optional("max_failures"),
+            window_seconds: o.optional("window_seconds"),
+            max_sources: o.optional("max_sources"),
+        })
+    }
 }
 
 /// The validated guard.
