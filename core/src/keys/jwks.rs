@@ -18,6 +18,7 @@ use crate::crypto::alg::{Alg, PublicKey};
 use crate::crypto::ecdsa::{P256Key, P384Key};
 use crate::crypto::roca;
 use crate::crypto::rsa_verify::{self, RsaPublicKey};
+use crate::json::Object;
 
 /// Largest JWKS body accepted, in bytes. Real IdPs publish a few KiB.
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;
@@ -164,12 +165,10 @@ struct RawJwks {
 
 /// The JWK members we read. Everything else (`x5c`, `x5u`, private members…) is ignored:
 /// key material only ever comes from `n`/`e` or `crv`/`x`/`y`.
-#[derive(Deserialize)]
 struct RawJwk {
     kty: String,
     kid: Option<String>,
     alg: Option<String>,
-    #[serde(rename = "use")]
     use_: Option<String>,
     key_ops: Option<Vec<String>>,
     crv: Option<String>,
@@ -177,6 +176,30 @@ struct RawJwk {
     e: Option<String>,
     x: Option<String>,
     y: Option<String>,
+}
+
+impl RawJwk {
+    /// Reads the members above from a JWK object (with the configuration's reader: a
+    /// member of the wrong type is named), ignoring all others.
+    fn read(value: serde_json::Value) -> Result<RawJwk, String> {
+        let mut o = Object::new(value, "").map_err(|e| format!("not a JWK: {}", e.reason()))?;
+        let raw = RawJwk {
+            kty: o.required("kty"),
+            kid: o.optional("kid"),
+            alg: o.optional("alg"),
+            use_: o.optional("use"),
+            key_ops: o.optional("key_ops"),
+            crv: o.optional("crv"),
+            n: o.optional("n"),
+            e: o.optional("e"),
+            x: o.optional("x"),
+            y: o.optional("y"),
+        };
+        match o.into_rest() {
+            Ok(_ignored) => Ok(raw),
+            Err(e) => Err(format!("not a JWK: {} {}", e.field(), e.reason())),
+        }
+    }
 }
 
 /// Which JWK `use` values an issuer's keys may carry (RFC 7517 §4.2).
@@ -248,7 +271,7 @@ pub fn import_key(value: serde_json::Value) -> Result<Jwk, String> {
 }
 
 fn parse_key(value: serde_json::Value, key_use: KeyUse) -> Result<Jwk, String> {
-    let raw: RawJwk = serde_json::from_value(value).map_err(|e| format!("not a JWK: {e}"))?;
+    let raw = RawJwk::read(value)?;
     if let Some(kid) = &raw.kid {
         if kid.len() > MAX_KID_BYTES {
             return Err(format!("kid longer than {MAX_KID_BYTES} bytes"));

@@ -6,7 +6,6 @@
 use std::fmt;
 
 use base64::Engine as _;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::b64;
@@ -49,18 +48,15 @@ impl fmt::Display for ParseError {
 }
 
 /// The JOSE header members nhi-guard reads. `jku`, `x5u`, `x5c`, `jwk` and any other
-/// member are deliberately not even deserialized: a token's keys come from the
-/// issuer's JWKS only. (A DPoP proof carries its key in `jwk`: [`Jws::jwk`].)
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// member are deliberately not read: a token's keys come from the issuer's JWKS only.
+/// (A DPoP proof carries its key in `jwk`: [`Jws::jwk`].)
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JoseHeader {
     pub alg: String,
-    #[serde(default)]
     pub kid: Option<String>,
-    #[serde(default)]
     pub typ: Option<String>,
-    #[serde(default)]
     pub cty: Option<String>,
-    #[serde(default)]
+    /// Present and not `null`: the token is refused ([`ParseError::Critical`]).
     pub crit: Option<Value>,
 }
 
@@ -168,8 +164,17 @@ pub fn parse_jws(token: &str, max_bytes: usize) -> Result<Jws<'_>, ParseError> {
     {
         return Err(ParseError::HeaderJson(format!("{name} is not a string")));
     }
-    let header: JoseHeader =
-        serde_json::from_value(Value::Object(header)).map_err(|e| ParseError::HeaderJson(e.to_string()))?;
+    // Read by hand from the object already parsed: serde's derived reader would be a
+    // second pass over it, and code in the .wasm for five members.
+    let mut string = |name| match header.remove(name) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let Some(alg) = string("alg") else {
+        return Err(ParseError::HeaderJson("alg is missing".to_owned()));
+    };
+    let (kid, typ, cty) = (string("kid"), string("typ"), string("cty"));
+    let header = JoseHeader { alg, kid, typ, cty, crit: header.remove("crit").filter(|v| !v.is_null()) };
     if header.crit.is_some() {
         return Err(ParseError::Critical);
     }
@@ -247,6 +252,14 @@ mod tests {
             Err(ParseError::PayloadJson(_))
         ));
         assert!(matches!(parse(&compact(r#"{"alg":7}"#, "{}", b"s"), 8192), Err(ParseError::HeaderJson(_))));
+        assert_eq!(
+            parse(&compact(r#"{"kid":"k"}"#, "{}", b"s"), 8192).unwrap_err(),
+            ParseError::HeaderJson("alg is missing".into())
+        );
+        assert!(matches!(
+            parse(&compact(r#"{"alg":null}"#, "{}", b"s"), 8192),
+            Err(ParseError::HeaderJson(_))
+        ));
         assert!(matches!(
             parse(&compact(r#"{"alg":"RS256","kid":5}"#, "{}", b"s"), 8192),
             Err(ParseError::HeaderJson(_))
