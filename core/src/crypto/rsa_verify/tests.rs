@@ -11,18 +11,36 @@ use rsa::{BigUint, RsaPrivateKey};
 
 use super::*;
 
+#[path = "test_primes.rs"]
+mod test_primes;
+
 /// Keys of awkward sizes too: 2049 bits (EM one byte shorter than the modulus for
-/// PSS), 2056 (a whole byte), 2072 (exactly 74 limbs), 3072, 4096, and e = 3.
+/// PSS), 2056 (a whole byte), 2072 (exactly 74 limbs), 3072, 4096, and e = 3. Built
+/// from fixed primes, those of the keys `StdRng::seed_from_u64(2048)` generates (see
+/// `test_primes`): generating them took ~10 s a run.
 fn keys() -> &'static [RsaPrivateKey] {
     static KEYS: OnceLock<Vec<RsaPrivateKey>> = OnceLock::new();
     KEYS.get_or_init(|| {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(2048);
-        let mut keys: Vec<RsaPrivateKey> = [2048, 2049, 2056, 2072, 3072, 4096]
+        // (bits, e) of each key, as `test_primes::PRIMES` lists them.
+        let sizes: [(usize, u32); 7] = [
+            (2048, 65_537),
+            (2049, 65_537),
+            (2056, 65_537),
+            (2072, 65_537),
+            (3072, 65_537),
+            (4096, 65_537),
+            (2048, 3),
+        ];
+        let prime = |hex: &str| BigUint::parse_bytes(hex.as_bytes(), 16).unwrap();
+        test_primes::PRIMES
             .iter()
-            .map(|&bits| RsaPrivateKey::new(&mut rng, bits).unwrap())
-            .collect();
-        keys.push(RsaPrivateKey::new_with_exp(&mut rng, 2048, &BigUint::from(3u8)).unwrap());
-        keys
+            .zip(sizes)
+            .map(|(&(p, q), (bits, e))| {
+                let key = RsaPrivateKey::from_primes(vec![prime(p), prime(q)], BigUint::from(e)).unwrap();
+                assert_eq!((key.n().bits(), key.e()), (bits, &BigUint::from(e)), "the primes of {bits} bits");
+                key
+            })
+            .collect()
     })
 }
 
