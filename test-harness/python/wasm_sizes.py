@@ -4,8 +4,9 @@
 Reads `twiggy top -f csv` of a build that keeps its `name` section and adds up each
 function's own bytes by the crate (and, for nhi-guard-core, the module) its name
 starts with. Monomorphised generic code is named for the generic's crate: serde's
-`PhantomData<T>::deserialize` instances are the configuration's parsers, `core` holds
-`drop_in_place` and iterator instances. Names and debug sections are left out: the
+`PhantomData<T>::deserialize` instances are the readers of the documents still parsed by
+serde's derive (the configuration has its own reader, `nhi_guard_core::json`), `core`
+holds `drop_in_place` and iterator instances. Names and debug sections are left out: the
 shipped wasm is stripped of them.
 """
 import collections
@@ -21,7 +22,7 @@ def owner(name: str) -> str:
         return "(data: constant tables, strings)"
     bare = re.sub(r"^[<&\s]*(mut |dyn )?", "", name)
     if "PhantomData<T> as serde_core::de::DeserializeSeed" in name:
-        return "serde deserialize instances (configuration parsing)"
+        return "serde deserialize instances (TokenReview, revocation feed, JWKS, cached verifications)"
     match = re.match(r"nhi_guard_core::([a-z_0-9]+)", bare)
     if match:
         return f"nhi_guard_core::{match.group(1)}"
