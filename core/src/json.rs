@@ -80,11 +80,6 @@ impl Object {
         }
     }
 
-    /// The object's own JSON path.
-    pub fn at(&self) -> &str {
-        &self.at
-    }
-
     /// Takes member `name` out, with its path. Not generic, and kept out of line: the
     /// per-type readers below are then a call and a match each.
     #[inline(never)]

@@ -53,21 +53,31 @@ pub enum RawProfile {
 
 impl FromJson for RawProfile {
     fn from_json(value: serde_json::Value, at: &str) -> Result<Self, ConfigError> {
+        #[derive(Clone, Copy)]
+        enum Type {
+            Generic,
+            Kubernetes,
+            Spiffe,
+            GithubActions,
+        }
         let mut object = json::Object::new(value, at)?;
+        let type_at = object.path("type");
         let kind: String = object.required("type");
         // The other members belong to the chosen profile, which refuses any it does not know.
         let rest = serde_json::Value::Object(object.into_rest()?);
-        match kind.as_str() {
-            "generic" => RawGeneric::from_json(rest, at).map(RawProfile::Generic),
-            "kubernetes" => kubernetes::RawKubernetes::from_json(rest, at).map(RawProfile::Kubernetes),
-            "spiffe" => spiffe::RawSpiffe::from_json(rest, at).map(RawProfile::Spiffe),
-            "github_actions" => github::RawGithubActions::from_json(rest, at).map(RawProfile::GithubActions),
-            _ => Err(ConfigError::invalid(
-                format!("{at}.type"),
-                format!(
-                    r#"must be one of "generic", "kubernetes", "spiffe", "github_actions", not {kind:?}"#
-                ),
-            )),
+        let choices = [
+            ("generic", Type::Generic),
+            ("kubernetes", Type::Kubernetes),
+            ("spiffe", Type::Spiffe),
+            ("github_actions", Type::GithubActions),
+        ];
+        match json::one_of(serde_json::Value::String(kind), &type_at, &choices)? {
+            Type::Generic => RawGeneric::from_json(rest, at).map(RawProfile::Generic),
+            Type::Kubernetes => kubernetes::RawKubernetes::from_json(rest, at).map(RawProfile::Kubernetes),
+            Type::Spiffe => spiffe::RawSpiffe::from_json(rest, at).map(RawProfile::Spiffe),
+            Type::GithubActions => {
+                github::RawGithubActions::from_json(rest, at).map(RawProfile::GithubActions)
+            }
         }
     }
 }
