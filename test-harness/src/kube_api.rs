@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewStatus, UserInfo};
@@ -43,6 +43,8 @@ pub struct Review {
     pub token: String,
     /// `spec.audiences`.
     pub audiences: Vec<String>,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 #[derive(Debug)]
@@ -136,6 +138,11 @@ impl KubeApi {
         lock(&self.state).reviews.iter().filter(|r| r.token == token).count()
     }
 
+    /// When each review that asked about `token` arrived, oldest first.
+    pub fn review_times(&self, token: &str) -> Vec<Instant> {
+        lock(&self.state).reviews.iter().filter(|r| r.token == token).map(|r| r.at).collect()
+    }
+
     /// The `Authorization` header of each JWKS fetch so far.
     pub fn jwks_authorizations(&self) -> Vec<Option<String>> {
         lock(&self.state).jwks_authorizations.clone()
@@ -207,6 +214,7 @@ fn answer(state: &Mutex<State>, request: &Request) -> Response {
             authorization: request.header("authorization").map(str::to_owned),
             token: token.clone(),
             audiences: audiences.clone(),
+            at: Instant::now(),
         });
         let user =
             state.live.get(&token).cloned().or_else(|| state.accept_all.then(|| subject(&token)).flatten());

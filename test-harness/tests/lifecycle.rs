@@ -257,7 +257,9 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     );
 
     // --- One review per token per cache window for the whole Envoy: 1,000 requests over
-    // 16 connections at a time, both workers, inside one window.
+    // 16 connections at a time, both workers. The burst usually fits in one window; on a
+    // slow machine it may not, so what is held is the rule itself, by the API server's
+    // clock: no two reviews of the token closer together than cache_seconds.
     let busy = token(key, STRICT, "ci", "runner", "u-runner", "busy-1", now());
     kube.make_live(&busy, "system:serviceaccount:ci:runner");
     let before = envoy.worker_connections().unwrap();
@@ -280,10 +282,19 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     let burst = started.elapsed();
     assert_eq!(statuses.len(), 1000);
     assert!(statuses.iter().all(|s| *s == 200), "{:?}", statuses.iter().filter(|s| **s != 200).count());
-    assert!(burst < Duration::from_secs(3), "the burst took {burst:?}, longer than cache_seconds");
     let after = envoy.worker_connections().unwrap();
     assert!(after[0] > before[0] && after[1] > before[1], "both workers served: {before:?} -> {after:?}");
-    assert_eq!(kube.reviews_of(&busy), 1, "1,000 requests in {burst:?}");
+    let reviews = kube.review_times(&busy);
+    let windows = 1 + (burst.as_secs_f64() / 3.0) as usize;
+    assert!(
+        (1..=windows).contains(&reviews.len()),
+        "{} reviews of 1,000 requests in {burst:?}",
+        reviews.len()
+    );
+    for pair in reviews.windows(2) {
+        let apart = pair[1].duration_since(pair[0]);
+        assert!(apart >= Duration::from_millis(2_900), "two reviews {apart:?} apart, inside one 3 s window");
+    }
 
     // 100 distinct tokens: 100 reviews.
     let many: Vec<String> = (0..100)
