@@ -183,14 +183,14 @@ oci: wasm
 test: unit lint e2e
 
 unit:
-	$(CARGO) test -p nhi-guard-core -p nhi-guard-cli -p nhi-guard-envoy
+	$(CARGO) test -p nhi-guard-crypto -p nhi-guard-core -p nhi-guard-cli -p nhi-guard-envoy
 	$(CARGO) test -p test-harness --lib --bins
 
 lint: wasm-target
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) test -q -p nhi-guard-core --test layers
-	$(CARGO) clippy -p nhi-guard -p nhi-guard-core --target $(WASM_TARGET) -- -D warnings
+	$(CARGO) clippy -p nhi-guard -p nhi-guard-core -p nhi-guard-crypto --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p nhi-guard --features fault-injection --target $(WASM_TARGET) -- -D warnings
 	$(CARGO) clippy -p nhi-guard-core --features verify-bench --bin nhi-verify-bench -- -D warnings
 	$(CARGO) clippy --manifest-path test-harness/fuzz/Cargo.toml --target-dir $(CURDIR)/target --bins --no-default-features --locked -- -D warnings

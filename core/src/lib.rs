@@ -17,7 +17,7 @@
 //! | [`uri`] | request targets as route matching and DPoP `htu` read them |
 //! | [`reason`] | reason codes, rejections and the local replies they become |
 //! | [`host`] | what a proxy offers: header maps as bytes, the shared store, capabilities |
-//! | [`crypto`] | JWS algorithms and the signature verifiers |
+//! | [`crypto`] | JWS algorithms and the signature verifiers: the `nhi-guard-crypto` crate, re-exported (a crate of its own so that the release build compiles it for speed and the rest for size) |
 //! | [`token`] | where the token is, the compact JWS, `typ`, whose credential it is |
 //! | [`claims`] | claim paths, matchers and claim headers |
 //! | [`spiffe_id`] | SPIFFE ID syntax |
@@ -42,7 +42,7 @@ pub mod hash;
 pub mod uri;
 pub mod reason;
 pub mod host;
-pub mod crypto;
+pub use nhi_guard_crypto as crypto;
 pub mod token;
 pub mod claims;
 pub mod spiffe_id;

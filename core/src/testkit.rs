@@ -9,7 +9,7 @@ use p384::ecdsa::signature::Signer as _;
 use serde_json::{json, Value};
 
 use crate::b64::URL_SAFE_STRICT;
-use crate::crypto::alg::{Alg, PublicKey};
+use crate::crypto::alg::Alg;
 
 pub struct Keys {
     pub rsa: RsaPrivateKey,
@@ -56,10 +56,7 @@ fn rsa_parts(key: &RsaPublicKey) -> (Vec<u8>, Vec<u8>) {
     (key.n().to_bytes_be(), key.e().to_bytes_be())
 }
 
-/// The modulus (`n`, base64url) of Wycheproof's ROCA-weak RSA key, `jws_rsa_roca_key` in
-/// `json_web_crypto_test.json` and `json_web_key_test.json`: 2049 bits, with primes of
-/// the structure Infineon's RSALib gave its own (CVE-2017-15361, see `roca`).
-pub const WYCHEPROOF_ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+pub use crate::crypto::roca::WYCHEPROOF_ROCA_N;
 
 /// The kid of the test key that fits `alg`.
 pub fn kid_for(alg: Alg) -> &'static str {
@@ -95,30 +92,6 @@ pub fn token(alg: Alg, header: &Value, claims: &Value) -> String {
     let input = format!("{}.{}", b64(header.to_string()), b64(claims.to_string()));
     let sig = sign(alg, input.as_bytes());
     format!("{input}.{}", b64(sig))
-}
-
-/// The public key of the test key that fits `alg`, as the JWKS code would import it.
-pub fn public_key(alg: Alg) -> PublicKey {
-    let k = keys();
-    match alg {
-        Alg::Es256 => PublicKey::P256(
-            crate::crypto::ecdsa::P256Key::from_sec1_bytes(
-                k.p256.verifying_key().to_encoded_point(false).as_bytes(),
-            )
-            .unwrap(),
-        ),
-        Alg::Es384 => PublicKey::P384(
-            crate::crypto::ecdsa::P384Key::from_sec1_bytes(
-                k.p384.verifying_key().to_encoded_point(false).as_bytes(),
-            )
-            .unwrap(),
-        ),
-        Alg::EdDsa => PublicKey::Ed25519(k.ed25519.verifying_key()),
-        _ => {
-            let (n, e) = rsa_parts(&RsaPublicKey::from(&k.rsa));
-            PublicKey::Rsa(crate::crypto::rsa_verify::RsaPublicKey::new(&n, &e).unwrap())
-        }
-    }
 }
 
 /// A one-issuer configuration with `extra` top-level members: for tests of one block.

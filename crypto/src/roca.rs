@@ -80,13 +80,18 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
     a
 }
 
+/// The modulus (`n`, base64url) of Wycheproof's ROCA-weak RSA key, `jws_rsa_roca_key` in
+/// `json_web_crypto_test.json` and `json_web_key_test.json`: 2049 bits, with primes of
+/// the structure Infineon's RSALib gave its own (CVE-2017-15361, above).
+pub const WYCHEPROOF_ROCA_N: &str = "AanFpofbj7KjD4Lf-N2hVMKR7yewSyXhhbirIMTGpfYEhZ_lnt5UoK98DnKIgArXGTu3MaW_HhFw16HGaTDUHqPrId7fe4r11CqRw09yBFuW79V8sYIwHdzCaWflUI6auImYbVfoN9_nD5n8N8SY9DwXw7mwZM9wREPXoDPgOoIWl6q_MPsp7n0zs3Z5ZaiQWOOzl1S9OhwAfSiiOwz6efnXEaxuTEtPd7BjSx7NaFka8Dx9U7YqXy2RFj1O9PjyaDGuRh7YXsX3iMUSP_wSyHQg_c_qHRtKUsNSGCT7OZg0hzm2KphtjnayKJvC64vAbROBR4Ubg6Bxg9IQVZ-QYyE";
+
 #[cfg(test)]
 mod tests {
     use rand::Rng as _;
     use rsa::BigUint;
 
     use super::*;
-    use crate::testkit;
+    use crate::test_keys;
 
     /// The product of [`PRIMES`].
     fn primorial() -> BigUint {
@@ -116,7 +121,8 @@ mod tests {
 
     #[test]
     fn flags_the_wycheproof_roca_key() {
-        let n = base64::Engine::decode(&crate::b64::URL_SAFE_STRICT, testkit::WYCHEPROOF_ROCA_N).unwrap();
+        let n = base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, WYCHEPROOF_ROCA_N)
+            .unwrap();
         assert!(is_roca_weak(&n));
         // Leading zero bytes do not change the number.
         assert!(is_roca_weak(&[[0u8, 0].as_slice(), &n].concat()));
@@ -136,7 +142,7 @@ mod tests {
     #[test]
     fn ordinary_moduli_are_not_flagged() {
         use rsa::traits::PublicKeyParts;
-        let test_key = rsa::RsaPublicKey::from(&testkit::keys().rsa);
+        let test_key = rsa::RsaPublicKey::from(&test_keys::keys().rsa);
         assert!(!is_roca_weak(&test_key.n().to_bytes_be()));
         // RSA key generation is slow in test builds: a few fresh keys, then many random
         // odd numbers, which is what a modulus looks like modulo small primes.

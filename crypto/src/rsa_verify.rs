@@ -35,7 +35,7 @@ pub struct RsaPublicKey {
     modulus: Arc<Modulus>,
     e: u64,
     /// `n`, big-endian without leading zeros: what another verifier imports
-    /// ([`crate::crypto::backend`]).
+    /// ([`crate::backend`]).
     n: Arc<[u8]>,
 }
 
@@ -331,5 +331,7 @@ impl Algorithm for RsaVerify {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod test_primes;
 #[cfg(test)]
 mod tests;

@@ -14,10 +14,11 @@
 //! Run that and print the primes to regenerate them. `RsaPrivateKey::from_primes` rebuilds
 //! from them keys equal (`==`: n, e, d, primes) to the generated ones. Constants, because
 //! the key generation cost about 10 s of CPU in every run of the core's unit tests (rsa
-//! at opt-level 2), and the tests waited for it. Test keys, used nowhere else.
+//! at opt-level 2), and the tests waited for it. Test keys, used nowhere else
+//! (here and in `test_keys`).
 
 /// (p, q) of each key, in the order above.
-pub(super) const PRIMES: [(&str, &str); 7] = [
+pub(crate) const PRIMES: [(&str, &str); 7] = [
     // 2048 bits
     (
         concat!(

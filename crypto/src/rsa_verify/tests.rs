@@ -11,8 +11,7 @@ use rsa::{BigUint, RsaPrivateKey};
 
 use super::*;
 
-#[path = "test_primes.rs"]
-mod test_primes;
+use super::test_primes;
 
 /// Keys of awkward sizes too: 2049 bits (EM one byte shorter than the modulus for
 /// PSS), 2056 (a whole byte), 2072 (exactly 74 limbs), 3072, 4096, and e = 3. Built

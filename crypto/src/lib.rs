@@ -10,6 +10,9 @@ pub mod ecdsa;
 pub mod roca;
 pub mod rsa_verify;
 
+#[cfg(test)]
+mod test_keys;
+
 /// Equality whose time depends on the lengths only, not on where the inputs
 /// differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -10,7 +10,7 @@
 
 use std::sync::OnceLock;
 
-use crate::crypto::alg::{Alg, PublicKey};
+use crate::alg::{Alg, PublicKey};
 
 /// A signature verifier.
 pub trait Backend: Send + Sync {

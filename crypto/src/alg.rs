@@ -13,8 +13,8 @@ use std::str::FromStr;
 use jwt_compact::alg::Ed25519;
 use jwt_compact::{Algorithm, AlgorithmSignature};
 
-use crate::crypto::ecdsa::{P256Key, P384Key};
-use crate::crypto::rsa_verify::{RsaPublicKey, RsaVerify};
+use crate::ecdsa::{P256Key, P384Key};
+use crate::rsa_verify::{RsaPublicKey, RsaVerify};
 
 /// A JWS algorithm nhi-guard can verify (RFC 7518 names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,7 +69,7 @@ impl Alg {
     }
 
     /// Verifies `signature` over `signing_input` with `key`: with the process's
-    /// installed [`backend`](crate::crypto::backend) if it answers, else with
+    /// installed [`backend`](crate::backend) if it answers, else with
     /// nhi-guard's own verifier ([`Alg::verify_builtin`]).
     ///
     /// Returns false for a key that does not fit the algorithm, a signature of
@@ -78,7 +78,7 @@ impl Alg {
         if !self.fits(key) {
             return false;
         }
-        if let Some(verdict) = crate::crypto::backend::installed()
+        if let Some(verdict) = crate::backend::installed()
             .and_then(|backend| backend.verify(self, key, signing_input, signature))
         {
             return verdict;
@@ -214,7 +214,7 @@ impl Algorithm for Ed25519Strict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testkit;
+    use crate::test_keys as testkit;
 
     #[test]
     fn names_round_trip_and_are_case_sensitive() {

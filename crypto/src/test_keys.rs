@@ -1,0 +1,75 @@
+//! Keys for the tests of [`alg`](crate::alg) and [`roca`](crate::roca) (test builds
+//! only): the 2048-bit RSA key of `rsa_verify`'s tests, and P-256, P-384 and Ed25519
+//! keys from fixed bytes, each signing the way an issuer would (RustCrypto).
+
+use std::sync::OnceLock;
+
+use jwt_compact::alg::{Ed25519, Es256, Rsa};
+use jwt_compact::{Algorithm, AlgorithmSignature};
+use p384::ecdsa::signature::Signer as _;
+use rsa::traits::PublicKeyParts;
+use rsa::{BigUint, RsaPrivateKey};
+
+use crate::alg::{Alg, PublicKey};
+use crate::ecdsa::{P256Key, P384Key};
+use crate::rsa_verify::{self, test_primes};
+
+pub struct Keys {
+    pub rsa: RsaPrivateKey,
+    pub p256: p256::ecdsa::SigningKey,
+    pub p384: p384::ecdsa::SigningKey,
+    pub ed25519: ed25519_dalek::SigningKey,
+}
+
+pub fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        let prime = |hex: &str| BigUint::parse_bytes(hex.as_bytes(), 16).unwrap();
+        let (p, q) = test_primes::PRIMES[0];
+        Keys {
+            rsa: RsaPrivateKey::from_primes(vec![prime(p), prime(q)], BigUint::from(65_537u32)).unwrap(),
+            p256: p256::ecdsa::SigningKey::from_slice(&[0x25; 32]).unwrap(),
+            p384: p384::ecdsa::SigningKey::from_slice(&[0x38; 48]).unwrap(),
+            ed25519: ed25519_dalek::SigningKey::from_bytes(&[0xed; 32]),
+        }
+    })
+}
+
+/// Signs `signing_input` with the key that fits `alg`.
+pub fn sign(alg: Alg, signing_input: &[u8]) -> Vec<u8> {
+    let k = keys();
+    match alg {
+        Alg::Rs256 => Rsa::rs256().sign(&k.rsa, signing_input).as_bytes().to_vec(),
+        Alg::Rs384 => Rsa::rs384().sign(&k.rsa, signing_input).as_bytes().to_vec(),
+        Alg::Rs512 => Rsa::rs512().sign(&k.rsa, signing_input).as_bytes().to_vec(),
+        Alg::Ps256 => Rsa::ps256().sign(&k.rsa, signing_input).as_bytes().to_vec(),
+        Alg::Ps384 => Rsa::ps384().sign(&k.rsa, signing_input).as_bytes().to_vec(),
+        Alg::Ps512 => Rsa::ps512().sign(&k.rsa, signing_input).as_bytes().to_vec(),
+        Alg::Es256 => Es256.sign(&k.p256, signing_input).as_bytes().to_vec(),
+        Alg::Es384 => {
+            let sig: p384::ecdsa::Signature = k.p384.sign(signing_input);
+            sig.to_bytes().to_vec()
+        }
+        Alg::EdDsa => Ed25519.sign(&k.ed25519, signing_input).as_bytes().to_vec(),
+    }
+}
+
+/// The public key that fits `alg`, imported as a JWKS would be.
+pub fn public_key(alg: Alg) -> PublicKey {
+    let k = keys();
+    match alg {
+        Alg::Es256 => PublicKey::P256(
+            P256Key::from_sec1_bytes(k.p256.verifying_key().to_encoded_point(false).as_bytes()).unwrap(),
+        ),
+        Alg::Es384 => PublicKey::P384(
+            P384Key::from_sec1_bytes(k.p384.verifying_key().to_encoded_point(false).as_bytes()).unwrap(),
+        ),
+        Alg::EdDsa => PublicKey::Ed25519(k.ed25519.verifying_key()),
+        _ => {
+            let rsa = rsa::RsaPublicKey::from(&k.rsa);
+            PublicKey::Rsa(
+                rsa_verify::RsaPublicKey::new(&rsa.n().to_bytes_be(), &rsa.e().to_bytes_be()).unwrap(),
+            )
+        }
+    }
+}
