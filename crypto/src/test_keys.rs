@@ -1,12 +1,9 @@
 //! Keys for the tests of [`alg`](crate::alg) and [`roca`](crate::roca) (test builds
 //! only): the 2048-bit RSA key of `rsa_verify`'s tests, and P-256, P-384 and Ed25519
-//! keys from fixed bytes, each signing the way an issuer would (RustCrypto).
+//! keys from fixed bytes (RustCrypto's signing keys, which the tests sign with).
 
 use std::sync::OnceLock;
 
-use jwt_compact::alg::{Ed25519, Es256, Rsa};
-use jwt_compact::{Algorithm, AlgorithmSignature};
-use p384::ecdsa::signature::Signer as _;
 use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, RsaPrivateKey};
 
@@ -33,25 +30,6 @@ pub fn keys() -> &'static Keys {
             ed25519: ed25519_dalek::SigningKey::from_bytes(&[0xed; 32]),
         }
     })
-}
-
-/// Signs `signing_input` with the key that fits `alg`.
-pub fn sign(alg: Alg, signing_input: &[u8]) -> Vec<u8> {
-    let k = keys();
-    match alg {
-        Alg::Rs256 => Rsa::rs256().sign(&k.rsa, signing_input).as_bytes().to_vec(),
-        Alg::Rs384 => Rsa::rs384().sign(&k.rsa, signing_input).as_bytes().to_vec(),
-        Alg::Rs512 => Rsa::rs512().sign(&k.rsa, signing_input).as_bytes().to_vec(),
-        Alg::Ps256 => Rsa::ps256().sign(&k.rsa, signing_input).as_bytes().to_vec(),
-        Alg::Ps384 => Rsa::ps384().sign(&k.rsa, signing_input).as_bytes().to_vec(),
-        Alg::Ps512 => Rsa::ps512().sign(&k.rsa, signing_input).as_bytes().to_vec(),
-        Alg::Es256 => Es256.sign(&k.p256, signing_input).as_bytes().to_vec(),
-        Alg::Es384 => {
-            let sig: p384::ecdsa::Signature = k.p384.sign(signing_input);
-            sig.to_bytes().to_vec()
-        }
-        Alg::EdDsa => Ed25519.sign(&k.ed25519, signing_input).as_bytes().to_vec(),
-    }
 }
 
 /// The public key that fits `alg`, imported as a JWKS would be.
