@@ -135,7 +135,7 @@ impl KubeApi {
 
     /// How many reviews asked about `token`.
     pub fn reviews_of(&self, token: &str) -> usize {
-        lock(&self.state).reviews.iter().filter(|r| r.token == token).count()
+        self.review_times(token).len()
     }
 
     /// When each review that asked about `token` arrived, oldest first.
