@@ -175,3 +175,41 @@ fn missing_or_mistyped_exports_are_reported() {
         "{problems:?}"
     );
 }
+
+/// The RSA kernel's shape in the shipped wasm: its column sums
+/// (`crypto/src/rsa_verify/montgomery.rs`, `simd::dot`) multiply four 28-bit limbs at a
+/// time with `i64x2.extmul_*_i32x4_u`, and rely on LLVM turning each group of four limb
+/// reads into one `v128.load`. Linked for size instead (the link-time optimisation at
+/// `"s"`), the same source loads every limb into its own lane (`v128.load32_zero`, then
+/// three `v128.load32_lane`), and RS256 took 114 µs a check in V8 instead of 71–73
+/// (docs/benchmarks.md, `make bench-verify`).
+#[test]
+fn the_rsa_kernel_loads_whole_vectors() {
+    use wasmparser::{Operator, Parser, Payload};
+    let wasm = std::fs::read(wasm_path().unwrap()).unwrap();
+    let mut kernels = Vec::new();
+    for payload in Parser::new(0).parse_all(&wasm) {
+        let Payload::CodeSectionEntry(body) = payload.unwrap() else { continue };
+        let (mut extmul, mut whole, mut lane) = (0, 0, 0);
+        let mut reader = body.get_operators_reader().unwrap();
+        while !reader.eof() {
+            match reader.read().unwrap() {
+                Operator::I64x2ExtMulLowI32x4U | Operator::I64x2ExtMulHighI32x4U => extmul += 1,
+                Operator::V128Load { .. } => whole += 1,
+                Operator::V128Load32Lane { .. } | Operator::V128Load32Zero { .. } => lane += 1,
+                _ => {}
+            }
+        }
+        if extmul > 0 {
+            kernels.push((extmul, whole, lane));
+        }
+    }
+    // `mul`, `square` and `reduce`, each with the dot inlined.
+    assert!(kernels.len() >= 3, "expected the three Montgomery functions with SIMD products: {kernels:?}");
+    for (extmul, whole, lane) in &kernels {
+        assert!(
+            *lane == 0 && *whole > 0,
+            "a function with {extmul} SIMD products loads {lane} limbs lane by lane and {whole} whole vectors"
+        );
+    }
+}
