@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use test_harness::envoy::{native_module_path, Envoy, EnvoyOptions};
@@ -283,30 +283,18 @@ fn partners_sign_with_an_independent_client_and_every_rule_has_its_reason() {
     assert_eq!(echo["headers"]["x-nhi-identity"], "partner:globex");
     assert!(echo["headers"].get("x-api-key").is_none(), "{echo}");
     // A wrong key is refused, whether it shares all but its last character with the
-    // real one or nothing at all: the filter compares SHA-256 hashes, every one of
-    // them, in constant time, so no prefix is worth more than another.
+    // real one or nothing at all. That neither is refused faster is by construction, not
+    // measured here: the filter hashes the presented key and compares the hash with every
+    // configured one in constant time (`core/src/partners/api_key.rs`, `subtle`); the
+    // nanoseconds a leaky comparison would differ by are far below what a request's
+    // round trip through Envoy lets a test see, so a timed assertion here could only
+    // fail on a busy machine, never on that defect.
     let near = format!("{}x", &GLOBEX_API_KEY[..GLOBEX_API_KEY.len() - 1]);
     let far = "z".repeat(GLOBEX_API_KEY.len());
-    let time = |key: &str| {
-        let started = Instant::now();
+    for key in [&near, &far] {
         let response = http::request(addr, "GET", "/partner/a", &[("x-api-key", key)]).unwrap();
-        assert_eq!(status_reason(&response), (401, Some("invalid_api_key".into())));
-        started.elapsed()
-    };
-    let (mut near_times, mut far_times) = (Vec::new(), Vec::new());
-    for _ in 0..60 {
-        near_times.push(time(&near));
-        far_times.push(time(&far));
+        assert_eq!(status_reason(&response), (401, Some("invalid_api_key".into())), "{key}");
     }
-    near_times.sort();
-    far_times.sort();
-    let (near_median, far_median) = (near_times[30], far_times[30]);
-    println!("invalid API key, median over 60 each: near {near_median:?}, far {far_median:?}");
-    let difference = near_median.abs_diff(far_median);
-    assert!(
-        difference < Duration::from_micros(500).max(near_median.max(far_median) / 4),
-        "a timing difference the test can see: near {near_median:?}, far {far_median:?}"
-    );
 
     // Metrics: per key id, bounded by the configuration.
     let scrape = Scrape::take(&gateway.envoy).unwrap();
