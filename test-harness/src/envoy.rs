@@ -66,7 +66,7 @@ pub fn wasm_path() -> Result<PathBuf> {
         WASM_ENV,
         "target/wasm32-wasip1/release/nhi_guard.wasm",
         "filter build",
-        "Build it with `cargo build --release --target wasm32-wasip1 -p nhi-guard`",
+        "Build it with `make wasm` (cargo's release build, its identical functions merged by wasm-opt)",
     )
 }
 

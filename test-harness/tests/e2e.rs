@@ -2,7 +2,7 @@
 //! built filter, a JWKS server and an echo upstream on loopback.
 //!
 //! Needs the Envoy binary (`make tools` or `ENVOY_BIN`) and the release wasm
-//! (`cargo build --release --target wasm32-wasip1 -p nhi-guard` or `NHI_WASM`); a missing
+//! (`make wasm` or `NHI_WASM`); a missing
 //! one fails the test with instructions, it never skips.
 //!
 //! One Envoy serves the whole verdict table, so startup is paid once. Every case runs
