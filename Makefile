@@ -125,10 +125,10 @@ build: wasm harness
 
 # The release .wasm is cargo's output with its identical functions merged by binaryen's
 # wasm-opt (npm `binaryen`, installed by node-tools): LTO leaves ~100 functions that are
-# byte-for-byte copies of others (generic instances of types with one layout), and
-# merging them changes no function's code, only which copy a call names: 1,029,257 ->
-# 958,783 bytes, level in Envoy (docs/benchmarks.md). No other binaryen pass runs:
-# -O3/-Oz rewrite the verifiers' loops and were measured slower. The features are the
+# copies of others (generic instances of types with one layout), and the pass folds each
+# set into one: 1,029,257 -> 958,783 bytes, level in Envoy (docs/benchmarks.md). No other
+# pass runs (-O3/-Oz rewrite the verifiers' loops and were measured slower), but binaryen
+# writes every function back from its own IR, so some come out arranged differently. The features are the
 # ones rustc's wasm32-wasip1 emits, plus SIMD (the RSA kernel): one the build starts
 # using fails validation here rather than slipping through.
 WASM_OPT := $(NODE_TOOLS)/node_modules/.bin/wasm-opt
