@@ -213,3 +213,32 @@ fn the_rsa_kernel_loads_whole_vectors() {
         );
     }
 }
+
+/// The shipped wasm went through `make wasm`'s merge of identical functions (binaryen's
+/// `--duplicate-function-elimination`, docs/benchmarks.md): cargo's own output holds about
+/// a hundred functions whose type and body repeat another's (103 on 2026-12-06, 70 KB),
+/// the merged file a few that binaryen's rewriting makes identical only on the way out.
+#[test]
+fn the_release_wasm_has_its_identical_functions_merged() {
+    use std::collections::HashMap;
+    use wasmparser::{Parser, Payload};
+    let wasm = std::fs::read(wasm_path().unwrap()).unwrap();
+    let (mut types, mut bodies) = (Vec::new(), Vec::new());
+    for payload in Parser::new(0).parse_all(&wasm) {
+        match payload.unwrap() {
+            Payload::FunctionSection(section) => types = section.into_iter().map(Result::unwrap).collect(),
+            Payload::CodeSectionEntry(body) => bodies.push(body.as_bytes().to_vec()),
+            _ => {}
+        }
+    }
+    assert_eq!(types.len(), bodies.len());
+    let mut seen = HashMap::new();
+    for function in types.into_iter().zip(bodies) {
+        *seen.entry(function).or_insert(0usize) += 1;
+    }
+    let repeated: usize = seen.values().map(|n| n - 1).sum();
+    assert!(
+        repeated < 10,
+        "{repeated} functions repeat another's type and body: this is cargo's output, not `make wasm`'s"
+    );
+}
