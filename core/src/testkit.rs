@@ -1,9 +1,7 @@
 //! Test keys and token signing for the native unit tests (test builds only).
 
-use std::sync::OnceLock;
-
 use base64::Engine as _;
-use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPrivateKey, RsaPublicKey};
+use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPublicKey};
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use p384::ecdsa::signature::Signer as _;
 use serde_json::{json, Value};
@@ -11,26 +9,9 @@ use serde_json::{json, Value};
 use crate::b64::URL_SAFE_STRICT;
 use crate::crypto::alg::Alg;
 
-pub struct Keys {
-    pub rsa: RsaPrivateKey,
-    pub p256: p256::ecdsa::SigningKey,
-    pub p384: p384::ecdsa::SigningKey,
-    pub ed25519: ed25519_dalek::SigningKey,
-}
-
-/// One set of keys per test process: RSA key generation is slow.
-pub fn keys() -> &'static Keys {
-    static KEYS: OnceLock<Keys> = OnceLock::new();
-    KEYS.get_or_init(|| {
-        let mut rng = rand::rngs::OsRng;
-        Keys {
-            rsa: RsaPrivateKey::new(&mut rng, 2048).unwrap(),
-            p256: p256::ecdsa::SigningKey::random(&mut rng),
-            p384: p384::ecdsa::SigningKey::random(&mut rng),
-            ed25519: ed25519_dalek::SigningKey::generate(&mut rng),
-        }
-    })
-}
+/// The verifiers' fixed test keys (one RSA-2048, P-256, P-384 and Ed25519 key), shared
+/// with nhi-guard-crypto's own tests rather than generated on every run.
+pub use crate::crypto::test_keys::keys;
 
 pub fn b64(bytes: impl AsRef<[u8]>) -> String {
     URL_SAFE_STRICT.encode(bytes)

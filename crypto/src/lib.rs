@@ -10,8 +10,8 @@ pub mod ecdsa;
 pub mod roca;
 pub mod rsa_verify;
 
-#[cfg(test)]
-mod test_keys;
+#[cfg(any(test, feature = "test-keys"))]
+pub mod test_keys;
 
 /// Equality whose time depends on the lengths only, not on where the inputs
 /// differ.

@@ -331,7 +331,7 @@ impl Algorithm for RsaVerify {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "test-keys"))]
 pub(crate) mod test_primes;
 #[cfg(test)]
 mod tests;

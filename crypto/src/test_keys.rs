@@ -1,6 +1,9 @@
-//! Keys for the tests of [`alg`](crate::alg) and [`roca`](crate::roca) (test builds
-//! only): the 2048-bit RSA key of `rsa_verify`'s tests, and P-256, P-384 and Ed25519
-//! keys from fixed bytes (RustCrypto's signing keys, which the tests sign with).
+//! Keys for tests: the 2048-bit RSA key of `rsa_verify`'s tests, and P-256, P-384 and
+//! Ed25519 keys from fixed bytes (RustCrypto's signing keys, which the tests sign with).
+//! This crate's tests of [`alg`](crate::alg) and [`roca`](crate::roca) use them, and so
+//! does nhi-guard-core's testkit, through the `test-keys` feature (its dev-dependency):
+//! test builds only, so the panics below stay out of the filter.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::OnceLock;
 
