@@ -134,11 +134,13 @@ build: wasm harness
 WASM_OPT := $(NODE_TOOLS)/node_modules/.bin/wasm-opt
 WASM_FEATURES := --enable-simd --enable-bulk-memory --enable-sign-ext \
 	--enable-nontrapping-float-to-int --enable-mutable-globals
+# $(call merge-functions,FILE[,MORE FLAGS]): the merge, in place.
+merge-functions = $(WASM_OPT) $(WASM_FEATURES) --duplicate-function-elimination $(2) $(1) -o $(1).merged \
+	&& mv $(1).merged $(1)
 
 wasm: wasm-target node-tools
 	$(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard
-	$(WASM_OPT) $(WASM_FEATURES) --duplicate-function-elimination $(WASM) -o $(WASM).merged
-	mv $(WASM).merged $(WASM)
+	$(call merge-functions,$(WASM))
 	@ls -l $(WASM) | awk '{print "nhi_guard.wasm:", $$5, "bytes"}'
 
 # The native shell: the core as an Envoy dynamic module, loaded by envoy/envoy-native.yaml
@@ -262,8 +264,7 @@ NAMED_WASM := $(NAMED_WASM_DIR)/$(WASM_TARGET)/release/nhi_guard.wasm
 named-wasm: wasm-target node-tools
 	CARGO_PROFILE_RELEASE_STRIP=none $(CARGO) build --release --target $(WASM_TARGET) -p nhi-guard \
 	    --target-dir $(NAMED_WASM_DIR)
-	$(WASM_OPT) $(WASM_FEATURES) --duplicate-function-elimination --debuginfo $(NAMED_WASM) -o $(NAMED_WASM).merged
-	mv $(NAMED_WASM).merged $(NAMED_WASM)
+	$(call merge-functions,$(NAMED_WASM),--debuginfo)
 
 # What each crate (and each module of nhi-guard-core) costs in the release wasm: the
 # named build read by twiggy (installed with cargo when missing) and added up by
