@@ -316,18 +316,20 @@ pub fn compile(raw: RawBehaviour, at: &str) -> Result<Behaviour, ConfigError> {
     if !(1..=86_400).contains(&interval_seconds) {
         return Err(ConfigError::invalid(field("interval_seconds"), "must be between 1 and 86400"));
     }
-    let positive = |value: Option<f64>, default: f64, name: &str, max: f64| -> Result<f64, ConfigError> {
+    // `max` is whole so that the message formats an integer: formatting an `f64` would
+    // link Rust's float printing (about 14 KB of the .wasm) for this one message.
+    let positive = |value: Option<f64>, default: f64, name: &str, max: u32| -> Result<f64, ConfigError> {
         let v = value.unwrap_or(default);
-        if v.is_finite() && v > 0.0 && v <= max {
+        if v.is_finite() && v > 0.0 && v <= f64::from(max) {
             Ok(v)
         } else {
             Err(ConfigError::invalid(field(name), format!("must be a number above 0 and at most {max}")))
         }
     };
-    let half_life_intervals = positive(raw.half_life_intervals, 60.0, "half_life_intervals", 1e6)?;
+    let half_life_intervals = positive(raw.half_life_intervals, 60.0, "half_life_intervals", 1_000_000)?;
     let peak_half_life_intervals =
-        positive(raw.peak_half_life_intervals, 2_880.0, "peak_half_life_intervals", 1e7)?;
-    let merge_seconds = positive(raw.merge_seconds, 1.0, "merge_seconds", 60.0)?;
+        positive(raw.peak_half_life_intervals, 2_880.0, "peak_half_life_intervals", 10_000_000)?;
+    let merge_seconds = positive(raw.merge_seconds, 1.0, "merge_seconds", 60)?;
     let warmup_intervals = raw.warmup_intervals.unwrap_or(10);
     if warmup_intervals > 100_000 {
         return Err(ConfigError::invalid(field("warmup_intervals"), "must be at most 100000"));
@@ -505,6 +507,24 @@ mod tests {
         ] {
             assert_eq!(compiled(v.clone()).unwrap_err().field(), field, "{v}");
         }
+    }
+
+    #[test]
+    fn a_number_above_its_bound_is_refused_with_the_bound() {
+        for (v, field, reason) in [
+            (json!({"half_life_intervals": 2e6}), "behaviour.half_life_intervals", "at most 1000000"),
+            (
+                json!({"peak_half_life_intervals": 0}),
+                "behaviour.peak_half_life_intervals",
+                "at most 10000000",
+            ),
+            (json!({"merge_seconds": 60.5}), "behaviour.merge_seconds", "at most 60"),
+        ] {
+            let err = compiled(v.clone()).unwrap_err();
+            assert_eq!(err.field(), field, "{v}");
+            assert_eq!(err.reason(), format!("must be a number above 0 and {reason}"), "{v}");
+        }
+        assert!(compiled(json!({"merge_seconds": 60})).is_ok());
     }
 
     #[test]
