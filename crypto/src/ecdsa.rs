@@ -9,8 +9,9 @@
 //! words, so that `u·P = Σ u_j·(2^(32j)·P)`; the tables hold odd multiples of every
 //! `2^(32j)·P` (affine, for mixed additions), and all the pieces of both scalars share
 //! one run of 32 doublings, each adding its signed-window (wNAF) digits. For P-256 that
-//! is 32 doublings and about 70 additions, against 2 × (256 doublings + 64 additions
-//! and constant-time table scans) for RustCrypto's generic `lincomb`.
+//! is 32 doublings and about 60 additions (28 of G's multiples, 32 of Q's), against 2 ×
+//! (256 doublings + 64 additions and constant-time table scans) for RustCrypto's generic
+//! `lincomb`.
 //!
 //! Verification handles only public values (key, message, signature), so variable-time
 //! arithmetic — branches and table indices that depend on the scalars, a variable-time
@@ -34,9 +35,13 @@ const PIECE_BITS: usize = 32;
 /// wNAF window for the base point: 2^(w−2) = 64 odd multiples per piece; for P-256
 /// 512 points (about 32 KB), for P-384 768 (about 72 KB), one table per VM.
 const W_BASE: u32 = 8;
-/// wNAF window for public keys: 8 odd multiples per piece; 64 points (about 4 KB) per
-/// P-256 key, 96 (about 9 KB) per P-384 key.
-const W_KEY: u32 = 5;
+/// wNAF window for public keys: 32 odd multiples per piece; 256 points (16 KB) per P-256
+/// key, 384 (36 KB) per P-384 key, built when the key is imported. Verification spends
+/// most of its time adding Q's multiples, so a wider window pays: from 5 (8 multiples a
+/// piece, 43 additions for Q) to 7 (32 multiples, 32 additions), an ES256 check in V8
+/// went from 101–107 to 91–100 µs and a P-256 key's import from 373 to 664 µs, once per
+/// key and VM (`make bench-verify`, 2026-12-06).
+const W_KEY: u32 = 7;
 
 /// A curve the verifier runs on: its hash and its base point's table.
 pub trait Ecdsa<const N: usize>: Curve<N> {

@@ -308,9 +308,12 @@ macro_rules! curve_tests {
                             break z;
                         }
                     };
-                    assert!(Projective::<C, N>::from_xz(n_plus_5 * z, z).x_mod_n_is(&five));
-                    assert!(Projective::<C, N>::from_xz(Fe::<C, N>::from_words(five).unwrap() * z, z).x_mod_n_is(&five));
-                    assert!(!Projective::<C, N>::from_xz(n_plus_5 * z, z).x_mod_n_is(&six));
+                    // Jacobian: x = X/Z², so X = x·Z².
+                    let zz = z * z;
+                    assert!(Projective::<C, N>::from_xz(n_plus_5 * zz, z).x_mod_n_is(&five));
+                    assert!(Projective::<C, N>::from_xz(Fe::<C, N>::from_words(five).unwrap() * zz, z).x_mod_n_is(&five));
+                    assert!(!Projective::<C, N>::from_xz(n_plus_5 * zz, z).x_mod_n_is(&six));
+                    assert!(!Projective::<C, N>::from_xz(n_plus_5 * z, z).x_mod_n_is(&five), "x is X/Z², not X/Z");
                 }
                 // An r at or above p − n has no second candidate: x = r + n would pass p.
                 let mut one = [0u32; N];
