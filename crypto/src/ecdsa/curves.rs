@@ -22,6 +22,7 @@ pub struct P256Order;
 
 impl Modulus<8> for P256Field {
     const P: [u32; 8] = hex("ffffffff00000001000000000000000000000000ffffffffffffffffffffffff");
+    const LIMBS_29: bool = true;
 }
 
 impl Modulus<8> for P256Order {
