@@ -12,9 +12,12 @@ use test_harness::emulator::imports::{
 };
 use test_harness::envoy::wasm_path;
 
+fn release_wasm() -> Vec<u8> {
+    std::fs::read(wasm_path().unwrap()).unwrap()
+}
+
 fn release_interface() -> Interface {
-    let path = wasm_path().unwrap();
-    Interface::parse(&std::fs::read(&path).unwrap()).unwrap()
+    Interface::parse(&release_wasm()).unwrap()
 }
 
 #[test]
@@ -186,7 +189,7 @@ fn missing_or_mistyped_exports_are_reported() {
 #[test]
 fn the_rsa_kernel_loads_whole_vectors() {
     use wasmparser::{Operator, Parser, Payload};
-    let wasm = std::fs::read(wasm_path().unwrap()).unwrap();
+    let wasm = release_wasm();
     let mut kernels = Vec::new();
     for payload in Parser::new(0).parse_all(&wasm) {
         let Payload::CodeSectionEntry(body) = payload.unwrap() else { continue };
@@ -222,7 +225,7 @@ fn the_rsa_kernel_loads_whole_vectors() {
 fn the_release_wasm_has_its_identical_functions_merged() {
     use std::collections::HashMap;
     use wasmparser::{Parser, Payload};
-    let wasm = std::fs::read(wasm_path().unwrap()).unwrap();
+    let wasm = release_wasm();
     let (mut types, mut bodies) = (Vec::new(), Vec::new());
     for payload in Parser::new(0).parse_all(&wasm) {
         match payload.unwrap() {

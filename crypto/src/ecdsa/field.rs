@@ -278,7 +278,7 @@ impl<M: Modulus<N>, const N: usize> Elem<M, N> {
     }
 }
 
-/// Bits in a limb of [`Elem::mul`].
+/// Bits in a limb of [`Elem::mul_limbs`].
 const LIMB_BITS: usize = 29;
 const LIMB_MASK: u64 = (1 << LIMB_BITS) - 1;
 /// Limbs of the largest modulus, P-384's 384 bits: 14.

@@ -223,9 +223,10 @@ macro_rules! curve_tests {
                 assert_eq!(Scalar::<C, N>::reduce_be_bytes(&[0; BYTES + 1]), None);
             }
 
-            /// The complete formulas agree with RustCrypto's points everywhere they
-            /// could break: the identity on either side of a doubling or an addition,
-            /// a point added to itself or to its negation, and long random chains; and
+            /// The Jacobian formulas agree with RustCrypto's points everywhere they could
+            /// break: the identity on either side of a doubling or an addition, a point
+            /// added to itself or to its negation (the cases the mixed addition handles
+            /// before its formula), and long random chains; and
             /// the batch conversion to affine agrees with one-by-one.
             #[test]
             fn point_formulas_agree_with_rustcrypto() {
