@@ -21,7 +21,7 @@ use jwt_compact::{Algorithm, AlgorithmSignature};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 pub use self::montgomery::bit_length;
-use self::montgomery::Modulus;
+use self::montgomery::{Modulus, PowerOfR};
 
 /// Largest modulus accepted at import, in bits (as `rsa` 0.9 enforced before).
 pub const MAX_BITS: usize = montgomery::MAX_BITS;
@@ -34,6 +34,9 @@ pub const MAX_EXPONENT: u64 = (1 << 33) - 1;
 pub struct RsaPublicKey {
     modulus: Arc<Modulus>,
     e: u64,
+    /// R^e mod n for the Montgomery R of `modulus`: what lets a check skip both
+    /// conversions ([`Modulus::power`]).
+    power_of_r: Arc<PowerOfR>,
     /// `n`, big-endian without leading zeros: what another verifier imports
     /// ([`crate::backend`]).
     n: Arc<[u8]>,
@@ -82,7 +85,8 @@ impl RsaPublicKey {
         let modulus = Modulus::new(n).ok_or(RsaKeyError::InvalidModulus)?;
         let start = n.iter().position(|&b| b != 0).unwrap_or(n.len());
         let n = n.get(start..).unwrap_or_default().into();
-        Ok(RsaPublicKey { modulus: Arc::new(modulus), e, n })
+        let power_of_r = Arc::new(modulus.power_of_r(e));
+        Ok(RsaPublicKey { modulus: Arc::new(modulus), e, power_of_r, n })
     }
 
     /// The modulus, big-endian, without leading zeros.
@@ -106,8 +110,7 @@ impl RsaPublicKey {
         if signature.len() != self.modulus.byte_len() {
             return None;
         }
-        let s = self.modulus.to_mont(signature)?;
-        Some(self.modulus.retrieve(&self.modulus.pow(&s, self.e)))
+        self.modulus.power(signature, &self.power_of_r)
     }
 }
 

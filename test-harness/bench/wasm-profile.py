@@ -8,6 +8,7 @@ the functions inside `proxy_on_request_headers`, inclusive and self.
 side and the loop, which stand in for Envoy here and say nothing about it."""
 
 import collections
+import os
 import re
 import sys
 
@@ -83,10 +84,10 @@ def main():
             print(f"  {us(count):6.2f}  {export}")
     requests = by_export["proxy_on_request_headers"]
     print("\ninside proxy_on_request_headers, inclusive (µs a request):")
-    for name, count in inclusive.most_common(25):
+    for name, count in inclusive.most_common(int(os.environ.get("TOPN", 25))):
         print(f"  {us(count):6.2f}  {demangle(name)[:110]}")
     print("\ninside proxy_on_request_headers, self (µs a request):")
-    for name, count in own.most_common(20):
+    for name, count in own.most_common(int(os.environ.get("TOPN", 20))):
         print(f"  {us(count):6.2f}  {demangle(name)[:110]}")
     if requests == 0:
         sys.exit("wasm-profile.py: no sample inside proxy_on_request_headers")
