@@ -6,7 +6,9 @@
 //! have produced: for PKCS#1 v1.5 the whole expected `EM` (RFC 8017 §8.2.2, DigestInfo
 //! with its NULL parameters, never parsed), for PSS every step of EMSA-PSS-VERIFY
 //! (RFC 8017 §9.1.2) with MGF1 over the same hash and a salt as long as the hash
-//! (RFC 7518 §3.5).
+//! (RFC 7518 §3.5). The PKCS#1 v1.5 comparison is made on both sides times the same
+//! per-key constant (`Modulus::power_matches`), which spares the power its conversion
+//! out of Montgomery form; it is still one whole, exact comparison of `EM`.
 //!
 //! Verification handles only public values (key, message, signature), so the
 //! variable-time arithmetic is sound here; this module must never sign.
@@ -21,7 +23,7 @@ use jwt_compact::{Algorithm, AlgorithmSignature};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 
 pub use self::montgomery::bit_length;
-use self::montgomery::{Modulus, PowerOfR};
+use self::montgomery::{Modulus, PaddedTarget, PowerOfR};
 
 /// Largest modulus accepted at import, in bits (as `rsa` 0.9 enforced before).
 pub const MAX_BITS: usize = montgomery::MAX_BITS;
@@ -37,6 +39,9 @@ pub struct RsaPublicKey {
     /// R^e mod n for the Montgomery R of `modulus`: what lets a check skip both
     /// conversions ([`Modulus::power`]).
     power_of_r: Arc<PowerOfR>,
+    /// What an RS256, RS384 and RS512 check compares with (in [`Hash`] order), `None`
+    /// where the key is too short for the encoding ([`Modulus::power_matches`]).
+    pkcs1: Arc<[Option<PaddedTarget>; 3]>,
     /// `n`, big-endian without leading zeros: what another verifier imports
     /// ([`crate::backend`]).
     n: Arc<[u8]>,
@@ -86,7 +91,12 @@ impl RsaPublicKey {
         let start = n.iter().position(|&b| b != 0).unwrap_or(n.len());
         let n = n.get(start..).unwrap_or_default().into();
         let power_of_r = Arc::new(modulus.power_of_r(e));
-        Ok(RsaPublicKey { modulus: Arc::new(modulus), e, power_of_r, n })
+        let inverse = modulus.inverse_power_of_r(e).ok_or(RsaKeyError::InvalidExponent)?;
+        let pkcs1 = Arc::new(Hash::ALL.map(|hash| {
+            let padded = pkcs1v15_padding(hash, modulus.byte_len())?;
+            modulus.padded_target(&inverse, &padded, hash.len())
+        }));
+        Ok(RsaPublicKey { modulus: Arc::new(modulus), e, power_of_r, pkcs1, n })
     }
 
     /// The modulus, big-endian, without leading zeros.
@@ -112,6 +122,14 @@ impl RsaPublicKey {
         }
         self.modulus.power(signature, &self.power_of_r)
     }
+
+    /// RSASSA-PKCS1-V1_5-VERIFY (RFC 8017 §8.2.2) of `digest`: a signature of exactly
+    /// `k` bytes, below the modulus, whose power is the one encoding of `digest`.
+    fn pkcs1_matches(&self, hash: Hash, signature: &[u8], digest: &[u8]) -> bool {
+        let target = self.pkcs1.get(hash as usize).and_then(Option::as_ref);
+        signature.len() == self.modulus.byte_len()
+            && target.is_some_and(|target| self.modulus.power_matches(signature, target, digest))
+    }
 }
 
 impl fmt::Debug for RsaPublicKey {
@@ -129,6 +147,10 @@ pub enum Hash {
 }
 
 impl Hash {
+    /// Every hash, in declaration order (what [`RsaPublicKey`]'s PKCS#1 constants are
+    /// indexed by).
+    const ALL: [Hash; 3] = [Hash::Sha256, Hash::Sha384, Hash::Sha512];
+
     fn digest(self, parts: &[&[u8]]) -> Vec<u8> {
         fn run<D: Digest>(parts: &[&[u8]]) -> Vec<u8> {
             let mut d = D::new();
@@ -198,21 +220,19 @@ impl RsaVerify {
 
     /// Whether `signature` is valid for `message` under `key`.
     pub fn verify(&self, key: &RsaPublicKey, message: &[u8], signature: &[u8]) -> bool {
-        let Some(em) = key.public_op(signature) else {
-            return false;
-        };
         match self.padding {
-            Padding::Pkcs1v15 => {
-                pkcs1v15_encoding(self.hash, message, em.len()).is_some_and(|want| want == em)
+            Padding::Pkcs1v15 => key.pkcs1_matches(self.hash, signature, &self.hash.digest(&[message])),
+            Padding::Pss => {
+                key.public_op(signature).is_some_and(|em| pss_verify(self.hash, message, &em, key.bits() - 1))
             }
-            Padding::Pss => pss_verify(self.hash, message, &em, key.bits() - 1),
         }
     }
 }
 
-/// EMSA-PKCS1-v1_5-ENCODE (RFC 8017 §9.2): `00 01 FF…FF 00 DigestInfo`, `k` bytes, or
-/// `None` when `k` is too short for it.
-fn pkcs1v15_encoding(hash: Hash, message: &[u8], k: usize) -> Option<Vec<u8>> {
+/// EMSA-PKCS1-v1_5-ENCODE (RFC 8017 §9.2) with zeros in place of the digest:
+/// `00 01 FF…FF 00 DigestInfo-prefix 00…00`, `k` bytes, or `None` when `k` is too
+/// short for it. The encoding of a digest is this plus the digest.
+fn pkcs1v15_padding(hash: Hash, k: usize) -> Option<Vec<u8>> {
     let prefix = hash.digest_info_prefix();
     let t_len = prefix.len() + hash.len();
     let padding = k.checked_sub(t_len + 3).filter(|&ps| ps >= 8)?;
@@ -221,7 +241,17 @@ fn pkcs1v15_encoding(hash: Hash, message: &[u8], k: usize) -> Option<Vec<u8>> {
     em.resize(2 + padding, 0xff);
     em.push(0x00);
     em.extend_from_slice(prefix);
-    em.extend_from_slice(&hash.digest(&[message]));
+    em.resize(k, 0);
+    Some(em)
+}
+
+/// EMSA-PKCS1-v1_5-ENCODE (RFC 8017 §9.2) of `message`, `k` bytes.
+#[cfg(test)]
+fn pkcs1v15_encoding(hash: Hash, message: &[u8], k: usize) -> Option<Vec<u8>> {
+    let mut em = pkcs1v15_padding(hash, k)?;
+    let digest = hash.digest(&[message]);
+    let tail = em.len().checked_sub(digest.len())?;
+    em.get_mut(tail..)?.copy_from_slice(&digest);
     Some(em)
 }
 
