@@ -339,7 +339,8 @@ impl Modulus {
     /// product with K·2^(28·h) (per key) reduced by those h limbs. That costs
     /// 2·h·len products (h = 10 for SHA-256) where leaving Montgomery form would cost
     /// 2·len²: about 6 % of an RS256 check. K is invertible modulo n, so the two sides
-    /// agree exactly when x^e ≡ padded + hash (mod n), and both of those are below n.
+    /// agree exactly when x^e ≡ padded + hash (mod n); for an encoding below n (every
+    /// PKCS#1 v1.5 encoding is: it starts `00 01`) that is x^e mod n = padded + hash.
     pub fn power_matches(&self, x_be: &[u8], target: &PaddedTarget, hash: &[u8]) -> bool {
         let len = self.len();
         let Some(x) = limbs_from_be(x_be, len) else { return false };
