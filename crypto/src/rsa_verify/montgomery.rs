@@ -97,22 +97,33 @@ impl Modulus {
         self.n.len()
     }
 
+    /// `x` (big-endian, any length) as `len()` limbs; `None` unless `x < n`, the one
+    /// check every number from outside (a signature, an encoding) passes.
+    fn residue(&self, x_be: &[u8]) -> Option<Vec<u32>> {
+        let x = limbs_from_be(x_be, self.len())?;
+        less_than(&x, &self.n).then_some(x)
+    }
+
+    /// `x·R⁻¹ mod n`: a number out of Montgomery form (one reduction of `x` widened).
+    fn out_of_mont(&self, x: &[u32]) -> Vec<u32> {
+        let mut wide: Vec<u64> = x.iter().map(|&limb| u64::from(limb)).collect();
+        wide.resize(2 * self.len(), 0);
+        let mut out = vec![0u32; self.len()];
+        self.reduce_into(&wide, &mut out);
+        out
+    }
+
     /// `x` (big-endian, any length) in Montgomery form; `None` unless `x < n`.
     #[cfg(test)]
     pub fn to_mont(&self, x_be: &[u8]) -> Option<Mont> {
-        let x = limbs_from_be(x_be, self.len())?;
-        if !less_than(&x, &self.n) {
-            return None;
-        }
+        let x = self.residue(x_be)?;
         Some(self.mul(&Mont(x), &Mont(self.r2.clone())))
     }
 
     /// `x` out of Montgomery form (`x·R⁻¹`), as `byte_len()` big-endian bytes.
     #[cfg(test)]
     pub fn retrieve(&self, x: &Mont) -> Vec<u8> {
-        let mut wide: Vec<u64> = x.0.iter().map(|&limb| u64::from(limb)).collect();
-        wide.resize(2 * self.len(), 0);
-        limbs_to_be(&self.reduce(&wide), self.byte_len())
+        limbs_to_be(&self.out_of_mont(&x.0), self.byte_len())
     }
 
     /// `x^e mod n`, left to right over the bits of `e` (`e = 65537`: 16 squarings and
@@ -144,11 +155,7 @@ impl Modulus {
         // r2 is R in Montgomery form, so its e-th power is R^e in Montgomery form
         // (R^(e+1) mod n): one reduction takes it out.
         let r_to_e = self.pow(&Mont(self.r2.clone()), e);
-        let mut wide: Vec<u64> = r_to_e.0.iter().map(|&limb| u64::from(limb)).collect();
-        wide.resize(2 * self.len(), 0);
-        let mut limbs = vec![0u32; self.len()];
-        self.reduce_into(&wide, &mut limbs);
-        PowerOfR { e, limbs }
+        PowerOfR { e, limbs: self.out_of_mont(&r_to_e.0) }
     }
 
     /// `x^e mod n` for `x` big-endian (any length; `None` unless `x < n`), as
@@ -162,8 +169,8 @@ impl Modulus {
     /// one reduction (a third of a squaring) fewer per check.
     pub fn power(&self, x_be: &[u8], power_of_r: &PowerOfR) -> Option<Vec<u8>> {
         let len = self.len();
-        let x = limbs_from_be(x_be, len)?;
-        if !less_than(&x, &self.n) || power_of_r.limbs.len() != len {
+        let x = self.residue(x_be)?;
+        if power_of_r.limbs.len() != len {
             return None;
         }
         let mut acc = [0u32; MAX_LEN];
@@ -268,14 +275,6 @@ impl Modulus {
         }
     }
 
-    /// `t·R⁻¹ mod n` as a new number (see [`Modulus::reduce_into`]).
-    #[cfg(test)]
-    fn reduce(&self, t: &[u64]) -> Vec<u32> {
-        let mut out = vec![0u32; self.len()];
-        self.reduce_into(t, &mut out);
-        out
-    }
-
     /// K = R^(1−e) mod n in Montgomery form, what [`Modulus::padded_target`] builds on;
     /// `None` for `e < 2`.
     pub fn inverse_power_of_r(&self, e: u64) -> Option<InversePowerOfR> {
@@ -306,10 +305,7 @@ impl Modulus {
         if hash_len > HASH_MAX_BYTES || inverse.k_r.len() != len {
             return None;
         }
-        let padded = limbs_from_be(padded_be, len)?;
-        if !less_than(&padded, &self.n) {
-            return None;
-        }
+        let padded = self.residue(padded_be)?;
         let mut fixed = vec![0u32; len];
         self.mul_into(&padded, &inverse.k_r, &mut fixed);
         let hash_limbs = (8 * hash_len).div_ceil(LIMB_BITS as usize);
@@ -343,12 +339,8 @@ impl Modulus {
     /// PKCS#1 v1.5 encoding is: it starts `00 01`) that is x^e mod n = padded + hash.
     pub fn power_matches(&self, x_be: &[u8], target: &PaddedTarget, hash: &[u8]) -> bool {
         let len = self.len();
-        let Some(x) = limbs_from_be(x_be, len) else { return false };
-        if !less_than(&x, &self.n)
-            || hash.len() != target.hash_len
-            || target.fixed.len() != len
-            || target.scale.len() != len
-        {
+        let Some(x) = self.residue(x_be) else { return false };
+        if hash.len() != target.hash_len || target.fixed.len() != len || target.scale.len() != len {
             return false;
         }
         let (mut power, mut want) = ([0u32; MAX_LEN], [0u32; MAX_LEN]);
