@@ -286,6 +286,26 @@ extern "C" {
         label_values_length: usize,
         value: u64,
     ) -> u32;
+    /// A scheduler for a configuration: events committed to it (from any thread) run on
+    /// Envoy's main thread, as `envoy_dynamic_module_on_http_filter_config_scheduled`
+    /// (dropped if the configuration is gone by then).
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(
+        config_envoy_ptr: *mut c_void,
+    ) -> *mut c_void;
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(
+        scheduler: *mut c_void,
+        event_id: u64,
+    );
+    pub fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
+    /// [`envoy_dynamic_module_callback_http_filter_increment_counter`] without a
+    /// request: through the configuration, on the main thread.
+    pub fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config_envoy_ptr: *mut c_void,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
     pub fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
     pub fn envoy_dynamic_module_callback_log_enabled(level: u32) -> bool;
 }

@@ -33,8 +33,6 @@ thread_local! {
     static FETCHES: RefCell<Vec<InFlight>> = const { RefCell::new(Vec::new()) };
     /// This worker's VM per configuration id.
     static VMS: RefCell<HashMap<u64, Rc<Vm>>> = RefCell::new(HashMap::new());
-    /// Requests of this worker between `filter_new` and the end of their stream.
-    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
     /// Request ids of this worker (the core's "context id"), for its logs.
     static NEXT_REQUEST: Cell<u32> = const { Cell::new(1) };
 }
@@ -209,7 +207,6 @@ pub struct Filter {
 
 impl Filter {
     pub fn new(config: &FilterConfig) -> Filter {
-        IN_FLIGHT.with(|n| n.set(n.get().saturating_add(1)));
         let id = NEXT_REQUEST.with(|n| {
             let id = n.get();
             n.set(id.wrapping_add(1).max(1));
@@ -495,11 +492,7 @@ impl Filter {
         if let Some(vm) = self.vm.clone() {
             pipeline::finish(&vm, &mut NativeHost::new(envoy, &self.families), &mut self.request);
         }
-        let left = IN_FLIGHT.with(|n| {
-            n.set(n.get().saturating_sub(1));
-            n.get()
-        });
-        metrics::flush_if_due(envoy, left == 0, host::now_ns());
+        metrics::show_gauges(envoy);
     }
 }
 
@@ -507,10 +500,6 @@ impl Drop for Filter {
     /// A request that ends while its callout is in flight (the client went away)
     /// frees the fetch (or the review's lease) for the next request.
     fn drop(&mut self) {
-        if !self.logged {
-            // Never completed (the stream was reset): no longer in flight either.
-            IN_FLIGHT.with(|n| n.set(n.get().saturating_sub(1)));
-        }
         unpark(std::ptr::from_mut(self));
         let Some(vm) = self.vm.clone() else { return };
         if let Some(pending) = self.pending.take() {

@@ -347,7 +347,8 @@ impl Host for NativeHost {
     }
 
     fn increment_metric(&mut self, id: u32, offset: i64) -> Result<(), HostError> {
-        metrics::increment(self.filter, id, offset)
+        let families = self.families.as_ref().ok_or(HostError::UNIMPLEMENTED)?;
+        metrics::increment(families, self.filter, id, offset)
     }
 
     fn record_metric(&mut self, id: u32, value: u64) -> Result<(), HostError> {

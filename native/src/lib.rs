@@ -80,6 +80,25 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(conf
     filter::forget(config.id);
 }
 
+/// An event this module posted to a configuration's scheduler, on Envoy's main
+/// thread: the workers' pending counts are due (see [`metrics`]).
+///
+/// # Safety
+/// `config` is a live pointer `config_new` returned (Envoy drops events posted to a
+/// configuration it destroyed).
+#[no_mangle]
+pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy_ptr: *mut c_void,
+    config: *const c_void,
+    event_id: u64,
+) {
+    // SAFETY: see above.
+    let Some(config) = (unsafe { config.cast::<FilterConfig>().as_ref() }) else { return };
+    if event_id == metrics::FLUSH_COUNTS {
+        config.families.flush_counts(config_envoy_ptr);
+    }
+}
+
 /// A new request on a worker.
 ///
 /// # Safety

@@ -380,12 +380,11 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
 /// the wasm's `wasmcustom.` is removed): the families and labels after it are the wasm's.
 const MODULE_PREFIX: &str = "envoy_dynamicmodulescustom_";
 
-/// Envoy's Prometheus endpoint. A worker hands its counts to Envoy when its last
-/// request in flight ends (`native/src/metrics.rs`), which is when the client already
-/// has the response: give it a moment.
+/// Envoy's Prometheus endpoint, once the counts of every request sent so far are in
+/// (the module's counts reach Envoy from its main thread within `FLUSH_WINDOW`, 20 ms:
+/// `native/src/metrics.rs`; the wasm's wait, with margin, is longer still).
 fn scrape(envoy: &Envoy) -> Scrape {
-    std::thread::sleep(Duration::from_millis(100));
-    Scrape::parse(&envoy.admin_text("/stats/prometheus").unwrap()).unwrap()
+    Scrape::take(envoy).unwrap()
 }
 
 fn metric(scrape: &Scrape, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
