@@ -194,9 +194,9 @@ impl Vm {
         };
         let tracker = RefCell::new(config.behaviour.as_ref().filter(|b| b.detect).map(Tracker::new));
         let dpop = crate::dpop::VmState::new(config.issuers.len());
-        // Leases need the tick that gives unused ones back: the Envoy-grade plan.
-        let leases = (config.quotas.is_some() && plan.key_fetch == KeyFetch::Background)
-            .then(crate::quota::Leases::default);
+        // Unused leases are given back on the tick, or (a shell without one: the
+        // native module) by this VM's next quota charge that finds them due.
+        let leases = config.quotas.is_some().then(crate::quota::Leases::default);
         let dpop_issuers =
             config.issuers.iter().map(|i| crate::dpop::IssuerState::new(&i.name, &i.dpop)).collect();
         Vm {

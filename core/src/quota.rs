@@ -351,6 +351,15 @@ impl Quotas {
         Ok(QuotaOutcome::new(policy, charged, Tracking::Overflow))
     }
 
+    /// [`Quotas::refund_expired`] if a lease is due, else nothing (no allocation):
+    /// cheap enough for every charge.
+    pub fn refund_due<S: Store + ?Sized>(&self, store: &S, leases: &mut Leases, now: Duration) {
+        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
+        if leases.held.iter().any(|l| now_ns.saturating_sub(l.taken_ns) >= LEASE_NANOS) {
+            self.refund_expired(store, leases, now);
+        }
+    }
+
     /// Gives back what leases older than [`LEASE_NANOS`] still hold (on the tick).
     pub fn refund_expired<S: Store + ?Sized>(&self, store: &S, leases: &mut Leases, now: Duration) {
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
@@ -385,7 +394,8 @@ fn lease_size(left: u64) -> u64 {
 /// (and an identity close to any limit) are charged one request at a time exactly as
 /// without leases. What is given up: near the limit, another worker may refuse while
 /// this one still holds up to [`LEASE_EXTRA`] prepaid admissions, until it uses them or
-/// gives them back ([`LEASE_NANOS`], on the tick); and the decision log's
+/// gives them back ([`LEASE_NANOS`], on the tick, or where there is none at this
+/// VM's next charge: [`Quotas::refund_due`]); and the decision log's
 /// `quota_remaining` of a leased admission is what the lease's charge left.
 #[derive(Debug, Default)]
 pub struct Leases {
@@ -1120,6 +1130,26 @@ mod tests {
         }
         assert!(total + a.held() as usize + b.held() as usize <= 300);
         assert!(total + a.held() as usize + b.held() as usize >= 300 - 2 * LEASE_EXTRA as usize);
+    }
+
+    /// Without a tick (the native module) the next charge gives due leases back: not
+    /// before [`LEASE_NANOS`], and then every admission the lease still held.
+    #[test]
+    fn a_charge_gives_back_leases_that_are_due() {
+        let q = quotas(json!({ "default": { "requests": 1000, "per_seconds": 3600 } }));
+        let store = crate::host::memory::FaultyStore::<MemoryStore>::default();
+        let mut leases = Leases::default();
+        assert!(leased(&q, &store, &mut leases, "a", T0));
+        assert_eq!(leases.held(), LEASE_EXTRA);
+        let calls = store.calls.get();
+        let almost = T0 + Duration::from_nanos(LEASE_NANOS - 1);
+        q.refund_due(&store, &mut leases, almost);
+        assert_eq!((leases.held(), store.calls.get()), (LEASE_EXTRA, calls), "not due yet: untouched");
+        q.refund_due(&store, &mut leases, T0 + Duration::from_nanos(LEASE_NANOS));
+        assert_eq!(leases.held(), 0);
+        // The bucket has the 15 back: only the one admission used is charged.
+        let outcome = q.check(&store, q.default_policy(), "ci", "a", T0).unwrap();
+        assert_eq!(outcome.remaining, 1000 - 1 - 1);
     }
 
     /// With RateLimit headers on allowed responses the bucket itself is reported:

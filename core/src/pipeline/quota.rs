@@ -25,7 +25,11 @@ pub fn charge(
     let now = Duration::from_millis(now_ms);
     let jkt = who.jkt.filter(|_| quotas.per_dpop_key);
     let mut leases = vm.quota_leases.try_borrow_mut().ok();
-    let held = leases.as_deref_mut().and_then(Option::as_mut);
+    let mut held = leases.as_deref_mut().and_then(Option::as_mut);
+    // Without a tick (the native module) nothing else gives unused leases back.
+    if let Some(held) = held.as_deref_mut() {
+        quotas.refund_due(vm.store.as_ref(), held, now);
+    }
     let charged = quotas.check_leased(vm.store.as_ref(), held, policy, issuer, identity, jkt, now);
     drop(leases);
     let outcome = match charged {
