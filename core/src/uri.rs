@@ -15,7 +15,7 @@ pub fn without_query(path: &str) -> &str {
 
 /// Lower-cased, port and trailing root dot removed: `API.Example.com.:443` is
 /// `api.example.com`, `[::1]:8080` is `[::1]`.
-pub fn normalize_host(host: &str) -> String {
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let host = host.trim();
     let without_port = if host.starts_with('[') {
         match host.find(']') {
@@ -29,13 +29,21 @@ pub fn normalize_host(host: &str) -> String {
         }
     };
     let name = without_port.strip_suffix('.').unwrap_or(without_port);
-    name.to_ascii_lowercase()
+    // Hosts mostly arrive lower-case: then no copy (this runs on every request).
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 /// The reading of `path` most upstreams resolve to (see the module docs). Paths
 /// that do not start with `/` (`*`, absolute-form) are returned unchanged.
 pub fn canonical_path(path: &str) -> Cow<'_, str> {
-    let plain = !path.contains(['%', '\\', ';']) && !path.contains("//") && !path.contains("/.");
+    // One pass (this runs on every request): nothing to decode, no `;`, and no `/`
+    // followed by `/` or `.`.
+    let plain = path.as_bytes().windows(2).all(|pair| !matches!(pair, [b'/', b'/' | b'.']))
+        && !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';'));
     if plain || !path.starts_with('/') {
         return Cow::Borrowed(path);
     }
