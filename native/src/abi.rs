@@ -28,11 +28,21 @@ impl EnvoyBuffer {
     /// # Safety
     /// `ptr` must be null or valid for reads of `length` bytes.
     pub unsafe fn to_vec(self) -> Vec<u8> {
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.as_slice() }.to_vec()
+    }
+
+    /// The bytes, borrowed (empty for a null pointer).
+    ///
+    /// # Safety
+    /// `ptr` must be null or valid for reads of `length` bytes for `'a` (Envoy's
+    /// buffers: until the hook that handed them over returns).
+    pub unsafe fn as_slice<'a>(self) -> &'a [u8] {
         if self.ptr.is_null() || self.length == 0 {
-            return Vec::new();
+            return &[];
         }
         // SAFETY: the caller vouches for the pointer and length.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }.to_vec()
+        unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
     }
 }
 
@@ -68,17 +78,17 @@ impl HttpHeader {
     pub const EMPTY: HttpHeader =
         HttpHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
 
-    /// The name and the value, copied out.
+    /// The name and the value, borrowed.
     ///
     /// # Safety
-    /// Both pointers are null or valid for reads of their lengths (Envoy's buffers,
-    /// for the hook that handed them over).
-    pub unsafe fn to_pair(self) -> (Vec<u8>, Vec<u8>) {
+    /// Both pointers are null or valid for reads of their lengths for `'a` (Envoy's
+    /// buffers, until the hook that handed them over returns).
+    pub unsafe fn as_pair<'a>(&self) -> (&'a [u8], &'a [u8]) {
         // SAFETY: the caller vouches for both buffers.
         unsafe {
             (
-                EnvoyBuffer { ptr: self.key_ptr, length: self.key_length }.to_vec(),
-                EnvoyBuffer { ptr: self.value_ptr, length: self.value_length }.to_vec(),
+                EnvoyBuffer { ptr: self.key_ptr, length: self.key_length }.as_slice(),
+                EnvoyBuffer { ptr: self.value_ptr, length: self.value_length }.as_slice(),
             )
         }
     }

@@ -121,9 +121,14 @@ impl NativeHost {
         } {
             return Err(HostError::NOT_FOUND);
         }
-        // SAFETY: Envoy's buffers, valid until this hook returns; copied now.
-        let pairs = raw.into_iter().map(|h| unsafe { h.to_pair() });
-        Ok(HeaderMap::from_pairs(pairs))
+        let bytes = raw.iter().map(|h| h.key_length.saturating_add(h.value_length)).sum();
+        let mut map = HeaderMap::with_capacity(raw.len(), bytes);
+        for header in &raw {
+            // SAFETY: Envoy's buffers, valid until this hook returns; copied now.
+            let (name, value) = unsafe { header.as_pair() };
+            map.push(name, value);
+        }
+        Ok(map)
     }
 
     fn set_header(&self, header_type: u32, name: &[u8], value: ModuleBuffer) -> Result<(), HostError> {
@@ -228,9 +233,9 @@ impl CalloutAnswer {
         let headers = unsafe { entries(self.headers, self.headers_size) };
         let status = headers.iter().find_map(|h| {
             // SAFETY: Envoy's buffers, valid for this hook.
-            let (name, value) = unsafe { h.to_pair() };
+            let (name, value) = unsafe { h.as_pair() };
             (name == b":status").then_some(())?;
-            std::str::from_utf8(&value).ok()?.parse::<u16>().ok()
+            std::str::from_utf8(value).ok()?.parse::<u16>().ok()
         });
         // SAFETY: as above.
         let chunks = unsafe { entries(self.chunks, self.chunks_size) };

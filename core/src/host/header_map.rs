@@ -13,19 +13,56 @@
 use std::borrow::Cow;
 
 /// A request's headers, in the host's order, names and values as bytes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Held as one buffer and each pair's place in it, not a vector per name and value:
+/// a request's map is built on every request, and a map decoded from the host keeps
+/// the host's buffer as it came (no copy at all).
+#[derive(Clone, Default)]
 pub struct HeaderMap {
-    pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    bytes: Vec<u8>,
+    pairs: Vec<Span>,
+}
+
+/// Where a pair's name and value are in [`HeaderMap::bytes`]: `name.0..name.1`,
+/// `value.0..value.1`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
 }
 
 impl HeaderMap {
-    pub fn from_pairs<N: Into<Vec<u8>>, V: Into<Vec<u8>>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
-        HeaderMap { pairs: pairs.into_iter().map(|(n, v)| (n.into(), v.into())).collect() }
+    pub fn from_pairs<N: AsRef<[u8]>, V: AsRef<[u8]>>(pairs: impl IntoIterator<Item = (N, V)>) -> Self {
+        let mut map = HeaderMap::default();
+        for (name, value) in pairs {
+            map.push(name.as_ref(), value.as_ref());
+        }
+        map
+    }
+
+    /// An empty map with room for `pairs` pairs of `bytes` bytes in all (a shell that
+    /// knows the sizes builds its map without growing it).
+    pub fn with_capacity(pairs: usize, bytes: usize) -> Self {
+        HeaderMap { bytes: Vec::with_capacity(bytes), pairs: Vec::with_capacity(pairs) }
+    }
+
+    /// Appends a pair.
+    pub fn push(&mut self, name: &[u8], value: &[u8]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(name);
+        let middle = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.pairs.push(Span { name: (start, middle), value: (middle, self.bytes.len()) });
     }
 
     /// Decodes a map the host sent. A malformed map yields the pairs read before
     /// the fault.
     pub fn decode(bytes: &[u8]) -> HeaderMap {
+        HeaderMap::decode_owned(bytes.to_vec())
+    }
+
+    /// [`HeaderMap::decode`], keeping `bytes` as the map's buffer.
+    pub fn decode_owned(bytes: Vec<u8>) -> HeaderMap {
         let read_u32 = |at: usize| -> Option<usize> {
             let chunk = bytes.get(at..at.checked_add(4)?)?;
             let array: [u8; 4] = chunk.try_into().ok()?;
@@ -43,28 +80,32 @@ impl HeaderMap {
             let name_end = data.saturating_add(name_len);
             let value_start = name_end.saturating_add(1);
             let value_end = value_start.saturating_add(value_len);
-            let (Some(name), Some(value)) = (bytes.get(data..name_end), bytes.get(value_start..value_end))
-            else {
+            if value_end > bytes.len() {
                 break;
-            };
-            pairs.push((name.to_vec(), value.to_vec()));
+            }
+            pairs.push(Span { name: (data, name_end), value: (value_start, value_end) });
             data = value_end.saturating_add(1);
         }
-        HeaderMap { pairs }
+        HeaderMap { bytes, pairs }
+    }
+
+    /// Every pair, in the host's order.
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.pairs.iter().map(|span| {
+            let slice = |(start, end): (usize, usize)| self.bytes.get(start..end).unwrap_or_default();
+            (slice(span.name), slice(span.value))
+        })
     }
 
     /// The first value of header `name` (compared ASCII case-insensitively), whatever
     /// its bytes.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.pairs.iter().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v.as_slice())
+        self.pairs().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
     }
 
     /// Every value of header `name` (compared ASCII case-insensitively), in order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.pairs
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
-            .map(|(_, v)| v.as_slice())
+        self.pairs().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
     }
 
     /// Whether header `name` is present.
@@ -80,7 +121,7 @@ impl HeaderMap {
 
     /// Every header name, as the request spells it.
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.pairs.iter().map(|(n, _)| n.as_slice())
+        self.pairs().map(|(n, _)| n)
     }
 
     /// The names present in this map that are one of `managed` — compared
@@ -96,6 +137,22 @@ impl HeaderMap {
             }
         }
         found
+    }
+}
+
+/// Maps are equal when their pairs are, however each was built.
+impl PartialEq for HeaderMap {
+    fn eq(&self, other: &HeaderMap) -> bool {
+        self.pairs.len() == other.pairs.len() && self.pairs().eq(other.pairs())
+    }
+}
+
+impl Eq for HeaderMap {}
+
+impl std::fmt::Debug for HeaderMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+        f.debug_list().entries(self.pairs().map(|(n, v)| (text(n), text(v)))).finish()
     }
 }
 
@@ -168,6 +225,25 @@ mod tests {
             encode(&pairs(&[("a", "bc")])),
             [1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, b'a', 0, b'b', b'c', 0]
         );
+    }
+
+    /// However a map is built (pushed with room reserved, from pairs, decoded into a
+    /// copy or in the host's own buffer), the same pairs make the same map.
+    #[test]
+    fn every_way_of_building_a_map_agrees() {
+        let list = [(":path", "/api/x"), ("authorization", "Bearer a.b.c"), ("empty", ""), ("x", "1")];
+        let mut pushed = HeaderMap::with_capacity(1, 3);
+        for (n, v) in list {
+            pushed.push(n.as_bytes(), v.as_bytes());
+        }
+        let encoded = encode(&pairs(&list));
+        assert_eq!(pushed, map(&list));
+        assert_eq!(HeaderMap::decode_owned(encoded.clone()), pushed);
+        assert_eq!(HeaderMap::decode(&encoded), pushed);
+        assert_ne!(pushed, map(&list[..3]));
+        assert_eq!(pushed.get("AUTHORIZATION"), Some(&b"Bearer a.b.c"[..]));
+        assert_eq!(pushed.get("empty"), Some(&b""[..]));
+        assert_eq!(format!("{pushed:?}").matches("\"x\"").count(), 1, "{pushed:?}");
     }
 
     #[test]

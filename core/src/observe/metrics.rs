@@ -389,15 +389,24 @@ impl Outcome {
 
 /// `value` made safe inside an encoded name (see the module docs). Never empty.
 pub fn label_value(value: &str) -> String {
+    // Most values are safe as they are (runs on every request): one copy.
+    if !value.is_empty() && value.len() <= MAX_LABEL_BYTES && value.bytes().all(label_safe) {
+        return value.to_owned();
+    }
     let mut out: String = value
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "_.:/@+-".contains(c) { c } else { '_' })
+        .map(|c| if u8::try_from(c).is_ok_and(label_safe) { c } else { '_' })
         .take(MAX_LABEL_BYTES)
         .collect();
     if out.is_empty() {
         out.push('_');
     }
     out
+}
+
+/// A byte a label value keeps as it is.
+fn label_safe(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'/' | b'@' | b'+' | b'-')
 }
 
 /// The `stats_config.stats_tags` Envoy needs to turn the encoded names into
@@ -435,14 +444,20 @@ impl IdentityLabel {
 pub struct IdentityBound {
     max: usize,
     /// Fingerprints known to be in the shared list.
-    admitted: HashSet<u64>,
+    /// Fingerprints are already well mixed ([`fingerprint`]): a seeded multiply-mix
+    /// hashes them, not SipHash (this set is read on every request).
+    admitted: HashSet<u64, crate::hash::seeded::Seeded>,
     /// The shared list was seen full: it never shrinks, so no need to look again.
     full: bool,
 }
 
 impl IdentityBound {
     pub fn new(max_identities: u32) -> Self {
-        IdentityBound { max: max_identities as usize, admitted: HashSet::new(), full: max_identities == 0 }
+        IdentityBound {
+            max: max_identities as usize,
+            admitted: HashSet::default(),
+            full: max_identities == 0,
+        }
     }
 
     /// Creates the shared key if it is missing, so that every later write carries a
@@ -594,6 +609,14 @@ mod tests {
         assert_eq!(label_value(&"x".repeat(500)).len(), MAX_LABEL_BYTES);
         assert_eq!(label_value(""), "_");
         assert_eq!(label_value("système"), "syst_me");
+        // The copy-as-is path and the mapping agree on every single byte and char.
+        let kept: String =
+            (0u8..128).map(char::from).filter(|c| label_value(&c.to_string()) == c.to_string()).collect();
+        assert_eq!(kept, "+-./0123456789:@ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz");
+        assert_eq!(label_value("system:serviceaccount:ci/b@x+y.z-1"), "system:serviceaccount:ci/b@x+y.z-1");
+        assert_eq!(label_value("a;b=c"), "a_b_c");
+        assert_eq!(label_value(&"y".repeat(MAX_LABEL_BYTES)), "y".repeat(MAX_LABEL_BYTES));
+        assert_eq!(label_value(&format!("{}é", "y".repeat(MAX_LABEL_BYTES))), "y".repeat(MAX_LABEL_BYTES));
     }
 
     #[test]
