@@ -351,16 +351,8 @@ impl Quotas {
         Ok(QuotaOutcome::new(policy, charged, Tracking::Overflow))
     }
 
-    /// [`Quotas::refund_expired`] if a lease is due, else nothing (no allocation):
-    /// cheap enough for every charge.
-    pub fn refund_due<S: Store + ?Sized>(&self, store: &S, leases: &mut Leases, now: Duration) {
-        let now_ns = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
-        if leases.held.iter().any(|l| now_ns.saturating_sub(l.taken_ns) >= LEASE_NANOS) {
-            self.refund_expired(store, leases, now);
-        }
-    }
-
-    /// Gives back what leases older than [`LEASE_NANOS`] still hold (on the tick).
+    /// Gives back what leases older than [`LEASE_NANOS`] still hold (on the tick, and
+    /// where there is none on every charge: with nothing due it allocates nothing).
     pub fn refund_expired<S: Store + ?Sized>(&self, store: &S, leases: &mut Leases, now: Duration) {
         let now = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
         for lease in leases.expire(now) {
@@ -395,7 +387,7 @@ fn lease_size(left: u64) -> u64 {
 /// without leases. What is given up: near the limit, another worker may refuse while
 /// this one still holds up to [`LEASE_EXTRA`] prepaid admissions, until it uses them or
 /// gives them back ([`LEASE_NANOS`], on the tick, or where there is none at this
-/// VM's next charge: [`Quotas::refund_due`]); and the decision log's
+/// VM's next charge: [`Quotas::refund_expired`]); and the decision log's
 /// `quota_remaining` of a leased admission is what the lease's charge left.
 #[derive(Debug, Default)]
 pub struct Leases {
@@ -438,11 +430,15 @@ impl Leases {
         }
     }
 
-    /// Removes and returns the leases taken more than [`LEASE_NANOS`] before `now`.
+    /// Removes and returns the leases taken more than [`LEASE_NANOS`] before `now`
+    /// (without touching the list when none is: this runs on every charge where
+    /// there is no tick).
     fn expire(&mut self, now: u64) -> Vec<Lease> {
-        let (expired, kept) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|l| now.saturating_sub(l.taken_ns) >= LEASE_NANOS);
+        let expired = |l: &Lease| now.saturating_sub(l.taken_ns) >= LEASE_NANOS;
+        if !self.held.iter().any(expired) {
+            return Vec::new();
+        }
+        let (expired, kept) = std::mem::take(&mut self.held).into_iter().partition(expired);
         self.held = kept;
         expired
     }
@@ -1143,9 +1139,9 @@ mod tests {
         assert_eq!(leases.held(), LEASE_EXTRA);
         let calls = store.calls.get();
         let almost = T0 + Duration::from_nanos(LEASE_NANOS - 1);
-        q.refund_due(&store, &mut leases, almost);
+        q.refund_expired(&store, &mut leases, almost);
         assert_eq!((leases.held(), store.calls.get()), (LEASE_EXTRA, calls), "not due yet: untouched");
-        q.refund_due(&store, &mut leases, T0 + Duration::from_nanos(LEASE_NANOS));
+        q.refund_expired(&store, &mut leases, T0 + Duration::from_nanos(LEASE_NANOS));
         assert_eq!(leases.held(), 0);
         // The bucket has the 15 back: only the one admission used is charged.
         let outcome = q.check(&store, q.default_policy(), "ci", "a", T0).unwrap();

@@ -262,7 +262,7 @@ pub fn request_headers() -> Result<HeaderMap, HostError> {
     // SAFETY: valid out-pointers; the returned buffer is ours.
     let status = unsafe { abi::proxy_get_header_map_pairs(abi::MAP_REQUEST_HEADERS, &mut data, &mut size) };
     match status {
-        abi::OK => Ok(unsafe { owned_buffer(data, size) }.map(HeaderMap::decode_owned).unwrap_or_default()),
+        abi::OK => Ok(unsafe { owned_buffer(data, size) }.map(HeaderMap::decode).unwrap_or_default()),
         abi::NOT_FOUND => Ok(HeaderMap::default()),
         other => Err(HostError(other)),
     }

@@ -28,7 +28,7 @@ pub fn charge(
     let mut held = leases.as_deref_mut().and_then(Option::as_mut);
     // Without a tick (the native module) nothing else gives unused leases back.
     if let Some(held) = held.as_deref_mut() {
-        quotas.refund_due(vm.store.as_ref(), held, now);
+        quotas.refund_expired(vm.store.as_ref(), held, now);
     }
     let charged = quotas.check_leased(vm.store.as_ref(), held, policy, issuer, identity, jkt, now);
     drop(leases);
