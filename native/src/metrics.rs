@@ -202,18 +202,22 @@ impl Counts {
         self.note();
     }
 
+    /// Whether counters wait for the flusher (else they are written at once).
+    fn batched(&self) -> bool {
+        self.flusher.get().is_some()
+    }
+
     /// Something waits for a flush: wakes the flusher unless it is awake for it
-    /// already. `false` when there is no flusher (the caller writes at once).
+    /// already (nothing without a flusher: counters are then written at once).
     ///
     /// A count added before this call is taken by the flush it wakes for, or by the
     /// one already coming: that flush clears `dirty` before it takes the counts, and
     /// `dirty` read as set here means the clear (and the taking) comes later.
-    fn note(&self) -> bool {
-        let Some(flusher) = self.flusher.get() else { return false };
+    fn note(&self) {
+        let Some(flusher) = self.flusher.get() else { return };
         if !self.dirty.load(Ordering::SeqCst) && !self.dirty.swap(true, Ordering::SeqCst) {
             flusher.unpark();
         }
-        true
     }
 }
 
@@ -287,7 +291,7 @@ pub fn define(families: &Families, kind: MetricKind, name: &str) -> Result<u32, 
     });
     SERIES.with(|series| {
         let mut series = series.try_borrow_mut().map_err(|_| HostError::INTERNAL_FAILURE)?;
-        let flushed = counter.is_some() && families.counts.flusher.get().is_some();
+        let flushed = counter.is_some() && families.counts.batched();
         let shown = family_kind == Kind::Histogram || flushed;
         UNSHOWN.with(|unshown| unshown.set(unshown.get() || !shown));
         series.push(Series { kind: family_kind, envoy_id, values, shown, counter });
@@ -300,17 +304,21 @@ pub fn define(families: &Families, kind: MetricKind, name: &str) -> Result<u32, 
 /// gauge is moved at once.
 pub fn increment(families: &Families, filter: *mut c_void, id: u32, offset: i64) -> Result<(), HostError> {
     let index = index(id)?;
-    let counter = SERIES.with(|series| {
+    let flushed = families.counts.batched();
+    let counted = SERIES.with(|series| {
         let series = series.try_borrow().map_err(|_| HostError::INTERNAL_FAILURE)?;
         let entry = series.get(index).ok_or(HostError::NOT_FOUND)?;
-        Ok::<_, HostError>(entry.counter.clone())
-    })?;
-    if let Some(pending) = counter {
-        if families.counts.flusher.get().is_some() {
-            pending.count.fetch_add(offset.unsigned_abs(), Ordering::SeqCst);
-            families.counts.note();
-            return Ok(());
+        match &entry.counter {
+            Some(pending) if flushed => {
+                pending.count.fetch_add(offset.unsigned_abs(), Ordering::SeqCst);
+                Ok(true)
+            }
+            _ => Ok::<_, HostError>(false),
         }
+    })?;
+    if counted {
+        families.counts.note();
+        return Ok(());
     }
     update(filter, id, |kind| match kind {
         Kind::Counter => (Op::AddCounter, offset.unsigned_abs()),
