@@ -161,6 +161,17 @@ impl PublicKey {
         }
     }
 
+    /// What an installed backend made of the key ([`crate::backend::Prepared`]); `None`
+    /// for Ed25519, which no backend takes.
+    pub fn prepared(&self) -> Option<&crate::backend::Prepared> {
+        match self {
+            PublicKey::Rsa(key) => Some(key.prepared()),
+            PublicKey::P256(key) => Some(key.prepared()),
+            PublicKey::P384(key) => Some(key.prepared()),
+            PublicKey::Ed25519(_) => None,
+        }
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             PublicKey::Rsa(_) => "RSA",

@@ -1,5 +1,5 @@
 //! Another signature verifier for the process, installed once by a shell that has a
-//! faster one than nhi-guard's own (the native shell: `ring`'s, natively compiled
+//! faster one than nhi-guard's own (the native shell: `aws-lc-rs`'s, natively compiled
 //! assembly, where the wasm's verifiers are written for V8). The wasm installs none.
 //!
 //! A backend only answers for the algorithm and key [`Alg::verify`] already matched
@@ -8,7 +8,9 @@
 //! nhi-guard's own verifier then decides. Every backend is held to the same
 //! Wycheproof vectors and to nhi-guard's verdicts on them.
 
-use std::sync::OnceLock;
+use std::any::Any;
+use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use crate::alg::{Alg, PublicKey};
 
@@ -30,4 +32,26 @@ pub fn install(backend: Box<dyn Backend>) -> Result<(), Box<dyn Backend>> {
 /// The installed backend, if any.
 pub fn installed() -> Option<&'static dyn Backend> {
     INSTALLED.get().map(|backend| backend.as_ref())
+}
+
+/// What the installed backend made of one key on its first check (its library's own
+/// parsed form of it: `aws-lc-rs`'s `ParsedPublicKey` keeps RSA's Montgomery constants,
+/// which a key parsed on every check computes every time), kept with the key from
+/// [`PublicKey::prepared`] and shared by its clones, so it lives exactly as long as the
+/// key does in the key set. Stays empty where no backend is installed (the wasm).
+#[derive(Clone, Default)]
+pub struct Prepared(Arc<OnceLock<Box<dyn Any + Send + Sync>>>);
+
+impl Prepared {
+    /// The backend's form of the key, made by `make` on the first call; `None` only if
+    /// the slot already holds another type (one backend per process makes that a bug).
+    pub fn get_or_make<T: Any + Send + Sync>(&self, make: impl FnOnce() -> T) -> Option<&T> {
+        self.0.get_or_init(|| Box::new(make())).downcast_ref()
+    }
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Prepared(made)" } else { "Prepared(empty)" })
+    }
 }

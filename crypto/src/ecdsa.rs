@@ -27,6 +27,7 @@ mod curves;
 mod field;
 mod point;
 
+use crate::backend::Prepared;
 pub use curves::{P256, P384};
 use point::{Affine, Curve, Projective, Scalar};
 
@@ -95,6 +96,8 @@ impl<C: Curve<N>, const N: usize> Table<C, N> {
 pub struct EcKey<C: Curve<N>, const N: usize> {
     point: Affine<C, N>,
     table: Table<C, N>,
+    /// What an installed backend made of the key ([`crate::backend`]).
+    prepared: Prepared,
 }
 
 /// An ES256 key.
@@ -109,7 +112,12 @@ impl<C: Ecdsa<N>, const N: usize> EcKey<C, N> {
         let point = Affine::from_sec1_uncompressed(point)?;
         // Build the curve's base-point table now rather than on the first request.
         C::base_table()?;
-        Some(EcKey { point, table: Table::new(&point, W_KEY)? })
+        Some(EcKey { point, table: Table::new(&point, W_KEY)?, prepared: Prepared::default() })
+    }
+
+    /// What an installed backend made of the key ([`crate::backend`]).
+    pub fn prepared(&self) -> &Prepared {
+        &self.prepared
     }
 
     /// The key as SEC 1's uncompressed point.

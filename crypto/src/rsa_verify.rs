@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256, Sha384, Sha512};
 
 pub use self::montgomery::bit_length;
 use self::montgomery::{Modulus, PaddedTarget, PowerOfR};
+use crate::backend::Prepared;
 
 /// Largest modulus accepted at import, in bits (as `rsa` 0.9 enforced before).
 pub const MAX_BITS: usize = montgomery::MAX_BITS;
@@ -32,7 +33,7 @@ pub const MAX_EXPONENT: u64 = (1 << 33) - 1;
 
 /// An RSA public key ready to verify: modulus with its Montgomery constants, and the
 /// public exponent. Cheap to clone.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct RsaPublicKey {
     modulus: Arc<Modulus>,
     e: u64,
@@ -45,6 +46,8 @@ pub struct RsaPublicKey {
     /// `n`, big-endian without leading zeros: what another verifier imports
     /// ([`crate::backend`]).
     n: Arc<[u8]>,
+    /// What that verifier made of the key ([`Prepared`]).
+    prepared: Prepared,
 }
 
 /// Why an RSA public key was refused at import.
@@ -96,12 +99,24 @@ impl RsaPublicKey {
             let padded = pkcs1v15_padding(hash, modulus.byte_len())?;
             modulus.padded_target(&inverse, &padded, hash.len())
         }));
-        Ok(RsaPublicKey { modulus: Arc::new(modulus), e, power_of_r, pkcs1, n })
+        Ok(RsaPublicKey {
+            modulus: Arc::new(modulus),
+            e,
+            power_of_r,
+            pkcs1,
+            n,
+            prepared: Prepared::default(),
+        })
     }
 
     /// The modulus, big-endian, without leading zeros.
     pub fn modulus_be(&self) -> &[u8] {
         &self.n
+    }
+
+    /// What an installed backend made of the key ([`crate::backend`]).
+    pub fn prepared(&self) -> &Prepared {
+        &self.prepared
     }
 
     /// The public exponent.
@@ -131,6 +146,15 @@ impl RsaPublicKey {
             && target.is_some_and(|target| self.modulus.power_matches(signature, target, digest))
     }
 }
+
+/// Two keys are equal when their `n` and `e` are: everything else is computed from them.
+impl PartialEq for RsaPublicKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.n == other.n && self.e == other.e
+    }
+}
+
+impl Eq for RsaPublicKey {}
 
 impl fmt::Debug for RsaPublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -32,7 +32,8 @@ static NEXT_CONFIG: AtomicU64 = AtomicU64::new(1);
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> abi::AbiVersion {
     logger::install();
-    if nhi_guard_core::crypto::backend::install(Box::new(crypto::Ring)).is_err() {
+    crypto::init();
+    if nhi_guard_core::crypto::backend::install(Box::new(crypto::AwsLc)).is_err() {
         log::warn!("nhi-guard: a signature backend was installed already; keeping it");
     }
     abi::ABI_VERSION.as_ptr().cast::<c_char>()
