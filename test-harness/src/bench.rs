@@ -199,20 +199,37 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
         }
     }
     let mut results = Vec::new();
-    for (index, case) in plan.iter().enumerate() {
-        let label = format!("{} — {}", case.stack, case.traffic_label(&settings));
-        let result = runner.run_case(index, *case).with_context(|| format!("case {}: {label}", index + 1))?;
-        if let Some(median) = result.median() {
-            eprintln!(
-                "nhi-bench: [{}/{}] {label}: {} req/s, p50 {}, p99 {}",
-                index + 1,
-                plan.len(),
-                report::rate(median.requests_per_sec),
-                report::latency(median.p50_us),
-                report::latency(median.p99_us)
-            );
+    let label = |index: usize, case: &Case| {
+        format!("case {}: {} — {}", index + 1, case.stack, case.traffic_label(&settings))
+    };
+    // Cases that are compared take turns, run by run (`Case::interleave_key`).
+    for group in plan.chunk_by(|a, b| a.interleave_key() == b.interleave_key()) {
+        let first = results.len();
+        let mut open = Vec::new();
+        for (index, case) in (first..).zip(group) {
+            open.push(runner.open(index, *case).with_context(|| label(index, case))?);
         }
-        results.push(result);
+        for _ in 0..settings.runs {
+            for ((index, case), open) in (first..).zip(group).zip(&mut open) {
+                runner.run_once(open).with_context(|| label(index, case))?;
+            }
+        }
+        for ((index, case), open) in (first..).zip(group).zip(open) {
+            let result = runner.close(open).with_context(|| label(index, case))?;
+            if let Some(median) = result.median() {
+                eprintln!(
+                    "nhi-bench: [{}/{}] {} — {}: {} req/s, p50 {}, p99 {}",
+                    index + 1,
+                    plan.len(),
+                    case.stack,
+                    case.traffic_label(&settings),
+                    report::rate(median.requests_per_sec),
+                    report::latency(median.p50_us),
+                    report::latency(median.p99_us)
+                );
+            }
+            results.push(result);
+        }
     }
     let partner_results = if settings.only.as_deref().is_none_or(|only| only.contains("partner")) {
         eprintln!("nhi-bench: partner signatures");

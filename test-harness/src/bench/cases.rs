@@ -171,6 +171,23 @@ impl Case {
         }
     }
 
+    /// Cases with the same key, next to each other in the plan, take turns: each round
+    /// gives every one of them one run, on Envoys kept up between rounds, so that a ratio
+    /// between them compares the same stretches of a noisy machine's time rather than
+    /// minutes apart. The paced floods need the token-less capacity measured first.
+    pub fn interleave_key(&self) -> String {
+        match self.traffic {
+            Traffic::Reused => "reused".to_owned(),
+            Traffic::Dpop(_) => "dpop".to_owned(),
+            Traffic::Rotating(alg) => format!("rotating-{}", alg.name()),
+            Traffic::ValidAlone | Traffic::TokenlessFlood | Traffic::Flood => {
+                format!("flood-{}", self.stack.slug())
+            }
+            Traffic::TokenlessAlone => "tokenless-alone".to_owned(),
+            Traffic::Paced { .. } => "paced".to_owned(),
+        }
+    }
+
     /// A directory name for the case's Envoy log and wrk outputs.
     pub fn slug(&self, index: usize) -> String {
         let traffic = match self.traffic {
@@ -230,6 +247,16 @@ impl CaseResult {
         sorted.sort_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec));
         sorted.get(sorted.len().saturating_sub(1) / 2).copied()
     }
+}
+
+/// A case between [`Runner::open`] and [`Runner::close`]: its Envoy up and warmed, its
+/// runs so far.
+pub struct OpenCase {
+    dir: PathBuf,
+    envoy: BenchEnvoy,
+    heap_before: Option<u64>,
+    warmup_requests: u64,
+    result: CaseResult,
 }
 
 /// Envoy's memory with one and with two workers, for the per-worker cost.
@@ -322,10 +349,10 @@ impl<'a> Runner<'a> {
         Ok(envoy)
     }
 
-    /// Runs one case: fresh Envoy, probes, warmup, `runs` measured runs.
-    pub fn run_case(&mut self, index: usize, case: Case) -> Result<CaseResult> {
+    /// Opens one case: a fresh Envoy, probed and warmed up, ready for its runs.
+    pub fn open(&mut self, index: usize, case: Case) -> Result<OpenCase> {
         let dir = self.settings.work_dir.join(case.slug(index));
-        let mut envoy = self.start(case.stack, &dir, 1)?;
+        let envoy = self.start(case.stack, &dir, 1)?;
         // DPoP: Envoy's heap before any proof of the load is recorded (the replay table's
         // buckets exist from the start, nearly empty).
         let heap_before = match case.traffic {
@@ -337,7 +364,7 @@ impl<'a> Runner<'a> {
         if !warmup.is_zero() {
             warmup_requests = self.measure(&envoy, case, warmup).context("warmup")?.0.requests;
         }
-        let mut result = CaseResult {
+        let result = CaseResult {
             case,
             runs: Vec::new(),
             flood_runs: Vec::new(),
@@ -348,17 +375,28 @@ impl<'a> Runner<'a> {
             dpop_proofs: 0,
             dpop_heap_growth: None,
         };
-        for run in 0..self.settings.runs {
-            let (measured, flood) = self.measure(&envoy, case, self.settings.run_length())?;
-            fs::write(dir.join(format!("wrk-run-{}.txt", run + 1)), &measured.raw)
+        Ok(OpenCase { dir, envoy, heap_before, warmup_requests, result })
+    }
+
+    /// One measured run of an open case.
+    pub fn run_once(&self, open: &mut OpenCase) -> Result<()> {
+        let run = open.result.runs.len() + 1;
+        let (measured, flood) = self.measure(&open.envoy, open.result.case, self.settings.run_length())?;
+        fs::write(open.dir.join(format!("wrk-run-{run}.txt")), &measured.raw)
+            .context("saving wrk's output")?;
+        if let Some(flood) = flood {
+            fs::write(open.dir.join(format!("wrk-run-{run}-flood.txt")), &flood.raw)
                 .context("saving wrk's output")?;
-            if let Some(flood) = flood {
-                fs::write(dir.join(format!("wrk-run-{}-flood.txt", run + 1)), &flood.raw)
-                    .context("saving wrk's output")?;
-                result.flood_runs.push(flood);
-            }
-            result.runs.push(measured);
+            open.result.flood_runs.push(flood);
         }
+        open.result.runs.push(measured);
+        Ok(())
+    }
+
+    /// Closes a case after its runs: what its Envoy says after the load, then stops it.
+    pub fn close(&self, open: OpenCase) -> Result<CaseResult> {
+        let OpenCase { mut envoy, heap_before, warmup_requests, mut result, .. } = open;
+        let case = result.case;
         if case.traffic == Traffic::TokenlessAlone {
             self.refusal_capacity.set(result.median().map(|m| m.requests_per_sec));
         }
@@ -524,6 +562,33 @@ pub fn estimate(settings: &Settings, cases: usize) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compared_cases_take_turns_and_the_paced_floods_base_is_measured_first() {
+        let plan = Case::plan();
+        let groups: Vec<&[Case]> = plan.chunk_by(|a, b| a.interleave_key() == b.interleave_key()).collect();
+        let group_of = |case: &Case| groups.iter().position(|g| g.contains(case)).unwrap();
+        // One stretch of the plan per key: nothing compared is split across groups.
+        let mut keys = HashSet::new();
+        for group in &groups {
+            assert!(keys.insert(group[0].interleave_key()), "{} is split", group[0].interleave_key());
+        }
+        // A case and its reference take turns, or the reference's group ran before.
+        for case in &plan {
+            if let Some(reference) = case.reference() {
+                assert!(group_of(&reference) <= group_of(case), "{case:?} needs {reference:?}");
+            }
+        }
+        let reused = plan.iter().filter(|c| c.traffic == Traffic::Reused).count();
+        assert_eq!(groups[0].len(), reused, "every reused-token stack takes turns with the others");
+        // The paced floods are offered a share of the token-less capacity, known only once
+        // its case is closed: a group of its own, before theirs.
+        let capacity = group_of(&Case::new(Stack::NhiGuard, Traffic::TokenlessAlone));
+        assert_eq!(groups[capacity].len(), 1);
+        for forged in [false, true] {
+            assert!(group_of(&Case::new(Stack::NhiGuard, Traffic::Paced { forged })) > capacity);
+        }
+    }
 
     #[test]
     fn every_reference_runs_before_the_case_that_needs_it() {

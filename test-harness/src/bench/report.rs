@@ -75,8 +75,9 @@ pub fn render(run: &Run) -> String {
     let _ = writeln!(
         out,
         "nhi-guard against Envoy's native filters, side by side in one run on one machine (issue 10). \
-         Started {} UTC, took {}. Median of {} run(s) of {} s per case; Envoy with one worker pinned to \
-         core {}, wrk pinned to core {}, {} connections, `direct_response` routes.\n",
+         Started {} UTC, took {}. Median of {} run(s) of {} s per case, the cases that are compared taking \
+         turns run by run; Envoy with one worker pinned to core {}, wrk pinned to core {}, {} connections, \
+         `direct_response` routes.\n",
         run.started,
         minutes(run.elapsed),
         settings.runs,
@@ -461,8 +462,12 @@ fn method_section(out: &mut String, run: &Run) {
     let _ = write!(
         out,
         "## Method\n\n\
-         - Each case runs on a fresh Envoy (`--concurrency 1 --log-level warning`, `taskset -c {envoy}`) with one \
-         of `envoy/bench/*.yaml`, validated once with `envoy --mode validate`. Before measuring, probes check \
+         - Each case runs on an Envoy of its own (`--concurrency 1 --log-level warning`, `taskset -c {envoy}`) with \
+         one of `envoy/bench/*.yaml`, validated once with `envoy --mode validate`. Cases that are compared \
+         take turns: the reused-token stacks, each every-token-new algorithm's three stacks, each shell's \
+         flood cases, the DPoP cases, the paced floods; their Envoys are started and warmed up together \
+         (the idle ones wait on the same core), then each round gives every case one run, so a ratio \
+         compares the same stretches of the machine's time. Before measuring, probes check \
          that the stack accepts a valid token and refuses a forged one, a missing one and (RBAC / allow rule) \
          a valid token of another service account, and for nhi-guard that the quota and the machine/human \
          route split are live. A misconfigured stack fails the run; so does a refused valid request or an \
