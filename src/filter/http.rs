@@ -17,6 +17,7 @@ use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
 use super::host::{self, ProxyHost};
 use super::keys;
+use super::root::TickPeriod;
 
 /// What the request does once its fetch callout is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +37,8 @@ struct Pending {
 
 pub struct Http {
     vm: Rc<Vm>,
+    /// The VM's tick period: fast as soon as this request parks.
+    ticking: Rc<TickPeriod>,
     request: Rc<RefCell<Request>>,
     /// The fetch callout this request made (documents fetched on request).
     fetch: Option<Pending>,
@@ -50,9 +53,10 @@ pub struct Http {
 }
 
 impl Http {
-    pub fn new(vm: Rc<Vm>, context_id: u32) -> Self {
+    pub fn new(vm: Rc<Vm>, context_id: u32, ticking: Rc<TickPeriod>) -> Self {
         Http {
             vm,
+            ticking,
             request: Rc::new(RefCell::new(Request::new(context_id))),
             fetch: None,
             logged: false,
@@ -95,6 +99,7 @@ impl Http {
                     deadline_ms,
                     request: Rc::clone(&self.request),
                 });
+                self.ticking.set_fast(true);
                 Action::Pause
             }
         }

@@ -51,17 +51,37 @@ fn report_memory(vm: &Vm) {
     }
 }
 
+/// The VM's tick period, shared by its root context and its requests: ordinary, or
+/// fast while requests wait. A request that parks asks for the fast tick at once —
+/// Envoy re-arms the timer when the period changes — so it waits at most one fast tick
+/// after what it waits for is ready, rather than up to an ordinary one (in Envoy,
+/// requests waiting for another request's TokenReview stalled up to 440 ms on the
+/// ordinary tick).
+#[derive(Debug, Default)]
+pub struct TickPeriod {
+    fast: Cell<bool>,
+}
+
+impl TickPeriod {
+    /// Fast or ordinary from now on; a host call only when that changes.
+    pub fn set_fast(&self, fast: bool) {
+        if fast != self.fast.get() && host::set_tick_period(if fast { FAST_TICK } else { TICK }).is_ok() {
+            self.fast.set(fast);
+        }
+    }
+}
+
 pub struct Root {
     context_id: u32,
     vm: Option<Rc<Vm>>,
-    fast_ticking: bool,
+    ticking: Rc<TickPeriod>,
     /// This VM's lease-holder id (random, non-zero).
     me: u64,
 }
 
 impl Root {
     pub fn new(context_id: u32) -> Self {
-        Root { context_id, vm: None, fast_ticking: false, me: random_u64() | 1 }
+        Root { context_id, vm: None, ticking: Rc::default(), me: random_u64() | 1 }
     }
 
     fn configure(&mut self, config: Config) -> bool {
@@ -148,10 +168,7 @@ impl Root {
         self.wake(&vm, |w| now >= w.deadline_ms || pipeline::ready(&vm, w, now), now);
         pipeline::on_tick(&vm, &mut ProxyHost, now);
         report_memory(&vm);
-        let fast = !vm.waiters.borrow().is_empty();
-        if fast != self.fast_ticking && host::set_tick_period(if fast { FAST_TICK } else { TICK }).is_ok() {
-            self.fast_ticking = fast;
-        }
+        self.ticking.set_fast(!vm.waiters.borrow().is_empty());
     }
 
     /// Makes a callout the fetch machine asked for.
@@ -313,7 +330,7 @@ impl RootContext for Root {
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let vm = self.vm.clone()?;
-        Some(Box::new(Http::new(vm, context_id)))
+        Some(Box::new(Http::new(vm, context_id, Rc::clone(&self.ticking))))
     }
 
     fn get_type(&self) -> Option<ContextType> {

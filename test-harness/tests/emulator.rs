@@ -1337,6 +1337,53 @@ fn a_fresh_liveness_verdict_adds_no_host_call_to_a_cached_request() {
     assert_eq!(calls[1], calls[0], "with liveness (right) against without (left)");
 }
 
+/// Requests that find another request reviewing their token wait for its verdict, on
+/// the same VM and on another: each VM asks the host for its fast tick (50 ms) as soon
+/// as one of its requests parks, so they go on within one fast tick of the verdict
+/// rather than at the ordinary 500 ms tick (in Envoy they stalled up to 440 ms).
+#[test]
+fn requests_waiting_for_another_review_go_on_within_a_fast_tick() {
+    let mut plugin = lifecycle_plugin();
+    plugin["host"] = json!("envoy");
+    plugin["issuers"][0]["profile"]["liveness"]["cluster"] = json!("kube_api");
+    for block in ["revocation", "inventory"] {
+        plugin.as_object_mut().unwrap().remove(block);
+    }
+    let mut host = Host::new(Profile::Full).unwrap();
+    let (a, b) = (host.start_worker_json(&plugin).unwrap(), host.start_worker_json(&plugin).unwrap());
+    let ordinary = host.worker(a).unwrap().tick_period();
+    assert_eq!(ordinary, Duration::from_millis(500));
+    let request = Request::get("/api/x").bearer(&k8s_token("payments", "api", "uid-api-1", "api-1"));
+    // The first request takes the review; one more on its VM and one on the other wait.
+    let first = host.worker(a).unwrap().start_request(&request).unwrap();
+    let review = host.worker(a).unwrap().callouts().into_iter().find(|c| c.context == first).unwrap();
+    let same_vm = host.worker(a).unwrap().start_request(&request).unwrap();
+    let other_vm = host.worker(b).unwrap().start_request(&request).unwrap();
+    for (w, id) in [(a, same_vm), (b, other_vm)] {
+        let worker = host.worker(w).unwrap();
+        assert_eq!(worker.stream(id).unwrap().flow, Flow::Paused, "request {id} waits for the review");
+        assert_eq!(worker.tick_period(), Duration::from_millis(50), "its VM ticks fast at once");
+    }
+    let mut answer: serde_json::Value = serde_json::from_slice(&review.body).unwrap();
+    answer["status"] = json!({"authenticated": true, "audiences": ["nhi-gateway"],
+                              "user": {"username": "system:serviceaccount:payments:api"}});
+    let worker = host.worker(a).unwrap();
+    worker.answer_callout(review.token, Some(CalloutReply::new(201, answer.to_string()))).unwrap();
+    assert_eq!(worker.finish(first, &UpstreamResponse::ok()).unwrap().status, 200);
+    host.advance(Duration::from_millis(60)).unwrap();
+    for (w, id) in [(a, same_vm), (b, other_vm)] {
+        let worker = host.worker(w).unwrap();
+        assert_eq!(worker.stream(id).unwrap().flow, Flow::Continued, "request {id}: one fast tick later");
+        assert_eq!(worker.finish(id, &UpstreamResponse::ok()).unwrap().status, 200);
+    }
+    // Nobody waits any more: back to the ordinary period on the next tick.
+    host.advance(Duration::from_millis(60)).unwrap();
+    for w in [a, b] {
+        assert_eq!(host.worker(w).unwrap().tick_period(), ordinary);
+        assert!(host.worker(w).unwrap().trap().is_none());
+    }
+}
+
 /// Fixed primes of RSA-3072 and RSA-4096 test keys (`openssl genpkey`), for
 /// [`rsa_keys_of_every_size_verify_through_the_wasm_simd_kernel`]: generating keys that
 /// size in the test took 16 s. Test keys, used nowhere else.
