@@ -18,10 +18,10 @@ use aws_lc_rs::signature::{self, ParsedPublicKey, RsaParameters, RsaPublicKeyCom
 use nhi_guard_core::crypto::alg::{Alg, PublicKey};
 use nhi_guard_core::crypto::backend::{Backend, Prepared};
 
-/// aws-lc-rs's RSA parameters take moduli of 2048 to 8192 bits; the exponent bound is
-/// the one ring had, kept so that the backend declines what it declined before.
+/// aws-lc-rs's RSA parameters take moduli of 2048 to 8192 bits (a shorter key would be
+/// refused at the check, not declined). The exponent needs no bound here: the key's
+/// import already refused one above `rsa_verify::MAX_EXPONENT`.
 const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=8192;
-const RSA_MAX_EXPONENT: u64 = (1 << 33) - 1;
 
 pub struct AwsLc;
 
@@ -64,7 +64,7 @@ impl Backend for AwsLc {
         match key {
             PublicKey::Rsa(rsa) => {
                 let (index, params) = rsa_parameters(alg)?;
-                if !RSA_BITS.contains(&rsa.bits()) || rsa.exponent() > RSA_MAX_EXPONENT {
+                if !RSA_BITS.contains(&rsa.bits()) {
                     return None;
                 }
                 let parsed = prepared(key.prepared(), RsaParsed::default)?.0.get(index)?.get_or_init(|| {
