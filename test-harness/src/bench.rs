@@ -199,9 +199,8 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
         }
     }
     let mut results = Vec::new();
-    let label = |index: usize, case: &Case| {
-        format!("case {}: {} — {}", index + 1, case.stack, case.traffic_label(&settings))
-    };
+    let name = |case: &Case| format!("{} — {}", case.stack, case.traffic_label(&settings));
+    let label = |index: usize, case: &Case| format!("case {}: {}", index + 1, name(case));
     // Cases that are compared take turns, run by run (`Case::interleave_key`).
     for group in plan.chunk_by(|a, b| a.interleave_key() == b.interleave_key()) {
         let first = results.len();
@@ -218,11 +217,10 @@ pub fn run(settings: Settings, invocation: String) -> Result<report::Run> {
             let result = runner.close(open).with_context(|| label(index, case))?;
             if let Some(median) = result.median() {
                 eprintln!(
-                    "nhi-bench: [{}/{}] {} — {}: {} req/s, p50 {}, p99 {}",
+                    "nhi-bench: [{}/{}] {}: {} req/s, p50 {}, p99 {}",
                     index + 1,
                     plan.len(),
-                    case.stack,
-                    case.traffic_label(&settings),
+                    name(case),
                     report::rate(median.requests_per_sec),
                     report::latency(median.p50_us),
                     report::latency(median.p99_us)

@@ -1296,17 +1296,33 @@ fn lifecycle_under_the_apisix_profiles_reviews_from_the_request_and_caches_per_v
     }
 }
 
+/// [`lifecycle_plugin`] on the Envoy profile, liveness only (its API server the
+/// `kube_api` cluster; no revocation feed, no inventory).
+fn envoy_liveness_plugin() -> serde_json::Value {
+    let mut plugin = lifecycle_plugin();
+    plugin["host"] = json!("envoy");
+    plugin["issuers"][0]["profile"]["liveness"]["cluster"] = json!("kube_api");
+    for block in ["revocation", "inventory"] {
+        plugin.as_object_mut().unwrap().remove(block);
+    }
+    plugin
+}
+
+/// The API server's answer to `review`: authenticated, as service account `account`
+/// (`namespace:name`).
+fn authenticated(account: &str, review: &test_harness::emulator::Callout) -> CalloutReply {
+    let mut answer: serde_json::Value = serde_json::from_slice(&review.body).unwrap();
+    answer["status"] = json!({"authenticated": true, "audiences": ["nhi-gateway"],
+                              "user": {"username": format!("system:serviceaccount:{account}")}});
+    CalloutReply::new(201, answer.to_string())
+}
+
 /// A token whose liveness verdict is fresh costs no host call beyond the ordinary
 /// cached path (Envoy profile, shared data counted): the verdict is kept with the
 /// worker's cached token.
 #[test]
 fn a_fresh_liveness_verdict_adds_no_host_call_to_a_cached_request() {
-    let mut with = lifecycle_plugin();
-    with["host"] = json!("envoy");
-    with["issuers"][0]["profile"]["liveness"]["cluster"] = json!("kube_api");
-    for block in ["revocation", "inventory"] {
-        with.as_object_mut().unwrap().remove(block);
-    }
+    let mut with = envoy_liveness_plugin();
     with["decision_log"] = json!({"enabled": false});
     let mut without = with.clone();
     without["issuers"][0]["profile"].as_object_mut().unwrap().remove("liveness");
@@ -1322,10 +1338,7 @@ fn a_fresh_liveness_verdict_adds_no_host_call_to_a_cached_request() {
         assert_eq!(reviews.len(), usize::from(plugin.pointer("/issuers/0/profile/liveness").is_some()));
         for callout in reviews {
             assert_eq!(callout.upstream, "kube_api");
-            let mut answer: serde_json::Value = serde_json::from_slice(&callout.body).unwrap();
-            answer["status"] = json!({"authenticated": true, "audiences": ["nhi-gateway"],
-                                      "user": {"username": "system:serviceaccount:payments:api"}});
-            worker.answer_callout(callout.token, Some(CalloutReply::new(201, answer.to_string()))).unwrap();
+            worker.answer_callout(callout.token, Some(authenticated("payments:api", &callout))).unwrap();
         }
         assert_eq!(worker.finish(id, &UpstreamResponse::ok()).unwrap().status, 200);
         worker.reset_host_calls();
@@ -1343,12 +1356,7 @@ fn a_fresh_liveness_verdict_adds_no_host_call_to_a_cached_request() {
 /// rather than at the ordinary 500 ms tick (in Envoy they stalled up to 440 ms).
 #[test]
 fn requests_waiting_for_another_review_go_on_within_a_fast_tick() {
-    let mut plugin = lifecycle_plugin();
-    plugin["host"] = json!("envoy");
-    plugin["issuers"][0]["profile"]["liveness"]["cluster"] = json!("kube_api");
-    for block in ["revocation", "inventory"] {
-        plugin.as_object_mut().unwrap().remove(block);
-    }
+    let plugin = envoy_liveness_plugin();
     let mut host = Host::new(Profile::Full).unwrap();
     let (a, b) = (host.start_worker_json(&plugin).unwrap(), host.start_worker_json(&plugin).unwrap());
     let ordinary = host.worker(a).unwrap().tick_period();
@@ -1364,11 +1372,8 @@ fn requests_waiting_for_another_review_go_on_within_a_fast_tick() {
         assert_eq!(worker.stream(id).unwrap().flow, Flow::Paused, "request {id} waits for the review");
         assert_eq!(worker.tick_period(), Duration::from_millis(50), "its VM ticks fast at once");
     }
-    let mut answer: serde_json::Value = serde_json::from_slice(&review.body).unwrap();
-    answer["status"] = json!({"authenticated": true, "audiences": ["nhi-gateway"],
-                              "user": {"username": "system:serviceaccount:payments:api"}});
     let worker = host.worker(a).unwrap();
-    worker.answer_callout(review.token, Some(CalloutReply::new(201, answer.to_string()))).unwrap();
+    worker.answer_callout(review.token, Some(authenticated("payments:api", &review))).unwrap();
     assert_eq!(worker.finish(first, &UpstreamResponse::ok()).unwrap().status, 200);
     host.advance(Duration::from_millis(60)).unwrap();
     for (w, id) in [(a, same_vm), (b, other_vm)] {
