@@ -430,9 +430,15 @@ pub fn respond(host: &mut dyn Host, request: &Request) {
     }
 }
 
-/// The end of the stream: the decision line, if this request gets one.
+/// The end of the stream: the decision line, if this request gets one; on a host
+/// without a tick, the gauges the tick would write, now and then.
 pub fn finish(vm: &Vm, host: &mut dyn Host, request: &mut Request) {
     record::logged(vm, host, request);
+    if !vm.ticks() {
+        // When the request began is recent enough for a gauge, and costs no clock read.
+        let now_ms = request.observed.started_ns.unwrap_or_else(|| host.now_ns()) / 1_000_000;
+        record::gauges_on_request(vm, host, now_ms);
+    }
 }
 
 /// The answer to callout `token` the request made ([`Step::Called`]): records it and

@@ -373,6 +373,11 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
             &[("nhi_issuer", "cluster"), ("nhi_result", "success")],
         );
         assert_eq!(fetches, Some(kube.jwks_authorizations().len() as f64));
+        // The gauges the wasm writes on its tick, written here by requests as they end.
+        let served = TestKeys::shared().unwrap().jwks()["keys"].as_array().unwrap().len();
+        assert_eq!(metric(&scrape, "nhi_jwks_keys", &[("nhi_issuer", "cluster")]), Some(served as f64));
+        let age = metric(&scrape, "nhi_jwks_last_success_age_seconds", &[("nhi_issuer", "cluster")]);
+        assert!(age.is_some_and(|age| age < 60.0), "keys fetched during this test: {age:?}");
     });
 }
 

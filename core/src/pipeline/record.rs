@@ -49,6 +49,9 @@ pub struct Observer {
     sequence: Cell<u64>,
     /// The revocation list was seen stale on the last tick (logged once per episode).
     feed_stale: Cell<bool>,
+    /// On hosts without a tick, when the gauges were last written by a request's end
+    /// ([`gauges_on_request`]).
+    gauges_written_ms: Cell<Option<u64>>,
     /// Counters are added up here and handed to the host on the next tick
     /// ([`Observer::flush`]) rather than one host call per increment: see
     /// [`Observer::count_on_tick`].
@@ -76,6 +79,7 @@ impl Observer {
             started_ms: now_ms,
             sequence: Cell::new(now_ms),
             feed_stale: Cell::new(false),
+            gauges_written_ms: Cell::new(None),
             counting_on_tick: Cell::new(false),
             pending: RefCell::new(Vec::new()),
         };
@@ -499,6 +503,25 @@ pub fn last_seen(vm: &Vm, host: &mut dyn Host, merged: &[crate::observe::invento
 pub fn gauges(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
     jwks_gauges(vm, host, now_ms);
     revocation_gauges(vm, host, now_ms);
+}
+
+/// How often a host without a tick has its gauges written, by the requests that end.
+pub const GAUGES_ON_REQUEST_MS: u64 = 1_000;
+
+/// On a host without a tick (Envoy's dynamic modules, APISIX), the gauges and the
+/// stale-feed log line that [`gauges`] gives the tick, written by a request as it
+/// ends, at most once per [`GAUGES_ON_REQUEST_MS`] per VM. Without requests they
+/// stand still; the feed and the keys are only fetched by requests there too.
+pub fn gauges_on_request(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
+    let due = vm
+        .observer
+        .gauges_written_ms
+        .get()
+        .is_none_or(|at| now_ms.saturating_sub(at) >= GAUGES_ON_REQUEST_MS);
+    if due {
+        vm.observer.gauges_written_ms.set(Some(now_ms));
+        gauges(vm, host, now_ms);
+    }
 }
 
 /// The revocation list's age, staleness and size; a list turning stale (or still

@@ -930,6 +930,39 @@ fn the_revocation_feed_revokes_by_jti_and_by_issue_time_without_a_reload() {
     assert_eq!(send(&fx, bearer(request("GET", "/api/x"), &stolen)).reason.as_deref(), Some("token_revoked"));
 }
 
+/// A host without a tick (Envoy's dynamic modules, APISIX) has the feed's gauges
+/// and its stale warning written by requests as they end, at most once a second per
+/// VM; with a tick they are the tick's.
+#[test]
+fn without_a_tick_requests_write_the_gauges_once_a_second() {
+    let mut config = plugin();
+    config["revocation"] = json!({"cluster": "revocations", "authority": "nhi-revocations.internal",
+                                  "path": "/revocations.json", "max_stale_seconds": 60});
+    let ticking = fixture(config.clone());
+    send(&ticking, bearer(request("GET", "/api/x"), &token("robot", json!({}))));
+    assert_eq!(ticking.metrics.borrow().find(&["nhi_revocation_stale"]), None, "the tick's to write");
+
+    let config = Config::from_json(config.to_string().as_bytes()).unwrap();
+    let plan =
+        Plan::choose(HostSetting::Auto, Probed { shared_data: true, timers: false, clock: true }).unwrap();
+    let store = Rc::new(FaultyStore::<MemoryStore>::default());
+    let mut host = MemoryHost::new(NOW * 1_000_000_000);
+    let vm = Vm::start(config, plan, Box::new(Rc::clone(&store)), &mut host, NOW * 1000, 7).unwrap();
+    assert!(!vm.ticks());
+    let fx = Fixture { vm, store, metrics: Rc::clone(&host.metrics) };
+    let at = |ms: u64| {
+        let mut host = bearer(request("GET", "/api/x"), &token("robot", json!({})));
+        host.now_ns = NOW * 1_000_000_000 + ms * 1_000_000;
+        send(&fx, host);
+        let metrics = fx.metrics.borrow();
+        (metrics.find(&["nhi_revocation_stale"]), metrics.find(&["nhi_revocation_age_seconds"]))
+    };
+    // Never fetched: its age counts from the VM's start.
+    assert_eq!(at(59_500), (Some(0), Some(59)));
+    assert_eq!(at(60_400), (Some(0), Some(59)), "written less than a second ago");
+    assert_eq!(at(60_600), (Some(1), Some(60)), "over max_stale_seconds: stale");
+}
+
 #[test]
 fn a_stale_or_missing_revocation_list_is_refused_with_on_stale_deny_and_used_with_keep() {
     for on_stale in ["deny", "keep"] {

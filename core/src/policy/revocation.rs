@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Every member is optional. A token is refused when its `jti` is listed, its
-//! `kubernetes.io.serviceaccount.uid` is listed, or its forwarded identity has an
+//! `kubernetes.io.serviceaccount.uid` is listed, or its forwarded identity or `sub` has an
 //! `issued_before` time its `iat` is not after (`401 token_revoked`: the credential
 //! is no longer valid; a token without `iat` cannot show it is newer, and is
 //! refused too); when its `sub` or forwarded identity matches `subjects` (exact, or
@@ -305,7 +305,11 @@ impl RevocationList {
         if uid.is_some_and(|uid| self.service_account_uids.contains(uid)) {
             return Err(RouteDenial::TokenRevoked);
         }
-        if let Some(before) = self.issued_before.get(who.identity) {
+        // Keyed by the forwarded identity or by `sub`, as `subjects` is: for a
+        // Kubernetes token that is `payments/api` or `system:serviceaccount:payments:api`,
+        // and an operator writing either in an incident must not revoke nothing.
+        let before = [who.identity, who.subject].into_iter().filter_map(|k| self.issued_before.get(k)).max();
+        if let Some(before) = before {
             let iat = who.claims.get("iat").and_then(serde_json::Value::as_f64);
             // Truncated like every NumericDate; no iat cannot show it is newer.
             if iat.is_none_or(|iat| (iat as i64) < *before) {
@@ -471,6 +475,25 @@ mod tests {
         assert_eq!(feed.check(&who("partner-9", "partner-9", &any)), Err(RouteDenial::SubjectDenied));
         assert_eq!(feed.check(&who("partner-90", "partner-90", &any)), Ok(()));
         assert_eq!(list(json!({})), RevocationList::default(), "every member is optional");
+    }
+
+    #[test]
+    fn issued_before_names_the_identity_or_the_subject() {
+        let sub = "system:serviceaccount:payments:api";
+        let old = claims(json!({"iat": 1_799_999_999}));
+        let new = claims(json!({"iat": 1_900_000_001}));
+        let by_sub = list(json!({"issued_before": {sub: 1_800_000_000}}));
+        assert_eq!(by_sub.check(&who("payments/api", sub, &old)), Err(RouteDenial::TokenRevoked));
+        assert_eq!(by_sub.check(&who("payments/api", sub, &new)), Ok(()));
+        // Both written: the later moment wins, whichever key holds it.
+        let both = list(json!({"issued_before": {sub: 1_800_000_000, "payments/api": 1_900_000_000}}));
+        let between = claims(json!({"iat": 1_850_000_000}));
+        assert_eq!(both.check(&who("payments/api", sub, &between)), Err(RouteDenial::TokenRevoked));
+        assert_eq!(both.check(&who("payments/api", sub, &new)), Ok(()));
+        assert_eq!(
+            both.check(&who("payments/worker", "system:serviceaccount:payments:worker", &old)),
+            Ok(())
+        );
     }
 
     #[test]
