@@ -380,8 +380,10 @@ impl Config {
 }
 
 impl Config {
-    /// Every request header the filter sets: client copies of them are removed from
-    /// every request, whatever route or credential it turns out to have.
+    /// Every request header the filter sets, and the partners' API key header: client
+    /// copies of them are removed from every request, whatever route or credential it
+    /// turns out to have (an API key is a secret the upstream never sees, also when a
+    /// token or a signature authenticated the request).
     pub fn managed_headers(&self) -> Vec<&str> {
         [self.forward.identity_header.as_str(), self.forward.issuer_header.as_str()]
             .into_iter()
@@ -390,6 +392,7 @@ impl Config {
             .chain(self.mtls.as_ref().map(|m| m.identity_header.as_str()))
             .chain(self.behaviour.as_ref().map(|_| crate::behaviour::ANOMALY_HEADER))
             .chain([crate::dpop::JKT_HEADER])
+            .chain(self.partners.as_ref().and_then(|p| p.api_key_header.as_deref()))
             .collect()
     }
 

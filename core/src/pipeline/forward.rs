@@ -1,7 +1,8 @@
 //! Stage 5, forward: the headers the upstream (and Envoy's router, which re-selects
 //! the route on them) sees — client class, shadow decision, the verified identity,
 //! its claim headers, certificate identity, DPoP key and anomalies — and the token (and
-//! its DPoP proof, or a partner's API key) removed.
+//! its DPoP proof) removed. (A partner's API key never gets this far: it is removed
+//! with the managed headers, from every request, by [`super::extract`].)
 
 use crate::behaviour::tracker::Flags;
 use crate::behaviour::ANOMALY_HEADER;
@@ -46,12 +47,6 @@ pub fn forward(
         }
         if config.behaviour.as_ref().is_some_and(|b| b.forward_header) && !noted.anomalies.is_empty() {
             host.set_request_header(ANOMALY_HEADER, &noted.anomalies.joined())?;
-        }
-    }
-    if super::partner::by_api_key(authenticated) {
-        // The partner's key is a secret: the upstream never sees it.
-        if let Some(header) = config.partners.as_ref().and_then(|p| p.api_key_header.as_deref()) {
-            host.remove_request_header(header.as_bytes())?;
         }
     }
     if let Some(verified) = authenticated.and_then(Authenticated::token) {

@@ -14,7 +14,7 @@ use crate::host::Host;
 use crate::partners::check::{self, Signed};
 use crate::partners::digest::{self, Expected};
 use crate::partners::replay::Seen;
-use crate::partners::{Method, PartnerKey};
+use crate::partners::PartnerKey;
 use crate::reason::{Reason, Rejection};
 
 use super::extract::Presented;
@@ -275,12 +275,6 @@ pub fn key_of(authenticated: &Authenticated) -> Option<PartnerKey> {
         Authenticated::Partner(key) => Some(*key),
         Authenticated::Token(_) => None,
     }
-}
-
-/// Whether the request was authenticated by an API key (whose header is then not
-/// forwarded).
-pub fn by_api_key(authenticated: Option<&Authenticated>) -> bool {
-    matches!(authenticated, Some(Authenticated::Partner(PartnerKey { method: Method::ApiKey, .. })))
 }
 
 #[cfg(test)]

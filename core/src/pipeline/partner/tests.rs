@@ -471,6 +471,11 @@ fn an_api_key_is_an_identity_and_never_reaches_the_upstream() {
     // On the human route a partner key is a machine credential.
     let web = send(&fx, request("GET", "/web/a").header("x-api-key", "acme-api-key"));
     assert_eq!(refused(&web), (Some(403), Some("machine_on_human_route")));
+    // Authenticated otherwise (a signature goes first), the key still stays here.
+    let how = Sign { nonce: Some("with-a-key"), ..Sign::default() };
+    let signed = send(&fx, sign(request("GET", "/partner/a").header("x-api-key", "acme-api-key"), &how));
+    assert_eq!(signed.upstream("x-nhi-identity").as_deref(), Some("partner:acme"));
+    assert_eq!(signed.upstream("x-api-key"), None, "a key sent beside a signature");
 }
 
 #[test]
