@@ -627,8 +627,8 @@ fn envoy_vm_settings(plugin: &Value, path: &str) -> VmSettings {
 
 /// nhi-guard's native shell (a `dynamic_modules` filter whose `filter_name` is
 /// nhi-guard) anywhere below `value`: its `filter_config` is the same plugin JSON.
-/// What only the native shell refuses (remote JWKS, mtls, partners, filter_state) is
-/// refused when Envoy loads it, not here.
+/// What only the native shell refuses (`host: apisix`) is refused when Envoy loads
+/// it, not here.
 fn dynamic_module_filters(
     value: &Value,
     what: &str,

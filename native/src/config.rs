@@ -13,7 +13,8 @@ use crate::metrics::Families;
 use crate::store::SharedStore;
 
 /// One `dynamic_modules` filter configuration: the validated configuration and the
-/// table its workers share. Created on Envoy's main thread, read from every worker.
+/// table its workers share (its filter name's: [`crate::store::for_filter`]).
+/// Created on Envoy's main thread, read from every worker.
 #[derive(Debug)]
 pub struct FilterConfig {
     pub config: Config,
@@ -55,6 +56,7 @@ impl FilterConfig {
     pub fn load(
         json: &[u8],
         id: u64,
+        store: Arc<SharedStore>,
         families: impl FnOnce() -> Families,
     ) -> Result<FilterConfig, LoadError> {
         let config = Config::from_json(json).map_err(LoadError::Config)?;
@@ -65,7 +67,7 @@ impl FilterConfig {
                 .resolve(&mut |name| std::env::var_os(name).map(|v| v.into_vec()))
                 .map_err(LoadError::Secret)?;
         }
-        Ok(FilterConfig { config, store: Arc::default(), families: Arc::new(families()), id })
+        Ok(FilterConfig { config, store, families: Arc::new(families()), id })
     }
 
     /// How the core runs here: one table for every worker (so quotas, the token cache
@@ -103,7 +105,7 @@ mod tests {
 
     #[test]
     fn inline_keys_load() {
-        let loaded = FilterConfig::load(INLINE.as_bytes(), 1, Families::default).unwrap();
+        let loaded = FilterConfig::load(INLINE.as_bytes(), 1, Arc::default(), Families::default).unwrap();
         assert_eq!(loaded.plan().state, StateScope::Shared);
     }
 
@@ -115,7 +117,7 @@ mod tests {
             r#""jwks": {"cluster": "jwks", "authority": "jwks", "path": "/jwks.json"}"#,
         );
         assert_ne!(remote, INLINE);
-        let loaded = FilterConfig::load(remote.as_bytes(), 1, Families::default).unwrap();
+        let loaded = FilterConfig::load(remote.as_bytes(), 1, Arc::default(), Families::default).unwrap();
         assert_eq!(loaded.plan().key_fetch, KeyFetch::OnRequest);
 
         let discovering = INLINE.replace(
@@ -124,22 +126,27 @@ mod tests {
             r#""discovery": {"cluster": "idp", "authority": "idp.example"}, "jwks": {}"#,
         );
         assert_ne!(discovering, INLINE);
-        let loaded = FilterConfig::load(discovering.as_bytes(), 1, Families::default).unwrap();
+        let loaded =
+            FilterConfig::load(discovering.as_bytes(), 1, Arc::default(), Families::default).unwrap();
         assert_eq!(loaded.plan().key_fetch, KeyFetch::OnRequest);
     }
 
     #[test]
     fn filter_state_and_mtls_load_and_apisix_is_refused() {
         let json = INLINE.replacen('{', r#"{"filter_state": true, "mtls": {"trust_domains": ["td"]}, "#, 1);
-        FilterConfig::load(json.as_bytes(), 1, Families::default).unwrap();
+        FilterConfig::load(json.as_bytes(), 1, Arc::default(), Families::default).unwrap();
         let json = INLINE.replacen('{', r#"{"host": "apisix", "#, 1);
-        let err = FilterConfig::load(json.as_bytes(), 1, Families::default).unwrap_err().to_string();
+        let err = FilterConfig::load(json.as_bytes(), 1, Arc::default(), Families::default)
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("host: "), "{err}");
     }
 
     #[test]
     fn invalid_configuration_names_its_path() {
-        let err = FilterConfig::load(br#"{"issuers": []}"#, 1, Families::default).unwrap_err().to_string();
+        let err = FilterConfig::load(br#"{"issuers": []}"#, 1, Arc::default(), Families::default)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("issuers"), "{err}");
     }
 }

@@ -53,10 +53,12 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     // SAFETY: Envoy's buffers, valid for this call.
     let (name, json) = unsafe { (name.to_vec(), config.to_vec()) };
     let id = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
-    match FilterConfig::load(&json, id, || metrics::Families::define(config_envoy_ptr)) {
+    match FilterConfig::load(&json, id, store::for_filter(&name), || {
+        metrics::Families::define(config_envoy_ptr)
+    }) {
         Ok(loaded) => {
             log::info!(
-                "nhi-guard (native) configured as {:?}: {} issuer(s), state shared by every worker in process",
+                "nhi-guard (native) configured as {:?}: {} issuer(s), state shared by every worker and every configuration of that name",
                 String::from_utf8_lossy(&name),
                 loaded.config.issuers.len()
             );

@@ -14,7 +14,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use nhi_guard_core::host::store::{Store, StoreError, Versioned};
 
@@ -90,6 +90,26 @@ impl Store for SharedStore {
     }
 }
 
+/// Every filter name's table, for the life of the process.
+static BY_FILTER_NAME: OnceLock<Mutex<HashMap<Vec<u8>, Arc<SharedStore>>>> = OnceLock::new();
+
+/// The table of the filter configurations named `name` (Envoy's `filter_name`). One
+/// per name for the life of the process, as Envoy's shared data is one per `vm_id`: a
+/// configuration that replaces another (a listener or ECDS update) keeps its quotas,
+/// its token cache and its replay tables. A fresh table per configuration would let
+/// every DPoP proof and partner nonce of the last `max_age` be replayed once after
+/// each update, and give every quota a new budget. Bounded by the names in Envoy's
+/// configuration; like shared data, a table is never dropped.
+pub fn for_filter(name: &[u8]) -> Arc<SharedStore> {
+    let tables = BY_FILTER_NAME.get_or_init(Mutex::default);
+    match tables.lock() {
+        Ok(mut tables) => Arc::clone(tables.entry(name.to_vec()).or_default()),
+        // Only a panic while holding the lock could poison it, and nothing here panics;
+        // a table of its own is still correct within the configuration.
+        Err(_) => Arc::default(),
+    }
+}
+
 /// A worker's handle on the configuration's table (the core takes a `Box<dyn Store>`).
 #[derive(Debug, Clone, Default)]
 pub struct SharedHandle(pub Arc<SharedStore>);
@@ -108,6 +128,27 @@ impl Store for SharedHandle {
 mod tests {
     use super::*;
     use nhi_guard_core::host::store::MemoryStore;
+
+    /// A configuration replacing another of the same filter name finds its table (a
+    /// proof or nonce seen before the update is still a replay after it).
+    #[test]
+    fn one_table_per_filter_name_for_the_process() {
+        let first = for_filter(b"nhi-guard-test-a");
+        first.set("replay/bucket-1", b"seen", None).unwrap();
+        let reloaded = for_filter(b"nhi-guard-test-a");
+        assert!(Arc::ptr_eq(&first, &reloaded));
+        assert_eq!(reloaded.get("replay/bucket-1").unwrap().0.as_deref(), Some(&b"seen"[..]));
+        drop((first, reloaded));
+        assert_eq!(
+            for_filter(b"nhi-guard-test-a").get("replay/bucket-1").unwrap().0.as_deref(),
+            Some(&b"seen"[..])
+        );
+        assert_eq!(
+            for_filter(b"nhi-guard-test-b").get("replay/bucket-1"),
+            Ok((None, None)),
+            "another filter"
+        );
+    }
 
     /// The same calls, the same answers, as the core's model of Envoy's shared data.
     #[test]
