@@ -163,7 +163,8 @@ impl NativeHost {
 }
 
 impl NativeHost {
-    /// An integer attribute, as the decimal text the wasm's property holds.
+    /// An integer attribute, as Envoy's proxy-wasm property of the same name holds it
+    /// (eight bytes, little-endian), which is what the core reads (`response.code`).
     fn attribute_int(&self, id: u32) -> Option<Vec<u8>> {
         let filter = self.filter().ok()?;
         let mut value = 0u64;
@@ -173,7 +174,7 @@ impl NativeHost {
         } {
             return None;
         }
-        Some(value.to_string().into_bytes())
+        Some(value.to_le_bytes().to_vec())
     }
 }
 

@@ -40,6 +40,8 @@ fn plugin() -> Value {
         "max_tracked_identities": 1000,
         "response_headers": true
     });
+    // Statuses and latencies per identity: read from Envoy's `response.code` at the end.
+    plugin["behaviour"] = json!({ "outcome_metrics": true });
     plugin
 }
 
@@ -428,6 +430,17 @@ fn the_metrics_are_the_wasms_under_envoys_module_prefix(native: &Native) {
     );
     // Defined when the VM starts, shown at zero before anything happens to them.
     assert_eq!(metric(&scrape, "nhi_quota_overflow_total", &[("nhi_policy", "default")]), Some(0.0));
+    // The response's status, as the wasm reads it (an integer attribute).
+    let responses = |class: &str| {
+        metric(
+            &scrape,
+            "nhi_identity_responses_total",
+            &[("nhi_issuer", issuer), ("nhi_identity", "robot-quota"), ("nhi_status_class", class)],
+        )
+    };
+    assert_eq!(responses("2xx"), Some(QUOTA as f64));
+    assert_eq!(responses("4xx"), Some(refused));
+    assert_eq!(responses("other"), None);
 }
 
 /// What the native shell cannot do is refused when Envoy loads the config, with the
