@@ -23,11 +23,11 @@
 //! # Anomalies
 //! | kind | flagged when (after warm-up) |
 //! |---|---|
-//! | `burst` | this interval's requests exceed `factor` × the rate, `factor` × the decayed peak, and `floor` |
+//! | `burst` | this interval's requests exceed `factor` × the rate, twice the decayed peak (`PEAK_FACTOR`), and `floor` |
 //! | `new_route` | a route class the identity never used |
 //! | `new_source` | a source network the identity never came from |
 //! | `error_spike` | this interval's error ratio exceeds `ratio` and twice the learned ratio, over at least `min_requests` |
-//! | `dormant_returned` | the first request after `after_seconds` of silence |
+//! | `dormant_returned` | the first request after `after_seconds` of silence (warm-up or not; refused, the identity stays silent) |
 //!
 //! Each kind is `observe` (counted, logged, optionally forwarded in `x-nhi-anomaly`)
 //! or `enforce` (the request is refused with the kind's status and reason

@@ -194,7 +194,10 @@ impl Tracker {
         // Learn, except what is refused.
         let refused = observation.refuse.map(|(kind, _)| kind);
         local.count = local.count.saturating_add(1);
-        local.last_seen = now;
+        if refused != Some(Kind::DormantReturned) {
+            // Refused for its silence, it stays silent: its next request is refused too.
+            local.last_seen = now;
+        }
         if refused != Some(Kind::NewRoute) {
             local.routes |= bit;
         }
@@ -554,6 +557,13 @@ mod tests {
         // An hour of silence everywhere: dormant on either worker.
         let o = c.observe(&b, &store, &seen(T0 + 131 * MINUTE, 0, "203.0.113.7"));
         assert_eq!(o.refuse.map(|(kind, _)| kind), Some(Kind::DormantReturned));
+        // What is refused is not learned: the identity stays dormant for its next
+        // requests, on this worker and the other.
+        for i in 1..=3u64 {
+            let worker = if i == 2 { &mut a } else { &mut c };
+            let o = worker.observe(&b, &store, &seen(T0 + 131 * MINUTE + 1_000 * i, 0, "203.0.113.7"));
+            assert_eq!(o.refuse.map(|(kind, _)| kind), Some(Kind::DormantReturned), "request {}", i + 1);
+        }
     }
 
     #[test]
