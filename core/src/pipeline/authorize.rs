@@ -142,7 +142,11 @@ pub fn authorize(
         Some(Ok(authenticated)) => Some(authenticated),
         _ => None,
     };
-    let noted = forward::Noted { anomalies: request.observed.anomalies, dpop_scheme: request.dpop.scheme };
+    let noted = forward::Noted {
+        anomalies: request.observed.anomalies,
+        dpop_scheme: request.dpop.scheme,
+        machine_credential: machine_issuer,
+    };
     match forward::forward(vm, host, &verdict, authenticated, who, certificate.as_ref(), noted) {
         Ok(()) => Step::Continue,
         Err(err) => reply::refuse(vm, host, request, &reply::internal(err)),

@@ -8,7 +8,7 @@ use crate::behaviour::tracker::Flags;
 use crate::behaviour::ANOMALY_HEADER;
 use crate::host::{Host, HostError};
 use crate::mtls::{self, ClientCertificate};
-use crate::policy::{IdentityInfo, Verdict, SHADOW_DECISION_HEADER};
+use crate::policy::{ClientClass, IdentityInfo, Verdict, SHADOW_DECISION_HEADER};
 
 use super::verify::Authenticated;
 use super::Vm;
@@ -20,6 +20,9 @@ pub struct Noted {
     pub anomalies: Flags,
     /// The token came with the `DPoP` scheme: its proof header is removed with it.
     pub dpop_scheme: bool,
+    /// A credential the verifier refused but a lenient reading attributes to one of
+    /// our issuers (`policy::names_machine_issuer`).
+    pub machine_credential: bool,
 }
 
 pub fn forward(
@@ -48,6 +51,12 @@ pub fn forward(
         if config.behaviour.as_ref().is_some_and(|b| b.forward_header) && !noted.anomalies.is_empty() {
             host.set_request_header(ANOMALY_HEADER, &noted.anomalies.joined())?;
         }
+    }
+    if noted.machine_credential && verdict.client_class == ClientClass::Human {
+        // Only shadow mode gets here (enforced, it is `machine_on_human_route`): what the
+        // web backend would do with a machine token is not its business, whatever
+        // `token.forward` says of verified ones.
+        host.remove_request_header(config.token.header.as_bytes())?;
     }
     if let Some(verified) = authenticated.and_then(Authenticated::token) {
         if let Some(rules) = config.issuers.get(verified.issuer).map(|i| &i.claims_to_headers) {

@@ -130,6 +130,25 @@ fn a_verified_machine_is_forwarded_with_its_identity_and_without_its_token() {
     assert_eq!(metrics.find(&["nhi_requests_total", "nhi_decision=allowed"]), Some(1));
 }
 
+/// In shadow mode a human route forwards what it would refuse, but never a machine
+/// credential: one the verifier refused, read leniently as ours (padded here), would
+/// otherwise reach the web backend, whose lenient decoder may accept it (issue 23).
+#[test]
+fn shadow_mode_never_forwards_a_machine_credential_to_a_human_route() {
+    let mut config = plugin();
+    config["mode"] = json!("shadow");
+    let fx = fixture(config);
+    let machine = token("robot", json!({}));
+    let out = send(&fx, bearer(request("GET", "/web/x"), &format!("{machine}==")));
+    assert_eq!(out.upstream("x-nhi-client").as_deref(), Some("human"));
+    let shadow = out.upstream("x-nhi-shadow-decision").unwrap_or_default();
+    assert!(shadow.contains("reason=machine_on_human_route"), "{shadow}");
+    assert_eq!(out.upstream("authorization"), None, "the machine credential stays here");
+    // A person's credential on the same route is theirs to keep.
+    let person = send(&fx, request("GET", "/web/x").header("authorization", "Bearer session-abc"));
+    assert_eq!(person.upstream("authorization").as_deref(), Some("Bearer session-abc"));
+}
+
 #[test]
 fn the_audience_table_natively() {
     let fx = fixture(plugin());
