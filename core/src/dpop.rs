@@ -142,6 +142,27 @@ pub struct Check<'a> {
     pub nonce: Option<&'a NonceState>,
 }
 
+/// The flood guard around a proof's signature check, as around a token's: a source
+/// over its budget of failures gets no signature check (`429 too_many_failures`),
+/// and a proof whose signature fails, or that is replayed, counts against its
+/// source. Without it, whoever holds a stolen bound token (and any public key)
+/// could buy a signature check per request, without limit.
+pub trait SignatureBudget {
+    /// Whether the request's source may cause a signature check now.
+    fn allows(&mut self) -> bool;
+    /// The proof's signature failed, or the proof was a replay.
+    fn failed(&mut self);
+}
+
+/// No flood guard.
+impl SignatureBudget for () {
+    fn allows(&mut self) -> bool {
+        true
+    }
+
+    fn failed(&mut self) {}
+}
+
 /// Judges one proof (every check of RFC 9449 §4.3 and §7.1) and records it in the
 /// replay table. `Ok`: the key's thumbprint.
 pub fn check<S: Store + ?Sized>(
@@ -149,6 +170,7 @@ pub fn check<S: Store + ?Sized>(
     vm: &VmState,
     shared: &IssuerState,
     store: &S,
+    budget: &mut dyn SignatureBudget,
 ) -> Result<String, Rejection> {
     let invalid = |detail: &str| Rejection::new(Reason::InvalidDpopProof, detail);
     let value = match c.header {
@@ -174,13 +196,23 @@ pub fn check<S: Store + ?Sized>(
         }
     }
     let key = vm.key(&proof)?;
+    if !budget.allows() {
+        return Err(Rejection::new(
+            Reason::TooManyFailures,
+            "too many failed signature checks from this source",
+        ));
+    }
     if !proof.verify(&key.key) {
+        budget.failed();
         return Err(invalid("the proof's signature does not verify with its jwk"));
     }
     let until = proof.accepted_until(c.settings, c.presented.skew, c.presented.now);
     match shared.replay.record(store, &proof.jkt, &proof.jti, until, c.presented.now) {
         Ok(Recorded::Fresh) => Ok(proof.jkt),
-        Ok(Recorded::Replay) => Err(Rejection::new(Reason::DpopReplay, "the proof was already used")),
+        Ok(Recorded::Replay) => {
+            budget.failed();
+            Err(Rejection::new(Reason::DpopReplay, "the proof was already used"))
+        }
         Ok(Recorded::Full) => Err(Rejection::new(
             Reason::DpopReplayCacheFull,
             "the replay cache cannot record the proof now; retry with a fresh proof",

@@ -73,7 +73,7 @@ impl Fixture {
             bound_jkt: bound,
             nonce,
         };
-        check(&c, &self.vm, &self.shared, &self.store)
+        check(&c, &self.vm, &self.shared, &self.store, &mut ())
     }
 
     fn proof(&self, proof: &str, alg: Alg) -> Result<String, Rejection> {

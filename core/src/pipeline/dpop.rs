@@ -69,10 +69,11 @@ pub fn dpop(
 ) -> Verification {
     let Some(Ok(Authenticated::Token(verified))) = &verification.result else { return verification };
     let verified = Rc::clone(verified);
-    let judged = judge(vm, host, request, &verified, now_ms).map_err(|rejection| {
-        let seen = SeenToken { kid: verified.kid.clone(), ours: Some(true) };
-        rejection.for_issuer(verified.issuer).seen(seen)
-    });
+    let judged =
+        judge(vm, host, request, &verified, now_ms, &mut verification.blocked_for).map_err(|rejection| {
+            let seen = SeenToken { kid: verified.kid.clone(), ours: Some(true) };
+            rejection.for_issuer(verified.issuer).seen(seen)
+        });
     if let Some(trace) = request.trace.as_deref_mut() {
         trace.dpop = Some(judged.clone().map(|()| request.dpop.jkt.clone()));
     }
@@ -88,6 +89,7 @@ fn judge(
     request: &mut Request,
     verified: &Verified,
     now_ms: u64,
+    blocked_for: &mut Option<u64>,
 ) -> Result<(), Rejection> {
     let config = &vm.config;
     let bound = dpop::bound_jkt(&verified.claims)?;
@@ -155,7 +157,16 @@ fn judge(
         nonce: nonce.as_ref(),
     };
     let started = host.now_ns();
-    let result = dpop::check(&check, &vm.dpop, shared, vm.store.as_ref());
+    let mut budget = Budget {
+        vm,
+        host,
+        source: &mut request.info.source,
+        source_text: &mut request.observed.source,
+        now_secs: u64::try_from(now).unwrap_or(0),
+        blocked_for: None,
+    };
+    let result = dpop::check(&check, &vm.dpop, shared, vm.store.as_ref(), &mut budget);
+    *blocked_for = budget.blocked_for;
     request.observed.dpop_ns = Some(host.now_ns().saturating_sub(started));
     let jkt = result?;
     if let Some(nonce) = &request.dpop.nonce {
@@ -164,6 +175,38 @@ fn judge(
     request.observed.dpop_jkt = Some(jkt.clone());
     request.dpop.jkt = Some(jkt);
     Ok(())
+}
+
+/// The request's source and the flood guard, for [`dpop::check`].
+struct Budget<'a> {
+    vm: &'a Vm,
+    host: &'a mut dyn Host,
+    source: &'a mut Option<std::net::IpAddr>,
+    source_text: &'a mut Option<String>,
+    now_secs: u64,
+    /// Set when the source is blocked: seconds until it may cause a check again.
+    blocked_for: Option<u64>,
+}
+
+impl dpop::SignatureBudget for Budget<'_> {
+    fn allows(&mut self) -> bool {
+        self.blocked_for = super::verify::source_blocked_for(
+            self.vm,
+            self.host,
+            self.source,
+            self.source_text,
+            self.now_secs,
+        );
+        self.blocked_for.is_none()
+    }
+
+    fn failed(&mut self) {
+        if let (Some(guard), Some(source)) = (&self.vm.config.flood_guard, *self.source) {
+            if let Err(err) = guard.record_failure(self.vm.store.as_ref(), source, self.now_secs) {
+                log::debug!("flood guard not updated: {err}");
+            }
+        }
+    }
 }
 
 fn internal(detail: &str) -> Rejection {

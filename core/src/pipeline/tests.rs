@@ -607,6 +607,47 @@ fn a_dpop_bound_token_with_its_proof_is_forwarded_with_its_key_once() {
     );
 }
 
+/// A proof whose signature fails, or that is replayed, counts against its source in
+/// the flood guard like a token's; past the budget the source gets no signature check
+/// (and nothing is recorded) until the window ends.
+#[test]
+fn failed_proofs_count_in_the_flood_guard() {
+    let mut config = dpop_plugin(json!({"mode": "required"}));
+    config["flood_guard"] = json!({"max_failures": 3, "window_seconds": 10});
+    let fx = fixture(config);
+    let t = bound_token("robot");
+    let tampered = |jti: &str| {
+        let p = proof("GET", "https://gw.example/api/x", &t, jti, json!({}));
+        let (head, signature) = p.rsplit_once('.').unwrap();
+        let mut signature = signature.to_owned().into_bytes();
+        signature[10] = if signature[10] == b'A' { b'B' } else { b'A' };
+        format!("{head}.{}", String::from_utf8(signature).unwrap())
+    };
+    let valid = proof("GET", "https://gw.example/api/x", &t, "valid", json!({}));
+    assert_eq!(send(&fx, dpop_request("GET", "/api/x", &t, &valid)).step, Step::Continue);
+    let replayed = send(&fx, dpop_request("GET", "/api/x", &t, &valid));
+    assert_eq!(replayed.reason.as_deref(), Some("dpop_replay"));
+    for jti in ["bad-1", "bad-2"] {
+        let out = send(&fx, dpop_request("GET", "/api/x", &t, &tampered(jti)));
+        assert_eq!((out.status, out.reason.as_deref()), (Some(401), Some("invalid_dpop_proof")), "{jti}");
+    }
+    // Three failures: the source is blocked, even for a good proof.
+    let fresh = proof("GET", "https://gw.example/api/x", &t, "fresh", json!({}));
+    let blocked = send(&fx, dpop_request("GET", "/api/x", &t, &fresh));
+    assert_eq!((blocked.status, blocked.reason.as_deref()), (Some(429), Some("too_many_failures")));
+    let reply = blocked.host.reply.as_ref().unwrap();
+    assert!(reply.headers.iter().any(|(n, _)| n == "retry-after"), "{:?}", reply.headers);
+    // Another source is not.
+    let other = proof("GET", "https://gw.example/api/x", &t, "other", json!({}));
+    let elsewhere =
+        dpop_request("GET", "/api/x", &t, &other).property(&["source", "address"], "198.51.100.9:5000");
+    assert_eq!(send(&fx, elsewhere).step, Step::Continue);
+    // The window over, the same proof passes: it was never checked nor recorded.
+    let mut later = dpop_request("GET", "/api/x", &t, &fresh);
+    later.now_ns = (NOW + 11) * 1_000_000_000;
+    assert_eq!(send(&fx, later).step, Step::Continue);
+}
+
 #[test]
 fn a_bound_token_as_bearer_is_refused_in_every_mode() {
     let t = bound_token("robot");
@@ -752,10 +793,12 @@ fn a_dpop_request_with_a_cached_token_makes_few_host_calls() {
         dpop_request("GET", "/api/x", &t, &proof("GET", "https://gw.example/api/x", &t, "c-2", json!({}))),
     );
     assert_eq!(cached.step, Step::Continue);
-    // The Bearer path's 8 (shared data is not counted here), plus: two clock reads
-    // around the proof check, the key header, the proof's removal, its histogram.
-    // In a proxy, shared data is host calls too: quota and replay table, 2 each.
-    assert_eq!(cached.host.total_calls(), 13, "{:?}", cached.host.calls);
+    // The Bearer path's 8 (shared data is not counted here), plus: the source address
+    // (the flood guard is asked before the proof's signature check), two clock reads
+    // around the proof check, the key header, the proof's removal, its histogram. In
+    // a proxy, shared data is host calls too: quota and replay table, 2 each, and
+    // the source's flood-guard slot, 1.
+    assert_eq!(cached.host.total_calls(), 14, "{:?}", cached.host.calls);
 }
 
 const K8S: &str = "https://kubernetes.default.svc.cluster.local";
