@@ -92,6 +92,14 @@ pub fn check(
     if let Some(last) = last.filter(|r| r.fresh(liveness.cache_ms, now_ms).is_some()) {
         remember(vm, raw, last);
     }
+    let verdict = match verdict {
+        // Where no request can wait for another's review (no tick, no wake-up: APISIX),
+        // one that finds a review in progress makes its own, rather than be refused
+        // while the API server is healthy: at most one review per concurrent request
+        // of the worker, and only until the first answer is recorded.
+        Verdict::Wait if may_review && !vm.can_park() => Verdict::Review,
+        verdict => verdict,
+    };
     match verdict {
         Verdict::Wait
             if !request.liveness.waited

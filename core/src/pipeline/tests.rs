@@ -48,9 +48,18 @@ struct Fixture {
 }
 
 fn fixture(plugin: Value) -> Fixture {
+    fixture_on(plugin, Probed { shared_data: true, timers: true, clock: true })
+}
+
+/// A VM on a host with no tick (`timers: false`): requests fetch their own documents
+/// and none can wait for another's (as on APISIX).
+fn tickless_fixture(plugin: Value) -> Fixture {
+    fixture_on(plugin, Probed { shared_data: true, timers: false, clock: true })
+}
+
+fn fixture_on(plugin: Value, probed: Probed) -> Fixture {
     let config = Config::from_json(plugin.to_string().as_bytes()).unwrap();
-    let plan =
-        Plan::choose(HostSetting::Auto, Probed { shared_data: true, timers: true, clock: true }).unwrap();
+    let plan = Plan::choose(HostSetting::Auto, probed).unwrap();
     let store = Rc::new(FaultyStore::<MemoryStore>::default());
     let mut host = MemoryHost::new(NOW * 1_000_000_000);
     let vm = Vm::start(config, plan, Box::new(Rc::clone(&store)), &mut host, NOW * 1000, 7).unwrap();
@@ -930,6 +939,29 @@ fn an_unavailable_api_server_is_503_under_deny() {
     );
 }
 
+/// Where a request cannot wait for another request's review (no tick: APISIX), it
+/// reviews the token itself rather than be refused `liveness_unavailable` because
+/// another request came first while the API server is healthy.
+#[test]
+fn without_a_tick_a_request_reviews_rather_than_wait_for_another() {
+    let fx = tickless_fixture(k8s_plugin("deny"));
+    assert!(!fx.vm.can_park());
+    let t = k8s_token("payments", "api", SA_UID, "j-9");
+    let mut first_host = bearer(request("GET", "/api/x"), &t);
+    let mut first = Request::new(1);
+    let Step::Called { token: first_call } = start(&fx.vm, &mut first_host, &mut first) else {
+        panic!("no review callout: {:?}", first_host.reply)
+    };
+    // A second request while the first review is in flight.
+    let alive = review_answer(true, "system:serviceaccount:payments:api");
+    let (second, callouts) = send_reviewed(&fx, bearer(request("GET", "/api/x"), &t), alive.clone());
+    assert_eq!(callouts.len(), 1, "its own review");
+    assert_eq!(second.step, Step::Continue, "{:?}", second.host.reply);
+    // The first review's answer still counts.
+    let step = answered(&fx.vm, &mut first_host, &mut first, first_call, alive, NOW * 1000).unwrap();
+    assert_eq!(step, Step::Continue, "{:?}", first_host.reply);
+}
+
 #[test]
 fn allow_recent_never_passes_a_token_never_reviewed() {
     let fx = fixture(k8s_plugin("allow_recent"));
@@ -1004,14 +1036,8 @@ fn without_a_tick_requests_write_the_gauges_once_a_second() {
     send(&ticking, bearer(request("GET", "/api/x"), &token("robot", json!({}))));
     assert_eq!(ticking.metrics.borrow().find(&["nhi_revocation_stale"]), None, "the tick's to write");
 
-    let config = Config::from_json(config.to_string().as_bytes()).unwrap();
-    let plan =
-        Plan::choose(HostSetting::Auto, Probed { shared_data: true, timers: false, clock: true }).unwrap();
-    let store = Rc::new(FaultyStore::<MemoryStore>::default());
-    let mut host = MemoryHost::new(NOW * 1_000_000_000);
-    let vm = Vm::start(config, plan, Box::new(Rc::clone(&store)), &mut host, NOW * 1000, 7).unwrap();
-    assert!(!vm.ticks());
-    let fx = Fixture { vm, store, metrics: Rc::clone(&host.metrics) };
+    let fx = tickless_fixture(config);
+    assert!(!fx.vm.ticks());
     let at = |ms: u64| {
         let mut host = bearer(request("GET", "/api/x"), &token("robot", json!({})));
         host.now_ns = NOW * 1_000_000_000 + ms * 1_000_000;
