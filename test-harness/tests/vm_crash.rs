@@ -73,7 +73,8 @@ fn nothing_unverified(stack: &Stack) {
 
 /// A host call the decision depends on fails: the request is refused `500
 /// internal_error` by the filter itself, in a real Envoy, and never reaches the
-/// upstream; a failing metric call (counters wait for the tick) changes nothing.
+/// upstream; a failing call that only publishes the decision (filter state for
+/// access logs, which the shipped configuration writes) changes nothing for it.
 fn failing_host_calls_fail_closed(stack: &Stack, valid: &str) {
     let authorization = format!("Bearer {valid}");
     for call in ["request_headers", "set_request_header", "remove_request_header"] {
@@ -91,10 +92,13 @@ fn failing_host_calls_fail_closed(stack: &Stack, valid: &str) {
     }
     let before = stack.upstream.hits();
     let response = stack
-        .get("/api/fail", &[("authorization", authorization.as_str()), (FAIL_HEADER, "increment_metric")])
+        .get("/api/fail", &[("authorization", authorization.as_str()), (FAIL_HEADER, "set_property")])
         .unwrap();
-    assert_eq!(response.status, 200, "a failing counter refuses nothing");
+    assert_eq!(response.status, 200, "failing filter state refuses nothing");
     assert_eq!(stack.upstream.hits(), before + 1);
+    // The call was made, and failed (this VM stops writing filter state, once logged).
+    let log = stack.envoy.log();
+    assert!(log.contains("the host refuses set_property"), "the failing call was never made: {log}");
 }
 
 #[test]
