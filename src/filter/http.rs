@@ -17,7 +17,7 @@ use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 
 use super::host::{self, ProxyHost};
 use super::keys;
-use super::root::TickPeriod;
+use super::tick::TickPeriod;
 
 /// What the request does once its fetch callout is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

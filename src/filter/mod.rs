@@ -8,6 +8,7 @@ mod http;
 mod keys;
 mod logger;
 mod root;
+mod tick;
 
 proxy_wasm::main! {{
     logger::install(log::LevelFilter::Info);

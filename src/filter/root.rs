@@ -7,7 +7,6 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -23,12 +22,8 @@ use nhi_guard_core::verify::liveness::MAX_REVIEW_BYTES;
 use super::host::{self, ProxyHost, SharedData};
 use super::http::Http;
 use super::keys::{answered, dispatch, jitter, random_u64};
+use super::tick::{TickPeriod, TICK};
 
-/// How often each worker looks at the shared keys and whether a fetch is due (and
-/// merges its inventory).
-const TICK: Duration = Duration::from_millis(500);
-/// While requests wait, tick this often to answer them promptly.
-const FAST_TICK: Duration = Duration::from_millis(50);
 /// A request waiting for the answer to its own callout is given up this long after
 /// the callout's timeout (the host answers every callout; this only bounds a host
 /// that does not).
@@ -48,26 +43,6 @@ fn report_memory(vm: &Vm) {
     let delta = i64::try_from(now).unwrap_or(i64::MAX).saturating_sub(i64::try_from(before).unwrap_or(0));
     if delta != 0 && record::vm_memory(vm, &mut ProxyHost, delta) {
         MEMORY_REPORTED.with(|reported| reported.set(now));
-    }
-}
-
-/// The VM's tick period, shared by its root context and its requests: ordinary, or
-/// fast while requests wait. A request that parks asks for the fast tick at once —
-/// Envoy re-arms the timer when the period changes — so it waits at most one fast tick
-/// after what it waits for is ready, rather than up to an ordinary one (in Envoy,
-/// requests waiting for another request's TokenReview stalled up to 440 ms on the
-/// ordinary tick).
-#[derive(Debug, Default)]
-pub struct TickPeriod {
-    fast: Cell<bool>,
-}
-
-impl TickPeriod {
-    /// Fast or ordinary from now on; a host call only when that changes.
-    pub fn set_fast(&self, fast: bool) {
-        if fast != self.fast.get() && host::set_tick_period(if fast { FAST_TICK } else { TICK }).is_ok() {
-            self.fast.set(fast);
-        }
     }
 }
 
