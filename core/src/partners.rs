@@ -476,6 +476,35 @@ impl Partners {
     pub fn default_policy(&self) -> Option<&SignaturePolicy> {
         self.clients.iter().find(|p| !p.keys.is_empty()).map(|p| &p.policy)
     }
+
+    /// The hints a refusal for `reason` carries: `Accept-Signature` (RFC 9421 §5.1)
+    /// when the signature was missing or did not cover enough (the policy of the key
+    /// `keyid` names, else the default), `Want-Content-Digest` (RFC 9530 §4) when the
+    /// body did not match.
+    pub fn hints(
+        &self,
+        reason: crate::reason::Reason,
+        keyid: Option<&str>,
+        has_query: bool,
+        has_body: bool,
+    ) -> Vec<(String, String)> {
+        use crate::reason::Reason;
+        match reason {
+            Reason::MissingSignature | Reason::MissingComponent => {
+                let policy = keyid
+                    .and_then(|kid| self.signing_key(kid))
+                    .and_then(|(p, _)| self.clients.get(p))
+                    .map(|p| &p.policy)
+                    .or_else(|| self.default_policy());
+                let Some(policy) = policy else { return Vec::new() };
+                vec![("accept-signature".to_owned(), check::accept_signature(policy, has_query, has_body))]
+            }
+            Reason::DigestMismatch => {
+                vec![("want-content-digest".to_owned(), digest::WANT_CONTENT_DIGEST.to_owned())]
+            }
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Validates the `partners` block found at `at`. `taken` are the header names

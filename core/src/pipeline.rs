@@ -369,6 +369,8 @@ pub fn start(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Step {
         return step;
     }
     if vm.config.inventory.as_ref().is_some_and(|i| i.serves(&request.info.path)) {
+        let merged = inventory::flush(vm);
+        record::last_seen(vm, host, &merged);
         return inventory::serve(vm, host, request, now_ns / 1_000_000);
     }
     run(vm, host, request, now_ns / 1_000_000)
@@ -379,9 +381,22 @@ pub fn start(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Step {
 pub fn run(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
     let step = decide(vm, host, request, now_ms);
     if matches!(step, Step::Continue | Step::Replied) {
-        record::decided(vm, host, request, step == Step::Replied, now_ms);
+        decided(vm, host, request, step == Step::Replied, now_ms);
     }
     step
+}
+
+/// The request was forwarded or answered: counted and published
+/// ([`record::decided`]), and a verified identity noted in the inventory.
+fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: bool, now_ms: u64) {
+    if !record::decided(vm, host, request, replied) || vm.config.inventory.is_none() {
+        return;
+    }
+    if let Some(identity) = request.observed.identity.clone() {
+        let issuer = record::issuer_label(&vm.config, &request.observed).to_owned();
+        let merged = inventory::note(vm, host, request, &issuer, &identity, now_ms);
+        record::last_seen(vm, host, &merged);
+    }
 }
 
 /// The body of a request that waits for it ([`Step::Body`]): `buffered` bytes so
@@ -417,7 +432,8 @@ pub fn on_tick(vm: &Vm, host: &mut dyn Host, now_ms: u64) {
             quotas.refund_expired(vm.store.as_ref(), leases, std::time::Duration::from_millis(now_ms));
         }
     }
-    inventory::flush(vm, host);
+    let merged = inventory::flush(vm);
+    record::last_seen(vm, host, &merged);
     record::gauges(vm, host, now_ms);
 }
 

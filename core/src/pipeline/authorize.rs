@@ -94,8 +94,10 @@ pub fn authorize(
         }
         if let Some(denial) = verdict.enforced_denial() {
             super::dpop::challenge(vm, request, denial, &mut refusal);
-            if let DenyReason::Auth(reason) = denial.reason {
-                refusal.headers.extend(super::partner::hints(vm, request, reason));
+            if let (DenyReason::Auth(reason), Some(partners)) = (denial.reason, &config.partners) {
+                let keyid = request.observed.kid.as_deref();
+                let has_query = request.info.path.contains('?');
+                refusal.headers.extend(partners.hints(reason, keyid, has_query, request.has_body));
             }
         }
         return reply::send(host, &refusal);

@@ -31,17 +31,9 @@ use crate::policy::{self, Denial, DenyReason};
 use crate::reason::{LocalReply, Reason, Rejection, SeenToken};
 use crate::verify::Verified;
 
+use super::extract::ProofValue;
 use super::verify::{Authenticated, Verification};
 use super::{Request, Vm};
-
-/// The `DPoP` request header as it came.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub enum ProofValue {
-    #[default]
-    Absent,
-    One(Vec<u8>),
-    Many,
-}
 
 /// What a request carries for DPoP, from extraction to the reply.
 #[derive(Debug, Clone, Default)]

@@ -12,7 +12,6 @@ use crate::mtls;
 use crate::policy::{self, RequestInfo};
 use crate::token::source::Extracted;
 
-use super::dpop::ProofValue;
 use super::reply;
 use super::{record, Request, Step, Vm};
 
@@ -61,6 +60,15 @@ impl Presented {
     }
 }
 
+/// The `DPoP` request header as it came (judged by the DPoP stage).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum ProofValue {
+    #[default]
+    Absent,
+    One(Vec<u8>),
+    Many,
+}
+
 /// Fills `request` from the host. `Err(step)`: the request was answered (a host
 /// call failed: the filter cannot tell what it is looking at).
 pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<(), Step> {
@@ -69,8 +77,8 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
         .and_then(|headers| strip_managed_headers(vm, host, &headers).map(|()| headers))
         .map_err(|err| {
             let step = reply::refuse(vm, host, request, &reply::internal(err));
-            let now_ms = request.observed.started_ns.unwrap_or_default() / 1_000_000;
-            record::decided(vm, host, request, true, now_ms);
+            // No identity yet: nothing for the inventory.
+            record::decided(vm, host, request, true);
             step
         })?;
     #[cfg(feature = "fault-injection")]

@@ -5,17 +5,26 @@
 //! [`crate::observe::inventory`] for what is exact and when.
 
 use crate::host::{self, Host};
-use crate::observe::inventory::{self, AllowEntry};
+use crate::observe::inventory::{self, AllowEntry, Seen};
 use crate::policy::{self, Denial, RouteDenial};
 use crate::reason::LocalReply;
 
-use super::{record, reply, Request, Step, Vm};
+use super::{reply, Request, Step, Vm};
 
 /// A request of `issuer`/`identity` was decided: note it. The source address is
 /// read (if the request did not already) once per identity per flush window.
-pub fn note(vm: &Vm, host: &mut dyn Host, request: &mut Request, issuer: &str, identity: &str, now_ms: u64) {
-    let Some(config) = &vm.config.inventory else { return };
-    let Ok(mut pending) = vm.inventory.try_borrow_mut() else { return };
+/// Returns the identities merged into the table (on a host without a tick, at once),
+/// whose last-seen gauges the caller sets.
+pub fn note(
+    vm: &Vm,
+    host: &mut dyn Host,
+    request: &mut Request,
+    issuer: &str,
+    identity: &str,
+    now_ms: u64,
+) -> Vec<Seen> {
+    let Some(config) = &vm.config.inventory else { return Vec::new() };
+    let Ok(mut pending) = vm.inventory.try_borrow_mut() else { return Vec::new() };
     let source = match &request.observed.source {
         Some(source) => Some(source.clone()),
         None if !pending.has_source(issuer, identity) => {
@@ -31,28 +40,26 @@ pub fn note(vm: &Vm, host: &mut dyn Host, request: &mut Request, issuer: &str, i
     });
     pending.note(config.max_tracked, issuer, identity, request.observed.route.as_deref(), source, now_ms);
     drop(pending);
-    if !vm.ticks() {
-        // No tick on this host: the table is this VM's own memory, merge now.
-        flush(vm, host);
+    if vm.ticks() {
+        return Vec::new();
     }
+    // No tick on this host: the table is this VM's own memory, merge now.
+    flush(vm)
 }
 
-/// Merges this worker's deltas into the shared table and sets the last-seen gauges
-/// of the identities merged.
-pub fn flush(vm: &Vm, host: &mut dyn Host) {
-    let Some(config) = &vm.config.inventory else { return };
-    let merged = {
-        let Ok(mut pending) = vm.inventory.try_borrow_mut() else { return };
-        if pending.is_empty() {
-            return;
-        }
-        inventory::flush(config, vm.store.as_ref(), &mut pending)
-    };
-    record::last_seen(vm, host, &merged);
+/// Merges this worker's deltas into the shared table; returns the identities merged
+/// (for their last-seen gauges: [`super::record::last_seen`]).
+pub fn flush(vm: &Vm) -> Vec<Seen> {
+    let Some(config) = &vm.config.inventory else { return Vec::new() };
+    let Ok(mut pending) = vm.inventory.try_borrow_mut() else { return Vec::new() };
+    if pending.is_empty() {
+        return Vec::new();
+    }
+    inventory::flush(config, vm.store.as_ref(), &mut pending)
 }
 
-/// Answers the inventory's path: the JSON to a configured source (after merging
-/// this worker's own deltas), `403 source_not_allowed` to anyone else.
+/// Answers the inventory's path: the JSON to a configured source (the caller has
+/// merged this worker's own deltas), `403 source_not_allowed` to anyone else.
 pub fn serve(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -> Step {
     let Some(config) = &vm.config.inventory else { return Step::Continue };
     let source = host::source_address(host);
@@ -64,7 +71,6 @@ pub fn serve(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) -
         let denial = Denial::route(RouteDenial::SourceNotAllowed, None);
         return reply::send(host, &denial.local_reply(None, &vm.config.realm, request.request_id.as_deref()));
     }
-    flush(vm, host);
     let body = match inventory::snapshot(config, vm.store.as_ref()) {
         Ok(seen) => inventory::render(config, &seen, &allowlist(vm), now_ms),
         Err(err) => {

@@ -12,14 +12,14 @@
 
 use crate::host::Host;
 use crate::partners::check::{self, Signed};
-use crate::partners::digest::{self, Expected};
+use crate::partners::digest::Expected;
 use crate::partners::replay::Seen;
 use crate::partners::PartnerKey;
 use crate::reason::{Reason, Rejection};
 
 use super::extract::Presented;
 use super::verify::{Authenticated, Verification};
-use super::{authorize, documents, record, reply, Request, Step, Vm};
+use super::{authorize, documents, reply, Request, Step, Vm};
 
 /// A verified signature waiting for its body.
 #[derive(Debug)]
@@ -189,7 +189,7 @@ pub fn body(
         fail(vm, request, &mut verification, &signed, refusal);
     }
     let step = authorized(vm, host, request, verification, now_ms);
-    record::decided(vm, host, request, step == Step::Replied, now_ms);
+    super::decided(vm, host, request, step == Step::Replied, now_ms);
     step
 }
 
@@ -239,33 +239,6 @@ fn content_length(request: &Request) -> Option<u64> {
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse().ok()),
         _ => None,
-    }
-}
-
-/// The hints a refusal carries for a partner: `Accept-Signature` (RFC 9421 §5.1)
-/// when the signature was missing or did not cover enough, `Want-Content-Digest`
-/// (RFC 9530 §4) when the body did not match.
-pub fn hints(vm: &Vm, request: &Request, reason: Reason) -> Vec<(String, String)> {
-    let Some(partners) = &vm.config.partners else { return Vec::new() };
-    match reason {
-        Reason::MissingSignature | Reason::MissingComponent => {
-            let keyid = request.observed.kid.as_deref();
-            let policy = keyid
-                .and_then(|kid| partners.signing_key(kid))
-                .and_then(|(p, _)| partners.clients.get(p))
-                .map(|p| &p.policy)
-                .or_else(|| partners.default_policy());
-            let Some(policy) = policy else { return Vec::new() };
-            let has_query = request.info.path.contains('?');
-            vec![(
-                "accept-signature".to_owned(),
-                check::accept_signature(policy, has_query, request.has_body),
-            )]
-        }
-        Reason::DigestMismatch => {
-            vec![("want-content-digest".to_owned(), digest::WANT_CONTENT_DIGEST.to_owned())]
-        }
-        _ => Vec::new(),
     }
 }
 

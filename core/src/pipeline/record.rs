@@ -256,7 +256,7 @@ impl SeriesIds {
 
 /// The issuer label of a record: the matched issuer's name, `unknown` for a token
 /// no issuer claims, `none` without a token.
-fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
+pub fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
     if record.partner {
         return config.partners.as_ref().map_or(UNKNOWN_ISSUER, |p| p.issuer_name.as_str());
     }
@@ -271,18 +271,13 @@ fn issuer_label<'c>(config: &'c Config, record: &Record) -> &'c str {
     }
 }
 
-/// The request was forwarded (`replied == false`) or answered: counts it, notes a
-/// verified identity in the inventory and publishes the decision as filter state.
-/// Does nothing the second time.
-pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: bool, now_ms: u64) {
-    let Some(decided) = request.observed.finish(replied) else { return };
+/// The request was forwarded (`replied == false`) or answered: counts it and
+/// publishes the decision as filter state. Does nothing the second time; returns
+/// whether it did it now.
+pub fn decided(vm: &Vm, host: &mut dyn Host, request: &mut Request, replied: bool) -> bool {
+    let Some(decided) = request.observed.finish(replied) else { return false };
     counted(vm, host, request, decided);
-    if vm.config.inventory.is_some() {
-        if let Some(identity) = request.observed.identity.clone() {
-            let issuer = issuer_label(&vm.config, &request.observed).to_owned();
-            super::inventory::note(vm, host, request, &issuer, &identity, now_ms);
-        }
-    }
+    true
 }
 
 fn counted(vm: &Vm, host: &mut dyn Host, request: &Request, decided: crate::observe::decision_log::Decided) {
