@@ -376,6 +376,19 @@ fn each_misalignment_gives_exactly_its_finding() {
         ),
         (
             Kind::GatewayShutOut,
+            "AuthorizationPolicy payments/deny-all has no rules: it admits nobody",
+            Box::new(|f, _| {
+                // An ALLOW policy without rules refuses everything, the gateway included.
+                f.policies.clear();
+                f.istio.push(json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                                    "metadata": {"name": "deny-all", "namespace": "payments"},
+                                    "spec": {"action": "ALLOW"}}));
+                f.istio.push(strict());
+            }),
+            false,
+        ),
+        (
+            Kind::GatewayShutOut,
             "admits no pod of the gateway",
             Box::new(|f, _| {
                 f.policies = vec![gateway_only_policy(&[("app", "someone-else")])];

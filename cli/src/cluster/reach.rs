@@ -101,18 +101,32 @@ pub enum Protection {
     /// Reachable without the gateway; each string says by whom.
     Open(Vec<String>),
     /// Protected so well that the gateway itself cannot reach it.
-    GatewayShutOut(String),
+    GatewayShutOut {
+        why: String,
+        by: Layer,
+    },
 }
 
-/// Judges one backend pod.
+/// Which policy does the protecting (or the shutting out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    NetworkPolicy,
+    Istio,
+}
+
+/// Judges one backend pod. A request through the gateway must pass both layers:
+/// either one shutting the gateway out is a finding, whatever the other admits.
 pub fn protection(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Protection {
     let network = network_policy(cluster, pod, gateway);
     let istio = istio(cluster, pod, gateway, trust_domain);
     match (network, istio) {
+        (Err(NetOpen::GatewayShutOut(why)), _) => {
+            Protection::GatewayShutOut { why, by: Layer::NetworkPolicy }
+        }
+        (_, Err(IstioOpen::GatewayShutOut(why))) => Protection::GatewayShutOut { why, by: Layer::Istio },
         (Ok(()), _) => Protection::NetworkPolicy,
         (_, Ok(strict)) => Protection::Istio { strict },
-        (Err(NetOpen::GatewayShutOut(why)), _) => Protection::GatewayShutOut(why),
-        (Err(NetOpen::Open(mut why)), Err(istio_why)) => {
+        (Err(NetOpen::Open(mut why)), Err(IstioOpen::Open(istio_why))) => {
             why.push(istio_why);
             Protection::Open(why)
         }
@@ -121,6 +135,13 @@ pub fn protection(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_dom
 
 enum NetOpen {
     Open(Vec<String>),
+    GatewayShutOut(String),
+}
+
+enum IstioOpen {
+    /// No ALLOW policy applies, or one admits someone else than the gateway.
+    Open(String),
+    /// The ALLOW policies that apply admit nobody who is the gateway.
     GatewayShutOut(String),
 }
 
@@ -348,7 +369,7 @@ fn peer_selects(
 }
 
 /// `Ok(strict)`: Istio admits only the gateway (and own-namespace principals).
-fn istio(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Result<bool, String> {
+fn istio(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Result<bool, IstioOpen> {
     let applies = |namespace: Option<&str>, selector: Option<&WorkloadSelector>| {
         let ns = namespace.unwrap_or("default");
         (ns == pod.namespace && workload_selects(selector, &pod.labels))
@@ -361,40 +382,66 @@ fn istio(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str
         .filter(|p| applies(p.metadata.namespace.as_deref(), p.spec.selector.as_ref()))
         .collect();
     if allow.is_empty() {
-        return Err("no Istio AuthorizationPolicy restricts it to the gateway's principal".into());
+        return Err(IstioOpen::Open(
+            "no Istio AuthorizationPolicy restricts it to the gateway's principal".into(),
+        ));
     }
     let gateway_principal = gateway.principal(trust_domain);
     let own = format!("{trust_domain}/ns/{}/sa/", pod.namespace);
     let mut admits_gateway = false;
+    let mut without_rules = Vec::new();
     for policy in &allow {
         let name = format!(
             "AuthorizationPolicy {}/{}",
             policy.metadata.namespace.as_deref().unwrap_or("default"),
             policy.metadata.name
         );
-        for (i, rule) in policy.spec.rules.iter().flatten().enumerate() {
+        let rules = policy.spec.rules.as_deref().unwrap_or_default();
+        if rules.is_empty() {
+            // An ALLOW policy matches a request only through a rule: without any, it
+            // admits nothing (Istio's way to write "deny all").
+            without_rules.push(name.clone());
+        }
+        for (i, rule) in rules.iter().enumerate() {
             let Some(from) = rule.from.as_ref().filter(|f| !f.is_empty()) else {
-                return Err(format!("{name}: rules[{i}] has no `from`: every source"));
+                return Err(IstioOpen::Open(format!("{name}: rules[{i}] has no `from`: every source")));
             };
             for source in from.iter().map(|f| &f.source) {
                 let principals = source.principals.as_deref().unwrap_or_default();
                 if principals.is_empty() {
-                    return Err(format!(
+                    return Err(IstioOpen::Open(format!(
                         "{name}: rules[{i}] admits sources by something else than principals"
-                    ));
+                    )));
                 }
                 for principal in principals {
                     if principal == &gateway_principal {
                         admits_gateway = true;
                     } else if !principal.starts_with(&own) || principal.contains('*') {
-                        return Err(format!("{name}: rules[{i}] admits principal {principal}"));
+                        return Err(IstioOpen::Open(format!(
+                            "{name}: rules[{i}] admits principal {principal}"
+                        )));
                     }
                 }
             }
         }
     }
     if !admits_gateway {
-        return Err(format!("no AuthorizationPolicy admits the gateway's principal {gateway_principal}"));
+        // Every rule admits only the backend's own namespace (or there is no rule):
+        // the backend is closed, to the gateway too.
+        let why = if without_rules.len() == allow.len() {
+            let s = if without_rules.len() == 1 {
+                "has no rules: it admits"
+            } else {
+                "have no rules: they admit"
+            };
+            format!(
+                "{} {s} nobody, the gateway's principal {gateway_principal} included",
+                without_rules.join(", ")
+            )
+        } else {
+            format!("no AuthorizationPolicy admits the gateway's principal {gateway_principal}")
+        };
+        return Err(IstioOpen::GatewayShutOut(why));
     }
     Ok(strict(cluster, pod))
 }
