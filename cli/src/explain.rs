@@ -16,10 +16,10 @@
 //! explain's environment (a placeholder stands in, and the partner check is
 //! reported as not checked), a DPoP proof's or signature's freshness against the
 //! gateway's replay caches and nonces (explain's are empty), a behaviour baseline
-//! the gateway has learned (explain's identities are all new), and the API server's
-//! TokenReview answer ([`offline`]: the pipeline asks for it as in the gateway and
-//! gets the answer given, or one that lets every later stage run, and the
-//! explanation says which).
+//! the gateway has learned (explain's identities are all new), the API server's
+//! TokenReview answer and the revocation feed ([`offline`]: the pipeline asks for
+//! them as in the gateway and gets the answer given, or one that lets every later
+//! stage run, and the explanation says which).
 
 pub mod offline;
 pub mod resign;
@@ -48,7 +48,7 @@ pub enum ExplainError {
     Config(String),
     /// `--jwks` names no configured issuer, or an issuer whose keys are inline.
     Jwks(String),
-    /// `--liveness` for a configuration that has no use for it.
+    /// `--liveness` or `--revocations` for a configuration that has no use for it.
     NothingToAnswer(String),
     /// The native proxy failed (the filter would not start).
     Run(String),
@@ -110,7 +110,7 @@ pub struct Explainer {
     throwaway: Vec<usize>,
     /// Partner secrets (variable names) explain was not given: placeholders stand in.
     missing_secrets: Vec<String>,
-    /// The TokenReview answer given in the gateway's place.
+    /// The TokenReview answer and revocation feed given in the gateway's place.
     offline: Offline,
 }
 
@@ -147,11 +147,12 @@ impl Explainer {
         Explainer::start_offline(bytes, jwks, throwaway, now_ms, environment, Offline::default())
     }
 
-    /// [`Explainer::start_with_environment`] with the answer only the gateway gets
-    /// given in its place: the API server's TokenReview answer. Not given, the
-    /// pipeline gets the answer that lets every later stage run (alive) and the
-    /// explanation says it was not checked. Given for a configuration without
-    /// liveness, it is refused: it would explain nothing.
+    /// [`Explainer::start_with_environment`] with the answers only the gateway gets
+    /// given in its place: the API server's TokenReview answer and the revocation
+    /// feed. Either not given, the pipeline gets the answer that lets every later
+    /// stage run (alive; an empty list, fetched now) and the explanation says it was
+    /// not checked. Given for a configuration without liveness or a feed, it is
+    /// refused: it would explain nothing.
     pub fn start_offline(
         bytes: &[u8],
         jwks: &BTreeMap<String, String>,
@@ -166,6 +167,15 @@ impl Explainer {
                 "--liveness: no issuer of the configuration has profile.liveness".into(),
             ));
         }
+        if offline.revocations.is_some() && config.revocation.is_none() {
+            return Err(ExplainError::NothingToAnswer(
+                "--revocations: the configuration has no revocation feed".into(),
+            ));
+        }
+        let feed = offline
+            .revocations
+            .as_ref()
+            .map_or_else(|| offline::EMPTY_FEED.to_owned(), |f| f.document.clone());
         let plugin: Value = serde_json::from_slice(bytes).map_err(|e| ExplainError::Config(e.to_string()))?;
         let mut documents = Vec::with_capacity(config.issuers.len());
         for (name, document) in jwks {
@@ -190,8 +200,9 @@ impl Explainer {
         // The key server: each issuer's discovery document (pointing at a JWKS on
         // the discovery authority, which needs no allowed_jwks_hosts) and JWKS.
         let key_server = Box::new(move |callout: &Callout| {
-            // Explain has no revocation feed to read: it decides without one.
-            let Document::Jwks(issuer) = callout.ticket.document else { return (404, String::new()) };
+            // The feed given, or an empty one: a request is never decided with a list
+            // explain cannot see (or refused as if the gateway had none).
+            let Document::Jwks(issuer) = callout.ticket.document else { return (200, feed.clone()) };
             let Some((iss, authority, document)) = documents.get(issuer) else {
                 return (404, String::new());
             };
@@ -402,6 +413,7 @@ impl Render<'_> {
         self.route(&mut out);
         self.verify(&mut out);
         self.liveness(&mut out);
+        self.feed(&mut out);
         self.dpop(&mut out);
         self.policy(&mut out);
         self.behaviour(&mut out);
@@ -589,6 +601,21 @@ impl Render<'_> {
             }
         };
         line(out, "liveness", &text);
+    }
+
+    /// The revocation feed, where one is configured and a credential verified.
+    fn feed(&self, out: &mut String) {
+        if self.config().revocation.is_none() || !matches!(self.e.verification(), Some(Ok(_))) {
+            return;
+        }
+        let text = match &self.explainer.offline.revocations {
+            Some(feed) => format!("{} applied: {}", feed.name, feed.summary()),
+            None => "NOT CHECKED offline: revocation feed not checked (the gateway fetches its own); \
+                     explained as if the list were empty and fresh (--revocations FILE applies a feed \
+                     document)"
+                .to_owned(),
+        };
+        line(out, "feed", &text);
     }
 
     /// The DPoP stage, where DPoP is in play.

@@ -197,3 +197,45 @@ fn liveness_is_not_checked_offline_and_either_answer_can_be_explained() {
     assert_eq!(code, 2, "{err}");
     std::fs::remove_file(plugin).unwrap();
 }
+
+/// A revocation feed: offline, without `--revocations`, it is reported not checked and
+/// the request explained with an empty, fresh list — never `503
+/// revocations_unavailable`, whatever `on_stale` says. With `--revocations FILE` (the
+/// feed document, read by the filter's own parser) the list is applied.
+#[test]
+fn the_revocation_feed_is_applied_when_given_and_said_unchecked_otherwise() {
+    let dir = std::env::temp_dir();
+    let revoked = dir.join(format!("nhi-explain-feed-revoked-{}.json", std::process::id()));
+    std::fs::write(&revoked, r#"{"subjects": ["system:serviceaccount:ci:deployer"]}"#).unwrap();
+    let bad = dir.join(format!("nhi-explain-feed-bad-{}.json", std::process::id()));
+    std::fs::write(&bad, r#"{"subjects": "system:serviceaccount:ci:deployer"}"#).unwrap();
+    let (revoked_arg, bad_arg) = (revoked.display().to_string(), bad.display().to_string());
+
+    for on_stale in ["deny", "keep"] {
+        let plugin = lifecycle_plugin(&format!("feed-{on_stale}"), Some(on_stale));
+        let (code, out, err) = explain_args(&plugin, &[]);
+        assert_eq!(code, 0, "on_stale {on_stale}: {out}{err}");
+        assert!(!out.contains("revocations_unavailable"), "{out}");
+        assert!(out.contains("feed      NOT CHECKED offline: revocation feed not checked"), "{out}");
+        assert!(out.contains("response  forwarded: the upstream answers\n"), "{out}");
+
+        let (code, out, _) = explain_args(&plugin, &["--revocations", &revoked_arg]);
+        assert_eq!(code, 1, "on_stale {on_stale}: {out}");
+        assert!(out.contains(&format!("feed      {revoked_arg} applied: 1 entries (subjects 1)")), "{out}");
+        assert!(out.contains("the revocation feed (revocation) names the token or its identity"), "{out}");
+        assert!(out.contains("response  403 subject_denied\n"), "{out}");
+
+        let (code, _, err) = explain_args(&plugin, &["--revocations", &bad_arg]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--revocations: the feed is refused: not a revocation feed"), "{err}");
+        std::fs::remove_file(plugin).unwrap();
+    }
+    // A configuration without a feed has nothing to apply it to.
+    let plugin = lifecycle_plugin("no-feed", None);
+    let (code, _, err) = explain_args(&plugin, &["--revocations", &revoked_arg]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the configuration has no revocation feed"), "{err}");
+    std::fs::remove_file(plugin).unwrap();
+    std::fs::remove_file(revoked).unwrap();
+    std::fs::remove_file(bad).unwrap();
+}
