@@ -28,7 +28,7 @@ use nhi_guard_core::profile::kubernetes::is_api_server_audience;
 pub use findings::{Finding, Kind, Severity};
 pub use objects::Cluster;
 use plugin::{pattern_matches, IssuerView, PluginView};
-use reach::{Gateway, PodView, Protection};
+use reach::{Gateway, Layer, PodView, Protection};
 
 /// The label (or annotation) that makes a Service a machine backend.
 pub const BACKEND_LABEL: &str = "nhi-guard.io/backend";
@@ -843,6 +843,12 @@ fn reachability(
             return (None, backends.len());
         }
     };
+    if !cluster.has("Pod") {
+        // Policies are judged by their selectors, but the backends' own pods (their
+        // labels: which policies select them) come from the dump; without pods, each
+        // backend stands for a pod with its Service's selector labels, or none.
+        skipped.insert("Pod");
+    }
     for (object, pods) in &backends {
         let mut open = Vec::new();
         for pod in pods {
@@ -856,15 +862,21 @@ fn reachability(
                     fix: format!("apply a PeerAuthentication with mtls.mode STRICT in namespace {}", pod.namespace),
                     file: None,
                 }),
-                Protection::GatewayShutOut(why) => out.push(Finding {
+                Protection::GatewayShutOut { why, by } => out.push(Finding {
                     kind: Kind::GatewayShutOut,
                     object: object.clone(),
                     message: why,
-                    fix: format!(
-                        "admit namespace {} pods {} in the backend's NetworkPolicy",
-                        gateway.namespace,
-                        reach::labels_text(&gateway.labels)
-                    ),
+                    fix: match by {
+                        Layer::NetworkPolicy => format!(
+                            "admit namespace {} pods {} in the backend's NetworkPolicy",
+                            gateway.namespace,
+                            reach::labels_text(&gateway.labels)
+                        ),
+                        Layer::Istio => format!(
+                            "admit principal {} in an ALLOW rule of the backend's AuthorizationPolicy",
+                            gateway.principal(&options.trust_domain)
+                        ),
+                    },
                     file: None,
                 }),
                 Protection::Open(why) => open.extend(why),

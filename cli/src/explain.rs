@@ -15,9 +15,13 @@
 //! What cannot be judged offline is said so, not guessed: a partner secret not in
 //! explain's environment (a placeholder stands in, and the partner check is
 //! reported as not checked), a DPoP proof's or signature's freshness against the
-//! gateway's replay caches and nonces (explain's are empty), and a behaviour
-//! baseline the gateway has learned (explain's identities are all new).
+//! gateway's replay caches and nonces (explain's are empty), a behaviour baseline
+//! the gateway has learned (explain's identities are all new), the API server's
+//! TokenReview answer and the revocation feed ([`offline`]: the pipeline asks for
+//! them as in the gateway and gets the answer given, or one that lets every later
+//! stage run, and the explanation says which).
 
+pub mod offline;
 pub mod resign;
 
 use std::collections::BTreeMap;
@@ -35,6 +39,7 @@ use nhi_guard_core::policy::{Audience, Decision, Rule};
 use nhi_guard_core::reason::{Check, Reason, Rejection};
 use nhi_guard_core::token::source::Extracted;
 use nhi_guard_core::verify::Verified;
+use offline::{Liveness, Offline};
 
 /// Why `explain` could not run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +48,8 @@ pub enum ExplainError {
     Config(String),
     /// `--jwks` names no configured issuer, or an issuer whose keys are inline.
     Jwks(String),
+    /// `--liveness` or `--revocations` for a configuration that has no use for it.
+    NothingToAnswer(String),
     /// The native proxy failed (the filter would not start).
     Run(String),
 }
@@ -52,6 +59,7 @@ impl std::fmt::Display for ExplainError {
         match self {
             ExplainError::Config(why) => write!(f, "invalid plugin configuration: {why}"),
             ExplainError::Jwks(why) => write!(f, "--jwks: {why}"),
+            ExplainError::NothingToAnswer(why) => f.write_str(why),
             ExplainError::Run(why) => f.write_str(why),
         }
     }
@@ -102,6 +110,8 @@ pub struct Explainer {
     throwaway: Vec<usize>,
     /// Partner secrets (variable names) explain was not given: placeholders stand in.
     missing_secrets: Vec<String>,
+    /// The TokenReview answer and revocation feed given in the gateway's place.
+    offline: Offline,
 }
 
 /// What stands in for an HMAC secret explain was not given: 32 zero bytes, base64.
@@ -134,7 +144,38 @@ impl Explainer {
         now_ms: u64,
         environment: &BTreeMap<String, Vec<u8>>,
     ) -> Result<Explainer, ExplainError> {
+        Explainer::start_offline(bytes, jwks, throwaway, now_ms, environment, Offline::default())
+    }
+
+    /// [`Explainer::start_with_environment`] with the answers only the gateway gets
+    /// given in its place: the API server's TokenReview answer and the revocation
+    /// feed. Either not given, the pipeline gets the answer that lets every later
+    /// stage run (alive; an empty list, fetched now) and the explanation says it was
+    /// not checked. Given for a configuration without liveness or a feed, it is
+    /// refused: it would explain nothing.
+    pub fn start_offline(
+        bytes: &[u8],
+        jwks: &BTreeMap<String, String>,
+        throwaway: &[String],
+        now_ms: u64,
+        environment: &BTreeMap<String, Vec<u8>>,
+        offline: Offline,
+    ) -> Result<Explainer, ExplainError> {
         let config = Config::from_json(bytes).map_err(|e| ExplainError::Config(e.to_string()))?;
+        if offline.liveness.is_some() && !config.issuers.iter().any(|i| i.profile.liveness().is_some()) {
+            return Err(ExplainError::NothingToAnswer(
+                "--liveness: no issuer of the configuration has profile.liveness".into(),
+            ));
+        }
+        if offline.revocations.is_some() && config.revocation.is_none() {
+            return Err(ExplainError::NothingToAnswer(
+                "--revocations: the configuration has no revocation feed".into(),
+            ));
+        }
+        let feed = offline
+            .revocations
+            .as_ref()
+            .map_or_else(|| offline::EMPTY_FEED.to_owned(), |f| f.document.clone());
         let plugin: Value = serde_json::from_slice(bytes).map_err(|e| ExplainError::Config(e.to_string()))?;
         let mut documents = Vec::with_capacity(config.issuers.len());
         for (name, document) in jwks {
@@ -159,8 +200,9 @@ impl Explainer {
         // The key server: each issuer's discovery document (pointing at a JWKS on
         // the discovery authority, which needs no allowed_jwks_hosts) and JWKS.
         let key_server = Box::new(move |callout: &Callout| {
-            // Explain has no revocation feed to read: it decides without one.
-            let Document::Jwks(issuer) = callout.ticket.document else { return (404, String::new()) };
+            // The feed given, or an empty one: a request is never decided with a list
+            // explain cannot see (or refused as if the gateway had none).
+            let Document::Jwks(issuer) = callout.ticket.document else { return (200, feed.clone()) };
             let Some((iss, authority, document)) = documents.get(issuer) else {
                 return (404, String::new());
             };
@@ -194,8 +236,10 @@ impl Explainer {
                 vm_environment.insert(name.to_owned(), value);
             }
         }
-        let proxy = NativeProxy::start_with_environment(&config, 2, now_ms, key_server, &vm_environment)
+        let mut proxy = NativeProxy::start_with_environment(&config, 2, now_ms, key_server, &vm_environment)
             .map_err(|e| ExplainError::Run(e.to_string()))?;
+        let answer = offline.liveness.unwrap_or(Liveness::Alive);
+        proxy.answer_callouts(Box::new(move |call| offline::token_review_answer(call, answer)));
         let throwaway = config
             .issuers
             .iter()
@@ -203,7 +247,7 @@ impl Explainer {
             .filter(|(_, i)| throwaway.contains(&i.name))
             .map(|(index, _)| index)
             .collect();
-        Ok(Explainer { plugin, config, proxy, throwaway, missing_secrets })
+        Ok(Explainer { plugin, config, proxy, throwaway, missing_secrets, offline })
     }
 
     pub fn config(&self) -> &Config {
@@ -368,6 +412,8 @@ impl Render<'_> {
         line(&mut out, "request", &format!("{} {} (host {}, from {source})", r.method, r.path, r.host));
         self.route(&mut out);
         self.verify(&mut out);
+        self.liveness(&mut out);
+        self.feed(&mut out);
         self.dpop(&mut out);
         self.policy(&mut out);
         self.behaviour(&mut out);
@@ -536,6 +582,42 @@ impl Render<'_> {
         }
     }
 
+    /// The liveness stage (TokenReview), where it judged the token.
+    fn liveness(&self, out: &mut String) {
+        let Some(judged) = self.e.trace().and_then(|t| t.liveness.as_ref()) else { return };
+        let text = match (judged, self.explainer.offline.liveness) {
+            (Ok(()), None) => "NOT CHECKED offline: the TokenReview happens in the gateway (it asks the \
+                               Kubernetes API server whether the token still authenticates); explained as if \
+                               the answer were alive (--liveness gone explains the other answer)"
+                .to_owned(),
+            (Ok(()), Some(given)) => format!(
+                "{} (--liveness {}): the answer given; the gateway asks the API server (TokenReview)",
+                given.as_str(),
+                given.as_str()
+            ),
+            (Err(rejection), given) => {
+                let given = given.map(|g| format!(" (--liveness {})", g.as_str())).unwrap_or_default();
+                format!("FAILED {}{given}", describe_rejection(Some(rejection)))
+            }
+        };
+        line(out, "liveness", &text);
+    }
+
+    /// The revocation feed, where one is configured and a credential verified.
+    fn feed(&self, out: &mut String) {
+        if self.config().revocation.is_none() || !matches!(self.e.verification(), Some(Ok(_))) {
+            return;
+        }
+        let text = match &self.explainer.offline.revocations {
+            Some(feed) => format!("{} applied: {}", feed.name, feed.summary()),
+            None => "NOT CHECKED offline: revocation feed not checked (the gateway fetches its own); \
+                     explained as if the list were empty and fresh (--revocations FILE applies a feed \
+                     document)"
+                .to_owned(),
+        };
+        line(out, "feed", &text);
+    }
+
     /// The DPoP stage, where DPoP is in play.
     fn dpop(&self, out: &mut String) {
         let scheme = self.e.exchange.request.dpop.scheme;
@@ -658,6 +740,9 @@ impl Render<'_> {
             }
             Rule::HostFailure => "a host call the decision depends on failed".into(),
             Rule::AmbiguousPath => "the path is ambiguous once normalized".into(),
+            Rule::Audience if self.e.trace().is_some_and(|t| matches!(t.liveness, Some(Err(_)))) => {
+                format!("audience {}: a token the liveness check refuses is refused", audience.as_str())
+            }
             Rule::Audience if self.e.trace().is_some_and(|t| matches!(t.dpop, Some(Err(_)))) => {
                 format!("audience {}: a token that fails its DPoP check is refused", audience.as_str())
             }

@@ -29,7 +29,8 @@ usage: nhi-guard check [--quiet] FILE...
                        [--unused-days N] [--fail-on error|warning] FILE...
        nhi-guard explain FILE [--config N] [--method M] [--path P] [--host H] [--source IP[:PORT]]
                          [--header 'NAME: VALUE']... [--token TOKEN|@FILE|-] [--jwks [ISSUER=]FILE]...
-                         [--body FILE] [--now UNIX_SECONDS]
+                         [--body FILE] [--now UNIX_SECONDS] [--liveness alive|gone]
+                         [--revocations FILE]
        nhi-guard schema
 
 check   validates the nhi-guard plugin configuration found in each FILE (plugin JSON,
@@ -55,10 +56,15 @@ explain runs one request through the filter's own pipeline with the configuratio
         the token's iss does not say which issuer), or with the issuer's inline keys;
         otherwise it is reported as not checked. Partner secrets are read from explain's
         own environment (the variables the configuration names); one that is missing is
-        replaced by a placeholder and the partner check reported as not checked. What
-        explain cannot know offline (replay caches, DPoP nonces the gateway issued,
-        learned behaviour baselines) is said so. Exit status: 0 the request would be
-        forwarded, 1 refused, 2 usage error, unreadable file or invalid configuration.
+        replaced by a placeholder and the partner check reported as not checked. The
+        TokenReview of an issuer with profile.liveness happens in the gateway: it is
+        reported as not checked and explained as if the API server said alive, unless
+        --liveness gives its answer. The revocation feed is the gateway's: --revocations
+        applies a feed document; without it the feed is reported as not checked and
+        explained as empty and fresh. What else explain cannot know offline (replay
+        caches, DPoP nonces the gateway issued, learned behaviour baselines) is said so.
+        Exit status: 0 the request would be forwarded, 1 refused, 2 usage error,
+        unreadable file or invalid configuration.
 schema  prints the JSON Schema of the plugin configuration.";
 
 fn main() -> ExitCode {
@@ -115,6 +121,8 @@ fn run_explain(args: &[String]) -> Result<ExitCode, String> {
     let mut token = None;
     let mut jwks_args = Vec::new();
     let mut now = None;
+    let mut offline = explain::offline::Offline::default();
+    let mut revocations = None;
     let mut rest = args.iter();
     while let Some(arg) = rest.next() {
         let mut value = |name: &str| rest.next().cloned().ok_or_else(|| format!("{name} needs a value"));
@@ -138,6 +146,8 @@ fn run_explain(args: &[String]) -> Result<ExitCode, String> {
                 request.body = Some(std::fs::read(&path).map_err(|e| format!("--body {path}: {e}"))?);
             }
             "--now" => now = Some(value(arg)?.parse::<u64>().map_err(|_| "--now takes Unix seconds")?),
+            "--liveness" => offline.liveness = Some(value(arg)?.parse().map_err(|e| format!("{e}"))?),
+            "--revocations" => revocations = Some(value(arg)?),
             other if other.starts_with('-') && other != "-" => return Err(format!("unknown option {other}")),
             other if file.is_none() => file = Some(other.to_owned()),
             other => return Err(format!("one configuration file only ({other}?)")),
@@ -203,6 +213,16 @@ fn run_explain(args: &[String]) -> Result<ExitCode, String> {
         };
         jwks.insert(issuer, document);
     }
+    if let Some(path) = revocations {
+        let document = match read_text(&path) {
+            Ok(text) => text,
+            Err(err) => return Ok(fail(format!("{path}: cannot read: {err}"))),
+        };
+        match explain::offline::Feed::parse(&path, document) {
+            Ok(feed) => offline.revocations = Some(feed),
+            Err(err) => return Ok(fail(err.to_string())),
+        }
+    }
     let prepared = match explain::prepare(&config, request, jwks) {
         Ok(prepared) => prepared,
         Err(err) => return Ok(fail(err.to_string())),
@@ -227,12 +247,13 @@ fn run_explain(args: &[String]) -> Result<ExitCode, String> {
             Some((name.to_owned(), value.into_encoded_bytes()))
         })
         .collect();
-    let mut explainer = match Explainer::start_with_environment(
+    let mut explainer = match Explainer::start_offline(
         &bytes,
         &prepared.jwks,
         &prepared.throwaway,
         now_ms,
         &environment,
+        offline,
     ) {
         Ok(explainer) => explainer,
         Err(err) => return Ok(fail(err.to_string())),

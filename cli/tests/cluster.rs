@@ -70,19 +70,24 @@ fn pod(namespace: &str, name: &str, label_pairs: &[(&str, &str)], spec: PodSpec)
 }
 
 fn gateway_only_policy(peer_labels: &[(&str, &str)]) -> NetworkPolicy {
+    policy_with_peers(vec![peer(
+        Some(selector(&[("kubernetes.io/metadata.name", "istio-system")])),
+        Some(selector(peer_labels)),
+    )])
+}
+
+fn peer(namespaces: Option<LabelSelector>, pods: Option<LabelSelector>) -> NetworkPolicyPeer {
+    NetworkPolicyPeer { namespace_selector: namespaces, pod_selector: pods, ip_block: None }
+}
+
+/// The shipped policy's shape (every pod of payments, ingress only) with `peers`.
+fn policy_with_peers(peers: Vec<NetworkPolicyPeer>) -> NetworkPolicy {
     NetworkPolicy {
         metadata: meta(Some("payments"), "nhi-guard-gateway-only", &[]),
         spec: Some(NetworkPolicySpec {
             pod_selector: Some(LabelSelector::default()),
             policy_types: Some(vec!["Ingress".into()]),
-            ingress: Some(vec![NetworkPolicyIngressRule {
-                from: Some(vec![NetworkPolicyPeer {
-                    namespace_selector: Some(selector(&[("kubernetes.io/metadata.name", "istio-system")])),
-                    pod_selector: Some(selector(peer_labels)),
-                    ip_block: None,
-                }]),
-                ports: None,
-            }]),
+            ingress: Some(vec![NetworkPolicyIngressRule { from: Some(peers), ports: None }]),
             egress: None,
         }),
     }
@@ -325,6 +330,64 @@ fn each_misalignment_gives_exactly_its_finding() {
             false,
         ),
         (
+            Kind::BackendReachableWithoutGateway,
+            "ingress[0].from[0]: namespaceSelector {} selects every namespace",
+            Box::new(|f, _| {
+                // The gateway's pod labels in any namespace: a tenant labels its own pod
+                // istio=ingressgateway. No such pod is in the dump: judged by the selector.
+                f.policies = vec![policy_with_peers(vec![peer(
+                    Some(LabelSelector::default()),
+                    Some(selector(&[("istio", "ingressgateway")])),
+                )])];
+            }),
+            false,
+        ),
+        (
+            Kind::BackendReachableWithoutGateway,
+            "ingress[0].from[0]: admits every pod of namespace istio-system",
+            Box::new(|f, _| {
+                // The two-peers mistake, with no pod of istio-system but the gateway's in
+                // the dump: the namespace peer alone admits istiod and whatever comes next.
+                f.policies = vec![policy_with_peers(vec![
+                    peer(Some(selector(&[("kubernetes.io/metadata.name", "istio-system")])), None),
+                    peer(None, Some(selector(&[("istio", "ingressgateway")]))),
+                ])];
+                f.pods.retain(|p| p.metadata.name.as_deref() != Some("istiod-5c4"));
+            }),
+            false,
+        ),
+        (
+            Kind::BackendReachableWithoutGateway,
+            "ingress[0].from[1]: admits pods of namespace ci",
+            Box::new(|f, _| {
+                // Another namespace by name, though no pod of it matches in the dump.
+                f.policies = vec![policy_with_peers(vec![
+                    peer(
+                        Some(selector(&[("kubernetes.io/metadata.name", "istio-system")])),
+                        Some(selector(&[("istio", "ingressgateway")])),
+                    ),
+                    peer(
+                        Some(selector(&[("kubernetes.io/metadata.name", "ci")])),
+                        Some(selector(&[("app", "not-deployed-yet")])),
+                    ),
+                ])];
+            }),
+            false,
+        ),
+        (
+            Kind::GatewayShutOut,
+            "AuthorizationPolicy payments/deny-all has no rules: it admits nobody",
+            Box::new(|f, _| {
+                // An ALLOW policy without rules refuses everything, the gateway included.
+                f.policies.clear();
+                f.istio.push(json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+                                    "metadata": {"name": "deny-all", "namespace": "payments"},
+                                    "spec": {"action": "ALLOW"}}));
+                f.istio.push(strict());
+            }),
+            false,
+        ),
+        (
             Kind::GatewayShutOut,
             "admits no pod of the gateway",
             Box::new(|f, _| {
@@ -561,7 +624,9 @@ fn the_shipped_manifests_are_clean() {
     args.push("istio/wasmplugin.yaml");
     let (code, out, err) = nhi_guard(&args, &repo().join("envoy"));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.ends_with("0 error(s), 0 warning(s), 0 note(s); 1 machine backend(s) checked\n"), "{out}");
+    // Manifests hold no pods: the backends are judged by their selectors, and said so.
+    assert!(out.contains("note[input-missing] cluster input: no Pod given\n"), "{out}");
+    assert!(out.ends_with("0 error(s), 0 warning(s), 1 note(s); 1 machine backend(s) checked\n"), "{out}");
 
     // Without the NetworkPolicy and the Istio policies, the protected namespace is open.
     let dir = std::env::temp_dir().join(format!("nhi-shipped-{}", std::process::id()));
@@ -588,6 +653,68 @@ fn the_shipped_manifests_are_clean() {
     assert!(
         out.contains(
             "error[backend-reachable-without-gateway] Namespace payments: no Istio AuthorizationPolicy"
+        ),
+        "{out}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The shipped NetworkPolicy alone protects the namespace; the two mistakes its
+/// comments warn about do not, and are caught from the manifests alone (no pod of
+/// another namespace needs to be in the input to show it).
+#[test]
+fn the_shipped_network_policy_and_its_two_classic_mistakes() {
+    let shipped = std::fs::read_to_string(repo().join("envoy/k8s/backend-networkpolicy.yaml")).unwrap();
+    let one_peer = "    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: istio-system\n      podSelector:\n";
+    assert!(shipped.contains(one_peer), "{shipped}");
+    // Two peers: the namespace's every pod, and the gateway's labels in payments itself.
+    let two_peers = shipped.replace(one_peer, &one_peer.replace("      podSelector:", "    - podSelector:"));
+    // Any namespace: whoever labels a pod istio=ingressgateway.
+    let any_namespace = shipped.replace(
+        "    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: istio-system\n",
+        "    - namespaceSelector: {}\n",
+    );
+    let dir = std::env::temp_dir().join(format!("nhi-netpol-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run = |name: &str, text: &str| {
+        let file = dir.join(name);
+        std::fs::write(&file, text).unwrap();
+        let file = file.display().to_string();
+        nhi_guard(
+            &[
+                "check",
+                "--cluster",
+                &file,
+                "--cluster",
+                "k8s/workload.yaml",
+                "--cluster",
+                "istio/jwks-egress.yaml",
+                "istio/wasmplugin.yaml",
+            ],
+            &repo().join("envoy"),
+        )
+    };
+    let (code, out, err) = run("shipped.yaml", &shipped);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.ends_with("0 error(s), 0 warning(s), 1 note(s); 1 machine backend(s) checked\n"), "{out}");
+
+    let (code, out, _) = run("two-peers.yaml", &two_peers);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "error[backend-reachable-without-gateway] Namespace payments: NetworkPolicy \
+             payments/nhi-guard-gateway-only: ingress[0].from[0]: admits every pod of namespace istio-system"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("note[input-missing] cluster input: no Pod given\n"), "{out}");
+
+    let (code, out, _) = run("any-namespace.yaml", &any_namespace);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "error[backend-reachable-without-gateway] Namespace payments: NetworkPolicy \
+             payments/nhi-guard-gateway-only: ingress[0].from[0]: namespaceSelector {} selects every namespace"
         ),
         "{out}"
     );

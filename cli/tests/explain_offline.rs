@@ -125,3 +125,117 @@ fn the_behaviour_stage_is_explained_without_a_learned_baseline() {
     assert!(out.contains("offline: explain has none of the gateway's learned baselines"), "{out}");
     std::fs::remove_file(plugin).unwrap();
 }
+
+/// A `kubernetes` issuer with `profile.liveness` (TokenReview) for docs/examples'
+/// tokens, and a revocation feed when `on_stale` says how a stale one is handled.
+fn lifecycle_plugin(name: &str, on_stale: Option<&str>) -> std::path::PathBuf {
+    let mut plugin = serde_json::json!({
+        "issuers": [{"name": "kubernetes", "issuer": "https://kubernetes.default.svc.cluster.local",
+            "audiences": ["nhi-gateway"], "algorithms": ["ES256"],
+            "jwks": {"cluster": "kube_api", "authority": "kubernetes.default.svc", "path": "/openid/v1/jwks"},
+            "profile": {"type": "kubernetes", "namespaces": ["ci"], "liveness": {"cluster": "kube_api"}}}],
+        "routes": [{"name": "machine-api", "match": {"prefix": "/api/"}, "audience": "machine"}]
+    });
+    if let Some(on_stale) = on_stale {
+        plugin["revocation"] = serde_json::json!({"cluster": "revocations", "authority": "feed.internal",
+                                                  "path": "/revocations.json", "on_stale": on_stale});
+    }
+    let path = std::env::temp_dir().join(format!("nhi-explain-{name}-{}.json", std::process::id()));
+    std::fs::write(&path, plugin.to_string()).unwrap();
+    path
+}
+
+fn explain_args(plugin: &Path, args: &[&str]) -> (i32, String, String) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let output = Command::new(env!("CARGO_BIN_EXE_nhi-guard"))
+        .arg("explain")
+        .arg(plugin)
+        .args(["--path", "/api/deploy", "--now", "1800000000", "--token", "@docs/examples/allowed.jwt"])
+        .args(["--jwks", "kubernetes=docs/examples/kubernetes-jwks.json"])
+        .args(args)
+        .current_dir(&repo)
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
+}
+
+/// `profile.liveness`: the TokenReview is the gateway's to make. Offline it is reported
+/// not checked and the request explained as if the API server said alive (every later
+/// stage runs); `--liveness gone` explains the other answer, through the filter's own
+/// reading of a TokenReview.
+#[test]
+fn liveness_is_not_checked_offline_and_either_answer_can_be_explained() {
+    let plugin = lifecycle_plugin("liveness", None);
+    let (code, out, err) = explain_args(&plugin, &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("route     machine-api (routes[0], match {\"prefix\":\"/api/\"}): audience machine\n"),
+        "{out}"
+    );
+    assert!(out.contains("liveness  NOT CHECKED offline: the TokenReview happens in the gateway"), "{out}");
+    assert!(out.contains("policy    allow: routes[0] has no allow list"), "{out}");
+    assert!(out.contains("response  forwarded: the upstream answers\n"), "{out}");
+
+    let (code, out, _) = explain_args(&plugin, &["--liveness", "alive"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("liveness  alive (--liveness alive)"), "{out}");
+    assert!(!out.contains("NOT CHECKED"), "{out}");
+
+    let (code, out, _) = explain_args(&plugin, &["--liveness", "gone"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("liveness  FAILED workload_gone: the API server no longer authenticates the token"),
+        "{out}"
+    );
+    assert!(out.contains("response  401 workload_gone\n"), "{out}");
+
+    let (code, _, err) = explain_args(&plugin, &["--liveness", "maybe"]);
+    assert_eq!(code, 2, "{err}");
+    std::fs::remove_file(plugin).unwrap();
+}
+
+/// A revocation feed: offline, without `--revocations`, it is reported not checked and
+/// the request explained with an empty, fresh list — never `503
+/// revocations_unavailable`, whatever `on_stale` says. With `--revocations FILE` (the
+/// feed document, read by the filter's own parser) the list is applied.
+#[test]
+fn the_revocation_feed_is_applied_when_given_and_said_unchecked_otherwise() {
+    let dir = std::env::temp_dir();
+    let revoked = dir.join(format!("nhi-explain-feed-revoked-{}.json", std::process::id()));
+    std::fs::write(&revoked, r#"{"subjects": ["system:serviceaccount:ci:deployer"]}"#).unwrap();
+    let bad = dir.join(format!("nhi-explain-feed-bad-{}.json", std::process::id()));
+    std::fs::write(&bad, r#"{"subjects": "system:serviceaccount:ci:deployer"}"#).unwrap();
+    let (revoked_arg, bad_arg) = (revoked.display().to_string(), bad.display().to_string());
+
+    for on_stale in ["deny", "keep"] {
+        let plugin = lifecycle_plugin(&format!("feed-{on_stale}"), Some(on_stale));
+        let (code, out, err) = explain_args(&plugin, &[]);
+        assert_eq!(code, 0, "on_stale {on_stale}: {out}{err}");
+        assert!(!out.contains("revocations_unavailable"), "{out}");
+        assert!(out.contains("feed      NOT CHECKED offline: revocation feed not checked"), "{out}");
+        assert!(out.contains("response  forwarded: the upstream answers\n"), "{out}");
+
+        let (code, out, _) = explain_args(&plugin, &["--revocations", &revoked_arg]);
+        assert_eq!(code, 1, "on_stale {on_stale}: {out}");
+        assert!(out.contains(&format!("feed      {revoked_arg} applied: 1 entries (subjects 1)")), "{out}");
+        assert!(out.contains("the revocation feed (revocation) names the token or its identity"), "{out}");
+        assert!(out.contains("response  403 subject_denied\n"), "{out}");
+
+        let (code, _, err) = explain_args(&plugin, &["--revocations", &bad_arg]);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("--revocations: the feed is refused: not a revocation feed"), "{err}");
+        std::fs::remove_file(plugin).unwrap();
+    }
+    // A configuration without a feed has nothing to apply it to.
+    let plugin = lifecycle_plugin("no-feed", None);
+    let (code, _, err) = explain_args(&plugin, &["--revocations", &revoked_arg]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("the configuration has no revocation feed"), "{err}");
+    std::fs::remove_file(plugin).unwrap();
+    std::fs::remove_file(revoked).unwrap();
+    std::fs::remove_file(bad).unwrap();
+}

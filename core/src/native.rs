@@ -10,7 +10,9 @@
 //!
 //! Runs as on an Envoy-grade host (shared data, timers, a clock): keys are fetched
 //! in the background, exactly once per proxy, and a request that finds them missing
-//! waits for the next tick.
+//! waits for the next tick. A request's own callout (a TokenReview) is answered at
+//! once by the callout server the caller gives ([`NativeProxy::answer_callouts`]),
+//! and the request is decided with that answer, as the filter's shell does.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +22,7 @@ use crate::config::Config;
 use crate::host::capabilities::{HostSetting, Plan, PlanError, Probed};
 use crate::host::memory::MemoryHost;
 use crate::host::store::MemoryStore;
+use crate::host::HttpCall;
 use crate::keys::fetch::{Callout, Document, Next, Response};
 use crate::pipeline::trace::Trace;
 use crate::pipeline::{self, Request, StartError, Step, Vm};
@@ -27,8 +30,16 @@ use crate::pipeline::{self, Request, StartError, Step, Vm};
 /// How the key server answers a callout: status and body.
 pub type KeyServer = dyn Fn(&Callout) -> (u16, String);
 
+/// How a callout a request makes itself (a TokenReview) is answered: status and
+/// body, or `None` for no answer at all (refused, reset, timed out).
+pub type CalloutServer = dyn Fn(&HttpCall) -> Option<(u16, String)>;
+
 /// Most callouts one fetch may chain (a discovery document, then the JWKS).
 const MAX_CALLOUTS_PER_FETCH: usize = 4;
+
+/// Most times one request is run again (after a wait, or its callout's answer): a
+/// request waits for documents once and reviews once, so a few rounds decide it.
+const MAX_ROUNDS_PER_REQUEST: usize = 4;
 
 /// Why the native proxy could not do what it was asked.
 #[derive(Debug)]
@@ -104,6 +115,7 @@ pub struct NativeProxy {
     /// The proxy's clock, Unix milliseconds: moves only when the caller moves it.
     pub now_ms: u64,
     key_server: Box<KeyServer>,
+    callout_server: Box<CalloutServer>,
     next_token: u32,
 }
 
@@ -146,13 +158,27 @@ impl NativeProxy {
             .map_err(NativeError::Start)?;
             started.push(vm);
         }
-        let mut proxy = NativeProxy { workers: started, store, now_ms, key_server, next_token: 1 };
+        let mut proxy = NativeProxy {
+            workers: started,
+            store,
+            now_ms,
+            key_server,
+            callout_server: Box::new(|_| None),
+            next_token: 1,
+        };
         // The first tick fetches the keys; the next ones let the other workers pick
         // them up.
         for _ in 0..3 {
             proxy.tick()?;
         }
         Ok(proxy)
+    }
+
+    /// Answers the callouts requests make (TokenReviews) with `server` from now on.
+    /// Until then a callout gets no answer, as from a cluster that refuses
+    /// connections: the configuration's `on_unavailable` decides.
+    pub fn answer_callouts(&mut self, server: Box<CalloutServer>) {
+        self.callout_server = server;
     }
 
     pub fn worker(&self, index: usize) -> Result<&Vm, NativeError> {
@@ -191,7 +217,8 @@ impl NativeProxy {
 
     /// One request on `worker`: the pipeline from the request headers to the
     /// decision line, the upstream answering 200. A request that waits for keys is
-    /// decided again after one tick, as the filter's shell does when keys arrive.
+    /// decided again after one tick, as the filter's shell does when keys arrive; one
+    /// that made a callout is decided again with the callout server's answer.
     pub fn send(&mut self, worker: usize, sent: &NativeRequest) -> Result<Exchange, NativeError> {
         let mut host = MemoryHost::new(self.now_ms.saturating_mul(1_000_000))
             .header(":method", sent.method.as_str())
@@ -213,10 +240,29 @@ impl NativeProxy {
             request.trace = Some(Box::default());
         }
         let mut step = pipeline::start(self.worker(worker)?, &mut host, &mut request);
-        if let Step::Wait { .. } = step {
-            self.tick()?;
-            request.waited = true;
-            step = pipeline::run(self.worker(worker)?, &mut host, &mut request, self.now_ms);
+        for _ in 0..MAX_ROUNDS_PER_REQUEST {
+            step = match step {
+                Step::Wait { .. } if !request.waited => {
+                    self.tick()?;
+                    request.waited = true;
+                    pipeline::run(self.worker(worker)?, &mut host, &mut request, self.now_ms)
+                }
+                Step::Called { token } => {
+                    let call = host.callouts.iter().find(|(t, _)| *t == token).map(|(_, call)| call.clone());
+                    let response = match call.and_then(|call| (self.callout_server)(&call)) {
+                        Some((status, body)) => {
+                            Response { status: Some(status), body: Ok(body.into_bytes()) }
+                        }
+                        None => Response { status: None, body: Ok(Vec::new()) },
+                    };
+                    let vm = self.worker(worker)?;
+                    match pipeline::answered(vm, &mut host, &mut request, token, response, self.now_ms) {
+                        Some(next) => next,
+                        None => break,
+                    }
+                }
+                _ => break,
+            };
         }
         // A signature that covers the body: the whole body arrives at once.
         if let Step::Body { .. } = step {

@@ -13,10 +13,15 @@
 //!   principals of its own namespace), rule by rule. PeerAuthentication should then
 //!   be `STRICT`: without mTLS a request carries no principal at all.
 //!
-//! Evaluated over the pods the cluster dump holds; a Service whose pods are not in
-//! the dump is judged by a pod with its selector's labels.
+//! Peers are judged by their selectors, not by the pods the dump happens to hold: a
+//! pod that would match is one `kubectl label` away, and a manifest holds no pods at
+//! all. A peer that reaches beyond the backend's namespace is safe only when its
+//! `namespaceSelector` pins the gateway's namespace ([`namespace_scope`]) and its
+//! `podSelector` requires the gateway's labels. The pods the dump holds add evidence
+//! (`admits pod istio-system/istiod-…`). The backend's own pods come from the dump;
+//! a Service whose pods are not in it is judged by a pod with its selector's labels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -96,18 +101,32 @@ pub enum Protection {
     /// Reachable without the gateway; each string says by whom.
     Open(Vec<String>),
     /// Protected so well that the gateway itself cannot reach it.
-    GatewayShutOut(String),
+    GatewayShutOut {
+        why: String,
+        by: Layer,
+    },
 }
 
-/// Judges one backend pod.
+/// Which policy does the protecting (or the shutting out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    NetworkPolicy,
+    Istio,
+}
+
+/// Judges one backend pod. A request through the gateway must pass both layers:
+/// either one shutting the gateway out is a finding, whatever the other admits.
 pub fn protection(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Protection {
     let network = network_policy(cluster, pod, gateway);
     let istio = istio(cluster, pod, gateway, trust_domain);
     match (network, istio) {
+        (Err(NetOpen::GatewayShutOut(why)), _) => {
+            Protection::GatewayShutOut { why, by: Layer::NetworkPolicy }
+        }
+        (_, Err(IstioOpen::GatewayShutOut(why))) => Protection::GatewayShutOut { why, by: Layer::Istio },
         (Ok(()), _) => Protection::NetworkPolicy,
         (_, Ok(strict)) => Protection::Istio { strict },
-        (Err(NetOpen::GatewayShutOut(why)), _) => Protection::GatewayShutOut(why),
-        (Err(NetOpen::Open(mut why)), Err(istio_why)) => {
+        (Err(NetOpen::Open(mut why)), Err(IstioOpen::Open(istio_why))) => {
             why.push(istio_why);
             Protection::Open(why)
         }
@@ -116,6 +135,13 @@ pub fn protection(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_dom
 
 enum NetOpen {
     Open(Vec<String>),
+    GatewayShutOut(String),
+}
+
+enum IstioOpen {
+    /// No ALLOW policy applies, or one admits someone else than the gateway.
+    Open(String),
+    /// The ALLOW policies that apply admit nobody who is the gateway.
     GatewayShutOut(String),
 }
 
@@ -156,6 +182,9 @@ fn network_policy(cluster: &Cluster, pod: &PodView, gateway: &Gateway) -> Result
                 }
                 gateway_admitted |=
                     peer_selects(cluster, peer, &pod.namespace, &gateway.namespace, &gateway.labels);
+                open.extend(
+                    peer_reach(cluster, peer, &pod.namespace, gateway).map(|why| format!("{at}: {why}")),
+                );
                 for other in &all_pods {
                     let gateway_pod = other.namespace == gateway.namespace
                         && gateway.labels.iter().all(|(k, v)| other.labels.get(k) == Some(v));
@@ -164,18 +193,6 @@ fn network_policy(cluster: &Cluster, pod: &PodView, gateway: &Gateway) -> Result
                         && peer_selects(cluster, peer, &pod.namespace, &other.namespace, &other.labels)
                     {
                         open.push(format!("{at}: admits pod {}/{}", other.namespace, other.name));
-                    }
-                }
-                for namespace in &cluster.namespaces {
-                    let ns = namespace.metadata.name.clone().unwrap_or_default();
-                    if ns == pod.namespace || ns == gateway.namespace {
-                        continue;
-                    }
-                    let pod_selector = peer.pod_selector.clone().unwrap_or_default();
-                    let whole_namespace = pod_selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
-                        && pod_selector.match_expressions.as_ref().is_none_or(|e| e.is_empty());
-                    if whole_namespace && namespace_selected(cluster, peer, &pod.namespace, &ns) {
-                        open.push(format!("{at}: admits every pod of namespace {ns}"));
                     }
                 }
             }
@@ -196,6 +213,137 @@ fn network_policy(cluster: &Cluster, pod: &PodView, gateway: &Gateway) -> Result
         )));
     }
     Ok(())
+}
+
+/// The namespaces a peer's `namespaceSelector` can select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamespaceScope {
+    /// These namespaces and no other.
+    Only(BTreeSet<String>),
+    /// More than the input can name; the string says why.
+    Open(String),
+}
+
+/// Which namespaces `selector` selects, judged so that a namespace created (or
+/// labelled) tomorrow cannot widen it: pinned by name (`kubernetes.io/metadata.name`,
+/// which the API server sets and nobody can change), or by labels that the input's
+/// Namespace objects carry — only if the selector requires some label (`matchLabels`
+/// or `In`); `NotIn`/`DoesNotExist` alone select every namespace but a few.
+pub fn namespace_scope(cluster: &Cluster, selector: &LabelSelector) -> NamespaceScope {
+    const NAME: &str = "kubernetes.io/metadata.name";
+    let by_name = selector.match_labels.as_ref().and_then(|m| m.get(NAME));
+    if let Some(name) = by_name {
+        return NamespaceScope::Only(BTreeSet::from([name.clone()]));
+    }
+    let expressions = selector.match_expressions.as_deref().unwrap_or_default();
+    if let Some(names) = expressions.iter().find(|e| e.key == NAME && e.operator == "In") {
+        return NamespaceScope::Only(names.values.iter().flatten().cloned().collect());
+    }
+    let requires = selector.match_labels.as_ref().is_some_and(|m| !m.is_empty())
+        || expressions.iter().any(|e| e.operator == "In");
+    if !requires {
+        let text = if empty(selector) {
+            "namespaceSelector {} selects every namespace".to_owned()
+        } else {
+            "namespaceSelector requires no label (only NotIn/Exists/DoesNotExist): it selects namespaces \
+             created later too"
+                .to_owned()
+        };
+        return NamespaceScope::Open(text);
+    }
+    if !cluster.has("Namespace") {
+        return NamespaceScope::Open(
+            "namespaceSelector selects by labels, and no Namespace was given to tell which namespaces carry them"
+                .into(),
+        );
+    }
+    NamespaceScope::Only(
+        cluster
+            .namespaces
+            .iter()
+            .filter_map(|n| n.metadata.name.as_deref())
+            .filter(|name| cluster.namespace_labels(name).is_some_and(|labels| selects(selector, &labels)))
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// Whether `selector` requires a label (so that it does not select every pod but
+/// a few), and the gateway's pods carry what it requires.
+fn requires_gateway_labels(selector: Option<&LabelSelector>, gateway: &Gateway) -> bool {
+    selector.is_some_and(|s| {
+        let requires = s.match_labels.as_ref().is_some_and(|m| !m.is_empty())
+            || s.match_expressions.iter().flatten().any(|e| e.operator == "In");
+        requires && selects(s, &gateway.labels)
+    })
+}
+
+/// Who beyond the backend's namespace and the gateway's pods a peer admits, judged
+/// from its selectors. A peer without `namespaceSelector` stays in the policy's own
+/// namespace (allowed: see the module docs). A `podSelector` that admits none of the
+/// gateway's pods (a wrong label) is left to the gateway-shut-out check and to the
+/// pods of the dump: naming no gateway pod, it is not a path *around* the gateway.
+fn peer_reach(
+    cluster: &Cluster,
+    peer: &NetworkPolicyPeer,
+    policy_ns: &str,
+    gateway: &Gateway,
+) -> Option<String> {
+    let selector = peer.namespace_selector.as_ref()?;
+    let pods = peer.pod_selector.as_ref();
+    let admits_gateway_pods = pods.is_none_or(|s| selects(s, &gateway.labels));
+    let names = match namespace_scope(cluster, selector) {
+        NamespaceScope::Open(why) => {
+            let pods_text = match pods.filter(|s| !empty(s)) {
+                Some(s) => format!("a pod labelled {} there", selector_text(s)),
+                None => "every pod there".to_owned(),
+            };
+            return Some(format!("{why}: {pods_text} reaches the backend without the gateway"));
+        }
+        NamespaceScope::Only(names) => names,
+    };
+    let others: Vec<&str> =
+        names.iter().map(String::as_str).filter(|n| *n != policy_ns && *n != gateway.namespace).collect();
+    if !others.is_empty() {
+        return Some(format!("admits pods of namespace {}", others.join(", ")));
+    }
+    let in_gateway_namespace = names.contains(&gateway.namespace) && gateway.namespace != policy_ns;
+    if in_gateway_namespace && admits_gateway_pods && !requires_gateway_labels(pods, gateway) {
+        return Some(match pods.filter(|s| !empty(s)) {
+            None => format!(
+                "admits every pod of namespace {}, not only the gateway's ({})",
+                gateway.namespace,
+                labels_text(&gateway.labels)
+            ),
+            Some(s) => format!(
+                "podSelector {} requires none of the gateway's labels ({}): it admits other pods of namespace {}",
+                selector_text(s),
+                labels_text(&gateway.labels),
+                gateway.namespace
+            ),
+        });
+    }
+    None
+}
+
+/// A selector that selects everything (`{}`, or members without entries).
+fn empty(selector: &LabelSelector) -> bool {
+    selector.match_labels.as_ref().is_none_or(|m| m.is_empty())
+        && selector.match_expressions.as_ref().is_none_or(|e| e.is_empty())
+}
+
+fn selector_text(selector: &LabelSelector) -> String {
+    let mut parts: Vec<String> =
+        selector.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
+    for e in selector.match_expressions.iter().flatten() {
+        parts.push(format!(
+            "{} {} ({})",
+            e.key,
+            e.operator,
+            e.values.as_deref().unwrap_or_default().join(",")
+        ));
+    }
+    parts.join(",")
 }
 
 fn namespace_selected(cluster: &Cluster, peer: &NetworkPolicyPeer, policy_ns: &str, ns: &str) -> bool {
@@ -221,7 +369,7 @@ fn peer_selects(
 }
 
 /// `Ok(strict)`: Istio admits only the gateway (and own-namespace principals).
-fn istio(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Result<bool, String> {
+fn istio(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str) -> Result<bool, IstioOpen> {
     let applies = |namespace: Option<&str>, selector: Option<&WorkloadSelector>| {
         let ns = namespace.unwrap_or("default");
         (ns == pod.namespace && workload_selects(selector, &pod.labels))
@@ -234,40 +382,66 @@ fn istio(cluster: &Cluster, pod: &PodView, gateway: &Gateway, trust_domain: &str
         .filter(|p| applies(p.metadata.namespace.as_deref(), p.spec.selector.as_ref()))
         .collect();
     if allow.is_empty() {
-        return Err("no Istio AuthorizationPolicy restricts it to the gateway's principal".into());
+        return Err(IstioOpen::Open(
+            "no Istio AuthorizationPolicy restricts it to the gateway's principal".into(),
+        ));
     }
     let gateway_principal = gateway.principal(trust_domain);
     let own = format!("{trust_domain}/ns/{}/sa/", pod.namespace);
     let mut admits_gateway = false;
+    let mut without_rules = Vec::new();
     for policy in &allow {
         let name = format!(
             "AuthorizationPolicy {}/{}",
             policy.metadata.namespace.as_deref().unwrap_or("default"),
             policy.metadata.name
         );
-        for (i, rule) in policy.spec.rules.iter().flatten().enumerate() {
+        let rules = policy.spec.rules.as_deref().unwrap_or_default();
+        if rules.is_empty() {
+            // An ALLOW policy matches a request only through a rule: without any, it
+            // admits nothing (Istio's way to write "deny all").
+            without_rules.push(name.clone());
+        }
+        for (i, rule) in rules.iter().enumerate() {
             let Some(from) = rule.from.as_ref().filter(|f| !f.is_empty()) else {
-                return Err(format!("{name}: rules[{i}] has no `from`: every source"));
+                return Err(IstioOpen::Open(format!("{name}: rules[{i}] has no `from`: every source")));
             };
             for source in from.iter().map(|f| &f.source) {
                 let principals = source.principals.as_deref().unwrap_or_default();
                 if principals.is_empty() {
-                    return Err(format!(
+                    return Err(IstioOpen::Open(format!(
                         "{name}: rules[{i}] admits sources by something else than principals"
-                    ));
+                    )));
                 }
                 for principal in principals {
                     if principal == &gateway_principal {
                         admits_gateway = true;
                     } else if !principal.starts_with(&own) || principal.contains('*') {
-                        return Err(format!("{name}: rules[{i}] admits principal {principal}"));
+                        return Err(IstioOpen::Open(format!(
+                            "{name}: rules[{i}] admits principal {principal}"
+                        )));
                     }
                 }
             }
         }
     }
     if !admits_gateway {
-        return Err(format!("no AuthorizationPolicy admits the gateway's principal {gateway_principal}"));
+        // Every rule admits only the backend's own namespace (or there is no rule):
+        // the backend is closed, to the gateway too.
+        let why = if without_rules.len() == allow.len() {
+            let s = if without_rules.len() == 1 {
+                "has no rules: it admits"
+            } else {
+                "have no rules: they admit"
+            };
+            format!(
+                "{} {s} nobody, the gateway's principal {gateway_principal} included",
+                without_rules.join(", ")
+            )
+        } else {
+            format!("no AuthorizationPolicy admits the gateway's principal {gateway_principal}")
+        };
+        return Err(IstioOpen::GatewayShutOut(why));
     }
     Ok(strict(cluster, pod))
 }

@@ -36,9 +36,11 @@ pub struct Peeked {
     pub alg: Option<String>,
     pub kid: Option<String>,
     pub iss: Option<String>,
+    pub sub: Option<String>,
 }
 
-/// Reads the header's `alg` and `kid` and the payload's `iss`, trusting none of it.
+/// Reads the header's `alg` and `kid` and the payload's `iss` and `sub`, trusting
+/// none of it.
 pub fn peek(token: &str) -> Peeked {
     let mut parts = token.split('.');
     let member = |segment: Option<&str>, name: &str| {
@@ -47,7 +49,12 @@ pub fn peek(token: &str) -> Peeked {
         object.get(name)?.as_str().map(str::to_owned)
     };
     let (header, payload) = (parts.next(), parts.next());
-    Peeked { alg: member(header, "alg"), kid: member(header, "kid"), iss: member(payload, "iss") }
+    Peeked {
+        alg: member(header, "alg"),
+        kid: member(header, "kid"),
+        iss: member(payload, "iss"),
+        sub: member(payload, "sub"),
+    }
 }
 
 /// Re-signs `token` (three segments, an `alg` the filter supports) for an issuer whose
@@ -179,7 +186,8 @@ mod tests {
             Peeked {
                 alg: Some("ES256".into()),
                 kid: Some("k".into()),
-                iss: Some("https://issuer.example".into())
+                iss: Some("https://issuer.example".into()),
+                sub: Some("robot".into())
             }
         );
         assert_eq!(peek("garbage"), Peeked::default());

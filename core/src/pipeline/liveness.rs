@@ -76,7 +76,7 @@ pub fn check(
     let raw = request.credential.token()?;
     // 1. This worker's entry.
     if let Some(alive) = verification.review.and_then(|r| r.fresh(liveness.cache_ms, now_ms)) {
-        return conclude(verification, &verified, review::answered(alive));
+        return conclude(&mut request.trace, verification, &verified, review::answered(alive));
     }
     // 2-4. The shared table.
     let key = review::review_key(&cache::digest(raw));
@@ -112,7 +112,9 @@ pub fn check(
                 deadline_ms: now_ms.saturating_add(liveness.timeout_ms),
             })
         }
-        Verdict::Wait => conclude(verification, &verified, review::fallback(liveness, last, now_ms)),
+        Verdict::Wait => {
+            conclude(&mut request.trace, verification, &verified, review::fallback(liveness, last, now_ms))
+        }
         Verdict::Review => {
             request.liveness.reviewed = true;
             let call = review::callout(liveness, raw, &issuer.audiences);
@@ -133,28 +135,45 @@ pub fn check(
                         liveness.cluster
                     );
                     let last = record_outcome(vm, host, &key, None, liveness, verified.issuer, now_ms);
-                    conclude(verification, &verified, review::fallback(liveness, last, now_ms))
+                    conclude(
+                        &mut request.trace,
+                        verification,
+                        &verified,
+                        review::fallback(liveness, last, now_ms),
+                    )
                 }
             }
         }
-        verdict => conclude(verification, &verified, verdict),
+        verdict => conclude(&mut request.trace, verification, &verified, verdict),
     }
 }
 
 /// Applies a verdict to the verification: gone or unavailable become refusals.
-fn conclude(verification: &mut Verification, verified: &Verified, verdict: Verdict) -> Option<Step> {
+/// The trace (explain) keeps the verdict: the verify stage's conclusion it already
+/// holds was reached before this stage.
+fn conclude(
+    trace: &mut Option<Box<super::trace::Trace>>,
+    verification: &mut Verification,
+    verified: &Verified,
+    verdict: Verdict,
+) -> Option<Step> {
     let refused = match verdict {
-        Verdict::Alive => return None,
+        Verdict::Alive => None,
         Verdict::Gone => {
-            refusal(verified, Reason::WorkloadGone, "the API server no longer authenticates the token")
+            Some(refusal(verified, Reason::WorkloadGone, "the API server no longer authenticates the token"))
         }
-        Verdict::Unavailable | Verdict::Wait | Verdict::Review => refusal(
+        Verdict::Unavailable | Verdict::Wait | Verdict::Review => Some(refusal(
             verified,
             Reason::LivenessUnavailable,
             "the API server could not say whether the token is still valid",
-        ),
+        )),
     };
-    verification.result = Some(Err(refused));
+    if let Some(trace) = trace.as_deref_mut() {
+        trace.liveness = Some(refused.clone().map_or(Ok(()), Err));
+    }
+    if let Some(refused) = refused {
+        verification.result = Some(Err(refused));
+    }
     None
 }
 

@@ -1,6 +1,6 @@
 //! What a request's decision went through, for `nhi-guard explain`: the verify
-//! (or partner) stage's conclusion, the DPoP stage's, the behaviour stage's, and
-//! the route verdict with the rule that decided it.
+//! (or partner) stage's conclusion, the liveness stage's, the DPoP stage's, the
+//! behaviour stage's, and the route verdict with the rule that decided it.
 //!
 //! Collected only when the request asks for it ([`super::Request::trace`] is
 //! `Some`): the filter never does. It is what the stages compute anyway, copied
@@ -22,6 +22,10 @@ pub struct Trace {
     pub verification: Option<Result<Authenticated, Rejection>>,
     /// The partner credential the partner stage judged: `"signature"` or `"API key"`.
     pub partner: Option<&'static str>,
+    /// What the liveness stage concluded about a verified token of an issuer with
+    /// `profile.liveness`: `None` when it judged none; `Ok(())` alive; `Err` why the
+    /// token is refused (`workload_gone`, `liveness_unavailable`).
+    pub liveness: Option<Result<(), Rejection>>,
     /// What the DPoP stage concluded about a verified token: `None` when it judged
     /// none; `Ok(None)` a bearer token nothing requires a proof for; `Ok(Some(jkt))`
     /// a proof that holds, with its key's thumbprint; `Err` why not.
