@@ -36,6 +36,20 @@ impl Scrape {
         Scrape::parse(&envoy.admin_text("/stats/prometheus")?)
     }
 
+    /// Scrapes once every request sent so far may be counted, then again every 200 ms
+    /// while `ready` says the counts are not all in, for at most `limit`: a tick that
+    /// fires late on a loaded machine delays the counts, it does not lose them.
+    /// Returns the last scrape whatever `ready` says; the caller asserts on it.
+    pub fn take_when(envoy: &Envoy, limit: Duration, ready: impl Fn(&Scrape) -> bool) -> Result<Scrape> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut scrape = Scrape::take(envoy)?;
+        while !ready(&scrape) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            scrape = Scrape::parse(&envoy.admin_text("/stats/prometheus")?)?;
+        }
+        Ok(scrape)
+    }
+
     /// Parses the text format (comments and blank lines skipped).
     pub fn parse(text: &str) -> Result<Scrape> {
         let mut samples = Vec::new();

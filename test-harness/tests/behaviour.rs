@@ -152,7 +152,15 @@ fn signals_and_enforcement_in_real_envoy() {
         reasons.first().is_some_and(String::is_empty),
         "the first failures reach the upstream: {reasons:?}"
     );
-    let scrape = Scrape::take(&stack.envoy).unwrap();
+    let expected: [(&str, &[(&str, &str)]); 5] = [
+        ("nhi_anomalies_total", &[("nhi_identity", "partner-robot"), ("nhi_anomaly", "error_spike")]),
+        ("nhi_anomalies_total", &[("nhi_identity", "steady-robot"), ("nhi_anomaly", "new_route")]),
+        ("nhi_identity_responses_total", &[("nhi_identity", "partner-robot"), ("nhi_status_class", "5xx")]),
+        ("nhi_identity_request_duration_ms_bucket", &[("nhi_identity", "steady-robot")]),
+        ("nhi_route_responses_total", &[("nhi_route", "machine-api"), ("nhi_status_class", "2xx")]),
+    ];
+    let all_in = |s: &Scrape| expected.iter().all(|(name, labels)| !s.matching(name, labels).is_empty());
+    let scrape = Scrape::take_when(&stack.envoy, Duration::from_secs(5), all_in).unwrap();
     let has = |name: &str, labels: &[(&str, &str)]| !scrape.matching(name, labels).is_empty();
     assert!(
         has("nhi_anomalies_total", &[("nhi_identity", "partner-robot"), ("nhi_anomaly", "error_spike")]),

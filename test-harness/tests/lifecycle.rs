@@ -315,12 +315,16 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     assert!(many.iter().all(|t| kube.reviews_of(t) == 1));
     // Every review made is counted: alive ones (the 100, the burst's one, the warm-up,
     // the deleted pod's first) and the deleted pod's `gone`.
-    let alive =
-        metric(envoy, "nhi_liveness_reviews_total", &[("nhi_issuer", "cluster"), ("nhi_result", "alive")]);
-    assert!(alive.is_some_and(|n| n >= 103), "{alive:?}");
-    let gone =
-        metric(envoy, "nhi_liveness_reviews_total", &[("nhi_issuer", "cluster"), ("nhi_result", "gone")]);
-    assert!(gone.is_some_and(|n| n >= 1), "{gone:?}");
+    let reviews = |scrape: &Scrape, result: &str| {
+        scrape.value("nhi_liveness_reviews_total", &[("nhi_issuer", "cluster"), ("nhi_result", result)])
+    };
+    let counted = |scrape: &Scrape| {
+        reviews(scrape, "alive").is_some_and(|n| n >= 103.0) && reviews(scrape, "gone").is_some_and(|n| n >= 1.0)
+    };
+    let scrape = Scrape::take_when(envoy, Duration::from_secs(5), counted).unwrap();
+    let (alive, gone) = (reviews(&scrape, "alive"), reviews(&scrape, "gone"));
+    assert!(alive.is_some_and(|n| n >= 103.0), "{alive:?}");
+    assert!(gone.is_some_and(|n| n >= 1.0), "{gone:?}");
 
     // --- UID pin: the account deleted and recreated under its name has a new UID.
     let recreated =
@@ -411,6 +415,18 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
         get(envoy, "/api/batch", &old).1 == "token_revoked"
     });
     assert_eq!(get(envoy, "/api/batch", &new).0, 200);
+    // The list in use, by kind, and fresh (gauges written on the tick).
+    let gauge = |scrape: &Scrape, name: &str, labels: &[(&str, &str)]| scrape.value(name, labels);
+    let entries = |scrape: &Scrape, kind: &str| gauge(scrape, "nhi_revocation_entries", &[("nhi_kind", kind)]);
+    let listed = |scrape: &Scrape| entries(scrape, "issued_before") == Some(1.0);
+    let scrape = Scrape::take_when(envoy, Duration::from_secs(5), listed).unwrap();
+    assert_eq!(
+        (entries(&scrape, "jti"), entries(&scrape, "issued_before"), entries(&scrape, "subjects")),
+        (Some(1.0), Some(1.0), Some(0.0))
+    );
+    assert_eq!(gauge(&scrape, "nhi_revocation_stale", &[]), Some(0.0));
+    let age = gauge(&scrape, "nhi_revocation_age_seconds", &[]);
+    assert!(age.is_some_and(|age| age <= 3.0), "fetched every second: {age:?}");
 
     // Feed down: the last list stays in force. A 10 MB feed is refused, same.
     let failures =
@@ -436,6 +452,12 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     });
     let refused_after = down.elapsed();
     assert!(refused_after >= Duration::from_secs(FEED_MAX_STALE - 1), "refused after {refused_after:?}");
+    let stale = |scrape: &Scrape| gauge(scrape, "nhi_revocation_stale", &[]) == Some(1.0);
+    let scrape = Scrape::take_when(envoy, Duration::from_secs(5), stale).unwrap();
+    assert_eq!(gauge(&scrape, "nhi_revocation_stale", &[]), Some(1.0), "reported stale");
+    let age = gauge(&scrape, "nhi_revocation_age_seconds", &[]);
+    assert!(age.is_some_and(|age| age >= (FEED_MAX_STALE - 1) as f64), "{age:?}");
+    assert!(envoy.log().contains("the revocation list is"), "the stale list is logged");
     eprintln!(
         "feed down to revocations_unavailable: {:.2} s (max_stale_seconds {FEED_MAX_STALE})",
         refused_after.as_secs_f64()
