@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 use test_harness::dpop_client::{DpopClient, ProofKey};
-use test_harness::envoy::EnvoyOptions;
+use test_harness::envoy::{native_module_path, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
 use test_harness::http::{self, Response};
 use test_harness::jwks_server::JwksBehaviour;
@@ -84,16 +84,27 @@ fn echo(response: &Response) -> Value {
 
 #[test]
 fn dpop_against_an_independent_client() {
+    dpop_in(false);
+}
+
+/// The same, with the native shell (the Envoy dynamic module) in the wasm's place:
+/// its replay tables are one in-process table, exact across workers as shared data is.
+#[test]
+fn dpop_against_an_independent_client_in_the_native_module() {
+    dpop_in(true);
+}
+
+fn dpop_in(native: bool) {
     let started = Instant::now();
     let mut client = DpopClient::start().unwrap();
     let jwks = client.issuer("py-issuer").unwrap();
     // A key revoked in the configuration (`deny.jkt`) before Envoy starts.
     let revoked = client.key("EC").unwrap();
-    let mut stack = Stack::start_with(
-        JwksBehaviour::serve(&jwks),
-        EnvoyOptions::new().plugin_configuration(plugin(&jwks, &revoked.jkt)),
-    )
-    .unwrap();
+    let mut options = EnvoyOptions::new().plugin_configuration(plugin(&jwks, &revoked.jkt));
+    if native {
+        options = options.native_filter(&native_module_path().unwrap()).unwrap();
+    }
+    let mut stack = Stack::start_with(JwksBehaviour::serve(&jwks), options).unwrap();
     let addr = stack.envoy.listener_addr();
     let iss = stack.issuer().unwrap().to_owned();
     let warm = client.token(json!({"iss": iss, "aud": AUDIENCE, "sub": "warmup"}), None).unwrap();
