@@ -231,3 +231,113 @@ fn the_checker_sees_through_comments_literals_and_test_code() {
     );
     assert_eq!(crate_references(&code), ["a", "b"]);
 }
+
+/// Sibling modules of one folder and the siblings each one's shipped code names:
+/// `super::x` paths and the members of `use super::{x, …}` groups.
+fn sibling_references(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut siblings = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let stem = path.file_stem().unwrap().to_string_lossy().into_owned();
+        if path.extension().is_some_and(|e| e == "rs") && stem != "tests" && stem != "mod" {
+            siblings.push((stem, path));
+        }
+    }
+    let names: Vec<&str> = siblings.iter().map(|(name, _)| name.as_str()).collect();
+    let mut graph = BTreeMap::new();
+    for (name, path) in &siblings {
+        let code = shipped_code(&std::fs::read_to_string(path).unwrap());
+        let mut named = Vec::new();
+        for (at, m) in code.match_indices("super::") {
+            let rest = &code[at + m.len()..];
+            let members = match rest.strip_prefix('{') {
+                Some(group) => group[..group.find('}').unwrap_or(group.len())].to_owned(),
+                None => rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect(),
+            };
+            for member in members.split(',') {
+                let member: String =
+                    member.trim().chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if names.contains(&member.as_str()) && member != *name && !named.contains(&member) {
+                    named.push(member);
+                }
+            }
+        }
+        graph.insert(name.clone(), named);
+    }
+    graph
+}
+
+/// The cycles of `graph`, each as the path that closes it (`a -> b -> a`).
+fn cycles(graph: &BTreeMap<String, Vec<String>>) -> Vec<String> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, Vec<String>>,
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+        found: &mut Vec<String>,
+    ) {
+        if let Some(at) = path.iter().position(|n| n == node) {
+            found.push(format!("{} -> {node}", path[at..].join(" -> ")));
+            return;
+        }
+        if done.iter().any(|n| n == node) {
+            return;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            visit(next, graph, path, done, found);
+        }
+        path.pop();
+        done.push(node.to_owned());
+    }
+    let (mut done, mut found) = (Vec::new(), Vec::new());
+    for node in graph.keys() {
+        visit(node, graph, &mut Vec::new(), &mut done, &mut found);
+    }
+    found
+}
+
+/// Inside a folder too (the pipeline's stages, a feature's parts, the wasm shell's
+/// contexts), no two modules need each other: the layer rule above only sees the
+/// core's top-level modules.
+#[test]
+fn no_import_cycles_among_the_modules_of_a_folder() {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    for file in files {
+        let dir = file.parent().unwrap().to_path_buf();
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
+    }
+    dirs.push(src().join("../../src/filter"));
+    dirs.push(src().join("../../native/src"));
+    let mut found = Vec::new();
+    for dir in &dirs {
+        for cycle in cycles(&sibling_references(dir)) {
+            found.push(format!("  {}: {cycle}", dir.display()));
+        }
+    }
+    assert!(found.is_empty(), "modules of one folder that need each other:\n{}", found.join("\n"));
+    assert!(dirs.len() >= 10, "{dirs:?}");
+}
+
+#[test]
+fn the_folder_check_finds_a_cycle() {
+    let dir = std::env::temp_dir().join(format!("nhi-layers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.rs"), "use super::{b::Thing, Other};\n").unwrap();
+    std::fs::write(dir.join("b.rs"), "// super::a in a comment\nfn f() { super::c::g() }\n").unwrap();
+    std::fs::write(
+        dir.join("c.rs"),
+        "use super::{Vm, a};\n#[cfg(test)]\nmod tests { use super::super::b; }\n",
+    )
+    .unwrap();
+    let graph = sibling_references(&dir);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(graph["a"], ["b"]);
+    assert_eq!(graph["b"], ["c"]);
+    assert_eq!(graph["c"], ["a"]);
+    assert_eq!(cycles(&graph), ["a -> b -> c -> a"]);
+}

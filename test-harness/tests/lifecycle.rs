@@ -319,7 +319,8 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
         scrape.value("nhi_liveness_reviews_total", &[("nhi_issuer", "cluster"), ("nhi_result", result)])
     };
     let counted = |scrape: &Scrape| {
-        reviews(scrape, "alive").is_some_and(|n| n >= 103.0) && reviews(scrape, "gone").is_some_and(|n| n >= 1.0)
+        reviews(scrape, "alive").is_some_and(|n| n >= 103.0)
+            && reviews(scrape, "gone").is_some_and(|n| n >= 1.0)
     };
     let scrape = Scrape::take_when(envoy, Duration::from_secs(5), counted).unwrap();
     let (alive, gone) = (reviews(&scrape, "alive"), reviews(&scrape, "gone"));
@@ -417,7 +418,8 @@ fn credentials_die_with_their_workloads_in_real_envoy() {
     assert_eq!(get(envoy, "/api/batch", &new).0, 200);
     // The list in use, by kind, and fresh (gauges written on the tick).
     let gauge = |scrape: &Scrape, name: &str, labels: &[(&str, &str)]| scrape.value(name, labels);
-    let entries = |scrape: &Scrape, kind: &str| gauge(scrape, "nhi_revocation_entries", &[("nhi_kind", kind)]);
+    let entries =
+        |scrape: &Scrape, kind: &str| gauge(scrape, "nhi_revocation_entries", &[("nhi_kind", kind)]);
     let listed = |scrape: &Scrape| entries(scrape, "issued_before") == Some(1.0);
     let scrape = Scrape::take_when(envoy, Duration::from_secs(5), listed).unwrap();
     assert_eq!(
