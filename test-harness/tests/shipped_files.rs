@@ -271,3 +271,32 @@ fn every_shipped_bootstrap_keeps_admin_on_loopback_and_refuses_underscored_heade
         }
     }
 }
+
+/// `make fuzz` runs every fuzz target the fuzz crate builds: a target added to
+/// `test-harness/fuzz/Cargo.toml` but not to the Makefile's `FUZZ_TARGETS` would be
+/// compiled by `make lint` and never run.
+#[test]
+fn make_fuzz_runs_every_fuzz_target() {
+    let makefile = std::fs::read_to_string(repo_root().join("Makefile")).unwrap();
+    let joined = makefile.replace("\\\n", " ");
+    let listed: BTreeSet<String> = joined
+        .lines()
+        .find_map(|l| l.strip_prefix("FUZZ_TARGETS :="))
+        .expect("FUZZ_TARGETS in the Makefile")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    // The `name` of each `[[bin]]` table (the manifest's only tables of that kind).
+    let manifest = std::fs::read_to_string(repo_root().join("test-harness/fuzz/Cargo.toml")).unwrap();
+    let mut built = BTreeSet::new();
+    let mut in_bin = false;
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin = line == "[[bin]]";
+        } else if let (true, Some(value)) = (in_bin, line.strip_prefix("name = ")) {
+            built.insert(value.trim_matches('"').to_owned());
+        }
+    }
+    assert!(built.len() >= 9, "{built:?}");
+    assert_eq!(listed, built, "FUZZ_TARGETS (left) and the fuzz crate's [[bin]] targets (right) differ");
+}
