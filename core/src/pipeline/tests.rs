@@ -1113,3 +1113,152 @@ fn vm_memory_changes_add_up_to_the_sum_over_vms() {
     assert!(!record::vm_memory(&worker_b.vm, &mut host, 65_536));
     assert_eq!(gauge(&host), Some((crate::host::MetricKind::Gauge, 1_114_112)));
 }
+
+// ---------------------------------------------------------------------------------
+// Failing host calls beyond the plain machine request (issue 24: every call the
+// pipeline makes): a DPoP request with a server nonce, and a request whose token
+// gets a TokenReview.
+
+/// One injected failure: a host call, or the shared store's reads or writes.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Host(Call),
+    StoreGet,
+    StoreSet,
+}
+
+/// Every fault a request could meet: each kind of host call, and the store.
+fn faults() -> Vec<Fault> {
+    Call::ALL.iter().map(|c| Fault::Host(*c)).chain([Fault::StoreGet, Fault::StoreSet]).collect()
+}
+
+fn inject(fx: &Fixture, host: &mut MemoryHost, fault: Fault) {
+    match fault {
+        Fault::Host(call) => host.fail(call, HostError::INTERNAL_FAILURE),
+        Fault::StoreGet => fx.store.fail_get.set(true),
+        Fault::StoreSet => fx.store.fail_set.set(true),
+    }
+}
+
+/// Whether the clean run made the call the fault would fail.
+fn made(clean: &Outcome, store_calls: usize, fault: Fault) -> bool {
+    match fault {
+        Fault::Host(call) => clean.host.calls.get(&call).is_some_and(|n| *n > 0),
+        Fault::StoreGet | Fault::StoreSet => store_calls > 0,
+    }
+}
+
+/// Runs `case` clean, then once per fault of a call the clean run made, and holds
+/// each outcome to the rule: refused (with a status and a reason code), or
+/// forwarded exactly as the clean run was (same identity, same key, no credential).
+/// Returns (fault, status and reason) for the refusals.
+fn fails_closed(name: &str, case: &dyn Fn(Option<Fault>) -> (Outcome, usize)) -> Vec<(String, u16, String)> {
+    let (clean, store_calls) = case(None);
+    assert_eq!(clean.step, Step::Continue, "{name}: clean run {:?}", clean.host.reply);
+    let forwarded = |out: &Outcome| {
+        ["x-nhi-identity", "x-nhi-dpop-jkt", "authorization", "dpop"].map(|h| out.upstream(h))
+    };
+    let expected = forwarded(&clean);
+    let mut refused = Vec::new();
+    let mut tried = 0;
+    for fault in faults() {
+        if !made(&clean, store_calls, fault) {
+            continue;
+        }
+        tried += 1;
+        let (out, _) = case(Some(fault));
+        match (out.step, out.status, out.reason.as_deref()) {
+            (Step::Continue, None, _) => {
+                assert_eq!(forwarded(&out), expected, "{name}, {fault:?}: forwarded otherwise")
+            }
+            (Step::Replied, Some(status), Some(reason)) => {
+                assert!(status >= 400, "{name}, {fault:?}: {status}");
+                refused.push((format!("{fault:?}"), status, reason.to_owned()));
+            }
+            // The reply itself failed: paused, never forwarded.
+            (Step::Replied, None, _) if matches!(fault, Fault::Host(Call::LocalReply)) => {}
+            other => panic!("{name}, {fault:?}: {other:?}"),
+        }
+    }
+    assert!(tried >= 8, "{name}: only {tried} kinds of call made");
+    println!("{name}: {tried} faults, refusals {refused:?}");
+    refused
+}
+
+fn refusal_of<'a>(refused: &'a [(String, u16, String)], fault: &str) -> Option<(u16, &'a str)> {
+    refused.iter().find(|(f, _, _)| f == fault).map(|(_, s, r)| (*s, r.as_str()))
+}
+
+#[test]
+fn every_failing_call_of_a_dpop_request_with_a_nonce_fails_closed() {
+    let case = |fault: Option<Fault>| {
+        let fx = fixture(dpop_plugin(json!({"mode": "required", "nonce": true})));
+        let t = bound_token("robot");
+        let first = send(
+            &fx,
+            dpop_request(
+                "GET",
+                "/api/x",
+                &t,
+                &proof("GET", "https://gw.example/api/x", &t, "f-1", json!({})),
+            ),
+        );
+        let reply = first.host.reply.as_ref().unwrap();
+        let nonce = reply.headers.iter().find(|(n, _)| n == "dpop-nonce").map(|(_, v)| v.clone()).unwrap();
+        let retry = proof("GET", "https://gw.example/api/x", &t, "f-2", json!({"nonce": nonce}));
+        let mut host = dpop_request("GET", "/api/x", &t, &retry);
+        let before = fx.store.calls.get();
+        if let Some(fault) = fault {
+            inject(&fx, &mut host, fault);
+        }
+        let out = send(&fx, host);
+        (out, fx.store.calls.get() - before)
+    };
+    let refused = fails_closed("DPoP", &case);
+    // The proof cannot be recorded: not accepted unrecorded (it could be replayed).
+    assert_eq!(refusal_of(&refused, "StoreSet"), Some((500, "internal_error")));
+    assert_eq!(refusal_of(&refused, "StoreGet"), Some((500, "internal_error")));
+    for call in ["ReadHeaders", "SetHeader", "RemoveHeader"] {
+        assert_eq!(refusal_of(&refused, &format!("Host({call})")), Some((500, "internal_error")), "{call}");
+    }
+    // The first request of a rotation period makes the nonce: without randomness,
+    // no nonce (never a guessable one), and the request is refused.
+    let fx = fixture(dpop_plugin(json!({"mode": "required", "nonce": true})));
+    let t = bound_token("robot");
+    let mut host =
+        dpop_request("GET", "/api/x", &t, &proof("GET", "https://gw.example/api/x", &t, "f-0", json!({})));
+    host.fail(Call::Random, HostError::INTERNAL_FAILURE);
+    let out = send(&fx, host);
+    assert_eq!(out.host.calls.get(&Call::Random), Some(&1));
+    assert_eq!((out.status, out.reason.as_deref()), (Some(500), Some("internal_error")));
+}
+
+#[test]
+fn every_failing_call_of_a_reviewed_token_fails_closed() {
+    let case = |fault: Option<Fault>| {
+        let fx = fixture(k8s_plugin("deny"));
+        let t = k8s_token("payments", "api", SA_UID, "f-3");
+        let mut host = bearer(request("GET", "/api/x"), &t);
+        let before = fx.store.calls.get();
+        if let Some(fault) = fault {
+            inject(&fx, &mut host, fault);
+        }
+        let mut request = Request::new(1);
+        let mut step = start(&fx.vm, &mut host, &mut request);
+        if let Step::Called { token } = step {
+            let alive = review_answer(true, "system:serviceaccount:payments:api");
+            step = answered(&fx.vm, &mut host, &mut request, token, alive, NOW * 1000).unwrap();
+        }
+        finish(&fx.vm, &mut host, &mut request);
+        let status = host.reply.as_ref().map(|r| r.status);
+        let reason = host.reply.as_ref().and_then(|r| {
+            serde_json::from_str::<Value>(&r.body).ok()?.get("reason")?.as_str().map(str::to_owned)
+        });
+        (Outcome { step, status, reason, host }, fx.store.calls.get() - before)
+    };
+    let refused = fails_closed("TokenReview", &case);
+    // No review made, or none recorded: the API server's word is missing, and
+    // on_unavailable (deny) decides; never forwarded unreviewed.
+    assert_eq!(refusal_of(&refused, "Host(HttpCall)"), Some((503, "liveness_unavailable")));
+    assert_eq!(refusal_of(&refused, "StoreGet"), Some((503, "liveness_unavailable")));
+}

@@ -16,8 +16,9 @@ use sha2::Sha256;
 use crate::config::Config;
 use crate::host::capabilities::{HostSetting, Plan, Probed};
 use crate::host::header_map::HeaderMap;
-use crate::host::memory::{Call, MemoryHost};
+use crate::host::memory::{Call, FaultyStore, MemoryHost};
 use crate::host::store::MemoryStore;
+use crate::host::HostError;
 use crate::partners::{api_key, digest, sf, signature};
 use crate::pipeline::{self, Request, Step, Vm};
 
@@ -66,6 +67,8 @@ struct Fixture {
     vm: Vm,
     /// The host the VM started on (the series it defined up front).
     started: MemoryHost,
+    /// The shared store, whose reads or writes can be made to fail.
+    store: Rc<FaultyStore<MemoryStore>>,
 }
 
 fn fixture(plugin: Value) -> Fixture {
@@ -73,9 +76,9 @@ fn fixture(plugin: Value) -> Fixture {
     let plan =
         Plan::choose(HostSetting::Auto, Probed { shared_data: true, timers: true, clock: true }).unwrap();
     let mut started = MemoryHost::new(NOW * 1_000_000_000).env("ACME_KEY_2026_01", HMAC_SECRET);
-    let vm =
-        Vm::start(config, plan, Box::new(Rc::new(MemoryStore::new())), &mut started, NOW * 1000, 7).unwrap();
-    Fixture { vm, started }
+    let store = Rc::new(FaultyStore::<MemoryStore>::default());
+    let vm = Vm::start(config, plan, Box::new(Rc::clone(&store)), &mut started, NOW * 1000, 7).unwrap();
+    Fixture { vm, started, store }
 }
 
 fn request(method: &str, path: &str) -> MemoryHost {
@@ -521,4 +524,66 @@ fn a_bearer_token_goes_first_and_signature_headers_of_no_partner_config_are_noth
         request("GET", "/x").header("signature-input", "sig1=()").header("signature", "sig1=:AA==:"),
     );
     assert_eq!(out.upstream("x-nhi-client").as_deref(), Some("human"));
+}
+
+/// Every host call a signed request with a body makes, failed in turn, and the
+/// shared store (its nonce cache): refused, or forwarded exactly as without the
+/// fault; never forwarded with its nonce unrecorded or its body unchecked.
+#[test]
+fn every_failing_call_of_a_signed_body_fails_closed() {
+    let body = br#"{"order": 7}"#;
+    let how = Sign {
+        components: &["@method", "@authority", "@path", "content-digest"],
+        nonce: Some("fault"),
+        ..Sign::default()
+    };
+    let signed = || {
+        let host =
+            request("POST", "/partner/orders").header("content-digest", digest::content_digest_sha256(body));
+        sign(host, &how).with_body(body.to_vec())
+    };
+    // (host call, or the store's get / set)
+    let mut faults: Vec<(Option<Call>, bool, bool)> =
+        Call::ALL.iter().map(|c| (Some(*c), false, false)).collect();
+    faults.extend([(None, true, false), (None, false, true)]);
+    let run = |fault: (Option<Call>, bool, bool)| {
+        let fx = fixture(plugin());
+        let mut host = signed();
+        if let Some(call) = fault.0 {
+            host.fail(call, HostError::INTERNAL_FAILURE);
+        }
+        fx.store.fail_get.set(fault.1);
+        fx.store.fail_set.set(fault.2);
+        send(&fx, host)
+    };
+    let clean = run((None, false, false));
+    let forwarded =
+        |out: &Outcome| ["x-nhi-identity", "signature", "signature-input"].map(|h| out.upstream(h));
+    let expected = forwarded(&clean);
+    assert_eq!(expected[0].as_deref(), Some("partner:acme"));
+    let mut refusals = Vec::new();
+    let mut tried = 0;
+    for fault in faults {
+        if fault.0.is_some_and(|call| clean.host.calls.get(&call).is_none_or(|n| *n == 0)) {
+            continue; // a call this request does not make
+        }
+        tried += 1;
+        let out = run(fault);
+        match (out.step, out.status, out.reason.as_deref()) {
+            (Step::Continue, None, _) => assert_eq!(forwarded(&out), expected, "{fault:?}"),
+            (Step::Replied, Some(status), Some(reason)) => refusals.push((fault, status, reason.to_owned())),
+            (Step::Replied, None, _) if fault.0 == Some(Call::LocalReply) => {}
+            other => panic!("{fault:?}: {other:?}"),
+        }
+    }
+    assert!(tried >= 9, "{tried}");
+    println!("signed body: {tried} faults, refusals {refusals:?}");
+    let refused = |fault: (Option<Call>, bool, bool)| {
+        refusals.iter().find(|(f, _, _)| *f == fault).map(|(_, s, r)| (*s, r.as_str()))
+    };
+    // The body cannot be read: its digest cannot be checked.
+    assert_eq!(refused((Some(Call::ReadBody), false, false)).map(|r| r.0), Some(500));
+    // The nonce cannot be looked up or recorded: not accepted unrecorded.
+    assert!(refused((None, true, false)).is_some(), "store reads failing: {refusals:?}");
+    assert!(refused((None, false, true)).is_some(), "store writes failing: {refusals:?}");
 }
