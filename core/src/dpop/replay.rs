@@ -25,9 +25,11 @@
 //! (`dpop_replay_cache_full`, 503 with `Retry-After`): an accepted proof that is not
 //! recorded could be replayed. The client retries with a fresh proof (another `jti`,
 //! most likely another bucket). The share bounds what one key can take once space
-//! gets scarce: a client flooding fresh proofs fills at most half of each bucket, and
-//! stops at a quarter of any bucket others are using, so it cannot push out other
-//! clients' entries nor take the whole table; it only refuses itself. Below half a
+//! gets scarce: a key flooding fresh proofs fills at most half of each bucket alone,
+//! and beside others' entries at most the larger of a quarter and what is left of
+//! that half, so it cannot push out other clients' entries nor take the whole table;
+//! it only refuses itself. (Per key, not per client: a client with several bound
+//! keys has a share for each.) Below half a
 //! bucket no share applies, so one busy client is not refused by the chance that its
 //! proofs crowd one bucket. Size the table for the proofs that live at once at peak:
 //! with the defaults (60 s, skew 30 s) an entry lives about 90 s, so 100 000 entries
