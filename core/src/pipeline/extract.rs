@@ -122,6 +122,14 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
         request.observed.source = source;
     }
     let credential_header = headers.get(&config.token.header);
+    if headers.values(&config.token.header).nth(1).is_some() {
+        // The credential header is a singleton (RFC 9110 §11.6.2): two of them are no
+        // credential nhi-guard reads, but each is read for whose it is — a backend may
+        // take the second, so a machine token there must not reach a human route.
+        let joined: Vec<u8> = headers.values(&config.token.header).collect::<Vec<_>>().join(&b", "[..]);
+        request.credential = Presented::Unreadable { value: joined, undecodable: false };
+        return Ok(());
+    }
     if config.dpop_in_use() {
         if let Some(credential) = credential_header.and_then(dpop_scheme) {
             request.credential = credential;

@@ -158,6 +158,28 @@ fn shadow_mode_never_forwards_a_machine_credential_to_a_human_route() {
     assert_eq!(person.upstream("authorization").as_deref(), Some("Bearer session-abc"));
 }
 
+/// Two credential headers: neither is read as the credential, but a machine token in
+/// either is still ours — a backend that takes the second must not get it on a
+/// human route (issue 23's rule, for duplicated headers).
+#[test]
+fn a_machine_token_in_a_second_credential_header_is_still_ours() {
+    let fx = fixture(plugin());
+    let machine = token("robot", json!({}));
+    let smuggled = request("GET", "/web/x")
+        .header("authorization", "Basic dXNlcjpwYXNzd29yZA==")
+        .header("authorization", format!("Bearer {machine}"));
+    let out = send(&fx, smuggled);
+    assert_eq!((out.status, out.reason.as_deref()), (Some(403), Some("machine_on_human_route")));
+    let twice = bearer(bearer(request("GET", "/api/x"), &machine), &machine);
+    let out = send(&fx, twice);
+    assert_eq!((out.status, out.reason.as_deref()), (Some(401), Some("malformed_token")));
+    let people = request("GET", "/web/x")
+        .header("authorization", "Basic dXNlcjpwYXNzd29yZA==")
+        .header("authorization", "Bearer session-abc");
+    let out = send(&fx, people);
+    assert_eq!(out.upstream("x-nhi-client").as_deref(), Some("human"));
+}
+
 #[test]
 fn the_audience_table_natively() {
     let fx = fixture(plugin());

@@ -13,7 +13,8 @@
 //! base64 (either alphabet, padding and trailing junk ignored) and forgiving JSON,
 //! either names a configured `iss` in its payload (as the `iss` member, or as a
 //! JSON string anywhere in it) or names, in its header, a `kid` that one of the
-//! issuers currently publishes. Attribution only ever makes a request *less*
+//! issuers currently publishes; and when no such word does, any long run of base64
+//! in it is read the same way (a token in the JWS JSON serialization has no dots). Attribution only ever makes a request *less*
 //! welcome (refused on human routes); it never admits anything.
 
 use base64::alphabet::URL_SAFE;
@@ -33,6 +34,9 @@ const FORGIVING: GeneralPurpose = GeneralPurpose::new(
 /// of dots must not cost thousands of decodes. A header with more is attributed to
 /// us (fail closed): no real client sends one.
 const MAX_CANDIDATES: usize = 16;
+/// Shortest base64 run read as a JSON-serialized token's part: `{"kid":"x"}` is 16
+/// characters of base64.
+const MIN_RUN: usize = 16;
 /// Longest header value read (Envoy's default limit for all request headers is
 /// 60 KiB). A longer one is attributed to us, for the same reason.
 pub const MAX_SCAN_BYTES: usize = 64 * 1024;
@@ -55,9 +59,25 @@ impl<K: Fn(&str) -> bool> Ours<'_, K> {
         let mut candidates =
             text.split(|c: char| c.is_ascii_whitespace() || c == ',').filter(|w| w.contains('.'));
         let mut read = 0;
-        candidates.any(|word| {
+        let compact = candidates.any(|word| {
             read += 1;
             read > MAX_CANDIDATES || self.claims_word(word)
+        });
+        compact || self.claims_a_run(&text)
+    }
+
+    /// A token in the JWS JSON serialization (RFC 7515 §7.2) has no dots: its
+    /// protected header and payload are base64url strings among JSON. Any run of
+    /// base64 characters long enough to hold `{"iss":…}` or `{"kid":…}` is read as
+    /// either.
+    fn claims_a_run(&self, text: &str) -> bool {
+        let base64 = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+' | '/' | '=');
+        let mut read = 0;
+        text.split(|c: char| !base64(c)).filter(|run| run.len() >= MIN_RUN).any(|run| {
+            read += 1;
+            read > MAX_CANDIDATES
+                || forgiving_decode(run)
+                    .is_some_and(|bytes| self.names_issuer(&bytes) || self.names_kid(&bytes))
         })
     }
 
@@ -207,6 +227,30 @@ mod tests {
     fn a_published_kid_is_ours_whatever_the_iss() {
         let token = jwt(r#"{"alg":"RS256","kid":"rsa-1"}"#, r#"{"iss":"https://elsewhere.example"}"#);
         assert!(claim(format!("Bearer {token}").as_bytes()));
+    }
+
+    /// RFC 7515 §7.2's JSON serialization (flattened and general): no dots, but the
+    /// same protected header and payload, which jwcrypto and others accept.
+    #[test]
+    fn a_json_serialized_token_of_ours_is_ours() {
+        let payload = b64(format!(r#"{{"iss":"{ISS}","sub":"robot"}}"#).as_bytes());
+        let protected = b64(br#"{"alg":"RS256","kid":"other"}"#);
+        let flattened =
+            format!(r#"Bearer {{"protected":"{protected}","payload":"{payload}","signature":"c2ln"}}"#);
+        assert!(claim(flattened.as_bytes()), "by its iss");
+        let general = format!(
+            r#"{{"payload":"{}","signatures":[{{"protected":"{}","signature":"c2ln"}}]}}"#,
+            b64(br#"{"iss":"https://elsewhere.example"}"#),
+            b64(br#"{"alg":"RS256","kid":"rsa-1"}"#)
+        );
+        assert!(claim(general.as_bytes()), "by its kid");
+        let theirs = format!(
+            r#"{{"protected":"{}","payload":"{}","signature":"c2ln"}}"#,
+            b64(br#"{"alg":"RS256","kid":"people-1"}"#),
+            b64(br#"{"iss":"https://people.example","sub":"someone"}"#)
+        );
+        assert!(!claim(theirs.as_bytes()));
+        assert!(!claim(b"Bearer 3q2+7wAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), "an opaque token");
     }
 
     #[test]
