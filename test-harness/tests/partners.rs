@@ -127,7 +127,9 @@ fn signed_bodies_are_checked(gateway: &Gateway, signed: &BTreeMap<&str, Signed>)
     let response = send_signed(addr, job, headers, job.body.as_deref());
     assert_eq!(response.status, 200, "{}", response.body_text());
     let arrived = gateway.upstream.received_for("/partner/orders");
-    assert!(arrived.iter().any(|r| r.body == br#"{"order": 42}"#), "the body reached the upstream");
+    let body = arrived.iter().find(|r| r.body == br#"{"order": 42}"#).expect("the body reached the upstream");
+    // Its identity was set from the body phase, once the digest matched.
+    assert_eq!(body.header("x-nhi-identity"), Some("partner:acme"));
     let (job, headers) = &signed["tampered"];
     let tampered = send_signed(addr, job, headers, Some(r#"{"order": 43}"#));
     assert_eq!(status_reason(&tampered), (401, Some("digest_mismatch".into())));
@@ -138,8 +140,11 @@ fn signed_bodies_are_checked(gateway: &Gateway, signed: &BTreeMap<&str, Signed>)
 }
 
 /// The same signed request sent `copies` times at once, each over a connection of its
-/// own (so spread over both workers): how many got each status.
-fn fired_at_once(addr: SocketAddr, (job, headers): &Signed, copies: usize) -> BTreeMap<u16, usize> {
+/// own: how many got each status. Both workers must have taken some (else the shared
+/// nonce cache was not what was tested).
+fn fired_at_once(envoy: &Envoy, (job, headers): &Signed, copies: usize) -> BTreeMap<u16, usize> {
+    let addr = envoy.listener_addr();
+    let before = envoy.worker_connections().unwrap();
     let sends: Vec<_> = (0..copies)
         .map(|_| {
             let (job, headers) = (job.clone(), headers.clone());
@@ -150,6 +155,9 @@ fn fired_at_once(addr: SocketAddr, (job, headers): &Signed, copies: usize) -> BT
     for send in sends {
         *statuses.entry(send.join().unwrap()).or_default() += 1;
     }
+    let after = envoy.worker_connections().unwrap();
+    let served = after.iter().zip(&before).filter(|(a, b)| a > b).count();
+    assert_eq!(served, 2, "both workers took copies: before {before:?}, after {after:?}");
     statuses
 }
 
@@ -234,7 +242,7 @@ fn partners_sign_with_an_independent_client_and_every_rule_has_its_reason() {
 
     // The same signed request fired 24 times at once over 24 connections, spread over
     // both workers: the nonce cache is shared, so exactly one is admitted.
-    let statuses = fired_at_once(addr, &signed["replayed"], 24);
+    let statuses = fired_at_once(&gateway.envoy, &signed["replayed"], 24);
     assert_eq!(statuses, BTreeMap::from([(200, 1), (401, 23)]), "one request, many copies");
     assert_eq!(status_reason(&send("replayed")), (401, Some("signature_replay".into())));
 
@@ -391,7 +399,7 @@ fn partners_in_the_native_shell() {
             let echo = response.body_json().unwrap();
             assert_eq!(echo["headers"]["x-nhi-identity"], "partner:acme", "{name}");
         }
-        let statuses = fired_at_once(addr, &signed["replayed"], 24);
+        let statuses = fired_at_once(&gateway.envoy, &signed["replayed"], 24);
         assert_eq!(statuses, BTreeMap::from([(200, 1), (401, 23)]), "one request, many copies");
 
         signed_bodies_are_checked(&gateway, &signed);
