@@ -1334,6 +1334,9 @@ mod tests {
         with_discovery["issuers"][0]["jwks"] = json!({"refresh_seconds": 600});
         // Discovery works on APISIX too (the request fetches the document, then the keys).
         assert!(compile_value(with_discovery).is_ok());
+        let mut nonces = v.clone();
+        nonces["issuers"][0]["dpop"] = json!({"mode": "required", "nonce": true});
+        assert_eq!(invalid_field(nonces), "issuers[0].dpop.nonce");
         v["mtls"] = json!({ "trust_domains": ["example.org"] });
         assert_eq!(invalid_field(v.clone()), "mtls");
         v["host"] = json!("envoy");

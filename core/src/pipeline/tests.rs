@@ -760,6 +760,21 @@ fn the_nonce_flow_natively() {
     );
 }
 
+/// DPoP nonces are one per proxy, in shared data: a VM on a host without it (the
+/// `auto` plan there) refuses to start, naming the issuer, rather than let each
+/// worker issue its own.
+#[test]
+fn dpop_nonces_need_shared_data() {
+    let config =
+        Config::from_json(dpop_plugin(json!({"mode": "required", "nonce": true})).to_string().as_bytes())
+            .unwrap();
+    let plan =
+        Plan::choose(HostSetting::Auto, Probed { shared_data: false, timers: true, clock: true }).unwrap();
+    let mut host = MemoryHost::new(NOW * 1_000_000_000);
+    let err = Vm::start(config, plan, Box::new(MemoryStore::new()), &mut host, NOW * 1000, 7).err().unwrap();
+    assert!(matches!(err, StartError::NonceNeedsSharedData { ref issuer } if issuer == "ci"), "{err}");
+}
+
 #[test]
 fn the_key_is_part_of_the_identity() {
     let (_, jkt) = proof_jwk();
