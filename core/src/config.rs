@@ -664,12 +664,7 @@ fn check_host(
 }
 
 fn compile_issuer(raw: RawIssuer, at: &dyn Fn(&str) -> String) -> Result<Issuer, ConfigError> {
-    if raw.name.is_empty()
-        || raw.name.len() > 64
-        || !raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-    {
-        return Err(ConfigError::invalid(at("name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
-    }
+    crate::error::label_name(at("name"), &raw.name)?;
     if raw.issuer.is_empty() {
         return Err(ConfigError::invalid(at("issuer"), "must not be empty"));
     }

@@ -52,17 +52,33 @@ impl std::error::Error for ConfigError {}
 /// Where the filter writes its shadow-mode verdict (and strips client copies of it).
 pub const SHADOW_DECISION_HEADER: &str = "x-nhi-shadow-decision";
 
+/// Whether `name` is a lower-case RFC 7230 token: what a header (or a signed
+/// field's) name may be.
+pub fn is_lowercase_token(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_!#$%&'*+.^`|~".contains(c))
+}
+
+/// The rule for the names the configuration gives things that become metric labels
+/// and log fields (issuers, routes, partners): 1-64 characters of a-z, 0-9, '-', '_'.
+pub fn label_name(field: impl Into<String>, name: &str) -> Result<(), ConfigError> {
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if valid {
+        Ok(())
+    } else {
+        Err(ConfigError::invalid(field, "must be 1-64 characters of a-z, 0-9, '-' or '_'"))
+    }
+}
+
 /// A request header name the filter may read or write: lower-case RFC 7230 token,
 /// not a pseudo-header, not a hop-by-hop or framing header. (Where a name must
 /// also differ from the filter's own headers, the caller says which.)
 pub fn header_name(field: &str, name: &str) -> Result<String, ConfigError> {
     const RESERVED: [&str; 6] =
         ["host", "connection", "content-length", "transfer-encoding", "te", "upgrade"];
-    let valid = !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_!#$%&'*+.^`|~".contains(c));
-    if !valid {
+    if !is_lowercase_token(name) {
         return Err(ConfigError::invalid(field, format!("{name:?} is not a lower-case header name")));
     }
     if RESERVED.contains(&name) {

@@ -512,12 +512,7 @@ impl Partners {
 pub fn compile(raw: RawPartners, at: &str, taken: &[(&str, &str)]) -> Result<Partners, ConfigError> {
     let field = |f: &str| format!("{at}.{f}");
     let issuer_name = raw.issuer_name.unwrap_or_else(|| DEFAULT_ISSUER_NAME.to_owned());
-    if !valid_name(&issuer_name) {
-        return Err(ConfigError::invalid(
-            field("issuer_name"),
-            "must be 1-64 characters of a-z, 0-9, '-' or '_'",
-        ));
-    }
+    crate::error::label_name(field("issuer_name"), &issuer_name)?;
     if raw.clients.is_empty() {
         return Err(ConfigError::invalid(field("clients"), "must list at least one partner"));
     }
@@ -592,12 +587,6 @@ pub fn compile(raw: RawPartners, at: &str, taken: &[(&str, &str)]) -> Result<Par
     Ok(Partners { issuer_name, api_key_header, clients, replay: ReplayCache::new(max_entries) })
 }
 
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-}
-
 /// Key ids are metric labels and signature parameters: a safe, short alphabet.
 fn valid_key_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "._:-".contains(c))
@@ -620,9 +609,7 @@ fn compile_partner(
     defaults: &SignaturePolicy,
     at: &dyn Fn(&str) -> String,
 ) -> Result<Partner, ConfigError> {
-    if !valid_name(&raw.name) {
-        return Err(ConfigError::invalid(at("name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
-    }
+    crate::error::label_name(at("name"), &raw.name)?;
     let identity = raw.identity.unwrap_or_else(|| format!("partner:{}", raw.name));
     if identity.is_empty() || identity.len() > 256 || identity.chars().any(|c| c.is_control()) {
         return Err(ConfigError::invalid(
@@ -817,11 +804,7 @@ fn compile_policy(
                         | "@request-target"
                         | "@path"
                         | "@query"
-                ) || (!c.starts_with('@')
-                    && !c.is_empty()
-                    && c.chars().all(|ch| {
-                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "-_.!#$%&'*+^`|~".contains(ch)
-                    }));
+                ) || (!c.starts_with('@') && crate::error::is_lowercase_token(c));
                 if !ok {
                     return Err(ConfigError::invalid(
                         format!("{}[{i}]", field("components")),

@@ -80,6 +80,9 @@ use crate::verify::liveness::ReviewKey;
 
 /// Most requests one VM keeps paused while keys load; beyond, requests are answered at once.
 pub const MAX_WAITERS: usize = 1_024;
+/// Extra wait beyond a document's fetch timeout (keys, the revocation list) before a
+/// request waiting for it is decided anyway.
+const WAIT_MARGIN_MS: u64 = 500;
 
 /// Everything one VM (one worker) keeps between requests: the configuration, the
 /// keys it verifies with, its caches, metric ids, and the requests waiting for keys.

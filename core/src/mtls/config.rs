@@ -107,12 +107,7 @@ pub fn compile(raw: RawMtls, at: &str) -> Result<MtlsConfig, ConfigError> {
         raw.identity_header.as_deref().unwrap_or(DEFAULT_IDENTITY_HEADER),
     )?;
     let issuer_name = raw.issuer_name.unwrap_or_else(|| DEFAULT_ISSUER_NAME.to_owned());
-    let name_ok = !issuer_name.is_empty()
-        && issuer_name.len() <= 64
-        && issuer_name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if !name_ok {
-        return Err(invalid(field("issuer_name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
-    }
+    crate::error::label_name(field("issuer_name"), &issuer_name)?;
     Ok(MtlsConfig { trust_domains, identity, identity_header, issuer_name })
 }
 

@@ -19,8 +19,6 @@ use super::{Awaited, Request, Step, Vm};
 
 /// The name of the feed in logs and shared-data keys.
 pub const FEED_NAME: &str = "revocations";
-/// Extra wait beyond the feed's fetch timeout before a waiting request is decided anyway.
-const WAIT_MARGIN_MS: u64 = 500;
 
 /// A VM's fetched documents: its issuers' keys and its copy of the feed.
 pub struct VmSources<'a> {
@@ -173,7 +171,7 @@ pub fn revocations(
         Some(FeedState::Missing) | None => None,
     };
     if list.is_none() && !request.waited && vm.waiters.borrow().len() < super::MAX_WAITERS {
-        let deadline_ms = now_ms.saturating_add(feed.timeout_ms()).saturating_add(WAIT_MARGIN_MS);
+        let deadline_ms = now_ms.saturating_add(feed.timeout_ms()).saturating_add(super::WAIT_MARGIN_MS);
         return Err(Step::Wait { awaiting: Awaited::Document(Document::Revocations), deadline_ms });
     }
     match feed.on_stale {

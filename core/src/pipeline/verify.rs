@@ -22,9 +22,6 @@ use crate::verify::liveness::Review;
 use super::extract::{connection_property, Presented};
 use super::{Awaited, Request, Step, Vm};
 
-/// Extra wait beyond the JWKS fetch timeout before a waiting request is answered anyway.
-const WAIT_MARGIN_MS: u64 = 500;
-
 /// A verified credential: a token, or a partner's key.
 #[derive(Debug, Clone)]
 pub enum Authenticated {
@@ -219,6 +216,6 @@ pub fn await_keys(vm: &Vm, request: &Request, rejection: &Rejection, now_ms: u64
     let timeout = vm.config.issuers.get(issuer).and_then(|i| i.fetch_timeout_ms()).unwrap_or(0);
     Some(Step::Wait {
         awaiting: Awaited::Document(Document::Jwks(issuer)),
-        deadline_ms: now_ms.saturating_add(timeout).saturating_add(WAIT_MARGIN_MS),
+        deadline_ms: now_ms.saturating_add(timeout).saturating_add(super::WAIT_MARGIN_MS),
     })
 }

@@ -24,7 +24,6 @@ pub const DEFAULT_CLIENT_HEADER: &str = "x-nhi-client";
 /// Set upstream in shadow mode; always stripped from client requests.
 pub use crate::error::SHADOW_DECISION_HEADER;
 pub const MAX_ROUTES: usize = 256;
-const MAX_NAME_LEN: usize = 64;
 
 /// The route-related members of the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -278,12 +277,7 @@ pub fn compile(raw: RawRoutes, issuer_names: &[&str]) -> Result<Routes> {
 
 fn compile_route(at: &str, raw: RawRoute, issuer_names: &[&str]) -> Result<Route> {
     let field = |f: &str| format!("{at}.{f}");
-    let name_ok = !raw.name.is_empty()
-        && raw.name.len() <= MAX_NAME_LEN
-        && raw.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if !name_ok {
-        return Err(ConfigError::invalid(field("name"), "must be 1-64 characters of a-z, 0-9, '-' or '_'"));
-    }
+    crate::error::label_name(field("name"), &raw.name)?;
     let matcher = route_match(&field("match"), raw.matcher)?;
     let audience = match raw.audience.as_deref() {
         None => Audience::Machine,
