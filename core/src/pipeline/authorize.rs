@@ -87,56 +87,16 @@ pub fn authorize(
         request.observed.certificate_only = true;
     }
     if let Some(mut refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
-        if let (Some(seconds), Some(Err(r))) = (blocked_for, &verification) {
-            if r.reason == Reason::TooManyFailures {
-                refusal.headers.push(("retry-after".to_owned(), seconds.to_string()));
-            }
-        }
-        if let Some(denial) = verdict.enforced_denial() {
-            super::dpop::challenge(vm, request, denial, &mut refusal);
-            if let (DenyReason::Auth(reason), Some(partners)) = (denial.reason, &config.partners) {
-                let keyid = request.observed.kid.as_deref();
-                let has_query = request.info.path.contains('?');
-                refusal.headers.extend(partners.hints(reason, keyid, has_query, request.has_body));
-            }
-        }
+        let rejection = match &verification {
+            Some(Err(rejection)) => Some(rejection),
+            _ => None,
+        };
+        add_refusal_headers(vm, request, &verdict, rejection, blocked_for, &mut refusal);
         return reply::send(host, &refusal);
     }
-
     if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
-        let refused = behaviour::observe(vm, host, request, who, verdict.route, now_ms);
-        let detecting = config.behaviour.as_ref().is_some_and(|b| b.detect);
-        if let (Some(trace), true) = (request.trace.as_deref_mut(), detecting) {
-            trace.behaviour = Some(TracedBehaviour { refused: refused.clone() });
-        }
-        if let Some(denial) = refused {
-            verdict.decision = Decision::Deny(denial);
-            note_verdict(request, &verdict);
-            if let Some(refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
-                return reply::send(host, &refusal);
-            }
-        }
-    }
-    if let (Some(who), Decision::Allow) = (who, &verdict.decision) {
-        match quota::charge(vm, request, who, verdict.route, now_ms) {
-            Ok(headers) => request.response_headers.extend(headers),
-            Err(Some(quota_headers)) => {
-                verdict.decision = Decision::Deny(Denial {
-                    reason: DenyReason::Auth(Reason::QuotaExceeded),
-                    status: Reason::QuotaExceeded.status(),
-                    detail: "quota exceeded".into(),
-                });
-                verdict.rule = Rule::Quota;
-                note_verdict(request, &verdict);
-                if let Some(mut refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
-                    refusal.headers.extend(quota_headers);
-                    return reply::send(host, &refusal);
-                }
-            }
-            Err(None) => {
-                let rejection = Rejection::new(Reason::InternalError, "quota unavailable");
-                return reply::refuse(vm, host, request, &rejection);
-            }
+        if let Err(step) = admit(vm, host, request, who, &mut verdict, now_ms) {
+            return step;
         }
     }
 
@@ -153,6 +113,77 @@ pub fn authorize(
         Ok(()) => Step::Continue,
         Err(err) => reply::refuse(vm, host, request, &reply::internal(err)),
     }
+}
+
+/// What a refusal carries besides its status and body: `Retry-After` for a blocked
+/// source, the DPoP challenge, a partner's signing hints.
+fn add_refusal_headers(
+    vm: &Vm,
+    request: &Request,
+    verdict: &policy::Verdict<'_>,
+    rejection: Option<&Rejection>,
+    blocked_for: Option<u64>,
+    refusal: &mut crate::reason::LocalReply,
+) {
+    if let (Some(seconds), Some(Reason::TooManyFailures)) = (blocked_for, rejection.map(|r| r.reason)) {
+        refusal.headers.push(("retry-after".to_owned(), seconds.to_string()));
+    }
+    if let Some(denial) = verdict.enforced_denial() {
+        super::dpop::challenge(vm, request, denial, refusal);
+        if let (DenyReason::Auth(reason), Some(partners)) = (denial.reason, &vm.config.partners) {
+            let keyid = request.observed.kid.as_deref();
+            let has_query = request.info.path.contains('?');
+            refusal.headers.extend(partners.hints(reason, keyid, has_query, request.has_body));
+        }
+    }
+}
+
+/// An allowed machine request's last two checks: its behaviour (an anomaly in
+/// `enforce` mode refuses it) and its quota (charged here). `Err`: refused.
+fn admit(
+    vm: &Vm,
+    host: &mut dyn Host,
+    request: &mut Request,
+    who: &IdentityInfo<'_>,
+    verdict: &mut policy::Verdict<'_>,
+    now_ms: u64,
+) -> Result<(), Step> {
+    let config = &vm.config;
+    let refused = behaviour::observe(vm, host, request, who, verdict.route, now_ms);
+    let detecting = config.behaviour.as_ref().is_some_and(|b| b.detect);
+    if let (Some(trace), true) = (request.trace.as_deref_mut(), detecting) {
+        trace.behaviour = Some(TracedBehaviour { refused: refused.clone() });
+    }
+    if let Some(denial) = refused {
+        verdict.decision = Decision::Deny(denial);
+        note_verdict(request, verdict);
+        if let Some(refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+            return Err(reply::send(host, &refusal));
+        }
+        // Shadow mode: observed, not enforced; no quota is charged for it either.
+        return Ok(());
+    }
+    match quota::charge(vm, request, who, verdict.route, now_ms) {
+        Ok(headers) => request.response_headers.extend(headers),
+        Err(Some(quota_headers)) => {
+            verdict.decision = Decision::Deny(Denial {
+                reason: DenyReason::Auth(Reason::QuotaExceeded),
+                status: Reason::QuotaExceeded.status(),
+                detail: "quota exceeded".into(),
+            });
+            verdict.rule = Rule::Quota;
+            note_verdict(request, verdict);
+            if let Some(mut refusal) = verdict.local_reply(&config.realm, request.request_id.as_deref()) {
+                refusal.headers.extend(quota_headers);
+                return Err(reply::send(host, &refusal));
+            }
+        }
+        Err(None) => {
+            let rejection = Rejection::new(Reason::InternalError, "quota unavailable");
+            return Err(reply::refuse(vm, host, request, &rejection));
+        }
+    }
+    Ok(())
 }
 
 /// The verdict, for the record (and the trace, when the request keeps one).
