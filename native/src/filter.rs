@@ -255,9 +255,7 @@ impl Filter {
         loop {
             match step {
                 Step::Continue => {
-                    let keys = self.request.verified_issuer.map(Document::Jwks);
-                    let feed = vm.config.revocation.as_ref().map(|_| Document::Revocations);
-                    let due = keys.into_iter().chain(feed).find(|&d| vm.fetch_due(d, now_ms));
+                    let due = vm.due_after(&self.request, now_ms);
                     return match due.and_then(|d| self.fetch(vm, host, Purpose::Refresh(d), now_ms)) {
                         Some(()) => Flow::Paused,
                         None => Flow::Continue,

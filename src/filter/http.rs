@@ -123,10 +123,7 @@ impl Http {
             // The core never parks for another request's review on such a host.
             Step::Wait { .. } => Action::Pause,
             Step::Continue => {
-                let keys = request.verified_issuer.map(Document::Jwks);
-                let feed = vm.config.revocation.as_ref().map(|_| Document::Revocations);
-                let due = keys.into_iter().chain(feed).find(|&document| vm.fetch_due(document, now));
-                match due.and_then(|document| fetch_document(vm, document, Purpose::Refresh, now)) {
+                match vm.due_after(request, now).and_then(|d| fetch_document(vm, d, Purpose::Refresh, now)) {
                     Some(pending) => {
                         self.fetch = Some(pending);
                         Action::Pause

@@ -135,6 +135,15 @@ impl Vm {
             .unwrap_or(false)
     }
 
+    /// Where documents are fetched on request: the document `request` (just allowed)
+    /// should refresh before it goes on — its issuer's keys, else the revocation
+    /// list — if its copy is due.
+    pub fn due_after(&self, request: &super::Request, now_ms: u64) -> Option<Document> {
+        let keys = request.verified_issuer.map(Document::Jwks);
+        let feed = self.config.revocation.as_ref().map(|_| Document::Revocations);
+        keys.into_iter().chain(feed).find(|&document| self.fetch_due(document, now_ms))
+    }
+
     /// Whether this VM fetches anything.
     pub fn fetches(&self) -> bool {
         self.fetcher.try_borrow().is_ok_and(|f| f.fetches())
