@@ -117,7 +117,7 @@ impl Http {
                     return Action::Pause;
                 }
                 request.waited = true;
-                let step = pipeline::run(vm, &mut ProxyHost, request, now);
+                let step = host::for_request(request, |host, request| pipeline::run(vm, host, request, now));
                 self.fetching_on_request(vm, request, step, now)
             }
             // The core never parks for another request's review on such a host.
@@ -147,7 +147,10 @@ impl Http {
         self.buffered = buffered;
         let vm = Rc::clone(&self.vm);
         let Ok(mut request) = self.request.try_borrow_mut() else { return Action::Pause };
-        match pipeline::body(&vm, &mut ProxyHost, &mut request, buffered, end_of_stream) {
+        let step = host::for_request(&mut request, |host, request| {
+            pipeline::body(&vm, host, request, buffered, end_of_stream)
+        });
+        match step {
             // Pause buffers what came (StopIterationAndBuffer) and asks for more.
             Step::Body { .. } | Step::Replied | Step::Wait { .. } | Step::Called { .. } => Action::Pause,
             Step::Continue => {
@@ -162,7 +165,7 @@ impl Http {
             return;
         }
         if let Ok(mut request) = self.request.try_borrow_mut() {
-            pipeline::finish(&self.vm, &mut ProxyHost, &mut request);
+            host::for_request(&mut request, |host, request| pipeline::finish(&self.vm, host, request));
         }
     }
 
@@ -241,7 +244,9 @@ impl Context for Http {
                     let shared_request = Rc::clone(&self.request);
                     let Ok(mut request) = shared_request.try_borrow_mut() else { return };
                     request.waited = true;
-                    let step = pipeline::run(&vm, &mut ProxyHost, &mut request, now);
+                    let step = host::for_request(&mut request, |host, request| {
+                        pipeline::run(&vm, host, request, now)
+                    });
                     if self.act(&vm, &mut request, step, now) == Action::Continue {
                         Self::resume("fetching a document");
                     }
@@ -253,8 +258,10 @@ impl Context for Http {
         let response = host::http_call_response(body_size, MAX_REVIEW_BYTES);
         let shared_request = Rc::clone(&self.request);
         let Ok(mut request) = shared_request.try_borrow_mut() else { return };
-        let Some(step) = pipeline::answered(&vm, &mut ProxyHost, &mut request, token_id, response, now)
-        else {
+        let answered = host::for_request(&mut request, |host, request| {
+            pipeline::answered(&vm, host, request, token_id, response, now)
+        });
+        let Some(step) = answered else {
             return;
         };
         if self.act(&vm, &mut request, step, now) == Action::Continue {
@@ -278,8 +285,8 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Ok(request) = self.request.try_borrow() {
-            pipeline::respond(&mut ProxyHost, &request);
+        if let Ok(mut request) = self.request.try_borrow_mut() {
+            host::for_request(&mut request, |host, request| pipeline::respond(host, request));
         }
         Action::Continue
     }

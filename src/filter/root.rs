@@ -233,7 +233,9 @@ impl Root {
         let response = host::http_call_response(body_size, MAX_REVIEW_BYTES);
         let step = {
             let Ok(mut request) = waiter.request.try_borrow_mut() else { return };
-            pipeline::answered(vm, &mut ProxyHost, &mut request, token, response, now)
+            host::for_request(&mut request, |host, request| {
+                pipeline::answered(vm, host, request, token, response, now)
+            })
         };
         if let Some(step) = step {
             self.settle(vm, waiter, step, now);
