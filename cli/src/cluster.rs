@@ -926,6 +926,7 @@ mod tests {
             requests: 7,
             route: Some("api".into()),
             source: Some("10.0.0.7".into()),
+            returned_ms: 1_800_000_030_000,
         }];
         let text = inventory::render(&config, &seen, &[], 1_800_000_090_000);
         let read = Inventory::parse(&text).unwrap();

@@ -53,7 +53,7 @@ pub const MAX_SHORT_BYTES: usize = 64;
 /// Lost compare-and-swap races per bucket and flush before the delta waits a tick.
 const MAX_ATTEMPTS: usize = 8;
 const KEY_PREFIX: &str = "nhi-guard.inv.";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// `inventory` in the plugin configuration.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -152,6 +152,9 @@ pub struct Seen {
     pub requests: u64,
     pub route: Option<String>,
     pub source: Option<String>,
+    /// When it last came back after a silence the behaviour block calls dormant
+    /// (`dormant_returned`); 0: never seen to.
+    pub returned_ms: u64,
 }
 
 impl Seen {
@@ -163,6 +166,7 @@ impl Seen {
     fn merge(&mut self, other: &Seen) {
         self.requests = self.requests.saturating_add(other.requests);
         self.first_ms = self.first_ms.min(other.first_ms);
+        self.returned_ms = self.returned_ms.max(other.returned_ms);
         if other.last_ms >= self.last_ms {
             self.last_ms = other.last_ms;
             if other.route.is_some() {
@@ -190,10 +194,11 @@ impl Seen {
         out.extend_from_slice(identity);
         short(out, self.route.as_deref());
         short(out, self.source.as_deref());
+        out.extend_from_slice(&self.returned_ms.to_be_bytes());
     }
 
-    /// One entry from the front of `bytes`, and the rest.
-    fn decode(bytes: &[u8]) -> Option<(Seen, &[u8])> {
+    /// One entry from the front of `bytes` (written by table `version`), and the rest.
+    fn decode(bytes: &[u8], version: u8) -> Option<(Seen, &[u8])> {
         let (_, rest) = bytes.split_first_chunk::<8>()?;
         let (first, rest) = rest.split_first_chunk::<8>()?;
         let (last, rest) = rest.split_first_chunk::<8>()?;
@@ -209,6 +214,14 @@ impl Seen {
         let identity = String::from_utf8(identity.to_vec()).ok()?;
         let (route, rest) = short(rest)?;
         let (source, rest) = short(rest)?;
+        // Version 1 entries (before `returned_ms`) end here.
+        let (returned_ms, rest) = match version {
+            1 => (0, rest),
+            _ => {
+                let (returned, rest) = rest.split_first_chunk::<8>()?;
+                (u64::from_be_bytes(*returned), rest)
+            }
+        };
         let seen = Seen {
             issuer,
             identity,
@@ -217,6 +230,7 @@ impl Seen {
             requests: u64::from_be_bytes(*requests),
             route: Some(route).filter(|r| !r.is_empty()),
             source: Some(source).filter(|s| !s.is_empty()),
+            returned_ms,
         };
         Some((seen, rest))
     }
@@ -241,10 +255,14 @@ fn bucket_key(bucket: usize) -> String {
 }
 
 fn decode_bucket(bytes: &[u8]) -> Vec<Seen> {
-    let Some((&VERSION, mut rest)) = bytes.split_first() else { return Vec::new() };
+    // A table written by the version before (a reload onto a newer filter keeps
+    // Envoy's shared data) is still read.
+    let Some((&version, mut rest)) = bytes.split_first().filter(|(v, _)| (1..=VERSION).contains(*v)) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     while !rest.is_empty() && out.len() < WAYS {
-        let Some((seen, next)) = Seen::decode(rest) else { break };
+        let Some((seen, next)) = Seen::decode(rest, version) else { break };
         out.push(seen);
         rest = next;
     }
@@ -285,7 +303,9 @@ impl Pending {
         self.deltas.get(&fingerprint(issuer, identity)).is_some_and(|d| d.source.is_some())
     }
 
-    /// One request of `identity` at `now_ms` on `route`, from `source`.
+    /// One request of `identity` at `now_ms` on `route`, from `source`; `returned`:
+    /// flagged `dormant_returned`.
+    #[allow(clippy::too_many_arguments)]
     pub fn note(
         &mut self,
         max_tracked: u32,
@@ -293,6 +313,7 @@ impl Pending {
         identity: &str,
         route: Option<&str>,
         source: Option<String>,
+        returned: bool,
         now_ms: u64,
     ) {
         let fp = fingerprint(issuer, identity);
@@ -304,6 +325,7 @@ impl Pending {
             requests: 1,
             route: route.map(|r| cut(r, MAX_SHORT_BYTES).to_owned()),
             source: source.map(|s| cut(&s, MAX_SHORT_BYTES).to_owned()),
+            returned_ms: if returned { now_ms } else { 0 },
         };
         let room = self.deltas.len() < max_tracked as usize;
         match self.deltas.entry(fp) {
@@ -439,6 +461,9 @@ struct JsonIdentity<'a> {
     requests: u64,
     last_route: Option<&'a str>,
     last_source: Option<&'a str>,
+    /// When it last came back after a dormant silence (`behaviour`'s
+    /// `dormant_returned`), if it was seen to.
+    dormant_returned_at: Option<String>,
 }
 
 /// The inventory as JSON: every tracked identity, and the allowlist entries none of
@@ -459,6 +484,7 @@ pub fn render(config: &InventoryConfig, seen: &[Seen], allowlist: &[AllowEntry],
                 requests: s.requests,
                 last_route: s.route.as_deref(),
                 last_source: s.source.as_deref(),
+                dormant_returned_at: (s.returned_ms > 0).then(|| rfc3339_ms(s.returned_ms)),
             })
             .collect(),
         unused_allow_entries: allowlist
@@ -501,6 +527,7 @@ mod tests {
                 "payments/api",
                 Some("api"),
                 Some("10.0.0.1".into()),
+                false,
                 1_000 + i,
             );
         }
@@ -511,9 +538,10 @@ mod tests {
                 "payments/api",
                 Some("web"),
                 Some("10.0.0.2".into()),
+                false,
                 2_000 + i,
             );
-            b.note(config.max_tracked, "ci", "robot", None, None, 3_000 + i);
+            b.note(config.max_tracked, "ci", "robot", None, None, false, 3_000 + i);
         }
         assert!(a.has_source("k8s", "payments/api") && !b.has_source("ci", "robot"));
         let merged_b = flush(&config, &store, &mut b);
@@ -534,7 +562,7 @@ mod tests {
         let robot = all.iter().find(|s| s.identity == "robot").unwrap();
         assert_eq!((robot.requests, robot.route.as_deref()), (12, None));
         // A second round adds up.
-        a.note(config.max_tracked, "ci", "robot", Some("api"), None, 9_000);
+        a.note(config.max_tracked, "ci", "robot", Some("api"), None, false, 9_000);
         flush(&config, &store, &mut a);
         let robot = snapshot(&config, &store).unwrap().into_iter().find(|s| s.identity == "robot").unwrap();
         assert_eq!((robot.requests, robot.last_ms, robot.route.as_deref()), (13, 9_000, Some("api")));
@@ -566,10 +594,10 @@ mod tests {
         let store = MemoryStore::new();
         prepare(&config, &store).unwrap();
         let mut rival = Pending::default();
-        rival.note(16, "ci", "x", None, None, 5);
+        rival.note(16, "ci", "x", None, None, false, 5);
         let racing = Racing { inner: &store, rival: std::cell::RefCell::new(Some(rival)), config: &config };
         let mut mine = Pending::default();
-        mine.note(16, "ci", "x", None, None, 7);
+        mine.note(16, "ci", "x", None, None, false, 7);
         flush(&config, &racing, &mut mine);
         let all = snapshot(&config, &store).unwrap();
         assert_eq!((all.len(), all[0].requests, all[0].first_ms, all[0].last_ms), (1, 2, 5, 7));
@@ -582,19 +610,19 @@ mod tests {
         prepare(&config, &store).unwrap();
         let mut p = Pending::default();
         for i in 0..40u64 {
-            p.note(16, "ci", &format!("id-{i}"), None, None, i);
+            p.note(16, "ci", &format!("id-{i}"), None, None, false, i);
         }
         assert_eq!(p.deltas.len(), 16, "pending is bounded too");
         flush(&config, &store, &mut p);
         for i in 100..104u64 {
-            p.note(16, "ci", &format!("late-{i}"), None, None, i);
+            p.note(16, "ci", &format!("late-{i}"), None, None, false, i);
         }
         flush(&config, &store, &mut p);
         let all = snapshot(&config, &store).unwrap();
         assert_eq!(all.len(), 16);
         assert!(all.iter().filter(|s| s.identity.starts_with("late-")).count() == 4);
         let long = "x".repeat(3 * MAX_IDENTITY_BYTES);
-        p.note(16, "ci", &long, None, Some("é".repeat(100)), 200);
+        p.note(16, "ci", &long, None, Some("é".repeat(100)), false, 200);
         flush(&config, &store, &mut p);
         let all = snapshot(&config, &store).unwrap();
         let cut_entry = all.iter().find(|s| s.identity.starts_with("xxx")).unwrap();
@@ -613,6 +641,7 @@ mod tests {
             requests: 7,
             route: Some("api".into()),
             source: Some("10.0.0.7".into()),
+            returned_ms: 0,
         }];
         let allow = vec![
             AllowEntry { r#where: "route:api".into(), entry: "payments/*".into(), issuer: None },
@@ -630,12 +659,38 @@ mod tests {
             v["identities"][0],
             json!({"issuer": "k8s", "identity": "payments/api", "first_seen": "2027-01-15T08:00:00.000Z",
                    "last_seen": "2027-01-15T08:01:00.000Z", "idle_seconds": 30, "requests": 7,
-                   "last_route": "api", "last_source": "10.0.0.7"})
+                   "last_route": "api", "last_source": "10.0.0.7", "dormant_returned_at": null})
         );
+        let returned = vec![Seen { returned_ms: 1_800_000_030_000, ..seen[0].clone() }];
+        let v: Value = serde_json::from_str(&render(&config, &returned, &allow, 1_800_000_090_000)).unwrap();
+        assert_eq!(v["identities"][0]["dormant_returned_at"], "2027-01-15T08:00:30.000Z");
         assert_eq!(
             v["unused_allow_entries"],
             json!([{"where": "route:api", "entry": "ci/deployer"}, {"where": "issuer:other", "entry": "payments/api"}])
         );
+    }
+
+    /// A `dormant_returned` return is kept with the identity (the latest, across
+    /// workers), and a table written before that field is still read.
+    #[test]
+    fn a_dormant_return_is_kept_and_old_tables_are_read() {
+        let config = config(16);
+        let store = MemoryStore::new();
+        prepare(&config, &store).unwrap();
+        let (mut a, mut b) = (Pending::default(), Pending::default());
+        a.note(16, "ci", "robot", None, None, false, 1_000);
+        b.note(16, "ci", "robot", None, None, true, 5_000);
+        b.note(16, "ci", "robot", None, None, false, 6_000);
+        flush(&config, &store, &mut b);
+        let merged = flush(&config, &store, &mut a);
+        assert_eq!((merged[0].requests, merged[0].returned_ms), (3, 5_000));
+
+        let old = Seen { returned_ms: 0, ..merged[0].clone() };
+        let mut v1 = encode_bucket(std::slice::from_ref(&old));
+        v1.truncate(v1.len() - 8); // a version 1 entry has no returned_ms
+        v1[0] = 1;
+        assert_eq!(decode_bucket(&v1), vec![old]);
+        assert_eq!(decode_bucket(&[9, 1, 2, 3]), Vec::new(), "a version it does not know");
     }
 
     #[test]

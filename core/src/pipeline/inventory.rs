@@ -38,7 +38,9 @@ pub fn note(
         Some(ip) => ip.to_string(),
         None => s,
     });
-    pending.note(config.max_tracked, issuer, identity, request.observed.route.as_deref(), source, now_ms);
+    let returned = request.observed.anomalies.contains(crate::behaviour::Kind::DormantReturned);
+    let route = request.observed.route.as_deref();
+    pending.note(config.max_tracked, issuer, identity, route, source, returned, now_ms);
     drop(pending);
     if vm.ticks() {
         return Vec::new();

@@ -1299,3 +1299,38 @@ fn every_failing_call_of_a_reviewed_token_fails_closed() {
     assert_eq!(refusal_of(&refused, "Host(HttpCall)"), Some((503, "liveness_unavailable")));
     assert_eq!(refusal_of(&refused, "StoreGet"), Some((503, "liveness_unavailable")));
 }
+
+/// `dormant_returned` feeds the inventory (issue 19): an identity that comes back
+/// after a dormant silence carries when, in the inventory's JSON.
+#[test]
+fn a_dormant_return_shows_in_the_inventory() {
+    let mut config = plugin();
+    config["inventory"] =
+        json!({"path": "/.well-known/nhi-guard/inventory", "source_cidrs": ["203.0.113.0/24"]});
+    config["behaviour"] = json!({"anomalies": {"dormant_returned": {"after_seconds": 3600}}});
+    let fx = fixture(config);
+    let robot = token("robot", json!({"exp": NOW + 10 * 3600}));
+    let at = |seconds: u64, path: &str, token: Option<&str>| {
+        let mut host = request("GET", path);
+        if let Some(token) = token {
+            host = bearer(host, token);
+        }
+        host.now_ns = (NOW + seconds) * 1_000_000_000;
+        send(&fx, host)
+    };
+    let inventory = |seconds: u64| -> Value {
+        let out = at(seconds, "/.well-known/nhi-guard/inventory", None);
+        let body = &out.host.reply.as_ref().unwrap().body;
+        serde_json::from_str::<Value>(body).unwrap()["identities"][0].clone()
+    };
+    assert_eq!(at(0, "/api/x", Some(&robot)).step, Step::Continue);
+    assert_eq!(inventory(1)["dormant_returned_at"], Value::Null);
+    let back = at(2 * 3600, "/api/x", Some(&robot));
+    assert_eq!(back.step, Step::Continue, "observe mode");
+    let seen = inventory(2 * 3600 + 1);
+    assert_eq!(seen["requests"], 2);
+    assert_eq!(
+        seen["dormant_returned_at"],
+        crate::observe::decision_log::rfc3339_ms((NOW + 2 * 3600) * 1000)
+    );
+}
