@@ -200,6 +200,10 @@ impl Profile {
         if identity.chars().any(char::is_control) {
             return Err(Rejection::new(Reason::MalformedToken, "the identity contains control characters"));
         }
+        // A backend trims a header value: the identity must be what it reads.
+        if identity.trim() != identity {
+            return Err(Rejection::new(Reason::MalformedToken, "the identity begins or ends with whitespace"));
+        }
         Ok(identity)
     }
 
@@ -397,6 +401,19 @@ mod tests {
         assert_eq!(outcome(&p, json!({"sub": "robot"})), Ok("robot".into()));
         assert_eq!(p.key_use(), KeyUse::Sig);
         assert!(p.default_typ().is_none());
+    }
+
+    /// An identity is forwarded byte for byte, but a backend's HTTP parser trims the
+    /// whitespace around a header value: `"limited "` would get a quota and deny
+    /// lists of its own and reach the backend as `limited`. Refused, as control
+    /// characters are.
+    #[test]
+    fn an_identity_with_whitespace_at_either_end_is_refused() {
+        let p = profile(json!({}));
+        for sub in ["limited ", " limited", "limited\t", "\u{a0}limited", "robot\n"] {
+            assert_eq!(outcome(&p, json!({"sub": sub})), Err(Reason::MalformedToken), "{sub:?}");
+        }
+        assert_eq!(outcome(&p, json!({"sub": "build bot"})), Ok("build bot".into()), "inside is fine");
     }
 
     #[test]
