@@ -202,7 +202,10 @@ impl Profile {
         }
         // A backend trims a header value: the identity must be what it reads.
         if identity.trim() != identity {
-            return Err(Rejection::new(Reason::MalformedToken, "the identity begins or ends with whitespace"));
+            return Err(Rejection::new(
+                Reason::MalformedToken,
+                "the identity begins or ends with whitespace",
+            ));
         }
         Ok(identity)
     }

@@ -368,7 +368,7 @@ impl Filter {
     /// A request parked on another request's fetch, which ended: decide it.
     fn resume(&mut self, envoy: *mut c_void) {
         let Some(vm) = self.vm.clone() else { return };
-        let mut host = NativeHost::new(envoy, &self.families);
+        let mut host = NativeHost::deferring(envoy, &self.families);
         let now_ms = host::now_ns() / 1_000_000;
         self.request.waited = true;
         let step = pipeline::run(&vm, &mut host, &mut self.request, now_ms);
@@ -376,6 +376,8 @@ impl Filter {
             host::clear_route_cache(envoy);
             host::continue_decoding(envoy);
         }
+        // Last: Envoy may finish the stream (and call this filter again) inside it.
+        host.send_deferred();
     }
 
     fn refuse(&self, vm: &Vm, host: &mut NativeHost, err: HostError) {
@@ -390,7 +392,7 @@ impl Filter {
     pub unsafe fn callout_done(&mut self, envoy: *mut c_void, envoy_id: u64, answer: &CalloutAnswer) {
         let Some(vm) = self.vm.clone() else { return };
         let Some(pending) = self.pending.take_if(|p| p.call.envoy_id == envoy_id) else { return };
-        let mut host = NativeHost::new(envoy, &self.families);
+        let mut host = NativeHost::deferring(envoy, &self.families);
         let now_ms = host::now_ns() / 1_000_000;
         let token = pending.call.token;
         let max_body = match pending.purpose {
@@ -442,6 +444,8 @@ impl Filter {
             host::clear_route_cache(envoy);
             host::continue_decoding(envoy);
         }
+        // Last: Envoy may finish the stream (and call this filter again) inside it.
+        host.send_deferred();
     }
 
     /// More of the body the pipeline waits for (`end_of_stream` once it is whole;

@@ -29,6 +29,11 @@ pub struct NativeHost {
     /// Callouts made through [`Host::http_call`] in this hook: Envoy's id and the
     /// token the core was given for it. The filter keeps them to route the answer.
     pub calls: Vec<Callout>,
+    /// Local replies wait here until the hook is done ([`NativeHost::deferring`]).
+    deferred: Option<Option<LocalReply>>,
+    /// A request header was set or removed in this hook: the route Envoy chose from
+    /// the client's headers may no longer be the request's.
+    headers_changed: bool,
 }
 
 /// A callout in flight: Envoy's id for it (unique per filter, so not per worker) and
@@ -56,7 +61,53 @@ pub fn next_token() -> u32 {
 impl NativeHost {
     /// The host for one hook of the filter Envoy calls `filter`.
     pub fn new(filter: *mut c_void, families: &Arc<Families>) -> Self {
-        NativeHost { filter, families: Some(Arc::clone(families)), calls: Vec::new() }
+        NativeHost {
+            filter,
+            families: Some(Arc::clone(families)),
+            calls: Vec::new(),
+            deferred: None,
+            headers_changed: false,
+        }
+    }
+
+    /// A host for a hook Envoy calls outside the request's own filter chain (a
+    /// callout's answer, a scheduled event): there Envoy completes the stream inside
+    /// `send_response` — its stream-complete hook and access log run before the call
+    /// returns — so a reply sent in the middle of the pipeline would go out before the
+    /// pipeline recorded its decision (no decision line; filter state refused on a
+    /// finished stream). The reply waits until [`NativeHost::send_deferred`].
+    pub fn deferring(filter: *mut c_void, families: &Arc<Families>) -> Self {
+        NativeHost { deferred: Some(None), ..NativeHost::new(filter, families) }
+    }
+
+    /// Sends the reply the pipeline decided on, if it did: the last thing a deferring
+    /// hook does (Envoy may finish the stream, and call the module again, inside it).
+    pub fn send_deferred(mut self) {
+        if let Some(Some(reply)) = self.deferred.take() {
+            self.send_now(&reply);
+        }
+    }
+
+    fn send_now(&self, reply: &LocalReply) {
+        let Ok(filter) = self.filter() else { return };
+        if self.headers_changed {
+            // A forged `x-nhi-client` (removed) picked the route: choose it again, so the
+            // reply gets the request's route (its response headers, the access log's
+            // route name), as the wasm's header removal does by itself.
+            clear_route_cache(filter);
+        }
+        let headers = HttpHeader::borrowing(reply.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
+        // SAFETY: live filter; every buffer outlives the call (Envoy copies them).
+        unsafe {
+            abi::envoy_dynamic_module_callback_http_send_response(
+                filter,
+                u32::from(reply.status),
+                headers.as_ptr(),
+                headers.len(),
+                ModuleBuffer::of(reply.body.as_bytes()),
+                ModuleBuffer::of(REPLY_DETAILS.as_bytes()),
+            );
+        }
     }
 
     /// A host for work outside any request (a worker's VM starting): series may be
@@ -282,10 +333,12 @@ impl Host for NativeHost {
     }
 
     fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        self.headers_changed = true;
         self.set_header(abi::REQUEST_HEADER, name.as_bytes(), ModuleBuffer::of(value.as_bytes()))
     }
 
     fn remove_request_header(&mut self, name: &[u8]) -> Result<(), HostError> {
+        self.headers_changed = true;
         self.set_header(abi::REQUEST_HEADER, name, ModuleBuffer::NULL)
     }
 
@@ -330,18 +383,10 @@ impl Host for NativeHost {
     }
 
     fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), HostError> {
-        let filter = self.filter()?;
-        let headers = HttpHeader::borrowing(reply.headers.iter().map(|(n, v)| (n.as_ref(), v.as_ref())));
-        // SAFETY: live filter; every buffer outlives the call (Envoy copies them).
-        unsafe {
-            abi::envoy_dynamic_module_callback_http_send_response(
-                filter,
-                u32::from(reply.status),
-                headers.as_ptr(),
-                headers.len(),
-                ModuleBuffer::of(reply.body.as_bytes()),
-                ModuleBuffer::of(REPLY_DETAILS.as_bytes()),
-            );
+        self.filter()?;
+        match &mut self.deferred {
+            Some(slot) => *slot = Some(reply.clone()),
+            None => self.send_now(reply),
         }
         Ok(())
     }

@@ -166,6 +166,14 @@ fn forged_identity_headers_never_reach_a_backend(native: &Native) {
     );
     assert_eq!(response.status, 200, "{}", response.body_text());
     assert_eq!(echo(&response)["backend"], "web", "a forged x-nhi-client must not pick the machine route");
+    // Refused, it is answered on the route it has, not the one its forged header
+    // picked before the filter ran (the machine route adds `cache-control: no-store`).
+    let refused = native.get("/api/orders", None, &[("x-nhi-client", b"machine")]);
+    assert_eq!((refused.status, reason(&refused).as_str()), (401, "missing_token"));
+    assert_eq!(refused.header("cache-control"), None, "answered on the machine route");
+    let token = native.token("robot-a", &[]);
+    let machine = native.get("/api/orders", Some(&token), &[]);
+    assert_eq!(machine.header("cache-control"), Some("no-store"), "the machine route's header");
     let received = native.web.received_for("/web/forged");
     assert_eq!(received.len(), before + 1);
     let request = received.last().unwrap();
@@ -240,7 +248,7 @@ fn kubernetes_issuer() -> Value {
         "issuer": CLUSTER_ISSUER,
         "audiences": ["nhi-gateway"],
         "discovery": { "cluster": "kube_api", "authority": "kubernetes.default.svc" },
-        "jwks": { "refresh_seconds": 300, "timeout_ms": 2000 },
+        "jwks": { "refresh_seconds": 300, "timeout_ms": 2000, "min_refetch_seconds": 1 },
         "algorithms": ["ES256"],
         "profile": {
             "type": "kubernetes",
@@ -254,10 +262,15 @@ fn kubernetes_issuer() -> Value {
 
 /// A projected service-account token of `ci/NAME`, signed by the cluster's key.
 fn service_account_token(name: &str) -> String {
+    service_account_token_with_kid(name, TestKeys::shared().unwrap().by_type(KeyType::P256).kid())
+}
+
+/// The same, naming the signing key `kid` (one the cluster may not publish).
+fn service_account_token_with_kid(name: &str, kid: &str) -> String {
     let key = TestKeys::shared().unwrap().by_type(KeyType::P256);
     let now = mint::now();
     Token::new(Alg::Es256)
-        .kid(key.kid())
+        .kid(kid)
         .claims(json!({
             "iss": CLUSTER_ISSUER, "aud": ["nhi-gateway"], "iat": now, "nbf": now, "exp": now + 3600,
             "sub": format!("system:serviceaccount:ci:{name}"),
@@ -283,6 +296,8 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
     let web = EchoUpstream::start_named("web").unwrap();
     let mut plugin = plugin();
     plugin["issuers"].as_array_mut().unwrap().push(kubernetes_issuer());
+    // Filter state, written by every decision (also by refusals sent from a callout's hook).
+    plugin["filter_state"] = json!(true);
     let mut config = EnvoyConfig::load(&native_config_path()).unwrap();
     config.add_cluster_like("kube_api", "upstream").unwrap();
     let options = EnvoyOptions::new()
@@ -375,6 +390,32 @@ fn keys_and_token_reviews_come_through_envoys_http_callout() {
             &[("nhi_issuer", "cluster"), ("nhi_result", "success")],
         );
         assert_eq!(fetches, Some(kube.jwks_authorizations().len() as f64));
+
+        // A kid the cluster does not publish: each worker's request refetches the keys
+        // (min_refetch_seconds 1) and is refused once the answer is in, from the
+        // callout's hook. It is logged and counted like any refusal, and the worker
+        // keeps writing filter state (the refusal went out after it was recorded).
+        let fetches_before_unknown = kube.jwks_authorizations().len();
+        std::thread::sleep(Duration::from_millis(1_100));
+        let unknown = service_account_token_with_kid("rotated", "not-published");
+        let counts =
+            http::bearer_status_counts(envoy.listener_addr(), "/api/builds", &unknown, 4, 4).unwrap();
+        assert_eq!(counts.get(&401), Some(&4), "{counts:?}");
+        assert!(kube.jwks_authorizations().len() > fetches_before_unknown, "the unknown kid made a refetch");
+        let log = envoy.log();
+        let lines = log
+            .lines()
+            .filter(|l| l.contains(r#""event":"nhi_decision""#) && l.contains(r#""reason":"unknown_kid""#));
+        assert_eq!(
+            lines.count(),
+            4,
+            "one decision line per refused request: {}",
+            log.lines()
+                .filter(|l| l.contains("nhi_decision") || l.contains("set_property"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        assert!(!log.contains("the host refuses set_property"), "filter state stays on");
         // The gauges the wasm writes on its tick, written here by requests as they end.
         let served = TestKeys::shared().unwrap().jwks()["keys"].as_array().unwrap().len();
         assert_eq!(metric(&scrape, "nhi_jwks_keys", &[("nhi_issuer", "cluster")]), Some(served as f64));
