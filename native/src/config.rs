@@ -57,7 +57,7 @@ impl FilterConfig {
         json: &[u8],
         id: u64,
         store: Arc<SharedStore>,
-        families: impl FnOnce() -> Families,
+        families: impl FnOnce(&Config) -> Families,
     ) -> Result<FilterConfig, LoadError> {
         let config = Config::from_json(json).map_err(LoadError::Config)?;
         refuse_unsupported(&config)?;
@@ -67,7 +67,8 @@ impl FilterConfig {
                 .resolve(&mut |name| std::env::var_os(name).map(|v| v.into_vec()))
                 .map_err(LoadError::Secret)?;
         }
-        Ok(FilterConfig { config, store, families: Arc::new(families()), id })
+        let families = Arc::new(families(&config));
+        Ok(FilterConfig { config, store, families, id })
     }
 
     /// How the core runs here: one table for every worker (so quotas, the token cache
@@ -105,7 +106,8 @@ mod tests {
 
     #[test]
     fn inline_keys_load() {
-        let loaded = FilterConfig::load(INLINE.as_bytes(), 1, Arc::default(), Families::default).unwrap();
+        let loaded =
+            FilterConfig::load(INLINE.as_bytes(), 1, Arc::default(), |_| Families::default()).unwrap();
         assert_eq!(loaded.plan().state, StateScope::Shared);
     }
 
@@ -117,7 +119,8 @@ mod tests {
             r#""jwks": {"cluster": "jwks", "authority": "jwks", "path": "/jwks.json"}"#,
         );
         assert_ne!(remote, INLINE);
-        let loaded = FilterConfig::load(remote.as_bytes(), 1, Arc::default(), Families::default).unwrap();
+        let loaded =
+            FilterConfig::load(remote.as_bytes(), 1, Arc::default(), |_| Families::default()).unwrap();
         assert_eq!(loaded.plan().key_fetch, KeyFetch::OnRequest);
 
         let discovering = INLINE.replace(
@@ -127,16 +130,16 @@ mod tests {
         );
         assert_ne!(discovering, INLINE);
         let loaded =
-            FilterConfig::load(discovering.as_bytes(), 1, Arc::default(), Families::default).unwrap();
+            FilterConfig::load(discovering.as_bytes(), 1, Arc::default(), |_| Families::default()).unwrap();
         assert_eq!(loaded.plan().key_fetch, KeyFetch::OnRequest);
     }
 
     #[test]
     fn filter_state_and_mtls_load_and_apisix_is_refused() {
         let json = INLINE.replacen('{', r#"{"filter_state": true, "mtls": {"trust_domains": ["td"]}, "#, 1);
-        FilterConfig::load(json.as_bytes(), 1, Arc::default(), Families::default).unwrap();
+        FilterConfig::load(json.as_bytes(), 1, Arc::default(), |_| Families::default()).unwrap();
         let json = INLINE.replacen('{', r#"{"host": "apisix", "#, 1);
-        let err = FilterConfig::load(json.as_bytes(), 1, Arc::default(), Families::default)
+        let err = FilterConfig::load(json.as_bytes(), 1, Arc::default(), |_| Families::default())
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("host: "), "{err}");
@@ -144,7 +147,7 @@ mod tests {
 
     #[test]
     fn invalid_configuration_names_its_path() {
-        let err = FilterConfig::load(br#"{"issuers": []}"#, 1, Arc::default(), Families::default)
+        let err = FilterConfig::load(br#"{"issuers": []}"#, 1, Arc::default(), |_| Families::default())
             .unwrap_err()
             .to_string();
         assert!(err.contains("issuers"), "{err}");

@@ -53,8 +53,8 @@ pub unsafe extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     // SAFETY: Envoy's buffers, valid for this call.
     let (name, json) = unsafe { (name.to_vec(), config.to_vec()) };
     let id = NEXT_CONFIG.fetch_add(1, Ordering::Relaxed);
-    match FilterConfig::load(&json, id, store::for_filter(&name), || {
-        metrics::Families::define(config_envoy_ptr)
+    match FilterConfig::load(&json, id, store::for_filter(&name), |config| {
+        metrics::Families::define(config_envoy_ptr, config)
     }) {
         Ok(loaded) => {
             log::info!(

@@ -37,6 +37,18 @@ use nhi_guard_core::observe::metrics::{Family, Kind};
 
 use crate::abi::{self, ModuleBuffer};
 
+/// Whether `family` is defined on a configuration `nhi`: a family without labels
+/// shows in Envoy's stats as soon as it is defined, so those that say nothing here
+/// are left out (a VM's memory: there is no VM; the revocation list's age and
+/// staleness: without a feed). Labelled ones only show once a series is used.
+fn defined_here(family: Family, nhi: &nhi_guard_core::config::Config) -> bool {
+    match family {
+        Family::VmMemory => false,
+        Family::RevocationAge | Family::RevocationStale => nhi.revocation.is_some(),
+        _ => true,
+    }
+}
+
 /// Every family's id in Envoy, for one configuration (`None`: Envoy refused it), and
 /// the counts its workers have not handed to Envoy yet.
 #[derive(Debug, Default)]
@@ -46,13 +58,14 @@ pub struct Families {
 }
 
 impl Families {
-    /// Defines every family on configuration `config` (Envoy's, during `config_new`).
-    pub fn define(config: *mut c_void) -> Families {
+    /// Defines every family that applies to `nhi` on configuration `config` (Envoy's,
+    /// during `config_new`).
+    pub fn define(config: *mut c_void, nhi: &nhi_guard_core::config::Config) -> Families {
         let mut ids = Vec::new();
         if config.is_null() {
             return Families { ids, counts: Arc::default() };
         }
-        for family in Family::ALL {
+        for family in Family::ALL.into_iter().filter(|f| defined_here(*f, nhi)) {
             let name = family.name();
             let labels: Vec<ModuleBuffer> =
                 family.labels().iter().map(|l| ModuleBuffer::of(l.key().as_bytes())).collect();

@@ -482,6 +482,15 @@ fn the_metrics_are_the_wasms_under_envoys_module_prefix(native: &Native) {
     assert_eq!(responses("2xx"), Some(QUOTA as f64));
     assert_eq!(responses("4xx"), Some(refused));
     assert_eq!(responses("other"), None);
+    // envoy-native.yaml's buckets, not Envoy's default ones (which have no 100000).
+    let buckets =
+        scrape.matching(&format!("{MODULE_PREFIX}nhi_verification_duration_us_bucket"), &[("le", "100000")]);
+    assert!(!buckets.is_empty(), "the verification histogram has the configured buckets");
+    // Families without labels show as soon as they are defined: only those that
+    // apply are (no revocation feed here, and no VM).
+    for absent in ["nhi_revocation_age_seconds", "nhi_revocation_stale", "nhi_vm_memory_bytes"] {
+        assert_eq!(metric(&scrape, absent, &[]), None, "{absent}");
+    }
 }
 
 /// What the native shell cannot do is refused when Envoy loads the config, with the
