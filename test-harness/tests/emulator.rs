@@ -685,7 +685,7 @@ fn behaviour_plugin() -> serde_json::Value {
             "peak_half_life_intervals": 576,
             "forward_header": true,
             "anomalies": { "burst": { "factor": 10, "floor": 50 }, "new_route": {}, "new_source": {},
-                           "dormant_returned": { "after_seconds": 86400 } }
+                           "error_spike": {}, "dormant_returned": { "after_seconds": 86400 } }
         }
     })
 }
@@ -703,10 +703,21 @@ fn behaviour_token(sub: &str, now_s: u64) -> String {
         .unwrap()
 }
 
-/// One request in the emulator at `at_ns`: the anomalies forwarded upstream.
-fn emulated(host: &mut Host, at_ns: u64, path: &str, token: &str, source: [u8; 4]) -> Option<String> {
+/// One request in the emulator at `at_ns`, answered `status` by the upstream (Envoy's
+/// `response.code`, read when the stream ends): the anomalies forwarded upstream.
+fn emulated(
+    host: &mut Host,
+    at_ns: u64,
+    path: &str,
+    token: &str,
+    source: [u8; 4],
+    status: u16,
+) -> Option<String> {
     host.set_time(at_ns);
-    let request = Request::get(path).bearer(token).source(std::net::SocketAddr::from((source, 40_000)));
+    let request = Request::get(path)
+        .bearer(token)
+        .source(std::net::SocketAddr::from((source, 40_000)))
+        .property(&["response", "code"], i64::from(status).to_le_bytes().to_vec());
     let exchange = host.worker(0).unwrap().send(&request).unwrap();
     assert_eq!(exchange.status, 200, "{path}: {:?}", exchange.reason());
     exchange.upstream_header("x-nhi-anomaly").map(str::to_owned)
@@ -724,7 +735,7 @@ fn a_day_and_a_half_of_machine_traffic_in_the_emulator() {
     let mut flagged: Vec<(u64, String, String)> = Vec::new();
     // 36 hours: `steady-deployer` about one request every three minutes (jittered),
     // `nightly-batch` one every five minutes and 20 a minute from 02:00 to 02:15, both
-    // from one network.
+    // from one network; about one answer in twenty a 503 (one in ten in the batch).
     let mut rng_state: u64 = 0x2545_f491_4f6c_dd1d;
     let mut jitter = |n: u64| {
         rng_state ^= rng_state << 13;
@@ -737,7 +748,8 @@ fn a_day_and_a_half_of_machine_traffic_in_the_emulator() {
         let per_minute = u64::from(jitter(3) == 0);
         for i in 0..per_minute {
             let at = minute_start + i * (MINUTE_NS / per_minute) + jitter(1_000_000_000);
-            if let Some(a) = emulated(&mut host, at, "/deploy/app", &steady, office) {
+            let status = if jitter(20) == 0 { 503 } else { 200 };
+            if let Some(a) = emulated(&mut host, at, "/deploy/app", &steady, office, status) {
                 flagged.push((minute, "steady".into(), a));
             }
         }
@@ -745,7 +757,8 @@ fn a_day_and_a_half_of_machine_traffic_in_the_emulator() {
         let batch = if (120..135).contains(&of_day) { 20 } else { u64::from(of_day % 5 == 0) };
         for i in 0..batch {
             let at = minute_start + 30_000_000_000 + i * (30_000_000_000 / batch);
-            if let Some(a) = emulated(&mut host, at, "/reports/run", &nightly, office) {
+            let status = if jitter(10) == 0 { 503 } else { 200 };
+            if let Some(a) = emulated(&mut host, at, "/reports/run", &nightly, office, status) {
                 flagged.push((minute, "nightly".into(), a));
             }
         }
@@ -754,22 +767,39 @@ fn a_day_and_a_half_of_machine_traffic_in_the_emulator() {
     // the second night's batch.
     let after_warmup: Vec<_> = flagged.iter().filter(|(m, _, _)| *m >= 24 * 60 + 5).collect();
     assert!(after_warmup.is_empty(), "false positives after warm-up: {after_warmup:?}");
+    // An error spike is counted when the response ends (not forwarded): none yet.
+    let spikes = |host: &Host| {
+        host.metrics()
+            .iter()
+            .filter(|m| m.name.contains("nhi_anomalies_total") && m.name.contains("error_spike"))
+            .map(|m| m.value)
+            .sum::<i64>()
+    };
+    host.advance(std::time::Duration::from_secs(1)).unwrap(); // counts reach the host on the tick
+    assert_eq!(spikes(&host), 0, "no error spike in 36 hours of ordinary errors");
 
     // The deployer's token, stolen: used from another network, on a route it never used.
     let now = start_ns + 36 * 60 * MINUTE_NS;
-    let first = emulated(&mut host, now, "/admin/users", &steady, [198, 51, 100, 7]);
+    let first = emulated(&mut host, now, "/admin/users", &steady, [198, 51, 100, 7], 200);
     assert_eq!(first.as_deref(), Some("new_route,new_source"), "flagged on the first stolen request");
     // A retry storm of the batch job in the afternoon: far above its rate and its peak.
     let storm_at = now + 5 * MINUTE_NS;
     let detected_after = (0..2_000u64)
         .position(|i| {
-            emulated(&mut host, storm_at + i * 10_000_000, "/reports/run", &nightly, office)
+            emulated(&mut host, storm_at + i * 10_000_000, "/reports/run", &nightly, office, 200)
                 .is_some_and(|a| a.contains("burst"))
         })
         .expect("the storm is flagged");
     assert!(detected_after <= 400, "burst flagged after {detected_after} requests");
     // A credential that was silent for two days.
-    let back = emulated(&mut host, now + 2 * 24 * 60 * MINUTE_NS, "/deploy/app", &steady, office);
+    // Its upstream failing every request: an error spike within min_requests (20).
+    let failing_at = now + 60 * MINUTE_NS;
+    for i in 0..25u64 {
+        emulated(&mut host, failing_at + i * 1_000_000_000, "/reports/run", &nightly, office, 503);
+    }
+    host.advance(std::time::Duration::from_secs(1)).unwrap();
+    assert_eq!(spikes(&host), 1, "the spike is counted once");
+    let back = emulated(&mut host, now + 2 * 24 * 60 * MINUTE_NS, "/deploy/app", &steady, office, 200);
     assert!(back.is_some_and(|a| a.contains("dormant_returned")));
     let counted = host.metrics().iter().filter(|m| m.name.contains("nhi_anomalies_total")).count();
     assert!(counted >= 4, "one series per identity and kind");
