@@ -15,7 +15,11 @@
 //! key can create entries. An entry whose time has passed is dropped whenever its
 //! bucket is written. A bucket whose entries are all live refuses the request
 //! (`replay_cache_full`, 503): forgetting a live nonce would admit its replay, and
-//! admitting without remembering would too. Size the cache for the signed requests
+//! admitting without remembering would too. So that one partner's flood cannot
+//! starve the others (the nonce is remembered before quotas apply), a bucket at
+//! least half full refuses a partner that already holds a quarter of its room: one
+//! partner alone fills at most half of each bucket. The top 16 bits of a
+//! fingerprint are its partner's tag for that count. Size the cache for the signed requests
 //! of one signature lifetime (`max_age_seconds` plus the clock skew).
 //!
 //! Without shared data (APISIX) the store is the VM's own memory: a replay is then
@@ -55,18 +59,38 @@ pub enum Seen {
     Full,
 }
 
-/// (partner, nonce) as stored.
+/// (partner, nonce): its 128-bit hash, which picks the bucket, and its partner's tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fingerprint(u128);
+pub struct Fingerprint {
+    hash: u128,
+    tag: u128,
+}
+
+/// Bits of a fingerprint below its partner's tag.
+const TAG_SHIFT: u32 = 112;
+/// Those bits: what tells nonces apart. (Entries written before the tag existed hold
+/// the whole 128-bit hash, whose low bits are these: their replays are still caught.)
+const NONCE_BITS: u128 = (1u128 << TAG_SHIFT) - 1;
+/// Buckets this small are not shared out (a share of a few entries would refuse a
+/// lone partner's ordinary traffic).
+const MIN_SHARED_CAPACITY: usize = 8;
 
 impl Fingerprint {
     /// 0xFF never occurs in UTF-8: `("ab", "c")` and `("a", "bc")` differ.
     pub fn of(partner: &str, nonce: &str) -> Fingerprint {
-        Fingerprint(fnv1a128(&[partner.as_bytes(), &[0xFF], nonce.as_bytes()]))
+        Fingerprint {
+            hash: fnv1a128(&[partner.as_bytes(), &[0xFF], nonce.as_bytes()]),
+            tag: fnv1a128(&[partner.as_bytes()]) >> TAG_SHIFT,
+        }
+    }
+
+    /// As stored: the partner's 16-bit tag, then the hash's low 112 bits.
+    fn stored(self) -> u128 {
+        (self.tag << TAG_SHIFT) | (self.hash & NONCE_BITS)
     }
 
     fn spread(self) -> u64 {
-        fmix64((self.0 >> 64) as u64 ^ self.0 as u64)
+        fmix64((self.hash >> 64) as u64 ^ self.hash as u64)
     }
 }
 
@@ -123,14 +147,16 @@ impl ReplayCache {
         for _ in 0..MAX_ATTEMPTS {
             let (bytes, cas) = store.get(&key)?;
             let mut entries = decode(bytes.as_deref().unwrap_or(&EMPTY));
-            if entries.iter().any(|(f, until)| *f == fp.0 && *until > now) {
+            if entries.iter().any(|(f, until)| f & NONCE_BITS == fp.hash & NONCE_BITS && *until > now) {
                 return Ok(Seen::Replay);
             }
             entries.retain(|(_, until)| *until > now);
-            if entries.len() >= capacity {
+            let crowded = capacity >= MIN_SHARED_CAPACITY && entries.len() * 2 >= capacity;
+            let own = || entries.iter().filter(|(f, _)| f >> TAG_SHIFT == fp.tag).count();
+            if entries.len() >= capacity || (crowded && own() >= (capacity / 4).max(1)) {
                 return Ok(Seen::Full);
             }
-            entries.push((fp.0, expires_at));
+            entries.push((fp.stored(), expires_at));
             // A key with no CAS was not prepared (or the store forgot it): writing
             // blind could drop another worker's entry, so create it and read again.
             let Some(cas) = cas else {
@@ -186,6 +212,25 @@ mod tests {
         assert_eq!(cache.remember(&store, Fingerprint::of("globex", "n-1"), 400, 100), Ok(Seen::First));
         // Once the signature could not be accepted any more, the entry is gone.
         assert_eq!(cache.remember(&store, fp, 900, 400), Ok(Seen::First));
+    }
+
+    /// One partner flooding fresh nonces fills half a bucket at most; another still
+    /// gets its share.
+    #[test]
+    fn one_partner_cannot_take_a_bucket_from_the_others() {
+        let (cache, store) = (ReplayCache::new(64), MemoryStore::new());
+        cache.prepare(&store).unwrap();
+        let flood: Vec<Seen> = (0..40)
+            .map(|i| cache.remember(&store, Fingerprint::of("flood", &format!("f-{i}")), 500, 100).unwrap())
+            .collect();
+        assert_eq!(flood.iter().filter(|s| **s == Seen::First).count(), 32);
+        assert!(flood[32..].iter().all(|s| *s == Seen::Full));
+        for i in 0..16 {
+            let seen = cache.remember(&store, Fingerprint::of("victim", &format!("v-{i}")), 500, 100);
+            assert_eq!(seen, Ok(Seen::First), "{i}");
+        }
+        // The flood's own entries still catch their replays.
+        assert_eq!(cache.remember(&store, Fingerprint::of("flood", "f-0"), 500, 101), Ok(Seen::Replay));
     }
 
     #[test]
@@ -266,8 +311,18 @@ mod tests {
 
     #[test]
     fn fingerprints_are_pinned() {
-        // Pinned: a change here forgets every remembered nonce on upgrade.
-        assert_eq!(Fingerprint::of("acme", "n").0, fnv1a128(&[b"acme", &[0xFF], b"n"]));
+        // Pinned: a change here forgets every remembered nonce on upgrade. The hash
+        // (which picks the bucket, and whose low 112 bits are stored) is the one the
+        // build before the partner's tag wrote whole.
+        let before = fnv1a128(&[b"acme", &[0xFF], b"n"]);
+        let fp = Fingerprint::of("acme", "n");
+        assert_eq!(fp.hash, before);
+        assert_eq!(fp.stored() >> TAG_SHIFT, fnv1a128(&[b"acme"]) >> TAG_SHIFT);
+        // That build's entry, in its bucket of a table of many: still a replay.
+        let (cache, store) = (ReplayCache::new(64 * 16), MemoryStore::new());
+        cache.prepare(&store).unwrap();
+        store.set(&ReplayCache::bucket_key(cache.bucket_of(fp)), &encode(&[(before, 500)]), None).unwrap();
+        assert_eq!(cache.remember(&store, fp, 500, 100), Ok(Seen::Replay), "an entry of the build before");
         assert_ne!(Fingerprint::of("ab", "c"), Fingerprint::of("a", "bc"));
     }
 }
