@@ -304,7 +304,7 @@ fn allowlists(
                         out.push(finding(
                             Kind::ServiceAccountUnused,
                             &field,
-                            format!("no Pod or Deployment runs as {entry}"),
+                            format!("no Pod or workload (Deployment, StatefulSet, DaemonSet, Job, CronJob) runs as {entry}"),
                             format!("remove {entry} from the allowlist and delete the account, or deploy its workload"),
                         ));
                     }
@@ -404,11 +404,30 @@ fn workloads(cluster: &Cluster) -> Vec<Workload> {
             from(format!("Pod {ns}/{}", p.metadata.name.as_deref().unwrap_or("")), ns, p.spec.as_ref())
         })
         .collect();
-    out.extend(cluster.deployments.iter().map(|d| {
-        let ns = d.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-        let spec = d.spec.as_ref().and_then(|s| s.template.spec.as_ref());
-        from(format!("Deployment {ns}/{}", d.metadata.name.as_deref().unwrap_or("")), ns, spec)
-    }));
+    let mut of = |kind: &str,
+                  meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+                  spec: Option<&PodSpec>| {
+        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
+        out.push(from(format!("{kind} {ns}/{}", meta.name.as_deref().unwrap_or("")), ns, spec));
+    };
+    for d in &cluster.deployments {
+        of("Deployment", &d.metadata, d.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+    }
+    for s in &cluster.stateful_sets {
+        of("StatefulSet", &s.metadata, s.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+    }
+    for d in &cluster.daemon_sets {
+        of("DaemonSet", &d.metadata, d.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+    }
+    for j in &cluster.jobs {
+        of("Job", &j.metadata, j.spec.as_ref().and_then(|s| s.template.spec.as_ref()));
+    }
+    // A CronJob between its runs has no pod: its template is the workload.
+    for c in &cluster.cron_jobs {
+        let spec =
+            c.spec.as_ref().and_then(|s| s.job_template.spec.as_ref()).and_then(|j| j.template.spec.as_ref());
+        of("CronJob", &c.metadata, spec);
+    }
     out
 }
 

@@ -305,7 +305,7 @@ fn each_misalignment_gives_exactly_its_finding() {
         ),
         (
             Kind::ServiceAccountUnused,
-            "no Pod or Deployment runs as payments/reporter",
+            "no Pod or workload (Deployment, StatefulSet, DaemonSet, Job, CronJob) runs as payments/reporter",
             Box::new(|f, _| {
                 f.pods.retain(|p| p.metadata.name.as_deref() != Some("reporter-1a2"));
             }),
@@ -795,4 +795,24 @@ fn formats_and_exit_statuses() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("not an identity inventory"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An account whose only workload is a CronJob (between its runs: no pod) or a
+/// StatefulSet is in use: not `service-account-unused`.
+#[test]
+fn accounts_of_cron_jobs_and_stateful_sets_are_in_use() {
+    let template = |account: &str| json!({"spec": {"serviceAccountName": account, "containers": [{"name": "c", "image": "x"}]}});
+    for workload in [
+        json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": "reporter", "namespace": "payments"},
+               "spec": {"schedule": "0 2 * * *", "jobTemplate": {"spec": {"template": template("reporter")}}}}),
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "reporter", "namespace": "payments"},
+               "spec": {"selector": {"matchLabels": {"app": "reporter"}}, "template": template("reporter")}}),
+    ] {
+        let mut fixture = Fixture::aligned();
+        fixture.pods.retain(|p| p.metadata.name.as_deref() != Some("reporter-1a2"));
+        assert_eq!(kinds(&run(&fixture, &plugin(), None)), BTreeSet::from([Kind::ServiceAccountUnused]));
+        let kind = workload["kind"].clone();
+        fixture.istio.push(workload);
+        assert_eq!(run(&fixture, &plugin(), None), [], "{kind}");
+    }
 }

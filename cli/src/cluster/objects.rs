@@ -8,7 +8,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -26,6 +27,11 @@ pub struct Cluster {
     pub pods: Vec<Pod>,
     pub network_policies: Vec<NetworkPolicy>,
     pub deployments: Vec<Deployment>,
+    /// The other workloads that run pods as a service account.
+    pub stateful_sets: Vec<StatefulSet>,
+    pub daemon_sets: Vec<DaemonSet>,
+    pub jobs: Vec<Job>,
+    pub cron_jobs: Vec<CronJob>,
     pub authorization_policies: Vec<AuthorizationPolicy>,
     pub peer_authentications: Vec<PeerAuthentication>,
     pub service_entries: Vec<ServiceEntry>,
@@ -172,6 +178,10 @@ impl Cluster {
                 self.network_policies.push(serde_json::from_value(doc).map_err(at)?)
             }
             ("apps", "Deployment") => self.deployments.push(serde_json::from_value(doc).map_err(at)?),
+            ("apps", "StatefulSet") => self.stateful_sets.push(serde_json::from_value(doc).map_err(at)?),
+            ("apps", "DaemonSet") => self.daemon_sets.push(serde_json::from_value(doc).map_err(at)?),
+            ("batch", "Job") => self.jobs.push(serde_json::from_value(doc).map_err(at)?),
+            ("batch", "CronJob") => self.cron_jobs.push(serde_json::from_value(doc).map_err(at)?),
             ("security.istio.io", "AuthorizationPolicy") => {
                 self.authorization_policies.push(serde_json::from_value(doc).map_err(at)?)
             }
@@ -223,7 +233,7 @@ impl Cluster {
 }
 
 /// The kinds [`Cluster::add`] reads.
-pub const KINDS: [&str; 11] = [
+pub const KINDS: [&str; 15] = [
     "Namespace",
     "ServiceAccount",
     "Service",
@@ -232,6 +242,10 @@ pub const KINDS: [&str; 11] = [
     "Pod",
     "NetworkPolicy",
     "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
     "AuthorizationPolicy",
     "PeerAuthentication",
     "ServiceEntry",
