@@ -31,14 +31,14 @@ fuzz_target!(|data: &[u8]| {
         bound_jkt: Some(JKT),
         nonce: None,
     };
-    if let Ok(jkt) = dpop::check(&check, &VmState::new(1), &shared, &store) {
+    if let Ok(jkt) = dpop::check(&check, &VmState::new(1), &shared, &store, &mut ()) {
         assert_eq!(jkt, JKT);
         let parsed = std::str::from_utf8(data).ok().and_then(|text| proof::parse(text.trim(), &settings).ok());
         let parsed = parsed.expect("an accepted proof parses");
         assert_eq!(parsed.htm, "GET");
         assert_eq!(parsed.ath, proof::token_hash(TOKEN));
         // Accepted once: the same bytes again are a replay.
-        let again = dpop::check(&check, &VmState::new(1), &shared, &store);
+        let again = dpop::check(&check, &VmState::new(1), &shared, &store, &mut ());
         assert!(again.is_err());
     }
 });
