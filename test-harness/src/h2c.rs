@@ -17,23 +17,43 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Sends one request to `addr` (an Envoy listener whose codec accepts HTTP/2) with
 /// `headers` as raw bytes; names must be lower-case.
 pub fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Result<Response> {
+    request_to(addr, &format!("http://{addr}"), method, path, headers)
+}
+
+/// [`request`] with the `:scheme` and `:authority` of `origin` (`https://host`): an
+/// HTTP/2 client chooses them, even over a cleartext connection.
+pub fn request_to(
+    addr: SocketAddr,
+    origin: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Result<Response> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
         .build()
         .context("tokio runtime")?;
     runtime
-        .block_on(async { tokio::time::timeout(TIMEOUT, exchange(addr, method, path, headers)).await })
+        .block_on(async {
+            tokio::time::timeout(TIMEOUT, exchange(addr, origin, method, path, headers)).await
+        })
         .context("HTTP/2 request timed out")?
         .with_context(|| format!("HTTP/2 {method} http://{addr}{path}"))
 }
 
-async fn exchange(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &[u8])]) -> Result<Response> {
+async fn exchange(
+    addr: SocketAddr,
+    origin: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+) -> Result<Response> {
     let tcp = tokio::net::TcpStream::connect(addr).await.context("connecting")?;
     let (client, connection) = h2::client::handshake(tcp).await.context("HTTP/2 handshake")?;
     let driver = tokio::spawn(connection);
     let mut client = client.ready().await.context("HTTP/2 connection")?;
-    let mut request = http::Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    let mut request = http::Request::builder().method(method).uri(format!("{origin}{path}"));
     for (name, value) in headers {
         request = request.header(*name, http::HeaderValue::from_bytes(value).context("header value")?);
     }

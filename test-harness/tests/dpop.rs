@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use test_harness::dpop_client::{DpopClient, ProofKey};
 use test_harness::envoy::{native_module_path, EnvoyOptions};
 use test_harness::envoy_config::EnvoyConfig;
+use test_harness::h2c;
 use test_harness::http::{self, Response};
 use test_harness::jwks_server::JwksBehaviour;
 use test_harness::stack::Stack;
@@ -278,6 +279,18 @@ fn dpop_in(native: bool) {
         (401, "invalid_dpop_proof"),
         "a forged x-forwarded-proto"
     );
+    // Nor does an HTTP/2 client's own `:scheme` over cleartext (Envoy trusts an h2
+    // `:scheme`, but sets x-forwarded-proto from the connection at the edge): a proof
+    // for https is refused, one for http passes.
+    let mut dpop_over_h2 = |scheme: &str, htu: &str| {
+        let proof = w.client.proof(&ec, "GET", htu, &token, json!({})).unwrap();
+        let headers: [(&str, &[u8]); 2] =
+            [("authorization", authorization.as_bytes()), ("dpop", proof.as_bytes())];
+        h2c::request_to(addr, &format!("{scheme}://gw.example"), "GET", "/api/x", &headers).unwrap()
+    };
+    let forged = dpop_over_h2("https", "https://gw.example/api/x");
+    assert_eq!((forged.status, reason(&forged).as_str()), (401, "invalid_dpop_proof"), "h2 :scheme https");
+    assert_eq!(dpop_over_h2("http", "http://gw.example/api/x").status, 200, "h2 :scheme http");
 
     // A bound token as a bearer token: 401 in every mode; an unbound one where DPoP is required.
     for path in ["/api/x", "/api/optional/x", "/api/off/x"] {

@@ -15,13 +15,12 @@
 //! A route's `dpop` replaces the issuer's mode on that route.
 //!
 //! **Scheme and authority for `htu`.** The authority is `:authority` (the `Host` the
-//! client sent; `host` on hosts without pseudo-headers); the scheme is `:scheme` as
-//! the proxy set it. Envoy derives `:scheme` from the downstream connection, or from
-//! `x-forwarded-proto` when the request comes from a trusted hop
-//! (`xff_num_trusted_hops`, `use_remote_address`): so behind a load balancer that
-//! terminates TLS, make Envoy trust it, and `https` proofs match. The filter itself
-//! reads `x-forwarded-proto` only on hosts that give no `:scheme`; with neither, no
-//! proof matches (fail closed).
+//! client sent; `host` on hosts without pseudo-headers); the scheme is the
+//! connection's as Envoy writes it into `x-forwarded-proto` (from the downstream
+//! connection at the edge, or a trusted hop's: `xff_num_trusted_hops`), and `:scheme`
+//! only without it — Envoy takes an HTTP/2 client's own `:scheme`, even over
+//! cleartext. Behind a load balancer that terminates TLS, make Envoy trust it, and
+//! `https` proofs match. With neither, no proof matches (fail closed).
 
 use std::rc::Rc;
 

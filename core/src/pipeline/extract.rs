@@ -140,9 +140,15 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
                 [one] => ProofValue::One(one.to_vec()),
                 _ => ProofValue::Many,
             };
-            // `:scheme` as the proxy set it; `x-forwarded-proto` only where there is none.
+            // The scheme the connection had. Envoy writes `x-forwarded-proto` from the
+            // connection at the edge (or keeps a trusted hop's), but takes an HTTP/2
+            // client's own `:scheme` as it comes: so `x-forwarded-proto` first where the
+            // host has pseudo-headers, `:scheme` after it; on a host without them
+            // (APISIX), `x-forwarded-proto` is all there is.
             request.dpop.url_scheme = headers
-                .get(":scheme")
+                .get("x-forwarded-proto")
+                .filter(|_| headers.contains(":scheme"))
+                .or_else(|| headers.get(":scheme"))
                 .or_else(|| headers.get("x-forwarded-proto"))
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(|v| v.split(',').next().unwrap_or_default().trim().to_ascii_lowercase());
