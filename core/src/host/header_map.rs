@@ -98,6 +98,22 @@ impl HeaderMap {
         self.pairs().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
     }
 
+    /// The scheme the request came over, on a proxy's header map (one with a
+    /// `:scheme`): the first element of `x-forwarded-proto`, which Envoy writes from
+    /// the connection at the edge (or keeps from a trusted hop), else `:scheme` —
+    /// which Envoy takes from an HTTP/2 client as written, even over cleartext.
+    /// `None` on a map without `:scheme`.
+    pub fn connection_scheme(&self) -> Option<&[u8]> {
+        let scheme = self.get(":scheme")?;
+        let forwarded = self.get("x-forwarded-proto").and_then(|v| {
+            let first = v.split(|b| *b == b',').next()?;
+            let start = first.iter().position(|b| !b.is_ascii_whitespace())?;
+            let end = first.iter().rposition(|b| !b.is_ascii_whitespace())?;
+            first.get(start..=end)
+        });
+        Some(forwarded.unwrap_or(scheme))
+    }
+
     /// Every value of header `name` (compared ASCII case-insensitively), in order.
     pub fn values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.pairs().filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes())).map(|(_, v)| v)
@@ -300,5 +316,18 @@ mod tests {
         assert_eq!(text_or_escaped("/caf\u{e9}".as_bytes()), "/caf\u{e9}");
         assert_eq!(text_or_escaped(b"/api/deploy/\xff x"), "/api/deploy/%FF%20x");
         assert!(matches!(text_or_escaped(b"/ok"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_connection_scheme_is_the_forwarded_one_on_a_proxy() {
+        let map = |pairs: &[(&str, &str)]| {
+            HeaderMap::from_pairs(pairs.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())))
+        };
+        let h2 = map(&[(":scheme", "https"), ("x-forwarded-proto", "http")]);
+        assert_eq!(h2.connection_scheme(), Some(&b"http"[..]), "Envoy's word over the client's :scheme");
+        let listed = map(&[(":scheme", "http"), ("x-forwarded-proto", " https , http")]);
+        assert_eq!(listed.connection_scheme(), Some(&b"https"[..]));
+        assert_eq!(map(&[(":scheme", "https")]).connection_scheme(), Some(&b"https"[..]));
+        assert_eq!(map(&[("x-forwarded-proto", "https")]).connection_scheme(), None, "no pseudo-headers");
     }
 }

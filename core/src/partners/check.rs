@@ -231,7 +231,8 @@ pub fn accept_signature(policy: &SignaturePolicy, has_query: bool, has_body: boo
 pub fn signed_request(headers: &HeaderMap) -> SignedRequest<'_> {
     SignedRequest {
         method: headers.get(":method").unwrap_or_default(),
-        scheme: headers.get(":scheme"),
+        // Not `:scheme` alone: an HTTP/2 client chooses it (see `connection_scheme`).
+        scheme: headers.connection_scheme(),
         authority: headers.get(":authority").or_else(|| headers.get("host")),
         path: headers.get(":path").unwrap_or_default(),
         headers,

@@ -140,15 +140,11 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
                 [one] => ProofValue::One(one.to_vec()),
                 _ => ProofValue::Many,
             };
-            // The scheme the connection had. Envoy writes `x-forwarded-proto` from the
-            // connection at the edge (or keeps a trusted hop's), but takes an HTTP/2
-            // client's own `:scheme` as it comes: so `x-forwarded-proto` first where the
-            // host has pseudo-headers, `:scheme` after it; on a host without them
-            // (APISIX), `x-forwarded-proto` is all there is.
+            // The scheme the connection had (`connection_scheme`: not an HTTP/2
+            // client's own `:scheme`); on a host without pseudo-headers (APISIX),
+            // `x-forwarded-proto` is all there is.
             request.dpop.url_scheme = headers
-                .get("x-forwarded-proto")
-                .filter(|_| headers.contains(":scheme"))
-                .or_else(|| headers.get(":scheme"))
+                .connection_scheme()
                 .or_else(|| headers.get("x-forwarded-proto"))
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .map(|v| v.split(',').next().unwrap_or_default().trim().to_ascii_lowercase());
