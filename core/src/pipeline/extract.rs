@@ -161,8 +161,14 @@ pub fn extract(vm: &Vm, host: &mut dyn Host, request: &mut Request) -> Result<()
             {
                 Presented::Signature(Box::new(headers))
             }
-            Some(partners) => match partners.api_key_header.as_deref().and_then(|name| headers.get(name)) {
-                Some(key) => Presented::ApiKey(key.to_vec()),
+            Some(partners) => match partners.api_key_header.as_deref().map(|name| headers.values(name)) {
+                Some(mut keys) => match (keys.next(), keys.next()) {
+                    (Some(key), None) => Presented::ApiKey(key.to_vec()),
+                    // Two keys are no key: which one a backend would take is its own
+                    // guess (refused `invalid_api_key`, as no configured key is empty).
+                    (Some(_), Some(_)) => Presented::ApiKey(Vec::new()),
+                    (None, _) => Presented::Nothing,
+                },
                 None => Presented::Nothing,
             },
             None => Presented::Nothing,

@@ -468,6 +468,12 @@ fn an_api_key_is_an_identity_and_never_reaches_the_upstream() {
     assert_eq!(out.metric("nhi_key=acme-ci;nhi_partner_key_requests_total"), Some(1));
     let wrong = send(&fx, request("GET", "/partner/a").header("x-api-key", "acme-api-kez"));
     assert_eq!(refused(&wrong), (Some(401), Some("invalid_api_key")));
+    // Two keys, the valid one first or second: no key is read.
+    for pair in [["acme-api-key", "acme-api-kez"], ["acme-api-kez", "acme-api-key"]] {
+        let two =
+            send(&fx, request("GET", "/partner/a").header("x-api-key", pair[0]).header("x-api-key", pair[1]));
+        assert_eq!(refused(&two), (Some(401), Some("invalid_api_key")), "{pair:?}");
+    }
     // An API key is no signature: a route that requires one says so.
     let hook = send(&fx, request("GET", "/hooks/a").header("x-api-key", "acme-api-key"));
     assert_eq!(refused(&hook), (Some(401), Some("missing_signature")));
