@@ -192,11 +192,7 @@ impl dpop::SignatureBudget for Budget<'_> {
     }
 
     fn failed(&mut self) {
-        if let (Some(guard), Some(source)) = (&self.vm.config.flood_guard, *self.source) {
-            if let Err(err) = guard.record_failure(self.vm.store.as_ref(), source, self.now_secs) {
-                log::debug!("flood guard not updated: {err}");
-            }
-        }
+        super::verify::failed_signature(self.vm, *self.source, self.now_secs);
     }
 }
 

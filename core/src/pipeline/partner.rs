@@ -66,14 +66,9 @@ pub fn verify(
             return (none, None)
         }
     };
-    if let (Err(rejection), Some(guard), Some(source)) =
-        (&result, &vm.config.flood_guard, request.info.source)
-    {
+    if let Err(rejection) = &result {
         if rejection.reason == Reason::BadSignature {
-            if let Err(err) = guard.record_failure(vm.store.as_ref(), source, u64::try_from(now).unwrap_or(0))
-            {
-                log::debug!("flood guard not updated: {err}");
-            }
+            super::verify::failed_signature(vm, request.info.source, u64::try_from(now).unwrap_or(0));
         }
     }
     let elapsed = host.now_ns().saturating_sub(started);

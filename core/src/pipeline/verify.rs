@@ -116,13 +116,9 @@ pub fn verify(vm: &Vm, host: &mut dyn Host, request: &mut Request, now_ms: u64) 
                 .map_err(|r| r.at(Check::Binding))
         })
     });
-    if let (Some(Err(rejection)), Some(guard), Some(source)) =
-        (&result, &config.flood_guard, request.info.source)
-    {
+    if let Some(Err(rejection)) = &result {
         if rejection.reason == Reason::BadSignature {
-            if let Err(err) = guard.record_failure(vm.store.as_ref(), source, now_secs_u) {
-                log::debug!("flood guard not updated: {err}");
-            }
+            failed_signature(vm, request.info.source, now_secs_u);
         }
     }
     // A credential header with no readable bearer token: refused as malformed when
@@ -176,6 +172,16 @@ pub(super) fn source_blocked_for(
         *source = source_text.as_deref().and_then(policy::parse_source_address);
     }
     guard.blocked_for_known(vm.store.as_ref(), &vm.blocked_sources, (*source)?, now_secs)
+}
+
+/// A signature check by `source` failed (a token's, a DPoP proof's, a partner's):
+/// counted by the flood guard, if there is one and the source is known.
+pub(super) fn failed_signature(vm: &Vm, source: Option<std::net::IpAddr>, now_secs: u64) {
+    if let (Some(guard), Some(source)) = (&vm.config.flood_guard, source) {
+        if let Err(err) = guard.record_failure(vm.store.as_ref(), source, now_secs) {
+            log::debug!("flood guard not updated: {err}");
+        }
+    }
 }
 
 /// Whether a credential that did not verify belongs to one of our issuers (a
