@@ -1156,31 +1156,37 @@ fn vm_memory_changes_add_up_to_the_sum_over_vms() {
 // pipeline makes): a DPoP request with a server nonce, and a request whose token
 // gets a TokenReview.
 
-/// One injected failure: a host call, or the shared store's reads or writes.
-#[derive(Debug, Clone, Copy)]
-enum Fault {
+/// One injected failure: a host call, or the shared store's reads or writes (also
+/// used by the partner tests).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum Fault {
     Host(Call),
     StoreGet,
     StoreSet,
 }
 
 /// Every fault a request could meet: each kind of host call, and the store.
-fn faults() -> Vec<Fault> {
+pub(super) fn faults() -> Vec<Fault> {
     Call::ALL.iter().map(|c| Fault::Host(*c)).chain([Fault::StoreGet, Fault::StoreSet]).collect()
 }
 
-fn inject(fx: &Fixture, host: &mut MemoryHost, fault: Fault) {
+pub(super) fn inject(store: &FaultyStore<MemoryStore>, host: &mut MemoryHost, fault: Fault) {
     match fault {
         Fault::Host(call) => host.fail(call, HostError::INTERNAL_FAILURE),
-        Fault::StoreGet => fx.store.fail_get.set(true),
-        Fault::StoreSet => fx.store.fail_set.set(true),
+        Fault::StoreGet => store.fail_get.set(true),
+        Fault::StoreSet => store.fail_set.set(true),
     }
 }
 
-/// Whether the clean run made the call the fault would fail.
-fn made(clean: &Outcome, store_calls: usize, fault: Fault) -> bool {
+/// Whether a clean run that made `calls` (and `store_calls` store calls) made the
+/// call the fault would fail.
+pub(super) fn made(
+    calls: &std::collections::BTreeMap<Call, usize>,
+    store_calls: usize,
+    fault: Fault,
+) -> bool {
     match fault {
-        Fault::Host(call) => clean.host.calls.get(&call).is_some_and(|n| *n > 0),
+        Fault::Host(call) => calls.get(&call).is_some_and(|n| *n > 0),
         Fault::StoreGet | Fault::StoreSet => store_calls > 0,
     }
 }
@@ -1199,7 +1205,7 @@ fn fails_closed(name: &str, case: &dyn Fn(Option<Fault>) -> (Outcome, usize)) ->
     let mut refused = Vec::new();
     let mut tried = 0;
     for fault in faults() {
-        if !made(&clean, store_calls, fault) {
+        if !made(&clean.host.calls, store_calls, fault) {
             continue;
         }
         tried += 1;
@@ -1246,7 +1252,7 @@ fn every_failing_call_of_a_dpop_request_with_a_nonce_fails_closed() {
         let mut host = dpop_request("GET", "/api/x", &t, &retry);
         let before = fx.store.calls.get();
         if let Some(fault) = fault {
-            inject(&fx, &mut host, fault);
+            inject(&fx.store, &mut host, fault);
         }
         let out = send(&fx, host);
         (out, fx.store.calls.get() - before)
@@ -1278,7 +1284,7 @@ fn every_failing_call_of_a_reviewed_token_fails_closed() {
         let mut host = bearer(request("GET", "/api/x"), &t);
         let before = fx.store.calls.get();
         if let Some(fault) = fault {
-            inject(&fx, &mut host, fault);
+            inject(&fx.store, &mut host, fault);
         }
         let mut request = Request::new(1);
         let mut step = start(&fx.vm, &mut host, &mut request);

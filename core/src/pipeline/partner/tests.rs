@@ -18,8 +18,8 @@ use crate::host::capabilities::{HostSetting, Plan, Probed};
 use crate::host::header_map::HeaderMap;
 use crate::host::memory::{Call, FaultyStore, MemoryHost};
 use crate::host::store::MemoryStore;
-use crate::host::HostError;
 use crate::partners::{api_key, digest, sf, signature};
+use crate::pipeline::tests::{faults, inject, made, Fault};
 use crate::pipeline::{self, Request, Step, Vm};
 
 const NOW: u64 = 1_800_000_000;
@@ -548,48 +548,43 @@ fn every_failing_call_of_a_signed_body_fails_closed() {
             request("POST", "/partner/orders").header("content-digest", digest::content_digest_sha256(body));
         sign(host, &how).with_body(body.to_vec())
     };
-    // (host call, or the store's get / set)
-    let mut faults: Vec<(Option<Call>, bool, bool)> =
-        Call::ALL.iter().map(|c| (Some(*c), false, false)).collect();
-    faults.extend([(None, true, false), (None, false, true)]);
-    let run = |fault: (Option<Call>, bool, bool)| {
+    let run = |fault: Option<Fault>| {
         let fx = fixture(plugin());
         let mut host = signed();
-        if let Some(call) = fault.0 {
-            host.fail(call, HostError::INTERNAL_FAILURE);
+        if let Some(fault) = fault {
+            inject(&fx.store, &mut host, fault);
         }
-        fx.store.fail_get.set(fault.1);
-        fx.store.fail_set.set(fault.2);
-        send(&fx, host)
+        let before = fx.store.calls.get();
+        let out = send(&fx, host);
+        (out, fx.store.calls.get() - before)
     };
-    let clean = run((None, false, false));
+    let (clean, store_calls) = run(None);
     let forwarded =
         |out: &Outcome| ["x-nhi-identity", "signature", "signature-input"].map(|h| out.upstream(h));
     let expected = forwarded(&clean);
     assert_eq!(expected[0].as_deref(), Some("partner:acme"));
     let mut refusals = Vec::new();
     let mut tried = 0;
-    for fault in faults {
-        if fault.0.is_some_and(|call| clean.host.calls.get(&call).is_none_or(|n| *n == 0)) {
+    for fault in faults() {
+        if !made(&clean.host.calls, store_calls, fault) {
             continue; // a call this request does not make
         }
         tried += 1;
-        let out = run(fault);
+        let (out, _) = run(Some(fault));
         match (out.step, out.status, out.reason.as_deref()) {
             (Step::Continue, None, _) => assert_eq!(forwarded(&out), expected, "{fault:?}"),
             (Step::Replied, Some(status), Some(reason)) => refusals.push((fault, status, reason.to_owned())),
-            (Step::Replied, None, _) if fault.0 == Some(Call::LocalReply) => {}
+            (Step::Replied, None, _) if fault == Fault::Host(Call::LocalReply) => {}
             other => panic!("{fault:?}: {other:?}"),
         }
     }
     assert!(tried >= 9, "{tried}");
     println!("signed body: {tried} faults, refusals {refusals:?}");
-    let refused = |fault: (Option<Call>, bool, bool)| {
-        refusals.iter().find(|(f, _, _)| *f == fault).map(|(_, s, r)| (*s, r.as_str()))
-    };
+    let refused =
+        |fault: Fault| refusals.iter().find(|(f, _, _)| *f == fault).map(|(_, s, r)| (*s, r.as_str()));
     // The body cannot be read: its digest cannot be checked.
-    assert_eq!(refused((Some(Call::ReadBody), false, false)).map(|r| r.0), Some(500));
+    assert_eq!(refused(Fault::Host(Call::ReadBody)).map(|r| r.0), Some(500));
     // The nonce cannot be looked up or recorded: not accepted unrecorded.
-    assert!(refused((None, true, false)).is_some(), "store reads failing: {refusals:?}");
-    assert!(refused((None, false, true)).is_some(), "store writes failing: {refusals:?}");
+    assert!(refused(Fault::StoreGet).is_some(), "store reads failing: {refusals:?}");
+    assert!(refused(Fault::StoreSet).is_some(), "store writes failing: {refusals:?}");
 }
