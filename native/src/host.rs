@@ -29,11 +29,20 @@ pub struct NativeHost {
     /// Callouts made through [`Host::http_call`] in this hook: Envoy's id and the
     /// token the core was given for it. The filter keeps them to route the answer.
     pub calls: Vec<Callout>,
-    /// Local replies wait here until the hook is done ([`NativeHost::deferring`]).
-    deferred: Option<Option<LocalReply>>,
+    /// Whether a local reply goes out at once or waits for the hook's end.
+    replies: Replies,
     /// A request header was set or removed in this hook: the route Envoy chose from
     /// the client's headers may no longer be the request's.
     headers_changed: bool,
+}
+
+/// When this host sends a local reply.
+#[derive(Debug)]
+enum Replies {
+    /// As the pipeline sends it.
+    AtOnce,
+    /// At the end of the hook ([`NativeHost::deferring`]), the last one sent.
+    Deferred(Option<LocalReply>),
 }
 
 /// A callout in flight: Envoy's id for it (unique per filter, so not per worker) and
@@ -65,7 +74,7 @@ impl NativeHost {
             filter,
             families: Some(Arc::clone(families)),
             calls: Vec::new(),
-            deferred: None,
+            replies: Replies::AtOnce,
             headers_changed: false,
         }
     }
@@ -77,14 +86,14 @@ impl NativeHost {
     /// pipeline recorded its decision (no decision line; filter state refused on a
     /// finished stream). The reply waits until [`NativeHost::send_deferred`].
     pub fn deferring(filter: *mut c_void, families: &Arc<Families>) -> Self {
-        NativeHost { deferred: Some(None), ..NativeHost::new(filter, families) }
+        NativeHost { replies: Replies::Deferred(None), ..NativeHost::new(filter, families) }
     }
 
     /// Sends the reply the pipeline decided on, if it did: the last thing a deferring
     /// hook does (Envoy may finish the stream, and call the module again, inside it).
-    pub fn send_deferred(mut self) {
-        if let Some(Some(reply)) = self.deferred.take() {
-            self.send_now(&reply);
+    pub fn send_deferred(self) {
+        if let Replies::Deferred(Some(reply)) = &self.replies {
+            self.send_now(reply);
         }
     }
 
@@ -384,9 +393,9 @@ impl Host for NativeHost {
 
     fn send_local_reply(&mut self, reply: &LocalReply) -> Result<(), HostError> {
         self.filter()?;
-        match &mut self.deferred {
-            Some(slot) => *slot = Some(reply.clone()),
-            None => self.send_now(reply),
+        match &mut self.replies {
+            Replies::Deferred(slot) => *slot = Some(reply.clone()),
+            Replies::AtOnce => self.send_now(reply),
         }
         Ok(())
     }
