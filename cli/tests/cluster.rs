@@ -615,6 +615,23 @@ pub const SHIPPED_STATE: [&str; 5] = [
     "istio/jwks-egress.yaml",
 ];
 
+/// `nhi-guard check` of the shipped WasmPlugin against the shipped workload and egress,
+/// with `policy` (a file of its own) in the place of the backend's network policy.
+fn check_with_policy(policy: &Path) -> (i32, String, String) {
+    let policy = policy.display().to_string();
+    let args = [
+        "check",
+        "--cluster",
+        &policy,
+        "--cluster",
+        "k8s/workload.yaml",
+        "--cluster",
+        "istio/jwks-egress.yaml",
+        "istio/wasmplugin.yaml",
+    ];
+    nhi_guard(&args, &repo().join("envoy"))
+}
+
 #[test]
 fn the_shipped_manifests_are_clean() {
     let mut args = vec!["check", "--fail-on", "warning"];
@@ -635,20 +652,7 @@ fn the_shipped_manifests_are_clean() {
     let namespace_only = shipped.split("\n---\n").next().unwrap();
     assert!(namespace_only.contains("kind: Namespace"), "{namespace_only}");
     std::fs::write(dir.join("namespace.yaml"), namespace_only).unwrap();
-    let namespace = dir.join("namespace.yaml").display().to_string();
-    let (code, out, _) = nhi_guard(
-        &[
-            "check",
-            "--cluster",
-            &namespace,
-            "--cluster",
-            "k8s/workload.yaml",
-            "--cluster",
-            "istio/jwks-egress.yaml",
-            "istio/wasmplugin.yaml",
-        ],
-        &repo().join("envoy"),
-    );
+    let (code, out, _) = check_with_policy(&dir.join("namespace.yaml"));
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains(
@@ -679,20 +683,7 @@ fn the_shipped_network_policy_and_its_two_classic_mistakes() {
     let run = |name: &str, text: &str| {
         let file = dir.join(name);
         std::fs::write(&file, text).unwrap();
-        let file = file.display().to_string();
-        nhi_guard(
-            &[
-                "check",
-                "--cluster",
-                &file,
-                "--cluster",
-                "k8s/workload.yaml",
-                "--cluster",
-                "istio/jwks-egress.yaml",
-                "istio/wasmplugin.yaml",
-            ],
-            &repo().join("envoy"),
-        )
+        check_with_policy(&file)
     };
     let (code, out, err) = run("shipped.yaml", &shipped);
     assert_eq!(code, 0, "{out}{err}");
