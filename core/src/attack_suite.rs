@@ -244,6 +244,14 @@ fn cases() -> Vec<(&'static str, String, Reason)> {
     ];
     // Tokens larger than the limit are refused before parsing.
     cases.push(("9 KB token", "a".repeat(9 * 1024), Reason::MalformedToken));
+    // An identity a backend would read as another once it trims the header value.
+    for (name, sub) in [
+        ("sub with a trailing space", "robot "),
+        ("sub with a leading no-break space", "\u{a0}robot"),
+        ("sub ending in a tab", "robot\t"),
+    ] {
+        cases.push((name, rs256(json!({}), with_claims_sub(sub)), Reason::MalformedToken));
+    }
     cases
 }
 
